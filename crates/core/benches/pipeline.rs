@@ -1,0 +1,97 @@
+//! The whole in-process pipeline (parse is excluded: the request is validated once) — evaluate
+//! plus issue — per operation, on one core.
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_main};
+use selene_kms_core::{
+    KmsRequest, Policy, SecretKind, SecretSnapshot, ServiceKeys, ServiceSecret, TtlBounds,
+    VersionState, evaluate, issue, state::DEFAULT_HANDLE_TTL_MS,
+};
+use serde_json::json;
+use std::hint::black_box;
+
+const NOW: u64 = 1_767_225_600_000;
+
+fn request(op: &str, extra: serde_json::Value) -> KmsRequest {
+    let mut v = json!({
+        "correlation_id": "c-1", "turn_id": "t-1", "idempotency_key": "k-1",
+        "tenant_id": "acme", "operation": op, "secret_name": "payments/stripe",
+        "requester_engine_id": "PH1.OS", "requester_user_id": "u-admin"
+    });
+    if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+        o.extend(e.clone());
+    }
+    KmsRequest::from_json(v.to_string().as_bytes()).expect("valid request")
+}
+
+fn pipeline(c: &mut Criterion) {
+    let keys = ServiceKeys::derive(&ServiceSecret::from_bytes([7; 32]));
+    let policy = Policy::from_json(
+        json!({"rules": [
+            {"secret_names": ["billing/*"], "engines": ["PH1.BILLING"], "operations": ["GET_HANDLE"]},
+            {"secret_names": ["payments/*"], "engines": ["PH1.OS"],
+             "operations": ["GET_HANDLE", "ISSUE_EPHEMERAL", "ROTATE", "REVOKE"]}],
+            "admins": ["u-admin"]})
+        .to_string()
+        .as_bytes(),
+    )
+    .expect("valid policy");
+    let snapshot = SecretSnapshot {
+        secret_ref: selene_kms_core::refs::secret_ref(
+            &keys,
+            &selene_kms_core::TenantId::try_from("acme").expect("valid"),
+            &selene_kms_core::SecretName::try_from("payments/stripe").expect("valid"),
+        ),
+        state_version: 3,
+        kind: SecretKind::Generated,
+        versions: vec![VersionState::Active; 3],
+        staged: false,
+        ttl: TtlBounds::DEFAULT,
+        handle_ttl_ms: DEFAULT_HANDLE_TTL_MS,
+    };
+    let dry_rotate = request("ROTATE", json!({"dry_run": true}));
+    let sim = {
+        let grant = evaluate(&dry_rotate, Some(&policy), Some(&snapshot), &keys, NOW).expect("ok");
+        issue(grant, Some(&snapshot), &keys)
+            .expect("ok")
+            .bundle
+            .simulation_id
+            .expect("sim")
+    };
+    let cases = [
+        ("GET_HANDLE", request("GET_HANDLE", json!({}))),
+        (
+            "ISSUE_EPHEMERAL",
+            request("ISSUE_EPHEMERAL", json!({"requested_ttl_ms": 60000})),
+        ),
+        ("ROTATE_DRY_RUN", dry_rotate.clone()),
+        (
+            "ROTATE_COMMIT",
+            request("ROTATE", json!({"simulation_id": sim})),
+        ),
+        (
+            "REVOKE_VERSION_DRY_RUN",
+            request(
+                "REVOKE",
+                json!({"dry_run": true, "revoke_target": {"version": 2}}),
+            ),
+        ),
+    ];
+    let mut group = c.benchmark_group("pipeline");
+    group.throughput(Throughput::Elements(1));
+    for (name, req) in &cases {
+        group.bench_with_input(BenchmarkId::from_parameter(name), req, |b, req| {
+            b.iter(|| {
+                let grant = evaluate(black_box(req), Some(&policy), Some(&snapshot), &keys, NOW)
+                    .expect("allowed");
+                black_box(issue(grant, Some(&snapshot), &keys).expect("issued"))
+            });
+        });
+    }
+    group.finish();
+}
+
+#[allow(missing_docs, reason = "criterion_group! generates an undocumented function")]
+mod group {
+    criterion::criterion_group!(benches, super::pipeline);
+}
+criterion_main!(group::benches);

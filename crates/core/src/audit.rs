@@ -1,0 +1,440 @@
+//! Audit record shapes, the SHA-256 chain, Ed25519 checkpoints and chain verification (PH1.J,
+//! PH1.EXPORT).
+//!
+//! Records hold ids, reason codes and opaque refs only. Handles and credentials appear as their
+//! non-redeemable ids, never as the refs themselves. Each record's digest covers a canonical
+//! binary encoding of every other field, including the previous record's digest; signed
+//! checkpoints let a holder of the public key alone verify an export.
+
+use ed25519_dalek::{Signature, Signer, Verifier, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::encode::Encoder;
+use crate::ids::TenantId;
+use crate::keys::ServiceKeys;
+use crate::reason::ReasonCode;
+use crate::refs::{RefKind, push_hex, ref_id};
+use crate::request::RequestContext;
+use crate::wire::{MaterialBundle, Operation, ValidationStatus};
+
+/// The `prev_digest` of a tenant's first record.
+pub const GENESIS_DIGEST: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// What was audited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[allow(missing_docs, reason = "names say what was done")]
+pub enum AuditAction {
+    GetHandle,
+    IssueEphemeral,
+    Rotate,
+    Revoke,
+    Redeem,
+    CreateSecret,
+    StageVersion,
+    SetPolicy,
+}
+
+impl AuditAction {
+    /// The wire name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::GetHandle => "GET_HANDLE",
+            Self::IssueEphemeral => "ISSUE_EPHEMERAL",
+            Self::Rotate => "ROTATE",
+            Self::Revoke => "REVOKE",
+            Self::Redeem => "REDEEM",
+            Self::CreateSecret => "CREATE_SECRET",
+            Self::StageVersion => "STAGE_VERSION",
+            Self::SetPolicy => "SET_POLICY",
+        }
+    }
+}
+
+impl From<Operation> for AuditAction {
+    fn from(op: Operation) -> Self {
+        match op {
+            Operation::GetHandle => Self::GetHandle,
+            Operation::IssueEphemeral => Self::IssueEphemeral,
+            Operation::Rotate => Self::Rotate,
+            Operation::Revoke => Self::Revoke,
+        }
+    }
+}
+
+/// One audit record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs, reason = "fields are listed in DESIGN.md, 'Audit read'")]
+pub struct AuditRecord {
+    pub seq: u64,
+    pub at_ms: u64,
+    pub tenant_id: String,
+    pub correlation_id: Option<String>,
+    pub turn_id: Option<String>,
+    pub requester_engine_id: Option<String>,
+    pub requester_user_id: Option<String>,
+    pub operation: Option<AuditAction>,
+    pub dry_run: bool,
+    pub replayed: bool,
+    pub reason_code: ReasonCode,
+    pub validation_status: ValidationStatus,
+    pub secret_ref: Option<String>,
+    pub handle_id: Option<String>,
+    pub credential_id: Option<String>,
+    pub tombstone_ref: Option<String>,
+    pub rotated_version: Option<u64>,
+    pub simulation_id: Option<String>,
+    pub prev_digest: String,
+    pub digest: String,
+}
+
+impl AuditRecord {
+    /// The record of one KMS request's answer (allowed, refused or replayed). `seq`,
+    /// `prev_digest` and `digest` are set when the store chains it.
+    pub fn for_request(
+        tenant: &TenantId,
+        context: &RequestContext,
+        bundle: &MaterialBundle,
+        at_ms: u64,
+        replayed: bool,
+    ) -> Self {
+        Self {
+            seq: 0,
+            at_ms,
+            tenant_id: tenant.as_str().to_owned(),
+            correlation_id: context.correlation_id.as_ref().map(|v| v.to_string()),
+            turn_id: context.turn_id.as_ref().map(|v| v.to_string()),
+            requester_engine_id: context.requester_engine_id.as_ref().map(|v| v.to_string()),
+            requester_user_id: context.requester_user_id.as_ref().map(|v| v.to_string()),
+            operation: bundle
+                .operation
+                .or(context.operation)
+                .map(AuditAction::from),
+            dry_run: bundle.dry_run,
+            replayed,
+            reason_code: bundle.reason_code,
+            validation_status: bundle.validation_status,
+            secret_ref: bundle.secret_ref.clone(),
+            handle_id: bundle
+                .secret_handle
+                .as_deref()
+                .and_then(|h| ref_id(RefKind::Handle, h))
+                .map(|id| id.as_str().to_owned()),
+            credential_id: bundle
+                .ephemeral_credential_ref
+                .as_deref()
+                .and_then(|c| ref_id(RefKind::Credential, c))
+                .map(|id| id.as_str().to_owned()),
+            tombstone_ref: bundle.revoked.as_ref().map(|t| t.tombstone_ref.clone()),
+            rotated_version: bundle.rotated_version,
+            simulation_id: bundle.simulation_id.clone(),
+            prev_digest: String::new(),
+            digest: String::new(),
+        }
+    }
+
+    /// A record of an action that is not a KMS request (redemption, provisioning).
+    pub fn for_action(
+        tenant: &TenantId,
+        action: AuditAction,
+        reason_code: ReasonCode,
+        at_ms: u64,
+    ) -> Self {
+        Self {
+            seq: 0,
+            at_ms,
+            tenant_id: tenant.as_str().to_owned(),
+            correlation_id: None,
+            turn_id: None,
+            requester_engine_id: None,
+            requester_user_id: None,
+            operation: Some(action),
+            dry_run: false,
+            replayed: false,
+            reason_code,
+            validation_status: if reason_code.is_ok() {
+                ValidationStatus::Ok
+            } else {
+                ValidationStatus::Fail
+            },
+            secret_ref: None,
+            handle_id: None,
+            credential_id: None,
+            tombstone_ref: None,
+            rotated_version: None,
+            simulation_id: None,
+            prev_digest: String::new(),
+            digest: String::new(),
+        }
+    }
+
+    /// Places the record at `seq` after a record whose digest is `prev_digest`, and computes its
+    /// own digest.
+    pub fn chain(&mut self, seq: u64, prev_digest: &str) {
+        self.seq = seq;
+        self.prev_digest.clear();
+        self.prev_digest.push_str(prev_digest);
+        self.digest = self.compute_digest();
+    }
+
+    /// The digest of every field but `digest`, over a canonical binary encoding.
+    pub fn compute_digest(&self) -> String {
+        let mut e = Encoder::with_domain("selene-kms/audit-record/v1");
+        e.u64(self.seq)
+            .u64(self.at_ms)
+            .str(&self.tenant_id)
+            .opt_str(self.correlation_id.as_deref())
+            .opt_str(self.turn_id.as_deref())
+            .opt_str(self.requester_engine_id.as_deref())
+            .opt_str(self.requester_user_id.as_deref())
+            .opt_str(self.operation.map(AuditAction::name))
+            .u8(u8::from(self.dry_run))
+            .u8(u8::from(self.replayed))
+            .str(self.reason_code.name())
+            .u8(u8::from(self.validation_status == ValidationStatus::Ok))
+            .opt_str(self.secret_ref.as_deref())
+            .opt_str(self.handle_id.as_deref())
+            .opt_str(self.credential_id.as_deref())
+            .opt_str(self.tombstone_ref.as_deref())
+            .opt_u64(self.rotated_version)
+            .opt_str(self.simulation_id.as_deref())
+            .str(&self.prev_digest);
+        hex(&Sha256::digest(e.as_slice()))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        push_hex(&mut s, *b);
+    }
+    s
+}
+
+fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    let bytes = s.as_bytes();
+    if bytes.len() != N * 2 {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (o, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+        let text = std::str::from_utf8(pair).ok()?;
+        *o = u8::from_str_radix(text, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// A signed statement that a tenant's chain had `digest` at `seq`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Checkpoint {
+    /// The chain's tenant.
+    pub tenant_id: String,
+    /// The record the checkpoint covers, and every record before it.
+    pub seq: u64,
+    /// That record's digest.
+    pub digest: String,
+    /// Signing time.
+    pub at_ms: u64,
+    /// The Ed25519 public key, hex.
+    pub public_key: String,
+    /// The Ed25519 signature, hex.
+    pub signature: String,
+}
+
+fn checkpoint_message(tenant: &str, seq: u64, digest: &str, at_ms: u64) -> Vec<u8> {
+    let mut e = Encoder::with_domain("selene-kms/audit-checkpoint/v1");
+    e.str(tenant).u64(seq).str(digest).u64(at_ms);
+    e.finish()
+}
+
+impl Checkpoint {
+    /// Signs the chain head `(seq, digest)` of `tenant`.
+    pub fn sign(keys: &ServiceKeys, tenant: &str, seq: u64, digest: &str, at_ms: u64) -> Self {
+        let message = checkpoint_message(tenant, seq, digest, at_ms);
+        let signature = keys.audit_signing.sign(&message);
+        Self {
+            tenant_id: tenant.to_owned(),
+            seq,
+            digest: digest.to_owned(),
+            at_ms,
+            public_key: hex(keys.audit_verifying_key().as_bytes()),
+            signature: hex(&signature.to_bytes()),
+        }
+    }
+
+    /// Whether the signature is valid under `key` (which must also be the key named inside).
+    pub fn verify(&self, key: &VerifyingKey) -> bool {
+        if self.public_key != hex(key.as_bytes()) {
+            return false;
+        }
+        let Some(sig) = unhex::<64>(&self.signature) else {
+            return false;
+        };
+        let message = checkpoint_message(&self.tenant_id, self.seq, &self.digest, self.at_ms);
+        key.verify(&message, &Signature::from_bytes(&sig)).is_ok()
+    }
+}
+
+/// Parses a hex-encoded Ed25519 public key, as printed by the KMS.
+pub fn parse_public_key(text: &str) -> Option<VerifyingKey> {
+    VerifyingKey::from_bytes(&unhex::<32>(text.trim())?).ok()
+}
+
+/// Hex form of the audit public key.
+pub fn public_key_hex(keys: &ServiceKeys) -> String {
+    hex(keys.audit_verifying_key().as_bytes())
+}
+
+/// How a chain is broken, at the first bad record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ChainBreak {
+    /// The record's content does not match its digest (altered).
+    #[error("record {seq}: digest does not match its content")]
+    DigestMismatch {
+        /// The bad record.
+        seq: u64,
+    },
+    /// The record expected at `seq` is missing, out of order, or forked from another chain.
+    #[error("record {seq}: missing, out of order, or not linked to the previous record")]
+    Discontinuity {
+        /// The bad record.
+        seq: u64,
+    },
+    /// A checkpoint's signature or digest does not hold.
+    #[error("checkpoint at record {seq}: signature or digest does not hold")]
+    BadCheckpoint {
+        /// The record the checkpoint names.
+        seq: u64,
+    },
+    /// Records after the last checkpoint are not covered by any signature.
+    #[error("records after {seq} are not covered by a signed checkpoint")]
+    Unsigned {
+        /// The last record a checkpoint covers (0 for none).
+        seq: u64,
+    },
+}
+
+/// Checks one tenant's records in order.
+#[derive(Clone, Debug)]
+pub struct ChainVerifier {
+    next_seq: u64,
+    prev_digest: String,
+}
+
+impl Default for ChainVerifier {
+    fn default() -> Self {
+        Self {
+            next_seq: 1,
+            prev_digest: GENESIS_DIGEST.to_owned(),
+        }
+    }
+}
+
+impl ChainVerifier {
+    /// Starts after a known head (for incremental verification).
+    pub fn after(seq: u64, digest: &str) -> Self {
+        Self {
+            next_seq: seq.saturating_add(1),
+            prev_digest: digest.to_owned(),
+        }
+    }
+
+    /// Checks the next record.
+    pub fn push(&mut self, record: &AuditRecord) -> Result<(), ChainBreak> {
+        if record.seq != self.next_seq || record.prev_digest != self.prev_digest {
+            // Name the position where the expected record is missing or out of place.
+            return Err(ChainBreak::Discontinuity { seq: self.next_seq });
+        }
+        if record.compute_digest() != record.digest {
+            return Err(ChainBreak::DigestMismatch { seq: record.seq });
+        }
+        self.next_seq = record.seq.saturating_add(1);
+        self.prev_digest.clone_from(&record.digest);
+        Ok(())
+    }
+
+    /// The last verified record: `(seq, digest)`.
+    pub fn head(&self) -> (u64, &str) {
+        (self.next_seq.saturating_sub(1), &self.prev_digest)
+    }
+}
+
+/// One line of a JSON Lines export.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "lines are parsed one at a time; boxing would only add an allocation per record"
+)]
+pub enum ExportLine {
+    /// An audit record.
+    Record(AuditRecord),
+    /// A signed checkpoint of the records before it.
+    Checkpoint(Checkpoint),
+}
+
+/// What verifying an export found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExportSummary {
+    /// Records checked, all tenants.
+    pub records: u64,
+    /// Checkpoints checked.
+    pub checkpoints: u64,
+}
+
+/// Verifies a JSON Lines export with the public key alone: every tenant's chain is continuous,
+/// every digest matches, every checkpoint's signature holds over the record it names, and every
+/// record is covered by a later checkpoint.
+pub fn verify_export(text: &str, key: &VerifyingKey) -> Result<ExportSummary, ExportError> {
+    use std::collections::BTreeMap;
+    let mut chains: BTreeMap<String, (ChainVerifier, u64)> = BTreeMap::new();
+    let mut summary = ExportSummary::default();
+    for (index, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let parsed: ExportLine =
+            serde_json::from_str(line).map_err(|_| ExportError::Malformed {
+                line: index.saturating_add(1),
+            })?;
+        match parsed {
+            ExportLine::Record(r) => {
+                let (chain, _) = chains.entry(r.tenant_id.clone()).or_default();
+                chain.push(&r)?;
+                summary.records += 1;
+            }
+            ExportLine::Checkpoint(c) => {
+                let (chain, signed) = chains.entry(c.tenant_id.clone()).or_default();
+                let (head_seq, head_digest) = chain.head();
+                if c.seq != head_seq || c.digest != head_digest || !c.verify(key) {
+                    return Err(ChainBreak::BadCheckpoint { seq: c.seq }.into());
+                }
+                *signed = c.seq;
+                summary.checkpoints += 1;
+            }
+        }
+    }
+    for (chain, signed) in chains.values() {
+        if chain.head().0 != *signed {
+            return Err(ChainBreak::Unsigned { seq: *signed }.into());
+        }
+    }
+    Ok(summary)
+}
+
+/// Why an export did not verify.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ExportError {
+    /// A line is not a record or a checkpoint.
+    #[error("line {line} is not an export line")]
+    Malformed {
+        /// 1-based line number.
+        line: usize,
+    },
+    /// The chain is broken.
+    #[error(transparent)]
+    Chain(#[from] ChainBreak),
+}

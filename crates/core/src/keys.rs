@@ -1,0 +1,76 @@
+//! Keys the core uses, all derived from one 256-bit service secret supplied by the host.
+//!
+//! The service secret is random per store (made by `init`) and kept wrapped by the root key, so a
+//! root-key rotation leaves every ref valid, while refs of one store never open in another.
+
+use aes_gcm_siv::{Aes256GcmSiv, KeyInit};
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use hkdf::Hkdf;
+use hmac::Hmac;
+use sha2::Sha256;
+use zeroize::{Zeroize, Zeroizing};
+
+/// Length of every symmetric key here.
+pub const KEY_LEN: usize = 32;
+
+/// The 256-bit service secret. No `Debug`, `Clone` or `Serialize`; zeroized on drop.
+pub struct ServiceSecret(Zeroizing<[u8; KEY_LEN]>);
+
+impl ServiceSecret {
+    /// Wraps raw bytes (from the key store or from tests).
+    pub fn from_bytes(bytes: [u8; KEY_LEN]) -> Self {
+        Self(Zeroizing::new(bytes))
+    }
+
+    /// The raw bytes, for the store to wrap under the root key.
+    pub fn expose(&self) -> &[u8; KEY_LEN] {
+        &self.0
+    }
+}
+
+/// The derived keys. No `Debug` or `Clone`; each part zeroizes itself on drop.
+pub struct ServiceKeys {
+    pub(crate) refs: Aes256GcmSiv,
+    pub(crate) simulation: Hmac<Sha256>,
+    pub(crate) audit_signing: SigningKey,
+}
+
+fn derive(hk: &Hkdf<Sha256>, label: &str) -> Zeroizing<[u8; KEY_LEN]> {
+    let mut out = Zeroizing::new([0u8; KEY_LEN]);
+    // 32 bytes is far below HKDF-SHA256's output limit, so expand cannot fail.
+    let _ = hk.expand(label.as_bytes(), out.as_mut());
+    out
+}
+
+impl ServiceKeys {
+    /// Derives every key from the service secret with HKDF-SHA256 and distinct labels.
+    pub fn derive(secret: &ServiceSecret) -> Self {
+        let hk = Hkdf::<Sha256>::new(Some(b"selene-kms/service-keys/v1"), secret.expose());
+        let refs_key = derive(&hk, "opaque-refs/aes-256-gcm-siv");
+        let sim_key = derive(&hk, "simulation-id/hmac-sha256");
+        let mut sign_seed = derive(&hk, "audit-checkpoints/ed25519");
+        let audit_signing = SigningKey::from_bytes(&sign_seed);
+        sign_seed.zeroize();
+        Self {
+            refs: Aes256GcmSiv::new((&*refs_key).into()),
+            simulation: hmac_key(&sim_key),
+            audit_signing,
+        }
+    }
+
+    /// The public key that verifies audit checkpoints; safe to publish.
+    pub fn audit_verifying_key(&self) -> VerifyingKey {
+        self.audit_signing.verifying_key()
+    }
+}
+
+/// An HMAC-SHA256 instance keyed with 32 bytes. A key shorter than the 64-byte block is
+/// zero-padded by HMAC's definition (RFC 2104), so padding it here gives the same MAC and makes
+/// construction infallible.
+fn hmac_key(key: &[u8; KEY_LEN]) -> Hmac<Sha256> {
+    let mut block = Zeroizing::new([0u8; 64]);
+    for (b, k) in block.iter_mut().zip(key) {
+        *b = *k;
+    }
+    <Hmac<Sha256> as KeyInit>::new((&*block).into())
+}

@@ -1,0 +1,144 @@
+//! Redemption rules: when may an executor exchange a handle or credential for material.
+//!
+//! The core decides; the host fetches and decrypts the material only after [`check`] allowed it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::diagnostics::{Problem, Subject};
+use crate::ids::TenantId;
+use crate::keys::ServiceKeys;
+use crate::reason::ReasonCode;
+use crate::refs::{self, OpenedGrant, RefKind};
+use crate::refusal::Refusal;
+use crate::request::MAX_REF_LEN;
+use crate::state::{SecretSnapshot, VersionState};
+
+/// A redemption request as received.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(
+    missing_docs,
+    reason = "fields are the wire contract's, documented in DESIGN.md"
+)]
+pub struct RawRedeemRequest {
+    pub tenant_id: Option<String>,
+    pub secret_handle: Option<String>,
+    pub ephemeral_credential_ref: Option<String>,
+}
+
+/// A validated redemption request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedeemRequest {
+    /// The tenant the ref must belong to.
+    pub tenant_id: TenantId,
+    /// What kind of ref is presented.
+    pub kind: RefKind,
+    /// The ref's text.
+    pub text: String,
+}
+
+fn schema(subject: Subject, problem: Problem) -> Refusal {
+    Refusal::new(ReasonCode::InputSchemaInvalid, subject, problem)
+}
+
+impl TryFrom<RawRedeemRequest> for RedeemRequest {
+    type Error = Refusal;
+
+    fn try_from(raw: RawRedeemRequest) -> Result<Self, Refusal> {
+        let tenant_id = match raw.tenant_id {
+            None => {
+                return Err(Refusal::new(
+                    ReasonCode::UpstreamInputMissing,
+                    Subject::TenantId,
+                    Problem::Missing,
+                ));
+            }
+            Some(t) => TenantId::try_from(t).map_err(|p| schema(Subject::TenantId, p))?,
+        };
+        let (kind, text) = match (raw.secret_handle, raw.ephemeral_credential_ref) {
+            (Some(h), None) => (RefKind::Handle, h),
+            (None, Some(c)) => (RefKind::Credential, c),
+            (None, None) => {
+                return Err(Refusal::new(
+                    ReasonCode::UpstreamInputMissing,
+                    Subject::Handle,
+                    Problem::Missing,
+                ));
+            }
+            (Some(_), Some(_)) => return Err(schema(Subject::Handle, Problem::BadShape)),
+        };
+        if text.len() > MAX_REF_LEN {
+            return Err(schema(Subject::Handle, Problem::TooLong));
+        }
+        Ok(Self {
+            tenant_id,
+            kind,
+            text,
+        })
+    }
+}
+
+impl RedeemRequest {
+    /// Parses and validates a JSON body without ever echoing it.
+    pub fn from_json(body: &[u8]) -> Result<Self, Refusal> {
+        let raw: RawRedeemRequest =
+            serde_json::from_slice(body).map_err(|_| schema(Subject::Body, Problem::Malformed))?;
+        Self::try_from(raw)
+    }
+
+    /// Opens the presented ref under the request's tenant (`KMS_HANDLE_INVALID` if it does not).
+    pub fn open(&self, keys: &ServiceKeys) -> Result<OpenedGrant, Refusal> {
+        refs::open_grant(keys, self.kind, &self.tenant_id, &self.text).map_err(|_| {
+            Refusal::new(
+                ReasonCode::HandleInvalid,
+                subject(self.kind),
+                Problem::Invalid,
+            )
+        })
+    }
+}
+
+fn subject(kind: RefKind) -> Subject {
+    match kind {
+        RefKind::Credential => Subject::Credential,
+        _ => Subject::Handle,
+    }
+}
+
+/// Checks an opened ref against the secret's state, its own revocation and the request time.
+pub fn check(
+    kind: RefKind,
+    opened: &OpenedGrant,
+    secret: Option<&SecretSnapshot>,
+    ref_revoked: bool,
+    now_ms: u64,
+) -> Result<(), Refusal> {
+    let subject = subject(kind);
+    let secret = secret.ok_or_else(|| {
+        Refusal::new(
+            ReasonCode::SecretNotFound,
+            Subject::Secret,
+            Problem::NotFound,
+        )
+    })?;
+    if ref_revoked {
+        return Err(Refusal::new(ReasonCode::Revoked, subject, Problem::Revoked));
+    }
+    let claims = &opened.claims;
+    if now_ms < claims.issued_at_ms || now_ms > claims.expires_at_ms {
+        return Err(Refusal::new(ReasonCode::Expired, subject, Problem::Expired));
+    }
+    match secret.version_state(claims.version) {
+        Some(VersionState::Active) => Ok(()),
+        Some(VersionState::Revoked) => Err(Refusal::new(
+            ReasonCode::Revoked,
+            Subject::Version,
+            Problem::Revoked,
+        )),
+        None => Err(Refusal::new(
+            ReasonCode::HandleInvalid,
+            subject,
+            Problem::Invalid,
+        )),
+    }
+}

@@ -1,0 +1,356 @@
+//! Opaque refs: unforgeable, deterministic, and revealing nothing.
+//!
+//! A ref is `<prefix><base64url(nonce ‖ AES-256-GCM-SIV(claims))>`. The claims (secret name,
+//! version, requester, times) are encrypted and padded to a block of 64 bytes, so neither tenant,
+//! name nor version shows. The tenant is bound as associated data: a ref opened under another
+//! tenant fails authentication. GCM-SIV is nonce-misuse resistant, so a nonce derived from the
+//! request (its idempotency key) makes sealing deterministic: the same request, state and keys
+//! give the same ref, byte for byte. The tag is checked in constant time by the AEAD.
+
+use aes_gcm_siv::aead::{Aead, Payload};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use sha2::{Digest, Sha256};
+
+use crate::encode::{Decoder, Encoder};
+use crate::ids::{EngineId, IdempotencyKey, SecretName, TenantId, UserId};
+use crate::keys::ServiceKeys;
+use crate::request::MAX_REF_LEN;
+use crate::wire::TombstoneTarget;
+
+const NONCE_LEN: usize = 12;
+const TAG_LEN: usize = 16;
+const PAD_BLOCK: usize = 64;
+const AAD_DOMAIN: &[u8] = b"selene-kms/ref/v1";
+
+/// The kinds of ref, each with its own prefix so that a ref of one kind never opens as another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RefKind {
+    /// `secret_ref`: stable id of a secret.
+    Secret,
+    /// `secret_handle`: redeemable reference to one version.
+    Handle,
+    /// `ephemeral_credential_ref`: redeemable reference to one derived credential.
+    Credential,
+    /// `tombstone_ref`: id of one revocation.
+    Tombstone,
+}
+
+impl RefKind {
+    const fn prefix(self) -> &'static str {
+        match self {
+            Self::Secret => "ksr1_",
+            Self::Handle => "ksh1_",
+            Self::Credential => "kse1_",
+            Self::Tombstone => "kst1_",
+        }
+    }
+
+    const fn tag(self) -> u8 {
+        match self {
+            Self::Secret => 1,
+            Self::Handle => 2,
+            Self::Credential => 3,
+            Self::Tombstone => 4,
+        }
+    }
+
+    const fn id_prefix(self) -> &'static str {
+        match self {
+            Self::Secret => "sid_",
+            Self::Handle => "hid_",
+            Self::Credential => "cid_",
+            Self::Tombstone => "tid_",
+        }
+    }
+}
+
+/// Why a ref did not open. Deliberately coarse: the caller learns nothing about which check failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the opaque ref does not open")]
+pub struct RefError;
+
+/// A non-redeemable identifier of a handle or credential: a digest of the ref. Audit records and
+/// revocation lists carry this, so an audit reader cannot use what they read.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RefId(String);
+
+impl RefId {
+    /// The id's text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Rebuilds an id read back from storage.
+    pub fn from_stored(s: String) -> Self {
+        Self(s)
+    }
+
+    fn of(kind: RefKind, raw: &[u8]) -> Self {
+        let mut h = Sha256::new();
+        h.update(b"selene-kms/ref-id/v1");
+        h.update([kind.tag()]);
+        h.update(raw);
+        let digest = h.finalize();
+        let mut s = String::with_capacity(4 + 32);
+        s.push_str(kind.id_prefix());
+        for b in digest.iter().take(16) {
+            push_hex(&mut s, *b);
+        }
+        Self(s)
+    }
+
+    /// The id of a ref given in text form, if it has the shape of `kind`.
+    pub fn of_ref(kind: RefKind, text: &str) -> Option<Self> {
+        let raw = URL_SAFE_NO_PAD
+            .decode(text.strip_prefix(kind.prefix())?)
+            .ok()?;
+        Some(Self::of(kind, &raw))
+    }
+}
+
+pub(crate) fn push_hex(s: &mut String, b: u8) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for nibble in [b >> 4, b & 0x0f] {
+        s.push(char::from(*HEX.get(usize::from(nibble)).unwrap_or(&b'0')));
+    }
+}
+
+/// What a handle or an ephemeral credential is bound to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GrantClaims {
+    /// The secret.
+    pub secret_name: SecretName,
+    /// The version the grant resolves to.
+    pub version: u64,
+    /// The engine it was issued to.
+    pub engine: EngineId,
+    /// The user it was issued for.
+    pub user: Option<UserId>,
+    /// When it was issued.
+    pub issued_at_ms: u64,
+    /// When it stops being redeemable.
+    pub expires_at_ms: u64,
+}
+
+impl GrantClaims {
+    fn encode(&self) -> Encoder {
+        let mut e = Encoder::default();
+        e.str(self.secret_name.as_str())
+            .u64(self.version)
+            .str(self.engine.as_str())
+            .opt_str(self.user.as_ref().map(UserId::as_str))
+            .u64(self.issued_at_ms)
+            .u64(self.expires_at_ms);
+        e
+    }
+
+    fn decode(d: &mut Decoder<'_>) -> Option<Self> {
+        Some(Self {
+            secret_name: SecretName::try_from(d.str()?).ok()?,
+            version: d.u64()?,
+            engine: EngineId::try_from(d.str()?).ok()?,
+            user: match d.opt_str()? {
+                None => None,
+                Some(u) => Some(UserId::try_from(u).ok()?),
+            },
+            issued_at_ms: d.u64()?,
+            expires_at_ms: d.u64()?,
+        })
+    }
+}
+
+/// A handle or credential that opened, with its non-redeemable id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpenedGrant {
+    /// What the ref is bound to.
+    pub claims: GrantClaims,
+    /// Its non-redeemable id.
+    pub id: RefId,
+}
+
+fn aad(kind: RefKind, tenant: &TenantId) -> Vec<u8> {
+    let mut a = Vec::with_capacity(AAD_DOMAIN.len() + 1 + tenant.as_str().len());
+    a.extend_from_slice(AAD_DOMAIN);
+    a.push(kind.tag());
+    a.extend_from_slice(tenant.as_str().as_bytes());
+    a
+}
+
+fn nonce_for(kind: RefKind, seed: &[u8]) -> [u8; NONCE_LEN] {
+    let mut h = Sha256::new();
+    h.update(b"selene-kms/ref-nonce/v1");
+    h.update([kind.tag()]);
+    h.update(seed);
+    let digest = h.finalize();
+    let mut nonce = [0u8; NONCE_LEN];
+    for (n, d) in nonce.iter_mut().zip(digest.iter()) {
+        *n = *d;
+    }
+    nonce
+}
+
+/// Seals `claims` into a ref of `kind` for `tenant`; `seed` makes the nonce.
+fn seal(
+    keys: &ServiceKeys,
+    kind: RefKind,
+    tenant: &TenantId,
+    seed: &[u8],
+    claims: Encoder,
+) -> String {
+    let mut plaintext = claims.finish();
+    let padded = plaintext.len().div_ceil(PAD_BLOCK).max(1) * PAD_BLOCK;
+    plaintext.resize(padded, 0);
+    let nonce = nonce_for(kind, seed);
+    let aad = aad(kind, tenant);
+    let sealed = keys.refs.encrypt(
+        (&nonce).into(),
+        Payload {
+            msg: &plaintext,
+            aad: &aad,
+        },
+    );
+    // Encryption fails only for inputs beyond 2^36 bytes; claims are a few hundred bytes.
+    let ciphertext = sealed.unwrap_or_default();
+    let mut raw = Vec::with_capacity(NONCE_LEN + ciphertext.len());
+    raw.extend_from_slice(&nonce);
+    raw.extend_from_slice(&ciphertext);
+    let mut out = String::with_capacity(kind.prefix().len() + raw.len().div_ceil(3) * 4);
+    out.push_str(kind.prefix());
+    URL_SAFE_NO_PAD.encode_string(&raw, &mut out);
+    out
+}
+
+/// Opens a ref of `kind` for `tenant`, returning the claims bytes and the raw ref bytes.
+fn open(
+    keys: &ServiceKeys,
+    kind: RefKind,
+    tenant: &TenantId,
+    text: &str,
+) -> Result<(Vec<u8>, Vec<u8>), RefError> {
+    if text.len() > MAX_REF_LEN {
+        return Err(RefError);
+    }
+    let body = text.strip_prefix(kind.prefix()).ok_or(RefError)?;
+    let raw = URL_SAFE_NO_PAD.decode(body).map_err(|_| RefError)?;
+    if raw.len() < NONCE_LEN + TAG_LEN + PAD_BLOCK {
+        return Err(RefError);
+    }
+    let (nonce, ciphertext) = raw.split_at(NONCE_LEN);
+    let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| RefError)?;
+    let aad = aad(kind, tenant);
+    let plaintext = keys
+        .refs
+        .decrypt(
+            (&nonce).into(),
+            Payload {
+                msg: ciphertext,
+                aad: &aad,
+            },
+        )
+        .map_err(|_| RefError)?;
+    Ok((plaintext, raw))
+}
+
+fn finish_decode<T>(d: &Decoder<'_>, value: Option<T>) -> Result<T, RefError> {
+    // Everything after the claims must be padding.
+    match value {
+        Some(v) if d.remaining().iter().all(|&b| b == 0) => Ok(v),
+        _ => Err(RefError),
+    }
+}
+
+/// The stable `secret_ref` of a secret.
+pub fn secret_ref(keys: &ServiceKeys, tenant: &TenantId, name: &SecretName) -> String {
+    let mut claims = Encoder::default();
+    claims.str(name.as_str());
+    // Deterministic per (tenant, name): the tenant is in the AAD, the name is the seed.
+    seal(
+        keys,
+        RefKind::Secret,
+        tenant,
+        name.as_str().as_bytes(),
+        claims,
+    )
+}
+
+/// Opens a `secret_ref`, returning the secret's name.
+pub fn open_secret_ref(
+    keys: &ServiceKeys,
+    tenant: &TenantId,
+    text: &str,
+) -> Result<SecretName, RefError> {
+    let (plaintext, _) = open(keys, RefKind::Secret, tenant, text)?;
+    let mut d = Decoder::new(&plaintext);
+    let name = d.str().and_then(|s| SecretName::try_from(s).ok());
+    finish_decode(&d, name)
+}
+
+/// Seals a handle or credential. The idempotency key seeds the nonce: a retry of the same request
+/// yields the same ref, and two requests yield two independently revocable refs.
+pub fn seal_grant(
+    keys: &ServiceKeys,
+    kind: RefKind,
+    tenant: &TenantId,
+    idempotency_key: &IdempotencyKey,
+    claims: &GrantClaims,
+) -> String {
+    seal(
+        keys,
+        kind,
+        tenant,
+        idempotency_key.as_str().as_bytes(),
+        claims.encode(),
+    )
+}
+
+/// Opens a handle or credential of `kind` for `tenant`.
+pub fn open_grant(
+    keys: &ServiceKeys,
+    kind: RefKind,
+    tenant: &TenantId,
+    text: &str,
+) -> Result<OpenedGrant, RefError> {
+    if !matches!(kind, RefKind::Handle | RefKind::Credential) {
+        return Err(RefError);
+    }
+    let (plaintext, raw) = open(keys, kind, tenant, text)?;
+    let mut d = Decoder::new(&plaintext);
+    let claims = GrantClaims::decode(&mut d);
+    let claims = finish_decode(&d, claims)?;
+    Ok(OpenedGrant {
+        claims,
+        id: RefId::of(kind, &raw),
+    })
+}
+
+/// The non-redeemable id of a handle or credential ref this core sealed.
+pub fn ref_id(kind: RefKind, text: &str) -> Option<RefId> {
+    RefId::of_ref(kind, text)
+}
+
+/// The tombstone of a revocation. Seeded by the revoked target and the state it revoked, so the
+/// dry run and its commit show the same tombstone.
+pub fn tombstone_ref(
+    keys: &ServiceKeys,
+    tenant: &TenantId,
+    name: &SecretName,
+    target: TombstoneTarget,
+    target_id: &str,
+    state_version: u64,
+) -> String {
+    let target_tag = match target {
+        TombstoneTarget::Version => 1,
+        TombstoneTarget::AllVersions => 2,
+        TombstoneTarget::Handle => 3,
+        TombstoneTarget::EphemeralCredential => 4,
+    };
+    let mut claims = Encoder::default();
+    claims
+        .str(name.as_str())
+        .u8(target_tag)
+        .str(target_id)
+        .u64(state_version);
+    let seed = claims.as_slice().to_vec();
+    seal(keys, RefKind::Tombstone, tenant, &seed, claims)
+}

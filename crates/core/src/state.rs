@@ -1,0 +1,168 @@
+//! State snapshots the host hands to the core, and the state changes the core hands back.
+//!
+//! The core never writes: it returns a [`StateChange`] and the host commits it atomically with
+//! the audit record and the idempotency record.
+
+use crate::refs::RefId;
+
+/// Bounds on the TTL of ephemeral credentials.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TtlBounds {
+    /// Shortest TTL a requester may ask for.
+    pub min_ms: u64,
+    /// Longest TTL a requester may ask for.
+    pub max_ms: u64,
+    /// TTL used when the request names none.
+    pub default_ms: u64,
+}
+
+impl TtlBounds {
+    /// The documented defaults: min 30 s, max 1 h, default 5 min.
+    pub const DEFAULT: Self = Self {
+        min_ms: 30_000,
+        max_ms: 3_600_000,
+        default_ms: 300_000,
+    };
+
+    /// Bounds that make sense: `1 ≤ min ≤ default ≤ max ≤` one year.
+    pub fn new(min_ms: u64, max_ms: u64, default_ms: u64) -> Option<Self> {
+        (min_ms >= 1
+            && min_ms <= default_ms
+            && default_ms <= max_ms
+            && max_ms <= crate::request::MAX_TTL_MS)
+            .then_some(Self {
+                min_ms,
+                max_ms,
+                default_ms,
+            })
+    }
+}
+
+impl Default for TtlBounds {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// How long a handle stays redeemable when the secret sets nothing else: one hour.
+pub const DEFAULT_HANDLE_TTL_MS: u64 = 3_600_000;
+
+/// Where a secret's material comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SecretKind {
+    /// 32 random bytes made by the KMS; a rotation makes fresh ones.
+    Generated,
+    /// Material an admin imported; a rotation uses material staged beforehand.
+    Imported,
+}
+
+impl SecretKind {
+    /// Stable name for storage and listings.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Generated => "GENERATED",
+            Self::Imported => "IMPORTED",
+        }
+    }
+
+    /// Parses [`SecretKind::name`].
+    pub fn from_name(s: &str) -> Option<Self> {
+        match s {
+            "GENERATED" => Some(Self::Generated),
+            "IMPORTED" => Some(Self::Imported),
+            _ => None,
+        }
+    }
+}
+
+/// State of one version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum VersionState {
+    /// Usable.
+    Active,
+    /// Revoked: every later use fails closed.
+    Revoked,
+}
+
+impl VersionState {
+    /// Stable name for storage and listings.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Active => "ACTIVE",
+            Self::Revoked => "REVOKED",
+        }
+    }
+}
+
+/// Everything the core needs to know about one secret, read by the host in one go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretSnapshot {
+    /// The secret's opaque `secret_ref`, as [`crate::refs::secret_ref`] computes it. Hosts cache
+    /// it with the rest of the snapshot so the hot path seals one ref, not two.
+    pub secret_ref: String,
+    /// Advances on every committed change to this secret; simulations bind to it.
+    pub state_version: u64,
+    /// Generated or imported.
+    pub kind: SecretKind,
+    /// State of versions 1..=n, in order; the last one is current.
+    pub versions: Vec<VersionState>,
+    /// Whether material is staged for the next rotation.
+    pub staged: bool,
+    /// Ephemeral TTL bounds.
+    pub ttl: TtlBounds,
+    /// Lifetime of handles.
+    pub handle_ttl_ms: u64,
+}
+
+impl SecretSnapshot {
+    /// The current (highest) version; 0 only for a malformed snapshot.
+    pub fn current_version(&self) -> u64 {
+        self.versions.len() as u64
+    }
+
+    /// The state of `version`, if it exists.
+    pub fn version_state(&self, version: u64) -> Option<VersionState> {
+        let index = usize::try_from(version.checked_sub(1)?).ok()?;
+        self.versions.get(index).copied()
+    }
+}
+
+/// The change a committed request makes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StateChange {
+    /// Nothing changes (handles, credentials, dry runs, refusals).
+    None,
+    /// Adds `new_version`; its material is the staged one or fresh random bytes from the host.
+    Rotate {
+        /// The version created.
+        new_version: u64,
+        /// Use the staged material (imported secrets) rather than fresh random bytes.
+        from_staged: bool,
+    },
+    /// Revokes one version.
+    RevokeVersion(u64),
+    /// Revokes every version.
+    RevokeAllVersions,
+    /// Revokes one handle until it would have expired anyway.
+    RevokeHandle {
+        /// The handle's non-redeemable id.
+        id: RefId,
+        /// When the handle expires; the revocation can be pruned after.
+        expires_at_ms: u64,
+    },
+    /// Revokes one ephemeral credential.
+    RevokeCredential {
+        /// The credential's non-redeemable id.
+        id: RefId,
+        /// When the credential expires; the revocation can be pruned after.
+        expires_at_ms: u64,
+    },
+}
+
+impl StateChange {
+    /// Whether the change touches the secret's versions (and so must advance its state version
+    /// under compare-and-set).
+    pub fn touches_secret(&self) -> bool {
+        !matches!(self, Self::None)
+    }
+}

@@ -1,0 +1,180 @@
+//! The wire contract (v1): the raw request as the OS sends it and the `kms_material_bundle`.
+//!
+//! Raw types are what the caller typed; [`crate::request::KmsRequest`] is what the core acts on.
+
+use serde::{Deserialize, Serialize};
+
+use crate::diagnostics::Diagnostic;
+use crate::reason::ReasonCode;
+
+/// The four operations of the seed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Operation {
+    /// An opaque, redeemable handle to the current version.
+    GetHandle,
+    /// An ephemeral credential derived from the current version, with a bounded TTL.
+    IssueEphemeral,
+    /// A new version; returns its number only.
+    Rotate,
+    /// Revokes a version, all versions, a handle or a credential.
+    Revoke,
+}
+
+impl Operation {
+    /// The wire name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::GetHandle => "GET_HANDLE",
+            Self::IssueEphemeral => "ISSUE_EPHEMERAL",
+            Self::Rotate => "ROTATE",
+            Self::Revoke => "REVOKE",
+        }
+    }
+
+    /// Whether the operation changes state and so is simulation-gated.
+    pub const fn is_mutation(self) -> bool {
+        matches!(self, Self::Rotate | Self::Revoke)
+    }
+
+    /// All operations, in wire order.
+    pub const ALL: [Self; 4] = [
+        Self::GetHandle,
+        Self::IssueEphemeral,
+        Self::Rotate,
+        Self::Revoke,
+    ];
+}
+
+/// A KMS request as received. Every field is optional here so that a missing one is reported as
+/// `PH1_KMS_UPSTREAM_INPUT_MISSING` rather than as a parse failure.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(
+    missing_docs,
+    reason = "fields are the wire contract's, documented in DESIGN.md"
+)]
+pub struct RawKmsRequest {
+    pub correlation_id: Option<String>,
+    pub turn_id: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub tenant_id: Option<String>,
+    pub operation: Option<Operation>,
+    pub secret_name: Option<String>,
+    pub requester_engine_id: Option<String>,
+    pub requester_user_id: Option<String>,
+    pub requested_ttl_ms: Option<u64>,
+    pub previous_version: Option<u64>,
+    pub revoke_target: Option<RawRevokeTarget>,
+    pub simulation_id: Option<String>,
+    pub dry_run: Option<bool>,
+    pub max_diagnostics: Option<u32>,
+    pub requester_allowlist: Option<Vec<String>>,
+}
+
+/// `revoke_target` as received: exactly one field must be set.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(
+    missing_docs,
+    reason = "fields are the wire contract's, documented in DESIGN.md"
+)]
+pub struct RawRevokeTarget {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub all_versions: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_handle: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ephemeral_credential_ref: Option<String>,
+}
+
+/// `OK` or `FAIL`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ValidationStatus {
+    /// The request was allowed and its outputs may be forwarded.
+    Ok,
+    /// Refused: the OS fails closed and forwards nothing.
+    Fail,
+}
+
+/// What a revocation revoked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TombstoneTarget {
+    /// One version.
+    Version,
+    /// Every version of the secret.
+    AllVersions,
+    /// One handle.
+    Handle,
+    /// One ephemeral credential.
+    EphemeralCredential,
+}
+
+/// The revocation tombstone returned by REVOKE.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tombstone {
+    /// Opaque id of this revocation.
+    pub tombstone_ref: String,
+    /// What was revoked.
+    pub target: TombstoneTarget,
+    /// The version revoked, for a version target; the handle's or credential's version otherwise.
+    pub version: Option<u64>,
+}
+
+/// The `kms_material_bundle`: the engine's only answer to a KMS request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(
+    missing_docs,
+    reason = "fields are the wire contract's, documented in DESIGN.md"
+)]
+pub struct MaterialBundle {
+    pub validation_status: ValidationStatus,
+    pub reason_code: ReasonCode,
+    pub diagnostics: Vec<Diagnostic>,
+    pub operation: Option<Operation>,
+    pub secret_ref: Option<String>,
+    pub secret_handle: Option<String>,
+    pub ephemeral_credential_ref: Option<String>,
+    pub expires_at_ms: Option<u64>,
+    pub rotated_version: Option<u64>,
+    pub revoked: Option<Tombstone>,
+    pub dry_run: bool,
+    pub simulation_id: Option<String>,
+    pub audit_seq: Option<u64>,
+}
+
+impl MaterialBundle {
+    /// A refusal: every material field null, the operation and dry-run flag echoed.
+    pub fn refusal(
+        reason_code: ReasonCode,
+        diagnostics: Vec<Diagnostic>,
+        operation: Option<Operation>,
+        dry_run: bool,
+    ) -> Self {
+        Self {
+            validation_status: ValidationStatus::Fail,
+            reason_code,
+            diagnostics,
+            operation,
+            secret_ref: None,
+            secret_handle: None,
+            ephemeral_credential_ref: None,
+            expires_at_ms: None,
+            rotated_version: None,
+            revoked: None,
+            dry_run,
+            simulation_id: None,
+            audit_seq: None,
+        }
+    }
+
+    /// Whether the OS may forward this bundle's outputs.
+    pub fn is_ok(&self) -> bool {
+        self.validation_status == ValidationStatus::Ok
+    }
+}
