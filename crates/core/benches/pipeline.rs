@@ -90,7 +90,10 @@ fn pipeline(c: &mut Criterion) {
     group.finish();
 }
 
-#[allow(missing_docs, reason = "criterion_group! generates an undocumented function")]
+#[allow(
+    missing_docs,
+    reason = "criterion_group! generates an undocumented function"
+)]
 mod group {
     criterion::criterion_group!(benches, super::pipeline);
 }

@@ -40,6 +40,13 @@ macro_rules! validated_id {
             }
         }
 
+        // Lets maps keyed by the id be queried with a `&str`; Hash and Eq agree with `str`'s.
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
         impl fmt::Debug for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 write!(f, "{}({:?})", stringify!($name), self.0)

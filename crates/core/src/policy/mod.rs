@@ -166,10 +166,10 @@ pub fn evaluate<'r>(
         }
     };
     let engine = &request.requester.engine;
-    if let Some(list) = &request.requester_allowlist {
-        if !list.contains(engine) {
-            return Err(not_authorized(Problem::NotInAllowlist));
-        }
+    if let Some(list) = &request.requester_allowlist
+        && !list.contains(engine)
+    {
+        return Err(not_authorized(Problem::NotInAllowlist));
     }
     let op = request.operation;
     if !policy

@@ -1,0 +1,318 @@
+//! Envelope encryption at rest.
+//!
+//! A 256-bit root key (from a 0600 key file or the environment) wraps one random data key per
+//! tenant and the store's service secret. Material is sealed with AES-256-GCM under the tenant's
+//! data key; the associated data binds tenant, secret and version, so a row moved to another
+//! secret, version or tenant fails to open. Rotating the root key rewraps data keys only.
+
+use std::io::Write;
+use std::path::Path;
+
+use aes_gcm::aead::{Aead, Payload};
+use aes_gcm::{Aes256Gcm, KeyInit};
+use selene_kms_core::{SecretMaterial, SecretName, TenantId};
+use zeroize::Zeroizing;
+
+use crate::error::{ErrorKind, StoreError, StoreResult};
+
+const NONCE_LEN: usize = 12;
+/// Environment variable that may carry the root key (64 hex characters).
+pub const ROOT_KEY_ENV: &str = "SELENE_KMS_ROOT_KEY";
+
+fn random<const N: usize>() -> StoreResult<Zeroizing<[u8; N]>> {
+    let mut out = Zeroizing::new([0u8; N]);
+    getrandom::fill(out.as_mut())
+        .map_err(|_| StoreError::new(ErrorKind::Unavailable, "the OS random source failed"))?;
+    Ok(out)
+}
+
+/// Fresh random material for a generated secret or a rotation.
+pub fn generate_material() -> StoreResult<SecretMaterial> {
+    let bytes = random::<{ selene_kms_core::material::MATERIAL_LEN }>()?;
+    Ok(SecretMaterial::from_slice(bytes.as_ref()))
+}
+
+/// Fresh random 32 bytes (data keys, service secret, root key, tokens).
+pub fn random_key() -> StoreResult<Zeroizing<[u8; 32]>> {
+    random::<32>()
+}
+
+fn seal(cipher: &Aes256Gcm, aad: &[u8], plaintext: &[u8]) -> StoreResult<Vec<u8>> {
+    let nonce = random::<NONCE_LEN>()?;
+    let ct = cipher
+        .encrypt(
+            (&*nonce).into(),
+            Payload {
+                msg: plaintext,
+                aad,
+            },
+        )
+        .map_err(|_| StoreError::new(ErrorKind::Invalid, "encryption failed"))?;
+    let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
+    out.extend_from_slice(nonce.as_ref());
+    out.extend_from_slice(&ct);
+    Ok(out)
+}
+
+fn open(cipher: &Aes256Gcm, aad: &[u8], sealed: &[u8]) -> StoreResult<Zeroizing<Vec<u8>>> {
+    let corrupt = || StoreError::new(ErrorKind::Corrupt, "sealed data failed authentication");
+    if sealed.len() < NONCE_LEN {
+        return Err(corrupt());
+    }
+    let (nonce, ct) = sealed.split_at(NONCE_LEN);
+    let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| corrupt())?;
+    cipher
+        .decrypt((&nonce).into(), Payload { msg: ct, aad })
+        .map(Zeroizing::new)
+        .map_err(|_| corrupt())
+}
+
+/// The root key. No `Debug`, `Clone` or `Serialize`; zeroized on drop.
+pub struct RootKey {
+    cipher: Aes256Gcm,
+}
+
+impl RootKey {
+    /// A key from 32 raw bytes.
+    pub fn from_bytes(bytes: &[u8; 32]) -> Self {
+        Self {
+            cipher: Aes256Gcm::new(bytes.into()),
+        }
+    }
+
+    /// A new random key, with its hex form for the key file.
+    pub fn generate() -> StoreResult<(Self, Zeroizing<String>)> {
+        let bytes = random_key()?;
+        Ok((
+            Self::from_bytes(&bytes),
+            Zeroizing::new(hex::encode(*bytes)),
+        ))
+    }
+
+    /// Parses 64 hex characters (surrounding whitespace ignored).
+    pub fn from_hex(text: &str) -> StoreResult<Self> {
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        hex::decode_to_slice(text.trim(), bytes.as_mut()).map_err(|_| {
+            StoreError::new(ErrorKind::Invalid, "the root key is not 64 hex characters")
+        })?;
+        Ok(Self::from_bytes(&bytes))
+    }
+
+    /// Reads a key file, refusing one that others can read.
+    pub fn load_file(path: &Path) -> StoreResult<Self> {
+        let unavailable =
+            |what: &str| StoreError::new(ErrorKind::Unavailable, format!("root key file: {what}"));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let meta = std::fs::metadata(path).map_err(|_| unavailable("cannot be read"))?;
+            if meta.permissions().mode() & 0o077 != 0 {
+                return Err(StoreError::new(
+                    ErrorKind::Invalid,
+                    "root key file: permissions must be 0600 (owner only)",
+                ));
+            }
+        }
+        let text = Zeroizing::new(
+            std::fs::read_to_string(path).map_err(|_| unavailable("cannot be read"))?,
+        );
+        Self::from_hex(&text)
+    }
+
+    /// Creates a new key file with mode 0600; fails if the file exists.
+    pub fn create_file(path: &Path) -> StoreResult<Self> {
+        let (key, hex) = Self::generate()?;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut file = options.open(path).map_err(|_| {
+            StoreError::new(
+                ErrorKind::AlreadyExists,
+                "root key file exists or cannot be created",
+            )
+        })?;
+        file.write_all(hex.as_bytes())
+            .and_then(|()| file.write_all(b"\n"))
+            .and_then(|()| file.sync_all())
+            .map_err(|_| StoreError::new(ErrorKind::Unavailable, "root key file: write failed"))?;
+        Ok(key)
+    }
+
+    /// The key from [`ROOT_KEY_ENV`], if set.
+    pub fn from_env() -> StoreResult<Option<Self>> {
+        match std::env::var(ROOT_KEY_ENV) {
+            Ok(text) => Self::from_hex(&Zeroizing::new(text)).map(Some),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Wraps a key under this root key, bound to `label`.
+    pub(crate) fn wrap(&self, label: &[u8], key: &[u8; 32]) -> StoreResult<Vec<u8>> {
+        seal(&self.cipher, label, key)
+    }
+
+    /// Unwraps a key wrapped by [`RootKey::wrap`] with the same label.
+    pub(crate) fn unwrap(&self, label: &[u8], wrapped: &[u8]) -> StoreResult<Zeroizing<[u8; 32]>> {
+        let plain = open(&self.cipher, label, wrapped).map_err(|_| {
+            StoreError::new(
+                ErrorKind::Corrupt,
+                "a wrapped key does not open: wrong root key, or the store was altered",
+            )
+        })?;
+        let mut out = Zeroizing::new([0u8; 32]);
+        if plain.len() != 32 {
+            return Err(StoreError::new(
+                ErrorKind::Corrupt,
+                "a wrapped key has the wrong length",
+            ));
+        }
+        out.copy_from_slice(&plain);
+        Ok(out)
+    }
+}
+
+/// Label binding a tenant's wrapped data key to its tenant.
+pub(crate) fn dek_label(tenant: &TenantId) -> Vec<u8> {
+    let mut l = b"selene-kms/tenant-data-key/v1/".to_vec();
+    l.extend_from_slice(tenant.as_str().as_bytes());
+    l
+}
+
+/// Label of the wrapped service secret.
+pub(crate) const SERVICE_SECRET_LABEL: &[u8] = b"selene-kms/service-secret/v1";
+
+/// A tenant's data key. No `Debug` or `Clone`; the cipher zeroizes its key schedule on drop.
+pub(crate) struct DataKey {
+    cipher: Aes256Gcm,
+}
+
+/// Which slot of a secret sealed material belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Slot {
+    /// A committed version.
+    Version(u64),
+    /// Material staged for the next rotation.
+    Staged,
+}
+
+fn material_aad(tenant: &TenantId, name: &SecretName, slot: Slot) -> Vec<u8> {
+    let mut aad = b"selene-kms/material/v1".to_vec();
+    for part in [tenant.as_str(), name.as_str()] {
+        aad.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        aad.extend_from_slice(part.as_bytes());
+    }
+    match slot {
+        Slot::Version(v) => {
+            aad.push(1);
+            aad.extend_from_slice(&v.to_be_bytes());
+        }
+        Slot::Staged => aad.push(2),
+    }
+    aad
+}
+
+impl DataKey {
+    pub(crate) fn from_bytes(bytes: &[u8; 32]) -> Self {
+        Self {
+            cipher: Aes256Gcm::new(bytes.into()),
+        }
+    }
+
+    /// Seals material for one slot of one secret.
+    pub(crate) fn seal(
+        &self,
+        tenant: &TenantId,
+        name: &SecretName,
+        slot: Slot,
+        material: &SecretMaterial,
+    ) -> StoreResult<Vec<u8>> {
+        seal(
+            &self.cipher,
+            &material_aad(tenant, name, slot),
+            material.expose(),
+        )
+    }
+
+    /// Opens material sealed for exactly this slot.
+    pub(crate) fn open(
+        &self,
+        tenant: &TenantId,
+        name: &SecretName,
+        slot: Slot,
+        sealed: &[u8],
+    ) -> StoreResult<SecretMaterial> {
+        let plain = open(&self.cipher, &material_aad(tenant, name, slot), sealed)?;
+        Ok(SecretMaterial::from_slice(&plain))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> TenantId {
+        TenantId::try_from(s).expect("valid")
+    }
+    fn n(s: &str) -> SecretName {
+        SecretName::try_from(s).expect("valid")
+    }
+
+    #[test]
+    fn sealed_material_opens_only_in_its_own_slot() {
+        let dek = DataKey::from_bytes(&[3u8; 32]);
+        let m = SecretMaterial::from_slice(b"value");
+        let sealed = dek
+            .seal(&t("a"), &n("x"), Slot::Version(2), &m)
+            .expect("seals");
+        let opened = dek
+            .open(&t("a"), &n("x"), Slot::Version(2), &sealed)
+            .expect("opens");
+        assert_eq!(opened.expose(), b"value");
+        for (tenant, name, slot) in [
+            ("b", "x", Slot::Version(2)),
+            ("a", "y", Slot::Version(2)),
+            ("a", "x", Slot::Version(3)),
+            ("a", "x", Slot::Staged),
+        ] {
+            assert!(dek.open(&t(tenant), &n(name), slot, &sealed).is_err());
+        }
+        assert!(!sealed.windows(5).any(|w| w == b"value"));
+    }
+
+    #[test]
+    fn wrapped_keys_need_the_same_root_key_and_label() {
+        let root = RootKey::from_bytes(&[1u8; 32]);
+        let wrapped = root.wrap(b"label", &[9u8; 32]).expect("wraps");
+        assert_eq!(
+            *root.unwrap(b"label", &wrapped).expect("unwraps"),
+            [9u8; 32]
+        );
+        assert!(root.unwrap(b"other", &wrapped).is_err());
+        assert!(
+            RootKey::from_bytes(&[2u8; 32])
+                .unwrap(b"label", &wrapped)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn key_files_are_created_owner_only_and_refused_otherwise() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("root.key");
+        RootKey::create_file(&path).expect("creates");
+        assert!(RootKey::create_file(&path).is_err(), "never overwrites");
+        assert!(RootKey::load_file(&path).is_ok());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+            assert!(RootKey::load_file(&path).is_err());
+        }
+    }
+}

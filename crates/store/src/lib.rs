@@ -1,0 +1,25 @@
+//! `selene-kms-store`: durable state for selene-kms.
+//!
+//! The [`Store`] trait is the whole contract between the host and a backend: snapshots to read,
+//! and one atomic [`CommitUnit`] per request (state change + idempotency record + audit record).
+//! [`SqliteStore`] is the embedded default.
+#![forbid(unsafe_code)]
+
+mod clock;
+mod envelope;
+mod error;
+mod model;
+mod sqlite;
+mod store;
+
+pub mod verify;
+
+pub use clock::now_ms;
+pub use envelope::{ROOT_KEY_ENV, RootKey, generate_material, random_key};
+pub use error::{ErrorKind, StoreError, StoreResult};
+pub use model::{
+    Change, CommitUnit, IdempotencyRecord, IdempotencyScope, IdempotencyWrite, NewSecret, Receipt,
+    Role, SecretListing, StoredPolicy, VersionListing,
+};
+pub use sqlite::{CHECKPOINT_EVERY, MAX_BATCH, SqliteOptions, SqliteStore};
+pub use store::Store;

@@ -1,0 +1,619 @@
+//! The embedded default backend: one SQLite file in WAL mode.
+//!
+//! Durability: `journal_mode=WAL` with `synchronous=FULL`, so a commit returns only after the WAL
+//! is fsynced; an acknowledged request survives `kill -9` and power loss. Throughput comes from
+//! group commit: one writer thread drains every queued unit into one transaction (one fsync),
+//! gives each unit its own savepoint so one failure does not sink its neighbours, and answers each
+//! only after the batch is durable. Reads go to a small pool of reader connections (WAL lets them
+//! run beside the writer) behind an in-memory cache of policies and secret snapshots that only the
+//! writer updates, after each durable commit. The data directory is locked so that no second
+//! process writes the same file.
+
+mod cache;
+mod schema;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use selene_kms_core::{
+    AuditRecord, Checkpoint, Policy, PolicyDocument, RefId, SecretKind, SecretMaterial, SecretName,
+    SecretSnapshot, ServiceKeys, ServiceSecret, TenantId, TtlBounds, VersionState,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::envelope::{DataKey, RootKey, SERVICE_SECRET_LABEL, Slot, dek_label, random_key};
+use crate::error::{ErrorKind, StoreError, StoreResult};
+use crate::model::{
+    CommitUnit, IdempotencyRecord, IdempotencyScope, Receipt, Role, SecretListing, StoredPolicy,
+    VersionListing,
+};
+use crate::store::Store;
+use cache::Cache;
+use writer::{Job, SharedRoot, Writer};
+
+/// Most units in one group commit.
+pub const MAX_BATCH: usize = 1024;
+/// A checkpoint is signed every this many records of a tenant.
+pub const CHECKPOINT_EVERY: u64 = 1024;
+
+/// Maps a SQLite error to a store error without quoting anything but SQLite's own code.
+pub(crate) fn db_err(e: rusqlite::Error) -> StoreError {
+    let kind = match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase) => {
+            ErrorKind::Corrupt
+        }
+        Some(rusqlite::ErrorCode::ConstraintViolation) => ErrorKind::AlreadyExists,
+        _ => ErrorKind::Unavailable,
+    };
+    let code = e
+        .sqlite_error_code()
+        .map_or_else(|| "non-SQLite error".to_owned(), |c| format!("{c:?}"));
+    StoreError::new(kind, format!("sqlite: {code}"))
+}
+
+fn configure(conn: &Connection) -> StoreResult<()> {
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = FULL;
+         PRAGMA foreign_keys = ON;
+         PRAGMA busy_timeout = 5000;
+         PRAGMA cache_size = -65536;",
+    )
+    .map_err(db_err)
+}
+
+fn open_connection(path: &Path, read_only: bool) -> StoreResult<Connection> {
+    let flags = if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
+    let conn = Connection::open_with_flags(path, flags).map_err(db_err)?;
+    configure(&conn)?;
+    Ok(conn)
+}
+
+/// Options for opening a SQLite store.
+#[derive(Clone, Debug)]
+pub struct SqliteOptions {
+    /// The database file.
+    pub path: PathBuf,
+    /// Create the service secret if the store is new (`init`); otherwise a new store is refused.
+    pub create: bool,
+}
+
+/// The embedded store.
+pub struct SqliteStore {
+    path: PathBuf,
+    keys: Arc<ServiceKeys>,
+    root: SharedRoot,
+    cache: Arc<Cache>,
+    readers: Mutex<Vec<Connection>>,
+    jobs: mpsc::UnboundedSender<Job>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    _lock: std::fs::File,
+}
+
+impl SqliteStore {
+    /// Opens (and with `create`, initialises) the store at `options.path`.
+    pub fn open(options: &SqliteOptions, root: RootKey) -> StoreResult<Self> {
+        let lock_path = options.path.with_extension("lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|_| StoreError::new(ErrorKind::Unavailable, "cannot create the lock file"))?;
+        lock.try_lock().map_err(|_| {
+            StoreError::new(
+                ErrorKind::Unavailable,
+                "another process has this store open",
+            )
+        })?;
+        if !options.create && !options.path.exists() {
+            return Err(StoreError::new(
+                ErrorKind::NotFound,
+                "no store here: run `selene-kms init` first",
+            ));
+        }
+        let mut conn = open_connection(&options.path, false)?;
+        schema::migrate(&mut conn)?;
+        let service = load_or_create_service_secret(&conn, &root, options.create)?;
+        let keys = Arc::new(ServiceKeys::derive(&service));
+        let root: SharedRoot = Arc::new(std::sync::RwLock::new(root));
+        let cache = Arc::new(Cache::default());
+        let (jobs, rx) = mpsc::unbounded_channel();
+        let writer = Writer::new(conn, keys.clone(), root.clone(), cache.clone());
+        let handle = std::thread::Builder::new()
+            .name("selene-kms-sqlite-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|_| StoreError::new(ErrorKind::Unavailable, "cannot start the writer"))?;
+        Ok(Self {
+            path: options.path.clone(),
+            keys,
+            root,
+            cache,
+            readers: Mutex::new(Vec::new()),
+            jobs,
+            writer: Mutex::new(Some(handle)),
+            _lock: lock,
+        })
+    }
+
+    /// Runs `f` on a pooled reader connection.
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> StoreResult<T>) -> StoreResult<T> {
+        let pooled = self.readers.lock().ok().and_then(|mut p| p.pop());
+        let conn = match pooled {
+            Some(c) => c,
+            None => open_connection(&self.path, true)?,
+        };
+        let result = f(&conn);
+        if let Ok(mut pool) = self.readers.lock()
+            && pool.len() < 16
+        {
+            pool.push(conn);
+        }
+        result
+    }
+
+    async fn submit(
+        &self,
+        job: impl FnOnce(oneshot::Sender<StoreResult<Receipt>>) -> Job,
+    ) -> StoreResult<Receipt> {
+        let (tx, rx) = oneshot::channel();
+        self.jobs
+            .send(job(tx))
+            .map_err(|_| StoreError::new(ErrorKind::Unavailable, "the writer has stopped"))?;
+        rx.await
+            .map_err(|_| StoreError::new(ErrorKind::Unavailable, "the writer has stopped"))?
+    }
+
+    /// Rewraps every tenant data key and the service secret under `new_root`, in one
+    /// transaction; material is not touched. The caller replaces the key file afterwards.
+    pub async fn rotate_root_key(&self, new_root: RootKey) -> StoreResult<u64> {
+        let receipt = self
+            .submit(|reply| Job::RotateRoot {
+                new_root: Box::new(new_root),
+                reply,
+            })
+            .await?;
+        Ok(receipt.audit_seq)
+    }
+
+    fn data_key(&self, conn: &Connection, tenant: &TenantId) -> StoreResult<Arc<DataKey>> {
+        if let Some(k) = self.cache.data_key(tenant) {
+            return Ok(k);
+        }
+        let wrapped: Option<Vec<u8>> = conn
+            .query_row(
+                "SELECT wrapped_dek FROM tenants WHERE tenant_id = ?1",
+                [tenant.as_str()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db_err)?
+            .flatten();
+        let wrapped = wrapped.ok_or_else(|| StoreError::new(ErrorKind::NotFound, "no data key"))?;
+        let root = self
+            .root
+            .read()
+            .map_err(|_| StoreError::new(ErrorKind::Unavailable, "root key lock poisoned"))?;
+        let key = Arc::new(DataKey::from_bytes(
+            &*root.unwrap(&dek_label(tenant), &wrapped)?,
+        ));
+        self.cache.put_data_key(tenant, key.clone());
+        Ok(key)
+    }
+}
+
+fn load_or_create_service_secret(
+    conn: &Connection,
+    root: &RootKey,
+    create: bool,
+) -> StoreResult<ServiceSecret> {
+    let wrapped: Option<Vec<u8>> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'service_secret'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(db_err)?;
+    match wrapped {
+        Some(w) => Ok(ServiceSecret::from_bytes(
+            *root.unwrap(SERVICE_SECRET_LABEL, &w)?,
+        )),
+        None if create => {
+            let secret = random_key()?;
+            let w = root.wrap(SERVICE_SECRET_LABEL, &secret)?;
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('service_secret', ?1)",
+                [w],
+            )
+            .map_err(db_err)?;
+            Ok(ServiceSecret::from_bytes(*secret))
+        }
+        None => Err(StoreError::new(
+            ErrorKind::NotFound,
+            "the store is not initialised: run `selene-kms init`",
+        )),
+    }
+}
+
+/// Reads one secret's snapshot.
+pub(crate) fn load_snapshot(
+    conn: &Connection,
+    tenant: &TenantId,
+    name: &SecretName,
+) -> StoreResult<Option<SecretSnapshot>> {
+    let head = conn
+        .prepare_cached(
+            "SELECT secret_ref, kind, state_version, ttl_min_ms, ttl_max_ms, ttl_default_ms,
+                    handle_ttl_ms, staged IS NOT NULL
+             FROM secrets WHERE tenant_id = ?1 AND secret_name = ?2",
+        )
+        .map_err(db_err)?
+        .query_row([tenant.as_str(), name.as_str()], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                (
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, i64>(5)?,
+                ),
+                r.get::<_, i64>(6)?,
+                r.get::<_, bool>(7)?,
+            ))
+        })
+        .optional()
+        .map_err(db_err)?;
+    let Some((secret_ref, kind, state_version, (min, max, default), handle_ttl, staged)) = head
+    else {
+        return Ok(None);
+    };
+    let corrupt = || StoreError::new(ErrorKind::Corrupt, "a secret row does not parse");
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT state FROM versions WHERE tenant_id = ?1 AND secret_name = ?2 ORDER BY version",
+        )
+        .map_err(db_err)?;
+    let versions = stmt
+        .query_map([tenant.as_str(), name.as_str()], |r| r.get::<_, String>(0))
+        .map_err(db_err)?
+        .map(|s| match s.map_err(db_err)?.as_str() {
+            "ACTIVE" => Ok(VersionState::Active),
+            "REVOKED" => Ok(VersionState::Revoked),
+            _ => Err(corrupt()),
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+    Ok(Some(SecretSnapshot {
+        secret_ref,
+        state_version: state_version as u64,
+        kind: SecretKind::from_name(&kind).ok_or_else(corrupt)?,
+        versions,
+        staged,
+        ttl: TtlBounds::new(min as u64, max as u64, default as u64).ok_or_else(corrupt)?,
+        handle_ttl_ms: handle_ttl as u64,
+    }))
+}
+
+fn load_policy(conn: &Connection, tenant: &TenantId) -> StoreResult<Option<(PolicyDocument, u64)>> {
+    let row: Option<(Option<String>, i64)> = conn
+        .prepare_cached("SELECT policy_json, policy_version FROM tenants WHERE tenant_id = ?1")
+        .map_err(db_err)?
+        .query_row([tenant.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()
+        .map_err(db_err)?;
+    match row {
+        Some((Some(json), version)) => {
+            let doc: PolicyDocument = serde_json::from_str(&json).map_err(|_| {
+                StoreError::new(ErrorKind::Corrupt, "a stored policy does not parse")
+            })?;
+            Ok(Some((doc, version as u64)))
+        }
+        _ => Ok(None),
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn keys(&self) -> &Arc<ServiceKeys> {
+        &self.keys
+    }
+
+    async fn policy(&self, tenant: &TenantId) -> StoreResult<Option<StoredPolicy>> {
+        if let Some(p) = self.cache.policy(tenant) {
+            return Ok(Some(p));
+        }
+        let Some((doc, version)) = self.read(|c| load_policy(c, tenant))? else {
+            return Ok(None);
+        };
+        let policy = Policy::try_from(&doc)
+            .map_err(|_| StoreError::new(ErrorKind::Corrupt, "a stored policy is invalid"))?;
+        let stored = StoredPolicy {
+            policy: Arc::new(policy),
+            version,
+        };
+        Ok(Some(self.cache.offer_policy(tenant, stored)))
+    }
+
+    async fn policy_document(
+        &self,
+        tenant: &TenantId,
+    ) -> StoreResult<Option<(PolicyDocument, u64)>> {
+        self.read(|c| load_policy(c, tenant))
+    }
+
+    async fn secret(
+        &self,
+        tenant: &TenantId,
+        name: &SecretName,
+    ) -> StoreResult<Option<Arc<SecretSnapshot>>> {
+        if let Some(s) = self.cache.secret(tenant, name) {
+            return Ok(Some(s));
+        }
+        match self.read(|c| load_snapshot(c, tenant, name))? {
+            None => Ok(None),
+            Some(s) => Ok(Some(self.cache.offer_secret(tenant, name, Arc::new(s)))),
+        }
+    }
+
+    async fn list_secrets(&self, tenant: &TenantId) -> StoreResult<Vec<SecretListing>> {
+        self.read(|c| {
+            let mut secrets = c
+                .prepare_cached(
+                    "SELECT secret_name, secret_ref, kind FROM secrets WHERE tenant_id = ?1
+                     ORDER BY secret_name",
+                )
+                .map_err(db_err)?;
+            let mut versions = c
+                .prepare_cached(
+                    "SELECT version, state, created_at_ms FROM versions
+                     WHERE tenant_id = ?1 AND secret_name = ?2 ORDER BY version",
+                )
+                .map_err(db_err)?;
+            let rows = secrets
+                .query_map([tenant.as_str()], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                    ))
+                })
+                .map_err(db_err)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(db_err)?;
+            let mut out = Vec::with_capacity(rows.len());
+            for (name, secret_ref, kind) in rows {
+                let vs = versions
+                    .query_map([tenant.as_str(), name.as_str()], |r| {
+                        Ok(VersionListing {
+                            version: r.get::<_, i64>(0)? as u64,
+                            state: if r.get::<_, String>(1)? == "REVOKED" {
+                                VersionState::Revoked.name()
+                            } else {
+                                VersionState::Active.name()
+                            },
+                            created_at_ms: r.get::<_, i64>(2)? as u64,
+                        })
+                    })
+                    .map_err(db_err)?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(db_err)?;
+                out.push(SecretListing {
+                    secret_name: name,
+                    secret_ref,
+                    kind: SecretKind::from_name(&kind).map_or("UNKNOWN", SecretKind::name),
+                    current_version: vs.len() as u64,
+                    versions: vs,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    async fn idempotency(
+        &self,
+        scope: &IdempotencyScope,
+    ) -> StoreResult<Option<IdempotencyRecord>> {
+        self.read(|c| {
+            c.prepare_cached(
+                "SELECT fingerprint, bundle FROM idempotency
+                 WHERE tenant_id = ?1 AND caller = ?2 AND key = ?3",
+            )
+            .map_err(db_err)?
+            .query_row(
+                [
+                    scope.tenant.as_str(),
+                    scope.caller.as_str(),
+                    scope.key.as_str(),
+                ],
+                |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?)),
+            )
+            .optional()
+            .map_err(db_err)?
+            .map(|(fp, bundle)| {
+                let fingerprint: [u8; 32] = fp.try_into().map_err(|_| {
+                    StoreError::new(
+                        ErrorKind::Corrupt,
+                        "an idempotency fingerprint is malformed",
+                    )
+                })?;
+                Ok(IdempotencyRecord {
+                    fingerprint,
+                    bundle_json: bundle.into(),
+                })
+            })
+            .transpose()
+        })
+    }
+
+    async fn is_revoked(&self, tenant: &TenantId, id: &RefId) -> StoreResult<bool> {
+        self.read(|c| {
+            c.prepare_cached("SELECT 1 FROM revoked_refs WHERE tenant_id = ?1 AND ref_id = ?2")
+                .map_err(db_err)?
+                .exists([tenant.as_str(), id.as_str()])
+                .map_err(db_err)
+        })
+    }
+
+    async fn material(
+        &self,
+        tenant: &TenantId,
+        name: &SecretName,
+        version: u64,
+    ) -> StoreResult<SecretMaterial> {
+        self.read(|c| {
+            let sealed: Vec<u8> = c
+                .prepare_cached(
+                    "SELECT sealed FROM versions
+                     WHERE tenant_id = ?1 AND secret_name = ?2 AND version = ?3",
+                )
+                .map_err(db_err)?
+                .query_row((tenant.as_str(), name.as_str(), version as i64), |r| {
+                    r.get(0)
+                })
+                .optional()
+                .map_err(db_err)?
+                .ok_or_else(|| StoreError::new(ErrorKind::NotFound, "no such version"))?;
+            self.data_key(c, tenant)?
+                .open(tenant, name, Slot::Version(version), &sealed)
+        })
+    }
+
+    async fn commit(&self, unit: CommitUnit) -> StoreResult<Receipt> {
+        self.submit(|reply| Job::Commit {
+            unit: Box::new(unit),
+            reply,
+        })
+        .await
+    }
+
+    async fn audit_records(
+        &self,
+        tenant: &TenantId,
+        after_seq: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<AuditRecord>> {
+        self.read(|c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT record FROM audit WHERE tenant_id = ?1 AND seq > ?2
+                     ORDER BY seq LIMIT ?3",
+                )
+                .map_err(db_err)?;
+            let rows = stmt
+                .query_map(
+                    (
+                        tenant.as_str(),
+                        after_seq.min(i64::MAX as u64) as i64,
+                        limit as i64,
+                    ),
+                    |r| r.get::<_, String>(0),
+                )
+                .map_err(db_err)?;
+            rows.map(|r| {
+                serde_json::from_str(&r.map_err(db_err)?).map_err(|_| {
+                    StoreError::new(ErrorKind::Corrupt, "an audit record does not parse")
+                })
+            })
+            .collect()
+        })
+    }
+
+    async fn audit_tenants(&self) -> StoreResult<Vec<TenantId>> {
+        self.read(|c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT tenant_id FROM tenants WHERE audit_seq > 0 ORDER BY tenant_id",
+                )
+                .map_err(db_err)?;
+            let rows = stmt
+                .query_map([], |r| r.get::<_, String>(0))
+                .map_err(db_err)?;
+            rows.map(|r| {
+                TenantId::try_from(r.map_err(db_err)?)
+                    .map_err(|_| StoreError::new(ErrorKind::Corrupt, "a tenant id is invalid"))
+            })
+            .collect()
+        })
+    }
+
+    async fn checkpoints(&self, tenant: &TenantId) -> StoreResult<Vec<Checkpoint>> {
+        self.read(|c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT checkpoint FROM checkpoints WHERE tenant_id = ?1 ORDER BY seq",
+                )
+                .map_err(db_err)?;
+            let rows = stmt
+                .query_map([tenant.as_str()], |r| r.get::<_, String>(0))
+                .map_err(db_err)?;
+            rows.map(|r| {
+                serde_json::from_str(&r.map_err(db_err)?)
+                    .map_err(|_| StoreError::new(ErrorKind::Corrupt, "a checkpoint does not parse"))
+            })
+            .collect()
+        })
+    }
+
+    async fn put_token(&self, token_hash: [u8; 32], role: Role, label: &str) -> StoreResult<()> {
+        let label = label.to_owned();
+        self.submit(|reply| Job::PutToken {
+            token_hash,
+            role,
+            label,
+            reply,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn token_role(&self, token_hash: &[u8; 32]) -> StoreResult<Option<(Role, String)>> {
+        self.read(|c| {
+            let row: Option<(String, String)> = c
+                .prepare_cached("SELECT role, label FROM tokens WHERE token_hash = ?1")
+                .map_err(db_err)?
+                .query_row([&token_hash[..]], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+                .map_err(db_err)?;
+            Ok(row.and_then(|(role, label)| Role::from_name(&role).map(|r| (r, label))))
+        })
+    }
+
+    async fn prune(&self, now_ms: u64, idempotency_retention_ms: u64) -> StoreResult<u64> {
+        self.submit(|reply| Job::Prune {
+            idempotency_before_ms: now_ms.saturating_sub(idempotency_retention_ms),
+            revocations_before_ms: now_ms,
+            reply,
+        })
+        .await
+        .map(|r| r.audit_seq)
+    }
+
+    async fn ready(&self) -> bool {
+        !self.jobs.is_closed()
+            && self
+                .read(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(db_err))
+                .is_ok()
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        let handle = self.writer.lock().ok().and_then(|mut h| h.take());
+        // Replacing the sender closes the channel: the writer drains the queue and stops.
+        let (closed, _) = mpsc::unbounded_channel();
+        drop(std::mem::replace(&mut self.jobs, closed));
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+}

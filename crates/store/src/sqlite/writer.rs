@@ -1,0 +1,808 @@
+//! The single writer of the embedded store and its group commit.
+//!
+//! The writer owns the read-write connection. It blocks for one job, drains whatever else is
+//! queued (up to [`super::MAX_BATCH`]), runs every job in its own savepoint inside one
+//! transaction, commits once (one fsync), then publishes cache updates and answers every job. A
+//! job whose savepoint failed is answered with its error and leaves no trace; if the final commit
+//! fails, every job in the batch is refused and nothing is published.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
+use selene_kms_core::audit::GENESIS_DIGEST;
+use selene_kms_core::{
+    Checkpoint, Policy, SecretKind, SecretName, SecretSnapshot, ServiceKeys, StateChange, TenantId,
+    VersionState, refs,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use super::cache::Cache;
+use super::{CHECKPOINT_EVERY, MAX_BATCH, db_err, load_snapshot};
+use crate::envelope::{
+    DataKey, RootKey, SERVICE_SECRET_LABEL, Slot, dek_label, generate_material, random_key,
+};
+use crate::error::{ErrorKind, StoreError, StoreResult};
+use crate::model::{Change, CommitUnit, NewSecret, Receipt, Role, StoredPolicy};
+
+/// The root key, shared by the writer (wrapping) and readers (unwrapping); replaced on rotation.
+pub(crate) type SharedRoot = Arc<RwLock<RootKey>>;
+
+type Reply = oneshot::Sender<StoreResult<Receipt>>;
+
+/// Work for the writer.
+pub(crate) enum Job {
+    Commit {
+        unit: Box<CommitUnit>,
+        reply: Reply,
+    },
+    PutToken {
+        token_hash: [u8; 32],
+        role: Role,
+        label: String,
+        reply: Reply,
+    },
+    Prune {
+        idempotency_before_ms: u64,
+        revocations_before_ms: u64,
+        reply: Reply,
+    },
+    RotateRoot {
+        new_root: Box<RootKey>,
+        reply: Reply,
+    },
+}
+
+/// A tenant's chain head.
+#[derive(Clone, Debug)]
+struct Head {
+    seq: u64,
+    digest: String,
+}
+
+/// Cache updates that become visible only once their batch is durable.
+enum Publish {
+    Secret(TenantId, SecretName, Arc<SecretSnapshot>),
+    Policy(TenantId, StoredPolicy),
+    DataKey(TenantId, Arc<DataKey>),
+    NewRoot(Box<RootKey>),
+}
+
+pub(crate) struct Writer {
+    conn: Connection,
+    keys: Arc<ServiceKeys>,
+    root: SharedRoot,
+    cache: Arc<Cache>,
+    heads: HashMap<TenantId, Head>,
+}
+
+fn unavailable(what: &str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+    move |e| {
+        let inner = db_err(e);
+        StoreError::new(ErrorKind::Unavailable, format!("{what}: {}", inner.message))
+    }
+}
+
+/// Everything a job may touch while the batch's transaction is open.
+struct BatchContext<'a> {
+    keys: &'a ServiceKeys,
+    root: &'a SharedRoot,
+    cache: &'a Cache,
+    committed_heads: &'a HashMap<TenantId, Head>,
+    heads: HashMap<TenantId, Head>,
+}
+
+impl Writer {
+    pub(crate) fn new(
+        conn: Connection,
+        keys: Arc<ServiceKeys>,
+        root: SharedRoot,
+        cache: Arc<Cache>,
+    ) -> Self {
+        Self {
+            conn,
+            keys,
+            root,
+            cache,
+            heads: HashMap::new(),
+        }
+    }
+
+    pub(crate) fn run(mut self, mut jobs: mpsc::UnboundedReceiver<Job>) {
+        while let Some(first) = jobs.blocking_recv() {
+            let mut batch = Vec::with_capacity(16);
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match jobs.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            self.run_batch(batch);
+        }
+    }
+
+    fn run_batch(&mut self, batch: Vec<Job>) {
+        let Self {
+            conn,
+            keys,
+            root,
+            cache,
+            heads,
+        } = self;
+        let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+            Ok(tx) => tx,
+            Err(e) => {
+                let err = unavailable("begin")(e);
+                for job in batch {
+                    answer(job, Err(err.clone()));
+                }
+                return;
+            }
+        };
+        let mut ctx = BatchContext {
+            keys,
+            root,
+            cache,
+            committed_heads: heads,
+            heads: HashMap::new(),
+        };
+        let mut results: Vec<(Reply, StoreResult<Receipt>)> = Vec::with_capacity(batch.len());
+        let mut publish: Vec<Publish> = Vec::new();
+        for job in batch {
+            let (reply, outcome) = match tx.savepoint() {
+                Err(e) => (reply_of(job), Err(unavailable("savepoint")(e))),
+                Ok(mut sp) => {
+                    let mut job_heads = HashMap::new();
+                    let (reply, outcome) = run_job(&sp, &mut ctx, &mut job_heads, job);
+                    let outcome = match outcome {
+                        Ok((receipt, effects)) => match sp.commit() {
+                            Ok(()) => {
+                                ctx.heads.extend(job_heads);
+                                publish.extend(effects);
+                                Ok(receipt)
+                            }
+                            Err(e) => Err(unavailable("release savepoint")(e)),
+                        },
+                        Err(e) => {
+                            let _ = sp.rollback();
+                            Err(e)
+                        }
+                    };
+                    (reply, outcome)
+                }
+            };
+            results.push((reply, outcome));
+        }
+        let new_heads = std::mem::take(&mut ctx.heads);
+        let durable =
+            write_heads(&tx, &new_heads).and_then(|()| tx.commit().map_err(unavailable("commit")));
+        match durable {
+            Ok(()) => {
+                heads.extend(new_heads);
+                for p in publish {
+                    match p {
+                        Publish::Secret(t, n, s) => {
+                            cache.offer_secret(&t, &n, s);
+                        }
+                        Publish::Policy(t, p) => {
+                            cache.offer_policy(&t, p);
+                        }
+                        Publish::DataKey(t, k) => cache.put_data_key(&t, k),
+                        Publish::NewRoot(r) => {
+                            if let Ok(mut current) = root.write() {
+                                *current = *r;
+                            }
+                            cache.forget_data_keys();
+                        }
+                    }
+                }
+                for (reply, outcome) in results {
+                    let _ = reply.send(outcome);
+                }
+            }
+            Err(err) => {
+                // Nothing of this batch is durable: forget cached heads, answer every job.
+                heads.clear();
+                for (reply, outcome) in results {
+                    let _ = reply.send(outcome.and(Err(err.clone())));
+                }
+            }
+        }
+    }
+}
+
+fn reply_of(job: Job) -> Reply {
+    match job {
+        Job::Commit { reply, .. }
+        | Job::PutToken { reply, .. }
+        | Job::Prune { reply, .. }
+        | Job::RotateRoot { reply, .. } => reply,
+    }
+}
+
+fn answer(job: Job, outcome: StoreResult<Receipt>) {
+    let _ = reply_of(job).send(outcome);
+}
+
+fn write_heads(conn: &Connection, heads: &HashMap<TenantId, Head>) -> StoreResult<()> {
+    let mut stmt = conn
+        .prepare_cached("UPDATE tenants SET audit_seq = ?2, audit_head = ?3 WHERE tenant_id = ?1")
+        .map_err(unavailable("audit head"))?;
+    for (tenant, head) in heads {
+        stmt.execute((tenant.as_str(), head.seq as i64, head.digest.as_str()))
+            .map_err(unavailable("audit head"))?;
+    }
+    Ok(())
+}
+
+fn receipt(audit_seq: u64) -> Receipt {
+    Receipt {
+        audit_seq,
+        bundle_json: None,
+        policy_version: None,
+    }
+}
+
+type JobOutcome = StoreResult<(Receipt, Vec<Publish>)>;
+
+fn run_job(
+    conn: &Connection,
+    ctx: &mut BatchContext<'_>,
+    job_heads: &mut HashMap<TenantId, Head>,
+    job: Job,
+) -> (Reply, JobOutcome) {
+    match job {
+        Job::Commit { unit, reply } => (reply, apply_commit(conn, ctx, job_heads, *unit)),
+        Job::PutToken {
+            token_hash,
+            role,
+            label,
+            reply,
+        } => {
+            let outcome = conn
+                .execute(
+                    "INSERT INTO tokens (token_hash, role, label) VALUES (?1, ?2, ?3)",
+                    (&token_hash[..], role.name(), label.as_str()),
+                )
+                .map(|_| (receipt(0), Vec::new()))
+                .map_err(db_err);
+            (reply, outcome)
+        }
+        Job::Prune {
+            idempotency_before_ms,
+            revocations_before_ms,
+            reply,
+        } => {
+            let outcome = (|| {
+                let a = conn
+                    .execute(
+                        "DELETE FROM idempotency WHERE created_at_ms < ?1",
+                        [idempotency_before_ms as i64],
+                    )
+                    .map_err(db_err)?;
+                let b = conn
+                    .execute(
+                        "DELETE FROM revoked_refs WHERE expires_at_ms < ?1",
+                        [revocations_before_ms as i64],
+                    )
+                    .map_err(db_err)?;
+                Ok((receipt((a + b) as u64), Vec::new()))
+            })();
+            (reply, outcome)
+        }
+        Job::RotateRoot { new_root, reply } => (reply, rotate_root(conn, ctx, new_root)),
+    }
+}
+
+fn rotate_root(conn: &Connection, ctx: &BatchContext<'_>, new_root: Box<RootKey>) -> JobOutcome {
+    let old = ctx
+        .root
+        .read()
+        .map_err(|_| StoreError::new(ErrorKind::Unavailable, "root key lock poisoned"))?;
+    let mut rewrapped = 0u64;
+    let rows: Vec<(String, Vec<u8>)> = {
+        let mut stmt = conn
+            .prepare("SELECT tenant_id, wrapped_dek FROM tenants WHERE wrapped_dek IS NOT NULL")
+            .map_err(db_err)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(db_err)?;
+        rows.collect::<Result<_, _>>().map_err(db_err)?
+    };
+    for (tenant, wrapped) in rows {
+        let tenant = TenantId::try_from(tenant)
+            .map_err(|_| StoreError::new(ErrorKind::Corrupt, "a tenant id is invalid"))?;
+        let label = dek_label(&tenant);
+        let key = old.unwrap(&label, &wrapped)?;
+        conn.execute(
+            "UPDATE tenants SET wrapped_dek = ?2 WHERE tenant_id = ?1",
+            (tenant.as_str(), new_root.wrap(&label, &key)?),
+        )
+        .map_err(db_err)?;
+        rewrapped += 1;
+    }
+    let wrapped: Vec<u8> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'service_secret'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(db_err)?;
+    let service = old.unwrap(SERVICE_SECRET_LABEL, &wrapped)?;
+    conn.execute(
+        "UPDATE meta SET value = ?1 WHERE key = 'service_secret'",
+        [new_root.wrap(SERVICE_SECRET_LABEL, &service)?],
+    )
+    .map_err(db_err)?;
+    Ok((receipt(rewrapped), vec![Publish::NewRoot(new_root)]))
+}
+
+fn head_of(
+    conn: &Connection,
+    ctx: &BatchContext<'_>,
+    job_heads: &HashMap<TenantId, Head>,
+    tenant: &TenantId,
+) -> StoreResult<Head> {
+    if let Some(h) = job_heads
+        .get(tenant.as_str())
+        .or_else(|| ctx.heads.get(tenant.as_str()))
+        .or_else(|| ctx.committed_heads.get(tenant.as_str()))
+    {
+        return Ok(h.clone());
+    }
+    conn.prepare_cached("SELECT audit_seq, audit_head FROM tenants WHERE tenant_id = ?1")
+        .map_err(unavailable("audit head"))?
+        .query_row([tenant.as_str()], |r| {
+            Ok(Head {
+                seq: r.get::<_, i64>(0)? as u64,
+                digest: r.get(1)?,
+            })
+        })
+        .map_err(unavailable("audit head"))
+}
+
+fn apply_commit(
+    conn: &Connection,
+    ctx: &mut BatchContext<'_>,
+    job_heads: &mut HashMap<TenantId, Head>,
+    unit: CommitUnit,
+) -> JobOutcome {
+    let CommitUnit {
+        tenant,
+        change,
+        mut audit,
+        idempotency,
+        bundle,
+    } = unit;
+    conn.prepare_cached("INSERT OR IGNORE INTO tenants (tenant_id, audit_head) VALUES (?1, ?2)")
+        .map_err(unavailable("tenant"))?
+        .execute([tenant.as_str(), GENESIS_DIGEST])
+        .map_err(unavailable("tenant"))?;
+
+    let mut publish = Vec::new();
+    let mut policy_version = None;
+    apply_change(
+        conn,
+        ctx,
+        &tenant,
+        change,
+        &mut publish,
+        &mut policy_version,
+    )?;
+
+    let head = head_of(conn, ctx, job_heads, &tenant)?;
+    let seq = head.seq + 1;
+    audit.chain(seq, &head.digest);
+    let record = serde_json::to_string(&audit)
+        .map_err(|_| StoreError::new(ErrorKind::Unavailable, "audit record encoding"))?;
+    conn.prepare_cached("INSERT INTO audit (tenant_id, seq, record) VALUES (?1, ?2, ?3)")
+        .map_err(unavailable("audit write"))?
+        .execute((tenant.as_str(), seq as i64, record.as_str()))
+        .map_err(unavailable("audit write"))?;
+    if seq % CHECKPOINT_EVERY == 0 {
+        let cp = Checkpoint::sign(ctx.keys, tenant.as_str(), seq, &audit.digest, audit.at_ms);
+        let text = serde_json::to_string(&cp)
+            .map_err(|_| StoreError::new(ErrorKind::Unavailable, "checkpoint encoding"))?;
+        conn.prepare_cached(
+            "INSERT INTO checkpoints (tenant_id, seq, checkpoint) VALUES (?1, ?2, ?3)",
+        )
+        .map_err(unavailable("checkpoint write"))?
+        .execute((tenant.as_str(), seq as i64, text.as_str()))
+        .map_err(unavailable("checkpoint write"))?;
+    }
+
+    let bundle_json: Option<Arc<[u8]>> = match bundle {
+        None => None,
+        Some(mut b) => {
+            b.audit_seq = Some(seq);
+            Some(
+                serde_json::to_vec(&b)
+                    .map_err(|_| StoreError::new(ErrorKind::Unavailable, "bundle encoding"))?
+                    .into(),
+            )
+        }
+    };
+    if let Some(idem) = idempotency {
+        let bytes: &[u8] = bundle_json.as_deref().unwrap_or(b"null");
+        let inserted = conn
+            .prepare_cached(
+                "INSERT INTO idempotency (tenant_id, caller, key, fingerprint, bundle, created_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
+            )
+            .map_err(unavailable("idempotency write"))?
+            .execute((
+                idem.scope.tenant.as_str(),
+                idem.scope.caller.as_str(),
+                idem.scope.key.as_str(),
+                &idem.fingerprint[..],
+                bytes,
+                audit.at_ms as i64,
+            ))
+            .map_err(unavailable("idempotency write"))?;
+        if inserted == 0 {
+            return Err(StoreError::new(
+                ErrorKind::IdempotencyTaken,
+                "the idempotency key is already taken",
+            ));
+        }
+    }
+    job_heads.insert(
+        tenant,
+        Head {
+            seq,
+            digest: audit.digest,
+        },
+    );
+    Ok((
+        Receipt {
+            audit_seq: seq,
+            bundle_json,
+            policy_version,
+        },
+        publish,
+    ))
+}
+
+fn data_key(
+    conn: &Connection,
+    ctx: &BatchContext<'_>,
+    tenant: &TenantId,
+    publish: &mut Vec<Publish>,
+) -> StoreResult<Arc<DataKey>> {
+    if let Some(k) = ctx.cache.data_key(tenant) {
+        return Ok(k);
+    }
+    let root = ctx
+        .root
+        .read()
+        .map_err(|_| StoreError::new(ErrorKind::Unavailable, "root key lock poisoned"))?;
+    let label = dek_label(tenant);
+    let wrapped: Option<Vec<u8>> = conn
+        .query_row(
+            "SELECT wrapped_dek FROM tenants WHERE tenant_id = ?1",
+            [tenant.as_str()],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(db_err)?
+        .flatten();
+    let key = match wrapped {
+        Some(w) => Arc::new(DataKey::from_bytes(&*root.unwrap(&label, &w)?)),
+        None => {
+            let bytes = random_key()?;
+            conn.execute(
+                "UPDATE tenants SET wrapped_dek = ?2 WHERE tenant_id = ?1",
+                (tenant.as_str(), root.wrap(&label, &bytes)?),
+            )
+            .map_err(db_err)?;
+            Arc::new(DataKey::from_bytes(&bytes))
+        }
+    };
+    publish.push(Publish::DataKey(tenant.clone(), key.clone()));
+    Ok(key)
+}
+
+fn apply_change(
+    conn: &Connection,
+    ctx: &BatchContext<'_>,
+    tenant: &TenantId,
+    change: Change,
+    publish: &mut Vec<Publish>,
+    policy_version: &mut Option<u64>,
+) -> StoreResult<()> {
+    match change {
+        Change::None => Ok(()),
+        Change::Secret {
+            name,
+            expected_state_version,
+            change,
+        } => {
+            let snapshot = apply_secret_change(
+                conn,
+                ctx,
+                tenant,
+                &name,
+                expected_state_version,
+                &change,
+                publish,
+            )?;
+            publish.push(Publish::Secret(tenant.clone(), name, Arc::new(snapshot)));
+            Ok(())
+        }
+        Change::CreateSecret(new) => create_secret(conn, ctx, tenant, new, publish),
+        Change::StageMaterial { name, material } => {
+            let (kind, state_version) = secret_head(conn, tenant, &name)?;
+            if kind != SecretKind::Imported {
+                return Err(StoreError::new(
+                    ErrorKind::Invalid,
+                    "only imported secrets take staged material",
+                ));
+            }
+            let dek = data_key(conn, ctx, tenant, publish)?;
+            let sealed = dek.seal(tenant, &name, Slot::Staged, &material)?;
+            conn.execute(
+                "UPDATE secrets SET staged = ?3, state_version = ?4
+                 WHERE tenant_id = ?1 AND secret_name = ?2",
+                (
+                    tenant.as_str(),
+                    name.as_str(),
+                    sealed,
+                    state_version as i64 + 1,
+                ),
+            )
+            .map_err(db_err)?;
+            let snapshot = load_snapshot(conn, tenant, &name)?
+                .ok_or_else(|| StoreError::new(ErrorKind::NotFound, "no such secret"))?;
+            publish.push(Publish::Secret(tenant.clone(), name, Arc::new(snapshot)));
+            Ok(())
+        }
+        Change::PutPolicy(doc) => {
+            let policy = Policy::try_from(&doc)
+                .map_err(|_| StoreError::new(ErrorKind::Invalid, "the policy is invalid"))?;
+            let json = serde_json::to_string(&doc)
+                .map_err(|_| StoreError::new(ErrorKind::Invalid, "the policy is invalid"))?;
+            let version: i64 = conn
+                .query_row(
+                    "UPDATE tenants SET policy_json = ?2, policy_version = policy_version + 1
+                     WHERE tenant_id = ?1 RETURNING policy_version",
+                    (tenant.as_str(), json.as_str()),
+                    |r| r.get(0),
+                )
+                .map_err(db_err)?;
+            *policy_version = Some(version as u64);
+            publish.push(Publish::Policy(
+                tenant.clone(),
+                StoredPolicy {
+                    policy: Arc::new(policy),
+                    version: version as u64,
+                },
+            ));
+            Ok(())
+        }
+    }
+}
+
+fn secret_head(
+    conn: &Connection,
+    tenant: &TenantId,
+    name: &SecretName,
+) -> StoreResult<(SecretKind, u64)> {
+    let row: Option<(String, i64)> = conn
+        .prepare_cached(
+            "SELECT kind, state_version FROM secrets WHERE tenant_id = ?1 AND secret_name = ?2",
+        )
+        .map_err(db_err)?
+        .query_row([tenant.as_str(), name.as_str()], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()
+        .map_err(db_err)?;
+    let (kind, sv) = row.ok_or_else(|| StoreError::new(ErrorKind::NotFound, "no such secret"))?;
+    let kind = SecretKind::from_name(&kind)
+        .ok_or_else(|| StoreError::new(ErrorKind::Corrupt, "a secret row does not parse"))?;
+    Ok((kind, sv as u64))
+}
+
+fn create_secret(
+    conn: &Connection,
+    ctx: &BatchContext<'_>,
+    tenant: &TenantId,
+    new: NewSecret,
+    publish: &mut Vec<Publish>,
+) -> StoreResult<()> {
+    let secret_ref = refs::secret_ref(ctx.keys, tenant, &new.name);
+    let now = crate::clock::now_ms() as i64;
+    conn.execute(
+        "INSERT INTO secrets (tenant_id, secret_name, secret_ref, kind, state_version, ttl_min_ms,
+                              ttl_max_ms, ttl_default_ms, handle_ttl_ms, staged, created_at_ms)
+         VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?7, ?8, NULL, ?9)
+         ON CONFLICT DO NOTHING",
+        (
+            tenant.as_str(),
+            new.name.as_str(),
+            secret_ref.as_str(),
+            new.kind.name(),
+            new.ttl.min_ms as i64,
+            new.ttl.max_ms as i64,
+            new.ttl.default_ms as i64,
+            new.handle_ttl_ms as i64,
+            now,
+        ),
+    )
+    .map_err(db_err)
+    .and_then(|n| {
+        if n == 0 {
+            Err(StoreError::new(
+                ErrorKind::AlreadyExists,
+                "the secret already exists",
+            ))
+        } else {
+            Ok(())
+        }
+    })?;
+    let material = match new.material {
+        Some(m) => m,
+        None => generate_material()?,
+    };
+    let dek = data_key(conn, ctx, tenant, publish)?;
+    insert_version(conn, &dek, tenant, &new.name, 1, &material, now)?;
+    publish.push(Publish::Secret(
+        tenant.clone(),
+        new.name,
+        Arc::new(SecretSnapshot {
+            secret_ref,
+            state_version: 1,
+            kind: new.kind,
+            versions: vec![VersionState::Active],
+            staged: false,
+            ttl: new.ttl,
+            handle_ttl_ms: new.handle_ttl_ms,
+        }),
+    ));
+    Ok(())
+}
+
+fn insert_version(
+    conn: &Connection,
+    dek: &DataKey,
+    tenant: &TenantId,
+    name: &SecretName,
+    version: u64,
+    material: &selene_kms_core::SecretMaterial,
+    now: i64,
+) -> StoreResult<()> {
+    let sealed = dek.seal(tenant, name, Slot::Version(version), material)?;
+    conn.prepare_cached(
+        "INSERT INTO versions (tenant_id, secret_name, version, state, created_at_ms, sealed)
+         VALUES (?1, ?2, ?3, 'ACTIVE', ?4, ?5)",
+    )
+    .map_err(db_err)?
+    .execute((tenant.as_str(), name.as_str(), version as i64, now, sealed))
+    .map_err(|e| match db_err(e) {
+        // A duplicate version can only mean a lost compare-and-set.
+        err if err.kind == ErrorKind::AlreadyExists => {
+            StoreError::new(ErrorKind::StateConflict, "the version already exists")
+        }
+        err => err,
+    })?;
+    Ok(())
+}
+
+fn apply_secret_change(
+    conn: &Connection,
+    ctx: &BatchContext<'_>,
+    tenant: &TenantId,
+    name: &SecretName,
+    expected: u64,
+    change: &StateChange,
+    publish: &mut Vec<Publish>,
+) -> StoreResult<SecretSnapshot> {
+    let (_, state_version) = secret_head(conn, tenant, name)?;
+    if state_version != expected {
+        return Err(StoreError::new(
+            ErrorKind::StateConflict,
+            "the secret changed since the snapshot",
+        ));
+    }
+    let now = crate::clock::now_ms() as i64;
+    match change {
+        StateChange::None => {}
+        StateChange::Rotate {
+            new_version,
+            from_staged,
+        } => {
+            let dek = data_key(conn, ctx, tenant, publish)?;
+            let material = if *from_staged {
+                let staged: Option<Vec<u8>> = conn
+                    .query_row(
+                        "SELECT staged FROM secrets WHERE tenant_id = ?1 AND secret_name = ?2",
+                        [tenant.as_str(), name.as_str()],
+                        |r| r.get(0),
+                    )
+                    .map_err(db_err)?;
+                let staged = staged.ok_or_else(|| {
+                    StoreError::new(ErrorKind::StateConflict, "no staged material")
+                })?;
+                dek.open(tenant, name, Slot::Staged, &staged)?
+            } else {
+                generate_material()?
+            };
+            insert_version(conn, &dek, tenant, name, *new_version, &material, now)?;
+            conn.execute(
+                "UPDATE secrets SET staged = NULL WHERE tenant_id = ?1 AND secret_name = ?2",
+                [tenant.as_str(), name.as_str()],
+            )
+            .map_err(db_err)?;
+        }
+        StateChange::RevokeVersion(v) => {
+            conn.execute(
+                "UPDATE versions SET state = 'REVOKED'
+                 WHERE tenant_id = ?1 AND secret_name = ?2 AND version = ?3",
+                (tenant.as_str(), name.as_str(), *v as i64),
+            )
+            .map_err(db_err)?;
+        }
+        StateChange::RevokeAllVersions => {
+            conn.execute(
+                "UPDATE versions SET state = 'REVOKED' WHERE tenant_id = ?1 AND secret_name = ?2",
+                [tenant.as_str(), name.as_str()],
+            )
+            .map_err(db_err)?;
+        }
+        StateChange::RevokeHandle { id, expires_at_ms }
+        | StateChange::RevokeCredential { id, expires_at_ms } => {
+            conn.execute(
+                "INSERT OR IGNORE INTO revoked_refs (tenant_id, ref_id, expires_at_ms)
+                 VALUES (?1, ?2, ?3)",
+                (
+                    tenant.as_str(),
+                    id.as_str(),
+                    (*expires_at_ms).min(i64::MAX as u64) as i64,
+                ),
+            )
+            .map_err(db_err)?;
+        }
+    }
+    conn.prepare_cached(
+        "UPDATE secrets SET state_version = ?3 WHERE tenant_id = ?1 AND secret_name = ?2",
+    )
+    .map_err(db_err)?
+    .execute((tenant.as_str(), name.as_str(), expected as i64 + 1))
+    .map_err(db_err)?;
+    // The next snapshot: from the cached one when it is the one the change was made against
+    // (so a hot secret's rotation does not re-read every version), else from the database.
+    match ctx.cache.secret(tenant, name) {
+        Some(cached) if cached.state_version == expected => Ok(next_snapshot(&cached, change)),
+        _ => load_snapshot(conn, tenant, name)?
+            .ok_or_else(|| StoreError::new(ErrorKind::NotFound, "no such secret")),
+    }
+}
+
+/// Applies a committed change to a snapshot, as the database now has it.
+fn next_snapshot(current: &SecretSnapshot, change: &StateChange) -> SecretSnapshot {
+    let mut next = current.clone();
+    next.state_version += 1;
+    match change {
+        StateChange::Rotate { .. } => {
+            next.versions.push(VersionState::Active);
+            next.staged = false;
+        }
+        StateChange::RevokeVersion(v) => {
+            if let Some(s) = usize::try_from(*v)
+                .ok()
+                .and_then(|v| v.checked_sub(1))
+                .and_then(|i| next.versions.get_mut(i))
+            {
+                *s = VersionState::Revoked;
+            }
+        }
+        StateChange::RevokeAllVersions => {
+            next.versions.fill(VersionState::Revoked);
+        }
+        StateChange::None
+        | StateChange::RevokeHandle { .. }
+        | StateChange::RevokeCredential { .. } => {}
+    }
+    next
+}

@@ -1,0 +1,90 @@
+//! The `Store` trait: everything the host needs from durable state, shaped so that one request is
+//! one atomic commit and so that an embedded and a networked backend fit it alike.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use selene_kms_core::{
+    AuditRecord, Checkpoint, PolicyDocument, RefId, SecretMaterial, SecretName, SecretSnapshot,
+    ServiceKeys, TenantId,
+};
+
+use crate::error::StoreResult;
+use crate::model::{
+    CommitUnit, IdempotencyRecord, IdempotencyScope, Receipt, Role, SecretListing, StoredPolicy,
+};
+
+/// Durable state of the KMS.
+///
+/// Reads return snapshots; [`Store::commit`] applies one [`CommitUnit`] atomically (state change,
+/// idempotency record, audit record), checking the secret's state version (compare-and-set) and
+/// the idempotency key's uniqueness. Backends batch concurrent commits into one transaction and
+/// answer each only after its batch is durable.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The keys derived from this store's service secret.
+    fn keys(&self) -> &Arc<ServiceKeys>;
+
+    /// The tenant's policy, if one was ever set.
+    async fn policy(&self, tenant: &TenantId) -> StoreResult<Option<StoredPolicy>>;
+
+    /// The policy document as last stored, with its version.
+    async fn policy_document(
+        &self,
+        tenant: &TenantId,
+    ) -> StoreResult<Option<(PolicyDocument, u64)>>;
+
+    /// A snapshot of one secret.
+    async fn secret(
+        &self,
+        tenant: &TenantId,
+        name: &SecretName,
+    ) -> StoreResult<Option<Arc<SecretSnapshot>>>;
+
+    /// Every secret of a tenant, metadata only.
+    async fn list_secrets(&self, tenant: &TenantId) -> StoreResult<Vec<SecretListing>>;
+
+    /// The record stored under an idempotency key.
+    async fn idempotency(&self, scope: &IdempotencyScope)
+    -> StoreResult<Option<IdempotencyRecord>>;
+
+    /// Whether a handle or credential was revoked.
+    async fn is_revoked(&self, tenant: &TenantId, id: &RefId) -> StoreResult<bool>;
+
+    /// Decrypts one version's material (redemption only).
+    async fn material(
+        &self,
+        tenant: &TenantId,
+        name: &SecretName,
+        version: u64,
+    ) -> StoreResult<SecretMaterial>;
+
+    /// Applies one unit atomically and durably.
+    async fn commit(&self, unit: CommitUnit) -> StoreResult<Receipt>;
+
+    /// Audit records of a tenant with `seq > after_seq`, in order, at most `limit`.
+    async fn audit_records(
+        &self,
+        tenant: &TenantId,
+        after_seq: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<AuditRecord>>;
+
+    /// Every tenant that has an audit chain.
+    async fn audit_tenants(&self) -> StoreResult<Vec<TenantId>>;
+
+    /// Stored checkpoints of a tenant, in order.
+    async fn checkpoints(&self, tenant: &TenantId) -> StoreResult<Vec<Checkpoint>>;
+
+    /// Registers a caller token by its hash.
+    async fn put_token(&self, token_hash: [u8; 32], role: Role, label: &str) -> StoreResult<()>;
+
+    /// The role of a token, by its hash.
+    async fn token_role(&self, token_hash: &[u8; 32]) -> StoreResult<Option<(Role, String)>>;
+
+    /// Removes idempotency records and handle/credential revocations past their retention.
+    async fn prune(&self, now_ms: u64, idempotency_retention_ms: u64) -> StoreResult<u64>;
+
+    /// Whether the store can serve (for `/readyz`).
+    async fn ready(&self) -> bool;
+}

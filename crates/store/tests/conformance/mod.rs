@@ -1,0 +1,523 @@
+//! The conformance suite every `Store` backend must pass. Each check takes a fresh, empty store.
+#![allow(
+    dead_code,
+    reason = "each backend's test binary picks the checks it runs"
+)]
+
+use std::sync::Arc;
+
+use selene_kms_core::audit::GENESIS_DIGEST;
+use selene_kms_core::{
+    AuditAction, AuditRecord, MaterialBundle, PolicyDocument, ReasonCode, RefId, SecretKind,
+    SecretMaterial, SecretName, StateChange, TenantId, TtlBounds, VersionState,
+};
+use selene_kms_store::verify::verify_tenant;
+use selene_kms_store::{
+    Change, CommitUnit, ErrorKind, IdempotencyScope, IdempotencyWrite, NewSecret, Receipt, Role,
+    Store, StoreResult,
+};
+
+pub(crate) const CANARY: &[u8] = b"sk_live_CANARY_7f3a9c1e5b2d4f60";
+
+pub(crate) fn tenant(s: &str) -> TenantId {
+    TenantId::try_from(s).expect("valid tenant")
+}
+
+pub(crate) fn name(s: &str) -> SecretName {
+    SecretName::try_from(s).expect("valid name")
+}
+
+pub(crate) fn record(t: &TenantId, action: AuditAction) -> AuditRecord {
+    AuditRecord::for_action(
+        t,
+        action,
+        ReasonCode::OkMaterialIssue,
+        selene_kms_store::now_ms(),
+    )
+}
+
+pub(crate) async fn create(
+    store: &dyn Store,
+    t: &TenantId,
+    n: &str,
+    kind: SecretKind,
+    material: Option<&[u8]>,
+) -> StoreResult<Receipt> {
+    store
+        .commit(CommitUnit {
+            tenant: t.clone(),
+            change: Change::CreateSecret(NewSecret {
+                name: name(n),
+                kind,
+                material: material.map(SecretMaterial::from_slice),
+                ttl: TtlBounds::DEFAULT,
+                handle_ttl_ms: 3_600_000,
+            }),
+            audit: record(t, AuditAction::CreateSecret),
+            idempotency: None,
+            bundle: None,
+        })
+        .await
+}
+
+pub(crate) async fn change(
+    store: &dyn Store,
+    t: &TenantId,
+    n: &str,
+    expected: u64,
+    change: StateChange,
+) -> StoreResult<Receipt> {
+    store
+        .commit(CommitUnit {
+            tenant: t.clone(),
+            change: Change::Secret {
+                name: name(n),
+                expected_state_version: expected,
+                change,
+            },
+            audit: record(t, AuditAction::Rotate),
+            idempotency: None,
+            bundle: None,
+        })
+        .await
+}
+
+/// Rotates with compare-and-set, retrying on conflicts, as a host does.
+pub(crate) async fn rotate(store: &dyn Store, t: &TenantId, n: &str) -> u64 {
+    loop {
+        let snap = store
+            .secret(t, &name(n))
+            .await
+            .expect("read")
+            .expect("exists");
+        let new_version = snap.current_version() + 1;
+        match change(
+            store,
+            t,
+            n,
+            snap.state_version,
+            StateChange::Rotate {
+                new_version,
+                from_staged: false,
+            },
+        )
+        .await
+        {
+            Ok(_) => return new_version,
+            Err(e) if e.kind == ErrorKind::StateConflict => continue,
+            Err(e) => panic!("rotation failed: {e}"),
+        }
+    }
+}
+
+async fn audit_len(store: &dyn Store, t: &TenantId) -> usize {
+    store
+        .audit_records(t, 0, 100_000)
+        .await
+        .expect("audit read")
+        .len()
+}
+
+pub(crate) async fn lifecycle(store: Arc<dyn Store>) {
+    let t = tenant("acme");
+    create(
+        &*store,
+        &t,
+        "db/password",
+        SecretKind::Imported,
+        Some(CANARY),
+    )
+    .await
+    .expect("create");
+    create(&*store, &t, "api/key", SecretKind::Generated, None)
+        .await
+        .expect("create generated");
+    let dup = create(&*store, &t, "db/password", SecretKind::Generated, None).await;
+    assert_eq!(dup.map_err(|e| e.kind), Err(ErrorKind::AlreadyExists));
+
+    let snap = store
+        .secret(&t, &name("db/password"))
+        .await
+        .expect("read")
+        .expect("exists");
+    assert_eq!(snap.versions, vec![VersionState::Active]);
+    assert_eq!(snap.kind, SecretKind::Imported);
+    assert_eq!(snap.state_version, 1);
+    let m = store
+        .material(&t, &name("db/password"), 1)
+        .await
+        .expect("material");
+    assert_eq!(m.expose(), CANARY);
+    let generated = store
+        .material(&t, &name("api/key"), 1)
+        .await
+        .expect("material");
+    assert_eq!(generated.len(), 32);
+    assert!(
+        store
+            .secret(&t, &name("nope"))
+            .await
+            .expect("read")
+            .is_none()
+    );
+    assert!(
+        store
+            .secret(&tenant("other"), &name("db/password"))
+            .await
+            .expect("read")
+            .is_none()
+    );
+
+    let listing = store.list_secrets(&t).await.expect("list");
+    assert_eq!(listing.len(), 2);
+    assert_eq!(listing[1].secret_name, "db/password");
+    assert_eq!(listing[1].current_version, 1);
+
+    // Staging changes nothing current but advances the state version.
+    let staged = b"next-value".as_slice();
+    store
+        .commit(CommitUnit {
+            tenant: t.clone(),
+            change: Change::StageMaterial {
+                name: name("db/password"),
+                material: SecretMaterial::from_slice(staged),
+            },
+            audit: record(&t, AuditAction::StageVersion),
+            idempotency: None,
+            bundle: None,
+        })
+        .await
+        .expect("stage");
+    let snap = store
+        .secret(&t, &name("db/password"))
+        .await
+        .expect("read")
+        .expect("exists");
+    assert!(snap.staged);
+    assert_eq!((snap.state_version, snap.current_version()), (2, 1));
+    change(
+        &*store,
+        &t,
+        "db/password",
+        2,
+        StateChange::Rotate {
+            new_version: 2,
+            from_staged: true,
+        },
+    )
+    .await
+    .expect("rotate from staged");
+    let m = store
+        .material(&t, &name("db/password"), 2)
+        .await
+        .expect("material");
+    assert_eq!(m.expose(), staged);
+    let snap = store
+        .secret(&t, &name("db/password"))
+        .await
+        .expect("read")
+        .expect("exists");
+    assert!(!snap.staged);
+    assert_eq!(snap.current_version(), 2);
+    // Staging is refused for generated secrets.
+    let refused = store
+        .commit(CommitUnit {
+            tenant: t.clone(),
+            change: Change::StageMaterial {
+                name: name("api/key"),
+                material: SecretMaterial::from_slice(b"x"),
+            },
+            audit: record(&t, AuditAction::StageVersion),
+            idempotency: None,
+            bundle: None,
+        })
+        .await;
+    assert_eq!(refused.map_err(|e| e.kind), Err(ErrorKind::Invalid));
+}
+
+pub(crate) async fn compare_and_set(store: Arc<dyn Store>) {
+    let t = tenant("acme");
+    create(&*store, &t, "k", SecretKind::Generated, None)
+        .await
+        .expect("create");
+    let before = audit_len(&*store, &t).await;
+    let stale = change(
+        &*store,
+        &t,
+        "k",
+        7,
+        StateChange::Rotate {
+            new_version: 2,
+            from_staged: false,
+        },
+    )
+    .await;
+    assert_eq!(stale.map_err(|e| e.kind), Err(ErrorKind::StateConflict));
+    assert_eq!(
+        audit_len(&*store, &t).await,
+        before,
+        "a refused commit leaves no record"
+    );
+    let snap = store
+        .secret(&t, &name("k"))
+        .await
+        .expect("read")
+        .expect("exists");
+    assert_eq!((snap.state_version, snap.current_version()), (1, 1));
+    let missing = change(&*store, &t, "nope", 1, StateChange::RevokeAllVersions).await;
+    assert_eq!(missing.map_err(|e| e.kind), Err(ErrorKind::NotFound));
+}
+
+pub(crate) async fn revocation(store: Arc<dyn Store>) {
+    let t = tenant("acme");
+    create(&*store, &t, "k", SecretKind::Generated, None)
+        .await
+        .expect("create");
+    assert_eq!(rotate(&*store, &t, "k").await, 2);
+    change(&*store, &t, "k", 2, StateChange::RevokeVersion(1))
+        .await
+        .expect("revoke v1");
+    let snap = store
+        .secret(&t, &name("k"))
+        .await
+        .expect("read")
+        .expect("exists");
+    assert_eq!(
+        snap.versions,
+        vec![VersionState::Revoked, VersionState::Active]
+    );
+    let id = RefId::from_stored("hid_0011".into());
+    assert!(!store.is_revoked(&t, &id).await.expect("read"));
+    change(
+        &*store,
+        &t,
+        "k",
+        3,
+        StateChange::RevokeHandle {
+            id: id.clone(),
+            expires_at_ms: u64::MAX,
+        },
+    )
+    .await
+    .expect("revoke handle");
+    assert!(store.is_revoked(&t, &id).await.expect("read"));
+    assert!(!store.is_revoked(&tenant("other"), &id).await.expect("read"));
+    change(&*store, &t, "k", 4, StateChange::RevokeAllVersions)
+        .await
+        .expect("revoke all");
+    let snap = store
+        .secret(&t, &name("k"))
+        .await
+        .expect("read")
+        .expect("exists");
+    assert!(snap.versions.iter().all(|v| *v == VersionState::Revoked));
+    assert_eq!(snap.state_version, 5);
+    // Pruning drops expired revocations only.
+    let short = RefId::from_stored("hid_0022".into());
+    change(
+        &*store,
+        &t,
+        "k",
+        5,
+        StateChange::RevokeCredential {
+            id: short.clone(),
+            expires_at_ms: 10,
+        },
+    )
+    .await
+    .expect("revoke credential");
+    store.prune(1_000, 1).await.expect("prune");
+    assert!(store.is_revoked(&t, &id).await.expect("read"));
+    assert!(!store.is_revoked(&t, &short).await.expect("read"));
+}
+
+fn bundle() -> MaterialBundle {
+    MaterialBundle::refusal(ReasonCode::NotAuthorized, Vec::new(), None, false)
+}
+
+pub(crate) async fn idempotency(store: Arc<dyn Store>) {
+    let t = tenant("acme");
+    let scope = IdempotencyScope {
+        tenant: t.clone(),
+        caller: "os-1".into(),
+        key: "k-1".into(),
+    };
+    let unit = |fp: u8| CommitUnit {
+        tenant: t.clone(),
+        change: Change::None,
+        audit: record(&t, AuditAction::GetHandle),
+        idempotency: Some(IdempotencyWrite {
+            scope: scope.clone(),
+            fingerprint: [fp; 32],
+        }),
+        bundle: Some(bundle()),
+    };
+    let first = store.commit(unit(1)).await.expect("commit");
+    let stored = store
+        .idempotency(&scope)
+        .await
+        .expect("read")
+        .expect("stored");
+    assert_eq!(stored.fingerprint, [1; 32]);
+    assert_eq!(Some(stored.bundle_json.clone()), first.bundle_json);
+    let parsed: MaterialBundle = serde_json::from_slice(&stored.bundle_json).expect("bundle");
+    assert_eq!(parsed.audit_seq, Some(first.audit_seq));
+    let before = audit_len(&*store, &t).await;
+    let again = store.commit(unit(2)).await;
+    assert_eq!(again.map_err(|e| e.kind), Err(ErrorKind::IdempotencyTaken));
+    assert_eq!(
+        audit_len(&*store, &t).await,
+        before,
+        "the losing commit left no record"
+    );
+    // Keys are scoped by caller and tenant.
+    let other_caller = IdempotencyScope {
+        caller: "os-2".into(),
+        ..scope.clone()
+    };
+    assert!(
+        store
+            .idempotency(&other_caller)
+            .await
+            .expect("read")
+            .is_none()
+    );
+    // Pruning removes records past retention.
+    store
+        .prune(selene_kms_store::now_ms() + 10_000, 1)
+        .await
+        .expect("prune");
+    assert!(store.idempotency(&scope).await.expect("read").is_none());
+}
+
+pub(crate) async fn audit_chain(store: Arc<dyn Store>) {
+    let t = tenant("acme");
+    let u = tenant("umbrella");
+    create(&*store, &t, "k", SecretKind::Generated, None)
+        .await
+        .expect("create");
+    let mut tasks = Vec::new();
+    for i in 0..200u32 {
+        let store = store.clone();
+        let tn = if i % 3 == 0 { u.clone() } else { t.clone() };
+        tasks.push(tokio::spawn(async move {
+            store
+                .commit(CommitUnit {
+                    tenant: tn.clone(),
+                    change: Change::None,
+                    audit: record(&tn, AuditAction::GetHandle),
+                    idempotency: None,
+                    bundle: None,
+                })
+                .await
+                .expect("commit")
+                .audit_seq
+        }));
+    }
+    for task in tasks {
+        task.await.expect("task");
+    }
+    for tn in [&t, &u] {
+        let report = verify_tenant(&*store, tn).await.expect("verify");
+        assert_eq!(report.broken, None);
+        let records = store.audit_records(tn, 0, 10_000).await.expect("read");
+        assert_eq!(report.records as usize, records.len());
+        let seqs: Vec<u64> = records.iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, (1..=records.len() as u64).collect::<Vec<_>>());
+        assert_eq!(records[0].prev_digest, GENESIS_DIGEST);
+        assert!(records.iter().all(|r| r.tenant_id == tn.as_str()));
+    }
+    let page = store.audit_records(&t, 5, 3).await.expect("read");
+    assert_eq!(
+        page.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        vec![6, 7, 8]
+    );
+    let mut tenants = store.audit_tenants().await.expect("tenants");
+    tenants.sort();
+    assert_eq!(tenants, vec![t, u]);
+}
+
+pub(crate) async fn concurrent_rotations(store: Arc<dyn Store>, writers: usize) {
+    let t = tenant("acme");
+    create(&*store, &t, "hot", SecretKind::Generated, None)
+        .await
+        .expect("create");
+    let mut tasks = Vec::new();
+    for _ in 0..writers {
+        let store = store.clone();
+        let t = t.clone();
+        tasks.push(tokio::spawn(
+            async move { rotate(&*store, &t, "hot").await },
+        ));
+    }
+    let mut got = Vec::new();
+    for task in tasks {
+        got.push(task.await.expect("task"));
+    }
+    got.sort_unstable();
+    assert_eq!(
+        got,
+        (2..=writers as u64 + 1).collect::<Vec<_>>(),
+        "no gaps, no duplicates"
+    );
+    let listing = store.list_secrets(&t).await.expect("list");
+    let versions: Vec<u64> = listing[0].versions.iter().map(|v| v.version).collect();
+    assert_eq!(versions, (1..=writers as u64 + 1).collect::<Vec<_>>());
+    let snap = store
+        .secret(&t, &name("hot"))
+        .await
+        .expect("read")
+        .expect("exists");
+    assert_eq!(snap.current_version(), writers as u64 + 1);
+    for v in 1..=writers as u64 + 1 {
+        assert_eq!(
+            store
+                .material(&t, &name("hot"), v)
+                .await
+                .expect("material")
+                .len(),
+            32
+        );
+    }
+}
+
+pub(crate) async fn policies_and_tokens(store: Arc<dyn Store>) {
+    let t = tenant("acme");
+    assert!(store.policy(&t).await.expect("read").is_none());
+    let doc: PolicyDocument = serde_json::from_str(
+        r#"{"rules":[{"secret_names":["*"],"engines":["E"],"operations":["GET_HANDLE"]}]}"#,
+    )
+    .expect("doc");
+    for expected in 1..=2 {
+        let receipt = store
+            .commit(CommitUnit {
+                tenant: t.clone(),
+                change: Change::PutPolicy(doc.clone()),
+                audit: record(&t, AuditAction::SetPolicy),
+                idempotency: None,
+                bundle: None,
+            })
+            .await
+            .expect("put policy");
+        assert_eq!(receipt.policy_version, Some(expected));
+    }
+    let stored = store.policy(&t).await.expect("read").expect("present");
+    assert_eq!(stored.version, 2);
+    assert_eq!(stored.policy.document(), &doc);
+    assert_eq!(
+        store.policy_document(&t).await.expect("read"),
+        Some((doc, 2))
+    );
+
+    store
+        .put_token([5; 32], Role::Executor, "executor-1")
+        .await
+        .expect("token");
+    assert_eq!(
+        store.token_role(&[5; 32]).await.expect("read"),
+        Some((Role::Executor, "executor-1".into()))
+    );
+    assert_eq!(store.token_role(&[6; 32]).await.expect("read"), None);
+    assert!(store.put_token([5; 32], Role::Admin, "dup").await.is_err());
+    assert!(store.ready().await);
+}
