@@ -22,6 +22,7 @@ use crate::wire::{MaterialBundle, Operation, ValidationStatus};
 pub const GENESIS_DIGEST: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// What was audited.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 #[allow(missing_docs, reason = "names say what was done")]
@@ -64,6 +65,7 @@ impl From<Operation> for AuditAction {
 }
 
 /// One audit record.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[allow(missing_docs, reason = "fields are listed in DESIGN.md, 'Audit read'")]
@@ -227,6 +229,7 @@ fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
 }
 
 /// A signed statement that a tenant's chain had `digest` at `seq`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Checkpoint {

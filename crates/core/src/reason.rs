@@ -8,6 +8,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 /// Every reason code the engine can answer with.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[non_exhaustive]
 #[allow(missing_docs, reason = "each variant is documented once, in REGISTRY")]
@@ -66,6 +67,8 @@ pub enum ReasonCode {
     MethodNotAllowed,
     #[serde(rename = "KMS_SECRET_EXISTS")]
     SecretExists,
+    #[serde(rename = "KMS_POLICY_NOT_FOUND")]
+    PolicyNotFound,
 }
 
 /// One registry entry.
@@ -130,6 +133,7 @@ registry! {
     RouteNotFound, "KMS_ROUTE_NOT_FOUND", 404, "No such route.";
     MethodNotAllowed, "KMS_METHOD_NOT_ALLOWED", 405, "The route does not take this method.";
     SecretExists, "KMS_SECRET_EXISTS", 409, "A secret of that name already exists in this tenant.";
+    PolicyNotFound, "KMS_POLICY_NOT_FOUND", 404, "The tenant has no policy yet.";
 }
 
 impl ReasonCode {

@@ -14,6 +14,7 @@ use crate::request::MAX_REF_LEN;
 use crate::state::{SecretSnapshot, VersionState};
 
 /// A redemption request as received.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[allow(

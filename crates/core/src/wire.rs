@@ -8,6 +8,7 @@ use crate::diagnostics::Diagnostic;
 use crate::reason::ReasonCode;
 
 /// The four operations of the seed.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Operation {
@@ -48,6 +49,7 @@ impl Operation {
 
 /// A KMS request as received. Every field is optional here so that a missing one is reported as
 /// `PH1_KMS_UPSTREAM_INPUT_MISSING` rather than as a parse failure.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[allow(
@@ -73,6 +75,7 @@ pub struct RawKmsRequest {
 }
 
 /// `revoke_target` as received: exactly one field must be set.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[allow(
@@ -91,6 +94,7 @@ pub struct RawRevokeTarget {
 }
 
 /// `OK` or `FAIL`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ValidationStatus {
@@ -101,6 +105,7 @@ pub enum ValidationStatus {
 }
 
 /// What a revocation revoked.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum TombstoneTarget {
@@ -115,6 +120,7 @@ pub enum TombstoneTarget {
 }
 
 /// The revocation tombstone returned by REVOKE.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tombstone {
     /// Opaque id of this revocation.
@@ -126,6 +132,7 @@ pub struct Tombstone {
 }
 
 /// The `kms_material_bundle`: the engine's only answer to a KMS request.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[allow(
@@ -135,6 +142,8 @@ pub struct Tombstone {
 pub struct MaterialBundle {
     pub validation_status: ValidationStatus,
     pub reason_code: ReasonCode,
+    /// `subject:problem` codes from a fixed vocabulary.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     pub diagnostics: Vec<Diagnostic>,
     pub operation: Option<Operation>,
     pub secret_ref: Option<String>,

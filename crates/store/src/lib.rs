@@ -10,6 +10,7 @@ mod envelope;
 mod error;
 mod model;
 mod sqlite;
+mod stats;
 mod store;
 
 pub mod verify;
@@ -22,4 +23,5 @@ pub use model::{
     Role, SecretListing, StoredPolicy, VersionListing,
 };
 pub use sqlite::{CHECKPOINT_EVERY, MAX_BATCH, SqliteOptions, SqliteStore};
+pub use stats::{BATCH_BOUNDS, BatchHistogram};
 pub use store::Store;

@@ -13,6 +13,7 @@ use crate::error::StoreResult;
 use crate::model::{
     CommitUnit, IdempotencyRecord, IdempotencyScope, Receipt, Role, SecretListing, StoredPolicy,
 };
+use crate::stats::BatchHistogram;
 
 /// Durable state of the KMS.
 ///
@@ -84,6 +85,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Removes idempotency records and handle/credential revocations past their retention.
     async fn prune(&self, now_ms: u64, idempotency_retention_ms: u64) -> StoreResult<u64>;
+
+    /// Sizes of the group commits so far.
+    fn batch_histogram(&self) -> &BatchHistogram;
 
     /// Whether the store can serve (for `/readyz`).
     async fn ready(&self) -> bool;

@@ -71,7 +71,7 @@ pub async fn export(
     store: &dyn Store,
     tenant: Option<&TenantId>,
     at_ms: u64,
-    out: &mut dyn Write,
+    out: &mut (dyn Write + Send),
 ) -> StoreResult<u64> {
     let tenants = match tenant {
         Some(t) => vec![t.clone()],
@@ -106,7 +106,7 @@ pub async fn export(
     Ok(written)
 }
 
-fn line(out: &mut dyn Write, l: &ExportLine) -> std::io::Result<()> {
+fn line(out: &mut (dyn Write + Send), l: &ExportLine) -> std::io::Result<()> {
     serde_json::to_writer(&mut *out, l)?;
     out.write_all(b"\n")
 }

@@ -19,6 +19,7 @@ const fn yes() -> bool {
 }
 
 /// A tenant's policy document (DESIGN.md, "Policy document").
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyDocument {
@@ -36,6 +37,7 @@ pub struct PolicyDocument {
 }
 
 /// One allow rule as written.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleDocument {

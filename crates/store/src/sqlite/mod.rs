@@ -30,6 +30,7 @@ use crate::model::{
     CommitUnit, IdempotencyRecord, IdempotencyScope, Receipt, Role, SecretListing, StoredPolicy,
     VersionListing,
 };
+use crate::stats::BatchHistogram;
 use crate::store::Store;
 use cache::Cache;
 use writer::{Job, SharedRoot, Writer};
@@ -93,6 +94,7 @@ pub struct SqliteStore {
     keys: Arc<ServiceKeys>,
     root: SharedRoot,
     cache: Arc<Cache>,
+    batches: Arc<BatchHistogram>,
     readers: Mutex<Vec<Connection>>,
     jobs: mpsc::UnboundedSender<Job>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -128,7 +130,14 @@ impl SqliteStore {
         let root: SharedRoot = Arc::new(std::sync::RwLock::new(root));
         let cache = Arc::new(Cache::default());
         let (jobs, rx) = mpsc::unbounded_channel();
-        let writer = Writer::new(conn, keys.clone(), root.clone(), cache.clone());
+        let batches = Arc::new(BatchHistogram::default());
+        let writer = Writer::new(
+            conn,
+            keys.clone(),
+            root.clone(),
+            cache.clone(),
+            batches.clone(),
+        );
         let handle = std::thread::Builder::new()
             .name("selene-kms-sqlite-writer".into())
             .spawn(move || writer.run(rx))
@@ -138,6 +147,7 @@ impl SqliteStore {
             keys,
             root,
             cache,
+            batches,
             readers: Mutex::new(Vec::new()),
             jobs,
             writer: Mutex::new(Some(handle)),
@@ -596,6 +606,10 @@ impl Store for SqliteStore {
         })
         .await
         .map(|r| r.audit_seq)
+    }
+
+    fn batch_histogram(&self) -> &BatchHistogram {
+        &self.batches
     }
 
     async fn ready(&self) -> bool {

@@ -24,6 +24,7 @@ use crate::envelope::{
 };
 use crate::error::{ErrorKind, StoreError, StoreResult};
 use crate::model::{Change, CommitUnit, NewSecret, Receipt, Role, StoredPolicy};
+use crate::stats::BatchHistogram;
 
 /// The root key, shared by the writer (wrapping) and readers (unwrapping); replaced on rotation.
 pub(crate) type SharedRoot = Arc<RwLock<RootKey>>;
@@ -73,6 +74,7 @@ pub(crate) struct Writer {
     keys: Arc<ServiceKeys>,
     root: SharedRoot,
     cache: Arc<Cache>,
+    batches: Arc<BatchHistogram>,
     heads: HashMap<TenantId, Head>,
 }
 
@@ -98,12 +100,14 @@ impl Writer {
         keys: Arc<ServiceKeys>,
         root: SharedRoot,
         cache: Arc<Cache>,
+        batches: Arc<BatchHistogram>,
     ) -> Self {
         Self {
             conn,
             keys,
             root,
             cache,
+            batches,
             heads: HashMap::new(),
         }
     }
@@ -118,6 +122,7 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            self.batches.record(batch.len() as u64);
             self.run_batch(batch);
         }
     }
@@ -129,6 +134,7 @@ impl Writer {
             root,
             cache,
             heads,
+            ..
         } = self;
         let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
             Ok(tx) => tx,

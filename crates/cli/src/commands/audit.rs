@@ -1,0 +1,249 @@
+//! `selene-kms audit`: verify, export, tail.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use reqwest::Method;
+use selene_kms_core::audit::{parse_public_key, verify_export};
+use selene_kms_core::{AuditRecord, TenantId};
+use selene_kms_store::Store;
+use selene_kms_store::verify::verify_tenant;
+
+use super::open_store;
+use crate::client::{As, Client};
+use crate::config::Config;
+use crate::{Connection, output};
+
+#[derive(Subcommand)]
+pub(crate) enum AuditCommand {
+    /// Verify the audit chain: digests, links and signed checkpoints; names the first bad record.
+    #[command(
+        after_help = "Examples:\n  selene-kms audit verify                          # every tenant, through the server\n  selene-kms audit verify --tenant acme\n  selene-kms audit verify --data-dir ./kms         # offline, on a stopped store\n  selene-kms audit verify --export audit.jsonl --public-key HEX   # a third party"
+    )]
+    Verify {
+        /// One tenant (default: every tenant).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Verify a stopped store's files directly.
+        #[arg(long, conflicts_with = "export")]
+        data_dir: Option<PathBuf>,
+        /// Verify an export file instead of a live store.
+        #[arg(long, requires = "public_key")]
+        export: Option<PathBuf>,
+        /// The audit public key (hex) to trust for --export.
+        #[arg(long)]
+        public_key: Option<String>,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// Export chains as JSON Lines (records and signed checkpoints; metadata only).
+    #[command(
+        after_help = "Example:\n  selene-kms audit export --tenant acme --out acme-audit.jsonl"
+    )]
+    Export {
+        /// One tenant (default: every tenant).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Write here instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// Print a tenant's latest records.
+    #[command(after_help = "Example:\n  selene-kms audit tail --tenant acme --limit 20")]
+    Tail {
+        /// Tenant.
+        #[arg(long)]
+        tenant: String,
+        /// Only records after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// At most this many records.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[command(flatten)]
+        conn: Connection,
+    },
+}
+
+pub(crate) async fn run(
+    config: &Config,
+    command: AuditCommand,
+    json: bool,
+) -> Result<ExitCode, String> {
+    match command {
+        AuditCommand::Verify {
+            tenant,
+            data_dir,
+            export,
+            public_key,
+            conn,
+        } => {
+            if let Some(dir) = data_dir {
+                return verify_offline(&dir, tenant.as_deref(), json).await;
+            }
+            let (text, key) = match export {
+                Some(path) => (
+                    std::fs::read_to_string(&path)
+                        .map_err(|e| format!("{}: {e}", path.display()))?,
+                    public_key.unwrap_or_default(),
+                ),
+                None => {
+                    let client = Client::new(&conn, config)?;
+                    let key = match public_key {
+                        Some(k) => k,
+                        None => fetch_public_key(&client).await?,
+                    };
+                    (fetch_export(&client, tenant.as_deref()).await?, key)
+                }
+            };
+            let key = parse_public_key(&key).ok_or("the public key is not 64 hex characters")?;
+            match verify_export(&text, &key) {
+                Ok(summary) => {
+                    if json {
+                        output::json(
+                            &serde_json::json!({"verified": true, "records": summary.records, "checkpoints": summary.checkpoints}),
+                        );
+                    } else {
+                        println!(
+                            "Audit chain verified: {} records, {} signed checkpoints.",
+                            summary.records, summary.checkpoints
+                        );
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    if json {
+                        output::json(
+                            &serde_json::json!({"verified": false, "error": e.to_string()}),
+                        );
+                    } else {
+                        println!("Audit chain BROKEN: {e}");
+                    }
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+        AuditCommand::Export { tenant, out, conn } => {
+            let client = Client::new(&conn, config)?;
+            let text = fetch_export(&client, tenant.as_deref()).await?;
+            match out {
+                Some(path) => {
+                    std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?
+                }
+                None => print!("{text}"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Tail {
+            tenant,
+            after,
+            limit,
+            conn,
+        } => {
+            let client = Client::new(&conn, config)?;
+            let path = format!("/v1/audit?tenant_id={tenant}&after_seq={after}&limit={limit}");
+            let answer = client.send(Method::GET, &path, As::Admin, None).await?;
+            if !answer.status.is_success() {
+                return Err(format!("audit read refused: {}", answer.describe()));
+            }
+            let v = answer.json();
+            if json {
+                output::json(&v);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let records: Vec<AuditRecord> =
+                serde_json::from_value(v["records"].clone()).unwrap_or_default();
+            let rows: Vec<Vec<String>> = records
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.seq.to_string(),
+                        r.operation.map_or("-", |o| o.name()).to_owned(),
+                        r.requester_engine_id.clone().unwrap_or_else(|| "-".into()),
+                        r.reason_code.name().to_owned(),
+                        if r.dry_run {
+                            "dry-run".into()
+                        } else {
+                            String::new()
+                        },
+                        output::short(&r.digest),
+                    ]
+                })
+                .collect();
+            output::table(
+                &["seq", "operation", "engine", "reason", "", "digest"],
+                &rows,
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn fetch_public_key(client: &Client) -> Result<String, String> {
+    let answer = client
+        .send(Method::GET, "/v1/audit/public-key", As::Nobody, None)
+        .await?;
+    answer.json()["audit_public_key"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| format!("no public key: {}", answer.describe()))
+}
+
+async fn fetch_export(client: &Client, tenant: Option<&str>) -> Result<String, String> {
+    let path = match tenant {
+        Some(t) => format!("/v1/audit/export?tenant_id={t}"),
+        None => "/v1/audit/export".to_owned(),
+    };
+    let answer = client.send(Method::GET, &path, As::Admin, None).await?;
+    if !answer.status.is_success() {
+        return Err(format!("export refused: {}", answer.describe()));
+    }
+    String::from_utf8(answer.body).map_err(|_| "the export is not UTF-8".to_owned())
+}
+
+async fn verify_offline(
+    dir: &std::path::Path,
+    tenant: Option<&str>,
+    json: bool,
+) -> Result<ExitCode, String> {
+    let store = open_store(dir)?;
+    let tenants = match tenant {
+        Some(t) => vec![TenantId::try_from(t).map_err(|_| "invalid tenant id".to_owned())?],
+        None => store.audit_tenants().await.map_err(|e| e.message)?,
+    };
+    let mut reports = Vec::new();
+    let mut broken = false;
+    for t in &tenants {
+        let r = verify_tenant(&store, t).await.map_err(|e| e.message)?;
+        broken |= r.broken.is_some();
+        reports.push(r);
+    }
+    if json {
+        let list: Vec<_> = reports
+            .iter()
+            .map(|r| serde_json::json!({"tenant_id": r.tenant.as_str(), "records": r.records, "checkpoints": r.checkpoints, "broken": r.broken.map(|b| b.to_string())}))
+            .collect();
+        output::json(&serde_json::json!({"verified": !broken, "tenants": list}));
+    } else {
+        let rows: Vec<Vec<String>> = reports
+            .iter()
+            .map(|r| {
+                vec![
+                    r.tenant.to_string(),
+                    r.records.to_string(),
+                    r.checkpoints.to_string(),
+                    r.broken.map_or("ok".into(), |b| b.to_string()),
+                ]
+            })
+            .collect();
+        output::table(&["tenant", "records", "checkpoints", "status"], &rows);
+    }
+    Ok(if broken {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}

@@ -1,0 +1,263 @@
+//! `selene-kms secret`: create, list, rotate, revoke.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use clap::{Args, Subcommand};
+use reqwest::Method;
+use serde_json::{Value, json};
+use zeroize::Zeroizing;
+
+use super::fresh_key;
+use crate::client::{As, Client};
+use crate::config::Config;
+use crate::{Connection, output};
+
+#[derive(Subcommand)]
+pub(crate) enum SecretCommand {
+    /// Create a secret: generated (32 random bytes) unless --material-file imports one.
+    #[command(
+        after_help = "Examples:\n  selene-kms secret create acme payments/stripe\n  selene-kms secret create acme db/primary --material-file ./password.txt --ttl-max-ms 600000"
+    )]
+    Create(CreateArgs),
+    /// List a tenant's secrets and versions (metadata only, never a value).
+    #[command(after_help = "Example:\n  selene-kms secret list acme")]
+    List {
+        /// Tenant.
+        tenant: String,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// Rotate: a dry run, then its commit with the simulation id (needs the os token).
+    #[command(
+        after_help = "Example:\n  selene-kms secret rotate acme payments/stripe --engine PH1.OS --user u-admin"
+    )]
+    Rotate(MutationArgs),
+    /// Revoke one version (--version N) or all versions (--all): dry run, then commit.
+    #[command(
+        after_help = "Example:\n  selene-kms secret revoke acme payments/stripe --version 1 --engine PH1.OS --user u-admin"
+    )]
+    Revoke {
+        #[command(flatten)]
+        common: MutationArgs,
+        /// The version to revoke.
+        #[arg(long, conflicts_with = "all", required_unless_present = "all")]
+        version: Option<u64>,
+        /// Revoke every version.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+#[derive(Args)]
+pub(crate) struct CreateArgs {
+    /// Tenant.
+    tenant: String,
+    /// Secret name, e.g. payments/stripe.
+    name: String,
+    /// Import the material from this file (its bytes, as they are).
+    #[arg(long)]
+    material_file: Option<PathBuf>,
+    /// Shortest ephemeral TTL, ms [default: 30000].
+    #[arg(long)]
+    ttl_min_ms: Option<u64>,
+    /// Longest ephemeral TTL, ms [default: 3600000].
+    #[arg(long)]
+    ttl_max_ms: Option<u64>,
+    /// Ephemeral TTL when a request names none, ms [default: 300000].
+    #[arg(long)]
+    ttl_default_ms: Option<u64>,
+    #[command(flatten)]
+    conn: Connection,
+}
+
+#[derive(Args)]
+pub(crate) struct MutationArgs {
+    /// Tenant.
+    tenant: String,
+    /// Secret name.
+    name: String,
+    /// Requester engine id asserted by this (os) caller.
+    #[arg(long, default_value = "PH1.OS")]
+    engine: String,
+    /// Requester user id (an admin, when the policy requires one).
+    #[arg(long)]
+    user: Option<String>,
+    /// Compare-and-set: rotate only if this is the current version.
+    #[arg(long)]
+    previous_version: Option<u64>,
+    #[command(flatten)]
+    conn: Connection,
+}
+
+pub(crate) async fn run(
+    config: &Config,
+    command: SecretCommand,
+    json: bool,
+) -> Result<ExitCode, String> {
+    match command {
+        SecretCommand::Create(a) => create(config, a, json).await,
+        SecretCommand::List { tenant, conn } => {
+            list(&Client::new(&conn, config)?, &tenant, json).await
+        }
+        SecretCommand::Rotate(m) => mutate(config, m, "ROTATE", None, json).await,
+        SecretCommand::Revoke {
+            common,
+            version,
+            all,
+        } => {
+            let target = if all {
+                json!({"all_versions": true})
+            } else {
+                json!({"version": version})
+            };
+            mutate(config, common, "REVOKE", Some(target), json).await
+        }
+    }
+}
+
+async fn create(config: &Config, a: CreateArgs, json_out: bool) -> Result<ExitCode, String> {
+    let client = Client::new(&a.conn, config)?;
+    let mut body = json!({"secret_name": a.name});
+    if let Some(path) = &a.material_file {
+        let bytes =
+            Zeroizing::new(std::fs::read(path).map_err(|e| format!("--material-file: {e}"))?);
+        body["material_b64"] = Value::from(STANDARD.encode(&*bytes));
+    }
+    if a.ttl_min_ms.is_some() || a.ttl_max_ms.is_some() || a.ttl_default_ms.is_some() {
+        body["ephemeral_ttl_ms"] = json!({
+            "min": a.ttl_min_ms.unwrap_or(30_000),
+            "max": a.ttl_max_ms.unwrap_or(3_600_000),
+            "default": a.ttl_default_ms.unwrap_or(300_000),
+        });
+    }
+    let path = format!("/v1/admin/tenants/{}/secrets", a.tenant);
+    let answer = client
+        .send(Method::POST, &path, As::Admin, Some(&body))
+        .await?;
+    drop(body);
+    if !answer.status.is_success() {
+        return Err(format!("create refused: {}", answer.describe()));
+    }
+    let v = answer.json();
+    if json_out {
+        output::json(&v);
+    } else {
+        println!("Created {} in {} (version 1).", a.name, a.tenant);
+        println!("secret_ref: {}", v["secret_ref"].as_str().unwrap_or(""));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn list(client: &Client, tenant: &str, json_out: bool) -> Result<ExitCode, String> {
+    let path = format!("/v1/admin/tenants/{tenant}/secrets");
+    let answer = client.send(Method::GET, &path, As::Admin, None).await?;
+    if !answer.status.is_success() {
+        return Err(format!("list refused: {}", answer.describe()));
+    }
+    let v = answer.json();
+    if json_out {
+        output::json(&v);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = v["secrets"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .map(|s| {
+                    let versions = s["versions"]
+                        .as_array()
+                        .map(|vs| {
+                            vs.iter()
+                                .map(|x| {
+                                    format!(
+                                        "{}:{}",
+                                        x["version"],
+                                        x["state"].as_str().unwrap_or("?")
+                                    )
+                                })
+                                .collect::<Vec<_>>()
+                                .join(" ")
+                        })
+                        .unwrap_or_default();
+                    vec![
+                        s["secret_name"].as_str().unwrap_or("").to_owned(),
+                        s["kind"].as_str().unwrap_or("").to_owned(),
+                        s["current_version"].to_string(),
+                        versions,
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    output::table(&["name", "kind", "current", "versions"], &rows);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Dry run, then commit with the simulation id.
+async fn mutate(
+    config: &Config,
+    m: MutationArgs,
+    operation: &str,
+    target: Option<Value>,
+    json_out: bool,
+) -> Result<ExitCode, String> {
+    let client = Client::new(&m.conn, config)?;
+    let mut request = json!({
+        "correlation_id": fresh_key("cli"), "turn_id": "cli",
+        "tenant_id": m.tenant, "operation": operation, "secret_name": m.name,
+        "requester_engine_id": m.engine,
+    });
+    if let Some(u) = &m.user {
+        request["requester_user_id"] = Value::from(u.as_str());
+    }
+    if let Some(p) = m.previous_version {
+        request["previous_version"] = Value::from(p);
+    }
+    if let Some(t) = target {
+        request["revoke_target"] = t;
+    }
+    let mut dry = request.clone();
+    dry["dry_run"] = Value::from(true);
+    dry["idempotency_key"] = Value::from(fresh_key("cli-plan"));
+    let plan = client.kms(&dry).await?;
+    let plan_bundle = plan.json();
+    if plan_bundle["validation_status"] != "OK" {
+        if json_out {
+            output::json(&plan_bundle);
+        }
+        return Err(format!(
+            "{operation} refused at the dry run: {}",
+            plan.describe()
+        ));
+    }
+    request["simulation_id"] = plan_bundle["simulation_id"].clone();
+    request["idempotency_key"] = Value::from(fresh_key("cli"));
+    let commit = client.kms(&request).await?;
+    let bundle = commit.json();
+    if json_out {
+        output::json(&bundle);
+    }
+    if bundle["validation_status"] != "OK" {
+        return Err(format!(
+            "{operation} refused at commit: {}",
+            commit.describe()
+        ));
+    }
+    if !json_out {
+        match operation {
+            "ROTATE" => println!(
+                "Rotated {} to version {}.",
+                m.name, bundle["rotated_version"]
+            ),
+            _ => println!(
+                "Revoked ({}): tombstone {}",
+                bundle["revoked"]["target"].as_str().unwrap_or("?"),
+                output::short(bundle["revoked"]["tombstone_ref"].as_str().unwrap_or(""))
+            ),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,129 @@
+//! `selene-kms serve`: the HTTP/JSON API over the embedded store.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use selene_kms_server::{Engine, ServeOptions, TlsOptions, serve};
+
+use super::{data_dir, open_store};
+use crate::config::Config;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub(crate) enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Args)]
+pub(crate) struct ServeArgs {
+    /// Data directory made by `selene-kms init`.
+    #[arg(long, env = "SELENE_KMS_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8750].
+    #[arg(long, env = "SELENE_KMS_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// PEM certificate chain: serve HTTPS.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA bundle: require client certificates it signed (mTLS).
+    #[arg(long, requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+    /// Allow plain HTTP on a non-loopback address.
+    #[arg(long)]
+    allow_plaintext: bool,
+    /// Log format [default: text].
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SELENE_KMS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+pub(crate) async fn run(config: &Config, args: ServeArgs) -> Result<ExitCode, String> {
+    let s = &config.server;
+    let format = args.log_format.unwrap_or(match s.log_format.as_deref() {
+        Some("json") => LogFormat::Json,
+        _ => LogFormat::Text,
+    });
+    init_logging(format);
+    let dir = data_dir(args.data_dir, config)?;
+    let listen = match args.listen {
+        Some(l) => l,
+        None => match &s.listen {
+            Some(text) => text
+                .parse()
+                .map_err(|_| "[server].listen is not an address".to_owned())?,
+            None => ServeOptions::default().listen,
+        },
+    };
+    let tls = match (
+        args.tls_cert.or(s.tls_cert.clone()),
+        args.tls_key.or(s.tls_key.clone()),
+    ) {
+        (Some(cert), Some(key)) => Some(TlsOptions {
+            cert,
+            key,
+            client_ca: args.tls_client_ca.or(s.tls_client_ca.clone()),
+        }),
+        (None, None) => None,
+        _ => return Err("TLS needs both a certificate and a key".into()),
+    };
+    let defaults = ServeOptions::default();
+    let options = ServeOptions {
+        listen,
+        tls,
+        allow_plaintext_non_loopback: args.allow_plaintext || s.allow_plaintext.unwrap_or(false),
+        body_limit: s.body_limit_bytes.unwrap_or(defaults.body_limit),
+        request_timeout: s
+            .request_timeout_ms
+            .map_or(defaults.request_timeout, Duration::from_millis),
+        shutdown_grace: defaults.shutdown_grace,
+        idempotency_retention_ms: s
+            .idempotency_retention_hours
+            .map_or(defaults.idempotency_retention_ms, |h| h * 3_600_000),
+    };
+    let store = Arc::new(open_store(&dir)?);
+    let engine = Arc::new(Engine::new(store.clone()));
+    let listening = serve(engine.clone(), options)
+        .await
+        .map_err(|e| e.to_string())?;
+    stop_signal().await;
+    tracing::info!("shutting down: finishing in-flight requests");
+    listening.shutdown().await.map_err(|e| e.to_string())?;
+    drop(engine);
+    // Dropping the last handle drains the writer: every acknowledged commit is on disk.
+    drop(store);
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,112 @@
+//! `selene-kms`: the command line of the PH1.KMS secret and key broker.
+//!
+//! Glue only: parse arguments, read the config file, call the store, the server or the HTTP API,
+//! print. Every command takes `--json`.
+#![forbid(unsafe_code)]
+
+mod client;
+mod commands;
+mod config;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Secret and key broker: opaque handles, ephemeral credentials, rotation and revocation, with a
+/// tamper-evident audit chain that never holds a secret value.
+#[derive(Parser)]
+#[command(
+    name = "selene-kms",
+    version,
+    after_help = "Start here:\n  selene-kms quickstart                 # the whole job on a temporary store\n  selene-kms init --data-dir ./kms      # a real store; prints one token per role, once\n  selene-kms serve --data-dir ./kms     # serve it on 127.0.0.1:8750\n\nClient commands read SELENE_KMS_URL, SELENE_KMS_ADMIN_TOKEN and SELENE_KMS_OS_TOKEN,\nor the [client] table of --config."
+)]
+struct Cli {
+    /// TOML config file ([server] and [client] tables); flags and environment variables win.
+    #[arg(long, global = true, env = "SELENE_KMS_CONFIG")]
+    config: Option<PathBuf>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a store: database, root key file (mode 0600) and one token per role.
+    #[command(
+        after_help = "Example:\n  selene-kms init --data-dir ./kms\n  selene-kms init --data-dir ./kms --json > tokens.json\n\nThe tokens are printed once and stored only as hashes. The root key comes from\n$SELENE_KMS_ROOT_KEY (64 hex characters) when set; otherwise DIR/root.key is created."
+    )]
+    Init(commands::init::InitArgs),
+    /// Serve the HTTP/JSON API.
+    #[command(
+        after_help = "Examples:\n  selene-kms serve --data-dir ./kms\n  selene-kms serve --data-dir ./kms --listen 0.0.0.0:8750 --tls-cert cert.pem --tls-key key.pem\n  selene-kms serve --data-dir ./kms --tls-cert c.pem --tls-key k.pem --tls-client-ca ca.pem  # mTLS"
+    )]
+    Serve(commands::serve::ServeArgs),
+    /// Show the whole job on a fresh temporary store, end to end over HTTP.
+    #[command(after_help = "Example:\n  selene-kms quickstart")]
+    Quickstart,
+    /// Provision and manage secrets.
+    #[command(subcommand)]
+    Secret(commands::secret::SecretCommand),
+    /// Read or replace a tenant's policy.
+    #[command(subcommand)]
+    Policy(commands::policy::PolicyCommand),
+    /// Verify, export or read the audit chain.
+    #[command(subcommand)]
+    Audit(commands::audit::AuditCommand),
+    /// Send one KMS request (JSON, from a file or `-` for stdin) as the `os` caller.
+    #[command(
+        after_help = "Example:\n  echo '{\"correlation_id\":\"c-1\",\"turn_id\":\"t-1\",\"idempotency_key\":\"k-1\",\n        \"tenant_id\":\"acme\",\"operation\":\"GET_HANDLE\",\"secret_name\":\"payments/stripe\",\n        \"requester_engine_id\":\"PH1.CONNECTOR\"}' | selene-kms request -"
+    )]
+    Request(commands::request::RequestArgs),
+}
+
+/// Where to reach a running server.
+#[derive(Args, Clone, Debug)]
+pub(crate) struct Connection {
+    /// Server URL.
+    #[arg(long, env = "SELENE_KMS_URL")]
+    url: Option<String>,
+    /// CA certificate (PEM) to trust for an https URL.
+    #[arg(long, env = "SELENE_KMS_CA_CERT")]
+    ca_cert: Option<PathBuf>,
+    /// Client certificate and key, one PEM file, for servers that require mTLS.
+    #[arg(long, env = "SELENE_KMS_CLIENT_IDENTITY")]
+    client_identity: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            output::fail(&format!("cannot start the runtime: {e}"));
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let config = config::Config::load(cli.config.as_deref())?;
+        match cli.command {
+            Command::Init(args) => commands::init::run(&config, args, cli.json).await,
+            Command::Serve(args) => commands::serve::run(&config, args).await,
+            Command::Quickstart => commands::quickstart::run(cli.json).await,
+            Command::Secret(c) => commands::secret::run(&config, c, cli.json).await,
+            Command::Policy(c) => commands::policy::run(&config, c, cli.json).await,
+            Command::Audit(c) => commands::audit::run(&config, c, cli.json).await,
+            Command::Request(args) => commands::request::run(&config, args, cli.json).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            output::fail(&e);
+            ExitCode::from(2)
+        }
+    }
+}

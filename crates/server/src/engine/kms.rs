@@ -1,0 +1,243 @@
+//! `POST /v1/kms/requests`: the seed's deterministic sequence, as DESIGN.md orders it.
+//!
+//! (2) schema → (3) enablement → (4) access evaluate → (5) idempotency → (6–8) material issue →
+//! (9) one atomic commit with the audit record. The first failure wins and is answered with a
+//! refusal bundle; every answer after step 2 is audited and stored under its idempotency key.
+
+use std::sync::Arc;
+
+use selene_kms_core::{
+    AuditRecord, KmsRequest, MaterialBundle, ReasonCode, Refusal, RejectedRequest, RequestContext,
+    StateChange, evaluate, issue,
+};
+use selene_kms_store::{
+    Change, CommitUnit, ErrorKind, IdempotencyScope, IdempotencyWrite, StoreError,
+};
+
+use super::{Caller, Engine, Reply, op_name};
+
+/// Commits lost to a concurrent change are retried this many times (each retry re-reads the
+/// state, so a stale simulation then fails closed with `KMS_SIMULATION_STALE`).
+const MAX_ATTEMPTS: usize = 4;
+
+fn unavailable_bundle(req: &RequestContext, reason: ReasonCode) -> Arc<[u8]> {
+    let bundle = Refusal::bare(reason).into_bundle(req.operation, req.dry_run, req.max_diagnostics);
+    encode(&bundle)
+}
+
+fn encode(bundle: &MaterialBundle) -> Arc<[u8]> {
+    // A bundle is plain data; serialization cannot fail.
+    serde_json::to_vec(bundle).unwrap_or_default().into()
+}
+
+fn store_failure(ctx: &RequestContext, e: &StoreError) -> Reply {
+    tracing::warn!(kind = ?e.kind, error = %e.message, "store failure; request refused");
+    let reason = match e.kind {
+        ErrorKind::Corrupt => ReasonCode::InternalPipelineError,
+        _ => ReasonCode::AuditUnavailable,
+    };
+    Reply::json(
+        reason,
+        op_name(ctx.operation),
+        unavailable_bundle(ctx, reason),
+    )
+}
+
+impl Engine {
+    /// Runs one KMS request for an authenticated `os` caller.
+    pub async fn kms_request(&self, caller: &Caller, body: &[u8], now_ms: u64) -> Reply {
+        match KmsRequest::from_json(body) {
+            Ok(req) => self.run(caller, &req, now_ms).await,
+            Err(rejected) => self.reject(rejected, now_ms).await,
+        }
+    }
+
+    /// Step 2 failed: refuse; audit when the tenant is known, never store under a key.
+    async fn reject(&self, rejected: RejectedRequest, now_ms: u64) -> Reply {
+        let RejectedRequest { context, refusal } = rejected;
+        let reason = refusal.reason;
+        let mut bundle =
+            refusal.into_bundle(context.operation, context.dry_run, context.max_diagnostics);
+        if let Some(tenant) = &context.tenant_id {
+            let audit = AuditRecord::for_request(tenant, &context, &bundle, now_ms, false);
+            match self.audit_only(tenant, audit).await {
+                Ok(seq) => bundle.audit_seq = Some(seq),
+                Err(e) => return store_failure(&context, &e),
+            }
+        }
+        Reply::json(reason, op_name(context.operation), encode(&bundle))
+    }
+
+    async fn run(&self, caller: &Caller, req: &KmsRequest, now_ms: u64) -> Reply {
+        let ctx = req.context();
+        let scope = IdempotencyScope {
+            tenant: req.tenant_id.clone(),
+            caller: caller.id.clone(),
+            key: req.idempotency_key.as_str().to_owned(),
+        };
+        let fingerprint = req.fingerprint();
+        let keys = self.store.keys().clone();
+        for _ in 0..MAX_ATTEMPTS {
+            let policy = match self.store.policy(&req.tenant_id).await {
+                Ok(p) => p,
+                Err(e) => return store_failure(&ctx, &e),
+            };
+            let secret = match self.store.secret(&req.tenant_id, &req.secret_name).await {
+                Ok(s) => s,
+                Err(e) => return store_failure(&ctx, &e),
+            };
+            // (3) enablement and (4) access.
+            let grant = match evaluate(
+                req,
+                policy.as_ref().map(|p| &*p.policy),
+                secret.as_deref(),
+                &keys,
+                now_ms,
+            ) {
+                Ok(g) => g,
+                Err(refusal) => {
+                    return self.refuse(req, &scope, fingerprint, refusal, now_ms).await;
+                }
+            };
+            // (5) idempotency: replay or conflict.
+            match self.store.idempotency(&scope).await {
+                Err(e) => return store_failure(&ctx, &e),
+                Ok(Some(record)) if record.fingerprint == fingerprint => {
+                    return self.replay(req, record.bundle_json, now_ms).await;
+                }
+                Ok(Some(_)) => {
+                    let refusal = Refusal::new(
+                        ReasonCode::IdempotencyConflict,
+                        selene_kms_core::Subject::IdempotencyKey,
+                        selene_kms_core::Problem::Reused,
+                    );
+                    return self.refuse_unstored(req, refusal, now_ms).await;
+                }
+                Ok(None) => {}
+            }
+            // (6–8) issue.
+            let issued = match issue(grant, secret.as_deref(), &keys) {
+                Ok(i) => i,
+                Err(refusal) => {
+                    return self.refuse(req, &scope, fingerprint, refusal, now_ms).await;
+                }
+            };
+            // (9) commit.
+            let change = match (&issued.change, &secret) {
+                (StateChange::None, _) | (_, None) => Change::None,
+                (change, Some(s)) => Change::Secret {
+                    name: req.secret_name.clone(),
+                    expected_state_version: s.state_version,
+                    change: change.clone(),
+                },
+            };
+            let audit =
+                AuditRecord::for_request(&req.tenant_id, &ctx, &issued.bundle, now_ms, false);
+            let reason = issued.bundle.reason_code;
+            let unit = CommitUnit {
+                tenant: req.tenant_id.clone(),
+                change,
+                audit,
+                idempotency: Some(IdempotencyWrite {
+                    scope: scope.clone(),
+                    fingerprint,
+                }),
+                bundle: Some(issued.bundle),
+            };
+            match self.store.commit(unit).await {
+                Ok(receipt) => {
+                    let body = receipt
+                        .bundle_json
+                        .unwrap_or_else(|| Arc::from(&b"null"[..]));
+                    return Reply::json(reason, Some(req.operation.name()), body);
+                }
+                // Lost a race: re-read and run again (replay, stale simulation, or success).
+                Err(e)
+                    if matches!(
+                        e.kind,
+                        ErrorKind::StateConflict | ErrorKind::IdempotencyTaken
+                    ) => {}
+                Err(e) => return store_failure(&ctx, &e),
+            }
+        }
+        tracing::warn!("request kept losing commit races; refused");
+        Reply::json(
+            ReasonCode::IdempotencyInFlight,
+            Some(req.operation.name()),
+            unavailable_bundle(&ctx, ReasonCode::IdempotencyInFlight),
+        )
+    }
+
+    /// A refusal after step 2: audited and stored under the key (if the key is still free).
+    async fn refuse(
+        &self,
+        req: &KmsRequest,
+        scope: &IdempotencyScope,
+        fingerprint: [u8; 32],
+        refusal: Refusal,
+        now_ms: u64,
+    ) -> Reply {
+        let ctx = req.context();
+        let reason = refusal.reason;
+        let bundle = refusal.into_bundle(Some(req.operation), req.dry_run, req.max_diagnostics);
+        let unit = |idempotency| CommitUnit {
+            tenant: req.tenant_id.clone(),
+            change: Change::None,
+            audit: AuditRecord::for_request(&req.tenant_id, &ctx, &bundle, now_ms, false),
+            idempotency,
+            bundle: Some(bundle.clone()),
+        };
+        let stored = self
+            .store
+            .commit(unit(Some(IdempotencyWrite {
+                scope: scope.clone(),
+                fingerprint,
+            })))
+            .await;
+        let receipt = match stored {
+            Err(e) if e.kind == ErrorKind::IdempotencyTaken => self.store.commit(unit(None)).await,
+            other => other,
+        };
+        match receipt {
+            Ok(r) => Reply::json(
+                reason,
+                Some(req.operation.name()),
+                r.bundle_json.unwrap_or_else(|| encode(&bundle)),
+            ),
+            Err(e) => store_failure(&ctx, &e),
+        }
+    }
+
+    /// A refusal that must not take the key (it is already taken): audited only.
+    async fn refuse_unstored(&self, req: &KmsRequest, refusal: Refusal, now_ms: u64) -> Reply {
+        let ctx = req.context();
+        let reason = refusal.reason;
+        let mut bundle = refusal.into_bundle(Some(req.operation), req.dry_run, req.max_diagnostics);
+        let audit = AuditRecord::for_request(&req.tenant_id, &ctx, &bundle, now_ms, false);
+        match self.audit_only(&req.tenant_id, audit).await {
+            Ok(seq) => {
+                bundle.audit_seq = Some(seq);
+                Reply::json(reason, Some(req.operation.name()), encode(&bundle))
+            }
+            Err(e) => store_failure(&ctx, &e),
+        }
+    }
+
+    /// The same request again: the stored answer, byte for byte, and a replay record.
+    async fn replay(&self, req: &KmsRequest, stored: Arc<[u8]>, now_ms: u64) -> Reply {
+        let ctx = req.context();
+        let Ok(bundle) = serde_json::from_slice::<MaterialBundle>(&stored) else {
+            tracing::error!("a stored idempotent answer does not parse");
+            return Reply::json(
+                ReasonCode::InternalPipelineError,
+                Some(req.operation.name()),
+                unavailable_bundle(&ctx, ReasonCode::InternalPipelineError),
+            );
+        };
+        let audit = AuditRecord::for_request(&req.tenant_id, &ctx, &bundle, now_ms, true);
+        if let Err(e) = self.audit_only(&req.tenant_id, audit).await {
+            return store_failure(&ctx, &e);
+        }
+        Reply::json(bundle.reason_code, Some(req.operation.name()), stored)
+    }
+}

@@ -1,0 +1,89 @@
+//! The engine: the host side of PH1.KMS as a library, everything but HTTP and authentication.
+//!
+//! Selene OS can embed it in-process over the embedded store; the HTTP server is one thin host of
+//! it. Each call reads the clock once (the caller passes `now_ms`), runs the seed's deterministic
+//! sequence with the core, commits the outcome with its audit record in one unit, and answers with
+//! a status, a reason code and a JSON body. Nothing material leaves unless the bundle is `OK`.
+
+mod admin;
+mod kms;
+mod redeem;
+
+use std::sync::Arc;
+
+use selene_kms_core::{AuditRecord, Operation, ReasonCode, TenantId};
+use selene_kms_store::{Change, CommitUnit, Role, Store, StoreResult};
+
+pub use admin::{AdminError, NewSecretRequest, StageRequest, TtlRequest};
+pub(crate) use admin::{DEFAULT_AUDIT_PAGE, admin_error};
+
+/// How long idempotency records are kept by default: 24 hours.
+pub const DEFAULT_IDEMPOTENCY_RETENTION_MS: u64 = 24 * 3600 * 1000;
+
+/// An authenticated caller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller {
+    /// Its role.
+    pub role: Role,
+    /// A stable, non-secret id of its credential (scopes idempotency keys).
+    pub id: String,
+}
+
+/// An answer: HTTP-style status, reason code, JSON body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    /// The status a host should answer with.
+    pub status: u16,
+    /// The reason code (for metrics and logs).
+    pub reason: ReasonCode,
+    /// The operation, when known (for metrics).
+    pub operation: Option<&'static str>,
+    /// The JSON body.
+    pub body: Arc<[u8]>,
+}
+
+impl Reply {
+    fn json(reason: ReasonCode, operation: Option<&'static str>, body: Arc<[u8]>) -> Self {
+        Self {
+            status: reason.http_status(),
+            reason,
+            operation,
+            body,
+        }
+    }
+}
+
+/// The engine over one store.
+pub struct Engine {
+    store: Arc<dyn Store>,
+}
+
+impl Engine {
+    /// An engine over `store`.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self { store }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Commits an audit-only unit (a refusal, a replay, a redemption).
+    async fn audit_only(&self, tenant: &TenantId, audit: AuditRecord) -> StoreResult<u64> {
+        self.store
+            .commit(CommitUnit {
+                tenant: tenant.clone(),
+                change: Change::None,
+                audit,
+                idempotency: None,
+                bundle: None,
+            })
+            .await
+            .map(|r| r.audit_seq)
+    }
+}
+
+fn op_name(op: Option<Operation>) -> Option<&'static str> {
+    op.map(Operation::name)
+}

@@ -1,0 +1,191 @@
+//! Prometheus metrics: requests by operation and reason code, latency histograms by route, and
+//! group-commit batch sizes. Counters only, no labels from request values.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use selene_kms_core::{REGISTRY, ReasonCode};
+use selene_kms_store::{BATCH_BOUNDS, Store};
+
+/// Operations counted (KMS operations, redemption, admin, everything else).
+const OPERATIONS: [&str; 8] = [
+    "GET_HANDLE",
+    "ISSUE_EPHEMERAL",
+    "ROTATE",
+    "REVOKE",
+    "REDEEM",
+    "ADMIN",
+    "UNPARSED",
+    "OTHER",
+];
+/// Latency bucket bounds, seconds.
+const LATENCY_BOUNDS: [f64; 12] = [
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
+];
+
+/// Route classes with a latency histogram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RouteClass {
+    /// `POST /v1/kms/requests`.
+    Kms,
+    /// `POST /v1/material/redeem`.
+    Redeem,
+    /// Admin and audit routes.
+    Admin,
+    /// Health, metrics, OpenAPI, unknown routes.
+    Other,
+}
+
+impl RouteClass {
+    const ALL: [Self; 4] = [Self::Kms, Self::Redeem, Self::Admin, Self::Other];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Kms => "kms",
+            Self::Redeem => "redeem",
+            Self::Admin => "admin",
+            Self::Other => "other",
+        }
+    }
+}
+
+struct Histogram {
+    buckets: [AtomicU64; LATENCY_BOUNDS.len()],
+    count: AtomicU64,
+    sum_ns: AtomicU64,
+}
+
+impl Histogram {
+    fn new() -> Self {
+        Self {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            count: AtomicU64::new(0),
+            sum_ns: AtomicU64::new(0),
+        }
+    }
+}
+
+/// All counters of one server.
+pub struct Metrics {
+    requests: Vec<AtomicU64>,
+    latency: [Histogram; 4],
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            requests: (0..OPERATIONS.len() * REGISTRY.len())
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            latency: std::array::from_fn(|_| Histogram::new()),
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts one answered request.
+    pub fn count(&self, operation: Option<&str>, reason: ReasonCode) {
+        let op = operation
+            .and_then(|o| OPERATIONS.iter().position(|x| *x == o))
+            .unwrap_or(OPERATIONS.len() - 1);
+        let index = op * REGISTRY.len() + reason as usize;
+        if let Some(c) = self.requests.get(index) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Records one request's latency.
+    pub fn observe(&self, class: RouteClass, elapsed: std::time::Duration) {
+        let Some(h) = self.latency.get(class as usize) else {
+            return;
+        };
+        let secs = elapsed.as_secs_f64();
+        if let Some(i) = LATENCY_BOUNDS.iter().position(|b| secs <= *b)
+            && let Some(b) = h.buckets.get(i)
+        {
+            b.fetch_add(1, Ordering::Relaxed);
+        }
+        h.count.fetch_add(1, Ordering::Relaxed);
+        h.sum_ns.fetch_add(
+            u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self, store: &dyn Store) -> String {
+        let mut out = String::with_capacity(8192);
+        out.push_str(
+            "# HELP selene_kms_requests_total Answered requests by operation and reason code.\n",
+        );
+        out.push_str("# TYPE selene_kms_requests_total counter\n");
+        for (o, op) in OPERATIONS.iter().enumerate() {
+            for (r, info) in REGISTRY.iter().enumerate() {
+                let n = self
+                    .requests
+                    .get(o * REGISTRY.len() + r)
+                    .map_or(0, |c| c.load(Ordering::Relaxed));
+                if n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "selene_kms_requests_total{{operation=\"{op}\",reason_code=\"{}\"}} {n}",
+                        info.name
+                    );
+                }
+            }
+        }
+        out.push_str("# HELP selene_kms_request_duration_seconds Request latency by route.\n");
+        out.push_str("# TYPE selene_kms_request_duration_seconds histogram\n");
+        for class in RouteClass::ALL {
+            let Some(h) = self.latency.get(class as usize) else {
+                continue;
+            };
+            let mut cumulative = 0;
+            for (bound, bucket) in LATENCY_BOUNDS.iter().zip(&h.buckets) {
+                cumulative += bucket.load(Ordering::Relaxed);
+                let _ = writeln!(
+                    out,
+                    "selene_kms_request_duration_seconds_bucket{{route=\"{}\",le=\"{bound}\"}} {cumulative}",
+                    class.name()
+                );
+            }
+            let count = h.count.load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "selene_kms_request_duration_seconds_bucket{{route=\"{}\",le=\"+Inf\"}} {count}",
+                class.name()
+            );
+            let _ = writeln!(
+                out,
+                "selene_kms_request_duration_seconds_sum{{route=\"{}\"}} {}",
+                class.name(),
+                h.sum_ns.load(Ordering::Relaxed) as f64 / 1e9
+            );
+            let _ = writeln!(
+                out,
+                "selene_kms_request_duration_seconds_count{{route=\"{}\"}} {count}",
+                class.name()
+            );
+        }
+        let (buckets, count, sum) = store.batch_histogram().snapshot();
+        out.push_str(
+            "# HELP selene_kms_commit_batch_size Units per group commit (one fsync each).\n",
+        );
+        out.push_str("# TYPE selene_kms_commit_batch_size histogram\n");
+        let mut cumulative = 0;
+        for (bound, n) in BATCH_BOUNDS.iter().zip(buckets) {
+            cumulative += n;
+            let _ = writeln!(
+                out,
+                "selene_kms_commit_batch_size_bucket{{le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "selene_kms_commit_batch_size_bucket{{le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(out, "selene_kms_commit_batch_size_sum {sum}");
+        let _ = writeln!(out, "selene_kms_commit_batch_size_count {count}");
+        out
+    }
+}

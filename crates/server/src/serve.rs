@@ -1,0 +1,134 @@
+//! Running the HTTP host: listen, serve (TLS or plain), prune retained records, shut down
+//! gracefully (in-flight requests and their commits finish).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use axum_server::Handle;
+use tokio::task::JoinHandle;
+use tower_http::timeout::TimeoutLayer;
+
+use crate::auth::Authenticator;
+use crate::engine::{DEFAULT_IDEMPOTENCY_RETENTION_MS, Engine};
+use crate::http::{AppState, DEFAULT_BODY_LIMIT, router};
+use crate::metrics::Metrics;
+use crate::tls::TlsOptions;
+
+/// How to serve.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// TLS material; plain HTTP when absent.
+    pub tls: Option<TlsOptions>,
+    /// Allow plain HTTP on a non-loopback address (off by default).
+    pub allow_plaintext_non_loopback: bool,
+    /// Largest request body.
+    pub body_limit: usize,
+    /// Longest time a request may take.
+    pub request_timeout: Duration,
+    /// How long shutdown waits for in-flight requests.
+    pub shutdown_grace: Duration,
+    /// How long idempotency records are kept.
+    pub idempotency_retention_ms: u64,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8750)),
+            tls: None,
+            allow_plaintext_non_loopback: false,
+            body_limit: DEFAULT_BODY_LIMIT,
+            request_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(30),
+            idempotency_retention_ms: DEFAULT_IDEMPOTENCY_RETENTION_MS,
+        }
+    }
+}
+
+/// A running server.
+pub struct Listening {
+    /// The bound address (useful with port 0).
+    pub addr: SocketAddr,
+    handle: Handle<SocketAddr>,
+    grace: Duration,
+    server: JoinHandle<std::io::Result<()>>,
+    pruner: JoinHandle<()>,
+}
+
+impl Listening {
+    /// Stops accepting, lets in-flight requests finish (up to the grace period), and returns.
+    pub async fn shutdown(self) -> std::io::Result<()> {
+        self.handle.graceful_shutdown(Some(self.grace));
+        self.pruner.abort();
+        match self.server.await {
+            Ok(r) => r,
+            Err(e) => Err(std::io::Error::other(e)),
+        }
+    }
+}
+
+fn invalid(msg: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidInput, msg.to_owned())
+}
+
+/// Starts serving `engine`; returns once listening.
+pub async fn serve(engine: Arc<Engine>, options: ServeOptions) -> std::io::Result<Listening> {
+    if options.tls.is_none()
+        && !options.listen.ip().is_loopback()
+        && !options.allow_plaintext_non_loopback
+    {
+        return Err(invalid(
+            "refusing plain HTTP on a non-loopback address: give --tls-cert/--tls-key, or --allow-plaintext",
+        ));
+    }
+    let state = Arc::new(AppState {
+        auth: Authenticator::new(engine.store().clone()),
+        engine: engine.clone(),
+        metrics: Metrics::default(),
+        body_limit: options.body_limit,
+    });
+    let app = router(state).layer(TimeoutLayer::with_status_code(
+        StatusCode::REQUEST_TIMEOUT,
+        options.request_timeout,
+    ));
+    let listener = std::net::TcpListener::bind(options.listen)?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let handle = Handle::new();
+    let server = match &options.tls {
+        None => {
+            let server = axum_server::from_tcp(listener)?.handle(handle.clone());
+            tokio::spawn(async move { server.serve(app.into_make_service()).await })
+        }
+        Some(tls) => {
+            let config = axum_server::tls_rustls::RustlsConfig::from_config(tls.server_config()?);
+            let server = axum_server::from_tcp_rustls(listener, config)?.handle(handle.clone());
+            tokio::spawn(async move { server.serve(app.into_make_service()).await })
+        }
+    };
+    let retention = options.idempotency_retention_ms;
+    let store = engine.store().clone();
+    let pruner = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(600));
+        loop {
+            tick.tick().await;
+            match store.prune(selene_kms_store::now_ms(), retention).await {
+                Ok(n) if n > 0 => tracing::info!(removed = n, "pruned expired records"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(kind = ?e.kind, "pruning failed"),
+            }
+        }
+    });
+    tracing::info!(%addr, tls = options.tls.is_some(), "selene-kms serving");
+    Ok(Listening {
+        addr,
+        handle,
+        grace: options.shutdown_grace,
+        server,
+        pruner,
+    })
+}
