@@ -23,7 +23,7 @@ use clap::{Args, Parser, Subcommand};
     after_help = "Start here:\n  selene-kms quickstart                 # the whole job on a temporary store\n  selene-kms init --data-dir ./kms      # a real store; prints one token per role, once\n  selene-kms serve --data-dir ./kms     # serve it on 127.0.0.1:8750\n\nClient commands read SELENE_KMS_URL, SELENE_KMS_ADMIN_TOKEN and SELENE_KMS_OS_TOKEN,\nor the [client] table of --config."
 )]
 struct Cli {
-    /// TOML config file ([server] and [client] tables); flags and environment variables win.
+    /// TOML config file (`[server]` and `[client]` tables); flags and environment variables win.
     #[arg(long, global = true, env = "SELENE_KMS_CONFIG")]
     config: Option<PathBuf>,
     /// Print JSON instead of tables.

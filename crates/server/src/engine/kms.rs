@@ -30,6 +30,16 @@ fn encode(bundle: &MaterialBundle) -> Arc<[u8]> {
     serde_json::to_vec(bundle).unwrap_or_default().into()
 }
 
+fn stored_reason(bundle: &[u8]) -> Option<ReasonCode> {
+    #[derive(serde::Deserialize)]
+    struct Reason {
+        reason_code: ReasonCode,
+    }
+    serde_json::from_slice::<Reason>(bundle)
+        .ok()
+        .map(|r| r.reason_code)
+}
+
 fn store_failure(ctx: &RequestContext, e: &StoreError) -> Reply {
     tracing::warn!(kind = ?e.kind, error = %e.message, "store failure; request refused");
     let reason = match e.kind {
@@ -96,6 +106,14 @@ impl Engine {
             ) {
                 Ok(g) => g,
                 Err(refusal) => {
+                    // A retry refused again for the same reason gets the stored refusal, byte for
+                    // byte; a stored success is never handed to a requester who lost access.
+                    if let Ok(Some(record)) = self.store.idempotency(&scope).await
+                        && record.fingerprint == fingerprint
+                        && stored_reason(&record.bundle_json) == Some(refusal.reason)
+                    {
+                        return self.replay(req, record.bundle_json, now_ms).await;
+                    }
                     return self.refuse(req, &scope, fingerprint, refusal, now_ms).await;
                 }
             };

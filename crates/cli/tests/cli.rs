@@ -1,0 +1,143 @@
+//! The command line, run as a user runs it.
+
+use std::process::Command;
+
+fn selene_kms() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_selene-kms"))
+}
+
+#[test]
+fn quickstart_runs_the_whole_job_and_exits_zero() {
+    let out = selene_kms().arg("quickstart").output().expect("runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "quickstart failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in [
+        "GET_HANDLE by PH1.CONNECTOR",
+        "KMS_TTL_OUT_OF_BOUNDS",
+        "rotated_version 2",
+        "KMS_NOT_AUTHORIZED",
+        "KMS_REVOKED",
+        "(value not shown)",
+        "verified",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "quickstart output lacks {expected:?}:\n{stdout}"
+        );
+    }
+    let json = selene_kms()
+        .args(["quickstart", "--json"])
+        .output()
+        .expect("runs");
+    assert!(json.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON output");
+    assert_eq!(v["ok"], true);
+    assert!(v["steps"].as_array().is_some_and(|s| s.len() >= 12));
+    assert!(!String::from_utf8_lossy(&json.stdout).contains("material_b64"));
+}
+
+#[test]
+fn init_prints_tokens_once_and_refuses_a_second_time() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("kms");
+    let out = selene_kms()
+        .args(["init", "--json", "--data-dir"])
+        .arg(&data)
+        .env_remove("SELENE_KMS_ROOT_KEY")
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    for role in ["admin", "os", "executor"] {
+        assert!(
+            v["tokens"][role]
+                .as_str()
+                .is_some_and(|t| t.starts_with("skms_"))
+        );
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(data.join("root.key"))
+            .expect("key")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let again = selene_kms()
+        .args(["init", "--data-dir"])
+        .arg(&data)
+        .output()
+        .expect("runs");
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already initialised"));
+    // Offline verification of the (empty) chain works on a stopped store.
+    let verify = selene_kms()
+        .args(["audit", "verify", "--data-dir"])
+        .arg(&data)
+        .output()
+        .expect("runs");
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+}
+
+#[test]
+fn every_command_has_help_with_examples() {
+    for args in [
+        vec!["--help"],
+        vec!["init", "--help"],
+        vec!["serve", "--help"],
+        vec!["quickstart", "--help"],
+        vec!["secret", "create", "--help"],
+        vec!["secret", "rotate", "--help"],
+        vec!["secret", "revoke", "--help"],
+        vec!["secret", "list", "--help"],
+        vec!["policy", "set", "--help"],
+        vec!["policy", "get", "--help"],
+        vec!["audit", "verify", "--help"],
+        vec!["audit", "export", "--help"],
+        vec!["audit", "tail", "--help"],
+        vec!["request", "--help"],
+    ] {
+        let out = selene_kms().args(&args).output().expect("runs");
+        assert!(out.status.success(), "{args:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let wanted = if args.len() == 1 {
+            "Start here"
+        } else {
+            "Example"
+        };
+        assert!(
+            text.contains(wanted),
+            "{args:?} help shows no example:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn client_commands_fail_clearly_without_a_server_or_token() {
+    let out = selene_kms()
+        .args(["secret", "list", "acme", "--url", "http://127.0.0.1:9"])
+        .env("SELENE_KMS_ADMIN_TOKEN", "skms_admin_x")
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach"));
+    let out = selene_kms()
+        .args(["secret", "list", "acme"])
+        .env_remove("SELENE_KMS_ADMIN_TOKEN")
+        .output()
+        .expect("runs");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no admin token"));
+}

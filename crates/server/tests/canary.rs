@@ -1,0 +1,198 @@
+//! Secret canaries end to end: known values are provisioned, every route is driven (successes,
+//! refusals, dry runs, redemptions, bad input), and the canary bytes (raw, base64, hex) must
+//! appear in no response but the executor's redemption, in no log line, in no audit record or
+//! export, and in no file of the data directory.
+
+mod common;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use common::*;
+use reqwest::Method;
+use serde_json::json;
+
+const CANARY: &[u8] = b"sk_live_C4NARY_d8e1f2a3b4c5d6e7";
+const STAGED: &[u8] = b"sk_live_STAGED_CANARY_99aa88bb";
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log buffer").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn forms(value: &[u8]) -> Vec<Vec<u8>> {
+    let hex: String = value.iter().map(|b| format!("{b:02x}")).collect();
+    vec![
+        value.to_vec(),
+        STANDARD.encode(value).into_bytes(),
+        URL_SAFE_NO_PAD.encode(value).into_bytes(),
+        hex.into_bytes(),
+        // A fragment, to catch partial echoes.
+        value[8..20].to_vec(),
+    ]
+}
+
+fn leaks(haystack: &[u8]) -> Option<String> {
+    for v in [CANARY, STAGED] {
+        for f in forms(v) {
+            if haystack.windows(f.len()).any(|w| w == f.as_slice()) {
+                return Some(String::from_utf8_lossy(&f).into_owned());
+            }
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canaries_leak_nowhere_but_the_executors_redemption() {
+    let logs = Capture::default();
+    let sink = logs.clone();
+    tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .json()
+        .with_writer(move || sink.clone())
+        .init();
+
+    let s = Server::start().await;
+    s.provision("canary/imported", Some(&STANDARD.encode(CANARY)))
+        .await;
+    let admin = s.admin.clone();
+    let mut responses: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut push = |what: &str, a: Answer| responses.push((what.to_owned(), a.body));
+
+    // Stage and rotate: the staged canary becomes version 2.
+    let a = s
+        .call(
+            Method::POST,
+            &format!("/v1/admin/tenants/{TENANT}/staged-versions"),
+            &admin,
+            Some(
+                &json!({"secret_name": "canary/imported", "material_b64": STANDARD.encode(STAGED)}),
+            ),
+        )
+        .await;
+    assert_eq!(a.status.as_u16(), 202);
+    push("stage", a);
+    let mut req = request("GET_HANDLE", "c-1");
+    req["secret_name"] = json!("canary/imported");
+    let handle_answer = s.kms(&req).await;
+    let handle = handle_answer.json()["secret_handle"]
+        .as_str()
+        .expect("handle")
+        .to_owned();
+    push("get_handle", handle_answer);
+    let mut eph = request("ISSUE_EPHEMERAL", "c-2");
+    eph["secret_name"] = json!("canary/imported");
+    let eph_answer = s.kms(&eph).await;
+    let credential = eph_answer.json()["ephemeral_credential_ref"]
+        .as_str()
+        .expect("cred")
+        .to_owned();
+    push("ephemeral", eph_answer);
+    let mut rotate = admin_request("ROTATE", "c-3");
+    rotate["secret_name"] = json!("canary/imported");
+    let (plan, commit) = s.plan_and_commit(&rotate).await;
+    assert_eq!(commit.json()["rotated_version"], 2);
+    push("rotate plan", plan);
+    push("rotate commit", commit);
+    // Refusals and bad input that carry the canary in request fields.
+    let canary_text = String::from_utf8_lossy(CANARY).into_owned();
+    for (i, body) in [
+        json!({"secret_name": canary_text, "tenant_id": TENANT}),
+        json!({"correlation_id": "c", "turn_id": "t", "idempotency_key": "k-x", "tenant_id": TENANT,
+               "operation": "GET_HANDLE", "secret_name": canary_text, "requester_engine_id": "PH1.CONNECTOR"}),
+        json!({"unknown": canary_text}),
+        json!({"correlation_id": "c", "turn_id": "t", "idempotency_key": "k-y", "tenant_id": TENANT,
+               "operation": "REVOKE", "secret_name": "canary/imported", "requester_engine_id": "PH1.OS",
+               "requester_user_id": "u-admin", "revoke_target": {"secret_handle": canary_text}, "dry_run": true}),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let a = s.kms(body).await;
+        assert!(a.status.is_client_error(), "bad input {i} answered {}", a.status);
+        push("bad input", a);
+    }
+    let a = s
+        .call(
+            Method::POST,
+            &format!("/v1/admin/tenants/{TENANT}/secrets"),
+            &admin,
+            Some(&json!({"secret_name": canary_text, "material_b64": STANDARD.encode(CANARY)})),
+        )
+        .await;
+    assert_eq!(a.status.as_u16(), 400);
+    push("bad create", a);
+    let a = s
+        .redeem(&json!({"tenant_id": TENANT, "secret_handle": canary_text}))
+        .await;
+    push("bad redeem", a);
+    // Reads.
+    for path in [
+        format!("/v1/admin/tenants/{TENANT}/secrets"),
+        format!("/v1/admin/tenants/{TENANT}/policy"),
+        format!("/v1/audit?tenant_id={TENANT}&limit=1000"),
+        "/v1/audit/export".to_owned(),
+    ] {
+        let a = s.call(Method::GET, &path, &admin, None).await;
+        assert_eq!(a.status.as_u16(), 200, "{path}");
+        push(&path, a);
+    }
+    for path in ["/metrics", "/healthz", "/readyz", "/v1/openapi.json"] {
+        let a = s.raw(Method::GET, path, None, None, Vec::new()).await;
+        push(path, a);
+    }
+    // Redemptions: the only answers that may carry a value.
+    let redeemed = s
+        .redeem(&json!({"tenant_id": TENANT, "secret_handle": handle}))
+        .await;
+    assert_eq!(redeemed.status.as_u16(), 200);
+    let material = STANDARD
+        .decode(redeemed.json()["material_b64"].as_str().expect("material"))
+        .expect("base64");
+    assert_eq!(material, CANARY, "the handle redeems version 1");
+    let derived = s
+        .redeem(&json!({"tenant_id": TENANT, "ephemeral_credential_ref": credential}))
+        .await;
+    assert_eq!(derived.status.as_u16(), 200);
+    assert!(
+        leaks(&derived.body).is_none(),
+        "an ephemeral credential is derived, not the parent"
+    );
+    // Refused redemption by a non-executor carries nothing.
+    let a = s
+        .call(
+            Method::POST,
+            "/v1/material/redeem",
+            &s.os,
+            Some(&json!({"tenant_id": TENANT, "secret_handle": handle})),
+        )
+        .await;
+    assert_eq!(a.status.as_u16(), 403);
+    push("redeem as os", a);
+
+    for (what, body) in &responses {
+        assert_eq!(leaks(body), None, "response to {what} leaks the canary");
+    }
+    let store = s.store.clone();
+    let dir = s.stop().await;
+    drop(store);
+    let logged = logs.0.lock().expect("logs").clone();
+    assert!(!logged.is_empty(), "the server logged something");
+    assert_eq!(leaks(&logged), None, "a log line leaks the canary");
+    for entry in std::fs::read_dir(dir.path()).expect("data dir") {
+        let path = entry.expect("entry").path();
+        let bytes = std::fs::read(&path).expect("file");
+        assert_eq!(leaks(&bytes), None, "{} holds the canary", path.display());
+    }
+}

@@ -1,0 +1,225 @@
+//! A real server on loopback over a fresh embedded store, and a client for it.
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of the harness"
+)]
+
+use std::sync::Arc;
+
+use reqwest::{Method, StatusCode};
+use selene_kms_server::{Engine, Listening, ServeOptions, provision_tokens, serve};
+use selene_kms_store::{RootKey, SqliteOptions, SqliteStore, Store};
+use serde_json::{Value, json};
+
+pub(crate) const TENANT: &str = "acme";
+
+pub(crate) struct Server {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) url: String,
+    pub(crate) admin: String,
+    pub(crate) os: String,
+    pub(crate) executor: String,
+    pub(crate) http: reqwest::Client,
+    pub(crate) store: Arc<SqliteStore>,
+    listening: Option<Listening>,
+}
+
+pub(crate) struct Answer {
+    pub(crate) status: StatusCode,
+    pub(crate) body: Vec<u8>,
+}
+
+impl Answer {
+    pub(crate) fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+    pub(crate) fn reason(&self) -> String {
+        self.json()["reason_code"].as_str().unwrap_or("").to_owned()
+    }
+}
+
+impl Server {
+    pub(crate) async fn start() -> Self {
+        Self::start_with(ServeOptions {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            ..ServeOptions::default()
+        })
+        .await
+    }
+
+    pub(crate) async fn start_with(options: ServeOptions) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = RootKey::create_file(&dir.path().join("root.key")).expect("root key");
+        let store = Arc::new(
+            SqliteStore::open(
+                &SqliteOptions {
+                    path: dir.path().join("kms.db"),
+                    create: true,
+                },
+                root,
+            )
+            .expect("store"),
+        );
+        let tokens = provision_tokens(&*store).await.expect("tokens");
+        let token = |i: usize| tokens[i].1.to_string();
+        let tls = options.tls.is_some();
+        let listening = serve(
+            Arc::new(Engine::new(store.clone() as Arc<dyn Store>)),
+            options,
+        )
+        .await
+        .expect("serves");
+        let scheme = if tls { "https" } else { "http" };
+        Self {
+            url: format!("{scheme}://{}", listening.addr),
+            dir,
+            os: token(0),
+            executor: token(1),
+            admin: token(2),
+            http: reqwest::Client::new(),
+            store,
+            listening: Some(listening),
+        }
+    }
+
+    /// Stops the server; returns the data directory for inspection.
+    pub(crate) async fn stop(self) -> tempfile::TempDir {
+        let Server { dir, listening, .. } = self;
+        if let Some(l) = listening {
+            l.shutdown().await.expect("clean shutdown");
+        }
+        dir
+    }
+
+    pub(crate) async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> Answer {
+        let mut req = self.http.request(method, format!("{}{path}", self.url));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        let resp = req.body(body).send().await.expect("request sent");
+        let status = resp.status();
+        Answer {
+            status,
+            body: resp.bytes().await.expect("body").to_vec(),
+        }
+    }
+
+    pub(crate) async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: &str,
+        body: Option<&Value>,
+    ) -> Answer {
+        let bytes = body
+            .map(|b| serde_json::to_vec(b).expect("json"))
+            .unwrap_or_default();
+        let ct = body.map(|_| "application/json");
+        self.raw(method, path, Some(token), ct, bytes).await
+    }
+
+    pub(crate) async fn kms(&self, body: &Value) -> Answer {
+        self.call(Method::POST, "/v1/kms/requests", &self.os, Some(body))
+            .await
+    }
+
+    pub(crate) async fn redeem(&self, body: &Value) -> Answer {
+        self.call(
+            Method::POST,
+            "/v1/material/redeem",
+            &self.executor,
+            Some(body),
+        )
+        .await
+    }
+
+    pub(crate) async fn healthy(&self) -> bool {
+        self.raw(Method::GET, "/healthz", None, None, Vec::new())
+            .await
+            .status
+            == StatusCode::OK
+    }
+
+    /// The default policy and one generated secret (or `material` imported).
+    pub(crate) async fn provision(&self, name: &str, material_b64: Option<&str>) {
+        let policy = json!({
+            "rules": [
+                {"secret_names": ["payments/*", "canary/*"], "engines": ["PH1.CONNECTOR"], "operations": ["GET_HANDLE", "ISSUE_EPHEMERAL"]},
+                {"secret_names": ["*"], "engines": ["PH1.OS"], "operations": ["GET_HANDLE", "ROTATE", "REVOKE"]}
+            ],
+            "admins": ["u-admin"]
+        });
+        let a = self
+            .call(
+                Method::PUT,
+                &format!("/v1/admin/tenants/{TENANT}/policy"),
+                &self.admin,
+                Some(&policy),
+            )
+            .await;
+        assert_eq!(
+            a.status,
+            StatusCode::OK,
+            "policy: {}",
+            String::from_utf8_lossy(&a.body)
+        );
+        let mut body = json!({"secret_name": name});
+        if let Some(m) = material_b64 {
+            body["material_b64"] = Value::from(m);
+        }
+        let a = self
+            .call(
+                Method::POST,
+                &format!("/v1/admin/tenants/{TENANT}/secrets"),
+                &self.admin,
+                Some(&body),
+            )
+            .await;
+        assert_eq!(
+            a.status,
+            StatusCode::CREATED,
+            "create: {}",
+            String::from_utf8_lossy(&a.body)
+        );
+    }
+
+    /// Dry run, then commit with the simulation id.
+    pub(crate) async fn plan_and_commit(&self, req: &Value) -> (Answer, Answer) {
+        let mut dry = req.clone();
+        dry["dry_run"] = json!(true);
+        dry["idempotency_key"] = json!(format!(
+            "{}-plan",
+            req["idempotency_key"].as_str().unwrap_or("k")
+        ));
+        let plan = self.kms(&dry).await;
+        let mut commit = req.clone();
+        commit["simulation_id"] = plan.json()["simulation_id"].clone();
+        let done = self.kms(&commit).await;
+        (plan, done)
+    }
+}
+
+pub(crate) fn request(op: &str, key: &str) -> Value {
+    json!({
+        "correlation_id": "c-1", "turn_id": "t-1", "idempotency_key": key,
+        "tenant_id": TENANT, "operation": op, "secret_name": "payments/stripe",
+        "requester_engine_id": "PH1.CONNECTOR", "requester_user_id": "u-42"
+    })
+}
+
+pub(crate) fn admin_request(op: &str, key: &str) -> Value {
+    let mut v = request(op, key);
+    v["requester_engine_id"] = json!("PH1.OS");
+    v["requester_user_id"] = json!("u-admin");
+    v
+}

@@ -1,0 +1,538 @@
+//! The HTTP surface: bad input, roles on every route, idempotency, TLS and mTLS, OpenAPI.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use reqwest::{Method, StatusCode};
+use selene_kms_server::{ServeOptions, TlsOptions};
+use serde_json::json;
+
+/// What is sent, with which content type, and the status and reason expected.
+type Case = (
+    &'static str,
+    Option<&'static str>,
+    Vec<u8>,
+    u16,
+    &'static str,
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_4xx_with_a_reason_code_and_the_server_keeps_serving() {
+    let s = Server::start().await;
+    s.provision("payments/stripe", None).await;
+    let os = s.os.clone();
+    let good = serde_json::to_vec(&request("GET_HANDLE", "k-ok")).expect("json");
+    let mut cases: Vec<Case> = vec![
+        (
+            "malformed",
+            Some("application/json"),
+            b"{\"tenant_id\":".to_vec(),
+            400,
+            "PH1_KMS_INPUT_SCHEMA_INVALID",
+        ),
+        (
+            "not an object",
+            Some("application/json"),
+            b"[1,2,3]".to_vec(),
+            400,
+            "PH1_KMS_INPUT_SCHEMA_INVALID",
+        ),
+        (
+            "wrong type",
+            Some("application/json"),
+            br#"{"tenant_id":5}"#.to_vec(),
+            400,
+            "PH1_KMS_INPUT_SCHEMA_INVALID",
+        ),
+        (
+            "unknown field",
+            Some("application/json"),
+            br#"{"tenant_id":"acme","x":1}"#.to_vec(),
+            400,
+            "PH1_KMS_INPUT_SCHEMA_INVALID",
+        ),
+        (
+            "duplicate key",
+            Some("application/json"),
+            br#"{"tenant_id":"acme","tenant_id":"b"}"#.to_vec(),
+            400,
+            "PH1_KMS_INPUT_SCHEMA_INVALID",
+        ),
+        (
+            "invalid utf-8",
+            Some("application/json"),
+            b"{\"tenant_id\":\"\xff\xfe\"}".to_vec(),
+            400,
+            "PH1_KMS_INPUT_SCHEMA_INVALID",
+        ),
+        (
+            "deep nesting",
+            Some("application/json"),
+            format!("{}{}", "[".repeat(5000), "]".repeat(5000)).into_bytes(),
+            400,
+            "PH1_KMS_INPUT_SCHEMA_INVALID",
+        ),
+        (
+            "missing fields",
+            Some("application/json"),
+            br#"{"tenant_id":"acme"}"#.to_vec(),
+            400,
+            "PH1_KMS_UPSTREAM_INPUT_MISSING",
+        ),
+        (
+            "wrong content type",
+            Some("text/plain"),
+            good.clone(),
+            415,
+            "KMS_UNSUPPORTED_MEDIA_TYPE",
+        ),
+        (
+            "no content type",
+            None,
+            good.clone(),
+            415,
+            "KMS_UNSUPPORTED_MEDIA_TYPE",
+        ),
+        (
+            "oversized",
+            Some("application/json"),
+            vec![b' '; 70 * 1024],
+            413,
+            "KMS_PAYLOAD_TOO_LARGE",
+        ),
+    ];
+    for (field, value) in [
+        ("secret_name", json!("../etc/passwd")),
+        ("secret_name", json!("Payments/Stripe")),
+        ("tenant_id", json!("ACME")),
+        ("requester_engine_id", json!("has space")),
+        ("idempotency_key", json!("")),
+        ("operation", json!("DELETE")),
+        ("requested_ttl_ms", json!(-1)),
+    ] {
+        let mut v = request("GET_HANDLE", "k-bad");
+        v[field] = value;
+        cases.push((
+            "invalid name",
+            Some("application/json"),
+            serde_json::to_vec(&v).expect("json"),
+            400,
+            "PH1_KMS_INPUT_SCHEMA_INVALID",
+        ));
+    }
+    for (what, ct, body, status, reason) in cases {
+        let a = s
+            .raw(Method::POST, "/v1/kms/requests", Some(&os), ct, body)
+            .await;
+        assert_eq!(
+            a.status.as_u16(),
+            status,
+            "{what}: {}",
+            String::from_utf8_lossy(&a.body)
+        );
+        assert_eq!(a.reason(), reason, "{what}");
+        assert!(s.healthy().await, "the server keeps serving after {what}");
+    }
+    // A refusal of a KMS request is bundle-shaped.
+    let a = s
+        .raw(
+            Method::POST,
+            "/v1/kms/requests",
+            Some(&os),
+            Some("application/json"),
+            br#"{"tenant_id":"acme"}"#.to_vec(),
+        )
+        .await;
+    let b = a.json();
+    assert_eq!(b["validation_status"], "FAIL");
+    assert!(b["diagnostics"].as_array().is_some_and(|d| !d.is_empty()));
+    // Unknown routes and methods.
+    let a = s
+        .raw(Method::GET, "/v2/nothing", None, None, Vec::new())
+        .await;
+    assert_eq!(
+        (a.status, a.reason()),
+        (StatusCode::NOT_FOUND, "KMS_ROUTE_NOT_FOUND".into())
+    );
+    let a = s
+        .raw(
+            Method::DELETE,
+            "/v1/kms/requests",
+            Some(&os),
+            None,
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(
+        (a.status, a.reason()),
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "KMS_METHOD_NOT_ALLOWED".into()
+        )
+    );
+    // Admin bad input.
+    let admin = s.admin.clone();
+    for (path, body) in [
+        (
+            format!("/v1/admin/tenants/{TENANT}/secrets"),
+            json!({"secret_name": "ok/name", "material_b64": "***"}),
+        ),
+        (
+            format!("/v1/admin/tenants/{TENANT}/secrets"),
+            json!({"secret_name": "ok/name", "ephemeral_ttl_ms": {"min": 10, "max": 5, "default": 7}}),
+        ),
+        (
+            "/v1/admin/tenants/BAD/secrets".to_owned(),
+            json!({"secret_name": "ok"}),
+        ),
+        (
+            format!("/v1/admin/tenants/{TENANT}/staged-versions"),
+            json!({"secret_name": "payments/stripe"}),
+        ),
+    ] {
+        let a = s.call(Method::POST, &path, &admin, Some(&body)).await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{path} {body}");
+        assert!(!a.reason().is_empty());
+        assert!(s.healthy().await);
+    }
+    let a = s
+        .call(
+            Method::PUT,
+            &format!("/v1/admin/tenants/{TENANT}/policy"),
+            &admin,
+            Some(&json!({"rules": "all"})),
+        )
+        .await;
+    assert_eq!(
+        (a.status, a.reason()),
+        (
+            StatusCode::BAD_REQUEST,
+            "PH1_KMS_INPUT_SCHEMA_INVALID".into()
+        )
+    );
+    let a = s
+        .call(
+            Method::GET,
+            "/v1/audit?tenant_id=acme&limit=abc",
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    let a = s.call(Method::GET, "/v1/audit", &admin, None).await;
+    assert_eq!(a.reason(), "PH1_KMS_UPSTREAM_INPUT_MISSING");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_checks_the_token_and_the_role() {
+    let s = Server::start().await;
+    s.provision("payments/stripe", None).await;
+    let routes: Vec<(Method, String, &str)> = vec![
+        (Method::POST, "/v1/kms/requests".into(), "os"),
+        (Method::POST, "/v1/material/redeem".into(), "executor"),
+        (
+            Method::POST,
+            format!("/v1/admin/tenants/{TENANT}/secrets"),
+            "admin",
+        ),
+        (
+            Method::GET,
+            format!("/v1/admin/tenants/{TENANT}/secrets"),
+            "admin",
+        ),
+        (
+            Method::POST,
+            format!("/v1/admin/tenants/{TENANT}/staged-versions"),
+            "admin",
+        ),
+        (
+            Method::PUT,
+            format!("/v1/admin/tenants/{TENANT}/policy"),
+            "admin",
+        ),
+        (
+            Method::GET,
+            format!("/v1/admin/tenants/{TENANT}/policy"),
+            "admin",
+        ),
+        (
+            Method::GET,
+            format!("/v1/audit?tenant_id={TENANT}"),
+            "admin",
+        ),
+        (Method::GET, "/v1/audit/export".into(), "admin"),
+    ];
+    let tokens = [
+        ("os", s.os.clone()),
+        ("executor", s.executor.clone()),
+        ("admin", s.admin.clone()),
+    ];
+    for (method, path, role) in &routes {
+        let body = b"{}".to_vec();
+        let none = s
+            .raw(
+                method.clone(),
+                path,
+                None,
+                Some("application/json"),
+                body.clone(),
+            )
+            .await;
+        assert_eq!(
+            (none.status, none.reason()),
+            (StatusCode::UNAUTHORIZED, "KMS_UNAUTHENTICATED".into()),
+            "{path} without a token"
+        );
+        let bad = s
+            .raw(
+                method.clone(),
+                path,
+                Some("skms_os_forged"),
+                Some("application/json"),
+                body.clone(),
+            )
+            .await;
+        assert_eq!(
+            bad.status,
+            StatusCode::UNAUTHORIZED,
+            "{path} with a bad token"
+        );
+        for (other, token) in &tokens {
+            if other == role {
+                continue;
+            }
+            let a = s
+                .raw(
+                    method.clone(),
+                    path,
+                    Some(token),
+                    Some("application/json"),
+                    body.clone(),
+                )
+                .await;
+            assert_eq!(
+                (a.status, a.reason()),
+                (StatusCode::FORBIDDEN, "KMS_FORBIDDEN_ROLE".into()),
+                "{path} as {other}"
+            );
+        }
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_replays_byte_for_byte_and_refuses_a_reused_key() {
+    let s = Server::start().await;
+    s.provision("payments/stripe", None).await;
+    let req = request("GET_HANDLE", "idem-1");
+    let first = s.kms(&req).await;
+    let mut same = req.clone();
+    same["correlation_id"] = json!("c-other");
+    same["max_diagnostics"] = json!(3);
+    let again = s.kms(&same).await;
+    assert_eq!(first.body, again.body);
+    let mut different = req.clone();
+    different["operation"] = json!("ISSUE_EPHEMERAL");
+    let a = s.kms(&different).await;
+    assert_eq!(
+        (a.status.as_u16(), a.reason()),
+        (422, "KMS_IDEMPOTENCY_CONFLICT".into())
+    );
+    // Concurrent duplicates: one answer, byte for byte.
+    let req = request("GET_HANDLE", "idem-2");
+    let s = Arc::new(s);
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let (s, req) = (s.clone(), req.clone());
+        tasks.push(tokio::spawn(async move { s.kms(&req).await.body }));
+    }
+    let mut bodies = Vec::new();
+    for t in tasks {
+        bodies.push(t.await.expect("task"));
+    }
+    assert!(bodies.windows(2).all(|w| w[0] == w[1]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_and_redemption_rules_hold_over_http() {
+    let s = Server::start().await;
+    s.provision("payments/stripe", None).await;
+    let handle = s.kms(&request("GET_HANDLE", "r-1")).await.json()["secret_handle"].clone();
+    let ok = s
+        .redeem(&json!({"tenant_id": TENANT, "secret_handle": handle}))
+        .await;
+    assert_eq!(ok.status, StatusCode::OK);
+    // Another tenant's name for the same handle does not open it.
+    let foreign = s
+        .redeem(&json!({"tenant_id": "globex", "secret_handle": handle}))
+        .await;
+    assert_eq!(
+        (foreign.status.as_u16(), foreign.reason()),
+        (400, "KMS_HANDLE_INVALID".into())
+    );
+    // An altered handle does not open.
+    let mut altered = handle.as_str().expect("text").to_owned();
+    altered.replace_range(20..21, if &altered[20..21] == "A" { "B" } else { "A" });
+    let a = s
+        .redeem(&json!({"tenant_id": TENANT, "secret_handle": altered}))
+        .await;
+    assert_eq!(a.reason(), "KMS_HANDLE_INVALID");
+    // Revoke all versions: the handle is refused, as is any new one.
+    let mut revoke = admin_request("REVOKE", "r-2");
+    revoke["revoke_target"] = json!({"all_versions": true});
+    let (_, commit) = s.plan_and_commit(&revoke).await;
+    assert_eq!(commit.json()["revoked"]["target"], "ALL_VERSIONS");
+    let a = s
+        .redeem(&json!({"tenant_id": TENANT, "secret_handle": handle}))
+        .await;
+    assert_eq!((a.status.as_u16(), a.reason()), (410, "KMS_REVOKED".into()));
+    let a = s.kms(&request("GET_HANDLE", "r-3")).await;
+    assert_eq!(a.reason(), "KMS_REVOKED");
+    // A commit without a simulation is refused.
+    let mut rotate = admin_request("ROTATE", "r-4");
+    rotate["previous_version"] = json!(1);
+    let a = s.kms(&rotate).await;
+    assert_eq!(
+        (a.status.as_u16(), a.reason()),
+        (409, "KMS_SIMULATION_REQUIRED".into())
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_tls_and_requires_client_certificates_with_a_client_ca() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).expect("ca");
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let server_key = rcgen::KeyPair::generate().expect("key");
+    let server_cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+        .expect("params")
+        .signed_by(&server_key, &issuer)
+        .expect("server cert");
+    let client_key = rcgen::KeyPair::generate().expect("key");
+    let client_cert = rcgen::CertificateParams::new(vec!["executor".into()])
+        .expect("params")
+        .signed_by(&client_key, &issuer)
+        .expect("client cert");
+    let write = |name: &str, text: String| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).expect("write");
+        p
+    };
+    let ca_pem = write("ca.pem", ca.pem());
+    let tls = TlsOptions {
+        cert: write("server.pem", server_cert.pem()),
+        key: write("server.key", server_key.serialize_pem()),
+        client_ca: Some(ca_pem.clone()),
+    };
+    let s = Server::start_with(ServeOptions {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        tls: Some(tls),
+        ..ServeOptions::default()
+    })
+    .await;
+    let url = s.url.replace("127.0.0.1", "localhost");
+    let ca_cert = reqwest::Certificate::from_pem(ca.pem().as_bytes()).expect("ca");
+    // Without a client certificate the handshake fails.
+    let anonymous = reqwest::Client::builder()
+        .add_root_certificate(ca_cert.clone())
+        .build()
+        .expect("client");
+    assert!(
+        anonymous
+            .get(format!("{url}/healthz"))
+            .send()
+            .await
+            .is_err()
+    );
+    // With one, HTTPS works.
+    let identity = reqwest::Identity::from_pem(
+        format!("{}{}", client_cert.pem(), client_key.serialize_pem()).as_bytes(),
+    )
+    .expect("identity");
+    let mutual = reqwest::Client::builder()
+        .add_root_certificate(ca_cert)
+        .identity(identity)
+        .build()
+        .expect("client");
+    let r = mutual
+        .get(format!("{url}/healthz"))
+        .send()
+        .await
+        .expect("https");
+    assert_eq!(r.status(), StatusCode::OK);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_on_a_public_address_needs_an_explicit_opt_in() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = selene_kms_store::RootKey::create_file(&dir.path().join("root.key")).expect("key");
+    let store = Arc::new(
+        selene_kms_store::SqliteStore::open(
+            &selene_kms_store::SqliteOptions {
+                path: dir.path().join("kms.db"),
+                create: true,
+            },
+            root,
+        )
+        .expect("store"),
+    );
+    let engine = Arc::new(selene_kms_server::Engine::new(store));
+    let refused = selene_kms_server::serve(
+        engine,
+        ServeOptions {
+            listen: "0.0.0.0:0".parse().expect("addr"),
+            ..ServeOptions::default()
+        },
+    )
+    .await;
+    assert!(refused.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_metrics_and_health_are_served() {
+    let s = Server::start().await;
+    s.provision("payments/stripe", None).await;
+    s.kms(&request("GET_HANDLE", "m-1")).await;
+    let doc = s
+        .raw(Method::GET, "/v1/openapi.json", None, None, Vec::new())
+        .await
+        .json();
+    assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
+    for schema in [
+        "RawKmsRequest",
+        "MaterialBundle",
+        "PolicyDocument",
+        "AuditRecord",
+        "RawRedeemRequest",
+    ] {
+        assert!(
+            doc["components"]["schemas"][schema].is_object(),
+            "{schema} missing"
+        );
+    }
+    assert!(doc["paths"]["/v1/kms/requests"]["post"].is_object());
+    assert!(
+        doc["components"]["schemas"]["MaterialBundle"]["properties"]["reason_code"].is_object()
+    );
+    let metrics = String::from_utf8(
+        s.raw(Method::GET, "/metrics", None, None, Vec::new())
+            .await
+            .body,
+    )
+    .expect("text");
+    assert!(metrics.contains("selene_kms_requests_total{operation=\"GET_HANDLE\",reason_code=\"PH1_KMS_OK_MATERIAL_ISSUE\"} 1"));
+    assert!(metrics.contains("selene_kms_request_duration_seconds_bucket{route=\"kms\""));
+    assert!(metrics.contains("selene_kms_commit_batch_size_count"));
+    let ready = s.raw(Method::GET, "/readyz", None, None, Vec::new()).await;
+    assert_eq!(ready.status, StatusCode::OK);
+    s.stop().await;
+}
