@@ -10,6 +10,7 @@
 //! process writes the same file.
 
 mod cache;
+mod checkpointer;
 mod schema;
 mod writer;
 
@@ -33,6 +34,7 @@ use crate::model::{
 use crate::stats::BatchHistogram;
 use crate::store::Store;
 use cache::Cache;
+use checkpointer::Checkpointer;
 use writer::{Job, SharedRoot, Writer};
 
 /// Most units in one group commit.
@@ -66,7 +68,7 @@ fn configure(conn: &Connection) -> StoreResult<()> {
     .map_err(db_err)
 }
 
-fn open_connection(path: &Path, read_only: bool) -> StoreResult<Connection> {
+pub(crate) fn open_connection(path: &Path, read_only: bool) -> StoreResult<Connection> {
     let flags = if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
     } else {
@@ -98,6 +100,8 @@ pub struct SqliteStore {
     readers: Mutex<Vec<Connection>>,
     jobs: mpsc::UnboundedSender<Job>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    // Dropped after the writer is joined (fields drop in order after `Drop::drop`).
+    _checkpointer: Checkpointer,
     _lock: std::fs::File,
 }
 
@@ -125,6 +129,9 @@ impl SqliteStore {
         }
         let mut conn = open_connection(&options.path, false)?;
         schema::migrate(&mut conn)?;
+        conn.execute_batch("PRAGMA wal_autocheckpoint = 0;")
+            .map_err(db_err)?;
+        let checkpointer = Checkpointer::start(&options.path)?;
         let service = load_or_create_service_secret(&conn, &root, options.create)?;
         let keys = Arc::new(ServiceKeys::derive(&service));
         let root: SharedRoot = Arc::new(std::sync::RwLock::new(root));
@@ -151,6 +158,7 @@ impl SqliteStore {
             readers: Mutex::new(Vec::new()),
             jobs,
             writer: Mutex::new(Some(handle)),
+            _checkpointer: checkpointer,
             _lock: lock,
         })
     }

@@ -1,10 +1,11 @@
 //! The single writer of the embedded store and its group commit.
 //!
 //! The writer owns the read-write connection. It blocks for one job, drains whatever else is
-//! queued (up to [`super::MAX_BATCH`]), runs every job in its own savepoint inside one
-//! transaction, commits once (one fsync), then publishes cache updates and answers every job. A
-//! job whose savepoint failed is answered with its error and leaves no trace; if the final commit
-//! fails, every job in the batch is refused and nothing is published.
+//! queued (up to [`super::MAX_BATCH`]), applies them all inside one transaction, commits once (one
+//! fsync), then publishes cache updates and answers every job. A commit unit runs every check
+//! before its first write, so a refused unit leaves no trace without the cost of a savepoint; a
+//! failed write (disk full, read-only, database gone) rolls the whole batch back and refuses every
+//! unit in it, as does a failed final commit. Nothing is published unless the batch is durable.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -155,30 +156,62 @@ impl Writer {
         };
         let mut results: Vec<(Reply, StoreResult<Receipt>)> = Vec::with_capacity(batch.len());
         let mut publish: Vec<Publish> = Vec::new();
+        let mut fault: Option<StoreError> = None;
         for job in batch {
-            let (reply, outcome) = match tx.savepoint() {
-                Err(e) => (reply_of(job), Err(unavailable("savepoint")(e))),
-                Ok(mut sp) => {
+            if let Some(f) = &fault {
+                results.push((reply_of(job), Err(f.clone())));
+                continue;
+            }
+            let (reply, outcome) = match job {
+                // The hot path: no savepoint (see `apply_commit`).
+                Job::Commit { unit, reply } => {
                     let mut job_heads = HashMap::new();
-                    let (reply, outcome) = run_job(&sp, &mut ctx, &mut job_heads, job);
-                    let outcome = match outcome {
-                        Ok((receipt, effects)) => match sp.commit() {
-                            Ok(()) => {
-                                ctx.heads.extend(job_heads);
-                                publish.extend(effects);
-                                Ok(receipt)
-                            }
-                            Err(e) => Err(unavailable("release savepoint")(e)),
-                        },
-                        Err(e) => {
-                            let _ = sp.rollback();
+                    let outcome = match apply_commit(&tx, &mut ctx, &mut job_heads, *unit) {
+                        Ok((receipt, effects)) => {
+                            ctx.heads.extend(job_heads);
+                            publish.extend(effects);
+                            Ok(receipt)
+                        }
+                        Err(UnitError::Refused(e)) => Err(e),
+                        Err(UnitError::Fault(e)) => {
+                            fault = Some(e.clone());
                             Err(e)
                         }
                     };
                     (reply, outcome)
                 }
+                // Rare maintenance jobs run in a savepoint of their own.
+                other => match tx.savepoint() {
+                    Err(e) => (reply_of(other), Err(unavailable("savepoint")(e))),
+                    Ok(mut sp) => {
+                        let (reply, outcome) = run_job(&sp, &ctx, other);
+                        let outcome = match outcome {
+                            Ok((receipt, effects)) => sp
+                                .commit()
+                                .map(|()| {
+                                    publish.extend(effects);
+                                    receipt
+                                })
+                                .map_err(unavailable("release savepoint")),
+                            Err(e) => {
+                                let _ = sp.rollback();
+                                Err(e)
+                            }
+                        };
+                        (reply, outcome)
+                    }
+                },
             };
             results.push((reply, outcome));
+        }
+        if let Some(f) = fault {
+            // A write failed: roll the whole batch back and refuse every unit in it.
+            drop(tx);
+            heads.clear();
+            for (reply, outcome) in results {
+                let _ = reply.send(outcome.and(Err(f.clone())));
+            }
+            return;
         }
         let new_heads = std::mem::take(&mut ctx.heads);
         let durable =
@@ -252,14 +285,16 @@ fn receipt(audit_seq: u64) -> Receipt {
 
 type JobOutcome = StoreResult<(Receipt, Vec<Publish>)>;
 
-fn run_job(
-    conn: &Connection,
-    ctx: &mut BatchContext<'_>,
-    job_heads: &mut HashMap<TenantId, Head>,
-    job: Job,
-) -> (Reply, JobOutcome) {
+/// Runs a maintenance job (never a commit unit).
+fn run_job(conn: &Connection, ctx: &BatchContext<'_>, job: Job) -> (Reply, JobOutcome) {
     match job {
-        Job::Commit { unit, reply } => (reply, apply_commit(conn, ctx, job_heads, *unit)),
+        Job::Commit { reply, .. } => (
+            reply,
+            Err(StoreError::new(
+                ErrorKind::Invalid,
+                "commit units are not maintenance jobs",
+            )),
+        ),
         Job::PutToken {
             token_hash,
             role,
@@ -365,15 +400,67 @@ fn head_of(
                 digest: r.get(1)?,
             })
         })
+        .optional()
         .map_err(unavailable("audit head"))
+        // A tenant's first record starts its chain.
+        .map(|h| {
+            h.unwrap_or_else(|| Head {
+                seq: 0,
+                digest: GENESIS_DIGEST.to_owned(),
+            })
+        })
 }
 
+/// Why a commit unit did not apply.
+enum UnitError {
+    /// A check refused it before it wrote anything: only this unit is refused.
+    Refused(StoreError),
+    /// A write (or a read) failed: the whole batch is rolled back.
+    Fault(StoreError),
+}
+
+type UnitResult<T> = Result<T, UnitError>;
+
+fn fault(what: &'static str) -> impl Fn(rusqlite::Error) -> UnitError {
+    move |e| UnitError::Fault(unavailable(what)(e))
+}
+
+fn refused(kind: ErrorKind, message: &str) -> UnitError {
+    UnitError::Refused(StoreError::new(kind, message))
+}
+
+impl From<StoreError> for UnitError {
+    fn from(e: StoreError) -> Self {
+        Self::Fault(e)
+    }
+}
+
+/// A change whose checks passed, holding what the write phase needs.
+enum Planned {
+    None,
+    Secret {
+        name: SecretName,
+        expected: u64,
+        change: StateChange,
+        staged: Option<Vec<u8>>,
+    },
+    Create(NewSecret),
+    Stage {
+        name: SecretName,
+        material: selene_kms_core::SecretMaterial,
+        state_version: u64,
+    },
+    Policy(Box<Policy>, String),
+}
+
+/// Applies one unit: every check first (reads only), then the writes. A refused unit has
+/// written nothing, so no savepoint is needed; a failed write faults the whole batch.
 fn apply_commit(
     conn: &Connection,
     ctx: &mut BatchContext<'_>,
     job_heads: &mut HashMap<TenantId, Head>,
     unit: CommitUnit,
-) -> JobOutcome {
+) -> UnitResult<(Receipt, Vec<Publish>)> {
     let CommitUnit {
         tenant,
         change,
@@ -381,43 +468,9 @@ fn apply_commit(
         idempotency,
         bundle,
     } = unit;
-    conn.prepare_cached("INSERT OR IGNORE INTO tenants (tenant_id, audit_head) VALUES (?1, ?2)")
-        .map_err(unavailable("tenant"))?
-        .execute([tenant.as_str(), GENESIS_DIGEST])
-        .map_err(unavailable("tenant"))?;
-
-    let mut publish = Vec::new();
-    let mut policy_version = None;
-    apply_change(
-        conn,
-        ctx,
-        &tenant,
-        change,
-        &mut publish,
-        &mut policy_version,
-    )?;
-
+    let planned = plan_change(conn, &tenant, change)?;
     let head = head_of(conn, ctx, job_heads, &tenant)?;
     let seq = head.seq + 1;
-    audit.chain(seq, &head.digest);
-    let record = serde_json::to_string(&audit)
-        .map_err(|_| StoreError::new(ErrorKind::Unavailable, "audit record encoding"))?;
-    conn.prepare_cached("INSERT INTO audit (tenant_id, seq, record) VALUES (?1, ?2, ?3)")
-        .map_err(unavailable("audit write"))?
-        .execute((tenant.as_str(), seq as i64, record.as_str()))
-        .map_err(unavailable("audit write"))?;
-    if seq % CHECKPOINT_EVERY == 0 {
-        let cp = Checkpoint::sign(ctx.keys, tenant.as_str(), seq, &audit.digest, audit.at_ms);
-        let text = serde_json::to_string(&cp)
-            .map_err(|_| StoreError::new(ErrorKind::Unavailable, "checkpoint encoding"))?;
-        conn.prepare_cached(
-            "INSERT INTO checkpoints (tenant_id, seq, checkpoint) VALUES (?1, ?2, ?3)",
-        )
-        .map_err(unavailable("checkpoint write"))?
-        .execute((tenant.as_str(), seq as i64, text.as_str()))
-        .map_err(unavailable("checkpoint write"))?;
-    }
-
     let bundle_json: Option<Arc<[u8]>> = match bundle {
         None => None,
         Some(mut b) => {
@@ -429,6 +482,7 @@ fn apply_commit(
             )
         }
     };
+    // The idempotency record is the first write: when the key is taken, nothing was written.
     if let Some(idem) = idempotency {
         let bytes: &[u8] = bundle_json.as_deref().unwrap_or(b"null");
         let inserted = conn
@@ -436,7 +490,7 @@ fn apply_commit(
                 "INSERT INTO idempotency (tenant_id, caller, key, fingerprint, bundle, created_at_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
             )
-            .map_err(unavailable("idempotency write"))?
+            .map_err(fault("idempotency write"))?
             .execute((
                 idem.scope.tenant.as_str(),
                 idem.scope.caller.as_str(),
@@ -445,13 +499,38 @@ fn apply_commit(
                 bytes,
                 audit.at_ms as i64,
             ))
-            .map_err(unavailable("idempotency write"))?;
+            .map_err(fault("idempotency write"))?;
         if inserted == 0 {
-            return Err(StoreError::new(
+            return Err(refused(
                 ErrorKind::IdempotencyTaken,
                 "the idempotency key is already taken",
             ));
         }
+    }
+    conn.prepare_cached("INSERT OR IGNORE INTO tenants (tenant_id, audit_head) VALUES (?1, ?2)")
+        .map_err(fault("tenant"))?
+        .execute([tenant.as_str(), GENESIS_DIGEST])
+        .map_err(fault("tenant"))?;
+    let mut publish = Vec::new();
+    let policy_version = write_change(conn, ctx, &tenant, planned, &mut publish)?;
+
+    audit.chain(seq, &head.digest);
+    let record = serde_json::to_string(&audit)
+        .map_err(|_| StoreError::new(ErrorKind::Unavailable, "audit record encoding"))?;
+    conn.prepare_cached("INSERT INTO audit (tenant_id, seq, record) VALUES (?1, ?2, ?3)")
+        .map_err(fault("audit write"))?
+        .execute((tenant.as_str(), seq as i64, record.as_str()))
+        .map_err(fault("audit write"))?;
+    if seq % CHECKPOINT_EVERY == 0 {
+        let cp = Checkpoint::sign(ctx.keys, tenant.as_str(), seq, &audit.digest, audit.at_ms);
+        let text = serde_json::to_string(&cp)
+            .map_err(|_| StoreError::new(ErrorKind::Unavailable, "checkpoint encoding"))?;
+        conn.prepare_cached(
+            "INSERT INTO checkpoints (tenant_id, seq, checkpoint) VALUES (?1, ?2, ?3)",
+        )
+        .map_err(fault("checkpoint write"))?
+        .execute((tenant.as_str(), seq as i64, text.as_str()))
+        .map_err(fault("checkpoint write"))?;
     }
     job_heads.insert(
         tenant,
@@ -509,42 +588,107 @@ fn data_key(
     Ok(key)
 }
 
-fn apply_change(
-    conn: &Connection,
-    ctx: &BatchContext<'_>,
-    tenant: &TenantId,
-    change: Change,
-    publish: &mut Vec<Publish>,
-    policy_version: &mut Option<u64>,
-) -> StoreResult<()> {
-    match change {
-        Change::None => Ok(()),
+/// The check phase: reads only.
+fn plan_change(conn: &Connection, tenant: &TenantId, change: Change) -> UnitResult<Planned> {
+    Ok(match change {
+        Change::None => Planned::None,
         Change::Secret {
             name,
             expected_state_version,
             change,
         } => {
-            let snapshot = apply_secret_change(
-                conn,
-                ctx,
-                tenant,
-                &name,
-                expected_state_version,
-                &change,
-                publish,
-            )?;
-            publish.push(Publish::Secret(tenant.clone(), name, Arc::new(snapshot)));
-            Ok(())
+            let (_, state_version) = secret_head(conn, tenant, &name)?;
+            if state_version != expected_state_version {
+                return Err(refused(
+                    ErrorKind::StateConflict,
+                    "the secret changed since the snapshot",
+                ));
+            }
+            let staged = match change {
+                StateChange::Rotate {
+                    from_staged: true, ..
+                } => Some(
+                    conn.query_row(
+                        "SELECT staged FROM secrets WHERE tenant_id = ?1 AND secret_name = ?2",
+                        [tenant.as_str(), name.as_str()],
+                        |r| r.get::<_, Option<Vec<u8>>>(0),
+                    )
+                    .map_err(fault("staged read"))?
+                    .ok_or_else(|| refused(ErrorKind::StateConflict, "no staged material"))?,
+                ),
+                _ => None,
+            };
+            Planned::Secret {
+                name,
+                expected: expected_state_version,
+                change,
+                staged,
+            }
         }
-        Change::CreateSecret(new) => create_secret(conn, ctx, tenant, new, publish),
+        Change::CreateSecret(new) => {
+            let exists = conn
+                .prepare_cached("SELECT 1 FROM secrets WHERE tenant_id = ?1 AND secret_name = ?2")
+                .map_err(fault("secret read"))?
+                .exists([tenant.as_str(), new.name.as_str()])
+                .map_err(fault("secret read"))?;
+            if exists {
+                return Err(refused(
+                    ErrorKind::AlreadyExists,
+                    "the secret already exists",
+                ));
+            }
+            Planned::Create(new)
+        }
         Change::StageMaterial { name, material } => {
             let (kind, state_version) = secret_head(conn, tenant, &name)?;
             if kind != SecretKind::Imported {
-                return Err(StoreError::new(
+                return Err(refused(
                     ErrorKind::Invalid,
                     "only imported secrets take staged material",
                 ));
             }
+            Planned::Stage {
+                name,
+                material,
+                state_version,
+            }
+        }
+        Change::PutPolicy(doc) => {
+            let policy = Policy::try_from(&doc)
+                .map_err(|_| refused(ErrorKind::Invalid, "the policy is invalid"))?;
+            let json = serde_json::to_string(&doc)
+                .map_err(|_| refused(ErrorKind::Invalid, "the policy is invalid"))?;
+            Planned::Policy(Box::new(policy), json)
+        }
+    })
+}
+
+/// The write phase; returns the new policy version for a policy change.
+fn write_change(
+    conn: &Connection,
+    ctx: &BatchContext<'_>,
+    tenant: &TenantId,
+    planned: Planned,
+    publish: &mut Vec<Publish>,
+) -> UnitResult<Option<u64>> {
+    match planned {
+        Planned::None => {}
+        Planned::Secret {
+            name,
+            expected,
+            change,
+            staged,
+        } => {
+            let snapshot =
+                write_secret_change(conn, ctx, tenant, &name, expected, &change, staged, publish)?;
+            publish.push(Publish::Secret(tenant.clone(), name, Arc::new(snapshot)));
+        }
+        Planned::Create(new) => create_secret(conn, ctx, tenant, new, publish)?,
+        Planned::Stage {
+            name,
+            material,
+            state_version,
+        } => {
             let dek = data_key(conn, ctx, tenant, publish)?;
             let sealed = dek.seal(tenant, &name, Slot::Staged, &material)?;
             conn.execute(
@@ -557,17 +701,12 @@ fn apply_change(
                     state_version as i64 + 1,
                 ),
             )
-            .map_err(db_err)?;
+            .map_err(fault("staging"))?;
             let snapshot = load_snapshot(conn, tenant, &name)?
                 .ok_or_else(|| StoreError::new(ErrorKind::NotFound, "no such secret"))?;
             publish.push(Publish::Secret(tenant.clone(), name, Arc::new(snapshot)));
-            Ok(())
         }
-        Change::PutPolicy(doc) => {
-            let policy = Policy::try_from(&doc)
-                .map_err(|_| StoreError::new(ErrorKind::Invalid, "the policy is invalid"))?;
-            let json = serde_json::to_string(&doc)
-                .map_err(|_| StoreError::new(ErrorKind::Invalid, "the policy is invalid"))?;
+        Planned::Policy(policy, json) => {
             let version: i64 = conn
                 .query_row(
                     "UPDATE tenants SET policy_json = ?2, policy_version = policy_version + 1
@@ -575,36 +714,36 @@ fn apply_change(
                     (tenant.as_str(), json.as_str()),
                     |r| r.get(0),
                 )
-                .map_err(db_err)?;
-            *policy_version = Some(version as u64);
+                .map_err(fault("policy write"))?;
             publish.push(Publish::Policy(
                 tenant.clone(),
                 StoredPolicy {
-                    policy: Arc::new(policy),
+                    policy: Arc::from(policy),
                     version: version as u64,
                 },
             ));
-            Ok(())
+            return Ok(Some(version as u64));
         }
     }
+    Ok(None)
 }
 
 fn secret_head(
     conn: &Connection,
     tenant: &TenantId,
     name: &SecretName,
-) -> StoreResult<(SecretKind, u64)> {
+) -> UnitResult<(SecretKind, u64)> {
     let row: Option<(String, i64)> = conn
         .prepare_cached(
             "SELECT kind, state_version FROM secrets WHERE tenant_id = ?1 AND secret_name = ?2",
         )
-        .map_err(db_err)?
+        .map_err(fault("secret read"))?
         .query_row([tenant.as_str(), name.as_str()], |r| {
             Ok((r.get(0)?, r.get(1)?))
         })
         .optional()
-        .map_err(db_err)?;
-    let (kind, sv) = row.ok_or_else(|| StoreError::new(ErrorKind::NotFound, "no such secret"))?;
+        .map_err(fault("secret read"))?;
+    let (kind, sv) = row.ok_or_else(|| refused(ErrorKind::NotFound, "no such secret"))?;
     let kind = SecretKind::from_name(&kind)
         .ok_or_else(|| StoreError::new(ErrorKind::Corrupt, "a secret row does not parse"))?;
     Ok((kind, sv as u64))
@@ -616,14 +755,13 @@ fn create_secret(
     tenant: &TenantId,
     new: NewSecret,
     publish: &mut Vec<Publish>,
-) -> StoreResult<()> {
+) -> UnitResult<()> {
     let secret_ref = refs::secret_ref(ctx.keys, tenant, &new.name);
     let now = crate::clock::now_ms() as i64;
     conn.execute(
         "INSERT INTO secrets (tenant_id, secret_name, secret_ref, kind, state_version, ttl_min_ms,
                               ttl_max_ms, ttl_default_ms, handle_ttl_ms, staged, created_at_ms)
-         VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?7, ?8, NULL, ?9)
-         ON CONFLICT DO NOTHING",
+         VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?7, ?8, NULL, ?9)",
         (
             tenant.as_str(),
             new.name.as_str(),
@@ -636,17 +774,7 @@ fn create_secret(
             now,
         ),
     )
-    .map_err(db_err)
-    .and_then(|n| {
-        if n == 0 {
-            Err(StoreError::new(
-                ErrorKind::AlreadyExists,
-                "the secret already exists",
-            ))
-        } else {
-            Ok(())
-        }
-    })?;
+    .map_err(fault("secret write"))?;
     let material = match new.material {
         Some(m) => m,
         None => generate_material()?,
@@ -677,69 +805,47 @@ fn insert_version(
     version: u64,
     material: &selene_kms_core::SecretMaterial,
     now: i64,
-) -> StoreResult<()> {
+) -> UnitResult<()> {
     let sealed = dek.seal(tenant, name, Slot::Version(version), material)?;
     conn.prepare_cached(
         "INSERT INTO versions (tenant_id, secret_name, version, state, created_at_ms, sealed)
          VALUES (?1, ?2, ?3, 'ACTIVE', ?4, ?5)",
     )
-    .map_err(db_err)?
+    .map_err(fault("version write"))?
     .execute((tenant.as_str(), name.as_str(), version as i64, now, sealed))
-    .map_err(|e| match db_err(e) {
-        // A duplicate version can only mean a lost compare-and-set.
-        err if err.kind == ErrorKind::AlreadyExists => {
-            StoreError::new(ErrorKind::StateConflict, "the version already exists")
-        }
-        err => err,
-    })?;
+    .map_err(fault("version write"))?;
     Ok(())
 }
 
-fn apply_secret_change(
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the write phase of one secret change needs the whole checked plan"
+)]
+fn write_secret_change(
     conn: &Connection,
     ctx: &BatchContext<'_>,
     tenant: &TenantId,
     name: &SecretName,
     expected: u64,
     change: &StateChange,
+    staged: Option<Vec<u8>>,
     publish: &mut Vec<Publish>,
-) -> StoreResult<SecretSnapshot> {
-    let (_, state_version) = secret_head(conn, tenant, name)?;
-    if state_version != expected {
-        return Err(StoreError::new(
-            ErrorKind::StateConflict,
-            "the secret changed since the snapshot",
-        ));
-    }
+) -> UnitResult<SecretSnapshot> {
     let now = crate::clock::now_ms() as i64;
     match change {
         StateChange::None => {}
-        StateChange::Rotate {
-            new_version,
-            from_staged,
-        } => {
+        StateChange::Rotate { new_version, .. } => {
             let dek = data_key(conn, ctx, tenant, publish)?;
-            let material = if *from_staged {
-                let staged: Option<Vec<u8>> = conn
-                    .query_row(
-                        "SELECT staged FROM secrets WHERE tenant_id = ?1 AND secret_name = ?2",
-                        [tenant.as_str(), name.as_str()],
-                        |r| r.get(0),
-                    )
-                    .map_err(db_err)?;
-                let staged = staged.ok_or_else(|| {
-                    StoreError::new(ErrorKind::StateConflict, "no staged material")
-                })?;
-                dek.open(tenant, name, Slot::Staged, &staged)?
-            } else {
-                generate_material()?
+            let material = match staged {
+                Some(sealed) => dek.open(tenant, name, Slot::Staged, &sealed)?,
+                None => generate_material()?,
             };
             insert_version(conn, &dek, tenant, name, *new_version, &material, now)?;
             conn.execute(
                 "UPDATE secrets SET staged = NULL WHERE tenant_id = ?1 AND secret_name = ?2",
                 [tenant.as_str(), name.as_str()],
             )
-            .map_err(db_err)?;
+            .map_err(fault("secret write"))?;
         }
         StateChange::RevokeVersion(v) => {
             conn.execute(
@@ -747,14 +853,14 @@ fn apply_secret_change(
                  WHERE tenant_id = ?1 AND secret_name = ?2 AND version = ?3",
                 (tenant.as_str(), name.as_str(), *v as i64),
             )
-            .map_err(db_err)?;
+            .map_err(fault("revocation write"))?;
         }
         StateChange::RevokeAllVersions => {
             conn.execute(
                 "UPDATE versions SET state = 'REVOKED' WHERE tenant_id = ?1 AND secret_name = ?2",
                 [tenant.as_str(), name.as_str()],
             )
-            .map_err(db_err)?;
+            .map_err(fault("revocation write"))?;
         }
         StateChange::RevokeHandle { id, expires_at_ms }
         | StateChange::RevokeCredential { id, expires_at_ms } => {
@@ -767,21 +873,21 @@ fn apply_secret_change(
                     (*expires_at_ms).min(i64::MAX as u64) as i64,
                 ),
             )
-            .map_err(db_err)?;
+            .map_err(fault("revocation write"))?;
         }
     }
     conn.prepare_cached(
         "UPDATE secrets SET state_version = ?3 WHERE tenant_id = ?1 AND secret_name = ?2",
     )
-    .map_err(db_err)?
+    .map_err(fault("secret write"))?
     .execute((tenant.as_str(), name.as_str(), expected as i64 + 1))
-    .map_err(db_err)?;
+    .map_err(fault("secret write"))?;
     // The next snapshot: from the cached one when it is the one the change was made against
     // (so a hot secret's rotation does not re-read every version), else from the database.
     match ctx.cache.secret(tenant, name) {
         Some(cached) if cached.state_version == expected => Ok(next_snapshot(&cached, change)),
-        _ => load_snapshot(conn, tenant, name)?
-            .ok_or_else(|| StoreError::new(ErrorKind::NotFound, "no such secret")),
+        _ => Ok(load_snapshot(conn, tenant, name)?
+            .ok_or_else(|| StoreError::new(ErrorKind::NotFound, "no such secret"))?),
     }
 }
 

@@ -1,0 +1,53 @@
+-- OpenBao's nearest equivalents. SCENARIO picks one; BAO_TOKEN is a non-root token whose
+-- policies grant exactly these paths, so every request pays for ACL evaluation.
+--   get_handle   GET  /v1/secret/data/app/s-N with X-Vault-Wrap-TTL (response-wrapped KV v2 read)
+--   issue        POST /v1/auth/token/create {"ttl":"5m"}
+--   rotate       POST /v1/transit/keys/k-N/rotate, each connection on its own key (-t = -c)
+--   rotate_hot   the same, every connection on one key
+--   revoke       POST /v1/auth/token/create then /v1/auth/token/revoke-accessor of that token
+local scenario = os.getenv("SCENARIO")
+local nobj = tonumber(os.getenv("NOBJ") or "64")
+local counter = 0
+local accessor = nil
+
+function init(args)
+  thread_id = thread_id or 0
+  wrk.headers["X-Vault-Token"] = os.getenv("BAO_TOKEN")
+  wrk.headers["Content-Type"] = "application/json"
+end
+
+function request()
+  counter = counter + 1
+  if scenario == "get_handle" then
+    return wrk.format("GET", "/v1/secret/data/app/s-" .. (counter % nobj), { ["X-Vault-Wrap-TTL"] = "300" })
+  end
+  if scenario == "issue" then
+    return wrk.format("POST", "/v1/auth/token/create", nil, '{"ttl":"5m","policies":["app"]}')
+  end
+  if scenario == "rotate" then
+    return wrk.format("POST", "/v1/transit/keys/k-" .. (thread_id % nobj) .. "/rotate", nil, "{}")
+  end
+  if scenario == "rotate_hot" then
+    return wrk.format("POST", "/v1/transit/keys/hot/rotate", nil, "{}")
+  end
+  if scenario == "revoke" then
+    if accessor then
+      return wrk.format("POST", "/v1/auth/token/revoke-accessor", nil, '{"accessor":"' .. accessor .. '"}')
+    end
+    return wrk.format("POST", "/v1/auth/token/create", nil, '{"ttl":"5m","policies":["app"]}')
+  end
+end
+
+function response(status, headers, body)
+  if scenario == "revoke" then
+    if accessor then
+      accessor = nil
+      if status == 204 then ok_count = ok_count + 1 else record_bad(status, body) end
+    else
+      accessor = status == 200 and body:match('"accessor":"([^"]+)"')
+      if not accessor then record_bad(status, body) end
+    end
+    return
+  end
+  if status == 200 then ok_count = ok_count + 1 else record_bad(status, body) end
+end

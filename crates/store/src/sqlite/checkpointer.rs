@@ -1,0 +1,58 @@
+//! WAL checkpoints off the writer's thread.
+//!
+//! SQLite's automatic checkpoint runs inside the committing writer, stalling every request of
+//! the batch behind it. Here the writer's connection has `wal_autocheckpoint = 0` and this thread
+//! copies committed frames into the database with PASSIVE checkpoints, which never block the
+//! writer or readers. When it cannot keep up the WAL grows, never the latency.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use super::open_connection;
+use crate::error::{ErrorKind, StoreError, StoreResult};
+
+/// How often the thread checkpoints.
+const PERIOD: Duration = Duration::from_millis(250);
+
+/// The running checkpoint thread; stops (after one last checkpoint) when dropped.
+pub(crate) struct Checkpointer {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    pub(crate) fn start(path: &Path) -> StoreResult<Self> {
+        let conn = open_connection(path, false)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("selene-kms-sqlite-checkpoint".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::park_timeout(PERIOD);
+                    // A failed checkpoint is retried next period; meanwhile the WAL grows.
+                    let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                }
+            })
+            .map_err(|_| {
+                StoreError::new(ErrorKind::Unavailable, "cannot start the checkpointer")
+            })?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
+}
