@@ -2,13 +2,15 @@
 //!
 //! The [`Store`] trait is the whole contract between the host and a backend: snapshots to read,
 //! and one atomic [`CommitUnit`] per request (state change + idempotency record + audit record).
-//! [`SqliteStore`] is the embedded default.
+//! [`SqliteStore`] is the embedded default; [`PostgresStore`] serves several nodes sharing one
+//! PostgreSQL database.
 #![forbid(unsafe_code)]
 
 mod clock;
 mod envelope;
 mod error;
 mod model;
+mod postgres;
 mod sqlite;
 mod stats;
 mod store;
@@ -22,6 +24,7 @@ pub use model::{
     Change, CommitUnit, IdempotencyRecord, IdempotencyScope, IdempotencyWrite, NewSecret, Receipt,
     Role, SecretListing, StoredPolicy, VersionListing,
 };
+pub use postgres::{PostgresStore, redact};
 pub use sqlite::{CHECKPOINT_EVERY, MAX_BATCH, SqliteOptions, SqliteStore};
 pub use stats::{BATCH_BOUNDS, BatchHistogram};
 pub use store::Store;

@@ -1,0 +1,112 @@
+//! Placing an audit record in its tenant's chain, and encoding what a commit stores beside it.
+//! No SQL here: the database only stores what this computes, under the chain head's row lock.
+
+use std::sync::Arc;
+
+use selene_kms_core::{AuditRecord, Checkpoint, MaterialBundle, ServiceKeys, TenantId};
+
+use crate::CHECKPOINT_EVERY;
+use crate::error::{ErrorKind, StoreError, StoreResult};
+
+/// A tenant's chain head: the last record's sequence number and digest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Head {
+    /// The last record's sequence number (0 for an empty chain).
+    pub(super) seq: u64,
+    /// The last record's digest (the genesis digest for an empty chain).
+    pub(super) digest: String,
+}
+
+/// A record chained after a head, encoded for storage.
+pub(super) struct Chained {
+    /// The chain's head once the record is stored.
+    pub(super) head: Head,
+    /// When the record was made.
+    pub(super) at_ms: u64,
+    /// The record, as JSON.
+    pub(super) record: String,
+    /// A signed checkpoint at this record, every [`CHECKPOINT_EVERY`] records, as JSON.
+    pub(super) checkpoint: Option<String>,
+    /// The unit's bundle with its `audit_seq`, as the bytes answered and kept under the key.
+    pub(super) bundle: Option<Arc<[u8]>>,
+}
+
+fn encoding(what: &str) -> StoreError {
+    StoreError::new(ErrorKind::Unavailable, format!("{what} encoding"))
+}
+
+/// Chains `audit` after `head` (sequence number, previous digest, own digest), signs a
+/// checkpoint when one is due, and stamps the bundle with the record's sequence number.
+pub(super) fn chain(
+    keys: &ServiceKeys,
+    tenant: &TenantId,
+    head: &Head,
+    mut audit: AuditRecord,
+    bundle: Option<MaterialBundle>,
+) -> StoreResult<Chained> {
+    let seq = head
+        .seq
+        .checked_add(1)
+        .ok_or_else(|| StoreError::new(ErrorKind::Invalid, "the audit chain is full"))?;
+    audit.chain(seq, &head.digest);
+    let record = serde_json::to_string(&audit).map_err(|_| encoding("audit record"))?;
+    let checkpoint = if seq % CHECKPOINT_EVERY == 0 {
+        let cp = Checkpoint::sign(keys, tenant.as_str(), seq, &audit.digest, audit.at_ms);
+        Some(serde_json::to_string(&cp).map_err(|_| encoding("checkpoint"))?)
+    } else {
+        None
+    };
+    let bundle = bundle
+        .map(|mut b| {
+            b.audit_seq = Some(seq);
+            serde_json::to_vec(&b)
+                .map(Arc::from)
+                .map_err(|_| encoding("bundle"))
+        })
+        .transpose()?;
+    Ok(Chained {
+        head: Head {
+            seq,
+            digest: audit.digest,
+        },
+        at_ms: audit.at_ms,
+        record,
+        checkpoint,
+        bundle,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use selene_kms_core::audit::GENESIS_DIGEST;
+    use selene_kms_core::{AuditAction, ReasonCode, ServiceSecret};
+
+    use super::*;
+
+    #[test]
+    fn records_chain_and_checkpoints_fall_due() {
+        let keys = ServiceKeys::derive(&ServiceSecret::from_bytes([4; 32]));
+        let tenant = TenantId::try_from("acme").expect("tenant");
+        let mut head = Head {
+            seq: CHECKPOINT_EVERY - 2,
+            digest: GENESIS_DIGEST.to_owned(),
+        };
+        let mut checkpoints = 0;
+        for _ in 0..3 {
+            let audit = AuditRecord::for_action(
+                &tenant,
+                AuditAction::GetHandle,
+                ReasonCode::OkMaterialIssue,
+                1,
+            );
+            let chained = chain(&keys, &tenant, &head, audit, None).expect("chains");
+            let record: AuditRecord = serde_json::from_str(&chained.record).expect("json");
+            assert_eq!(record.seq, head.seq + 1);
+            assert_eq!(record.prev_digest, head.digest);
+            assert_eq!(record.compute_digest(), chained.head.digest);
+            checkpoints += usize::from(chained.checkpoint.is_some());
+            head = chained.head;
+        }
+        assert_eq!(checkpoints, 1, "one checkpoint at seq {CHECKPOINT_EVERY}");
+    }
+}
