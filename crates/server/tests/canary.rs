@@ -1,7 +1,7 @@
 //! Secret canaries end to end: known values are provisioned, every route is driven (successes,
 //! refusals, dry runs, redemptions, bad input), and the canary bytes (raw, base64, hex) must
 //! appear in no response but the executor's redemption, in no log line, in no audit record or
-//! export, and in no file of the data directory.
+//! export, and in no file of the data directory. Caller tokens appear in no log line or file.
 
 mod common;
 
@@ -184,12 +184,21 @@ async fn canaries_leak_nowhere_but_the_executors_redemption() {
     for (what, body) in &responses {
         assert_eq!(leaks(body), None, "response to {what} leaks the canary");
     }
+    let tokens = [s.os.clone(), s.admin.clone(), s.executor.clone()];
     let store = s.store.clone();
     let dir = s.stop().await;
     drop(store);
     let logged = logs.0.lock().expect("logs").clone();
     assert!(!logged.is_empty(), "the server logged something");
     assert_eq!(leaks(&logged), None, "a log line leaks the canary");
+    for token in &tokens {
+        let needle = token.as_bytes();
+        assert!(!logged.windows(needle.len()).any(|w| w == needle), "a log line holds a token");
+        for entry in std::fs::read_dir(dir.path()).expect("data dir") {
+            let bytes = std::fs::read(entry.expect("entry").path()).expect("file");
+            assert!(!bytes.windows(needle.len()).any(|w| w == needle), "a file holds a token in clear");
+        }
+    }
     for entry in std::fs::read_dir(dir.path()).expect("data dir") {
         let path = entry.expect("entry").path();
         let bytes = std::fs::read(&path).expect("file");
