@@ -1,11 +1,12 @@
 //! The single writer of the embedded store and its group commit.
 //!
 //! The writer owns the read-write connection. It blocks for one job, drains whatever else is
-//! queued (up to [`super::MAX_BATCH`]), applies them all inside one transaction, commits once (one
-//! fsync), then publishes cache updates and answers every job. A commit unit runs every check
+//! queued (up to [`super::MAX_BATCH`]), applies them all inside one transaction, commits once,
+//! publishes cache updates, and hands the answers to the syncer, which answers them after the
+//! flush (one `fdatasync` for every batch queued by then). A commit unit runs every check
 //! before its first write, so a refused unit leaves no trace without the cost of a savepoint; a
 //! failed write (disk full, read-only, database gone) rolls the whole batch back and refuses every
-//! unit in it, as does a failed final commit. Nothing is published unless the batch is durable.
+//! unit in it, as does a failed final commit. Nothing is published unless the batch committed.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -19,6 +20,7 @@ use selene_kms_core::{
 use tokio::sync::{mpsc, oneshot};
 
 use super::cache::Cache;
+use super::syncer::Syncer;
 use super::{CHECKPOINT_EVERY, MAX_BATCH, db_err, load_snapshot};
 use crate::envelope::{
     DataKey, RootKey, SERVICE_SECRET_LABEL, Slot, dek_label, generate_material, random_key,
@@ -62,7 +64,7 @@ struct Head {
     digest: String,
 }
 
-/// Cache updates that become visible only once their batch is durable.
+/// Cache updates that become visible only once their batch has committed.
 enum Publish {
     Secret(TenantId, SecretName, Arc<SecretSnapshot>),
     Policy(TenantId, StoredPolicy),
@@ -77,6 +79,7 @@ pub(crate) struct Writer {
     cache: Arc<Cache>,
     batches: Arc<BatchHistogram>,
     heads: HashMap<TenantId, Head>,
+    syncer: Syncer,
 }
 
 fn unavailable(what: &str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
@@ -102,8 +105,10 @@ impl Writer {
         root: SharedRoot,
         cache: Arc<Cache>,
         batches: Arc<BatchHistogram>,
+        syncer: Syncer,
     ) -> Self {
         Self {
+            syncer,
             conn,
             keys,
             root,
@@ -135,8 +140,19 @@ impl Writer {
             root,
             cache,
             heads,
+            syncer,
             ..
         } = self;
+        if syncer.is_broken() {
+            let err = StoreError::new(
+                ErrorKind::Unavailable,
+                "the store stopped after a failed flush; restart it",
+            );
+            for job in batch {
+                answer(job, Err(err.clone()));
+            }
+            return;
+        }
         let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
             Ok(tx) => tx,
             Err(e) => {
@@ -214,11 +230,12 @@ impl Writer {
             return;
         }
         let new_heads = std::mem::take(&mut ctx.heads);
-        let durable =
+        let committed =
             write_heads(&tx, &new_heads).and_then(|()| tx.commit().map_err(unavailable("commit")));
-        match durable {
+        match committed {
             Ok(()) => {
                 heads.extend(new_heads);
+                // Safe before the flush: see the ordering argument in `syncer`.
                 for p in publish {
                     match p {
                         Publish::Secret(t, n, s) => {
@@ -236,12 +253,10 @@ impl Writer {
                         }
                     }
                 }
-                for (reply, outcome) in results {
-                    let _ = reply.send(outcome);
-                }
+                syncer.submit(results);
             }
             Err(err) => {
-                // Nothing of this batch is durable: forget cached heads, answer every job.
+                // Nothing of this batch was committed: forget cached heads, answer every job.
                 heads.clear();
                 for (reply, outcome) in results {
                     let _ = reply.send(outcome.and(Err(err.clone())));

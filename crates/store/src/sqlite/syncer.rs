@@ -1,0 +1,119 @@
+//! Durability, pipelined: the thread that makes committed batches durable and answers them.
+//!
+//! The writer commits a batch with `synchronous = NORMAL` (the WAL frames are written, not yet
+//! flushed) and hands its answers here; while this thread runs `fdatasync` on the WAL, the writer
+//! already applies the next batch. A batch is answered only after an `fdatasync` that began after
+//! its commit, so every acknowledged request is on stable storage. One flush covers every batch
+//! committed before it, so batches that queue up here share it.
+//!
+//! Answers of later requests may rest on state committed but not yet flushed (a snapshot read
+//! from the cache or the database). That is safe because every answer commits its own audit
+//! record *after* the state it read, in the same append-only WAL: the flush that acknowledges it
+//! covers what it read. If a flush fails, nothing in flight is acknowledged and the store refuses
+//! every later commit: after a failed `fsync` the kernel may have dropped the dirty pages.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::thread::JoinHandle;
+
+use crate::error::{ErrorKind, StoreError, StoreResult};
+use crate::model::Receipt;
+
+/// Answers of one committed batch, waiting for the flush.
+pub(crate) type Answers = Vec<(
+    tokio::sync::oneshot::Sender<StoreResult<Receipt>>,
+    StoreResult<Receipt>,
+)>;
+
+/// The sending side, held by the writer.
+pub(crate) struct Syncer {
+    queue: Option<Sender<Answers>>,
+    thread: Option<JoinHandle<()>>,
+    broken: Arc<AtomicBool>,
+}
+
+fn flush_failed() -> StoreError {
+    StoreError::new(
+        ErrorKind::Unavailable,
+        "the write-ahead log could not be flushed to stable storage",
+    )
+}
+
+impl Syncer {
+    pub(crate) fn start(db_path: &Path) -> StoreResult<Self> {
+        let mut wal = db_path.as_os_str().to_owned();
+        wal.push("-wal");
+        let wal = PathBuf::from(wal);
+        let (queue, batches) = channel::<Answers>();
+        let broken = Arc::new(AtomicBool::new(false));
+        let flag = broken.clone();
+        let thread = std::thread::Builder::new()
+            .name("selene-kms-sqlite-sync".into())
+            .spawn(move || run(&wal, &batches, &flag))
+            .map_err(|_| StoreError::new(ErrorKind::Unavailable, "cannot start the syncer"))?;
+        Ok(Self {
+            queue: Some(queue),
+            thread: Some(thread),
+            broken,
+        })
+    }
+
+    /// Whether a flush has failed (the store then refuses every commit).
+    pub(crate) fn is_broken(&self) -> bool {
+        self.broken.load(Ordering::Acquire)
+    }
+
+    /// Queues a committed batch's answers for the next flush.
+    pub(crate) fn submit(&self, answers: Answers) {
+        let unsent = match &self.queue {
+            Some(q) => q.send(answers).err().map(|e| e.0),
+            None => Some(answers),
+        };
+        for (reply, _) in unsent.into_iter().flatten() {
+            let _ = reply.send(Err(flush_failed()));
+        }
+    }
+}
+
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        // Closing the queue lets the thread flush what is queued, answer it, and stop.
+        self.queue.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn flush(wal: &Path, file: &mut Option<File>) -> std::io::Result<()> {
+    if file.is_none() {
+        *file = Some(File::open(wal)?);
+    }
+    match file {
+        Some(f) => f.sync_data(),
+        None => Ok(()),
+    }
+}
+
+fn run(wal: &Path, batches: &Receiver<Answers>, broken: &AtomicBool) {
+    let mut file: Option<File> = None;
+    while let Ok(first) = batches.recv() {
+        let mut pending = vec![first];
+        pending.extend(batches.try_iter());
+        let flushed = !broken.load(Ordering::Acquire) && flush(wal, &mut file).is_ok();
+        if !flushed {
+            broken.store(true, Ordering::Release);
+        }
+        for (reply, outcome) in pending.into_iter().flatten() {
+            let outcome = if flushed {
+                outcome
+            } else {
+                outcome.and(Err(flush_failed()))
+            };
+            let _ = reply.send(outcome);
+        }
+    }
+}
