@@ -152,65 +152,40 @@ async fn redeem(State(state): Shared, headers: HeaderMap, body: Body) -> Respons
 
 const ADMIN: Option<&str> = Some("ADMIN");
 
-async fn create_secret(
-    State(state): Shared,
-    Path(tenant_id): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    admin_write(&state, &tenant_id, &headers, body, |e, t, b| {
-        Box::pin(async move { e.create_secret(&t, &b, now_ms()).await })
-    })
-    .await
+/// The admin routes that write.
+#[derive(Clone, Copy)]
+enum AdminWrite {
+    CreateSecret,
+    Stage,
+    PutPolicy,
 }
 
-async fn stage(
-    State(state): Shared,
-    Path(tenant_id): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    admin_write(&state, &tenant_id, &headers, body, |e, t, b| {
-        Box::pin(async move { e.stage(&t, &b, now_ms()).await })
-    })
-    .await
-}
-
-async fn put_policy(
-    State(state): Shared,
-    Path(tenant_id): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    admin_write(&state, &tenant_id, &headers, body, |e, t, b| {
-        Box::pin(async move { e.put_policy(&t, &b, now_ms()).await })
-    })
-    .await
-}
-
-type AdminFuture = std::pin::Pin<Box<dyn Future<Output = Reply> + Send>>;
-
-/// Shared shape of admin writes: role, tenant, body, engine call.
+/// Admin writes share one shape: role, tenant, body, engine call.
 async fn admin_write(
-    state: &Arc<AppState>,
-    tenant_id: &str,
-    headers: &HeaderMap,
+    State(state): Shared,
+    Path(tenant_id): Path<String>,
+    headers: HeaderMap,
     body: Body,
-    call: impl FnOnce(Arc<Engine>, TenantId, Bytes) -> AdminFuture,
+    what: AdminWrite,
 ) -> Response {
-    if let Err(r) = authorize(state, headers, Role::Admin, ADMIN).await {
+    if let Err(r) = authorize(&state, &headers, Role::Admin, ADMIN).await {
         return r;
     }
-    let tenant = match tenant(state, tenant_id) {
+    let tenant = match tenant(&state, &tenant_id) {
         Ok(t) => t,
         Err(r) => return r,
     };
-    let bytes = match json_body(state, headers, body, ADMIN).await {
+    let bytes = match json_body(&state, &headers, body, ADMIN).await {
         Ok(b) => b,
         Err(r) => return r,
     };
-    let r = call(state.engine.clone(), tenant, bytes).await;
-    reply(state, r.with_default_operation("ADMIN"))
+    let engine = &state.engine;
+    let r = match what {
+        AdminWrite::CreateSecret => engine.create_secret(&tenant, &bytes, now_ms()).await,
+        AdminWrite::Stage => engine.stage(&tenant, &bytes, now_ms()).await,
+        AdminWrite::PutPolicy => engine.put_policy(&tenant, &bytes, now_ms()).await,
+    };
+    reply(&state, r.with_default_operation("ADMIN"))
 }
 
 async fn admin_read(
@@ -399,13 +374,24 @@ async fn observe(State(state): Shared, request: Request, next: Next) -> Response
 
 /// The router over `state`.
 pub fn router(state: Arc<AppState>) -> Router {
+    let write = |what: AdminWrite| {
+        move |state: Shared, path: Path<String>, headers: HeaderMap, body: Body| {
+            admin_write(state, path, headers, body, what)
+        }
+    };
     let tenants = Router::new()
         .route(
             "/{tenant_id}/secrets",
-            post(create_secret).get(list_secrets),
+            post(write(AdminWrite::CreateSecret)).get(list_secrets),
         )
-        .route("/{tenant_id}/staged-versions", post(stage))
-        .route("/{tenant_id}/policy", get(get_policy).put(put_policy));
+        .route(
+            "/{tenant_id}/staged-versions",
+            post(write(AdminWrite::Stage)),
+        )
+        .route(
+            "/{tenant_id}/policy",
+            get(get_policy).put(write(AdminWrite::PutPolicy)),
+        );
     Router::new()
         .route("/v1/kms/requests", post(kms_request))
         .route("/v1/material/redeem", post(redeem))
