@@ -4,11 +4,25 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+/// A store connection string from the config file. It may hold a password, so its `Debug`
+/// shows it redacted.
+#[derive(Default, Deserialize)]
+#[serde(transparent)]
+pub(crate) struct StoreUrl(pub(crate) String);
+
+impl std::fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&selene_kms_store::redact(&self.0))
+    }
+}
+
 /// `[server]`: how `serve` and `init` run.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ServerSection {
     pub(crate) data_dir: Option<PathBuf>,
+    /// `postgres://…` for PostgreSQL; absent for the embedded store in the data directory.
+    pub(crate) store: Option<StoreUrl>,
     pub(crate) listen: Option<String>,
     pub(crate) log_format: Option<String>,
     pub(crate) tls_cert: Option<PathBuf>,

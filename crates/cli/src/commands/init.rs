@@ -1,13 +1,18 @@
 //! `selene-kms init`: a new store with its root key and one token per role.
+//!
+//! The embedded store lives in the data directory. With `--store postgres://…` the schema, the
+//! service secret and the tokens go to the database, and the data directory holds only the root
+//! key file, which every node of that database needs a copy of.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Args;
 use selene_kms_server::provision_tokens;
-use selene_kms_store::{RootKey, SqliteOptions, SqliteStore};
+use selene_kms_store::{ErrorKind, PostgresStore, RootKey, SqliteOptions, SqliteStore, Store};
+use zeroize::Zeroizing;
 
-use super::{data_dir, db_path, key_path};
+use super::{StoreLocation, data_dir, db_path, key_path};
 use crate::config::Config;
 use crate::output;
 
@@ -16,25 +21,53 @@ pub(crate) struct InitArgs {
     /// Directory for the database and the root key file (created if missing).
     #[arg(long, env = "SELENE_KMS_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// `postgres://…` to put the store in PostgreSQL (several nodes); default: the embedded
+    /// store in the data directory.
+    #[arg(long, env = "SELENE_KMS_STORE", hide_env_values = true)]
+    store: Option<String>,
 }
 
-/// Creates the store at `dir` and returns the tokens (role, token) in role order.
-pub(crate) async fn init_store(
-    dir: &std::path::Path,
-) -> Result<(SqliteStore, Vec<(String, zeroize::Zeroizing<String>)>), String> {
+/// Tokens as (role, token), in role order.
+type Tokens = Vec<(String, Zeroizing<String>)>;
+
+/// Creates `dir`, owner-only.
+fn prepare_dir(dir: &Path) -> Result<(), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
     }
+    Ok(())
+}
+
+/// The root key: `$SELENE_KMS_ROOT_KEY` when set, else a new key file in `dir`. Also says
+/// whether a file was created (to remove it if initialisation then fails).
+fn new_root_key(dir: &Path) -> Result<(RootKey, bool), String> {
+    match RootKey::from_env().map_err(|e| e.message)? {
+        Some(k) => Ok((k, false)),
+        None => RootKey::create_file(&key_path(dir))
+            .map(|k| (k, true))
+            .map_err(|e| e.message),
+    }
+}
+
+async fn tokens(store: &dyn Store) -> Result<Tokens, String> {
+    Ok(provision_tokens(store)
+        .await
+        .map_err(|e| e.message)?
+        .into_iter()
+        .map(|(role, token)| (role.name().to_owned(), token))
+        .collect())
+}
+
+/// Creates the embedded store at `dir` and returns the tokens (role, token) in role order.
+pub(crate) async fn init_store(dir: &Path) -> Result<(SqliteStore, Tokens), String> {
+    prepare_dir(dir)?;
     if db_path(dir).exists() {
         return Err(format!("{} is already initialised", dir.display()));
     }
-    let root = match RootKey::from_env().map_err(|e| e.message)? {
-        Some(k) => k,
-        None => RootKey::create_file(&key_path(dir)).map_err(|e| e.message)?,
-    };
+    let (root, _) = new_root_key(dir)?;
     let store = SqliteStore::open(
         &SqliteOptions {
             path: db_path(dir),
@@ -43,26 +76,54 @@ pub(crate) async fn init_store(
         root,
     )
     .map_err(|e| e.message)?;
-    let tokens = provision_tokens(&store)
-        .await
-        .map_err(|e| e.message)?
-        .into_iter()
-        .map(|(role, token)| (role.name().to_owned(), token))
-        .collect();
+    let tokens = tokens(&store).await?;
     Ok((store, tokens))
+}
+
+/// Initialises a store in the PostgreSQL database at `url`, with the root key in `dir`.
+async fn init_postgres(dir: &Path, url: &str) -> Result<Tokens, String> {
+    prepare_dir(dir)?;
+    if key_path(dir).exists() {
+        return Err(format!(
+            "{} already holds a root key: it is initialised",
+            dir.display()
+        ));
+    }
+    let (root, created) = new_root_key(dir)?;
+    let store = match PostgresStore::open(url, root, true).await {
+        Ok(store) => store,
+        Err(e) => {
+            if created {
+                let _ = std::fs::remove_file(key_path(dir));
+            }
+            return Err(match e.kind {
+                ErrorKind::AlreadyExists => format!(
+                    "the database {} is already initialised",
+                    selene_kms_store::redact(url)
+                ),
+                _ => e.message,
+            });
+        }
+    };
+    tokens(&store).await
 }
 
 pub(crate) async fn run(config: &Config, args: InitArgs, json: bool) -> Result<ExitCode, String> {
     let dir = data_dir(args.data_dir, config)?;
-    let (_store, tokens) = init_store(&dir).await?;
+    let location = StoreLocation::from_args(args.store, config)?;
+    let tokens = match &location {
+        StoreLocation::Embedded => init_store(&dir).await?.1,
+        StoreLocation::Postgres(url) => init_postgres(&dir, url).await?,
+    };
+    let store = location.describe(&dir);
     if json {
         let map: serde_json::Map<String, serde_json::Value> = tokens
             .iter()
             .map(|(role, t)| (role.clone(), serde_json::Value::from(t.as_str())))
             .collect();
-        output::json(&serde_json::json!({ "data_dir": dir, "tokens": map }));
+        output::json(&serde_json::json!({ "data_dir": dir, "store": store, "tokens": map }));
     } else {
-        println!("Initialised {}.", dir.display());
+        println!("Initialised {store}, data directory {}.", dir.display());
         println!("Tokens (shown once, stored only as hashes):");
         let rows: Vec<Vec<String>> = tokens
             .iter()

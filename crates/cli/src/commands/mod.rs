@@ -9,10 +9,59 @@ pub(crate) mod secret;
 pub(crate) mod serve;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use selene_kms_store::{RootKey, SqliteOptions, SqliteStore};
+use selene_kms_store::{PostgresStore, RootKey, SqliteOptions, SqliteStore, Store, redact};
 
 use crate::config::Config;
+
+/// Where a server's state lives.
+pub(crate) enum StoreLocation {
+    /// The embedded SQLite store in the data directory (the default).
+    Embedded,
+    /// A PostgreSQL database shared by several nodes; the data directory holds the root key.
+    Postgres(String),
+}
+
+impl StoreLocation {
+    /// From `--store` / `$SELENE_KMS_STORE`, else `[server].store`, else the embedded store.
+    /// A value that is not a PostgreSQL URL is refused without being echoed (it may hold a
+    /// password).
+    pub(crate) fn from_args(flag: Option<String>, config: &Config) -> Result<Self, String> {
+        let value = flag.or_else(|| config.server.store.as_ref().map(|s| s.0.clone()));
+        match value {
+            None => Ok(Self::Embedded),
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Ok(Self::Postgres(url))
+            }
+            Some(_) => Err(
+                "--store takes a postgres:// URL (leave it out for the embedded store)".to_owned(),
+            ),
+        }
+    }
+
+    /// How to name it in output and logs: never with a password.
+    pub(crate) fn describe(&self, data_dir: &Path) -> String {
+        match self {
+            Self::Embedded => db_path(data_dir).display().to_string(),
+            Self::Postgres(url) => redact(url),
+        }
+    }
+
+    /// Opens the initialised store here, with the root key of `data_dir`.
+    pub(crate) async fn open(&self, data_dir: &Path) -> Result<Arc<dyn Store>, String> {
+        match self {
+            Self::Embedded => Ok(Arc::new(open_store(data_dir)?)),
+            Self::Postgres(url) => {
+                let root = root_key(data_dir)?;
+                let store = PostgresStore::open(url, root, false)
+                    .await
+                    .map_err(|e| e.message)?;
+                Ok(Arc::new(store))
+            }
+        }
+    }
+}
 
 /// The database file inside a data directory.
 pub(crate) fn db_path(data_dir: &Path) -> PathBuf {

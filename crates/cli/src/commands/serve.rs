@@ -1,4 +1,5 @@
-//! `selene-kms serve`: the HTTP/JSON API over the embedded store.
+//! `selene-kms serve`: the HTTP/JSON API over the embedded store, or over PostgreSQL as one of
+//! several nodes sharing it.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,7 +10,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use selene_kms_server::{Engine, ServeOptions, TlsOptions, serve};
 
-use super::{data_dir, open_store};
+use super::{StoreLocation, data_dir};
 use crate::config::Config;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -23,6 +24,10 @@ pub(crate) struct ServeArgs {
     /// Data directory made by `selene-kms init`.
     #[arg(long, env = "SELENE_KMS_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// `postgres://…` to serve the store `init --store` made there (the data directory then
+    /// holds only the root key); default: the embedded store in the data directory.
+    #[arg(long, env = "SELENE_KMS_STORE", hide_env_values = true)]
+    store: Option<String>,
     /// Address to listen on [default: 127.0.0.1:8750].
     #[arg(long, env = "SELENE_KMS_LISTEN")]
     listen: Option<SocketAddr>,
@@ -113,7 +118,9 @@ pub(crate) async fn run(config: &Config, args: ServeArgs) -> Result<ExitCode, St
             .idempotency_retention_hours
             .map_or(defaults.idempotency_retention_ms, |h| h * 3_600_000),
     };
-    let store = Arc::new(open_store(&dir)?);
+    let location = StoreLocation::from_args(args.store, config)?;
+    let store = location.open(&dir).await?;
+    tracing::info!(store = %location.describe(&dir), "store open");
     let engine = Arc::new(Engine::new(store.clone()));
     let listening = serve(engine.clone(), options)
         .await
@@ -122,7 +129,7 @@ pub(crate) async fn run(config: &Config, args: ServeArgs) -> Result<ExitCode, St
     tracing::info!("shutting down: finishing in-flight requests");
     listening.shutdown().await.map_err(|e| e.to_string())?;
     drop(engine);
-    // Dropping the last handle drains the writer: every acknowledged commit is on disk.
+    // Dropping the last handle drains the writer. Every acknowledged commit is durable already.
     drop(store);
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
