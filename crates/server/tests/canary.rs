@@ -193,10 +193,16 @@ async fn canaries_leak_nowhere_but_the_executors_redemption() {
     assert_eq!(leaks(&logged), None, "a log line leaks the canary");
     for token in &tokens {
         let needle = token.as_bytes();
-        assert!(!logged.windows(needle.len()).any(|w| w == needle), "a log line holds a token");
+        assert!(
+            !logged.windows(needle.len()).any(|w| w == needle),
+            "a log line holds a token"
+        );
         for entry in std::fs::read_dir(dir.path()).expect("data dir") {
             let bytes = std::fs::read(entry.expect("entry").path()).expect("file");
-            assert!(!bytes.windows(needle.len()).any(|w| w == needle), "a file holds a token in clear");
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle),
+                "a file holds a token in clear"
+            );
         }
     }
     for entry in std::fs::read_dir(dir.path()).expect("data dir") {
