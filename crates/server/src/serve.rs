@@ -29,6 +29,8 @@ pub struct ServeOptions {
     pub body_limit: usize,
     /// Longest time a request may take.
     pub request_timeout: Duration,
+    /// Longest time a client may take to send a request's headers (slow clients are cut off).
+    pub header_read_timeout: Duration,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_grace: Duration,
     /// How long idempotency records are kept.
@@ -43,6 +45,7 @@ impl Default for ServeOptions {
             allow_plaintext_non_loopback: false,
             body_limit: DEFAULT_BODY_LIMIT,
             request_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(30),
             idempotency_retention_ms: DEFAULT_IDEMPOTENCY_RETENTION_MS,
         }
@@ -69,6 +72,22 @@ impl Listening {
             Err(e) => Err(std::io::Error::other(e)),
         }
     }
+}
+
+/// Largest read buffer for a request head; larger headers are refused.
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+
+/// Bounds what a client can make the server hold: a slow client is cut off after `header_timeout`
+/// and a request head may not exceed [`MAX_HEAD_BYTES`].
+fn limit_http1(
+    builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    header_timeout: Duration,
+) {
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .max_buf_size(MAX_HEAD_BYTES);
 }
 
 fn invalid(msg: &str) -> std::io::Error {
@@ -99,14 +118,17 @@ pub async fn serve(engine: Arc<Engine>, options: ServeOptions) -> std::io::Resul
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     let handle = Handle::new();
+    let header_timeout = options.header_read_timeout;
     let server = match &options.tls {
         None => {
-            let server = axum_server::from_tcp(listener)?.handle(handle.clone());
+            let mut server = axum_server::from_tcp(listener)?.handle(handle.clone());
+            limit_http1(server.http_builder(), header_timeout);
             tokio::spawn(async move { server.serve(app.into_make_service()).await })
         }
         Some(tls) => {
             let config = axum_server::tls_rustls::RustlsConfig::from_config(tls.server_config()?);
-            let server = axum_server::from_tcp_rustls(listener, config)?.handle(handle.clone());
+            let mut server = axum_server::from_tcp_rustls(listener, config)?.handle(handle.clone());
+            limit_http1(server.http_builder(), header_timeout);
             tokio::spawn(async move { server.serve(app.into_make_service()).await })
         }
     };

@@ -113,6 +113,7 @@ pub(crate) async fn run(config: &Config, args: ServeArgs) -> Result<ExitCode, St
         request_timeout: s
             .request_timeout_ms
             .map_or(defaults.request_timeout, Duration::from_millis),
+        header_read_timeout: defaults.header_read_timeout,
         shutdown_grace: defaults.shutdown_grace,
         idempotency_retention_ms: s
             .idempotency_retention_hours
