@@ -88,6 +88,39 @@ fn pipeline(c: &mut Criterion) {
         });
     }
     group.finish();
+
+    // Handle verification must not reveal how much of a forged handle was right: opening a handle
+    // altered in its first byte and in its last byte should cost the same as any other refusal.
+    let grant = evaluate(&cases[0].1, Some(&policy), Some(&snapshot), &keys, NOW).expect("ok");
+    let handle = issue(grant, Some(&snapshot), &keys)
+        .expect("ok")
+        .bundle
+        .secret_handle
+        .expect("handle");
+    let alter = |at: usize| {
+        let mut b = handle.clone().into_bytes();
+        b[at] = if b[at] == b'A' { b'B' } else { b'A' };
+        String::from_utf8(b).expect("ascii")
+    };
+    let tenant = selene_kms_core::TenantId::try_from("acme").expect("valid");
+    let mut group = c.benchmark_group("open_handle");
+    for (name, text) in [
+        ("valid", handle.clone()),
+        ("altered_first_byte", alter(5)),
+        ("altered_last_byte", alter(handle.len() - 1)),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                black_box(selene_kms_core::refs::open_grant(
+                    &keys,
+                    selene_kms_core::RefKind::Handle,
+                    &tenant,
+                    black_box(&text),
+                ))
+            });
+        });
+    }
+    group.finish();
 }
 
 #[allow(
