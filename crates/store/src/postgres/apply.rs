@@ -15,6 +15,7 @@ use selene_kms_core::{
     TenantId, refs,
 };
 
+use super::cache::StateFloors;
 use super::chain::{Head, chain};
 use super::codec::{col, col_u64, to_db, to_db_saturating};
 use super::error::as_unavailable;
@@ -24,6 +25,9 @@ use crate::envelope::{DataKey, Slot, generate_material};
 use crate::error::{ErrorKind, StoreError, StoreResult};
 use crate::model::{Change, CommitUnit, IdempotencyWrite, NewSecret, Receipt};
 
+/// Committed state versions by secret.
+pub(super) type SecretFloors = StateFloors<(TenantId, SecretName)>;
+
 /// What the units of one batch share.
 pub(super) struct BatchState<'a> {
     /// The service keys (checkpoint signatures, secret refs).
@@ -32,8 +36,34 @@ pub(super) struct BatchState<'a> {
     pub(super) root: &'a SharedRoot,
     /// Committed data keys.
     pub(super) data_keys: &'a DataKeys,
+    /// Committed state versions known to this node.
+    pub(super) floors: &'a SecretFloors,
     /// Data keys created by earlier units of this batch: not committed, so not in `data_keys`.
     pub(super) new_keys: HashMap<TenantId, Arc<DataKey>>,
+    /// State versions of the secrets that earlier units of this batch changed.
+    pub(super) moved: HashMap<(TenantId, SecretName), u64>,
+}
+
+impl BatchState<'_> {
+    /// Whether `unit` is a compare-and-set already known to be stale: an earlier unit of this
+    /// batch moved the secret (the batch holds the tenant's lock, so nothing else can have), or
+    /// a newer state version is known committed. It is refused without a round trip, which on a
+    /// hot secret keeps a batch's cost at its one winner, not at its many losers.
+    pub(super) fn lost_race(&self, unit: &CommitUnit) -> bool {
+        let Change::Secret {
+            name,
+            expected_state_version,
+            ..
+        } = &unit.change
+        else {
+            return false;
+        };
+        let key = (unit.tenant.clone(), name.clone());
+        match self.moved.get(&key) {
+            Some(now) => now != expected_state_version,
+            None => self.floors.is_behind(&key, *expected_state_version),
+        }
+    }
 }
 
 /// What a unit leaves behind once its savepoint is released.
@@ -44,6 +74,8 @@ pub(super) struct Applied {
     pub(super) head: Head,
     /// A data key the unit created for its tenant.
     pub(super) new_key: Option<Arc<DataKey>>,
+    /// The secret the unit changed, with its new state version.
+    pub(super) moved: Option<(SecretName, u64)>,
 }
 
 /// The unit's view while it runs: its tenant, and a data key it may create.
@@ -52,6 +84,7 @@ struct Scope<'s, 'a, C> {
     batch: &'s BatchState<'a>,
     tenant: &'s TenantId,
     new_key: Option<Arc<DataKey>>,
+    moved: Option<(SecretName, u64)>,
 }
 
 /// Applies `unit` after the tenant's chain `head`.
@@ -78,9 +111,10 @@ pub(super) async fn apply(
         batch,
         tenant: &tenant,
         new_key: None,
+        moved: None,
     };
     let policy_version = scope.change(change).await?;
-    let new_key = scope.new_key;
+    let Scope { new_key, moved, .. } = scope;
     let seq = to_db(chained.head.seq)?;
     sql::execute(
         client,
@@ -108,6 +142,7 @@ pub(super) async fn apply(
         },
         head: chained.head,
         new_key,
+        moved,
     })
 }
 
@@ -251,7 +286,9 @@ impl<C: GenericClient> Scope<'_, '_, C> {
             Some(m) => m,
             None => generate_material()?,
         };
-        self.insert_version(&new.name, 1, &material).await
+        self.insert_version(&new.name, 1, &material).await?;
+        self.moved = Some((new.name, 1));
+        Ok(())
     }
 
     async fn stage(&mut self, name: &SecretName, material: &SecretMaterial) -> StoreResult<()> {
@@ -273,14 +310,16 @@ impl<C: GenericClient> Scope<'_, '_, C> {
             .data_key()
             .await?
             .seal(self.tenant, name, Slot::Staged, material)?;
-        sql::execute(
+        let row = sql::row(
             self.client,
             "UPDATE secrets SET staged = $3, state_version = state_version + 1
-             WHERE tenant_id = $1 AND secret_name = $2",
+             WHERE tenant_id = $1 AND secret_name = $2 RETURNING state_version",
             &[&self.tenant.as_str(), &name.as_str(), &sealed],
             "staging write",
         )
-        .await?;
+        .await?
+        .ok_or_else(|| StoreError::new(ErrorKind::NotFound, "no such secret"))?;
+        self.moved = Some((name.clone(), col_u64(&row, 0, "staging write")?));
         Ok(())
     }
 
@@ -398,6 +437,7 @@ impl<C: GenericClient> Scope<'_, '_, C> {
                 .await?;
             }
         }
+        self.moved = Some((name.clone(), expected + 1));
         Ok(())
     }
 }

@@ -46,6 +46,7 @@ use crate::model::{
 };
 use crate::stats::BatchHistogram;
 use crate::store::Store;
+use apply::SecretFloors;
 use cache::VersionedCache;
 use error::pool_error;
 use keys::{DataKeys, SharedRoot};
@@ -68,6 +69,7 @@ pub struct PostgresStore {
     data_keys: Arc<DataKeys>,
     policies: VersionedCache<TenantId, StoredPolicy>,
     secrets: VersionedCache<(TenantId, SecretName), Arc<SecretSnapshot>>,
+    floors: Arc<SecretFloors>,
     batches: Arc<BatchHistogram>,
     jobs: mpsc::UnboundedSender<Job>,
 }
@@ -115,6 +117,7 @@ impl PostgresStore {
         let keys = Arc::new(ServiceKeys::derive(&service));
         let root: SharedRoot = Arc::new(RwLock::new(root));
         let data_keys = Arc::new(DataKeys::default());
+        let floors = Arc::new(SecretFloors::default());
         let batches = Arc::new(BatchHistogram::default());
         let (jobs, rx) = mpsc::unbounded_channel();
         let writer = Writer {
@@ -122,6 +125,7 @@ impl PostgresStore {
             keys: keys.clone(),
             root: root.clone(),
             data_keys: data_keys.clone(),
+            floors: floors.clone(),
             batches: batches.clone(),
         };
         tokio::spawn(writer.run(rx));
@@ -133,6 +137,7 @@ impl PostgresStore {
             data_keys,
             policies: VersionedCache::default(),
             secrets: VersionedCache::default(),
+            floors,
             batches,
             jobs,
         })
@@ -204,7 +209,10 @@ impl Store for PostgresStore {
         let snapshot = match reads::secret(&client, tenant, name, have).await? {
             None => return Ok(None),
             Some(Fresh::Unchanged(version)) => match self.secrets.get_at(&key, version) {
-                Some(cached) => return Ok(Some(cached)),
+                Some(cached) => {
+                    self.floors.raise(key, version);
+                    return Ok(Some(cached));
+                }
                 None => match reads::secret(&client, tenant, name, None).await? {
                     Some(Fresh::Loaded(_, s)) => s,
                     _ => return Ok(None),
@@ -213,6 +221,7 @@ impl Store for PostgresStore {
             Some(Fresh::Loaded(_, s)) => s,
         };
         let snapshot = Arc::new(snapshot);
+        self.floors.raise(key.clone(), snapshot.state_version);
         self.secrets
             .put(key, snapshot.state_version, snapshot.clone());
         Ok(Some(snapshot))

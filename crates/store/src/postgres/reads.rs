@@ -30,7 +30,9 @@ fn corrupt(what: &str) -> StoreError {
 }
 
 /// One secret's snapshot, in one statement (one consistent view of the secret and its
-/// versions); the version rows are read only when `held` is not the current state version.
+/// versions). The versions are read only when `have` is not the current state version, and then
+/// as the highest version and the revoked ones (index probes), not row by row: versions are
+/// 1..=n by construction (compare-and-set, primary key).
 pub(super) async fn secret(
     client: &impl GenericClient,
     tenant: &TenantId,
@@ -42,9 +44,13 @@ pub(super) async fn secret(
         client,
         "SELECT s.state_version, s.secret_ref, s.kind, s.ttl_min_ms, s.ttl_max_ms,
                 s.ttl_default_ms, s.handle_ttl_ms, s.staged IS NOT NULL,
+                CASE WHEN s.state_version = $3 THEN NULL ELSE (
+                    SELECT max(v.version) FROM versions v
+                    WHERE v.tenant_id = s.tenant_id AND v.secret_name = s.secret_name) END,
                 CASE WHEN s.state_version = $3 THEN NULL ELSE ARRAY(
-                    SELECT v.state = 'REVOKED' FROM versions v
+                    SELECT v.version FROM versions v
                     WHERE v.tenant_id = s.tenant_id AND v.secret_name = s.secret_name
+                      AND v.state = 'REVOKED'
                     ORDER BY v.version) END
          FROM secrets s WHERE s.tenant_id = $1 AND s.secret_name = $2",
         &[&tenant.as_str(), &name.as_str(), &held(have)],
@@ -55,9 +61,24 @@ pub(super) async fn secret(
         return Ok(None);
     };
     let state_version = col_u64(&row, 0, WHAT)?;
-    let Some(revoked) = col::<Option<Vec<bool>>>(&row, 8, WHAT)? else {
+    let (Some(current), Some(revoked)) = (
+        col::<Option<i64>>(&row, 8, WHAT)?,
+        col::<Option<Vec<i64>>>(&row, 9, WHAT)?,
+    ) else {
         return Ok(Some(Fresh::Unchanged(state_version)));
     };
+    let mut versions = vec![
+        VersionState::Active;
+        usize::try_from(current).map_err(|_| corrupt("a secret's versions"))?
+    ];
+    for version in revoked {
+        let slot = usize::try_from(version)
+            .ok()
+            .and_then(|v| v.checked_sub(1))
+            .and_then(|i| versions.get_mut(i))
+            .ok_or_else(|| corrupt("a secret's versions"))?;
+        *slot = VersionState::Revoked;
+    }
     let kind: String = col(&row, 2, WHAT)?;
     let ttl = TtlBounds::new(
         col_u64(&row, 3, WHAT)?,
@@ -69,16 +90,7 @@ pub(super) async fn secret(
         secret_ref: col(&row, 1, WHAT)?,
         state_version,
         kind: SecretKind::from_name(&kind).ok_or_else(|| corrupt("a secret row"))?,
-        versions: revoked
-            .into_iter()
-            .map(|r| {
-                if r {
-                    VersionState::Revoked
-                } else {
-                    VersionState::Active
-                }
-            })
-            .collect(),
+        versions,
         staged: col(&row, 7, WHAT)?,
         ttl,
         handle_ttl_ms: col_u64(&row, 6, WHAT)?,

@@ -54,6 +54,9 @@ CREATE TABLE versions (
     sealed        BYTEA NOT NULL,
     PRIMARY KEY (tenant_id, secret_name, version)
 );
+-- Snapshots read the revoked versions only: one index probe, however many versions there are.
+CREATE INDEX versions_revoked ON versions (tenant_id, secret_name, version)
+    WHERE state = 'REVOKED';
 
 CREATE TABLE revoked_refs (
     tenant_id     TEXT COLLATE "C" NOT NULL,

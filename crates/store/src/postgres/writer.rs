@@ -21,7 +21,7 @@ use selene_kms_core::audit::GENESIS_DIGEST;
 use selene_kms_core::{ServiceKeys, TenantId};
 use tokio::sync::{mpsc, oneshot};
 
-use super::apply::{BatchState, apply};
+use super::apply::{BatchState, SecretFloors, apply};
 use super::chain::Head;
 use super::codec::{col, col_u64, to_db};
 use super::error::{pg, pool_error};
@@ -44,6 +44,7 @@ pub(super) struct Writer {
     pub(super) keys: Arc<ServiceKeys>,
     pub(super) root: SharedRoot,
     pub(super) data_keys: Arc<DataKeys>,
+    pub(super) floors: Arc<SecretFloors>,
     pub(super) batches: Arc<BatchHistogram>,
 }
 
@@ -92,11 +93,20 @@ impl Writer {
             keys: &self.keys,
             root: &self.root,
             data_keys: &self.data_keys,
+            floors: &self.floors,
             new_keys: HashMap::new(),
+            moved: HashMap::new(),
         };
-        let mut moved = HashSet::new();
+        let mut chained = HashSet::new();
         let mut outcomes = Vec::with_capacity(units.len());
         for unit in units {
+            if state.lost_race(&unit) {
+                outcomes.push(Err(StoreError::new(
+                    ErrorKind::StateConflict,
+                    "the secret changed since the snapshot",
+                )));
+                continue;
+            }
             let tenant = unit.tenant.clone();
             let head = heads.get(&tenant).cloned().ok_or_else(|| {
                 StoreError::new(
@@ -112,7 +122,10 @@ impl Writer {
                     if let Some(key) = applied.new_key {
                         state.new_keys.insert(tenant.clone(), key);
                     }
-                    moved.insert(tenant);
+                    if let Some((name, version)) = applied.moved {
+                        state.moved.insert((tenant.clone(), name), version);
+                    }
+                    chained.insert(tenant);
                     outcomes.push(Ok(applied.receipt));
                 }
                 Err(e) => {
@@ -124,12 +137,19 @@ impl Writer {
                 }
             }
         }
-        let new_keys = std::mem::take(&mut state.new_keys);
-        heads.retain(|tenant, _| moved.contains(tenant));
+        let BatchState {
+            new_keys,
+            moved: secrets,
+            ..
+        } = state;
+        heads.retain(|tenant, _| chained.contains(tenant));
         write_heads(&tx, &heads).await?;
         tx.commit().await.map_err(pg("commit"))?;
         for (tenant, key) in new_keys {
             self.data_keys.put(tenant, key);
+        }
+        for (secret, version) in secrets {
+            self.floors.raise(secret, version);
         }
         Ok(outcomes)
     }
