@@ -413,3 +413,19 @@ fn acknowledged_rotations_survive_kill_9() {
         assert!(report.records >= acked.len() as u64);
     });
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_deleted_under_the_store_refuses_every_commit() {
+    let (dir, store) = fresh();
+    let t = tenant("acme");
+    create(&*store, &t, "k", SecretKind::Generated, None)
+        .await
+        .expect("create");
+    assert!(store.ready().await);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(dir.path().join(format!("kms.db{suffix}")));
+    }
+    let refused = rotate_once(&*store, &t).await;
+    assert_eq!(refused.map_err(|e| e.kind), Err(ErrorKind::Unavailable));
+    assert!(!store.ready().await, "readiness reports the loss");
+}

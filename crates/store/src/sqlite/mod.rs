@@ -12,6 +12,7 @@
 
 mod cache;
 mod checkpointer;
+mod identity;
 mod schema;
 mod syncer;
 mod writer;
@@ -99,6 +100,7 @@ pub struct SqliteStore {
     root: SharedRoot,
     cache: Arc<Cache>,
     batches: Arc<BatchHistogram>,
+    file: identity::FileIdentity,
     readers: Mutex<Vec<Connection>>,
     jobs: mpsc::UnboundedSender<Job>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -130,6 +132,7 @@ impl SqliteStore {
             ));
         }
         let mut conn = open_connection(&options.path, false)?;
+        let file = identity::FileIdentity::of(&options.path);
         schema::migrate(&mut conn)?;
         // The writer commits without flushing; the syncer flushes (see `syncer`).
         conn.execute_batch("PRAGMA wal_autocheckpoint = 0; PRAGMA synchronous = NORMAL;")
@@ -149,6 +152,7 @@ impl SqliteStore {
             cache.clone(),
             batches.clone(),
             syncer,
+            file.clone(),
         );
         let handle = std::thread::Builder::new()
             .name("selene-kms-sqlite-writer".into())
@@ -160,6 +164,7 @@ impl SqliteStore {
             root,
             cache,
             batches,
+            file,
             readers: Mutex::new(Vec::new()),
             jobs,
             writer: Mutex::new(Some(handle)),
@@ -627,6 +632,7 @@ impl Store for SqliteStore {
 
     async fn ready(&self) -> bool {
         !self.jobs.is_closed()
+            && self.file.still_there()
             && self
                 .read(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(db_err))
                 .is_ok()

@@ -20,6 +20,7 @@ use selene_kms_core::{
 use tokio::sync::{mpsc, oneshot};
 
 use super::cache::Cache;
+use super::identity::FileIdentity;
 use super::syncer::Syncer;
 use super::{CHECKPOINT_EVERY, MAX_BATCH, db_err, load_snapshot};
 use crate::envelope::{
@@ -80,6 +81,7 @@ pub(crate) struct Writer {
     batches: Arc<BatchHistogram>,
     heads: HashMap<TenantId, Head>,
     syncer: Syncer,
+    file: FileIdentity,
 }
 
 fn unavailable(what: &str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
@@ -106,9 +108,11 @@ impl Writer {
         cache: Arc<Cache>,
         batches: Arc<BatchHistogram>,
         syncer: Syncer,
+        file: FileIdentity,
     ) -> Self {
         Self {
             syncer,
+            file,
             conn,
             keys,
             root,
@@ -141,13 +145,18 @@ impl Writer {
             cache,
             heads,
             syncer,
+            file,
             ..
         } = self;
-        if syncer.is_broken() {
-            let err = StoreError::new(
-                ErrorKind::Unavailable,
-                "the store stopped after a failed flush; restart it",
-            );
+        let refusal = if syncer.is_broken() {
+            Some("the store stopped after a failed flush; restart it")
+        } else if !file.still_there() {
+            Some("the database file was removed or replaced under the store")
+        } else {
+            None
+        };
+        if let Some(why) = refusal {
+            let err = StoreError::new(ErrorKind::Unavailable, why);
             for job in batch {
                 answer(job, Err(err.clone()));
             }
