@@ -8,7 +8,7 @@ mod pg_cluster;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pg_cluster::Cluster;
@@ -17,6 +17,9 @@ use serde_json::{Value, json};
 
 const TENANT: &str = "acme";
 const SECRET: &str = "payments/stripe";
+/// A password in the store URL (the test cluster trusts local connections and ignores it): it
+/// must appear in no output and no log line.
+const PASSWORD: &str = "pg-S3CRET-pw";
 
 fn selene_kms() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_selene-kms"));
@@ -30,6 +33,7 @@ fn selene_kms() -> Command {
 struct Node {
     child: Child,
     url: String,
+    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Node {
@@ -53,18 +57,32 @@ impl Node {
                 let _ = child.kill();
                 panic!("serve exited before serving:\n{}", seen.join("\n"));
             };
-            let log: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
-            if log["fields"]["message"] == "selene-kms serving" {
-                break log["fields"]["addr"].as_str().expect("addr").to_owned();
-            }
+            let entry: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
             seen.push(line);
+            if entry["fields"]["message"] == "selene-kms serving" {
+                break entry["fields"]["addr"].as_str().expect("addr").to_owned();
+            }
         };
-        // Keep draining the log so that the node never blocks on a full pipe.
-        std::thread::spawn(move || lines.map_while(Result::ok).for_each(drop));
+        // Keep reading the log, so that the node never blocks on a full pipe, and keep it.
+        let log = Arc::new(Mutex::new(seen));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                if let Ok(mut log) = sink.lock() {
+                    log.push(line);
+                }
+            }
+        });
         Self {
             child,
             url: format!("http://{addr}"),
+            log,
         }
+    }
+
+    /// Every log line so far.
+    fn log(&self) -> Vec<String> {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
     /// `kill -9` of this node's process.
@@ -253,7 +271,11 @@ struct Deployment {
 impl Deployment {
     async fn start() -> Self {
         let cluster = Cluster::start();
-        let store = cluster.create_database("kms");
+        let store = cluster.create_database("kms").replacen(
+            "postgres@",
+            &format!("postgres:{PASSWORD}@"),
+            1,
+        );
         let data = tempfile::tempdir().expect("tempdir");
         let init = selene_kms()
             .args(["init", "--json", "--store", &store])
@@ -266,6 +288,9 @@ impl Deployment {
             "init: {}",
             String::from_utf8_lossy(&init.stderr)
         );
+        for output in [&init.stdout, &init.stderr] {
+            assert!(!String::from_utf8_lossy(output).contains(PASSWORD));
+        }
         assert!(
             data.path().join("root.key").exists(),
             "the key file is in the data dir"
@@ -282,6 +307,9 @@ impl Deployment {
             !again.status.success(),
             "a second init of the database is refused"
         );
+        let refusal = String::from_utf8_lossy(&again.stderr);
+        assert!(refusal.contains("already initialised"), "{refusal}");
+        assert!(!refusal.contains(PASSWORD), "{refusal}");
         let api = Arc::new(Api {
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(20))
@@ -422,6 +450,13 @@ async fn two_nodes_over_one_database_behave_as_one_kms() {
     let records = d.api.verify_audit(&a).await;
     assert!(records >= 2 * n + 6, "every request was audited: {records}");
     assert_eq!(d.api.verify_audit(&b).await, records);
+
+    // The store URL's password is in no log line of either node.
+    for node in &d.nodes {
+        let log = node.log();
+        assert!(log.iter().any(|l| l.contains("store open")), "{log:?}");
+        assert!(log.iter().all(|l| !l.contains(PASSWORD)), "{log:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -108,3 +108,48 @@ pub(crate) fn fresh_key(prefix: &str) -> String {
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     format!("{prefix}-{}-{hex}", selene_kms_store::now_ms())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::StoreUrl;
+
+    const URL: &str = "postgres://kms:s3cret@db/kms";
+
+    fn config_with(store: Option<&str>) -> Config {
+        let mut config = Config::default();
+        config.server.store = store.map(|s| StoreUrl(s.to_owned()));
+        config
+    }
+
+    #[test]
+    fn the_store_comes_from_the_flag_then_the_config_else_is_embedded() {
+        let none = config_with(None);
+        assert!(matches!(
+            StoreLocation::from_args(None, &none),
+            Ok(StoreLocation::Embedded)
+        ));
+        let configured = config_with(Some(URL));
+        assert!(matches!(
+            StoreLocation::from_args(None, &configured),
+            Ok(StoreLocation::Postgres(u)) if u == URL
+        ));
+        let flag = "postgresql://other/kms".to_owned();
+        assert!(matches!(
+            StoreLocation::from_args(Some(flag.clone()), &configured),
+            Ok(StoreLocation::Postgres(u)) if u == flag
+        ));
+    }
+
+    #[test]
+    fn store_urls_are_never_shown_with_their_password() {
+        let refused =
+            StoreLocation::from_args(Some("mysql://u:s3cret@h".into()), &Config::default());
+        assert!(refused.is_err_and(|e| !e.contains("s3cret")));
+        let described = StoreLocation::Postgres(URL.into()).describe(Path::new("/d"));
+        assert_eq!(described, "postgres://kms:***@db/kms");
+        let debug = format!("{:?}", config_with(Some(URL)));
+        assert!(debug.contains("postgres://kms:***@db/kms"), "{debug}");
+        assert!(!debug.contains("s3cret"));
+    }
+}
