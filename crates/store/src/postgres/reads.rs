@@ -44,9 +44,9 @@ pub(super) async fn secret(
         client,
         "SELECT s.state_version, s.secret_ref, s.kind, s.ttl_min_ms, s.ttl_max_ms,
                 s.ttl_default_ms, s.handle_ttl_ms, s.staged IS NOT NULL,
-                CASE WHEN s.state_version = $3 THEN NULL ELSE (
+                CASE WHEN s.state_version = $3 THEN NULL ELSE COALESCE((
                     SELECT max(v.version) FROM versions v
-                    WHERE v.tenant_id = s.tenant_id AND v.secret_name = s.secret_name) END,
+                    WHERE v.tenant_id = s.tenant_id AND v.secret_name = s.secret_name), 0) END,
                 CASE WHEN s.state_version = $3 THEN NULL ELSE ARRAY(
                     SELECT v.version FROM versions v
                     WHERE v.tenant_id = s.tenant_id AND v.secret_name = s.secret_name

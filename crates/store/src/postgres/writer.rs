@@ -16,7 +16,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use deadpool_postgres::{GenericClient, Pool};
+use deadpool_postgres::{Client, GenericClient, Pool};
 use selene_kms_core::audit::GENESIS_DIGEST;
 use selene_kms_core::{ServiceKeys, TenantId};
 use tokio::sync::{mpsc, oneshot};
@@ -48,9 +48,35 @@ pub(super) struct Writer {
     pub(super) batches: Arc<BatchHistogram>,
 }
 
+/// The writer's own connection, kept across batches so that readers crowding the pool never
+/// delay a commit; replaced when it breaks.
+struct Connection {
+    pool: Pool,
+    client: Option<Client>,
+}
+
+impl Connection {
+    async fn take(&mut self) -> StoreResult<Client> {
+        match self.client.take() {
+            Some(client) if !client.is_closed() => Ok(client),
+            _ => self.pool.get().await.map_err(pool_error),
+        }
+    }
+
+    fn keep(&mut self, client: Client) {
+        if !client.is_closed() {
+            self.client = Some(client);
+        }
+    }
+}
+
 impl Writer {
     /// Runs until every sender is gone and the queue is drained.
     pub(super) async fn run(self, mut jobs: mpsc::UnboundedReceiver<Job>) {
+        let mut connection = Connection {
+            pool: self.pool.clone(),
+            client: None,
+        };
         while let Some(first) = jobs.recv().await {
             let mut batch = Vec::with_capacity(16);
             batch.push(first);
@@ -66,7 +92,15 @@ impl Writer {
             batch.sort_by(|a, b| a.unit.tenant.cmp(&b.unit.tenant));
             let (units, replies): (Vec<_>, Vec<_>) =
                 batch.into_iter().map(|job| (job.unit, job.reply)).unzip();
-            match self.commit(units).await {
+            let outcome = match connection.take().await {
+                Ok(mut client) => {
+                    let outcome = self.commit(&mut client, units).await;
+                    connection.keep(client);
+                    outcome
+                }
+                Err(e) => Err(e),
+            };
+            match outcome {
                 Ok(outcomes) => {
                     for (reply, outcome) in replies.into_iter().zip(outcomes) {
                         let _ = reply.send(outcome);
@@ -83,8 +117,11 @@ impl Writer {
 
     /// Applies a batch (sorted by tenant) in one transaction; per-unit outcomes, or the error
     /// that refused the whole batch.
-    async fn commit(&self, units: Vec<CommitUnit>) -> StoreResult<Vec<StoreResult<Receipt>>> {
-        let mut client = self.pool.get().await.map_err(pool_error)?;
+    async fn commit(
+        &self,
+        client: &mut Client,
+        units: Vec<CommitUnit>,
+    ) -> StoreResult<Vec<StoreResult<Receipt>>> {
         let mut tx = client.transaction().await.map_err(pg("begin"))?;
         let mut tenants: Vec<String> = units.iter().map(|u| u.tenant.as_str().to_owned()).collect();
         tenants.dedup();
