@@ -6,6 +6,7 @@
 //! PostgreSQL database.
 #![forbid(unsafe_code)]
 
+mod chain;
 mod clock;
 mod envelope;
 mod error;
@@ -17,6 +18,7 @@ mod store;
 
 pub mod verify;
 
+pub use chain::CHECKPOINT_EVERY;
 pub use clock::now_ms;
 pub use envelope::{ROOT_KEY_ENV, RootKey, generate_material, random_key};
 pub use error::{ErrorKind, StoreError, StoreResult};
@@ -25,6 +27,6 @@ pub use model::{
     Role, SecretListing, StoredPolicy, VersionListing,
 };
 pub use postgres::{PostgresStore, redact};
-pub use sqlite::{CHECKPOINT_EVERY, MAX_BATCH, SqliteOptions, SqliteStore};
+pub use sqlite::{MAX_BATCH, SqliteOptions, SqliteStore};
 pub use stats::{BATCH_BOUNDS, BatchHistogram};
 pub use store::Store;

@@ -16,7 +16,6 @@
 
 mod apply;
 mod cache;
-mod chain;
 mod codec;
 mod error;
 mod keys;

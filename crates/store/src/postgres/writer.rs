@@ -22,12 +22,12 @@ use selene_kms_core::{ServiceKeys, TenantId};
 use tokio::sync::{mpsc, oneshot};
 
 use super::apply::{BatchState, SecretFloors, apply};
-use super::chain::Head;
 use super::codec::{col, col_u64, to_db};
 use super::error::{pg, pool_error};
 use super::keys::{DataKeys, SharedRoot};
 use super::sql;
 use crate::MAX_BATCH;
+use crate::chain::Head;
 use crate::error::{ErrorKind, StoreError, StoreResult};
 use crate::model::{CommitUnit, Receipt};
 use crate::stats::BatchHistogram;

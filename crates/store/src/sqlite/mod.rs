@@ -42,8 +42,6 @@ use writer::{Job, SharedRoot, Writer};
 
 /// Most units in one group commit.
 pub const MAX_BATCH: usize = 1024;
-/// A checkpoint is signed every this many records of a tenant.
-pub const CHECKPOINT_EVERY: u64 = 1024;
 
 /// Maps a SQLite error to a store error without quoting anything but SQLite's own code.
 pub(crate) fn db_err(e: rusqlite::Error) -> StoreError {

@@ -14,7 +14,7 @@ use std::sync::{Arc, RwLock};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 use selene_kms_core::audit::GENESIS_DIGEST;
 use selene_kms_core::{
-    Checkpoint, Policy, SecretKind, SecretName, SecretSnapshot, ServiceKeys, StateChange, TenantId,
+    Policy, SecretKind, SecretName, SecretSnapshot, ServiceKeys, StateChange, TenantId,
     VersionState, refs,
 };
 use tokio::sync::{mpsc, oneshot};
@@ -22,7 +22,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::cache::Cache;
 use super::identity::FileIdentity;
 use super::syncer::Syncer;
-use super::{CHECKPOINT_EVERY, MAX_BATCH, db_err, load_snapshot};
+use super::{MAX_BATCH, db_err, load_snapshot};
+use crate::chain::{Head, chain};
 use crate::envelope::{
     DataKey, RootKey, SERVICE_SECRET_LABEL, Slot, dek_label, generate_material, random_key,
 };
@@ -56,13 +57,6 @@ pub(crate) enum Job {
         new_root: Box<RootKey>,
         reply: Reply,
     },
-}
-
-/// A tenant's chain head.
-#[derive(Clone, Debug)]
-struct Head {
-    seq: u64,
-    digest: String,
 }
 
 /// Cache updates that become visible only once their batch has committed.
@@ -488,27 +482,16 @@ fn apply_commit(
     let CommitUnit {
         tenant,
         change,
-        mut audit,
+        audit,
         idempotency,
         bundle,
     } = unit;
     let planned = plan_change(conn, &tenant, change)?;
     let head = head_of(conn, ctx, job_heads, &tenant)?;
-    let seq = head.seq + 1;
-    let bundle_json: Option<Arc<[u8]>> = match bundle {
-        None => None,
-        Some(mut b) => {
-            b.audit_seq = Some(seq);
-            Some(
-                serde_json::to_vec(&b)
-                    .map_err(|_| StoreError::new(ErrorKind::Unavailable, "bundle encoding"))?
-                    .into(),
-            )
-        }
-    };
+    let chained = chain(ctx.keys, &tenant, &head, audit, bundle)?;
     // The idempotency record is the first write: when the key is taken, nothing was written.
     if let Some(idem) = idempotency {
-        let bytes: &[u8] = bundle_json.as_deref().unwrap_or(b"null");
+        let bytes: &[u8] = chained.bundle.as_deref().unwrap_or(b"null");
         let inserted = conn
             .prepare_cached(
                 "INSERT INTO idempotency (tenant_id, caller, key, fingerprint, bundle, created_at_ms)
@@ -521,7 +504,7 @@ fn apply_commit(
                 idem.scope.key.as_str(),
                 &idem.fingerprint[..],
                 bytes,
-                audit.at_ms as i64,
+                chained.at_ms as i64,
             ))
             .map_err(fault("idempotency write"))?;
         if inserted == 0 {
@@ -537,36 +520,24 @@ fn apply_commit(
         .map_err(fault("tenant"))?;
     let mut publish = Vec::new();
     let policy_version = write_change(conn, ctx, &tenant, planned, &mut publish)?;
-
-    audit.chain(seq, &head.digest);
-    let record = serde_json::to_string(&audit)
-        .map_err(|_| StoreError::new(ErrorKind::Unavailable, "audit record encoding"))?;
+    let seq = chained.head.seq;
     conn.prepare_cached("INSERT INTO audit (tenant_id, seq, record) VALUES (?1, ?2, ?3)")
         .map_err(fault("audit write"))?
-        .execute((tenant.as_str(), seq as i64, record.as_str()))
+        .execute((tenant.as_str(), seq as i64, chained.record.as_str()))
         .map_err(fault("audit write"))?;
-    if seq % CHECKPOINT_EVERY == 0 {
-        let cp = Checkpoint::sign(ctx.keys, tenant.as_str(), seq, &audit.digest, audit.at_ms);
-        let text = serde_json::to_string(&cp)
-            .map_err(|_| StoreError::new(ErrorKind::Unavailable, "checkpoint encoding"))?;
+    if let Some(checkpoint) = &chained.checkpoint {
         conn.prepare_cached(
             "INSERT INTO checkpoints (tenant_id, seq, checkpoint) VALUES (?1, ?2, ?3)",
         )
         .map_err(fault("checkpoint write"))?
-        .execute((tenant.as_str(), seq as i64, text.as_str()))
+        .execute((tenant.as_str(), seq as i64, checkpoint.as_str()))
         .map_err(fault("checkpoint write"))?;
     }
-    job_heads.insert(
-        tenant,
-        Head {
-            seq,
-            digest: audit.digest,
-        },
-    );
+    job_heads.insert(tenant, chained.head);
     Ok((
         Receipt {
             audit_seq: seq,
-            bundle_json,
+            bundle_json: chained.bundle,
             policy_version,
         },
         publish,

@@ -1,35 +1,37 @@
 //! Placing an audit record in its tenant's chain, and encoding what a commit stores beside it.
-//! No SQL here: the database only stores what this computes, under the chain head's row lock.
+//! No SQL here: each backend stores what this computes, under its own guard of the chain head.
 
 use std::sync::Arc;
 
 use selene_kms_core::{AuditRecord, Checkpoint, MaterialBundle, ServiceKeys, TenantId};
 
-use crate::CHECKPOINT_EVERY;
 use crate::error::{ErrorKind, StoreError, StoreResult};
 
 /// A tenant's chain head: the last record's sequence number and digest.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) struct Head {
+pub(crate) struct Head {
     /// The last record's sequence number (0 for an empty chain).
-    pub(super) seq: u64,
+    pub(crate) seq: u64,
     /// The last record's digest (the genesis digest for an empty chain).
-    pub(super) digest: String,
+    pub(crate) digest: String,
 }
 
 /// A record chained after a head, encoded for storage.
-pub(super) struct Chained {
+pub(crate) struct Chained {
     /// The chain's head once the record is stored.
-    pub(super) head: Head,
+    pub(crate) head: Head,
     /// When the record was made.
-    pub(super) at_ms: u64,
+    pub(crate) at_ms: u64,
     /// The record, as JSON.
-    pub(super) record: String,
+    pub(crate) record: String,
     /// A signed checkpoint at this record, every [`CHECKPOINT_EVERY`] records, as JSON.
-    pub(super) checkpoint: Option<String>,
+    pub(crate) checkpoint: Option<String>,
     /// The unit's bundle with its `audit_seq`, as the bytes answered and kept under the key.
-    pub(super) bundle: Option<Arc<[u8]>>,
+    pub(crate) bundle: Option<Arc<[u8]>>,
 }
+
+/// A checkpoint is signed every this many records of a tenant.
+pub const CHECKPOINT_EVERY: u64 = 1024;
 
 fn encoding(what: &str) -> StoreError {
     StoreError::new(ErrorKind::Unavailable, format!("{what} encoding"))
@@ -37,7 +39,7 @@ fn encoding(what: &str) -> StoreError {
 
 /// Chains `audit` after `head` (sequence number, previous digest, own digest), signs a
 /// checkpoint when one is due, and stamps the bundle with the record's sequence number.
-pub(super) fn chain(
+pub(crate) fn chain(
     keys: &ServiceKeys,
     tenant: &TenantId,
     head: &Head,
