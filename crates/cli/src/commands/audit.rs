@@ -7,10 +7,9 @@ use clap::Subcommand;
 use reqwest::Method;
 use selene_kms_core::audit::{parse_public_key, verify_export};
 use selene_kms_core::{AuditRecord, TenantId};
-use selene_kms_store::Store;
 use selene_kms_store::verify::verify_tenant;
 
-use super::open_store;
+use super::StoreLocation;
 use crate::client::{As, Client};
 use crate::config::Config;
 use crate::{Connection, output};
@@ -25,9 +24,18 @@ pub(crate) enum AuditCommand {
         /// One tenant (default: every tenant).
         #[arg(long)]
         tenant: Option<String>,
-        /// Verify a stopped store's files directly.
+        /// Verify a store directly rather than through a server: the embedded store must be
+        /// stopped; with --store, the data directory only supplies the root key.
         #[arg(long, conflicts_with = "export")]
         data_dir: Option<PathBuf>,
+        /// With --data-dir: a PostgreSQL store (postgres://…) instead of the embedded one.
+        #[arg(
+            long,
+            env = "SELENE_KMS_STORE",
+            hide_env_values = true,
+            requires = "data_dir"
+        )]
+        store: Option<String>,
         /// Verify an export file instead of a live store.
         #[arg(long, requires = "public_key")]
         export: Option<PathBuf>,
@@ -77,12 +85,14 @@ pub(crate) async fn run(
         AuditCommand::Verify {
             tenant,
             data_dir,
+            store,
             export,
             public_key,
             conn,
         } => {
             if let Some(dir) = data_dir {
-                return verify_offline(&dir, tenant.as_deref(), json).await;
+                let location = StoreLocation::from_args(store, config)?;
+                return verify_offline(&location, &dir, tenant.as_deref(), json).await;
             }
             let (text, key) = match export {
                 Some(path) => (
@@ -205,11 +215,12 @@ async fn fetch_export(client: &Client, tenant: Option<&str>) -> Result<String, S
 }
 
 async fn verify_offline(
+    location: &StoreLocation,
     dir: &std::path::Path,
     tenant: Option<&str>,
     json: bool,
 ) -> Result<ExitCode, String> {
-    let store = open_store(dir)?;
+    let store = location.open(dir).await?;
     let tenants = match tenant {
         Some(t) => vec![TenantId::try_from(t).map_err(|_| "invalid tenant id".to_owned())?],
         None => store.audit_tenants().await.map_err(|e| e.message)?,
@@ -217,7 +228,7 @@ async fn verify_offline(
     let mut reports = Vec::new();
     let mut broken = false;
     for t in &tenants {
-        let r = verify_tenant(&store, t).await.map_err(|e| e.message)?;
+        let r = verify_tenant(&*store, t).await.map_err(|e| e.message)?;
         broken |= r.broken.is_some();
         reports.push(r);
     }
