@@ -57,11 +57,24 @@ enum Command {
     /// Verify, export or read the audit chain.
     #[command(subcommand)]
     Audit(commands::audit::AuditCommand),
+    /// Manage the root key.
+    #[command(subcommand, name = "root-key")]
+    RootKey(RootKeyCommand),
     /// Send one KMS request (JSON, from a file or `-` for stdin) as the `os` caller.
     #[command(
         after_help = "Example:\n  echo '{\"correlation_id\":\"c-1\",\"turn_id\":\"t-1\",\"idempotency_key\":\"k-1\",\n        \"tenant_id\":\"acme\",\"operation\":\"GET_HANDLE\",\"secret_name\":\"payments/stripe\",\n        \"requester_engine_id\":\"PH1.CONNECTOR\"}' | selene-kms request -"
     )]
     Request(commands::request::RequestArgs),
+}
+
+#[derive(Subcommand)]
+enum RootKeyCommand {
+    /// Rewrap every data key under a new root key and replace the key file; material stays as
+    /// it is.
+    #[command(
+        after_help = "Example (the embedded store's server must be stopped):\n  selene-kms root-key rotate --data-dir ./kms"
+    )]
+    Rotate(commands::root_key::RotateArgs),
 }
 
 /// Where to reach a running server.
@@ -99,6 +112,9 @@ fn main() -> ExitCode {
             Command::Secret(c) => commands::secret::run(&config, c, cli.json).await,
             Command::Policy(c) => commands::policy::run(&config, c, cli.json).await,
             Command::Audit(c) => commands::audit::run(&config, c, cli.json).await,
+            Command::RootKey(RootKeyCommand::Rotate(args)) => {
+                commands::root_key::rotate(&config, args, cli.json).await
+            }
             Command::Request(args) => commands::request::run(&config, args, cli.json).await,
         }
     });

@@ -109,6 +109,7 @@ fn every_command_has_help_with_examples() {
         vec!["audit", "export", "--help"],
         vec!["audit", "tail", "--help"],
         vec!["request", "--help"],
+        vec!["root-key", "rotate", "--help"],
     ] {
         let out = selene_kms().args(&args).output().expect("runs");
         assert!(out.status.success(), "{args:?}");
@@ -140,4 +141,61 @@ fn client_commands_fail_clearly_without_a_server_or_token() {
         .output()
         .expect("runs");
     assert!(String::from_utf8_lossy(&out.stderr).contains("no admin token"));
+}
+
+#[test]
+fn root_key_rotation_replaces_the_key_file_and_the_store_still_opens() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("kms");
+    let init = selene_kms()
+        .args(["init", "--json", "--data-dir"])
+        .arg(&data)
+        .env_remove("SELENE_KMS_ROOT_KEY")
+        .output()
+        .expect("runs");
+    assert!(init.status.success());
+    let before = std::fs::read(data.join("root.key")).expect("key");
+    let out = selene_kms()
+        .args(["root-key", "rotate", "--json", "--data-dir"])
+        .arg(&data)
+        .env_remove("SELENE_KMS_ROOT_KEY")
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = std::fs::read(data.join("root.key")).expect("key");
+    assert_ne!(before, after);
+    assert!(!data.join("root.key.new").exists());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(data.join("root.key"))
+            .expect("key")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let verify = selene_kms()
+        .args(["audit", "verify", "--data-dir"])
+        .arg(&data)
+        .env_remove("SELENE_KMS_ROOT_KEY")
+        .output()
+        .expect("runs");
+    assert!(
+        verify.status.success(),
+        "the store opens with the new key: {}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    // The old key no longer opens it.
+    let old = String::from_utf8(before).expect("hex");
+    let refused = selene_kms()
+        .args(["audit", "verify", "--data-dir"])
+        .arg(&data)
+        .env("SELENE_KMS_ROOT_KEY", old.trim())
+        .output()
+        .expect("runs");
+    assert!(!refused.status.success());
 }

@@ -1,0 +1,78 @@
+//! `selene-kms root-key rotate`: rewrap every data key and the service secret under a new root
+//! key, then replace the key file. Material is not re-encrypted.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+use selene_kms_store::{PostgresStore, ROOT_KEY_ENV, RootKey};
+
+use super::{StoreLocation, data_dir, key_path, open_store, root_key};
+use crate::config::Config;
+use crate::output;
+
+#[derive(Args)]
+pub(crate) struct RotateArgs {
+    /// Data directory holding the root key file (for the embedded store: stop its server first).
+    #[arg(long, env = "SELENE_KMS_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// A PostgreSQL store (postgres://…) instead of the embedded one.
+    #[arg(long, env = "SELENE_KMS_STORE", hide_env_values = true)]
+    store: Option<String>,
+}
+
+pub(crate) async fn rotate(
+    config: &Config,
+    args: RotateArgs,
+    json: bool,
+) -> Result<ExitCode, String> {
+    if std::env::var_os(ROOT_KEY_ENV).is_some() {
+        return Err(format!(
+            "the root key comes from ${ROOT_KEY_ENV}: rotation writes the new key to the data directory's key file, so unset it first"
+        ));
+    }
+    let dir = data_dir(args.data_dir, config)?;
+    let location = StoreLocation::from_args(args.store, config)?;
+    let current = key_path(&dir);
+    let staged = dir.join("root.key.new");
+    let new_root = RootKey::create_file(&staged).map_err(|e| e.message)?;
+    let rotated = match &location {
+        StoreLocation::Embedded => match open_store(&dir) {
+            Ok(store) => store.rotate_root_key(new_root).await.map_err(|e| e.message),
+            Err(e) => Err(e),
+        },
+        StoreLocation::Postgres(url) => match root_key(&dir) {
+            Ok(old) => match PostgresStore::open(url, old, false).await {
+                Ok(store) => store.rotate_root_key(new_root).await.map_err(|e| e.message),
+                Err(e) => Err(e.message),
+            },
+            Err(e) => Err(e),
+        },
+    };
+    let tenants = match rotated {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = std::fs::remove_file(&staged);
+            return Err(format!("root key not rotated: {e}"));
+        }
+    };
+    // The store now only opens with the new key: put it in place atomically.
+    std::fs::rename(&staged, &current).map_err(|e| {
+        format!(
+            "the store was rewrapped but the new key is still at {}: move it to {} ({e})",
+            staged.display(),
+            current.display()
+        )
+    })?;
+    if json {
+        output::json(&serde_json::json!({"rotated": true, "data_keys_rewrapped": tenants}));
+    } else {
+        println!(
+            "Root key rotated: {tenants} tenant data keys and the service secret rewrapped; material untouched."
+        );
+        if matches!(location, StoreLocation::Postgres(_)) {
+            println!("Copy {} to every node and restart them.", current.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
