@@ -31,7 +31,8 @@ local function kms(op, extra)
 end
 
 function init(args)
-  thread_id = thread_id or 0
+  -- THREAD_OFFSET keeps the threads of two load generators on distinct secrets.
+  thread_id = (thread_id or 0) + tonumber(os.getenv("THREAD_OFFSET") or "0")
   if scenario == "noop" then
     wrk.method = "GET"; wrk.path = "/v1/noop"
   elseif scenario == "redeem" then
