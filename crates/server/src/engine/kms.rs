@@ -87,6 +87,7 @@ impl Engine {
         };
         let fingerprint = req.fingerprint();
         let keys = self.store.keys().clone();
+        let mut check_key = req.operation.is_mutation();
         for _ in 0..MAX_ATTEMPTS {
             let policy = match self.store.policy(&req.tenant_id).await {
                 Ok(p) => p,
@@ -117,26 +118,24 @@ impl Engine {
                     return self.refuse(req, &scope, fingerprint, refusal, now_ms).await;
                 }
             };
-            // (5) idempotency: replay or conflict.
-            match self.store.idempotency(&scope).await {
-                Err(e) => return store_failure(&ctx, &e),
-                Ok(Some(record)) if record.fingerprint == fingerprint => {
-                    return self.replay(req, record.bundle_json, now_ms).await;
-                }
-                Ok(Some(_)) => {
-                    let refusal = Refusal::new(
-                        ReasonCode::IdempotencyConflict,
-                        selene_kms_core::Subject::IdempotencyKey,
-                        selene_kms_core::Problem::Reused,
-                    );
-                    return self.refuse_unstored(req, refusal, now_ms).await;
-                }
-                Ok(None) => {}
+            // (5) idempotency. A fresh key needs no read: the commit's unique key catches a retry,
+            // which then comes round again with `check_key` set. Mutations look first, because
+            // their plan is stale once the original commit has landed.
+            if check_key
+                && let Some(reply) = self.answer_from_key(req, &scope, fingerprint, now_ms).await
+            {
+                return reply;
             }
             // (6–8) issue.
             let issued = match issue(grant, secret.as_deref(), &keys) {
                 Ok(i) => i,
                 Err(refusal) => {
+                    if !check_key
+                        && let Some(reply) =
+                            self.answer_from_key(req, &scope, fingerprint, now_ms).await
+                    {
+                        return reply;
+                    }
                     return self.refuse(req, &scope, fingerprint, refusal, now_ms).await;
                 }
             };
@@ -170,11 +169,8 @@ impl Engine {
                     return Reply::json(reason, Some(req.operation.name()), body);
                 }
                 // Lost a race: re-read and run again (replay, stale simulation, or success).
-                Err(e)
-                    if matches!(
-                        e.kind,
-                        ErrorKind::StateConflict | ErrorKind::IdempotencyTaken
-                    ) => {}
+                Err(e) if e.kind == ErrorKind::IdempotencyTaken => check_key = true,
+                Err(e) if e.kind == ErrorKind::StateConflict => {}
                 Err(e) => return store_failure(&ctx, &e),
             }
         }
@@ -184,6 +180,32 @@ impl Engine {
             Some(req.operation.name()),
             unavailable_bundle(&ctx, ReasonCode::IdempotencyInFlight),
         )
+    }
+
+    /// The answer a used idempotency key dictates: the stored one for the same request, a
+    /// conflict for another; `None` when the key is free.
+    async fn answer_from_key(
+        &self,
+        req: &KmsRequest,
+        scope: &IdempotencyScope,
+        fingerprint: [u8; 32],
+        now_ms: u64,
+    ) -> Option<Reply> {
+        match self.store.idempotency(scope).await {
+            Err(e) => Some(store_failure(&req.context(), &e)),
+            Ok(Some(record)) if record.fingerprint == fingerprint => {
+                Some(self.replay(req, record.bundle_json, now_ms).await)
+            }
+            Ok(Some(_)) => {
+                let refusal = Refusal::new(
+                    ReasonCode::IdempotencyConflict,
+                    selene_kms_core::Subject::IdempotencyKey,
+                    selene_kms_core::Problem::Reused,
+                );
+                Some(self.refuse_unstored(req, refusal, now_ms).await)
+            }
+            Ok(None) => None,
+        }
     }
 
     /// A refusal after step 2: audited and stored under the key (if the key is still free).

@@ -514,10 +514,15 @@ fn apply_commit(
             ));
         }
     }
-    conn.prepare_cached("INSERT OR IGNORE INTO tenants (tenant_id, audit_head) VALUES (?1, ?2)")
+    // A tenant with a chain head in memory has its row already.
+    if head.seq == 0 {
+        conn.prepare_cached(
+            "INSERT OR IGNORE INTO tenants (tenant_id, audit_head) VALUES (?1, ?2)",
+        )
         .map_err(fault("tenant"))?
         .execute([tenant.as_str(), GENESIS_DIGEST])
         .map_err(fault("tenant"))?;
+    }
     let mut publish = Vec::new();
     let policy_version = write_change(conn, ctx, &tenant, planned, &mut publish)?;
     let seq = chained.head.seq;
