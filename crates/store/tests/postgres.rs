@@ -12,8 +12,8 @@ use pg_cluster::Cluster;
 use selene_kms_core::{AuditAction, RefId, SecretKind, SecretMaterial, StateChange, VersionState};
 use selene_kms_store::verify::verify_tenant;
 use selene_kms_store::{
-    Change, CommitUnit, ErrorKind, IdempotencyScope, IdempotencyWrite, PostgresStore, Receipt,
-    RootKey, Store, StoreResult,
+    Change, CommitUnit, ErrorKind, IdempotencyScope, PostgresStore, Receipt, RootKey, Store,
+    StoreResult,
 };
 
 const ROOT: [u8; 32] = [1; 32];
@@ -207,21 +207,7 @@ async fn an_idempotency_key_used_on_one_node_is_taken_on_the_other() {
         caller: "os-1".into(),
         key: "k-1".into(),
     };
-    let unit = |fp: u8| CommitUnit {
-        tenant: t.clone(),
-        change: Change::None,
-        audit: record(&t, AuditAction::GetHandle),
-        idempotency: Some(IdempotencyWrite {
-            scope: scope.clone(),
-            fingerprint: [fp; 32],
-        }),
-        bundle: Some(selene_kms_core::MaterialBundle::refusal(
-            selene_kms_core::ReasonCode::NotAuthorized,
-            Vec::new(),
-            None,
-            false,
-        )),
-    };
+    let unit = |fp: u8| keyed_unit(&scope, fp);
     let first = a.commit(unit(1)).await.expect("commit on a");
     let stored = b.idempotency(&scope).await.expect("read").expect("stored");
     assert_eq!(Some(stored.bundle_json), first.bundle_json);
@@ -233,13 +219,7 @@ async fn an_idempotency_key_used_on_one_node_is_taken_on_the_other() {
         ..scope.clone()
     };
     let racer = |node: Arc<dyn Store>| {
-        let unit = CommitUnit {
-            idempotency: Some(IdempotencyWrite {
-                scope: race.clone(),
-                fingerprint: [2; 32],
-            }),
-            ..unit(2)
-        };
+        let unit = keyed_unit(&race, 2);
         tokio::spawn(async move { node.commit(unit).await.map_err(|e| e.kind) })
     };
     let (x, y) = (racer(a.clone()), racer(b.clone()));

@@ -331,8 +331,23 @@ pub(crate) async fn revocation(store: Arc<dyn Store>) {
     assert!(!store.is_revoked(&t, &short).await.expect("read"));
 }
 
-fn bundle() -> MaterialBundle {
-    MaterialBundle::refusal(ReasonCode::NotAuthorized, Vec::new(), None, false)
+/// An answer-only unit stored under `scope` with a fingerprint of `fp` bytes.
+pub(crate) fn keyed_unit(scope: &IdempotencyScope, fp: u8) -> CommitUnit {
+    CommitUnit {
+        tenant: scope.tenant.clone(),
+        change: Change::None,
+        audit: record(&scope.tenant, AuditAction::GetHandle),
+        idempotency: Some(IdempotencyWrite {
+            scope: scope.clone(),
+            fingerprint: [fp; 32],
+        }),
+        bundle: Some(MaterialBundle::refusal(
+            ReasonCode::NotAuthorized,
+            Vec::new(),
+            None,
+            false,
+        )),
+    }
 }
 
 pub(crate) async fn idempotency(store: Arc<dyn Store>) {
@@ -342,16 +357,7 @@ pub(crate) async fn idempotency(store: Arc<dyn Store>) {
         caller: "os-1".into(),
         key: "k-1".into(),
     };
-    let unit = |fp: u8| CommitUnit {
-        tenant: t.clone(),
-        change: Change::None,
-        audit: record(&t, AuditAction::GetHandle),
-        idempotency: Some(IdempotencyWrite {
-            scope: scope.clone(),
-            fingerprint: [fp; 32],
-        }),
-        bundle: Some(bundle()),
-    };
+    let unit = |fp: u8| keyed_unit(&scope, fp);
     let first = store.commit(unit(1)).await.expect("commit");
     let stored = store
         .idempotency(&scope)
