@@ -188,41 +188,31 @@ async fn admin_write(
     reply(&state, r.with_default_operation("ADMIN"))
 }
 
+/// The admin routes that read a tenant's state.
+#[derive(Clone, Copy)]
+enum AdminRead {
+    Secrets,
+    Policy,
+}
+
 async fn admin_read(
-    state: &Arc<AppState>,
-    tenant_id: &str,
-    headers: &HeaderMap,
-) -> Result<TenantId, Response> {
-    authorize(state, headers, Role::Admin, ADMIN).await?;
-    tenant(state, tenant_id)
-}
-
-async fn list_secrets(
     State(state): Shared,
     Path(tenant_id): Path<String>,
     headers: HeaderMap,
+    what: AdminRead,
 ) -> Response {
-    match admin_read(&state, &tenant_id, &headers).await {
-        Ok(t) => {
-            let r = state.engine.list_secrets(&t).await;
-            reply(&state, r.with_default_operation("ADMIN"))
-        }
-        Err(r) => r,
+    if let Err(r) = authorize(&state, &headers, Role::Admin, ADMIN).await {
+        return r;
     }
-}
-
-async fn get_policy(
-    State(state): Shared,
-    Path(tenant_id): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    match admin_read(&state, &tenant_id, &headers).await {
-        Ok(t) => {
-            let r = state.engine.get_policy(&t).await;
-            reply(&state, r.with_default_operation("ADMIN"))
-        }
-        Err(r) => r,
-    }
+    let tenant = match tenant(&state, &tenant_id) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let r = match what {
+        AdminRead::Secrets => state.engine.list_secrets(&tenant).await,
+        AdminRead::Policy => state.engine.get_policy(&tenant).await,
+    };
+    reply(&state, r.with_default_operation("ADMIN"))
 }
 
 /// `GET /v1/audit` query.
@@ -379,10 +369,15 @@ pub fn router(state: Arc<AppState>) -> Router {
             admin_write(state, path, headers, body, what)
         }
     };
+    let read = |what: AdminRead| {
+        move |state: Shared, path: Path<String>, headers: HeaderMap| {
+            admin_read(state, path, headers, what)
+        }
+    };
     let tenants = Router::new()
         .route(
             "/{tenant_id}/secrets",
-            post(write(AdminWrite::CreateSecret)).get(list_secrets),
+            post(write(AdminWrite::CreateSecret)).get(read(AdminRead::Secrets)),
         )
         .route(
             "/{tenant_id}/staged-versions",
@@ -390,7 +385,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route(
             "/{tenant_id}/policy",
-            get(get_policy).put(write(AdminWrite::PutPolicy)),
+            get(read(AdminRead::Policy)).put(write(AdminWrite::PutPolicy)),
         );
     Router::new()
         .route("/v1/kms/requests", post(kms_request))

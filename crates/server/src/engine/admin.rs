@@ -33,8 +33,9 @@ pub struct TtlRequest {
     pub default: u64,
 }
 
-/// `POST /v1/admin/tenants/{tenant_id}/secrets`.
-#[derive(Deserialize, Serialize, utoipa::ToSchema)]
+/// `POST /v1/admin/tenants/{tenant_id}/secrets`. Carries material, so it is only ever
+/// deserialized; the base64 text is zeroized once decoded.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewSecretRequest {
     /// The secret's name.
@@ -47,8 +48,9 @@ pub struct NewSecretRequest {
     pub handle_ttl_ms: Option<u64>,
 }
 
-/// `POST /v1/admin/tenants/{tenant_id}/staged-versions`.
-#[derive(Deserialize, Serialize, utoipa::ToSchema)]
+/// `POST /v1/admin/tenants/{tenant_id}/staged-versions`. Carries material, so it is only ever
+/// deserialized; the base64 text is zeroized once decoded.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StageRequest {
     /// The (imported) secret.
@@ -105,7 +107,9 @@ fn from_store(e: &StoreError) -> Reply {
     admin_error(reason)
 }
 
-fn decode_material(b64: &str) -> Result<SecretMaterial, Reply> {
+/// Decodes imported material and wipes the base64 text it came in.
+fn decode_material(b64: String) -> Result<SecretMaterial, Reply> {
+    let b64 = Zeroizing::new(b64);
     let bytes = Zeroizing::new(
         STANDARD
             .decode(b64.trim())
@@ -146,7 +150,7 @@ impl Engine {
         if handle_ttl_ms == 0 || handle_ttl_ms > selene_kms_core::request::MAX_TTL_MS {
             return admin_error(ReasonCode::InputSchemaInvalid);
         }
-        let (kind, material) = match req.material_b64.as_deref().map(decode_material) {
+        let (kind, material) = match req.material_b64.map(decode_material) {
             None => (SecretKind::Generated, None),
             Some(Ok(m)) => (SecretKind::Imported, Some(m)),
             Some(Err(e)) => return e,
@@ -193,7 +197,7 @@ impl Engine {
         let Ok(name) = SecretName::try_from(req.secret_name) else {
             return admin_error(ReasonCode::InputSchemaInvalid);
         };
-        let material = match decode_material(&req.material_b64) {
+        let material = match decode_material(req.material_b64) {
             Ok(m) => m,
             Err(e) => return e,
         };
