@@ -3,7 +3,10 @@
 //! SQLite's automatic checkpoint runs inside the committing writer, stalling every request of
 //! the batch behind it. Here the writer's connection has `wal_autocheckpoint = 0` and this thread
 //! copies committed frames into the database with PASSIVE checkpoints, which never block the
-//! writer or readers. When it cannot keep up the WAL grows, never the latency.
+//! writer or readers. Under sustained writes a PASSIVE checkpoint never catches up with the end of
+//! the log, so the WAL would never restart and would grow without bound (and every read would
+//! search a larger WAL index): past [`WAL_LIMIT`] bytes the thread runs a RESTART checkpoint,
+//! which briefly holds the writer back, copies the rest and makes the writer start the log over.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -16,6 +19,8 @@ use crate::error::{ErrorKind, StoreError, StoreResult};
 
 /// How often the thread checkpoints.
 const PERIOD: Duration = Duration::from_millis(250);
+/// WAL size past which the log is checkpointed completely and emptied.
+const WAL_LIMIT: i64 = 16 * 1024 * 1024;
 
 /// The running checkpoint thread; stops (after one last checkpoint) when dropped.
 pub(crate) struct Checkpointer {
@@ -26,6 +31,9 @@ pub(crate) struct Checkpointer {
 impl Checkpointer {
     pub(crate) fn start(path: &Path) -> StoreResult<Self> {
         let conn = open_connection(path, false)?;
+        let page_size: i64 = conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .unwrap_or(4096);
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
@@ -33,8 +41,17 @@ impl Checkpointer {
             .spawn(move || {
                 while !flag.load(Ordering::Relaxed) {
                     std::thread::park_timeout(PERIOD);
-                    // A failed checkpoint is retried next period; meanwhile the WAL grows.
-                    let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                    // PASSIVE answers (busy, frames in the log, frames checkpointed).
+                    let frames = conn
+                        .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1))
+                        .unwrap_or(0);
+                    if frames.saturating_mul(page_size) > WAL_LIMIT {
+                        // Copy what arrived meanwhile without blocking anyone, so that the
+                        // blocking RESTART has only a few frames left to copy. A failed
+                        // checkpoint is retried next period; meanwhile the WAL grows.
+                        let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                        let _ = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()));
+                    }
                 }
             })
             .map_err(|_| {
