@@ -6,6 +6,17 @@ fn selene_kms() -> Command {
     Command::new(env!("CARGO_BIN_EXE_selene-kms"))
 }
 
+/// Runs `selene-kms ARGS --data-dir DATA` with the root key taken from the data directory.
+fn on_data_dir(args: &[&str], data: &std::path::Path) -> std::process::Output {
+    selene_kms()
+        .args(args)
+        .arg("--data-dir")
+        .arg(data)
+        .env_remove("SELENE_KMS_ROOT_KEY")
+        .output()
+        .expect("runs")
+}
+
 #[test]
 fn quickstart_runs_the_whole_job_and_exits_zero() {
     let out = selene_kms().arg("quickstart").output().expect("runs");
@@ -44,12 +55,7 @@ fn quickstart_runs_the_whole_job_and_exits_zero() {
 fn init_prints_tokens_once_and_refuses_a_second_time() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("kms");
-    let out = selene_kms()
-        .args(["init", "--json", "--data-dir"])
-        .arg(&data)
-        .env_remove("SELENE_KMS_ROOT_KEY")
-        .output()
-        .expect("runs");
+    let out = on_data_dir(&["init", "--json"], &data);
     assert!(
         out.status.success(),
         "{}",
@@ -72,19 +78,11 @@ fn init_prints_tokens_once_and_refuses_a_second_time() {
             .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
-    let again = selene_kms()
-        .args(["init", "--data-dir"])
-        .arg(&data)
-        .output()
-        .expect("runs");
+    let again = on_data_dir(&["init"], &data);
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already initialised"));
     // Offline verification of the (empty) chain works on a stopped store.
-    let verify = selene_kms()
-        .args(["audit", "verify", "--data-dir"])
-        .arg(&data)
-        .output()
-        .expect("runs");
+    let verify = on_data_dir(&["audit", "verify"], &data);
     assert!(
         verify.status.success(),
         "{}",
@@ -147,20 +145,10 @@ fn client_commands_fail_clearly_without_a_server_or_token() {
 fn root_key_rotation_replaces_the_key_file_and_the_store_still_opens() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("kms");
-    let init = selene_kms()
-        .args(["init", "--json", "--data-dir"])
-        .arg(&data)
-        .env_remove("SELENE_KMS_ROOT_KEY")
-        .output()
-        .expect("runs");
+    let init = on_data_dir(&["init", "--json"], &data);
     assert!(init.status.success());
     let before = std::fs::read(data.join("root.key")).expect("key");
-    let out = selene_kms()
-        .args(["root-key", "rotate", "--json", "--data-dir"])
-        .arg(&data)
-        .env_remove("SELENE_KMS_ROOT_KEY")
-        .output()
-        .expect("runs");
+    let out = on_data_dir(&["root-key", "rotate", "--json"], &data);
     assert!(
         out.status.success(),
         "{}",
@@ -178,12 +166,7 @@ fn root_key_rotation_replaces_the_key_file_and_the_store_still_opens() {
             .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
-    let verify = selene_kms()
-        .args(["audit", "verify", "--data-dir"])
-        .arg(&data)
-        .env_remove("SELENE_KMS_ROOT_KEY")
-        .output()
-        .expect("runs");
+    let verify = on_data_dir(&["audit", "verify"], &data);
     assert!(
         verify.status.success(),
         "the store opens with the new key: {}",

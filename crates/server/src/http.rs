@@ -227,16 +227,26 @@ pub(crate) struct AuditQuery {
     limit: Option<usize>,
 }
 
+/// Role check and query parsing shared by the audit routes.
+async fn admin_query<T>(
+    state: &AppState,
+    headers: &HeaderMap,
+    query: Result<Query<T>, QueryRejection>,
+) -> Result<T, Response> {
+    authorize(state, headers, Role::Admin, ADMIN).await?;
+    query
+        .map(|Query(q)| q)
+        .map_err(|_| error(state, ADMIN, ReasonCode::InputSchemaInvalid))
+}
+
 async fn audit(
     State(state): Shared,
     headers: HeaderMap,
     query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers, Role::Admin, ADMIN).await {
-        return r;
-    }
-    let Ok(Query(q)) = query else {
-        return error(&state, ADMIN, ReasonCode::InputSchemaInvalid);
+    let q = match admin_query(&state, &headers, query).await {
+        Ok(q) => q,
+        Err(r) => return r,
     };
     let Some(raw) = q.tenant_id else {
         return error(&state, ADMIN, ReasonCode::UpstreamInputMissing);
@@ -269,11 +279,9 @@ async fn audit_export(
     headers: HeaderMap,
     query: Result<Query<ExportQuery>, QueryRejection>,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers, Role::Admin, ADMIN).await {
-        return r;
-    }
-    let Ok(Query(q)) = query else {
-        return error(&state, ADMIN, ReasonCode::InputSchemaInvalid);
+    let q = match admin_query(&state, &headers, query).await {
+        Ok(q) => q,
+        Err(r) => return r,
     };
     let tenant = match q
         .tenant_id

@@ -219,26 +219,36 @@ impl SqliteStore {
         if let Some(k) = self.cache.data_key(tenant) {
             return Ok(k);
         }
-        let wrapped: Option<Vec<u8>> = conn
-            .query_row(
-                "SELECT wrapped_dek FROM tenants WHERE tenant_id = ?1",
-                [tenant.as_str()],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(db_err)?
-            .flatten();
-        let wrapped = wrapped.ok_or_else(|| StoreError::new(ErrorKind::NotFound, "no data key"))?;
         let root = self
             .root
             .read()
             .map_err(|_| StoreError::new(ErrorKind::Unavailable, "root key lock poisoned"))?;
-        let key = Arc::new(DataKey::from_bytes(
-            &*root.unwrap(&dek_label(tenant), &wrapped)?,
-        ));
+        let key = read_data_key(conn, &root, tenant)?
+            .ok_or_else(|| StoreError::new(ErrorKind::NotFound, "no data key"))?;
+        let key = Arc::new(key);
         self.cache.put_data_key(tenant, key.clone());
         Ok(key)
     }
+}
+
+/// A tenant's data key as stored, unwrapped with `root`; `None` before its first material.
+pub(crate) fn read_data_key(
+    conn: &Connection,
+    root: &RootKey,
+    tenant: &TenantId,
+) -> StoreResult<Option<DataKey>> {
+    let wrapped: Option<Vec<u8>> = conn
+        .query_row(
+            "SELECT wrapped_dek FROM tenants WHERE tenant_id = ?1",
+            [tenant.as_str()],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(db_err)?
+        .flatten();
+    wrapped
+        .map(|w| Ok(DataKey::from_bytes(&*root.unwrap(&dek_label(tenant), &w)?)))
+        .transpose()
 }
 
 fn load_or_create_service_secret(

@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::cache::Cache;
 use super::identity::FileIdentity;
 use super::syncer::Syncer;
-use super::{MAX_BATCH, db_err, load_snapshot};
+use super::{MAX_BATCH, db_err, load_snapshot, read_data_key};
 use crate::chain::{Head, chain};
 use crate::envelope::{
     DataKey, RootKey, SERVICE_SECRET_LABEL, Slot, dek_label, generate_material, random_key,
@@ -562,23 +562,13 @@ fn data_key(
         .root
         .read()
         .map_err(|_| StoreError::new(ErrorKind::Unavailable, "root key lock poisoned"))?;
-    let label = dek_label(tenant);
-    let wrapped: Option<Vec<u8>> = conn
-        .query_row(
-            "SELECT wrapped_dek FROM tenants WHERE tenant_id = ?1",
-            [tenant.as_str()],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(db_err)?
-        .flatten();
-    let key = match wrapped {
-        Some(w) => Arc::new(DataKey::from_bytes(&*root.unwrap(&label, &w)?)),
+    let key = match read_data_key(conn, &root, tenant)? {
+        Some(k) => Arc::new(k),
         None => {
             let bytes = random_key()?;
             conn.execute(
                 "UPDATE tenants SET wrapped_dek = ?2 WHERE tenant_id = ?1",
-                (tenant.as_str(), root.wrap(&label, &bytes)?),
+                (tenant.as_str(), root.wrap(&dek_label(tenant), &bytes)?),
             )
             .map_err(db_err)?;
             Arc::new(DataKey::from_bytes(&bytes))
