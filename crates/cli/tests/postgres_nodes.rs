@@ -5,260 +5,19 @@
 #[path = "../../store/tests/pg_cluster/mod.rs"]
 mod pg_cluster;
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+mod common;
+
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{Api, Node, describe, json_of, request, selene_kms};
 use pg_cluster::Cluster;
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-const TENANT: &str = "acme";
-const SECRET: &str = "payments/stripe";
 /// A password in the store URL (the test cluster trusts local connections and ignores it): it
 /// must appear in no output and no log line.
 const PASSWORD: &str = "pg-S3CRET-pw";
-
-fn selene_kms() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_selene-kms"));
-    cmd.env_remove("SELENE_KMS_ROOT_KEY")
-        .env_remove("SELENE_KMS_STORE")
-        .env_remove("SELENE_KMS_CONFIG");
-    cmd
-}
-
-/// One `selene-kms serve` process; killed when dropped.
-struct Node {
-    child: Child,
-    url: String,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Node {
-    /// Starts a node on a free loopback port and waits until it serves.
-    fn start(data_dir: &Path, store: &str) -> Self {
-        let mut child = selene_kms()
-            .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(["--store", store])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("serve starts");
-        let stderr = child.stderr.take().expect("stderr");
-        let mut lines = BufReader::new(stderr).lines();
-        let mut seen = Vec::new();
-        let addr = loop {
-            let Some(Ok(line)) = lines.next() else {
-                let _ = child.kill();
-                panic!("serve exited before serving:\n{}", seen.join("\n"));
-            };
-            let entry: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
-            seen.push(line);
-            if entry["fields"]["message"] == "selene-kms serving" {
-                break entry["fields"]["addr"].as_str().expect("addr").to_owned();
-            }
-        };
-        // Keep reading the log, so that the node never blocks on a full pipe, and keep it.
-        let log = Arc::new(Mutex::new(seen));
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in lines.map_while(Result::ok) {
-                if let Ok(mut log) = sink.lock() {
-                    log.push(line);
-                }
-            }
-        });
-        Self {
-            child,
-            url: format!("http://{addr}"),
-            log,
-        }
-    }
-
-    /// Every log line so far.
-    fn log(&self) -> Vec<String> {
-        self.log.lock().map(|l| l.clone()).unwrap_or_default()
-    }
-
-    /// `kill -9` of this node's process.
-    fn kill(&mut self) {
-        self.child.kill().expect("kill -9");
-        self.child.wait().expect("reaped");
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The tokens `init` printed, and an HTTP client.
-struct Api {
-    http: reqwest::Client,
-    admin: String,
-    os: String,
-    executor: String,
-}
-
-type Answer = (StatusCode, Vec<u8>);
-
-fn json_of(answer: &Answer) -> Value {
-    serde_json::from_slice(&answer.1).unwrap_or(Value::Null)
-}
-
-fn describe(answer: &Answer) -> String {
-    format!("{} {}", answer.0, String::from_utf8_lossy(&answer.1))
-}
-
-impl Api {
-    async fn call(
-        &self,
-        node: &str,
-        method: Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<&Value>,
-    ) -> reqwest::Result<Answer> {
-        let mut req = self.http.request(method, format!("{node}{path}"));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        let resp = req.send().await?;
-        let status = resp.status();
-        Ok((status, resp.bytes().await?.to_vec()))
-    }
-
-    async fn kms(&self, node: &str, body: &Value) -> reqwest::Result<Answer> {
-        self.call(
-            node,
-            Method::POST,
-            "/v1/kms/requests",
-            Some(&self.os),
-            Some(body),
-        )
-        .await
-    }
-
-    async fn redeem(&self, node: &str, handle: &str) -> Answer {
-        let body = json!({"tenant_id": TENANT, "secret_handle": handle});
-        self.call(
-            node,
-            Method::POST,
-            "/v1/material/redeem",
-            Some(&self.executor),
-            Some(&body),
-        )
-        .await
-        .expect("redeem sent")
-    }
-
-    /// A dry run, then its commit with the plan's `simulation_id`, retried with a fresh dry run
-    /// (and fresh keys) while the plan goes stale under concurrent commits. Returns the commit
-    /// request as sent and its answer; `Err` only when the node cannot be reached.
-    async fn plan_and_commit(
-        &self,
-        node: &str,
-        req: &Value,
-        id: &str,
-    ) -> reqwest::Result<(Value, Answer)> {
-        for attempt in 0.. {
-            let key = format!("{id}-{attempt}");
-            let mut dry = req.clone();
-            dry["dry_run"] = json!(true);
-            dry["idempotency_key"] = json!(format!("{key}-plan"));
-            let plan = self.kms(node, &dry).await?;
-            assert_eq!(plan.0, StatusCode::OK, "dry run: {}", describe(&plan));
-            let mut commit = req.clone();
-            commit["idempotency_key"] = json!(key);
-            commit["simulation_id"] = json_of(&plan)["simulation_id"].clone();
-            let done = self.kms(node, &commit).await?;
-            if done.0 == StatusCode::CONFLICT
-                && json_of(&done)["reason_code"] == "KMS_SIMULATION_STALE"
-            {
-                continue;
-            }
-            return Ok((commit, done));
-        }
-        unreachable!("the loop only ends by returning")
-    }
-
-    /// One rotation of the secret through `node`; its `rotated_version`.
-    async fn rotate(&self, node: &str, id: &str) -> reqwest::Result<u64> {
-        let (_, done) = self
-            .plan_and_commit(node, &request("ROTATE", true), id)
-            .await?;
-        assert_eq!(done.0, StatusCode::OK, "rotation: {}", describe(&done));
-        Ok(json_of(&done)["rotated_version"]
-            .as_u64()
-            .expect("rotated_version"))
-    }
-
-    /// Every version number of the secret, as the admin listing shows them.
-    async fn versions(&self, node: &str) -> Vec<u64> {
-        let path = format!("/v1/admin/tenants/{TENANT}/secrets");
-        let answer = self
-            .call(node, Method::GET, &path, Some(&self.admin), None)
-            .await
-            .expect("listing");
-        assert_eq!(answer.0, StatusCode::OK, "{}", describe(&answer));
-        json_of(&answer)["secrets"][0]["versions"]
-            .as_array()
-            .expect("versions")
-            .iter()
-            .map(|v| v["version"].as_u64().expect("version"))
-            .collect()
-    }
-
-    /// Exports the tenant's chain through `node` and verifies it with the public key alone.
-    async fn verify_audit(&self, node: &str) -> u64 {
-        let key = self
-            .call(node, Method::GET, "/v1/audit/public-key", None, None)
-            .await
-            .expect("public key");
-        let public = selene_kms_core::audit::parse_public_key(
-            json_of(&key)["audit_public_key"].as_str().expect("key"),
-        )
-        .expect("public key parses");
-        let export = self
-            .call(
-                node,
-                Method::GET,
-                &format!("/v1/audit/export?tenant_id={TENANT}"),
-                Some(&self.admin),
-                None,
-            )
-            .await
-            .expect("export");
-        assert_eq!(export.0, StatusCode::OK);
-        let text = String::from_utf8(export.1).expect("UTF-8");
-        selene_kms_core::audit::verify_export(&text, &public)
-            .unwrap_or_else(|e| panic!("the audit chain does not verify: {e}"))
-            .records
-    }
-}
-
-fn request(op: &str, admin: bool) -> Value {
-    let (engine, user) = if admin {
-        ("PH1.OS", "u-admin")
-    } else {
-        ("PH1.CONNECTOR", "u-42")
-    };
-    json!({
-        "correlation_id": "c-1", "turn_id": "t-1", "idempotency_key": "unset",
-        "tenant_id": TENANT, "operation": op, "secret_name": SECRET,
-        "requester_engine_id": engine, "requester_user_id": user
-    })
-}
 
 /// A cluster, one `init` over it, and two nodes serving it from one data directory.
 struct Deployment {
@@ -297,7 +56,6 @@ impl Deployment {
         );
         assert!(!data.path().join("kms.db").exists(), "no embedded store");
         let out: Value = serde_json::from_slice(&init.stdout).expect("init JSON");
-        let token = |role: &str| out["tokens"][role].as_str().expect("token").to_owned();
         let again = selene_kms()
             .args(["init", "--store", &store, "--data-dir"])
             .arg(tempfile::tempdir().expect("tempdir").path())
@@ -310,18 +68,10 @@ impl Deployment {
         let refusal = String::from_utf8_lossy(&again.stderr);
         assert!(refusal.contains("already initialised"), "{refusal}");
         assert!(!refusal.contains(PASSWORD), "{refusal}");
-        let api = Arc::new(Api {
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(20))
-                .build()
-                .expect("client"),
-            admin: token("admin"),
-            os: token("os"),
-            executor: token("executor"),
-        });
+        let api = Arc::new(Api::from_init(&out));
         let nodes = [
-            Node::start(data.path(), &store),
-            Node::start(data.path(), &store),
+            Node::start(data.path(), Some(&store)),
+            Node::start(data.path(), Some(&store)),
         ];
         let deployment = Self {
             nodes,
@@ -339,40 +89,7 @@ impl Deployment {
 
     /// The policy through node 0, the secret through node 1.
     async fn provision(&self) {
-        let policy = json!({
-            "rules": [
-                {"secret_names": ["payments/*"], "engines": ["PH1.CONNECTOR"], "operations": ["GET_HANDLE"]},
-                {"secret_names": ["*"], "engines": ["PH1.OS"], "operations": ["ROTATE", "REVOKE"]}
-            ],
-            "admins": ["u-admin"]
-        });
-        let path = format!("/v1/admin/tenants/{TENANT}/policy");
-        let a = self
-            .api
-            .call(
-                &self.url(0),
-                Method::PUT,
-                &path,
-                Some(&self.api.admin),
-                Some(&policy),
-            )
-            .await
-            .expect("policy");
-        assert_eq!(a.0, StatusCode::OK, "{}", describe(&a));
-        let path = format!("/v1/admin/tenants/{TENANT}/secrets");
-        let body = json!({"secret_name": SECRET});
-        let a = self
-            .api
-            .call(
-                &self.url(1),
-                Method::POST,
-                &path,
-                Some(&self.api.admin),
-                Some(&body),
-            )
-            .await
-            .expect("secret");
-        assert_eq!(a.0, StatusCode::CREATED, "{}", describe(&a));
+        self.api.provision(&self.url(0), &self.url(1)).await;
     }
 }
 

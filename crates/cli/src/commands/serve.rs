@@ -51,9 +51,13 @@ pub(crate) struct ServeArgs {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SELENE_KMS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // A log that cannot be written (stderr on a full disk) must not take requests down with
+    // it: by default the subscriber reports its write errors with `eprintln!`, which panics
+    // when stderr fails, inside whichever request was logging.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -75,6 +79,29 @@ async fn stop_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
+/// A write past the process's file size limit (`RLIMIT_FSIZE`) raises SIGXFSZ, whose default
+/// action ends the process. Catching it turns the write into an `EFBIG` error instead: the store
+/// refuses the requests it cannot record, like on a full disk, and serves again once the limit
+/// is raised. The handler stays installed for the life of the process.
+fn survive_file_size_limit() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::from_raw(libc::SIGXFSZ)) {
+            Ok(mut limit) => {
+                tokio::spawn(async move {
+                    while limit.recv().await.is_some() {
+                        tracing::error!(
+                            "a write went past the file size limit; requests that need one are refused"
+                        );
+                    }
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot catch SIGXFSZ"),
+        }
+    }
+}
+
 pub(crate) async fn run(config: &Config, args: ServeArgs) -> Result<ExitCode, String> {
     let s = &config.server;
     let format = args.log_format.unwrap_or(match s.log_format.as_deref() {
@@ -82,6 +109,7 @@ pub(crate) async fn run(config: &Config, args: ServeArgs) -> Result<ExitCode, St
         _ => LogFormat::Text,
     });
     init_logging(format);
+    survive_file_size_limit();
     let dir = data_dir(args.data_dir, config)?;
     let listen = match args.listen {
         Some(l) => l,
