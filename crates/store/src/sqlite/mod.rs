@@ -572,7 +572,9 @@ impl Store for SqliteStore {
         self.read(|c| {
             let mut stmt = c
                 .prepare_cached(
-                    "SELECT tenant_id FROM tenants WHERE audit_seq > 0 ORDER BY tenant_id",
+                    "SELECT tenant_id FROM tenants t
+                     WHERE EXISTS (SELECT 1 FROM audit a WHERE a.tenant_id = t.tenant_id)
+                     ORDER BY tenant_id",
                 )
                 .map_err(db_err)?;
             let rows = stmt

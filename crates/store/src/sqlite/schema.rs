@@ -6,7 +6,8 @@ use rusqlite::Connection;
 use crate::error::{ErrorKind, StoreError, StoreResult};
 
 /// Migrations, in order; index + 1 is the schema version.
-const MIGRATIONS: &[&str] = &[r"
+const MIGRATIONS: &[&str] = &[
+    r"
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value BLOB NOT NULL
@@ -83,7 +84,46 @@ CREATE TABLE tokens (
     role          TEXT NOT NULL,
     label         TEXT NOT NULL
 ) WITHOUT ROWID;
-"];
+",
+    // Every request adds an audit record and most an idempotency record. Keyed by tenant, those
+    // rows (hundreds of bytes each) landed on a random page of a large tree per request, and so
+    // did the tenant's chain head: with thousands of tenants a request rewrote about eleven
+    // pages of WAL. Rows now append in arrival order; only small index entries land at random,
+    // and a tenant's head is its last audit record.
+    r"
+CREATE TABLE audit_log (
+    id        INTEGER PRIMARY KEY,
+    tenant_id TEXT NOT NULL,
+    seq       INTEGER NOT NULL,
+    record    TEXT NOT NULL
+);
+INSERT INTO audit_log (tenant_id, seq, record)
+    SELECT tenant_id, seq, record FROM audit ORDER BY tenant_id, seq;
+DROP TABLE audit;
+ALTER TABLE audit_log RENAME TO audit;
+CREATE UNIQUE INDEX audit_chain ON audit (tenant_id, seq);
+
+CREATE TABLE idempotency_log (
+    id            INTEGER PRIMARY KEY,
+    tenant_id     TEXT NOT NULL,
+    caller        TEXT NOT NULL,
+    key           TEXT NOT NULL,
+    fingerprint   BLOB NOT NULL,
+    bundle        BLOB NOT NULL,
+    created_at_ms INTEGER NOT NULL
+);
+INSERT INTO idempotency_log (tenant_id, caller, key, fingerprint, bundle, created_at_ms)
+    SELECT tenant_id, caller, key, fingerprint, bundle, created_at_ms FROM idempotency
+    ORDER BY created_at_ms;
+DROP TABLE idempotency;
+ALTER TABLE idempotency_log RENAME TO idempotency;
+CREATE UNIQUE INDEX idempotency_scope ON idempotency (tenant_id, caller, key);
+CREATE INDEX idempotency_created ON idempotency (created_at_ms);
+
+ALTER TABLE tenants DROP COLUMN audit_seq;
+ALTER TABLE tenants DROP COLUMN audit_head;
+",
+];
 
 /// The schema version this build writes.
 pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -124,4 +164,81 @@ pub(crate) fn migrate(conn: &mut Connection) -> StoreResult<()> {
         tx.commit().map_err(unavailable)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn count(conn: &Connection, sql: &str) -> i64 {
+        conn.query_row(sql, [], |r| r.get(0)).expect("query")
+    }
+
+    #[test]
+    fn a_version_one_store_keeps_its_chains_and_keys_when_migrated() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        conn.execute_batch(
+            "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at_ms INTEGER NOT NULL);",
+        )
+        .expect("table");
+        conn.execute_batch(MIGRATIONS[0]).expect("version 1");
+        conn.execute_batch(
+            "INSERT INTO schema_migrations VALUES (1, 0);
+             INSERT INTO tenants (tenant_id, audit_seq, audit_head) VALUES ('a', 2, 'h2'), ('b', 1, 'h1');
+             INSERT INTO audit VALUES ('b', 1, 'b1'), ('a', 2, 'a2'), ('a', 1, 'a1');
+             INSERT INTO idempotency VALUES ('a', 'os', 'k1', x'01', x'02', 5), ('b', 'os', 'k1', x'03', x'04', 3);",
+        )
+        .expect("version 1 rows");
+
+        migrate(&mut conn).expect("migrates");
+
+        assert_eq!(
+            count(&conn, "SELECT MAX(version) FROM schema_migrations"),
+            SCHEMA_VERSION
+        );
+        let chain: Vec<(String, i64, String)> = conn
+            .prepare("SELECT tenant_id, seq, record FROM audit ORDER BY id")
+            .and_then(|mut s| {
+                s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    .collect()
+            })
+            .expect("audit rows");
+        let row = |t: &str, seq: i64, r: &str| (t.to_owned(), seq, r.to_owned());
+        assert_eq!(
+            chain,
+            [row("a", 1, "a1"), row("a", 2, "a2"), row("b", 1, "b1")]
+        );
+        assert!(
+            conn.execute(
+                "INSERT INTO audit (tenant_id, seq, record) VALUES ('a', 2, 'x')",
+                []
+            )
+            .is_err(),
+            "one record per tenant and sequence number"
+        );
+        assert_eq!(
+            count(
+                &conn,
+                "SELECT bundle = x'04' FROM idempotency WHERE tenant_id = 'b' AND key = 'k1'"
+            ),
+            1
+        );
+        assert!(
+            conn.execute(
+                "INSERT INTO idempotency (tenant_id, caller, key, fingerprint, bundle, created_at_ms)
+                 VALUES ('a', 'os', 'k1', x'', x'', 9)",
+                []
+            )
+            .is_err(),
+            "a key is taken once per tenant and caller"
+        );
+        assert_eq!(count(&conn, "SELECT COUNT(*) FROM tenants"), 2);
+        assert!(
+            conn.prepare("SELECT audit_head FROM tenants").is_err(),
+            "the head is the last record, not a column"
+        );
+        // Migrating again is a no-op.
+        migrate(&mut conn).expect("idempotent");
+        assert_eq!(count(&conn, "SELECT COUNT(*) FROM audit"), 3);
+    }
 }

@@ -14,8 +14,8 @@ use std::sync::{Arc, RwLock};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 use selene_kms_core::audit::GENESIS_DIGEST;
 use selene_kms_core::{
-    Policy, SecretKind, SecretName, SecretSnapshot, ServiceKeys, StateChange, TenantId,
-    VersionState, refs,
+    AuditRecord, Policy, SecretKind, SecretName, SecretSnapshot, ServiceKeys, StateChange,
+    TenantId, VersionState, refs,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -233,8 +233,7 @@ impl Writer {
             return;
         }
         let new_heads = std::mem::take(&mut ctx.heads);
-        let committed =
-            write_heads(&tx, &new_heads).and_then(|()| tx.commit().map_err(unavailable("commit")));
+        let committed = tx.commit().map_err(unavailable("commit"));
         match committed {
             Ok(()) => {
                 heads.extend(new_heads);
@@ -280,17 +279,6 @@ fn reply_of(job: Job) -> Reply {
 
 fn answer(job: Job, outcome: StoreResult<Receipt>) {
     let _ = reply_of(job).send(outcome);
-}
-
-fn write_heads(conn: &Connection, heads: &HashMap<TenantId, Head>) -> StoreResult<()> {
-    let mut stmt = conn
-        .prepare_cached("UPDATE tenants SET audit_seq = ?2, audit_head = ?3 WHERE tenant_id = ?1")
-        .map_err(unavailable("audit head"))?;
-    for (tenant, head) in heads {
-        stmt.execute((tenant.as_str(), head.seq as i64, head.digest.as_str()))
-            .map_err(unavailable("audit head"))?;
-    }
-    Ok(())
 }
 
 fn receipt(audit_seq: u64) -> Receipt {
@@ -410,23 +398,27 @@ fn head_of(
     {
         return Ok(h.clone());
     }
-    conn.prepare_cached("SELECT audit_seq, audit_head FROM tenants WHERE tenant_id = ?1")
+    // The head is the tenant's last record; a tenant without one starts its chain.
+    let last: Option<String> = conn
+        .prepare_cached("SELECT record FROM audit WHERE tenant_id = ?1 ORDER BY seq DESC LIMIT 1")
         .map_err(unavailable("audit head"))?
-        .query_row([tenant.as_str()], |r| {
-            Ok(Head {
-                seq: r.get::<_, i64>(0)? as u64,
-                digest: r.get(1)?,
-            })
-        })
+        .query_row([tenant.as_str()], |r| r.get(0))
         .optional()
-        .map_err(unavailable("audit head"))
-        // A tenant's first record starts its chain.
-        .map(|h| {
-            h.unwrap_or_else(|| Head {
-                seq: 0,
-                digest: GENESIS_DIGEST.to_owned(),
+        .map_err(unavailable("audit head"))?;
+    match last {
+        None => Ok(Head {
+            seq: 0,
+            digest: GENESIS_DIGEST.to_owned(),
+        }),
+        Some(json) => {
+            let record: AuditRecord = serde_json::from_str(&json)
+                .map_err(|_| StoreError::new(ErrorKind::Corrupt, "the last audit record"))?;
+            Ok(Head {
+                seq: record.seq,
+                digest: record.digest,
             })
-        })
+        }
+    }
 }
 
 /// Why a commit unit did not apply.
@@ -516,12 +508,10 @@ fn apply_commit(
     }
     // A tenant with a chain head in memory has its row already.
     if head.seq == 0 {
-        conn.prepare_cached(
-            "INSERT OR IGNORE INTO tenants (tenant_id, audit_head) VALUES (?1, ?2)",
-        )
-        .map_err(fault("tenant"))?
-        .execute([tenant.as_str(), GENESIS_DIGEST])
-        .map_err(fault("tenant"))?;
+        conn.prepare_cached("INSERT OR IGNORE INTO tenants (tenant_id) VALUES (?1)")
+            .map_err(fault("tenant"))?
+            .execute([tenant.as_str()])
+            .map_err(fault("tenant"))?;
     }
     let mut publish = Vec::new();
     let policy_version = write_change(conn, ctx, &tenant, planned, &mut publish)?;
