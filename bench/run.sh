@@ -56,7 +56,8 @@ stop_pid() {
   kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
 }
-cleanup() { stop_pid "$KMS_PID"; stop_pid "$BAO_PID"; rm -rf "$WORK"; }
+# The server log (warnings and errors only) is kept with the results.
+cleanup() { stop_pid "$KMS_PID"; stop_pid "$BAO_PID"; cp "$WORK/kms.log" "$OUTDIR/" 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 

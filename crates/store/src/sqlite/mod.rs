@@ -19,6 +19,7 @@ mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
@@ -58,15 +59,32 @@ pub(crate) fn db_err(e: rusqlite::Error) -> StoreError {
     StoreError::new(kind, format!("sqlite: {code}"))
 }
 
+/// About how long a connection waits for a lock another connection of this store holds.
+const BUSY_WAIT: Duration = Duration::from_secs(5);
+/// The pause between two attempts to take a busy lock.
+const BUSY_PAUSE: Duration = Duration::from_micros(50);
+
+/// Retries a busy lock every [`BUSY_PAUSE`] for up to [`BUSY_WAIT`]. SQLite's own busy timeout
+/// backs off to sleeps of 25–100 ms, so a writer that met the checkpointer's lock slept on for
+/// tens of milliseconds after the lock was free, and every request of the batch with it.
+fn retry_busy(attempts: i32) -> bool {
+    let max = BUSY_WAIT.as_micros() / BUSY_PAUSE.as_micros();
+    if u128::try_from(attempts).unwrap_or(u128::MAX) >= max {
+        return false;
+    }
+    std::thread::sleep(BUSY_PAUSE);
+    true
+}
+
 fn configure(conn: &Connection) -> StoreResult<()> {
     conn.execute_batch(
         "PRAGMA journal_mode = WAL;
          PRAGMA synchronous = FULL;
          PRAGMA foreign_keys = ON;
-         PRAGMA busy_timeout = 5000;
          PRAGMA cache_size = -65536;",
     )
-    .map_err(db_err)
+    .map_err(db_err)?;
+    conn.busy_handler(Some(retry_busy)).map_err(db_err)
 }
 
 pub(crate) fn open_connection(path: &Path, read_only: bool) -> StoreResult<Connection> {
