@@ -101,9 +101,14 @@ for test, (ours, theirs) in LABELS.items():
         f"| {ours} | {f(k['ok_per_s'])} | {f(k['p50_ms'], 2)} / {f(k['p99_ms'], 2)} / {f(k['p999_ms'], 2)} | "
         f"{k['errors']}, {k['bad']} | {theirs or '–'} | {f(b['ok_per_s']) if b else '–'} | "
         f"{f(b['p99_ms'], 1) if b else '–'} | {(b['errors'] + ', ' + b['bad']) if b else '–'} | {ratio} |")
-lines += ["", "| test | side | server CPU % | peak RSS MiB | audit bytes per request | stale re-plans |", "|---|---|---:|---:|---:|---:|"]
+lines += ["", "Server p99 is the server's own latency histogram (from the request's arrival at the router",
+          "to its answer), interpolated within its bucket; the p99 above is what wrk saw, sharing the",
+          "machine's cores with the server.", "",
+          "| test | side | server p99 ms | server CPU % | peak RSS MiB | audit bytes per request | stale re-plans |",
+          "|---|---|---:|---:|---:|---:|---:|"]
 for r in rows:
-    lines.append(f"| {r['test']} | {r['side']} | {r['server_cpu_pct']} | {int(r['peak_rss_kb']) // 1024} | {r['audit_bytes_per_req']} | {r['warn']} |")
+    lines.append(f"| {r['test']} | {r['side']} | {r.get('server_p99_ms') or '–'} | {r['server_cpu_pct']} | "
+                 f"{int(r['peak_rss_kb']) // 1024} | {r['audit_bytes_per_req']} | {r['warn']} |")
 
 targets = []
 gh, noop, bgh = by.get(("kms", "get_handle")), by.get(("kms", "noop")), by.get(("bao", "get_handle"))
@@ -121,7 +126,12 @@ if gh and noop:
     x = float(gh["ok_per_s"]) / float(noop["ok_per_s"])
     check("GET_HANDLE ≥ 0.5× the no-op route", x >= 0.5, f"{x:.2f}×")
 if gh:
-    check("GET_HANDLE p99 < 5 ms at 64 connections", float(gh["p99_ms"]) < 5, f"{float(gh['p99_ms']):.2f} ms")
+    detail = f"{float(gh['p99_ms']):.2f} ms at the client"
+    if gh.get("server_p99_ms"):
+        detail += f"; {gh['server_p99_ms']} ms in the server"
+    if noop:
+        detail += f" (the no-op route: {float(noop['p99_ms']):.2f} ms at the client)"
+    check("GET_HANDLE p99 < 5 ms at 64 connections", float(gh["p99_ms"]) < 5, detail)
 if rot and brot:
     x = float(rot["ok_per_s"]) / float(brot["ok_per_s"])
     check("ROTATE ≥ 10× OpenBao transit rotation", x >= 10, f"{x:.1f}×")

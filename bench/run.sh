@@ -164,11 +164,20 @@ run_one() { # run_one SIDE TEST
   case $t in rotate|rotate_hot|revoke) threads=$CONNS ;; *) threads=$THREADS ;; esac
   sleep "$SETTLE"
   echo 5 > "/proc/$pid/clear_refs" 2>/dev/null || true
+  local route=kms
+  case $t in noop) route=other ;; redeem) route=redeem ;; esac
+  [ "$side" = kms ] && curl -s "$url/metrics" > "$WORK/metrics-before"
   local c0 c1; c0=$(cpu_ticks "$pid")
   cat "$HERE/lua/$script" "$HERE/lua/common.lua" > "$WORK/$script"
   env SCENARIO="$t" NOBJ="$NOBJ" RUN_ID="$RUN_ID-$side-$t" "${env_extra[@]}" \
     wrk -t"$threads" -c"$CONNS" -d"${DUR}s" --timeout 10s -s "$WORK/$script" "$url" > "$WORK/wrk-$side-$t.out" 2>&1
   c1=$(cpu_ticks "$pid")
+  # The server's own p99 (its latency histogram), beside the one wrk saw.
+  local server_p99=""
+  if [ "$side" = kms ]; then
+    curl -s "$url/metrics" > "$WORK/metrics-after"
+    server_p99=$(python3 "$HERE/server_p99.py" "$WORK/metrics-before" "$WORK/metrics-after" "$route")
+  fi
   sleep 1
   if [ "$side" = kms ]; then audit1=$(kms_audit_bytes); else audit1=$(stat -c %s "$WORK/bao/audit.log"); fi
   local res; res=$(grep '^RESULT' "$WORK/wrk-$side-$t.out") || { cat "$WORK/wrk-$side-$t.out" >&2; exit 1; }
@@ -178,14 +187,15 @@ run_one() { # run_one SIDE TEST
   secs=$(get duration_s)
   cpu=$(awk -v c=$((c1 - c0)) -v h="$CLK_TCK" -v s="$secs" 'BEGIN{printf "%.0f", 100 * c / h / s}')
   bpr=$(awk -v d=$((audit1 - audit0)) -v n="$(get requests)" 'BEGIN{printf "%.0f", n ? d / n : 0}')
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
     "$side" "$t" "$CONNS" "$(get requests)" "$(get rps)" "$(get ok_per_s)" "$(get p50_ms)" "$(get p99_ms)" \
-    "$(get p999_ms)" "$(get errors)" "$(get bad)" "$(get warn)" "$cpu" "$(hwm_kb "$pid")" "$bpr" >> "$OUTDIR/results.tsv"
+    "$(get p999_ms)" "$(get errors)" "$(get bad)" "$(get warn)" "$cpu" "$(hwm_kb "$pid")" "$bpr" "$server_p99" \
+    >> "$OUTDIR/results.tsv"
   log "$side $t: $(get rps) req/s, $(get ok_per_s) ok/s, p99 $(get p99_ms) ms, errors $(get errors), bad $(get bad), warn $(get warn)"
 }
 
 # ---------------------------------------------------------------- main
-printf 'side\ttest\tconns\trequests\trps\tok_per_s\tp50_ms\tp99_ms\tp999_ms\terrors\tbad\twarn\tserver_cpu_pct\tpeak_rss_kb\taudit_bytes_per_req\n' \
+printf 'side\ttest\tconns\trequests\trps\tok_per_s\tp50_ms\tp99_ms\tp999_ms\terrors\tbad\twarn\tserver_cpu_pct\tpeak_rss_kb\taudit_bytes_per_req\tserver_p99_ms\n' \
   > "$OUTDIR/results.tsv"
 {
   echo "run_id=$RUN_ID date=$(date -u +%Y-%m-%d) cpus=$(nproc) model=$(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo)"

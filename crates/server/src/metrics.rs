@@ -18,9 +18,10 @@ const OPERATIONS: [&str; 8] = [
     "UNPARSED",
     "OTHER",
 ];
-/// Latency bucket bounds, seconds.
-const LATENCY_BOUNDS: [f64; 12] = [
-    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
+/// Latency bucket bounds, seconds; millisecond steps up to 5 ms, where the latency targets are.
+const LATENCY_BOUNDS: [f64; 16] = [
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.003, 0.004, 0.005, 0.007_5, 0.01, 0.025, 0.05, 0.1,
+    0.25, 0.5, 1.0,
 ];
 
 /// Route classes with a latency histogram.

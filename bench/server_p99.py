@@ -1,0 +1,46 @@
+#!/usr/bin/env python3
+"""The server's own p99 latency (ms) for one route class over a run: the difference of two
+/metrics snapshots, interpolated within the histogram bucket that holds the 99th percentile.
+
+    server_p99.py BEFORE AFTER ROUTE     # ROUTE: kms | redeem | admin | other
+"""
+import re
+import sys
+
+LINE = re.compile(r'selene_kms_request_duration_seconds_bucket\{route="([a-z]+)",le="([^"]+)"\} (\d+)')
+
+
+def buckets(path, route):
+    out = {}
+    with open(path, encoding="utf-8") as text:
+        for line in text:
+            m = LINE.match(line)
+            if m and m.group(1) == route:
+                out[float("inf") if m.group(2) == "+Inf" else float(m.group(2))] = int(m.group(3))
+    return out
+
+
+def main():
+    before, after, route = sys.argv[1], sys.argv[2], sys.argv[3]
+    b, a = buckets(before, route), buckets(after, route)
+    bounds = sorted(a)
+    counts = [a[le] - b.get(le, 0) for le in bounds]  # cumulative counts of this run
+    total = counts[-1] if counts else 0
+    if total == 0:
+        print("")
+        return
+    target = 0.99 * total
+    lower, below = 0.0, 0
+    for le, cumulative in zip(bounds, counts):
+        if cumulative >= target:
+            if le == float("inf"):
+                print(f"> {lower * 1000:g}")
+                return
+            share = (target - below) / max(cumulative - below, 1)
+            print(f"{(lower + share * (le - lower)) * 1000:.2f}")
+            return
+        lower, below = le, cumulative
+
+
+if __name__ == "__main__":
+    main()
