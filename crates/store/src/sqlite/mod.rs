@@ -97,17 +97,9 @@ pub(crate) fn open_connection(path: &Path, read_only: bool) -> StoreResult<Conne
     };
     let conn = Connection::open_with_flags(path, flags).map_err(db_err)?;
     configure(&conn)?;
-    if read_only {
-        // Every commit of the writer empties a reader's page cache, so a reader at scale read
-        // each page again with a system call and a copy; mapped, the database file's pages are
-        // read in place (pages still in the WAL are read as before).
-        conn.execute_batch(READER_MMAP).map_err(db_err)?;
-    }
     Ok(conn)
 }
 
-/// How much of the database file a reader maps.
-const READER_MMAP: &str = "PRAGMA mmap_size = 1073741824;";
 
 /// Options for opening a SQLite store.
 #[derive(Clone, Debug)]
