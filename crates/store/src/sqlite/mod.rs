@@ -100,7 +100,6 @@ pub(crate) fn open_connection(path: &Path, read_only: bool) -> StoreResult<Conne
     Ok(conn)
 }
 
-
 /// Options for opening a SQLite store.
 #[derive(Clone, Debug)]
 pub struct SqliteOptions {
