@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Load harness: selene-kms and OpenBao side by side, driven by the same load generator (wrk) with
 # the same connections and duration, alternating test by test, every request durably audited on
-# both sides. Writes results/<run>/results.tsv and regenerates the table in BENCHMARKS.md.
+# both sides. Writes results/<run>/results.tsv (with the server's own p99 from its /metrics
+# histogram beside wrk's), keeps the server's log as results/<run>/kms.log, and regenerates the
+# table in BENCHMARKS.md.
 #
 #   bench/run.sh                              # the whole table
 #   DUR=5 TESTS="get_handle noop" PEER=0 bench/run.sh   # a quick look at our side only
