@@ -17,6 +17,17 @@ fn on_data_dir(args: &[&str], data: &std::path::Path) -> std::process::Output {
         .expect("runs")
 }
 
+/// The key file in `data` is readable and writable by its owner alone.
+#[cfg(unix)]
+fn assert_root_key_is_owner_only(data: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(data.join("root.key"))
+        .expect("key")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
+
 #[test]
 fn quickstart_runs_the_whole_job_and_exits_zero() {
     let out = selene_kms().arg("quickstart").output().expect("runs");
@@ -70,14 +81,7 @@ fn init_prints_tokens_once_and_refuses_a_second_time() {
         );
     }
     #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(data.join("root.key"))
-            .expect("key")
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600);
-    }
+    assert_root_key_is_owner_only(&data);
     let again = on_data_dir(&["init"], &data);
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already initialised"));
@@ -158,14 +162,7 @@ fn root_key_rotation_replaces_the_key_file_and_the_store_still_opens() {
     assert_ne!(before, after);
     assert!(!data.join("root.key.new").exists());
     #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(data.join("root.key"))
-            .expect("key")
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600);
-    }
+    assert_root_key_is_owner_only(&data);
     let verify = on_data_dir(&["audit", "verify"], &data);
     assert!(
         verify.status.success(),

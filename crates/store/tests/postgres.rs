@@ -94,11 +94,7 @@ async fn two_nodes_rotating_one_secret_keep_versions_unique_and_gapless() {
         let listing = node.list_secrets(&t).await.expect("list");
         let versions: Vec<u64> = listing[0].versions.iter().map(|v| v.version).collect();
         assert_eq!(versions, (1..=n + 1).collect::<Vec<_>>());
-        let snap = node
-            .secret(&t, &name("hot"))
-            .await
-            .expect("read")
-            .expect("exists");
+        let snap = snapshot(&**node, &t, "hot").await;
         assert_eq!(snap.current_version(), n + 1);
         assert_eq!(snap.state_version, n + 1);
         // Each node opens material the other sealed.
@@ -124,11 +120,7 @@ async fn a_revocation_through_one_node_is_seen_by_the_other_at_once() {
         .await
         .expect("create");
     // Node b reads (and may cache) the snapshot and the policy-free state first.
-    let before = b
-        .secret(&t, &name("k"))
-        .await
-        .expect("read")
-        .expect("exists");
+    let before = snapshot(&*b, &t, "k").await;
     assert_eq!(before.versions, vec![VersionState::Active]);
     let handle = RefId::from_stored("hid_0042".into());
     assert!(!b.is_revoked(&t, &handle).await.expect("read"));
@@ -136,11 +128,7 @@ async fn a_revocation_through_one_node_is_seen_by_the_other_at_once() {
     change(&*a, &t, "k", 1, StateChange::RevokeVersion(1))
         .await
         .expect("revoke version");
-    let after = b
-        .secret(&t, &name("k"))
-        .await
-        .expect("read")
-        .expect("exists");
+    let after = snapshot(&*b, &t, "k").await;
     assert_eq!(
         after.versions,
         vec![VersionState::Revoked],
@@ -307,11 +295,7 @@ async fn a_failed_audit_write_refuses_the_commit_and_changes_nothing() {
         "no server text: {}",
         err.message
     );
-    let snap = store
-        .secret(&t, &name("k"))
-        .await
-        .expect("read")
-        .expect("exists");
+    let snap = snapshot(&store, &t, "k").await;
     assert_eq!(
         (snap.state_version, snap.current_version()),
         (1, 1),

@@ -120,11 +120,7 @@ async fn a_failed_audit_write_refuses_the_commit_and_changes_nothing() {
     .expect("trigger");
     let refused = rotate_once(&*store, &t).await;
     assert_eq!(refused.map_err(|e| e.kind), Err(ErrorKind::Unavailable));
-    let snap = store
-        .secret(&t, &name("k"))
-        .await
-        .expect("read")
-        .expect("exists");
+    let snap = snapshot(&*store, &t, "k").await;
     assert_eq!(
         (snap.state_version, snap.current_version()),
         (1, 1),
@@ -146,11 +142,7 @@ async fn rotate_once(
     store: &dyn Store,
     t: &selene_kms_core::TenantId,
 ) -> selene_kms_store::StoreResult<selene_kms_store::Receipt> {
-    let snap = store
-        .secret(t, &name("k"))
-        .await
-        .expect("read")
-        .expect("exists");
+    let snap = snapshot(store, t, "k").await;
     change(
         store,
         t,
@@ -388,11 +380,7 @@ fn acknowledged_rotations_survive_kill_9() {
     rt.block_on(async {
         let store = open_at(&path, [1; 32], false);
         let t = tenant("acme");
-        let snap = store
-            .secret(&t, &name("k"))
-            .await
-            .expect("read")
-            .expect("exists");
+        let snap = snapshot(&*store, &t, "k").await;
         let max = *acked.iter().max().expect("some");
         assert!(
             snap.current_version() >= max,

@@ -39,7 +39,7 @@ use crate::stats::BatchHistogram;
 use crate::store::Store;
 use cache::Cache;
 use checkpointer::Checkpointer;
-use writer::{Job, SharedRoot, Writer};
+use writer::{Job, Maintenance, SharedRoot, Writer};
 
 /// Most units in one group commit.
 pub const MAX_BATCH: usize = 1024;
@@ -227,8 +227,10 @@ impl SqliteStore {
     /// transaction; material is not touched. The caller replaces the key file afterwards.
     pub async fn rotate_root_key(&self, new_root: RootKey) -> StoreResult<u64> {
         let receipt = self
-            .submit(|reply| Job::RotateRoot {
-                new_root: Box::new(new_root),
+            .submit(|reply| Job::Maintenance {
+                task: Maintenance::RotateRoot {
+                    new_root: Box::new(new_root),
+                },
                 reply,
             })
             .await?;
@@ -628,10 +630,12 @@ impl Store for SqliteStore {
 
     async fn put_token(&self, token_hash: [u8; 32], role: Role, label: &str) -> StoreResult<()> {
         let label = label.to_owned();
-        self.submit(|reply| Job::PutToken {
-            token_hash,
-            role,
-            label,
+        self.submit(|reply| Job::Maintenance {
+            task: Maintenance::PutToken {
+                token_hash,
+                role,
+                label,
+            },
             reply,
         })
         .await
@@ -651,9 +655,11 @@ impl Store for SqliteStore {
     }
 
     async fn prune(&self, now_ms: u64, idempotency_retention_ms: u64) -> StoreResult<u64> {
-        self.submit(|reply| Job::Prune {
-            idempotency_before_ms: now_ms.saturating_sub(idempotency_retention_ms),
-            revocations_before_ms: now_ms,
+        self.submit(|reply| Job::Maintenance {
+            task: Maintenance::Prune {
+                idempotency_before_ms: now_ms.saturating_sub(idempotency_retention_ms),
+                revocations_before_ms: now_ms,
+            },
             reply,
         })
         .await

@@ -89,13 +89,11 @@ impl Drop for Syncer {
 }
 
 fn flush(wal: &Path, file: &mut Option<File>) -> std::io::Result<()> {
-    if file.is_none() {
-        *file = Some(File::open(wal)?);
-    }
-    match file {
-        Some(f) => f.sync_data(),
-        None => Ok(()),
-    }
+    let f = match file {
+        Some(f) => f,
+        None => file.insert(File::open(wal)?),
+    };
+    f.sync_data()
 }
 
 fn run(wal: &Path, batches: &Receiver<Answers>, broken: &AtomicBool) {

@@ -38,24 +38,25 @@ type Reply = oneshot::Sender<StoreResult<Receipt>>;
 
 /// Work for the writer.
 pub(crate) enum Job {
-    Commit {
-        unit: Box<CommitUnit>,
-        reply: Reply,
-    },
+    /// A request's commit unit: the hot path, applied without a savepoint.
+    Commit { unit: Box<CommitUnit>, reply: Reply },
+    /// A rare maintenance task, applied in a savepoint of its own.
+    Maintenance { task: Maintenance, reply: Reply },
+}
+
+/// Maintenance work for the writer.
+pub(crate) enum Maintenance {
     PutToken {
         token_hash: [u8; 32],
         role: Role,
         label: String,
-        reply: Reply,
     },
     Prune {
         idempotency_before_ms: u64,
         revocations_before_ms: u64,
-        reply: Reply,
     },
     RotateRoot {
         new_root: Box<RootKey>,
-        reply: Reply,
     },
 }
 
@@ -199,12 +200,10 @@ impl Writer {
                     };
                     (reply, outcome)
                 }
-                // Rare maintenance jobs run in a savepoint of their own.
-                other => match tx.savepoint() {
-                    Err(e) => (reply_of(other), Err(unavailable("savepoint")(e))),
+                Job::Maintenance { task, reply } => match tx.savepoint() {
+                    Err(e) => (reply, Err(unavailable("savepoint")(e))),
                     Ok(mut sp) => {
-                        let (reply, outcome) = run_job(&sp, &ctx, other);
-                        let outcome = match outcome {
+                        let outcome = match run_maintenance(&sp, &ctx, task) {
                             Ok((receipt, effects)) => sp
                                 .commit()
                                 .map(|()| {
@@ -223,17 +222,15 @@ impl Writer {
             };
             results.push((reply, outcome));
         }
-        if let Some(f) = fault {
-            // A write failed: roll the whole batch back and refuse every unit in it.
-            drop(tx);
-            heads.clear();
-            for (reply, outcome) in results {
-                let _ = reply.send(outcome.and(Err(f.clone())));
-            }
-            return;
-        }
         let new_heads = std::mem::take(&mut ctx.heads);
-        let committed = tx.commit().map_err(unavailable("commit"));
+        let committed = match fault {
+            // A write failed: roll the whole batch back and refuse every unit in it.
+            Some(f) => {
+                drop(tx);
+                Err(f)
+            }
+            None => tx.commit().map_err(unavailable("commit")),
+        };
         match committed {
             Ok(()) => {
                 heads.extend(new_heads);
@@ -258,7 +255,7 @@ impl Writer {
                 syncer.submit(results);
             }
             Err(err) => {
-                // Nothing of this batch was committed: forget cached heads, answer every job.
+                // Nothing of this batch was committed: forget cached heads, refuse every job.
                 heads.clear();
                 for (reply, outcome) in results {
                     let _ = reply.send(outcome.and(Err(err.clone())));
@@ -270,10 +267,7 @@ impl Writer {
 
 fn reply_of(job: Job) -> Reply {
     match job {
-        Job::Commit { reply, .. }
-        | Job::PutToken { reply, .. }
-        | Job::Prune { reply, .. }
-        | Job::RotateRoot { reply, .. } => reply,
+        Job::Commit { reply, .. } | Job::Maintenance { reply, .. } => reply,
     }
 }
 
@@ -291,54 +285,39 @@ fn receipt(audit_seq: u64) -> Receipt {
 
 type JobOutcome = StoreResult<(Receipt, Vec<Publish>)>;
 
-/// Runs a maintenance job (never a commit unit).
-fn run_job(conn: &Connection, ctx: &BatchContext<'_>, job: Job) -> (Reply, JobOutcome) {
-    match job {
-        Job::Commit { reply, .. } => (
-            reply,
-            Err(StoreError::new(
-                ErrorKind::Invalid,
-                "commit units are not maintenance jobs",
-            )),
-        ),
-        Job::PutToken {
+/// Runs a maintenance task.
+fn run_maintenance(conn: &Connection, ctx: &BatchContext<'_>, task: Maintenance) -> JobOutcome {
+    match task {
+        Maintenance::PutToken {
             token_hash,
             role,
             label,
-            reply,
-        } => {
-            let outcome = conn
-                .execute(
-                    "INSERT INTO tokens (token_hash, role, label) VALUES (?1, ?2, ?3)",
-                    (&token_hash[..], role.name(), label.as_str()),
-                )
-                .map(|_| (receipt(0), Vec::new()))
-                .map_err(db_err);
-            (reply, outcome)
-        }
-        Job::Prune {
+        } => conn
+            .execute(
+                "INSERT INTO tokens (token_hash, role, label) VALUES (?1, ?2, ?3)",
+                (&token_hash[..], role.name(), label.as_str()),
+            )
+            .map(|_| (receipt(0), Vec::new()))
+            .map_err(db_err),
+        Maintenance::Prune {
             idempotency_before_ms,
             revocations_before_ms,
-            reply,
         } => {
-            let outcome = (|| {
-                let a = conn
-                    .execute(
-                        "DELETE FROM idempotency WHERE created_at_ms < ?1",
-                        [idempotency_before_ms as i64],
-                    )
-                    .map_err(db_err)?;
-                let b = conn
-                    .execute(
-                        "DELETE FROM revoked_refs WHERE expires_at_ms < ?1",
-                        [revocations_before_ms as i64],
-                    )
-                    .map_err(db_err)?;
-                Ok((receipt((a + b) as u64), Vec::new()))
-            })();
-            (reply, outcome)
+            let a = conn
+                .execute(
+                    "DELETE FROM idempotency WHERE created_at_ms < ?1",
+                    [idempotency_before_ms as i64],
+                )
+                .map_err(db_err)?;
+            let b = conn
+                .execute(
+                    "DELETE FROM revoked_refs WHERE expires_at_ms < ?1",
+                    [revocations_before_ms as i64],
+                )
+                .map_err(db_err)?;
+            Ok((receipt((a + b) as u64), Vec::new()))
         }
-        Job::RotateRoot { new_root, reply } => (reply, rotate_root(conn, ctx, new_root)),
+        Maintenance::RotateRoot { new_root } => rotate_root(conn, ctx, new_root),
     }
 }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use selene_kms_core::audit::GENESIS_DIGEST;
 use selene_kms_core::{
     AuditAction, AuditRecord, MaterialBundle, PolicyDocument, ReasonCode, RefId, SecretKind,
-    SecretMaterial, SecretName, StateChange, TenantId, TtlBounds, VersionState,
+    SecretMaterial, SecretName, SecretSnapshot, StateChange, TenantId, TtlBounds, VersionState,
 };
 use selene_kms_store::verify::verify_tenant;
 use selene_kms_store::{
@@ -25,6 +25,15 @@ pub(crate) fn tenant(s: &str) -> TenantId {
 
 pub(crate) fn name(s: &str) -> SecretName {
     SecretName::try_from(s).expect("valid name")
+}
+
+/// The secret's snapshot, which must exist.
+pub(crate) async fn snapshot(store: &dyn Store, t: &TenantId, n: &str) -> Arc<SecretSnapshot> {
+    store
+        .secret(t, &name(n))
+        .await
+        .expect("read")
+        .expect("exists")
 }
 
 pub(crate) fn record(t: &TenantId, action: AuditAction) -> AuditRecord {
@@ -85,11 +94,7 @@ pub(crate) async fn change(
 /// Rotates with compare-and-set, retrying on conflicts, as a host does.
 pub(crate) async fn rotate(store: &dyn Store, t: &TenantId, n: &str) -> u64 {
     loop {
-        let snap = store
-            .secret(t, &name(n))
-            .await
-            .expect("read")
-            .expect("exists");
+        let snap = snapshot(store, t, n).await;
         let new_version = snap.current_version() + 1;
         match change(
             store,
@@ -135,11 +140,7 @@ pub(crate) async fn lifecycle(store: Arc<dyn Store>) {
     let dup = create(&*store, &t, "db/password", SecretKind::Generated, None).await;
     assert_eq!(dup.map_err(|e| e.kind), Err(ErrorKind::AlreadyExists));
 
-    let snap = store
-        .secret(&t, &name("db/password"))
-        .await
-        .expect("read")
-        .expect("exists");
+    let snap = snapshot(&*store, &t, "db/password").await;
     assert_eq!(snap.versions, vec![VersionState::Active]);
     assert_eq!(snap.kind, SecretKind::Imported);
     assert_eq!(snap.state_version, 1);
@@ -188,11 +189,7 @@ pub(crate) async fn lifecycle(store: Arc<dyn Store>) {
         })
         .await
         .expect("stage");
-    let snap = store
-        .secret(&t, &name("db/password"))
-        .await
-        .expect("read")
-        .expect("exists");
+    let snap = snapshot(&*store, &t, "db/password").await;
     assert!(snap.staged);
     assert_eq!((snap.state_version, snap.current_version()), (2, 1));
     change(
@@ -212,11 +209,7 @@ pub(crate) async fn lifecycle(store: Arc<dyn Store>) {
         .await
         .expect("material");
     assert_eq!(m.expose(), staged);
-    let snap = store
-        .secret(&t, &name("db/password"))
-        .await
-        .expect("read")
-        .expect("exists");
+    let snap = snapshot(&*store, &t, "db/password").await;
     assert!(!snap.staged);
     assert_eq!(snap.current_version(), 2);
     // Staging is refused for generated secrets.
@@ -258,11 +251,7 @@ pub(crate) async fn compare_and_set(store: Arc<dyn Store>) {
         before,
         "a refused commit leaves no record"
     );
-    let snap = store
-        .secret(&t, &name("k"))
-        .await
-        .expect("read")
-        .expect("exists");
+    let snap = snapshot(&*store, &t, "k").await;
     assert_eq!((snap.state_version, snap.current_version()), (1, 1));
     let missing = change(&*store, &t, "nope", 1, StateChange::RevokeAllVersions).await;
     assert_eq!(missing.map_err(|e| e.kind), Err(ErrorKind::NotFound));
@@ -277,11 +266,7 @@ pub(crate) async fn revocation(store: Arc<dyn Store>) {
     change(&*store, &t, "k", 2, StateChange::RevokeVersion(1))
         .await
         .expect("revoke v1");
-    let snap = store
-        .secret(&t, &name("k"))
-        .await
-        .expect("read")
-        .expect("exists");
+    let snap = snapshot(&*store, &t, "k").await;
     assert_eq!(
         snap.versions,
         vec![VersionState::Revoked, VersionState::Active]
@@ -305,11 +290,7 @@ pub(crate) async fn revocation(store: Arc<dyn Store>) {
     change(&*store, &t, "k", 4, StateChange::RevokeAllVersions)
         .await
         .expect("revoke all");
-    let snap = store
-        .secret(&t, &name("k"))
-        .await
-        .expect("read")
-        .expect("exists");
+    let snap = snapshot(&*store, &t, "k").await;
     assert!(snap.versions.iter().all(|v| *v == VersionState::Revoked));
     assert_eq!(snap.state_version, 5);
     // Pruning drops expired revocations only.
@@ -469,11 +450,7 @@ pub(crate) async fn concurrent_rotations(store: Arc<dyn Store>, writers: usize) 
     let listing = store.list_secrets(&t).await.expect("list");
     let versions: Vec<u64> = listing[0].versions.iter().map(|v| v.version).collect();
     assert_eq!(versions, (1..=writers as u64 + 1).collect::<Vec<_>>());
-    let snap = store
-        .secret(&t, &name("hot"))
-        .await
-        .expect("read")
-        .expect("exists");
+    let snap = snapshot(&*store, &t, "hot").await;
     assert_eq!(snap.current_version(), writers as u64 + 1);
     for v in 1..=writers as u64 + 1 {
         assert_eq!(
