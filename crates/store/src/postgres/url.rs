@@ -31,38 +31,31 @@ pub fn redact(url: &str) -> String {
 
 /// Redacts the part of a URL after `scheme://`.
 fn redact_url_body(rest: &str) -> String {
-    let (before_query, query) = match rest.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (rest, None),
+    // The user info ends at the last `@` of the whole string, not of the part before the query:
+    // an unencoded `@`, `?` or `/` in a password then still counts as part of it. An `@` later
+    // in the string only makes the redaction hide more, never less.
+    let out = match rest.rsplit_once('@') {
+        Some((userinfo, after)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:{HIDDEN}@{after}"),
+            None => rest.to_owned(),
+        },
+        None => rest.to_owned(),
     };
-    // The user info ends at the last `@` before the query: an unencoded `@` in a password
-    // then still counts as part of it, so the redaction errs on the side of hiding more.
-    let mut out = match before_query.rsplit_once('@') {
-        Some((userinfo, hosts)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
-            let hidden = if userinfo.contains(':') {
-                format!(":{HIDDEN}")
-            } else {
-                String::new()
-            };
-            format!("{user}{hidden}@{hosts}")
+    match out.split_once('?') {
+        Some((before, query)) => {
+            let params: Vec<String> = query
+                .split('&')
+                .map(|param| match param.split_once('=') {
+                    Some((key, _)) if key.eq_ignore_ascii_case("password") => {
+                        format!("{key}={HIDDEN}")
+                    }
+                    _ => param.to_owned(),
+                })
+                .collect();
+            format!("{before}?{}", params.join("&"))
         }
-        None => before_query.to_owned(),
-    };
-    if let Some(query) = query {
-        let params: Vec<String> = query
-            .split('&')
-            .map(|param| match param.split_once('=') {
-                Some((key, _)) if key.eq_ignore_ascii_case("password") => {
-                    format!("{key}={HIDDEN}")
-                }
-                _ => param.to_owned(),
-            })
-            .collect();
-        out.push('?');
-        out.push_str(&params.join("&"));
+        None => out,
     }
-    out
 }
 
 /// Redacts the key/value form, or `None` when it does not scan as one.
@@ -144,6 +137,14 @@ mod tests {
             (
                 "postgres://kms:we@ird@host/kms",
                 "postgres://kms:***@host/kms",
+            ),
+            (
+                "postgres://kms:s3cret?a/b@host/kms",
+                "postgres://kms:***@host/kms",
+            ),
+            (
+                "postgres:///kms?password=s3cret&application_name=a@b",
+                "postgres:///kms?password=***&application_name=a@b",
             ),
             (
                 "postgres:///kms?host=/run/pg&password=s3cret&user=kms",
