@@ -185,10 +185,8 @@ impl Writer {
             let (reply, outcome) = match job {
                 // The hot path: no savepoint (see `apply_commit`).
                 Job::Commit { unit, reply } => {
-                    let mut job_heads = HashMap::new();
-                    let outcome = match apply_commit(&tx, &mut ctx, &mut job_heads, *unit) {
+                    let outcome = match apply_commit(&tx, &mut ctx, *unit) {
                         Ok((receipt, effects)) => {
-                            ctx.heads.extend(job_heads);
                             publish.extend(effects);
                             Ok(receipt)
                         }
@@ -364,15 +362,10 @@ fn rotate_root(conn: &Connection, ctx: &BatchContext<'_>, new_root: Box<RootKey>
     Ok((receipt(rewrapped), vec![Publish::NewRoot(new_root)]))
 }
 
-fn head_of(
-    conn: &Connection,
-    ctx: &BatchContext<'_>,
-    job_heads: &HashMap<TenantId, Head>,
-    tenant: &TenantId,
-) -> StoreResult<Head> {
-    if let Some(h) = job_heads
+fn head_of(conn: &Connection, ctx: &BatchContext<'_>, tenant: &TenantId) -> StoreResult<Head> {
+    if let Some(h) = ctx
+        .heads
         .get(tenant.as_str())
-        .or_else(|| ctx.heads.get(tenant.as_str()))
         .or_else(|| ctx.committed_heads.get(tenant.as_str()))
     {
         return Ok(h.clone());
@@ -447,7 +440,6 @@ enum Planned {
 fn apply_commit(
     conn: &Connection,
     ctx: &mut BatchContext<'_>,
-    job_heads: &mut HashMap<TenantId, Head>,
     unit: CommitUnit,
 ) -> UnitResult<(Receipt, Vec<Publish>)> {
     let CommitUnit {
@@ -458,7 +450,7 @@ fn apply_commit(
         bundle,
     } = unit;
     let planned = plan_change(conn, &tenant, change)?;
-    let head = head_of(conn, ctx, job_heads, &tenant)?;
+    let head = head_of(conn, ctx, &tenant)?;
     let chained = chain(ctx.keys, &tenant, &head, audit, bundle)?;
     // The idempotency record is the first write: when the key is taken, nothing was written.
     if let Some(idem) = idempotency {
@@ -507,7 +499,8 @@ fn apply_commit(
         .execute((tenant.as_str(), seq as i64, checkpoint.as_str()))
         .map_err(fault("checkpoint write"))?;
     }
-    job_heads.insert(tenant, chained.head);
+    // Last, so that only an applied unit moves the head.
+    ctx.heads.insert(tenant, chained.head);
     Ok((
         Receipt {
             audit_seq: seq,
