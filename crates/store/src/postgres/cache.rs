@@ -75,6 +75,14 @@ impl<K> Default for StateFloors<K> {
 impl<K: Hash + Eq> StateFloors<K> {
     /// Records that `version` is (or was) committed.
     pub(super) fn raise(&self, key: K, version: u64) {
+        // Most calls repeat a known floor (every cached read): those need no write lock.
+        if self
+            .floors
+            .read()
+            .is_ok_and(|f| f.get(&key).is_some_and(|floor| *floor >= version))
+        {
+            return;
+        }
         let Ok(mut floors) = self.floors.write() else {
             return;
         };
