@@ -27,6 +27,6 @@ pub use model::{
     Role, SecretListing, StoredPolicy, VersionListing,
 };
 pub use postgres::{PostgresStore, redact};
-pub use sqlite::{MAX_BATCH, SqliteOptions, SqliteStore};
-pub use stats::{BATCH_BOUNDS, BatchHistogram};
+pub use sqlite::{SqliteOptions, SqliteStore};
+pub use stats::{BATCH_BOUNDS, BatchHistogram, MAX_BATCH};
 pub use store::Store;

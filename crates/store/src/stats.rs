@@ -2,6 +2,11 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use tokio::sync::mpsc;
+
+/// Most units in one group commit.
+pub const MAX_BATCH: usize = 1024;
+
 /// Upper bounds (inclusive) of the batch-size buckets.
 pub const BATCH_BOUNDS: [u64; 11] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024];
 
@@ -25,6 +30,21 @@ impl BatchHistogram {
         }
         self.count.fetch_add(1, Ordering::Relaxed);
         self.sum.fetch_add(size, Ordering::Relaxed);
+    }
+
+    /// One group commit's jobs: `first`, then whatever else is queued (up to [`MAX_BATCH`]),
+    /// counted here.
+    pub(crate) fn drain<T>(&self, first: T, jobs: &mut mpsc::UnboundedReceiver<T>) -> Vec<T> {
+        let mut batch = Vec::with_capacity(16);
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        self.record(u64::try_from(batch.len()).unwrap_or(u64::MAX));
+        batch
     }
 
     /// Per-bucket counts (not cumulative), the number of batches and the number of units.

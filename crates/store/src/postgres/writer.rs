@@ -26,7 +26,6 @@ use super::codec::{col, col_u64, to_db};
 use super::error::{pg, pool_error};
 use super::keys::{DataKeys, SharedRoot};
 use super::sql;
-use crate::MAX_BATCH;
 use crate::chain::Head;
 use crate::error::{ErrorKind, StoreError, StoreResult};
 use crate::model::{CommitUnit, Receipt};
@@ -78,16 +77,7 @@ impl Writer {
             client: None,
         };
         while let Some(first) = jobs.recv().await {
-            let mut batch = Vec::with_capacity(16);
-            batch.push(first);
-            while batch.len() < MAX_BATCH {
-                match jobs.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
-                }
-            }
-            self.batches
-                .record(u64::try_from(batch.len()).unwrap_or(u64::MAX));
+            let mut batch = self.batches.drain(first, &mut jobs);
             // Tenant order is lock order; units of one tenant keep their arrival order.
             batch.sort_by(|a, b| a.unit.tenant.cmp(&b.unit.tenant));
             let (units, replies): (Vec<_>, Vec<_>) =

@@ -41,9 +41,6 @@ use cache::Cache;
 use checkpointer::Checkpointer;
 use writer::{Job, Maintenance, SharedRoot, Writer};
 
-/// Most units in one group commit.
-pub const MAX_BATCH: usize = 1024;
-
 /// Maps a SQLite error to a store error without quoting anything but SQLite's own code.
 pub(crate) fn db_err(e: rusqlite::Error) -> StoreError {
     let kind = match e.sqlite_error_code() {

@@ -1,7 +1,7 @@
 //! The single writer of the embedded store and its group commit.
 //!
 //! The writer owns the read-write connection. It blocks for one job, drains whatever else is
-//! queued (up to [`super::MAX_BATCH`]), applies them all inside one transaction, commits once,
+//! queued (up to [`crate::MAX_BATCH`]), applies them all inside one transaction, commits once,
 //! publishes cache updates, and hands the answers to the syncer, which answers them after the
 //! flush (one `fdatasync` for every batch queued by then). A commit unit runs every check
 //! before its first write, so a refused unit leaves no trace without the cost of a savepoint; a
@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::cache::Cache;
 use super::identity::FileIdentity;
 use super::syncer::Syncer;
-use super::{MAX_BATCH, db_err, load_snapshot, read_data_key};
+use super::{db_err, load_snapshot, read_data_key};
 use crate::chain::{Head, chain};
 use crate::envelope::{
     DataKey, RootKey, SERVICE_SECRET_LABEL, Slot, dek_label, generate_material, random_key,
@@ -119,15 +119,7 @@ impl Writer {
 
     pub(crate) fn run(mut self, mut jobs: mpsc::UnboundedReceiver<Job>) {
         while let Some(first) = jobs.blocking_recv() {
-            let mut batch = Vec::with_capacity(16);
-            batch.push(first);
-            while batch.len() < MAX_BATCH {
-                match jobs.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
-                }
-            }
-            self.batches.record(batch.len() as u64);
+            let batch = self.batches.drain(first, &mut jobs);
             self.run_batch(batch);
         }
     }
