@@ -7,6 +7,8 @@ use selene_kms_core::{
     StateChange, TenantId, TtlBounds,
 };
 
+use crate::error::{ErrorKind, StoreError, StoreResult};
+
 /// A caller role. Each bearer token has exactly one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Role {
@@ -49,6 +51,26 @@ pub struct StoredPolicy {
     pub policy: Arc<Policy>,
     /// Advances on every `PUT …/policy`.
     pub version: u64,
+}
+
+impl StoredPolicy {
+    /// Validates a document read back from the store; one that no longer validates is corrupt.
+    pub(crate) fn from_stored(doc: &PolicyDocument, version: u64) -> StoreResult<Self> {
+        let policy = Policy::try_from(doc)
+            .map_err(|_| StoreError::new(ErrorKind::Corrupt, "a stored policy is invalid"))?;
+        Ok(Self {
+            policy: Arc::new(policy),
+            version,
+        })
+    }
+}
+
+/// Validates a policy document about to be stored, and encodes it as stored.
+pub(crate) fn encode_policy(doc: &PolicyDocument) -> StoreResult<(Policy, String)> {
+    let invalid = || StoreError::new(ErrorKind::Invalid, "the policy is invalid");
+    let policy = Policy::try_from(doc).map_err(|_| invalid())?;
+    let json = serde_json::to_string(doc).map_err(|_| invalid())?;
+    Ok((policy, json))
 }
 
 /// The stored answer to an earlier request with the same idempotency key.

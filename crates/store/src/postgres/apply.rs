@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use deadpool_postgres::GenericClient;
 use selene_kms_core::{
-    Policy, PolicyDocument, SecretKind, SecretMaterial, SecretName, ServiceKeys, StateChange,
-    TenantId, refs,
+    PolicyDocument, SecretKind, SecretMaterial, SecretName, ServiceKeys, StateChange, TenantId,
+    refs,
 };
 
 use super::cache::StateFloors;
@@ -23,7 +23,7 @@ use super::sql;
 use crate::chain::{Head, chain};
 use crate::envelope::{DataKey, Slot, generate_material};
 use crate::error::{ErrorKind, StoreError, StoreResult};
-use crate::model::{Change, CommitUnit, IdempotencyWrite, NewSecret, Receipt};
+use crate::model::{Change, CommitUnit, IdempotencyWrite, NewSecret, Receipt, encode_policy};
 
 /// Committed state versions by secret.
 pub(super) type SecretFloors = StateFloors<(TenantId, SecretName)>;
@@ -324,9 +324,7 @@ impl<C: GenericClient> Scope<'_, '_, C> {
     }
 
     async fn put_policy(&self, doc: &PolicyDocument) -> StoreResult<u64> {
-        let invalid = || StoreError::new(ErrorKind::Invalid, "the policy is invalid");
-        Policy::try_from(doc).map_err(|_| invalid())?;
-        let json = serde_json::to_string(doc).map_err(|_| invalid())?;
+        let (_, json) = encode_policy(doc)?;
         let row = sql::row(
             self.client,
             "UPDATE tenants SET policy_json = $2, policy_version = policy_version + 1

@@ -33,8 +33,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use deadpool_postgres::{Client, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use selene_kms_core::{
-    AuditRecord, Checkpoint, Policy, PolicyDocument, RefId, SecretMaterial, SecretName,
-    SecretSnapshot, ServiceKeys, TenantId,
+    AuditRecord, Checkpoint, PolicyDocument, RefId, SecretMaterial, SecretName, SecretSnapshot,
+    ServiceKeys, TenantId,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -177,12 +177,7 @@ impl Store for PostgresStore {
             },
             Some(Fresh::Loaded(version, doc)) => (version, doc),
         };
-        let policy = Policy::try_from(&doc)
-            .map_err(|_| StoreError::new(ErrorKind::Corrupt, "a stored policy is invalid"))?;
-        let stored = StoredPolicy {
-            policy: Arc::new(policy),
-            version,
-        };
+        let stored = StoredPolicy::from_stored(&doc, version)?;
         self.policies.put(tenant.clone(), version, stored.clone());
         Ok(Some(stored))
     }

@@ -24,7 +24,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use selene_kms_core::{
-    AuditRecord, Checkpoint, Policy, PolicyDocument, RefId, SecretKind, SecretMaterial, SecretName,
+    AuditRecord, Checkpoint, PolicyDocument, RefId, SecretKind, SecretMaterial, SecretName,
     SecretSnapshot, ServiceKeys, ServiceSecret, TenantId, TtlBounds, VersionState,
 };
 use tokio::sync::{mpsc, oneshot};
@@ -394,12 +394,7 @@ impl Store for SqliteStore {
         let Some((doc, version)) = self.read(|c| load_policy(c, tenant))? else {
             return Ok(None);
         };
-        let policy = Policy::try_from(&doc)
-            .map_err(|_| StoreError::new(ErrorKind::Corrupt, "a stored policy is invalid"))?;
-        let stored = StoredPolicy {
-            policy: Arc::new(policy),
-            version,
-        };
+        let stored = StoredPolicy::from_stored(&doc, version)?;
         Ok(Some(self.cache.offer_policy(tenant, stored)))
     }
 

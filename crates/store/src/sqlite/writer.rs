@@ -28,7 +28,7 @@ use crate::envelope::{
     DataKey, RootKey, SERVICE_SECRET_LABEL, Slot, dek_label, generate_material, random_key,
 };
 use crate::error::{ErrorKind, StoreError, StoreResult};
-use crate::model::{Change, CommitUnit, NewSecret, Receipt, Role, StoredPolicy};
+use crate::model::{Change, CommitUnit, NewSecret, Receipt, Role, StoredPolicy, encode_policy};
 use crate::stats::BatchHistogram;
 
 /// The root key, shared by the writer (wrapping) and readers (unwrapping); replaced on rotation.
@@ -598,10 +598,7 @@ fn plan_change(conn: &Connection, tenant: &TenantId, change: Change) -> UnitResu
             }
         }
         Change::PutPolicy(doc) => {
-            let policy = Policy::try_from(&doc)
-                .map_err(|_| refused(ErrorKind::Invalid, "the policy is invalid"))?;
-            let json = serde_json::to_string(&doc)
-                .map_err(|_| refused(ErrorKind::Invalid, "the policy is invalid"))?;
+            let (policy, json) = encode_policy(&doc).map_err(UnitError::Refused)?;
             Planned::Policy(Box::new(policy), json)
         }
     })
