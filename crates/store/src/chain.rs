@@ -30,6 +30,13 @@ pub(crate) struct Chained {
     pub(crate) bundle: Option<Arc<[u8]>>,
 }
 
+impl Chained {
+    /// The bytes kept under the unit's idempotency key: its bundle, or JSON `null` without one.
+    pub(crate) fn idempotency_bytes(&self) -> &[u8] {
+        self.bundle.as_deref().unwrap_or(b"null")
+    }
+}
+
 /// A checkpoint is signed every this many records of a tenant.
 pub const CHECKPOINT_EVERY: u64 = 1024;
 

@@ -103,7 +103,7 @@ pub(super) async fn apply(
     } = unit;
     let chained = chain(batch.keys, &tenant, head, audit, bundle)?;
     if let Some(idem) = idempotency {
-        let bytes: &[u8] = chained.bundle.as_deref().unwrap_or(b"null");
+        let bytes = chained.idempotency_bytes();
         claim_key(client, &idem, bytes, chained.at_ms).await?;
     }
     let mut scope = Scope {

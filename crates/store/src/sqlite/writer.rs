@@ -446,7 +446,7 @@ fn apply_commit(
     let chained = chain(ctx.keys, &tenant, &head, audit, bundle)?;
     // The idempotency record is the first write: when the key is taken, nothing was written.
     if let Some(idem) = idempotency {
-        let bytes: &[u8] = chained.bundle.as_deref().unwrap_or(b"null");
+        let bytes = chained.idempotency_bytes();
         let inserted = conn
             .prepare_cached(
                 "INSERT INTO idempotency (tenant_id, caller, key, fingerprint, bundle, created_at_ms)
