@@ -37,12 +37,7 @@ impl BatchHistogram {
     pub(crate) fn drain<T>(&self, first: T, jobs: &mut mpsc::UnboundedReceiver<T>) -> Vec<T> {
         let mut batch = Vec::with_capacity(16);
         batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
+        take_queued(&mut batch, jobs, MAX_BATCH);
         self.record(u64::try_from(batch.len()).unwrap_or(u64::MAX));
         batch
     }
@@ -57,5 +52,19 @@ impl BatchHistogram {
             self.count.load(Ordering::Relaxed),
             self.sum.load(Ordering::Relaxed),
         )
+    }
+}
+
+/// Moves queued jobs into `batch` without waiting, until it holds `max_len` or the queue is empty.
+pub(crate) fn take_queued<T>(
+    batch: &mut Vec<T>,
+    jobs: &mut mpsc::UnboundedReceiver<T>,
+    max_len: usize,
+) {
+    while batch.len() < max_len {
+        match jobs.try_recv() {
+            Ok(job) => batch.push(job),
+            Err(_) => break,
+        }
     }
 }

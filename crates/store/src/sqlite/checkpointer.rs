@@ -43,7 +43,7 @@ impl Checkpointer {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
-            .name("selene-kms-sqlite-checkpoint".into())
+            .name("kms-checkpoint".into())
             .spawn(move || {
                 while !flag.load(Ordering::Relaxed) {
                     std::thread::park_timeout(PERIOD);

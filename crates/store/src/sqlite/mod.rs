@@ -174,7 +174,7 @@ impl SqliteStore {
             file.clone(),
         );
         let handle = std::thread::Builder::new()
-            .name("selene-kms-sqlite-writer".into())
+            .name("kms-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(|_| StoreError::new(ErrorKind::Unavailable, "cannot start the writer"))?;
         Ok(Self {

@@ -15,7 +15,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::thread::JoinHandle;
 
@@ -33,6 +33,8 @@ pub(crate) struct Syncer {
     queue: Option<Sender<Answers>>,
     thread: Option<JoinHandle<()>>,
     broken: Arc<AtomicBool>,
+    /// Batches submitted and not yet answered.
+    in_flight: Arc<AtomicUsize>,
 }
 
 fn flush_failed() -> StoreError {
@@ -49,15 +51,17 @@ impl Syncer {
         let wal = PathBuf::from(wal);
         let (queue, batches) = channel::<Answers>();
         let broken = Arc::new(AtomicBool::new(false));
-        let flag = broken.clone();
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let (flag, count) = (broken.clone(), in_flight.clone());
         let thread = std::thread::Builder::new()
-            .name("selene-kms-sqlite-sync".into())
-            .spawn(move || run(&wal, &batches, &flag))
+            .name("kms-sync".into())
+            .spawn(move || run(&wal, &batches, &flag, &count))
             .map_err(|_| StoreError::new(ErrorKind::Unavailable, "cannot start the syncer"))?;
         Ok(Self {
             queue: Some(queue),
             thread: Some(thread),
             broken,
+            in_flight,
         })
     }
 
@@ -66,12 +70,21 @@ impl Syncer {
         self.broken.load(Ordering::Acquire)
     }
 
+    /// Whether a flush is under way or queued: a commit made now would wait for the next one.
+    pub(crate) fn is_flushing(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) > 0
+    }
+
     /// Queues a committed batch's answers for the next flush.
     pub(crate) fn submit(&self, answers: Answers) {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
         let unsent = match &self.queue {
             Some(q) => q.send(answers).err().map(|e| e.0),
             None => Some(answers),
         };
+        if unsent.is_some() {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
         for (reply, _) in unsent.into_iter().flatten() {
             let _ = reply.send(Err(flush_failed()));
         }
@@ -96,11 +109,12 @@ fn flush(wal: &Path, file: &mut Option<File>) -> std::io::Result<()> {
     f.sync_data()
 }
 
-fn run(wal: &Path, batches: &Receiver<Answers>, broken: &AtomicBool) {
+fn run(wal: &Path, batches: &Receiver<Answers>, broken: &AtomicBool, in_flight: &AtomicUsize) {
     let mut file: Option<File> = None;
     while let Ok(first) = batches.recv() {
         let mut pending = vec![first];
         pending.extend(batches.try_iter());
+        let taken = pending.len();
         let flushed = !broken.load(Ordering::Acquire) && flush(wal, &mut file).is_ok();
         if !flushed {
             broken.store(true, Ordering::Release);
@@ -113,5 +127,6 @@ fn run(wal: &Path, batches: &Receiver<Answers>, broken: &AtomicBool) {
             };
             let _ = reply.send(outcome);
         }
+        in_flight.fetch_sub(taken, Ordering::AcqRel);
     }
 }

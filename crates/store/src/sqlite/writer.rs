@@ -1,9 +1,11 @@
 //! The single writer of the embedded store and its group commit.
 //!
 //! The writer owns the read-write connection. It blocks for one job, drains whatever else is
-//! queued (up to [`crate::MAX_BATCH`]), applies them all inside one transaction, commits once,
-//! publishes cache updates, and hands the answers to the syncer, which answers them after the
-//! flush (one `fdatasync` for every batch queued by then). A commit unit runs every check
+//! queued, applies them all inside one transaction, and, while the syncer is still busy with an
+//! earlier flush, keeps draining into the same transaction (up to [`crate::MAX_BATCH`] units):
+//! a commit made then would wait for the next flush anyway, and one commit writes each touched
+//! page to the log once. It then commits, publishes cache updates, and hands the answers to the
+//! syncer, which answers them after the flush (one `fdatasync` for every batch queued by then). A commit unit runs every check
 //! before its first write, so a refused unit leaves no trace without the cost of a savepoint; a
 //! failed write (disk full, read-only, database gone) rolls the whole batch back and refuses every
 //! unit in it, as does a failed final commit. Nothing is published unless the batch committed.
@@ -11,7 +13,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior};
 use selene_kms_core::audit::GENESIS_DIGEST;
 use selene_kms_core::{
     AuditRecord, Policy, SecretKind, SecretName, SecretSnapshot, ServiceKeys, StateChange,
@@ -29,7 +31,7 @@ use crate::envelope::{
 };
 use crate::error::{ErrorKind, StoreError, StoreResult};
 use crate::model::{Change, CommitUnit, NewSecret, Receipt, Role, StoredPolicy, encode_policy};
-use crate::stats::BatchHistogram;
+use crate::stats::{BatchHistogram, MAX_BATCH, take_queued};
 
 /// The root key, shared by the writer (wrapping) and readers (unwrapping); replaced on rotation.
 pub(crate) type SharedRoot = Arc<RwLock<RootKey>>;
@@ -119,22 +121,24 @@ impl Writer {
 
     pub(crate) fn run(mut self, mut jobs: mpsc::UnboundedReceiver<Job>) {
         while let Some(first) = jobs.blocking_recv() {
-            let batch = self.batches.drain(first, &mut jobs);
-            self.run_batch(batch);
+            self.run_batch(first, &mut jobs);
         }
     }
 
-    fn run_batch(&mut self, batch: Vec<Job>) {
+    fn run_batch(&mut self, first: Job, jobs: &mut mpsc::UnboundedReceiver<Job>) {
         let Self {
             conn,
             keys,
             root,
             cache,
+            batches,
             heads,
             syncer,
             file,
-            ..
         } = self;
+        let mut chunk = Vec::with_capacity(16);
+        chunk.push(first);
+        take_queued(&mut chunk, jobs, MAX_BATCH);
         let refusal = if syncer.is_broken() {
             Some("the store stopped after a failed flush; restart it")
         } else if !file.still_there() {
@@ -144,7 +148,7 @@ impl Writer {
         };
         if let Some(why) = refusal {
             let err = StoreError::new(ErrorKind::Unavailable, why);
-            for job in batch {
+            for job in chunk {
                 answer(job, Err(err.clone()));
             }
             return;
@@ -153,7 +157,7 @@ impl Writer {
             Ok(tx) => tx,
             Err(e) => {
                 let err = unavailable("begin")(e);
-                for job in batch {
+                for job in chunk {
                     answer(job, Err(err.clone()));
                 }
                 return;
@@ -166,52 +170,50 @@ impl Writer {
             committed_heads: heads,
             heads: HashMap::new(),
         };
-        let mut results: Vec<(Reply, StoreResult<Receipt>)> = Vec::with_capacity(batch.len());
+        let mut results: Vec<(Reply, StoreResult<Receipt>)> = Vec::with_capacity(chunk.len());
         let mut publish: Vec<Publish> = Vec::new();
         let mut fault: Option<StoreError> = None;
-        for job in batch {
-            if let Some(f) = &fault {
-                results.push((reply_of(job), Err(f.clone())));
-                continue;
-            }
-            let (reply, outcome) = match job {
-                // The hot path: no savepoint (see `apply_commit`).
-                Job::Commit { unit, reply } => {
-                    let outcome = match apply_commit(&tx, &mut ctx, *unit) {
-                        Ok((receipt, effects)) => {
-                            publish.extend(effects);
-                            Ok(receipt)
-                        }
-                        Err(UnitError::Refused(e)) => Err(e),
-                        Err(UnitError::Fault(e)) => {
-                            fault = Some(e.clone());
-                            Err(e)
-                        }
-                    };
-                    (reply, outcome)
-                }
-                Job::Maintenance { task, reply } => match tx.savepoint() {
-                    Err(e) => (reply, Err(unavailable("savepoint")(e))),
-                    Ok(mut sp) => {
-                        let outcome = match run_maintenance(&sp, &ctx, task) {
-                            Ok((receipt, effects)) => sp
-                                .commit()
-                                .map(|()| {
-                                    publish.extend(effects);
-                                    receipt
-                                })
-                                .map_err(unavailable("release savepoint")),
-                            Err(e) => {
-                                let _ = sp.rollback();
+        loop {
+            for job in chunk.drain(..) {
+                let (reply, outcome) = match (job, &fault) {
+                    (Job::Commit { reply, .. } | Job::Maintenance { reply, .. }, Some(f)) => {
+                        (reply, Err(f.clone()))
+                    }
+                    (Job::Commit { unit, reply }, None) => {
+                        let outcome = match apply_commit(&tx, &mut ctx, *unit) {
+                            Ok((receipt, effects)) => {
+                                publish.extend(effects);
+                                Ok(receipt)
+                            }
+                            Err(UnitError::Refused(e)) => Err(e),
+                            Err(UnitError::Fault(e)) => {
+                                fault = Some(e.clone());
                                 Err(e)
                             }
                         };
                         (reply, outcome)
                     }
-                },
-            };
-            results.push((reply, outcome));
+                    (Job::Maintenance { task, reply }, None) => {
+                        (reply, apply_maintenance(&mut tx, &ctx, task, &mut publish))
+                    }
+                };
+                results.push((reply, outcome));
+            }
+            // While the syncer is still flushing, a commit made now would wait for the next flush
+            // anyway: keep the transaction open for the work already queued, so that one commit
+            // writes each touched page once instead of once per chunk.
+            if fault.is_some() || results.len() >= MAX_BATCH || !syncer.is_flushing() {
+                break;
+            }
+            match jobs.try_recv() {
+                Ok(job) => {
+                    chunk.push(job);
+                    take_queued(&mut chunk, jobs, MAX_BATCH - results.len());
+                }
+                Err(_) => break,
+            }
         }
+        batches.record(u64::try_from(results.len()).unwrap_or(u64::MAX));
         let new_heads = std::mem::take(&mut ctx.heads);
         let committed = match fault {
             // A write failed: roll the whole batch back and refuse every unit in it.
@@ -255,14 +257,31 @@ impl Writer {
     }
 }
 
-fn reply_of(job: Job) -> Reply {
-    match job {
-        Job::Commit { reply, .. } | Job::Maintenance { reply, .. } => reply,
+/// Runs a maintenance task in a savepoint of its own: a failed task leaves no trace and
+/// refuses only itself.
+fn apply_maintenance(
+    tx: &mut Transaction<'_>,
+    ctx: &BatchContext<'_>,
+    task: Maintenance,
+    publish: &mut Vec<Publish>,
+) -> StoreResult<Receipt> {
+    let mut sp = tx.savepoint().map_err(unavailable("savepoint"))?;
+    match run_maintenance(&sp, ctx, task) {
+        Ok((receipt, effects)) => {
+            sp.commit().map_err(unavailable("release savepoint"))?;
+            publish.extend(effects);
+            Ok(receipt)
+        }
+        Err(e) => {
+            let _ = sp.rollback();
+            Err(e)
+        }
     }
 }
 
 fn answer(job: Job, outcome: StoreResult<Receipt>) {
-    let _ = reply_of(job).send(outcome);
+    let (Job::Commit { reply, .. } | Job::Maintenance { reply, .. }) = job;
+    let _ = reply.send(outcome);
 }
 
 fn receipt(audit_seq: u64) -> Receipt {
