@@ -126,6 +126,15 @@ async fn a_file_system_that_refuses_writes_refuses_requests_until_it_recovers() 
         .await
         .expect("the server still answers");
     assert_eq!(alive.0, StatusCode::OK);
+    let ready = api
+        .call(&url, Method::GET, "/readyz", None, None)
+        .await
+        .expect("sent");
+    assert_eq!(
+        ready.0,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "a node whose writes fail asks for no traffic"
+    );
 
     limit_file_size(node.child.id(), "unlimited");
     // Nothing of the refused requests remains: one version, and the chain holds exactly the
@@ -152,6 +161,11 @@ async fn a_file_system_that_refuses_writes_refuses_requests_until_it_recovers() 
     assert_eq!(redeemed.0, StatusCode::OK, "{}", describe(&redeemed));
     assert_eq!(api.versions(&url).await, vec![1, 2]);
     assert_eq!(api.verify_audit(&url).await, records_before + 3);
+    let ready = api
+        .call(&url, Method::GET, "/readyz", None, None)
+        .await
+        .expect("sent");
+    assert_eq!(ready.0, StatusCode::OK, "ready again once writes succeed");
 }
 
 /// Regression: the log subscriber reported its own failed writes with `eprintln!`, which panics

@@ -134,7 +134,7 @@ const ROUTES: &[Route] = &[
     Route {
         method: HttpMethod::Get,
         path: "/readyz",
-        summary: "Readiness (the store answers).",
+        summary: "Readiness: the store answers and its recent commits went through.",
         role: None,
         request: None,
         response: None,

@@ -10,6 +10,7 @@ mod chain;
 mod clock;
 mod envelope;
 mod error;
+mod health;
 mod model;
 mod postgres;
 mod sqlite;
@@ -22,6 +23,7 @@ pub use chain::CHECKPOINT_EVERY;
 pub use clock::now_ms;
 pub use envelope::{ROOT_KEY_ENV, RootKey, generate_material, random_key};
 pub use error::{ErrorKind, StoreError, StoreResult};
+pub use health::FAILING_FOR;
 pub use model::{
     Change, CommitUnit, IdempotencyRecord, IdempotencyScope, IdempotencyWrite, NewSecret, Receipt,
     Role, SecretListing, StoredPolicy, VersionListing,

@@ -40,6 +40,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::envelope::{RootKey, Slot};
 use crate::error::{ErrorKind, StoreError, StoreResult};
+use crate::health::WriteHealth;
 use crate::model::{
     CommitUnit, IdempotencyRecord, IdempotencyScope, Receipt, Role, SecretListing, StoredPolicy,
 };
@@ -71,6 +72,7 @@ pub struct PostgresStore {
     floors: Arc<SecretFloors>,
     batches: Arc<BatchHistogram>,
     jobs: mpsc::UnboundedSender<Job>,
+    health: Arc<WriteHealth>,
 }
 
 impl fmt::Debug for PostgresStore {
@@ -119,7 +121,9 @@ impl PostgresStore {
         let floors = Arc::new(SecretFloors::default());
         let batches = Arc::new(BatchHistogram::default());
         let (jobs, rx) = mpsc::unbounded_channel();
+        let health = Arc::new(WriteHealth::default());
         let writer = Writer {
+            health: health.clone(),
             pool: pool.clone(),
             keys: keys.clone(),
             root: root.clone(),
@@ -139,6 +143,7 @@ impl PostgresStore {
             floors,
             batches,
             jobs,
+            health,
         })
     }
 
@@ -303,7 +308,7 @@ impl Store for PostgresStore {
     }
 
     async fn ready(&self) -> bool {
-        if self.jobs.is_closed() {
+        if self.jobs.is_closed() || !self.health.is_writable() {
             return false;
         }
         match self.client().await {

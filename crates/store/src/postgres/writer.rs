@@ -28,6 +28,7 @@ use super::keys::{DataKeys, SharedRoot};
 use super::sql;
 use crate::chain::Head;
 use crate::error::{ErrorKind, StoreError, StoreResult};
+use crate::health::WriteHealth;
 use crate::model::{CommitUnit, Receipt};
 use crate::stats::BatchHistogram;
 
@@ -45,6 +46,7 @@ pub(super) struct Writer {
     pub(super) data_keys: Arc<DataKeys>,
     pub(super) floors: Arc<SecretFloors>,
     pub(super) batches: Arc<BatchHistogram>,
+    pub(super) health: Arc<WriteHealth>,
 }
 
 /// The writer's own connection, kept across batches so that readers crowding the pool never
@@ -92,11 +94,13 @@ impl Writer {
             };
             match outcome {
                 Ok(outcomes) => {
+                    self.health.succeeded();
                     for (reply, outcome) in replies.into_iter().zip(outcomes) {
                         let _ = reply.send(outcome);
                     }
                 }
                 Err(err) => {
+                    self.health.failed();
                     for reply in replies {
                         let _ = reply.send(Err(err.clone()));
                     }

@@ -31,6 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::envelope::{DataKey, RootKey, SERVICE_SECRET_LABEL, Slot, dek_label, random_key};
 use crate::error::{ErrorKind, StoreError, StoreResult};
+use crate::health::WriteHealth;
 use crate::model::{
     CommitUnit, IdempotencyRecord, IdempotencyScope, Receipt, Role, SecretListing, StoredPolicy,
     VersionListing,
@@ -116,6 +117,7 @@ pub struct SqliteStore {
     file: identity::FileIdentity,
     readers: Mutex<Vec<Connection>>,
     jobs: mpsc::UnboundedSender<Job>,
+    health: Arc<WriteHealth>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     // Dropped after the writer is joined (fields drop in order after `Drop::drop`).
     _checkpointer: Checkpointer,
@@ -156,7 +158,8 @@ impl SqliteStore {
             "PRAGMA wal_autocheckpoint = 0; PRAGMA synchronous = NORMAL; PRAGMA cache_size = -16384;",
         )
             .map_err(db_err)?;
-        let syncer = syncer::Syncer::start(&options.path)?;
+        let health = Arc::new(WriteHealth::default());
+        let syncer = syncer::Syncer::start(&options.path, health.clone())?;
         let checkpointer = Checkpointer::start(&options.path)?;
         let service = load_or_create_service_secret(&conn, &root, options.create)?;
         let keys = Arc::new(ServiceKeys::derive(&service));
@@ -186,6 +189,7 @@ impl SqliteStore {
             file,
             readers: Mutex::new(Vec::new()),
             jobs,
+            health,
             writer: Mutex::new(Some(handle)),
             _checkpointer: checkpointer,
             _lock: lock,
@@ -664,6 +668,7 @@ impl Store for SqliteStore {
 
     async fn ready(&self) -> bool {
         !self.jobs.is_closed()
+            && self.health.is_writable()
             && self.file.still_there()
             && self
                 .read(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(db_err))

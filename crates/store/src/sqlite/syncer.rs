@@ -15,11 +15,12 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::thread::JoinHandle;
 
 use crate::error::{ErrorKind, StoreError, StoreResult};
+use crate::health::WriteHealth;
 use crate::model::Receipt;
 
 /// Answers of one committed batch, waiting for the flush.
@@ -32,7 +33,7 @@ pub(crate) type Answers = Vec<(
 pub(crate) struct Syncer {
     queue: Option<Sender<Answers>>,
     thread: Option<JoinHandle<()>>,
-    broken: Arc<AtomicBool>,
+    health: Arc<WriteHealth>,
     /// Batches submitted and not yet answered.
     in_flight: Arc<AtomicUsize>,
 }
@@ -45,14 +46,13 @@ fn flush_failed() -> StoreError {
 }
 
 impl Syncer {
-    pub(crate) fn start(db_path: &Path) -> StoreResult<Self> {
+    pub(crate) fn start(db_path: &Path, health: Arc<WriteHealth>) -> StoreResult<Self> {
         let mut wal = db_path.as_os_str().to_owned();
         wal.push("-wal");
         let wal = PathBuf::from(wal);
         let (queue, batches) = channel::<Answers>();
-        let broken = Arc::new(AtomicBool::new(false));
         let in_flight = Arc::new(AtomicUsize::new(0));
-        let (flag, count) = (broken.clone(), in_flight.clone());
+        let (flag, count) = (health.clone(), in_flight.clone());
         let thread = std::thread::Builder::new()
             .name("kms-sync".into())
             .spawn(move || run(&wal, &batches, &flag, &count))
@@ -60,14 +60,19 @@ impl Syncer {
         Ok(Self {
             queue: Some(queue),
             thread: Some(thread),
-            broken,
+            health,
             in_flight,
         })
     }
 
     /// Whether a flush has failed (the store then refuses every commit).
     pub(crate) fn is_broken(&self) -> bool {
-        self.broken.load(Ordering::Acquire)
+        self.health.is_stopped()
+    }
+
+    /// Where commit outcomes are recorded, for readiness.
+    pub(crate) fn health(&self) -> &WriteHealth {
+        &self.health
     }
 
     /// Whether a flush is under way or queued: a commit made now would wait for the next one.
@@ -109,15 +114,15 @@ fn flush(wal: &Path, file: &mut Option<File>) -> std::io::Result<()> {
     f.sync_data()
 }
 
-fn run(wal: &Path, batches: &Receiver<Answers>, broken: &AtomicBool, in_flight: &AtomicUsize) {
+fn run(wal: &Path, batches: &Receiver<Answers>, health: &WriteHealth, in_flight: &AtomicUsize) {
     let mut file: Option<File> = None;
     while let Ok(first) = batches.recv() {
         let mut pending = vec![first];
         pending.extend(batches.try_iter());
         let taken = pending.len();
-        let flushed = !broken.load(Ordering::Acquire) && flush(wal, &mut file).is_ok();
+        let flushed = !health.is_stopped() && flush(wal, &mut file).is_ok();
         if !flushed {
-            broken.store(true, Ordering::Release);
+            health.stop();
         }
         for (reply, outcome) in pending.into_iter().flatten() {
             let outcome = if flushed {

@@ -136,6 +136,7 @@ impl Writer {
             syncer,
             file,
         } = self;
+        let health = syncer.health();
         let mut chunk = Vec::with_capacity(16);
         chunk.push(first);
         take_queued(&mut chunk, jobs, MAX_BATCH);
@@ -147,6 +148,7 @@ impl Writer {
             None
         };
         if let Some(why) = refusal {
+            health.failed();
             let err = StoreError::new(ErrorKind::Unavailable, why);
             for job in chunk {
                 answer(job, Err(err.clone()));
@@ -156,6 +158,7 @@ impl Writer {
         let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
             Ok(tx) => tx,
             Err(e) => {
+                health.failed();
                 let err = unavailable("begin")(e);
                 for job in chunk {
                     answer(job, Err(err.clone()));
@@ -225,6 +228,7 @@ impl Writer {
         };
         match committed {
             Ok(()) => {
+                health.succeeded();
                 heads.extend(new_heads);
                 // Safe before the flush: see the ordering argument in `syncer`.
                 for p in publish {
@@ -248,6 +252,7 @@ impl Writer {
             }
             Err(err) => {
                 // Nothing of this batch was committed: forget cached heads, refuse every job.
+                health.failed();
                 heads.clear();
                 for (reply, outcome) in results {
                     let _ = reply.send(outcome.and(Err(err.clone())));

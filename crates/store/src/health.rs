@@ -1,0 +1,117 @@
+//! Whether the store's writes are going through, for readiness: a store whose commits fail (full
+//! or read-only disk, database unreachable) answers every request with a refusal, so it asks a
+//! load balancer, through `/readyz`, to send its traffic elsewhere.
+//!
+//! A failed commit makes the store unready until a later commit succeeds or [`FAILING_FOR`] has
+//! passed without another failure; the second rule matters because an unready node may get no
+//! traffic to prove itself with. A failed flush is different: the kernel may have dropped the
+//! dirty pages, so the store refuses every later commit and stays unready until restarted.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// How long a failed commit keeps the store unready when nothing succeeds after it.
+pub const FAILING_FOR: Duration = Duration::from_secs(10);
+
+/// Commit outcomes as seen by a backend's writer; read by `Store::ready`.
+#[derive(Debug)]
+pub(crate) struct WriteHealth {
+    epoch: Instant,
+    /// Milliseconds since `epoch` of the last failed commit, plus one (0: none yet).
+    last_failure: AtomicU64,
+    /// Milliseconds since `epoch` of the last successful commit, plus one (0: none yet).
+    last_success: AtomicU64,
+    stopped: AtomicBool,
+}
+
+impl Default for WriteHealth {
+    fn default() -> Self {
+        Self {
+            epoch: Instant::now(),
+            last_failure: AtomicU64::new(0),
+            last_success: AtomicU64::new(0),
+            stopped: AtomicBool::new(false),
+        }
+    }
+}
+
+impl WriteHealth {
+    fn tick(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis())
+            .unwrap_or(u64::MAX - 1)
+            .saturating_add(1)
+    }
+
+    /// Records a committed batch.
+    pub(crate) fn succeeded(&self) {
+        self.last_success.store(self.tick(), Ordering::Release);
+    }
+
+    /// Records a batch that could not be committed.
+    pub(crate) fn failed(&self) {
+        self.last_failure.store(self.tick(), Ordering::Release);
+    }
+
+    /// Records a failed flush: from now on every commit is refused.
+    pub(crate) fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+        self.failed();
+    }
+
+    /// Whether a flush has failed.
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
+    }
+
+    /// Whether commits are expected to go through.
+    pub(crate) fn is_writable(&self) -> bool {
+        self.writable_at(self.tick())
+    }
+
+    fn writable_at(&self, now: u64) -> bool {
+        if self.is_stopped() {
+            return false;
+        }
+        let failure = self.last_failure.load(Ordering::Acquire);
+        let success = self.last_success.load(Ordering::Acquire);
+        let window = u64::try_from(FAILING_FOR.as_millis()).unwrap_or(u64::MAX);
+        failure == 0 || success > failure || now.saturating_sub(failure) >= window
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_makes_the_store_unwritable_until_a_success_or_the_window_ends() {
+        let health = WriteHealth::default();
+        assert!(health.is_writable(), "a fresh store is writable");
+        health.failed();
+        assert!(!health.is_writable(), "a failed commit makes it unready");
+        let failure = health.last_failure.load(Ordering::Acquire);
+        let window = u64::try_from(FAILING_FOR.as_millis()).expect("fits");
+        assert!(!health.writable_at(failure + window - 1));
+        assert!(
+            health.writable_at(failure + window),
+            "ready again after the window"
+        );
+        // A later success clears the failure at once (ticks are milliseconds, so wait for one).
+        std::thread::sleep(Duration::from_millis(2));
+        health.succeeded();
+        assert!(health.is_writable());
+    }
+
+    #[test]
+    fn a_failed_flush_is_final() {
+        let health = WriteHealth::default();
+        health.stop();
+        std::thread::sleep(Duration::from_millis(2));
+        health.succeeded();
+        assert!(health.is_stopped());
+        assert!(
+            !health.writable_at(u64::MAX),
+            "no success or time brings it back"
+        );
+    }
+}
