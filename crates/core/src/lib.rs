@@ -25,6 +25,7 @@
 )]
 
 mod encode;
+mod redacted;
 
 pub mod audit;
 pub mod diagnostics;

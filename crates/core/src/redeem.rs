@@ -2,20 +2,23 @@
 //!
 //! The core decides; the host fetches and decrypts the material only after [`check`] allowed it.
 
+use std::fmt;
+
 use serde::{Deserialize, Serialize};
 
 use crate::diagnostics::{Problem, Subject};
 use crate::ids::TenantId;
 use crate::keys::ServiceKeys;
 use crate::reason::ReasonCode;
+use crate::redacted::{Redacted, presence};
 use crate::refs::{self, OpenedGrant, RefKind};
 use crate::refusal::Refusal;
 use crate::request::MAX_REF_LEN;
 use crate::state::{SecretSnapshot, VersionState};
 
-/// A redemption request as received.
+/// A redemption request as received. Its `Debug` form hides the ref.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[allow(
     missing_docs,
@@ -27,8 +30,8 @@ pub struct RawRedeemRequest {
     pub ephemeral_credential_ref: Option<String>,
 }
 
-/// A validated redemption request.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A validated redemption request. Its `Debug` form hides the ref.
+#[derive(Clone, PartialEq, Eq)]
 pub struct RedeemRequest {
     /// The tenant the ref must belong to.
     pub tenant_id: TenantId,
@@ -36,6 +39,29 @@ pub struct RedeemRequest {
     pub kind: RefKind,
     /// The ref's text.
     pub text: String,
+}
+
+impl fmt::Debug for RawRedeemRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RawRedeemRequest")
+            .field("tenant_id", &self.tenant_id)
+            .field("secret_handle", &presence(&self.secret_handle))
+            .field(
+                "ephemeral_credential_ref",
+                &presence(&self.ephemeral_credential_ref),
+            )
+            .finish()
+    }
+}
+
+impl fmt::Debug for RedeemRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedeemRequest")
+            .field("tenant_id", &self.tenant_id)
+            .field("kind", &self.kind)
+            .field("text", &Redacted)
+            .finish()
+    }
 }
 
 fn schema(subject: Subject, problem: Problem) -> Refusal {

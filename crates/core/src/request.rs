@@ -1,11 +1,14 @@
 //! The validated KMS request: what the core acts on, built only from a [`RawKmsRequest`].
 
+use std::fmt;
+
 use sha2::{Digest, Sha256};
 
 use crate::diagnostics::{DEFAULT_MAX_DIAGNOSTICS, Diagnostic, MAX_DIAGNOSTICS, Problem, Subject};
 use crate::encode::Encoder;
 use crate::ids::{CorrelationId, EngineId, IdempotencyKey, SecretName, TenantId, TurnId, UserId};
 use crate::reason::ReasonCode;
+use crate::redacted::Redacted;
 use crate::refusal::Refusal;
 use crate::wire::{Operation, RawKmsRequest, RawRevokeTarget};
 
@@ -27,8 +30,8 @@ pub struct Requester {
     pub user: Option<UserId>,
 }
 
-/// What a REVOKE revokes.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What a REVOKE revokes. Its `Debug` form hides a handle or credential ref.
+#[derive(Clone, PartialEq, Eq)]
 pub enum RevokeTarget {
     /// One version.
     Version(u64),
@@ -38,6 +41,17 @@ pub enum RevokeTarget {
     Handle(String),
     /// One ephemeral credential (its opaque ref, opened during issue).
     Credential(String),
+}
+
+impl fmt::Debug for RevokeTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Version(v) => f.debug_tuple("Version").field(v).finish(),
+            Self::AllVersions => f.write_str("AllVersions"),
+            Self::Handle(_) => f.debug_tuple("Handle").field(&Redacted).finish(),
+            Self::Credential(_) => f.debug_tuple("Credential").field(&Redacted).finish(),
+        }
+    }
 }
 
 /// A request that passed schema validation.

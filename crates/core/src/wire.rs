@@ -2,10 +2,13 @@
 //!
 //! Raw types are what the caller typed; [`crate::request::KmsRequest`] is what the core acts on.
 
+use std::fmt;
+
 use serde::{Deserialize, Serialize};
 
 use crate::diagnostics::Diagnostic;
 use crate::reason::ReasonCode;
+use crate::redacted::presence;
 
 /// The four operations of the seed.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -76,7 +79,7 @@ pub struct RawKmsRequest {
 
 /// `revoke_target` as received: exactly one field must be set.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[allow(
     missing_docs,
@@ -91,6 +94,20 @@ pub struct RawRevokeTarget {
     pub secret_handle: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ephemeral_credential_ref: Option<String>,
+}
+
+impl fmt::Debug for RawRevokeTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RawRevokeTarget")
+            .field("version", &self.version)
+            .field("all_versions", &self.all_versions)
+            .field("secret_handle", &presence(&self.secret_handle))
+            .field(
+                "ephemeral_credential_ref",
+                &presence(&self.ephemeral_credential_ref),
+            )
+            .finish()
+    }
 }
 
 /// `OK` or `FAIL`.
@@ -131,9 +148,10 @@ pub struct Tombstone {
     pub version: Option<u64>,
 }
 
-/// The `kms_material_bundle`: the engine's only answer to a KMS request.
+/// The `kms_material_bundle`: the engine's only answer to a KMS request. Its `Debug` form
+/// hides the handle and the credential ref, which redeem material.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[allow(
     missing_docs,
@@ -155,6 +173,29 @@ pub struct MaterialBundle {
     pub dry_run: bool,
     pub simulation_id: Option<String>,
     pub audit_seq: Option<u64>,
+}
+
+impl fmt::Debug for MaterialBundle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MaterialBundle")
+            .field("validation_status", &self.validation_status)
+            .field("reason_code", &self.reason_code)
+            .field("diagnostics", &self.diagnostics)
+            .field("operation", &self.operation)
+            .field("secret_ref", &self.secret_ref)
+            .field("secret_handle", &presence(&self.secret_handle))
+            .field(
+                "ephemeral_credential_ref",
+                &presence(&self.ephemeral_credential_ref),
+            )
+            .field("expires_at_ms", &self.expires_at_ms)
+            .field("rotated_version", &self.rotated_version)
+            .field("revoked", &self.revoked)
+            .field("dry_run", &self.dry_run)
+            .field("simulation_id", &self.simulation_id)
+            .field("audit_seq", &self.audit_seq)
+            .finish()
+    }
 }
 
 impl MaterialBundle {
@@ -185,5 +226,30 @@ impl MaterialBundle {
     /// Whether the OS may forward this bundle's outputs.
     pub fn is_ok(&self) -> bool {
         self.validation_status == ValidationStatus::Ok
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_shows_that_a_bundle_carries_refs_but_not_the_refs() {
+        let mut bundle =
+            MaterialBundle::refusal(ReasonCode::OkMaterialIssue, Vec::new(), None, false);
+        bundle.secret_handle = Some("ksh1_handle-bytes".to_owned());
+        bundle.ephemeral_credential_ref = Some("kec1_credential-bytes".to_owned());
+        let shown = format!("{bundle:?}");
+        assert!(!shown.contains("handle-bytes"), "{shown}");
+        assert!(!shown.contains("credential-bytes"), "{shown}");
+        assert!(shown.contains("secret_handle: Some(<redacted>)"), "{shown}");
+        assert!(shown.contains("OkMaterialIssue"), "{shown}");
+        let target = RawRevokeTarget {
+            secret_handle: Some("ksh1_handle-bytes".to_owned()),
+            ..RawRevokeTarget::default()
+        };
+        let shown = format!("{target:?}");
+        assert!(!shown.contains("handle-bytes"), "{shown}");
+        assert!(shown.contains("secret_handle: Some(<redacted>)"), "{shown}");
     }
 }

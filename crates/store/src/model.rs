@@ -1,5 +1,6 @@
 //! What crosses the [`crate::Store`] boundary: commit units, receipts and read models.
 
+use std::fmt;
 use std::sync::Arc;
 
 use selene_kms_core::{
@@ -73,8 +74,9 @@ pub(crate) fn encode_policy(doc: &PolicyDocument) -> StoreResult<(Policy, String
     Ok((policy, json))
 }
 
-/// The stored answer to an earlier request with the same idempotency key.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The stored answer to an earlier request with the same idempotency key. Its `Debug` form
+/// gives the bundle's length, not the bundle, which may hold a handle.
+#[derive(Clone, PartialEq, Eq)]
 pub struct IdempotencyRecord {
     /// Fingerprint of the request that made it.
     pub fingerprint: [u8; 32],
@@ -156,8 +158,9 @@ pub struct CommitUnit {
     pub bundle: Option<MaterialBundle>,
 }
 
-/// What a commit produced.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What a commit produced. Its `Debug` form gives the bundle's length, not the bundle, which
+/// may hold a handle.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Receipt {
     /// The audit record's sequence number in its tenant's chain.
     pub audit_seq: u64,
@@ -165,6 +168,37 @@ pub struct Receipt {
     pub bundle_json: Option<Arc<[u8]>>,
     /// The new policy version, for [`Change::PutPolicy`].
     pub policy_version: Option<u64>,
+}
+
+/// Shows a stored bundle in `Debug` output by its length.
+struct BundleLen<'a>(Option<&'a [u8]>);
+
+impl fmt::Debug for BundleLen<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(bytes) => write!(f, "<{} bytes>", bytes.len()),
+            None => f.write_str("None"),
+        }
+    }
+}
+
+impl fmt::Debug for IdempotencyRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IdempotencyRecord")
+            .field("fingerprint", &hex::encode(self.fingerprint))
+            .field("bundle_json", &BundleLen(Some(&self.bundle_json)))
+            .finish()
+    }
+}
+
+impl fmt::Debug for Receipt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Receipt")
+            .field("audit_seq", &self.audit_seq)
+            .field("bundle_json", &BundleLen(self.bundle_json.as_deref()))
+            .field("policy_version", &self.policy_version)
+            .finish()
+    }
 }
 
 /// One version in a listing.
@@ -191,4 +225,28 @@ pub struct SecretListing {
     pub current_version: u64,
     /// Every version.
     pub versions: Vec<VersionListing>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_gives_a_stored_bundle_by_its_length() {
+        let bundle: Arc<[u8]> = Arc::from(&br#"{"secret_handle":"ksh1_handle-bytes"}"#[..]);
+        let receipt = Receipt {
+            audit_seq: 7,
+            bundle_json: Some(bundle.clone()),
+            policy_version: None,
+        };
+        let record = IdempotencyRecord {
+            fingerprint: [0; 32],
+            bundle_json: bundle,
+        };
+        for shown in [format!("{receipt:?}"), format!("{record:?}")] {
+            assert!(shown.contains("<37 bytes>"), "{shown}");
+            assert!(!shown.contains("104, 97"), "no raw bytes: {shown}");
+            assert!(!shown.contains("handle-bytes"), "{shown}");
+        }
+    }
 }
