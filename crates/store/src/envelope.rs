@@ -7,6 +7,7 @@
 
 use std::io::Write;
 use std::path::Path;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use aes_gcm::aead::{Aead, Payload};
 use aes_gcm::{Aes256Gcm, KeyInit};
@@ -173,6 +174,56 @@ impl RootKey {
         out.copy_from_slice(&plain);
         Ok(out)
     }
+
+    /// A new random data key for `tenant`, and its wrapping for storage.
+    pub(crate) fn new_data_key(&self, tenant: &TenantId) -> StoreResult<(DataKey, Vec<u8>)> {
+        let bytes = random_key()?;
+        let wrapped = self.wrap(&dek_label(tenant), &bytes)?;
+        Ok((DataKey::from_bytes(&bytes), wrapped))
+    }
+
+    /// Opens `tenant`'s stored data key.
+    pub(crate) fn unwrap_data_key(
+        &self,
+        tenant: &TenantId,
+        wrapped: &[u8],
+    ) -> StoreResult<DataKey> {
+        Ok(DataKey::from_bytes(
+            &*self.unwrap(&dek_label(tenant), wrapped)?,
+        ))
+    }
+
+    /// Rewraps a stored key (a data key or the service secret, by `label`) from this root key
+    /// to `new`, for a root-key rotation.
+    pub(crate) fn rewrap(
+        &self,
+        new: &RootKey,
+        label: &[u8],
+        wrapped: &[u8],
+    ) -> StoreResult<Vec<u8>> {
+        new.wrap(label, &*self.unwrap(label, wrapped)?)
+    }
+}
+
+/// The root key of a running store, shared by its writer and readers, replaced after a rotation.
+#[derive(Clone)]
+pub(crate) struct SharedRoot(Arc<RwLock<RootKey>>);
+
+impl SharedRoot {
+    pub(crate) fn new(root: RootKey) -> Self {
+        Self(Arc::new(RwLock::new(root)))
+    }
+
+    /// Runs `f` with the current root key. The key is replaced in one move, so a panic elsewhere
+    /// cannot leave it half-written: a poisoned lock still holds a whole key, and is used.
+    pub(crate) fn with<T>(&self, f: impl FnOnce(&RootKey) -> T) -> T {
+        f(&self.0.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Installs the key a rotation has just committed.
+    pub(crate) fn replace(&self, new: RootKey) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = new;
+    }
 }
 
 /// Label binding a tenant's wrapped data key to its tenant.
@@ -296,6 +347,53 @@ mod tests {
             RootKey::from_bytes(&[2u8; 32])
                 .unwrap(b"label", &wrapped)
                 .is_err()
+        );
+    }
+
+    #[test]
+    fn a_rewrapped_key_opens_under_the_new_root_only() {
+        let (old, new) = (RootKey::from_bytes(&[1; 32]), RootKey::from_bytes(&[2; 32]));
+        let tenant = t("acme");
+        let (key, wrapped) = old.new_data_key(&tenant).expect("new key");
+        let sealed = key
+            .seal(
+                &tenant,
+                &n("db/pass"),
+                Slot::Version(1),
+                &SecretMaterial::from_slice(b"v"),
+            )
+            .expect("seals");
+        let rewrapped = old
+            .rewrap(&new, &dek_label(&tenant), &wrapped)
+            .expect("rewraps");
+        assert!(old.unwrap_data_key(&tenant, &rewrapped).is_err());
+        assert!(new.unwrap_data_key(&t("other"), &rewrapped).is_err());
+        let reopened = new.unwrap_data_key(&tenant, &rewrapped).expect("opens");
+        assert!(
+            reopened
+                .open(&tenant, &n("db/pass"), Slot::Version(1), &sealed)
+                .is_ok(),
+            "the data key itself is unchanged"
+        );
+    }
+
+    #[test]
+    fn a_poisoned_root_lock_still_serves_and_takes_a_rotated_key() {
+        let shared = SharedRoot::new(RootKey::from_bytes(&[1; 32]));
+        let lock = shared.0.clone();
+        let poisoner = std::thread::spawn(move || {
+            let _held = lock.write();
+            std::panic::resume_unwind(Box::new("poisons the lock"));
+        });
+        assert!(poisoner.join().is_err());
+        assert!(shared.0.is_poisoned());
+        let wrapped = shared
+            .with(|r| r.wrap(b"label", &[9; 32]))
+            .expect("the old key still serves");
+        shared.replace(RootKey::from_bytes(&[2; 32]));
+        assert!(
+            shared.with(|r| r.unwrap(b"label", &wrapped)).is_err(),
+            "the rotated key is the one in use"
         );
     }
 

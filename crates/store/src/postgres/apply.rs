@@ -18,9 +18,10 @@ use selene_kms_core::{
 use super::cache::StateFloors;
 use super::codec::{col, col_u64, to_db, to_db_saturating};
 use super::error::as_unavailable;
-use super::keys::{DataKeys, SharedRoot, create_data_key, load_data_key};
+use super::keys::{DataKeys, create_data_key, load_data_key};
 use super::sql;
 use crate::chain::{Head, chain};
+use crate::envelope::SharedRoot;
 use crate::envelope::{DataKey, Slot, generate_material};
 use crate::error::{ErrorKind, StoreError, StoreResult};
 use crate::model::{Change, CommitUnit, IdempotencyWrite, NewSecret, Receipt, encode_policy};

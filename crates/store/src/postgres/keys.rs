@@ -10,7 +10,7 @@
 //! other nodes could no longer open.
 
 use std::collections::HashMap;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, RwLock};
 
 use deadpool_postgres::{Client, GenericClient};
 use selene_kms_core::{ServiceSecret, TenantId};
@@ -18,19 +18,8 @@ use selene_kms_core::{ServiceSecret, TenantId};
 use super::codec::col;
 use super::error::pg;
 use super::sql;
-use crate::envelope::{DataKey, RootKey, SERVICE_SECRET_LABEL, dek_label, random_key};
+use crate::envelope::{DataKey, RootKey, SERVICE_SECRET_LABEL, SharedRoot, dek_label, random_key};
 use crate::error::{ErrorKind, StoreError, StoreResult};
-
-/// The root key of this node, replaced after a rotation it made.
-pub(super) type SharedRoot = Arc<RwLock<RootKey>>;
-
-/// Runs `f` with the current root key.
-fn with_root<T>(root: &SharedRoot, f: impl FnOnce(&RootKey) -> StoreResult<T>) -> StoreResult<T> {
-    let guard = root
-        .read()
-        .map_err(|_| StoreError::new(ErrorKind::Unavailable, "root key lock poisoned"))?;
-    f(&guard)
-}
 
 /// Unwrapped data keys by tenant.
 #[derive(Default)]
@@ -116,13 +105,7 @@ pub(super) async fn load_data_key(
         None => None,
     };
     wrapped
-        .map(|w| {
-            with_root(root, |r| {
-                Ok(Arc::new(DataKey::from_bytes(
-                    &*r.unwrap(&dek_label(tenant), &w)?,
-                )))
-            })
-        })
+        .map(|w| root.with(|r| r.unwrap_data_key(tenant, &w)).map(Arc::new))
         .transpose()
 }
 
@@ -137,15 +120,14 @@ pub(super) async fn create_data_key(
         .await?
         .ok_or_else(|| StoreError::new(ErrorKind::Corrupt, "the service secret is gone"))?;
     let service: Vec<u8> = col(&row, 0, "service secret")?;
-    let bytes = random_key()?;
-    let wrapped = with_root(root, |r| {
+    let (key, wrapped) = root.with(|r| {
         r.unwrap(SERVICE_SECRET_LABEL, &service).map_err(|_| {
             StoreError::new(
                 ErrorKind::Unavailable,
                 "the root key was rotated: restart this node with the new key",
             )
         })?;
-        r.wrap(&dek_label(tenant), &bytes)
+        r.new_data_key(tenant)
     })?;
     let updated = sql::execute(
         client,
@@ -160,7 +142,7 @@ pub(super) async fn create_data_key(
             "the tenant's data key changed beside its row lock",
         ));
     }
-    Ok(Arc::new(DataKey::from_bytes(&bytes)))
+    Ok(Arc::new(key))
 }
 
 /// Rewraps every tenant data key and the service secret under `new_root`, in one transaction;
@@ -185,13 +167,12 @@ pub(super) async fn rotate_root(
     )
     .await?
     .ok_or_else(|| StoreError::new(ErrorKind::Corrupt, "the service secret is gone"))?;
-    let service = with_root(root, |r| {
-        r.unwrap(SERVICE_SECRET_LABEL, &col::<Vec<u8>>(&row, 0, WHAT)?)
-    })?;
+    let service = col::<Vec<u8>>(&row, 0, WHAT)?;
+    let service = root.with(|r| r.rewrap(&new_root, SERVICE_SECRET_LABEL, &service))?;
     sql::execute(
         &tx,
         "UPDATE meta SET value = $1 WHERE key = 'service_secret'",
-        &[&new_root.wrap(SERVICE_SECRET_LABEL, &service)?],
+        &[&service],
         WHAT,
     )
     .await?;
@@ -206,19 +187,19 @@ pub(super) async fn rotate_root(
     for row in rows {
         let tenant = TenantId::try_from(col::<String>(&row, 0, WHAT)?)
             .map_err(|_| StoreError::new(ErrorKind::Corrupt, "a tenant id is invalid"))?;
-        let label = dek_label(&tenant);
-        let key = with_root(root, |r| r.unwrap(&label, &col::<Vec<u8>>(&row, 1, WHAT)?))?;
+        let wrapped = col::<Vec<u8>>(&row, 1, WHAT)?;
+        let wrapped = root.with(|r| r.rewrap(&new_root, &dek_label(&tenant), &wrapped))?;
         sql::execute(
             &tx,
             "UPDATE tenants SET wrapped_dek = $2 WHERE tenant_id = $1",
-            &[&tenant.as_str(), &new_root.wrap(&label, &key)?],
+            &[&tenant.as_str(), &wrapped],
             WHAT,
         )
         .await?;
         rewrapped += 1;
     }
     tx.commit().await.map_err(pg(WHAT))?;
-    *root.write().unwrap_or_else(PoisonError::into_inner) = new_root;
+    root.replace(new_root);
     data_keys.clear();
     Ok(rewrapped)
 }

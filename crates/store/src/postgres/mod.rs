@@ -27,7 +27,7 @@ mod url;
 mod writer;
 
 use std::fmt;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -38,7 +38,7 @@ use selene_kms_core::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use crate::envelope::{RootKey, Slot};
+use crate::envelope::{RootKey, SharedRoot, Slot};
 use crate::error::{ErrorKind, StoreError, StoreResult};
 use crate::health::WriteHealth;
 use crate::model::{
@@ -49,7 +49,7 @@ use crate::store::Store;
 use apply::SecretFloors;
 use cache::VersionedCache;
 use error::pool_error;
-use keys::{DataKeys, SharedRoot};
+use keys::DataKeys;
 use reads::Fresh;
 pub use url::redact;
 use writer::{Job, Writer};
@@ -116,7 +116,7 @@ impl PostgresStore {
         let service = keys::service_secret(&client, &root, create).await?;
         drop(client);
         let keys = Arc::new(ServiceKeys::derive(&service));
-        let root: SharedRoot = Arc::new(RwLock::new(root));
+        let root = SharedRoot::new(root);
         let data_keys = Arc::new(DataKeys::default());
         let floors = Arc::new(SecretFloors::default());
         let batches = Arc::new(BatchHistogram::default());

@@ -29,7 +29,7 @@ use selene_kms_core::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use crate::envelope::{DataKey, RootKey, SERVICE_SECRET_LABEL, Slot, dek_label, random_key};
+use crate::envelope::{DataKey, RootKey, SERVICE_SECRET_LABEL, SharedRoot, Slot, random_key};
 use crate::error::{ErrorKind, StoreError, StoreResult};
 use crate::health::WriteHealth;
 use crate::model::{
@@ -40,7 +40,7 @@ use crate::stats::BatchHistogram;
 use crate::store::Store;
 use cache::Cache;
 use checkpointer::Checkpointer;
-use writer::{Job, Maintenance, SharedRoot, Writer};
+use writer::{Job, Maintenance, Writer};
 
 /// Maps a SQLite error to a store error without quoting anything but SQLite's own code.
 pub(crate) fn db_err(e: rusqlite::Error) -> StoreError {
@@ -163,7 +163,7 @@ impl SqliteStore {
         let checkpointer = Checkpointer::start(&options.path)?;
         let service = load_or_create_service_secret(&conn, &root, options.create)?;
         let keys = Arc::new(ServiceKeys::derive(&service));
-        let root: SharedRoot = Arc::new(std::sync::RwLock::new(root));
+        let root = SharedRoot::new(root);
         let cache = Arc::new(Cache::default());
         let (jobs, rx) = mpsc::unbounded_channel();
         let batches = Arc::new(BatchHistogram::default());
@@ -242,11 +242,9 @@ impl SqliteStore {
         if let Some(k) = self.cache.data_key(tenant) {
             return Ok(k);
         }
-        let root = self
+        let key = self
             .root
-            .read()
-            .map_err(|_| StoreError::new(ErrorKind::Unavailable, "root key lock poisoned"))?;
-        let key = read_data_key(conn, &root, tenant)?
+            .with(|root| read_data_key(conn, root, tenant))?
             .ok_or_else(|| StoreError::new(ErrorKind::NotFound, "no data key"))?;
         let key = Arc::new(key);
         self.cache.put_data_key(tenant, key.clone());
@@ -270,7 +268,7 @@ pub(crate) fn read_data_key(
         .map_err(db_err)?
         .flatten();
     wrapped
-        .map(|w| Ok(DataKey::from_bytes(&*root.unwrap(&dek_label(tenant), &w)?)))
+        .map(|w| root.unwrap_data_key(tenant, &w))
         .transpose()
 }
 

@@ -11,7 +11,7 @@
 //! unit in it, as does a failed final commit. Nothing is published unless the batch committed.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior};
 use selene_kms_core::audit::GENESIS_DIGEST;
@@ -27,14 +27,11 @@ use super::syncer::Syncer;
 use super::{db_err, load_snapshot, read_data_key};
 use crate::chain::{Head, chain};
 use crate::envelope::{
-    DataKey, RootKey, SERVICE_SECRET_LABEL, Slot, dek_label, generate_material, random_key,
+    DataKey, RootKey, SERVICE_SECRET_LABEL, SharedRoot, Slot, dek_label, generate_material,
 };
 use crate::error::{ErrorKind, StoreError, StoreResult};
 use crate::model::{Change, CommitUnit, NewSecret, Receipt, Role, StoredPolicy, encode_policy};
 use crate::stats::{BatchHistogram, MAX_BATCH, take_queued};
-
-/// The root key, shared by the writer (wrapping) and readers (unwrapping); replaced on rotation.
-pub(crate) type SharedRoot = Arc<RwLock<RootKey>>;
 
 type Reply = oneshot::Sender<StoreResult<Receipt>>;
 
@@ -241,9 +238,7 @@ impl Writer {
                         }
                         Publish::DataKey(t, k) => cache.put_data_key(&t, k),
                         Publish::NewRoot(r) => {
-                            if let Ok(mut current) = root.write() {
-                                *current = *r;
-                            }
+                            root.replace(*r);
                             cache.forget_data_keys();
                         }
                     }
@@ -336,11 +331,6 @@ fn run_maintenance(conn: &Connection, ctx: &BatchContext<'_>, task: Maintenance)
 }
 
 fn rotate_root(conn: &Connection, ctx: &BatchContext<'_>, new_root: Box<RootKey>) -> JobOutcome {
-    let old = ctx
-        .root
-        .read()
-        .map_err(|_| StoreError::new(ErrorKind::Unavailable, "root key lock poisoned"))?;
-    let mut rewrapped = 0u64;
     let rows: Vec<(String, Vec<u8>)> = {
         let mut stmt = conn
             .prepare("SELECT tenant_id, wrapped_dek FROM tenants WHERE wrapped_dek IS NOT NULL")
@@ -350,31 +340,35 @@ fn rotate_root(conn: &Connection, ctx: &BatchContext<'_>, new_root: Box<RootKey>
             .map_err(db_err)?;
         rows.collect::<Result<_, _>>().map_err(db_err)?
     };
-    for (tenant, wrapped) in rows {
-        let tenant = TenantId::try_from(tenant)
-            .map_err(|_| StoreError::new(ErrorKind::Corrupt, "a tenant id is invalid"))?;
-        let label = dek_label(&tenant);
-        let key = old.unwrap(&label, &wrapped)?;
-        conn.execute(
-            "UPDATE tenants SET wrapped_dek = ?2 WHERE tenant_id = ?1",
-            (tenant.as_str(), new_root.wrap(&label, &key)?),
-        )
-        .map_err(db_err)?;
-        rewrapped += 1;
-    }
-    let wrapped: Vec<u8> = conn
+    let service: Vec<u8> = conn
         .query_row(
             "SELECT value FROM meta WHERE key = 'service_secret'",
             [],
             |r| r.get(0),
         )
         .map_err(db_err)?;
-    let service = old.unwrap(SERVICE_SECRET_LABEL, &wrapped)?;
-    conn.execute(
-        "UPDATE meta SET value = ?1 WHERE key = 'service_secret'",
-        [new_root.wrap(SERVICE_SECRET_LABEL, &service)?],
-    )
-    .map_err(db_err)?;
+    let rewrapped = ctx.root.with(|old| -> StoreResult<u64> {
+        let mut rewrapped = 0u64;
+        for (tenant, wrapped) in &rows {
+            let tenant = TenantId::try_from(tenant.as_str())
+                .map_err(|_| StoreError::new(ErrorKind::Corrupt, "a tenant id is invalid"))?;
+            conn.execute(
+                "UPDATE tenants SET wrapped_dek = ?2 WHERE tenant_id = ?1",
+                (
+                    tenant.as_str(),
+                    old.rewrap(&new_root, &dek_label(&tenant), wrapped)?,
+                ),
+            )
+            .map_err(db_err)?;
+            rewrapped += 1;
+        }
+        conn.execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'service_secret'",
+            [old.rewrap(&new_root, SERVICE_SECRET_LABEL, &service)?],
+        )
+        .map_err(db_err)?;
+        Ok(rewrapped)
+    })?;
     Ok((receipt(rewrapped), vec![Publish::NewRoot(new_root)]))
 }
 
@@ -536,22 +530,19 @@ fn data_key(
     if let Some(k) = ctx.cache.data_key(tenant) {
         return Ok(k);
     }
-    let root = ctx
-        .root
-        .read()
-        .map_err(|_| StoreError::new(ErrorKind::Unavailable, "root key lock poisoned"))?;
-    let key = match read_data_key(conn, &root, tenant)? {
-        Some(k) => Arc::new(k),
-        None => {
-            let bytes = random_key()?;
-            conn.execute(
-                "UPDATE tenants SET wrapped_dek = ?2 WHERE tenant_id = ?1",
-                (tenant.as_str(), root.wrap(&dek_label(tenant), &bytes)?),
-            )
-            .map_err(db_err)?;
-            Arc::new(DataKey::from_bytes(&bytes))
+    let key = ctx.root.with(|root| -> StoreResult<DataKey> {
+        if let Some(key) = read_data_key(conn, root, tenant)? {
+            return Ok(key);
         }
-    };
+        let (key, wrapped) = root.new_data_key(tenant)?;
+        conn.execute(
+            "UPDATE tenants SET wrapped_dek = ?2 WHERE tenant_id = ?1",
+            (tenant.as_str(), wrapped),
+        )
+        .map_err(db_err)?;
+        Ok(key)
+    })?;
+    let key = Arc::new(key);
     publish.push(Publish::DataKey(tenant.clone(), key.clone()));
     Ok(key)
 }
