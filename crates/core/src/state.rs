@@ -122,8 +122,23 @@ impl SecretSnapshot {
 
     /// The state of `version`, if it exists.
     pub fn version_state(&self, version: u64) -> Option<VersionState> {
-        let index = usize::try_from(version.checked_sub(1)?).ok()?;
-        self.versions.get(index).copied()
+        self.versions.get(version_index(version)?).copied()
+    }
+}
+
+/// Where `version` (numbered from 1) sits in a list of version states.
+fn version_index(version: u64) -> Option<usize> {
+    usize::try_from(version.checked_sub(1)?).ok()
+}
+
+/// Marks `version` revoked in a list of version states; `false` if it is not in the list.
+pub fn mark_revoked(versions: &mut [VersionState], version: u64) -> bool {
+    match version_index(version).and_then(|i| versions.get_mut(i)) {
+        Some(state) => {
+            *state = VersionState::Revoked;
+            true
+        }
+        None => false,
     }
 }
 
@@ -164,5 +179,21 @@ impl StateChange {
     /// under compare-and-set).
     pub fn touches_secret(&self) -> bool {
         !matches!(self, Self::None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_listed_version_is_marked_revoked() {
+        let mut versions = vec![VersionState::Active; 2];
+        assert!(mark_revoked(&mut versions, 2));
+        assert_eq!(versions, [VersionState::Active, VersionState::Revoked]);
+        for missing in [0, 3, u64::MAX] {
+            assert!(!mark_revoked(&mut versions, missing), "version {missing}");
+        }
+        assert_eq!(versions, [VersionState::Active, VersionState::Revoked]);
     }
 }

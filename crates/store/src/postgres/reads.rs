@@ -2,6 +2,7 @@
 //! from memory that another node could have made stale.
 
 use deadpool_postgres::GenericClient;
+use selene_kms_core::state::mark_revoked;
 use selene_kms_core::{
     AuditRecord, Checkpoint, PolicyDocument, RefId, SecretKind, SecretName, SecretSnapshot,
     TenantId, TtlBounds, VersionState,
@@ -72,12 +73,10 @@ pub(super) async fn secret(
         usize::try_from(current).map_err(|_| corrupt("a secret's versions"))?
     ];
     for version in revoked {
-        let slot = usize::try_from(version)
-            .ok()
-            .and_then(|v| v.checked_sub(1))
-            .and_then(|i| versions.get_mut(i))
-            .ok_or_else(|| corrupt("a secret's versions"))?;
-        *slot = VersionState::Revoked;
+        let version = u64::try_from(version).map_err(|_| corrupt("a secret's versions"))?;
+        if !mark_revoked(&mut versions, version) {
+            return Err(corrupt("a secret's versions"));
+        }
     }
     let kind: String = col(&row, 2, WHAT)?;
     let ttl = TtlBounds::new(

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior};
 use selene_kms_core::audit::GENESIS_DIGEST;
+use selene_kms_core::state::mark_revoked;
 use selene_kms_core::{
     AuditRecord, Policy, SecretKind, SecretName, SecretSnapshot, ServiceKeys, StateChange,
     TenantId, VersionState, refs,
@@ -857,13 +858,8 @@ fn next_snapshot(current: &SecretSnapshot, change: &StateChange) -> SecretSnapsh
             next.staged = false;
         }
         StateChange::RevokeVersion(v) => {
-            if let Some(s) = usize::try_from(*v)
-                .ok()
-                .and_then(|v| v.checked_sub(1))
-                .and_then(|i| next.versions.get_mut(i))
-            {
-                *s = VersionState::Revoked;
-            }
+            // The check phase found the version, so it is there.
+            mark_revoked(&mut next.versions, *v);
         }
         StateChange::RevokeAllVersions => {
             next.versions.fill(VersionState::Revoked);
