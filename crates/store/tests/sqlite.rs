@@ -206,6 +206,18 @@ async fn state_survives_reopen_and_a_wrong_root_key_is_refused() {
         RootKey::from_bytes(&[2; 32]),
     );
     assert_eq!(wrong.err().map(|e| e.kind), Some(ErrorKind::Corrupt));
+    let again = SqliteStore::open(
+        &SqliteOptions {
+            path: path.clone(),
+            create: true,
+        },
+        RootKey::from_bytes(&[1; 32]),
+    );
+    assert_eq!(
+        again.err().map(|e| e.kind),
+        Some(ErrorKind::AlreadyExists),
+        "initialising an initialised store is refused, not taken as an open"
+    );
     let missing = SqliteStore::open(
         &SqliteOptions {
             path: dir.path().join("none.db"),
@@ -306,7 +318,9 @@ const CHILD_ENV: &str = "SELENE_KMS_CRASH_CHILD_DB";
 #[ignore = "child process of acknowledged_rotations_survive_kill_9"]
 async fn crash_child() {
     let path = std::env::var_os(CHILD_ENV).expect("run by acknowledged_rotations_survive_kill_9");
-    let store = open_at(Path::new(&path), [1; 32], true);
+    // The first round initialises the store; it is killed only once that is done ("ready").
+    let path = Path::new(&path);
+    let store = open_at(path, [1; 32], !path.exists());
     let t = tenant("acme");
     let _ = create(&*store, &t, "k", SecretKind::Generated, None).await;
     println!("ready");

@@ -103,7 +103,8 @@ pub(crate) fn open_connection(path: &Path, read_only: bool) -> StoreResult<Conne
 pub struct SqliteOptions {
     /// The database file.
     pub path: PathBuf,
-    /// Create the service secret if the store is new (`init`); otherwise a new store is refused.
+    /// Initialise a new store (`init`): a database that already holds one is refused, as the
+    /// PostgreSQL backend does. Without it, a database that holds none is refused.
     pub create: bool,
 }
 
@@ -286,6 +287,10 @@ fn load_or_create_service_secret(
         .optional()
         .map_err(db_err)?;
     match wrapped {
+        Some(_) if create => Err(StoreError::new(
+            ErrorKind::AlreadyExists,
+            "the database already holds an initialised store",
+        )),
         Some(w) => Ok(ServiceSecret::from_bytes(
             *root.unwrap(SERVICE_SECRET_LABEL, &w)?,
         )),
