@@ -1,9 +1,15 @@
-//! Durable commit throughput of the embedded store: rotations per second with 1, 16 and 64
+//! Durable commit throughput of both backends: rotations per second with 1, 16 and 64
 //! concurrent writers on one hot secret and on one secret per writer. Every rotation is a full
-//! commit (new version sealed, audit record chained) acknowledged only after its fsync.
+//! commit (new version sealed, audit record chained) acknowledged only after its flush: SQLite's
+//! `fdatasync` of the WAL, and PostgreSQL's own commit with `fsync` and `synchronous_commit` on
+//! (a throwaway cluster on a unix socket, started from the PostgreSQL 15 binaries; without them
+//! its table is left out, and the output says so).
 //!
 //! `cargo bench -p selene-kms-store --bench commit` (set `SELENE_KMS_BENCH_SECS` to change the
 //! duration of each run, 5 s by default).
+
+#[path = "../tests/pg_cluster/mod.rs"]
+mod pg_cluster;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -13,7 +19,8 @@ use selene_kms_core::{
     AuditAction, AuditRecord, ReasonCode, SecretKind, SecretName, StateChange, TenantId, TtlBounds,
 };
 use selene_kms_store::{
-    Change, CommitUnit, ErrorKind, NewSecret, RootKey, SqliteOptions, SqliteStore, Store,
+    Change, CommitUnit, ErrorKind, NewSecret, PostgresStore, RootKey, SqliteOptions, SqliteStore,
+    Store,
 };
 
 fn name(i: usize) -> SecretName {
@@ -45,18 +52,36 @@ async fn rotate(store: &dyn Store, t: &TenantId, n: &SecretName) -> bool {
     }
 }
 
-async fn run(writers: usize, hot: bool, secs: u64) -> (f64, u64) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(
-            &SqliteOptions {
-                path: dir.path().join("kms.db"),
-                create: true,
-            },
-            RootKey::from_bytes(&[1; 32]),
-        )
-        .expect("open"),
-    );
+/// Where a run's store lives.
+enum Backend {
+    Sqlite,
+    Postgres(pg_cluster::Cluster),
+}
+
+impl Backend {
+    /// A fresh, empty store for one run (a new file, or a new database of the cluster).
+    async fn fresh_store(&self, run: usize) -> (Arc<dyn Store>, Option<tempfile::TempDir>) {
+        let root = RootKey::from_bytes(&[1; 32]);
+        match self {
+            Self::Sqlite => {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let options = SqliteOptions {
+                    path: dir.path().join("kms.db"),
+                    create: true,
+                };
+                let store = SqliteStore::open(&options, root).expect("open");
+                (Arc::new(store), Some(dir))
+            }
+            Self::Postgres(cluster) => {
+                let url = cluster.create_database(&format!("bench{run}"));
+                let store = PostgresStore::open(&url, root, true).await.expect("open");
+                (Arc::new(store), None)
+            }
+        }
+    }
+}
+
+async fn run(store: Arc<dyn Store>, writers: usize, hot: bool, secs: u64) -> (f64, u64) {
     let t = TenantId::try_from("bench").expect("valid");
     for i in 0..writers {
         store
@@ -117,6 +142,30 @@ async fn run(writers: usize, hot: bool, secs: u64) -> (f64, u64) {
     )
 }
 
+fn table(rt: &tokio::runtime::Runtime, backend: &Backend, secs: u64) {
+    println!("| writers | secrets | rotations/s | CAS retries |");
+    println!("|---:|---|---:|---:|");
+    let mut runs = 0;
+    for writers in [1, 16, 64] {
+        for hot in [false, true] {
+            if writers == 1 && hot {
+                continue;
+            }
+            runs += 1;
+            let (rate, conflicts) = rt.block_on(async {
+                let (store, _dir) = backend.fresh_store(runs).await;
+                run(store, writers, hot, secs).await
+            });
+            let secrets = if hot {
+                "one hot secret"
+            } else {
+                "one per writer"
+            };
+            println!("| {writers} | {secrets} | {rate:.0} | {conflicts} |");
+        }
+    }
+}
+
 fn main() {
     let secs = std::env::var("SELENE_KMS_BENCH_SECS")
         .ok()
@@ -126,20 +175,19 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    println!("| writers | secrets | rotations/s | CAS retries |");
-    println!("|---:|---|---:|---:|");
-    for writers in [1, 16, 64] {
-        for hot in [false, true] {
-            if writers == 1 && hot {
-                continue;
-            }
-            let (rate, conflicts) = rt.block_on(run(writers, hot, secs));
-            let secrets = if hot {
-                "one hot secret"
-            } else {
-                "one per writer"
-            };
-            println!("| {writers} | {secrets} | {rate:.0} | {conflicts} |");
-        }
+    println!("SQLite (embedded):\n");
+    table(&rt, &Backend::Sqlite, secs);
+    println!("\nPostgreSQL 15 (one node, fsync and synchronous_commit on):\n");
+    if pg_cluster::binaries_present() {
+        table(
+            &rt,
+            &Backend::Postgres(pg_cluster::Cluster::start_durable()),
+            secs,
+        );
+    } else {
+        println!(
+            "left out: the PostgreSQL 15 server binaries are not in {}",
+            pg_cluster::PG_BIN
+        );
     }
 }

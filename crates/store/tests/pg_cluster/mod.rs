@@ -20,6 +20,8 @@ pub(crate) struct Cluster {
     dir: tempfile::TempDir,
     as_postgres: bool,
     running: bool,
+    /// `fsync` on (benchmarks); tests run without it.
+    durable: bool,
 }
 
 fn bin(name: &str) -> PathBuf {
@@ -45,12 +47,26 @@ fn checked(what: &str, out: std::io::Result<Output>) -> Output {
     out
 }
 
+/// Whether the PostgreSQL 15 server binaries are installed.
+pub(crate) fn binaries_present() -> bool {
+    bin("initdb").exists() && bin("pg_ctl").exists()
+}
+
 impl Cluster {
-    /// Initialises and starts a new cluster. Panics (failing the test) with instructions if the
-    /// PostgreSQL 15 server binaries are missing.
+    /// Initialises and starts a new cluster without `fsync` (for tests). Panics (failing the
+    /// test) with instructions if the PostgreSQL 15 server binaries are missing.
     pub(crate) fn start() -> Self {
+        Self::launch(false)
+    }
+
+    /// Like [`Cluster::start`], with `fsync` on: every commit is flushed (for benchmarks).
+    pub(crate) fn start_durable() -> Self {
+        Self::launch(true)
+    }
+
+    fn launch(durable: bool) -> Self {
         assert!(
-            bin("initdb").exists() && bin("pg_ctl").exists(),
+            binaries_present(),
             "PostgreSQL 15 server binaries are missing from {PG_BIN}: install them \
              (`apt-get install -y postgresql-15`, as .ci/run does) to run the PostgreSQL tests"
         );
@@ -73,6 +89,7 @@ impl Cluster {
             dir,
             as_postgres,
             running: false,
+            durable,
         };
         let data = cluster.data_dir();
         checked(
@@ -110,9 +127,13 @@ impl Cluster {
     }
 
     fn pg_ctl_start(&mut self) {
+        let flush = if self.durable {
+            "-c fsync=on -c synchronous_commit=on -c shared_buffers=128MB"
+        } else {
+            "-c fsync=off -c shared_buffers=16MB"
+        };
         let options = format!(
-            "-c listen_addresses='' -c unix_socket_directories='{}' -c fsync=off \
-             -c shared_buffers=16MB -c max_connections=120",
+            "-c listen_addresses='' -c unix_socket_directories='{}' {flush} -c max_connections=120",
             self.socket_dir().display()
         );
         checked(
