@@ -64,6 +64,9 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# CPU seconds (user + system) of the processes this shell has waited for, from bash's `times`
+# (second line); run in the main shell, so that nothing but wrk lies between two readings.
+children_cpu_s() { awk 'NR == 2 { n = 0; for (i = 1; i <= 2; i++) { split($i, p, "m"); sub("s", "", p[2]); n += p[1] * 60 + p[2] } print n }' "$1"; }
 hwm_kb() { awk '$1 == "VmHWM:" {print $2}' "/proc/$1/status"; }
 CLK_TCK=$(getconf CLK_TCK)
 
@@ -171,9 +174,14 @@ run_one() { # run_one SIDE TEST
   [ "$side" = kms ] && curl -s "$url/metrics" > "$WORK/metrics-before"
   local c0 c1; c0=$(cpu_ticks "$pid")
   cat "$HERE/lua/$script" "$HERE/lua/common.lua" > "$WORK/$script"
+  times > "$WORK/times-before"
   env SCENARIO="$t" NOBJ="$NOBJ" RUN_ID="$RUN_ID-$side-$t" "${env_extra[@]}" \
     wrk -t"$threads" -c"$CONNS" -d"${DUR}s" --timeout 10s -s "$WORK/$script" "$url" > "$WORK/wrk-$side-$t.out" 2>&1
+  times > "$WORK/times-after"
   c1=$(cpu_ticks "$pid")
+  local loadgen_cpu_s
+  loadgen_cpu_s=$(awk -v a="$(children_cpu_s "$WORK/times-after")" -v b="$(children_cpu_s "$WORK/times-before")" \
+    'BEGIN { printf "%.2f", a - b }')
   # The server's own p99 (its latency histogram), beside the one wrk saw.
   local server_p99=""
   if [ "$side" = kms ]; then
@@ -185,19 +193,20 @@ run_one() { # run_one SIDE TEST
   local res; res=$(grep '^RESULT' "$WORK/wrk-$side-$t.out") || { cat "$WORK/wrk-$side-$t.out" >&2; exit 1; }
   grep '^FIRST_BAD' "$WORK/wrk-$side-$t.out" >&2 || true
   get() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<< " $res"; }
-  local secs cpu bpr
+  local secs cpu cpu_s bpr
   secs=$(get duration_s)
   cpu=$(awk -v c=$((c1 - c0)) -v h="$CLK_TCK" -v s="$secs" 'BEGIN{printf "%.0f", 100 * c / h / s}')
+  cpu_s=$(awk -v c=$((c1 - c0)) -v h="$CLK_TCK" 'BEGIN{printf "%.2f", c / h}')
   bpr=$(awk -v d=$((audit1 - audit0)) -v n="$(get requests)" 'BEGIN{printf "%.0f", n ? d / n : 0}')
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
     "$side" "$t" "$CONNS" "$(get requests)" "$(get rps)" "$(get ok_per_s)" "$(get p50_ms)" "$(get p99_ms)" \
     "$(get p999_ms)" "$(get errors)" "$(get bad)" "$(get warn)" "$cpu" "$(hwm_kb "$pid")" "$bpr" "$server_p99" \
-    >> "$OUTDIR/results.tsv"
+    "$cpu_s" "$loadgen_cpu_s" >> "$OUTDIR/results.tsv"
   log "$side $t: $(get rps) req/s, $(get ok_per_s) ok/s, p99 $(get p99_ms) ms, errors $(get errors), bad $(get bad), warn $(get warn)"
 }
 
 # ---------------------------------------------------------------- main
-printf 'side\ttest\tconns\trequests\trps\tok_per_s\tp50_ms\tp99_ms\tp999_ms\terrors\tbad\twarn\tserver_cpu_pct\tpeak_rss_kb\taudit_bytes_per_req\tserver_p99_ms\n' \
+printf 'side\ttest\tconns\trequests\trps\tok_per_s\tp50_ms\tp99_ms\tp999_ms\terrors\tbad\twarn\tserver_cpu_pct\tpeak_rss_kb\taudit_bytes_per_req\tserver_p99_ms\tserver_cpu_s\tloadgen_cpu_s\n' \
   > "$OUTDIR/results.tsv"
 {
   echo "run_id=$RUN_ID date=$(date -u +%Y-%m-%d) cpus=$(nproc) model=$(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo)"
