@@ -13,8 +13,21 @@ impl fmt::Debug for Redacted {
 }
 
 /// `Some(<redacted>)` for a ref that is there, `None` otherwise.
-pub(crate) fn presence(value: &Option<String>) -> Option<Redacted> {
+fn presence(value: &Option<String>) -> Option<Redacted> {
     value.as_ref().map(|_| Redacted)
+}
+
+/// Adds the wire contract's two redeemable-ref fields, `secret_handle` and
+/// `ephemeral_credential_ref`, each shown only as present or not.
+pub(crate) fn ref_fields<'s, 'a, 'b>(
+    out: &'s mut fmt::DebugStruct<'a, 'b>,
+    secret_handle: &Option<String>,
+    ephemeral_credential_ref: &Option<String>,
+) -> &'s mut fmt::DebugStruct<'a, 'b> {
+    out.field("secret_handle", &presence(secret_handle)).field(
+        "ephemeral_credential_ref",
+        &presence(ephemeral_credential_ref),
+    )
 }
 
 #[cfg(test)]

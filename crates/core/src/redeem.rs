@@ -10,7 +10,7 @@ use crate::diagnostics::{Problem, Subject};
 use crate::ids::TenantId;
 use crate::keys::ServiceKeys;
 use crate::reason::ReasonCode;
-use crate::redacted::{Redacted, presence};
+use crate::redacted::{Redacted, ref_fields};
 use crate::refs::{self, OpenedGrant, RefKind};
 use crate::refusal::Refusal;
 use crate::request::MAX_REF_LEN;
@@ -43,14 +43,14 @@ pub struct RedeemRequest {
 
 impl fmt::Debug for RawRedeemRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RawRedeemRequest")
-            .field("tenant_id", &self.tenant_id)
-            .field("secret_handle", &presence(&self.secret_handle))
-            .field(
-                "ephemeral_credential_ref",
-                &presence(&self.ephemeral_credential_ref),
-            )
-            .finish()
+        let mut out = f.debug_struct("RawRedeemRequest");
+        out.field("tenant_id", &self.tenant_id);
+        ref_fields(
+            &mut out,
+            &self.secret_handle,
+            &self.ephemeral_credential_ref,
+        )
+        .finish()
     }
 }
 

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::diagnostics::Diagnostic;
 use crate::reason::ReasonCode;
-use crate::redacted::presence;
+use crate::redacted::ref_fields;
 
 /// The four operations of the seed.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -98,15 +98,15 @@ pub struct RawRevokeTarget {
 
 impl fmt::Debug for RawRevokeTarget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RawRevokeTarget")
-            .field("version", &self.version)
-            .field("all_versions", &self.all_versions)
-            .field("secret_handle", &presence(&self.secret_handle))
-            .field(
-                "ephemeral_credential_ref",
-                &presence(&self.ephemeral_credential_ref),
-            )
-            .finish()
+        let mut out = f.debug_struct("RawRevokeTarget");
+        out.field("version", &self.version)
+            .field("all_versions", &self.all_versions);
+        ref_fields(
+            &mut out,
+            &self.secret_handle,
+            &self.ephemeral_credential_ref,
+        )
+        .finish()
     }
 }
 
@@ -177,24 +177,24 @@ pub struct MaterialBundle {
 
 impl fmt::Debug for MaterialBundle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MaterialBundle")
-            .field("validation_status", &self.validation_status)
+        let mut out = f.debug_struct("MaterialBundle");
+        out.field("validation_status", &self.validation_status)
             .field("reason_code", &self.reason_code)
             .field("diagnostics", &self.diagnostics)
             .field("operation", &self.operation)
-            .field("secret_ref", &self.secret_ref)
-            .field("secret_handle", &presence(&self.secret_handle))
-            .field(
-                "ephemeral_credential_ref",
-                &presence(&self.ephemeral_credential_ref),
-            )
-            .field("expires_at_ms", &self.expires_at_ms)
-            .field("rotated_version", &self.rotated_version)
-            .field("revoked", &self.revoked)
-            .field("dry_run", &self.dry_run)
-            .field("simulation_id", &self.simulation_id)
-            .field("audit_seq", &self.audit_seq)
-            .finish()
+            .field("secret_ref", &self.secret_ref);
+        ref_fields(
+            &mut out,
+            &self.secret_handle,
+            &self.ephemeral_credential_ref,
+        )
+        .field("expires_at_ms", &self.expires_at_ms)
+        .field("rotated_version", &self.rotated_version)
+        .field("revoked", &self.revoked)
+        .field("dry_run", &self.dry_run)
+        .field("simulation_id", &self.simulation_id)
+        .field("audit_seq", &self.audit_seq)
+        .finish()
     }
 }
 
