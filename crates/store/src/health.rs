@@ -17,9 +17,13 @@ pub const FAILING_FOR: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub(crate) struct WriteHealth {
     epoch: Instant,
-    /// Milliseconds since `epoch` of the last failed commit, plus one (0: none yet).
+    /// Orders outcomes, however close in time: each takes the next number.
+    outcomes: AtomicU64,
+    /// The number of the last failed commit (0: none yet).
     last_failure: AtomicU64,
-    /// Milliseconds since `epoch` of the last successful commit, plus one (0: none yet).
+    /// When it failed: milliseconds since `epoch`.
+    last_failure_ms: AtomicU64,
+    /// The number of the last successful commit (0: none yet).
     last_success: AtomicU64,
     stopped: AtomicBool,
 }
@@ -28,7 +32,9 @@ impl Default for WriteHealth {
     fn default() -> Self {
         Self {
             epoch: Instant::now(),
+            outcomes: AtomicU64::new(0),
             last_failure: AtomicU64::new(0),
+            last_failure_ms: AtomicU64::new(0),
             last_success: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
         }
@@ -36,20 +42,27 @@ impl Default for WriteHealth {
 }
 
 impl WriteHealth {
-    fn tick(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis())
-            .unwrap_or(u64::MAX - 1)
+    fn elapsed_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn next(&self) -> u64 {
+        self.outcomes
+            .fetch_add(1, Ordering::AcqRel)
             .saturating_add(1)
     }
 
-    /// Records a committed batch.
+    /// Records a commit that wrote something (one that wrote nothing proves nothing about the
+    /// disk).
     pub(crate) fn succeeded(&self) {
-        self.last_success.store(self.tick(), Ordering::Release);
+        self.last_success.store(self.next(), Ordering::Release);
     }
 
     /// Records a batch that could not be committed.
     pub(crate) fn failed(&self) {
-        self.last_failure.store(self.tick(), Ordering::Release);
+        self.last_failure_ms
+            .store(self.elapsed_ms(), Ordering::Release);
+        self.last_failure.store(self.next(), Ordering::Release);
     }
 
     /// Records a failed flush: from now on every commit is refused.
@@ -65,17 +78,18 @@ impl WriteHealth {
 
     /// Whether commits are expected to go through.
     pub(crate) fn is_writable(&self) -> bool {
-        self.writable_at(self.tick())
+        self.writable_at(self.elapsed_ms())
     }
 
-    fn writable_at(&self, now: u64) -> bool {
+    fn writable_at(&self, now_ms: u64) -> bool {
         if self.is_stopped() {
             return false;
         }
         let failure = self.last_failure.load(Ordering::Acquire);
         let success = self.last_success.load(Ordering::Acquire);
+        let failed_at = self.last_failure_ms.load(Ordering::Acquire);
         let window = u64::try_from(FAILING_FOR.as_millis()).unwrap_or(u64::MAX);
-        failure == 0 || success > failure || now.saturating_sub(failure) >= window
+        failure == 0 || success > failure || now_ms.saturating_sub(failed_at) >= window
     }
 }
 
@@ -89,24 +103,24 @@ mod tests {
         assert!(health.is_writable(), "a fresh store is writable");
         health.failed();
         assert!(!health.is_writable(), "a failed commit makes it unready");
-        let failure = health.last_failure.load(Ordering::Acquire);
+        let failed_at = health.last_failure_ms.load(Ordering::Acquire);
         let window = u64::try_from(FAILING_FOR.as_millis()).expect("fits");
-        assert!(!health.writable_at(failure + window - 1));
+        assert!(!health.writable_at(failed_at + window - 1));
         assert!(
-            health.writable_at(failure + window),
+            health.writable_at(failed_at + window),
             "ready again after the window"
         );
-        // A later success clears the failure at once (ticks are milliseconds, so wait for one).
-        std::thread::sleep(Duration::from_millis(2));
+        // A success right after (within the same millisecond, too) clears the failure at once.
         health.succeeded();
         assert!(health.is_writable());
+        health.failed();
+        assert!(!health.is_writable(), "and a later failure counts again");
     }
 
     #[test]
     fn a_failed_flush_is_final() {
         let health = WriteHealth::default();
         health.stop();
-        std::thread::sleep(Duration::from_millis(2));
         health.succeeded();
         assert!(health.is_stopped());
         assert!(

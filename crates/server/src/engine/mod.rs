@@ -29,8 +29,9 @@ pub struct Caller {
     pub id: String,
 }
 
-/// An answer: HTTP-style status, reason code, JSON body.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// An answer: HTTP-style status, reason code, JSON body. Its `Debug` form gives the body's
+/// length, not the body, which may hold a handle or material.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Reply {
     /// The status a host should answer with.
     pub status: u16,
@@ -40,6 +41,17 @@ pub struct Reply {
     pub operation: Option<&'static str>,
     /// The JSON body.
     pub body: Arc<[u8]>,
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reply")
+            .field("status", &self.status)
+            .field("reason", &self.reason)
+            .field("operation", &self.operation)
+            .field("body_len", &self.body.len())
+            .finish()
+    }
 }
 
 impl Reply {
@@ -86,4 +98,21 @@ impl Engine {
 
 fn op_name(op: Option<Operation>) -> Option<&'static str> {
     op.map(Operation::name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_gives_the_body_by_its_length() {
+        let reply = Reply::json(
+            ReasonCode::OkMaterialIssue,
+            Some("GET_HANDLE"),
+            Arc::from(&br#"{"secret_handle":"ksh1_handle-bytes"}"#[..]),
+        );
+        let shown = format!("{reply:?}");
+        assert!(!shown.contains("handle-bytes"), "{shown}");
+        assert!(shown.contains("body_len: 37"), "{shown}");
+    }
 }

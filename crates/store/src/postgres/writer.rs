@@ -95,13 +95,19 @@ impl Writer {
             };
             match outcome {
                 Ok(outcomes) => {
-                    self.health.succeeded();
+                    // Only a commit that wrote (an applied unit) shows that writes go through.
+                    if outcomes.iter().any(Result::is_ok) {
+                        self.health.succeeded();
+                    }
                     for (reply, outcome) in replies.into_iter().zip(outcomes) {
                         let _ = reply.send(outcome);
                     }
                 }
                 Err(err) => {
-                    self.health.failed();
+                    // Contention between nodes is not a failing store.
+                    if err.kind == ErrorKind::Unavailable {
+                        self.health.failed();
+                    }
                     for reply in replies {
                         let _ = reply.send(Err(err.clone()));
                     }

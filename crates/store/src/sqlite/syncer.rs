@@ -65,11 +65,6 @@ impl Syncer {
         })
     }
 
-    /// Whether a flush has failed (the store then refuses every commit).
-    pub(crate) fn is_broken(&self) -> bool {
-        self.health.is_stopped()
-    }
-
     /// Where commit outcomes are recorded, for readiness.
     pub(crate) fn health(&self) -> &WriteHealth {
         &self.health
@@ -88,7 +83,9 @@ impl Syncer {
             None => Some(answers),
         };
         if unsent.is_some() {
+            // The syncer is gone: nothing will be flushed again.
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            self.health.stop();
         }
         for (reply, _) in unsent.into_iter().flatten() {
             let _ = reply.send(Err(flush_failed()));

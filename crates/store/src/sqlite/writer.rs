@@ -9,6 +9,8 @@
 //! before its first write, so a refused unit leaves no trace without the cost of a savepoint; a
 //! failed write (disk full, read-only, database gone) rolls the whole batch back and refuses every
 //! unit in it, as does a failed final commit. Nothing is published unless the batch committed.
+//! A root-key rotation applies to the units after it in the same transaction (they wrap new
+//! data keys under the new key) and replaces the store's key once the batch has committed.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -65,7 +67,6 @@ enum Publish {
     Secret(TenantId, SecretName, Arc<SecretSnapshot>),
     Policy(TenantId, StoredPolicy),
     DataKey(TenantId, Arc<DataKey>),
-    NewRoot(Box<RootKey>),
 }
 
 pub(crate) struct Writer {
@@ -90,9 +91,21 @@ fn unavailable(what: &str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
 struct BatchContext<'a> {
     keys: &'a ServiceKeys,
     root: &'a SharedRoot,
+    /// A root key rotated earlier in this transaction: what later units wrap and unwrap with.
+    rotated_root: Option<Box<RootKey>>,
     cache: &'a Cache,
     committed_heads: &'a HashMap<TenantId, Head>,
     heads: HashMap<TenantId, Head>,
+}
+
+impl BatchContext<'_> {
+    /// Runs `f` with the root key of this transaction's view of the store.
+    fn with_root<T>(&self, f: impl FnOnce(&RootKey) -> T) -> T {
+        match &self.rotated_root {
+            Some(root) => f(root),
+            None => self.root.with(f),
+        }
+    }
 }
 
 impl Writer {
@@ -138,7 +151,7 @@ impl Writer {
         let mut chunk = Vec::with_capacity(16);
         chunk.push(first);
         take_queued(&mut chunk, jobs, MAX_BATCH);
-        let refusal = if syncer.is_broken() {
+        let refusal = if health.is_stopped() {
             Some("the store stopped after a failed flush; restart it")
         } else if !file.still_there() {
             Some("the database file was removed or replaced under the store")
@@ -153,6 +166,7 @@ impl Writer {
             }
             return;
         }
+        let changes_before = conn.total_changes();
         let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
             Ok(tx) => tx,
             Err(e) => {
@@ -167,6 +181,7 @@ impl Writer {
         let mut ctx = BatchContext {
             keys,
             root,
+            rotated_root: None,
             cache,
             committed_heads: heads,
             heads: HashMap::new(),
@@ -195,7 +210,7 @@ impl Writer {
                         (reply, outcome)
                     }
                     (Job::Maintenance { task, reply }, None) => {
-                        (reply, apply_maintenance(&mut tx, &ctx, task, &mut publish))
+                        (reply, apply_maintenance(&mut tx, &mut ctx, task))
                     }
                 };
                 results.push((reply, outcome));
@@ -216,6 +231,10 @@ impl Writer {
         }
         batches.record(u64::try_from(results.len()).unwrap_or(u64::MAX));
         let new_heads = std::mem::take(&mut ctx.heads);
+        let rotated_root = ctx.rotated_root.take();
+        // A batch whose units were all refused writes nothing, so its commit proves nothing
+        // about the disk: only one that wrote counts as a success for readiness.
+        let wrote = tx.total_changes() > changes_before;
         let committed = match fault {
             // A write failed: roll the whole batch back and refuse every unit in it.
             Some(f) => {
@@ -226,8 +245,14 @@ impl Writer {
         };
         match committed {
             Ok(()) => {
-                health.succeeded();
+                if wrote {
+                    health.succeeded();
+                }
                 heads.extend(new_heads);
+                if let Some(r) = rotated_root {
+                    root.replace(*r);
+                    cache.forget_data_keys();
+                }
                 // Safe before the flush: see the ordering argument in `syncer`.
                 for p in publish {
                     match p {
@@ -238,10 +263,6 @@ impl Writer {
                             cache.offer_policy(&t, p);
                         }
                         Publish::DataKey(t, k) => cache.put_data_key(&t, k),
-                        Publish::NewRoot(r) => {
-                            root.replace(*r);
-                            cache.forget_data_keys();
-                        }
                     }
                 }
                 syncer.submit(results);
@@ -259,18 +280,20 @@ impl Writer {
 }
 
 /// Runs a maintenance task in a savepoint of its own: a failed task leaves no trace and
-/// refuses only itself.
+/// refuses only itself. A rotated root key is what the rest of the batch then works with, and
+/// what the store takes once the batch has committed.
 fn apply_maintenance(
     tx: &mut Transaction<'_>,
-    ctx: &BatchContext<'_>,
+    ctx: &mut BatchContext<'_>,
     task: Maintenance,
-    publish: &mut Vec<Publish>,
 ) -> StoreResult<Receipt> {
     let mut sp = tx.savepoint().map_err(unavailable("savepoint"))?;
     match run_maintenance(&sp, ctx, task) {
-        Ok((receipt, effects)) => {
+        Ok((receipt, rotated)) => {
             sp.commit().map_err(unavailable("release savepoint"))?;
-            publish.extend(effects);
+            if rotated.is_some() {
+                ctx.rotated_root = rotated;
+            }
             Ok(receipt)
         }
         Err(e) => {
@@ -293,10 +316,11 @@ fn receipt(audit_seq: u64) -> Receipt {
     }
 }
 
-type JobOutcome = StoreResult<(Receipt, Vec<Publish>)>;
+/// A maintenance task's receipt, and the root key it rotated to, if it was a rotation.
+type Maintained = StoreResult<(Receipt, Option<Box<RootKey>>)>;
 
 /// Runs a maintenance task.
-fn run_maintenance(conn: &Connection, ctx: &BatchContext<'_>, task: Maintenance) -> JobOutcome {
+fn run_maintenance(conn: &Connection, ctx: &BatchContext<'_>, task: Maintenance) -> Maintained {
     match task {
         Maintenance::PutToken {
             token_hash,
@@ -307,7 +331,7 @@ fn run_maintenance(conn: &Connection, ctx: &BatchContext<'_>, task: Maintenance)
                 "INSERT INTO tokens (token_hash, role, label) VALUES (?1, ?2, ?3)",
                 (&token_hash[..], role.name(), label.as_str()),
             )
-            .map(|_| (receipt(0), Vec::new()))
+            .map(|_| (receipt(0), None))
             .map_err(db_err),
         Maintenance::Prune {
             idempotency_before_ms,
@@ -325,13 +349,13 @@ fn run_maintenance(conn: &Connection, ctx: &BatchContext<'_>, task: Maintenance)
                     [revocations_before_ms as i64],
                 )
                 .map_err(db_err)?;
-            Ok((receipt((a + b) as u64), Vec::new()))
+            Ok((receipt((a + b) as u64), None))
         }
         Maintenance::RotateRoot { new_root } => rotate_root(conn, ctx, new_root),
     }
 }
 
-fn rotate_root(conn: &Connection, ctx: &BatchContext<'_>, new_root: Box<RootKey>) -> JobOutcome {
+fn rotate_root(conn: &Connection, ctx: &BatchContext<'_>, new_root: Box<RootKey>) -> Maintained {
     let rows: Vec<(String, Vec<u8>)> = {
         let mut stmt = conn
             .prepare("SELECT tenant_id, wrapped_dek FROM tenants WHERE wrapped_dek IS NOT NULL")
@@ -348,7 +372,7 @@ fn rotate_root(conn: &Connection, ctx: &BatchContext<'_>, new_root: Box<RootKey>
             |r| r.get(0),
         )
         .map_err(db_err)?;
-    let rewrapped = ctx.root.with(|old| -> StoreResult<u64> {
+    let rewrapped = ctx.with_root(|old| -> StoreResult<u64> {
         let mut rewrapped = 0u64;
         for (tenant, wrapped) in &rows {
             let tenant = TenantId::try_from(tenant.as_str())
@@ -370,7 +394,7 @@ fn rotate_root(conn: &Connection, ctx: &BatchContext<'_>, new_root: Box<RootKey>
         .map_err(db_err)?;
         Ok(rewrapped)
     })?;
-    Ok((receipt(rewrapped), vec![Publish::NewRoot(new_root)]))
+    Ok((receipt(rewrapped), Some(new_root)))
 }
 
 fn head_of(conn: &Connection, ctx: &BatchContext<'_>, tenant: &TenantId) -> StoreResult<Head> {
@@ -531,7 +555,7 @@ fn data_key(
     if let Some(k) = ctx.cache.data_key(tenant) {
         return Ok(k);
     }
-    let key = ctx.root.with(|root| -> StoreResult<DataKey> {
+    let key = ctx.with_root(|root| -> StoreResult<DataKey> {
         if let Some(key) = read_data_key(conn, root, tenant)? {
             return Ok(key);
         }
