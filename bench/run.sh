@@ -13,6 +13,8 @@
 # redeem"  PEER=1 (0: skip OpenBao)  KMS_PORT=18750  BAO_PORT=18200  REPORT=1 (update BENCHMARKS.md)
 # Only loopback traffic; servers are stopped by the PIDs this script started.
 set -euo pipefail
+# Numbers as the C locale writes them (bash's `times` and awk read a decimal point).
+export LC_ALL=C
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)

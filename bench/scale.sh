@@ -3,7 +3,9 @@
 # measurement with 1,000 secrets; peak resident memory; restart to ready. Both stores are
 # provisioned first, each by its own server, then measured in alternation, ROUNDS times each, so
 # that neither always runs on a warmer or quieter machine; the table gives the median round of
-# each, and every round. Writes results/<run>/scale.tsv and the scale table of BENCHMARKS.md.
+# each (with an even ROUNDS, the slower of the middle two), and every round. GET_HANDLE writes,
+# so each store grows from round to round. Writes results/<run>/scale.tsv and the scale table of
+# BENCHMARKS.md.
 #
 #   bench/scale.sh                          # 1,000,000 secrets across 10,000 tenants
 #   SECRETS=100000 TENANTS=1000 ROUNDS=1 bench/scale.sh
@@ -37,7 +39,7 @@ stop() { # stop LABEL
   [ -n "$pid" ] && { kill -TERM "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; }
   PIDS[$1]=""
 }
-stop_all() { local label; for label in "${!PIDS[@]}"; do stop "$label"; done; }
+stop_all() { local label; [ "${#PIDS[@]}" -gt 0 ] || return 0; for label in "${!PIDS[@]}"; do stop "$label"; done; }
 trap 'stop_all; rm -rf "$WORK"' EXIT
 kb() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
 url() { echo "http://127.0.0.1:${PORTS[$1]}"; }
@@ -77,7 +79,7 @@ EOF
     wrk -t"$THREADS" -c"$CONNS" -d"$((secrets / 6000 + 15))s" --timeout 10s -s "$(lua)" "$(url "$label")" \
       > "$WORK/prov-$label.out" 2>&1
   t1=$(date +%s)
-  res=$(grep '^RESULT' "$WORK/prov-$label.out")
+  res=$(grep '^RESULT' "$WORK/prov-$label.out") || { cat "$WORK/prov-$label.out" >&2; exit 1; }
   local created; created=$(sed -n 's/.* ok=\([0-9]*\).*/\1/p' <<< "$res")
   # A create still in flight when wrk stops may go uncounted; a few missing secrets only show as
   # wrong answers (404) in the GET_HANDLE runs, which the table reports.
@@ -86,10 +88,11 @@ EOF
 }
 
 run_get() { # run_get LABEL SECRETS TENANTS ROUND: one GET_HANDLE run, appended to rounds-LABEL
+  sleep 2  # let the previous run's checkpoints and flushes settle
   env SCENARIO=get_handle PER="$(($2 / THREADS))" TENANTS="$3" THREADS="$THREADS" RUN_ID="$RUN_ID-$1-$4" \
     OS_TOKEN="$(jq -r .tokens.os "$(tokens "$1")")" \
     wrk -t2 -c"$CONNS" -d"${DUR}s" --timeout 10s -s "$(lua)" "$(url "$1")" > "$WORK/get-$1-$4.out" 2>&1
-  local res; res=$(grep '^RESULT' "$WORK/get-$1-$4.out")
+  local res; res=$(grep '^RESULT' "$WORK/get-$1-$4.out") || { cat "$WORK/get-$1-$4.out" >&2; exit 1; }
   field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<< " $res"; }
   echo "$(field ok_per_s) $(field p99_ms) $(field bad)" >> "$WORK/rounds-$1"
   log "$1, round $4: GET_HANDLE $(field ok_per_s) ops/s (p99 $(field p99_ms) ms, bad $(field bad))"
