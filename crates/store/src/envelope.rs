@@ -220,9 +220,29 @@ impl SharedRoot {
         f(&self.0.read().unwrap_or_else(PoisonError::into_inner))
     }
 
+    /// Holds every user of the key back until the guard drops (tests use it to make jobs queue
+    /// up behind a writer that is waiting for the key).
+    #[cfg(test)]
+    pub(crate) fn hold(&self) -> std::sync::RwLockWriteGuard<'_, RootKey> {
+        self.0.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Installs the key a rotation has just committed.
     pub(crate) fn replace(&self, new: RootKey) {
         *self.0.write().unwrap_or_else(PoisonError::into_inner) = new;
+    }
+
+    /// Runs `commit` with every reader of the key held back, and installs `new` if it
+    /// succeeded: no reader sees the rotation's rewrapped keys with the old root.
+    pub(crate) fn replace_if<E>(
+        &self,
+        new: RootKey,
+        commit: impl FnOnce() -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut current = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        commit()?;
+        *current = new;
+        Ok(())
     }
 }
 

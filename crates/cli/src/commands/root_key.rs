@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use selene_kms_store::{PostgresStore, ROOT_KEY_ENV, RootKey};
+use selene_kms_store::{ErrorKind, PostgresStore, ROOT_KEY_ENV, RootKey};
 
 use super::{StoreLocation, data_dir, key_path, open_store, root_key};
 use crate::config::Config;
@@ -36,21 +36,37 @@ pub(crate) async fn rotate(
     let current = key_path(&dir);
     let staged = dir.join("root.key.new");
     let new_root = RootKey::create_file(&staged).map_err(|e| e.message)?;
+    // `Ok(Err(_))`: the rotation itself failed; `Err(_)`: the store did not open.
     let rotated = match &location {
         StoreLocation::Embedded => match open_store(&dir) {
-            Ok(store) => store.rotate_root_key(new_root).await.map_err(|e| e.message),
+            Ok(store) => Ok(store.rotate_root_key(new_root).await),
             Err(e) => Err(e),
         },
         StoreLocation::Postgres(url) => match root_key(&dir) {
             Ok(old) => match PostgresStore::open(url, old, false).await {
-                Ok(store) => store.rotate_root_key(new_root).await.map_err(|e| e.message),
+                Ok(store) => Ok(store.rotate_root_key(new_root).await),
                 Err(e) => Err(e.message),
             },
             Err(e) => Err(e),
         },
     };
     let tenants = match rotated {
-        Ok(n) => n,
+        Ok(Ok(n)) => n,
+        // The commit or its flush failed: the rotation may still be in the log, and then the
+        // store opens only with the new key. Keep both.
+        Ok(Err(e)) if e.kind == ErrorKind::Unavailable => {
+            return Err(format!(
+                "root key rotation failed and may or may not have taken effect ({}): both keys are kept. \
+                 If the store no longer opens with {}, move {} in its place.",
+                e.message,
+                current.display(),
+                staged.display()
+            ));
+        }
+        Ok(Err(e)) => {
+            let _ = std::fs::remove_file(&staged);
+            return Err(format!("root key not rotated: {}", e.message));
+        }
         Err(e) => {
             let _ = std::fs::remove_file(&staged);
             return Err(format!("root key not rotated: {e}"));

@@ -105,7 +105,7 @@ impl Writer {
                 }
                 Err(err) => {
                     // Contention between nodes is not a failing store.
-                    if err.kind == ErrorKind::Unavailable {
+                    if err.kind != ErrorKind::StateConflict {
                         self.health.failed();
                     }
                     for reply in replies {

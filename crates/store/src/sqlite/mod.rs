@@ -690,3 +690,100 @@ impl Drop for SqliteStore {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use selene_kms_core::{AuditAction, ReasonCode, SecretKind, TtlBounds};
+
+    use super::*;
+    use crate::model::{Change, CommitUnit, NewSecret};
+
+    fn create(store: &Arc<SqliteStore>, tenant: &str) -> tokio::task::JoinHandle<StoreResult<u64>> {
+        let store = store.clone();
+        let tenant = TenantId::try_from(tenant).expect("tenant");
+        tokio::spawn(async move {
+            let unit = CommitUnit {
+                tenant: tenant.clone(),
+                change: Change::CreateSecret(NewSecret {
+                    name: SecretName::try_from("k").expect("name"),
+                    kind: SecretKind::Imported,
+                    material: Some(SecretMaterial::from_slice(b"canary")),
+                    ttl: TtlBounds::DEFAULT,
+                    handle_ttl_ms: 60_000,
+                }),
+                audit: AuditRecord::for_action(
+                    &tenant,
+                    AuditAction::CreateSecret,
+                    ReasonCode::OkMaterialIssue,
+                    0,
+                ),
+                idempotency: None,
+                bundle: None,
+            };
+            store.commit(unit).await.map(|r| r.audit_seq)
+        })
+    }
+
+    /// A unit that follows a root rotation in the same batch wraps its new data key under the
+    /// new root. The writer is held inside one batch (waiting for the root key) while the
+    /// rotation and then a create queue up behind it, so both land in the next batch, in order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[allow(
+        clippy::await_holding_lock,
+        reason = "the held key is the point: it keeps the writer thread waiting while jobs queue"
+    )]
+    async fn a_unit_after_a_rotation_in_its_batch_wraps_under_the_new_root() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let options = SqliteOptions {
+            path: dir.path().join("kms.db"),
+            create: true,
+        };
+        let store =
+            Arc::new(SqliteStore::open(&options, RootKey::from_bytes(&[1; 32])).expect("open"));
+        let held = store.root.hold();
+        let first = create(&store, "first");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let rotation = {
+            let store = store.clone();
+            tokio::spawn(async move { store.rotate_root_key(RootKey::from_bytes(&[9; 32])).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let after = create(&store, "after");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(held);
+        first.await.expect("task").expect("first create");
+        rotation.await.expect("task").expect("rotation");
+        after
+            .await
+            .expect("task")
+            .expect("create after the rotation");
+        let histogram = store.batch_histogram().snapshot();
+        assert_eq!(
+            (histogram.1, histogram.2),
+            (2, 3),
+            "two batches: the first create, then the rotation with the create behind it"
+        );
+        drop(store);
+        let reopened = SqliteStore::open(
+            &SqliteOptions {
+                path: dir.path().join("kms.db"),
+                create: false,
+            },
+            RootKey::from_bytes(&[9; 32]),
+        )
+        .expect("opens under the new root");
+        for tenant in ["first", "after"] {
+            let material = reopened
+                .material(
+                    &TenantId::try_from(tenant).expect("tenant"),
+                    &SecretName::try_from("k").expect("name"),
+                    1,
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{tenant}: {}", e.message));
+            assert_eq!(material.expose(), b"canary", "{tenant}");
+        }
+    }
+}

@@ -210,7 +210,15 @@ impl Writer {
                         (reply, outcome)
                     }
                     (Job::Maintenance { task, reply }, None) => {
-                        (reply, apply_maintenance(&mut tx, &mut ctx, task))
+                        let outcome = apply_maintenance(&mut tx, &mut ctx, task);
+                        // A failed write may have made SQLite roll back the whole transaction
+                        // (full disk, I/O error): then nothing after it can join this batch.
+                        if let Err(e) = &outcome
+                            && (e.kind == ErrorKind::Unavailable || tx.is_autocommit())
+                        {
+                            fault = Some(e.clone());
+                        }
+                        (reply, outcome)
                     }
                 };
                 results.push((reply, outcome));
@@ -234,14 +242,21 @@ impl Writer {
         let rotated_root = ctx.rotated_root.take();
         // A batch whose units were all refused writes nothing, so its commit proves nothing
         // about the disk: only one that wrote counts as a success for readiness.
-        let wrote = tx.total_changes() > changes_before;
-        let committed = match fault {
+        let wrote = tx.total_changes() != changes_before;
+        let committed = match (fault, rotated_root) {
             // A write failed: roll the whole batch back and refuse every unit in it.
-            Some(f) => {
+            (Some(f), _) => {
                 drop(tx);
                 Err(f)
             }
-            None => tx.commit().map_err(unavailable("commit")),
+            (None, None) => tx.commit().map_err(unavailable("commit")),
+            // Readers must not meet keys wrapped under the new root while the store still
+            // holds the old one: they wait for the commit and the replacement together.
+            (None, Some(new_root)) => root.replace_if(*new_root, || {
+                tx.commit().map_err(unavailable("commit"))?;
+                cache.forget_data_keys();
+                Ok(())
+            }),
         };
         match committed {
             Ok(()) => {
@@ -249,10 +264,6 @@ impl Writer {
                     health.succeeded();
                 }
                 heads.extend(new_heads);
-                if let Some(r) = rotated_root {
-                    root.replace(*r);
-                    cache.forget_data_keys();
-                }
                 // Safe before the flush: see the ordering argument in `syncer`.
                 for p in publish {
                     match p {
