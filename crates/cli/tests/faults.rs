@@ -49,6 +49,14 @@ async fn deployment(log_file: Option<&str>) -> (tempfile::TempDir, Api, Node) {
     (data, api, node)
 }
 
+/// What `/readyz` answers.
+async fn readiness(api: &Api, url: &str) -> StatusCode {
+    api.call(url, Method::GET, "/readyz", None, None)
+        .await
+        .expect("sent")
+        .0
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_system_that_refuses_writes_refuses_requests_until_it_recovers() {
     let (_data, api, node) = deployment(None).await;
@@ -126,12 +134,8 @@ async fn a_file_system_that_refuses_writes_refuses_requests_until_it_recovers() 
         .await
         .expect("the server still answers");
     assert_eq!(alive.0, StatusCode::OK);
-    let ready = api
-        .call(&url, Method::GET, "/readyz", None, None)
-        .await
-        .expect("sent");
     assert_eq!(
-        ready.0,
+        readiness(&api, &url).await,
         StatusCode::SERVICE_UNAVAILABLE,
         "a node whose writes fail asks for no traffic"
     );
@@ -157,12 +161,8 @@ async fn a_file_system_that_refuses_writes_refuses_requests_until_it_recovers() 
     assert_eq!(json_of(&done)["rotated_version"], 2);
     // Ready again at once: the commit that went through clears the failure, well inside the
     // 10 s after which the failure would be forgotten anyway.
-    let ready = api
-        .call(&url, Method::GET, "/readyz", None, None)
-        .await
-        .expect("sent");
     assert_eq!(
-        ready.0,
+        readiness(&api, &url).await,
         StatusCode::OK,
         "ready again once a commit succeeds"
     );
