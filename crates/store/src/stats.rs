@@ -19,8 +19,9 @@ pub struct BatchHistogram {
 }
 
 impl BatchHistogram {
-    /// Records one batch of `size` units.
-    pub fn record(&self, size: u64) {
+    /// Records one batch of `units` units.
+    pub fn record(&self, units: usize) {
+        let size = u64::try_from(units).unwrap_or(u64::MAX);
         let index = BATCH_BOUNDS
             .iter()
             .position(|b| size <= *b)
@@ -30,16 +31,6 @@ impl BatchHistogram {
         }
         self.count.fetch_add(1, Ordering::Relaxed);
         self.sum.fetch_add(size, Ordering::Relaxed);
-    }
-
-    /// One group commit's jobs: `first`, then whatever else is queued (up to [`MAX_BATCH`]),
-    /// counted here.
-    pub(crate) fn drain<T>(&self, first: T, jobs: &mut mpsc::UnboundedReceiver<T>) -> Vec<T> {
-        let mut batch = Vec::with_capacity(16);
-        batch.push(first);
-        take_queued(&mut batch, jobs, MAX_BATCH);
-        self.record(u64::try_from(batch.len()).unwrap_or(u64::MAX));
-        batch
     }
 
     /// Per-bucket counts (not cumulative), the number of batches and the number of units.
@@ -53,6 +44,14 @@ impl BatchHistogram {
             self.sum.load(Ordering::Relaxed),
         )
     }
+}
+
+/// One group commit's first jobs: `first`, then whatever else is queued (up to [`MAX_BATCH`]).
+pub(crate) fn drain<T>(first: T, jobs: &mut mpsc::UnboundedReceiver<T>) -> Vec<T> {
+    let mut batch = Vec::with_capacity(16);
+    batch.push(first);
+    take_queued(&mut batch, jobs, MAX_BATCH);
+    batch
 }
 
 /// Moves queued jobs into `batch` without waiting, until it holds `max_len` or the queue is empty.

@@ -31,7 +31,7 @@ use crate::envelope::SharedRoot;
 use crate::error::{ErrorKind, StoreError, StoreResult};
 use crate::health::WriteHealth;
 use crate::model::{CommitUnit, Receipt};
-use crate::stats::BatchHistogram;
+use crate::stats::{BatchHistogram, drain};
 
 /// One unit and where to send its answer.
 pub(super) struct Job {
@@ -80,7 +80,8 @@ impl Writer {
             client: None,
         };
         while let Some(first) = jobs.recv().await {
-            let mut batch = self.batches.drain(first, &mut jobs);
+            let mut batch = drain(first, &mut jobs);
+            self.batches.record(batch.len());
             // Tenant order is lock order; units of one tenant keep their arrival order.
             batch.sort_by(|a, b| a.unit.tenant.cmp(&b.unit.tenant));
             let (units, replies): (Vec<_>, Vec<_>) =

@@ -52,10 +52,10 @@ impl Syncer {
         let wal = PathBuf::from(wal);
         let (queue, batches) = channel::<Answers>();
         let in_flight = Arc::new(AtomicUsize::new(0));
-        let (flag, count) = (health.clone(), in_flight.clone());
+        let (thread_health, thread_in_flight) = (health.clone(), in_flight.clone());
         let thread = std::thread::Builder::new()
             .name("kms-sync".into())
-            .spawn(move || run(&wal, &batches, &flag, &count))
+            .spawn(move || run(&wal, &batches, &thread_health, &thread_in_flight))
             .map_err(|_| StoreError::new(ErrorKind::Unavailable, "cannot start the syncer"))?;
         Ok(Self {
             queue: Some(queue),

@@ -34,7 +34,7 @@ use crate::envelope::{
 };
 use crate::error::{ErrorKind, StoreError, StoreResult};
 use crate::model::{Change, CommitUnit, NewSecret, Receipt, Role, StoredPolicy, encode_policy};
-use crate::stats::{BatchHistogram, MAX_BATCH, take_queued};
+use crate::stats::{BatchHistogram, MAX_BATCH, drain, take_queued};
 
 type Reply = oneshot::Sender<StoreResult<Receipt>>;
 
@@ -148,9 +148,7 @@ impl Writer {
             file,
         } = self;
         let health = syncer.health();
-        let mut chunk = Vec::with_capacity(16);
-        chunk.push(first);
-        take_queued(&mut chunk, jobs, MAX_BATCH);
+        let mut chunk = drain(first, jobs);
         let refusal = if health.is_stopped() {
             Some("the store stopped after a failed flush; restart it")
         } else if !file.still_there() {
@@ -237,7 +235,7 @@ impl Writer {
                 Err(_) => break,
             }
         }
-        batches.record(u64::try_from(results.len()).unwrap_or(u64::MAX));
+        batches.record(results.len());
         let new_heads = std::mem::take(&mut ctx.heads);
         let rotated_root = ctx.rotated_root.take();
         // A batch whose units were all refused writes nothing, so its commit proves nothing
