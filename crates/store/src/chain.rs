@@ -16,6 +16,16 @@ pub(crate) struct Head {
     pub(crate) digest: String,
 }
 
+impl Head {
+    /// The head of an empty chain.
+    pub(crate) fn genesis() -> Self {
+        Self {
+            seq: 0,
+            digest: selene_kms_core::audit::GENESIS_DIGEST.to_owned(),
+        }
+    }
+}
+
 /// A record chained after a head, encoded for storage.
 pub(crate) struct Chained {
     /// The chain's head once the record is stored.

@@ -205,13 +205,83 @@ impl RootKey {
     }
 }
 
+/// Every key a root-key rotation rewrites, wrapped under the new root.
+pub(crate) struct Rewrapped {
+    /// The service secret.
+    pub(crate) service: Vec<u8>,
+    /// Each tenant's data key.
+    pub(crate) data_keys: Vec<(TenantId, Vec<u8>)>,
+}
+
+/// Rewraps the stored service secret and tenant data keys (tenant ids as stored) from `old`
+/// to `new`; material is not touched. Either backend then stores the result in one transaction.
+pub(crate) fn rewrap_all(
+    old: &RootKey,
+    new: &RootKey,
+    service: &[u8],
+    data_keys: Vec<(String, Vec<u8>)>,
+) -> StoreResult<Rewrapped> {
+    let data_keys = data_keys
+        .into_iter()
+        .map(|(tenant, wrapped)| {
+            let tenant = TenantId::try_from(tenant.as_str())
+                .map_err(|_| StoreError::new(ErrorKind::Corrupt, "a tenant id is invalid"))?;
+            let wrapped = old.rewrap(new, &dek_label(&tenant), &wrapped)?;
+            Ok((tenant, wrapped))
+        })
+        .collect::<StoreResult<_>>()?;
+    Ok(Rewrapped {
+        service: old.rewrap(new, SERVICE_SECRET_LABEL, service)?,
+        data_keys,
+    })
+}
+
 /// The root key of a running store, shared by its writer and readers, replaced after a rotation.
+/// While a rotation commits without holding readers back (PostgreSQL's commit is awaited), the
+/// incoming key also opens data keys, so a reader that meets one already rewrapped under it
+/// does not fail.
 #[derive(Clone)]
-pub(crate) struct SharedRoot(Arc<RwLock<RootKey>>);
+pub(crate) struct SharedRoot(Arc<RwLock<RootKey>>, Arc<RwLock<Option<RootKey>>>);
 
 impl SharedRoot {
     pub(crate) fn new(root: RootKey) -> Self {
-        Self(Arc::new(RwLock::new(root)))
+        Self(Arc::new(RwLock::new(root)), Arc::new(RwLock::new(None)))
+    }
+
+    /// Unwraps a tenant's data key with the current root key, or with the incoming one while
+    /// a rotation is committing.
+    pub(crate) fn unwrap_data_key(
+        &self,
+        tenant: &TenantId,
+        wrapped: &[u8],
+    ) -> StoreResult<DataKey> {
+        self.with(|r| r.unwrap_data_key(tenant, wrapped))
+            .or_else(|e| {
+                let incoming = self.1.read().unwrap_or_else(PoisonError::into_inner);
+                match incoming.as_ref() {
+                    Some(next) => next.unwrap_data_key(tenant, wrapped),
+                    None => Err(e),
+                }
+            })
+    }
+
+    /// Awaits `commit` with `new` as the incoming key, and installs it if the commit succeeded.
+    pub(crate) async fn replace_after<E>(
+        &self,
+        new: RootKey,
+        commit: impl Future<Output = Result<(), E>>,
+    ) -> Result<(), E> {
+        *self.1.write().unwrap_or_else(PoisonError::into_inner) = Some(new);
+        let outcome = commit.await;
+        let incoming = self
+            .1
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let (Ok(()), Some(new)) = (&outcome, incoming) {
+            *self.0.write().unwrap_or_else(PoisonError::into_inner) = new;
+        }
+        outcome
     }
 
     /// Runs `f` with the current root key. The key is replaced in one move, so a panic elsewhere
@@ -225,11 +295,6 @@ impl SharedRoot {
     #[cfg(test)]
     pub(crate) fn hold(&self) -> std::sync::RwLockWriteGuard<'_, RootKey> {
         self.0.write().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Installs the key a rotation has just committed.
-    pub(crate) fn replace(&self, new: RootKey) {
-        *self.0.write().unwrap_or_else(PoisonError::into_inner) = new;
     }
 
     /// Runs `commit` with every reader of the key held back, and installs `new` if it
@@ -410,10 +475,59 @@ mod tests {
         let wrapped = shared
             .with(|r| r.wrap(b"label", &[9; 32]))
             .expect("the old key still serves");
-        shared.replace(RootKey::from_bytes(&[2; 32]));
+        shared
+            .replace_if(RootKey::from_bytes(&[2; 32]), || Ok::<(), ()>(()))
+            .expect("replaced");
         assert!(
             shared.with(|r| r.unwrap(b"label", &wrapped)).is_err(),
             "the rotated key is the one in use"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_incoming_root_opens_data_keys_until_its_commit_settles() {
+        let tenant = t("acme");
+        let shared = SharedRoot::new(RootKey::from_bytes(&[1; 32]));
+        let new = RootKey::from_bytes(&[2; 32]);
+        let (_, wrapped) = new.new_data_key(&tenant).expect("key");
+        let (committed, commit) = tokio::sync::oneshot::channel::<Result<(), ()>>();
+        let rotation = {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                shared
+                    .replace_after(new, async { commit.await.unwrap_or(Err(())) })
+                    .await
+            })
+        };
+        // While the commit is pending, a key wrapped under the incoming root opens.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while shared.unwrap_data_key(&tenant, &wrapped).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the incoming key never served"
+            );
+            tokio::task::yield_now().await;
+        }
+        committed.send(Ok(())).expect("send");
+        rotation.await.expect("task").expect("rotated");
+        assert!(
+            shared
+                .with(|r| r.unwrap_data_key(&tenant, &wrapped))
+                .is_ok()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_rotation_commit_keeps_the_old_root() {
+        let tenant = t("acme");
+        let shared = SharedRoot::new(RootKey::from_bytes(&[1; 32]));
+        let new = RootKey::from_bytes(&[2; 32]);
+        let (_, wrapped) = new.new_data_key(&tenant).expect("key");
+        let failed = shared.replace_after(new, async { Err::<(), ()>(()) }).await;
+        assert!(failed.is_err());
+        assert!(
+            shared.unwrap_data_key(&tenant, &wrapped).is_err(),
+            "the new key is gone"
         );
     }
 

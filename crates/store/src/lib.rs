@@ -8,6 +8,8 @@
 
 mod chain;
 mod clock;
+mod codec;
+mod commit;
 mod envelope;
 mod error;
 mod health;

@@ -51,6 +51,9 @@ conformance! {
     conformance_audit_chain => audit_chain;
     conformance_policies_and_tokens => policies_and_tokens;
     conformance_concurrent_rotations => |s| concurrent_rotations(s, 64);
+    conformance_check_order_key_before_compare_and_set => check_order_key_before_compare_and_set;
+    conformance_units_of_one_batch_see_each_other => units_of_one_batch_see_each_other;
+    conformance_staged_material_is_used_once => staged_material_is_used_once;
 }
 
 async fn audit_only(store: &dyn Store, t: &selene_kms_core::TenantId) -> StoreResult<Receipt> {

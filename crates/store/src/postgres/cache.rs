@@ -57,52 +57,6 @@ impl<K: Hash + Eq, V: Clone> VersionedCache<K, V> {
     }
 }
 
-/// The highest state version known to be committed for each secret (read from the database,
-/// or committed by this node). State versions only grow, so a compare-and-set expecting less is
-/// stale whatever other nodes did since: the writer refuses it without a round trip.
-pub(super) struct StateFloors<K> {
-    floors: RwLock<HashMap<K, u64>>,
-}
-
-impl<K> Default for StateFloors<K> {
-    fn default() -> Self {
-        Self {
-            floors: RwLock::new(HashMap::new()),
-        }
-    }
-}
-
-impl<K: Hash + Eq> StateFloors<K> {
-    /// Records that `version` is (or was) committed.
-    pub(super) fn raise(&self, key: K, version: u64) {
-        // Most calls repeat a known floor (every cached read): those need no write lock.
-        if self
-            .floors
-            .read()
-            .is_ok_and(|f| f.get(&key).is_some_and(|floor| *floor >= version))
-        {
-            return;
-        }
-        let Ok(mut floors) = self.floors.write() else {
-            return;
-        };
-        if floors.len() >= CAPACITY && !floors.contains_key(&key) {
-            floors.clear();
-        }
-        let floor = floors.entry(key).or_insert(version);
-        *floor = (*floor).max(version);
-    }
-
-    /// Whether a change computed at `expected` is known to be stale.
-    pub(super) fn is_behind(&self, key: &K, expected: u64) -> bool {
-        self.floors
-            .read()
-            .ok()
-            .and_then(|f| f.get(key).copied())
-            .is_some_and(|floor| expected < floor)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,18 +72,5 @@ mod tests {
         cache.put("k", 4, "four");
         assert_eq!(cache.get_at(&"k", 3), None);
         assert_eq!(cache.get_at(&"k", 4), Some("four"));
-    }
-
-    #[test]
-    fn floors_only_rise() {
-        let floors = StateFloors::<&str>::default();
-        assert!(!floors.is_behind(&"k", 1));
-        floors.raise("k", 5);
-        floors.raise("k", 3);
-        assert!(floors.is_behind(&"k", 4));
-        assert!(
-            !floors.is_behind(&"k", 5),
-            "the current version is not stale"
-        );
     }
 }

@@ -18,7 +18,7 @@ use selene_kms_core::{ServiceSecret, TenantId};
 use super::codec::col;
 use super::error::pg;
 use super::sql;
-use crate::envelope::{DataKey, RootKey, SERVICE_SECRET_LABEL, SharedRoot, dek_label, random_key};
+use crate::envelope::{DataKey, RootKey, SERVICE_SECRET_LABEL, SharedRoot, random_key, rewrap_all};
 use crate::error::{ErrorKind, StoreError, StoreResult};
 
 /// Unwrapped data keys by tenant.
@@ -105,44 +105,20 @@ pub(super) async fn load_data_key(
         None => None,
     };
     wrapped
-        .map(|w| root.with(|r| r.unwrap_data_key(tenant, &w)).map(Arc::new))
+        .map(|w| root.unwrap_data_key(tenant, &w).map(Arc::new))
         .transpose()
 }
 
-/// Creates the tenant's data key. The caller holds the tenant's row lock and has seen no key.
-pub(super) async fn create_data_key(
+/// Whether this node's root key is still the store's (another node may have rotated it).
+pub(super) async fn root_is_current(
     client: &impl GenericClient,
     root: &SharedRoot,
-    tenant: &TenantId,
-) -> StoreResult<Arc<DataKey>> {
-    // Is this node's root key still the store's? (Another node may have rotated it.)
+) -> StoreResult<bool> {
     let row = sql::row(client, SERVICE_SECRET, &[], "service secret")
         .await?
         .ok_or_else(|| StoreError::new(ErrorKind::Corrupt, "the service secret is gone"))?;
     let service: Vec<u8> = col(&row, 0, "service secret")?;
-    let (key, wrapped) = root.with(|r| {
-        r.unwrap(SERVICE_SECRET_LABEL, &service).map_err(|_| {
-            StoreError::new(
-                ErrorKind::Unavailable,
-                "the root key was rotated: restart this node with the new key",
-            )
-        })?;
-        r.new_data_key(tenant)
-    })?;
-    let updated = sql::execute(
-        client,
-        "UPDATE tenants SET wrapped_dek = $2 WHERE tenant_id = $1 AND wrapped_dek IS NULL",
-        &[&tenant.as_str(), &wrapped],
-        "data key",
-    )
-    .await?;
-    if updated != 1 {
-        return Err(StoreError::new(
-            ErrorKind::StateConflict,
-            "the tenant's data key changed beside its row lock",
-        ));
-    }
-    Ok(Arc::new(key))
+    Ok(root.with(|r| r.unwrap(SERVICE_SECRET_LABEL, &service).is_ok()))
 }
 
 /// Rewraps every tenant data key and the service secret under `new_root`, in one transaction;
@@ -168,14 +144,6 @@ pub(super) async fn rotate_root(
     .await?
     .ok_or_else(|| StoreError::new(ErrorKind::Corrupt, "the service secret is gone"))?;
     let service = col::<Vec<u8>>(&row, 0, WHAT)?;
-    let service = root.with(|r| r.rewrap(&new_root, SERVICE_SECRET_LABEL, &service))?;
-    sql::execute(
-        &tx,
-        "UPDATE meta SET value = $1 WHERE key = 'service_secret'",
-        &[&service],
-        WHAT,
-    )
-    .await?;
     let rows = sql::rows(
         &tx,
         "SELECT tenant_id, wrapped_dek FROM tenants WHERE wrapped_dek IS NOT NULL",
@@ -183,23 +151,42 @@ pub(super) async fn rotate_root(
         WHAT,
     )
     .await?;
-    let mut rewrapped = 0u64;
-    for row in rows {
-        let tenant = TenantId::try_from(col::<String>(&row, 0, WHAT)?)
-            .map_err(|_| StoreError::new(ErrorKind::Corrupt, "a tenant id is invalid"))?;
-        let wrapped = col::<Vec<u8>>(&row, 1, WHAT)?;
-        let wrapped = root.with(|r| r.rewrap(&new_root, &dek_label(&tenant), &wrapped))?;
-        sql::execute(
-            &tx,
-            "UPDATE tenants SET wrapped_dek = $2 WHERE tenant_id = $1",
-            &[&tenant.as_str(), &wrapped],
-            WHAT,
-        )
-        .await?;
-        rewrapped += 1;
-    }
-    tx.commit().await.map_err(pg(WHAT))?;
-    root.replace(new_root);
+    let stored = rows
+        .iter()
+        .map(|row| Ok((col::<String>(row, 0, WHAT)?, col::<Vec<u8>>(row, 1, WHAT)?)))
+        .collect::<StoreResult<Vec<_>>>()?;
+    let rewrapped = root.with(|old| rewrap_all(old, &new_root, &service, stored))?;
+    sql::execute(
+        &tx,
+        "UPDATE meta SET value = $1 WHERE key = 'service_secret'",
+        &[&rewrapped.service],
+        WHAT,
+    )
+    .await?;
+    let tenants: Vec<&str> = rewrapped
+        .data_keys
+        .iter()
+        .map(|(t, _)| t.as_str())
+        .collect();
+    let wrapped: Vec<&[u8]> = rewrapped
+        .data_keys
+        .iter()
+        .map(|(_, w)| w.as_slice())
+        .collect();
+    sql::execute(
+        &tx,
+        "UPDATE tenants SET wrapped_dek = d.wrapped
+         FROM unnest($1::text[], $2::bytea[]) AS d(tenant_id, wrapped)
+         WHERE tenants.tenant_id = d.tenant_id",
+        &[&tenants, &wrapped],
+        WHAT,
+    )
+    .await?;
+    // Readers must not meet keys wrapped under the new root while this node still holds the
+    // old one: they wait for the commit and the replacement together.
+    root.replace_after(new_root, tx.commit())
+        .await
+        .map_err(pg(WHAT))?;
     data_keys.clear();
-    Ok(rewrapped)
+    Ok(u64::try_from(rewrapped.data_keys.len()).unwrap_or(u64::MAX))
 }

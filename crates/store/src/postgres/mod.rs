@@ -14,7 +14,7 @@
 //! wrapped by the root key, the service secret wrapped in the `meta` table. Every node needs
 //! the same root key. Connection strings are only ever shown through [`redact`].
 
-mod apply;
+mod batch;
 mod cache;
 mod codec;
 mod error;
@@ -46,13 +46,11 @@ use crate::model::{
 };
 use crate::stats::BatchHistogram;
 use crate::store::Store;
-use apply::SecretFloors;
-use cache::VersionedCache;
 use error::pool_error;
 use keys::DataKeys;
 use reads::Fresh;
 pub use url::redact;
-use writer::{Job, Writer};
+use writer::{Job, PolicyCache, SecretCache, Writer};
 
 /// Most connections one node opens (the writer uses one at a time; readers share the rest).
 const POOL_SIZE: usize = 16;
@@ -67,9 +65,8 @@ pub struct PostgresStore {
     keys: Arc<ServiceKeys>,
     root: SharedRoot,
     data_keys: Arc<DataKeys>,
-    policies: VersionedCache<TenantId, StoredPolicy>,
-    secrets: VersionedCache<(TenantId, SecretName), Arc<SecretSnapshot>>,
-    floors: Arc<SecretFloors>,
+    policies: Arc<PolicyCache>,
+    secrets: Arc<SecretCache>,
     batches: Arc<BatchHistogram>,
     jobs: mpsc::UnboundedSender<Job>,
     health: Arc<WriteHealth>,
@@ -118,7 +115,8 @@ impl PostgresStore {
         let keys = Arc::new(ServiceKeys::derive(&service));
         let root = SharedRoot::new(root);
         let data_keys = Arc::new(DataKeys::default());
-        let floors = Arc::new(SecretFloors::default());
+        let policies = Arc::new(PolicyCache::default());
+        let secrets = Arc::new(SecretCache::default());
         let batches = Arc::new(BatchHistogram::default());
         let (jobs, rx) = mpsc::unbounded_channel();
         let health = Arc::new(WriteHealth::default());
@@ -128,7 +126,8 @@ impl PostgresStore {
             keys: keys.clone(),
             root: root.clone(),
             data_keys: data_keys.clone(),
-            floors: floors.clone(),
+            secrets: secrets.clone(),
+            policies: policies.clone(),
             batches: batches.clone(),
         };
         tokio::spawn(writer.run(rx));
@@ -138,9 +137,8 @@ impl PostgresStore {
             keys,
             root,
             data_keys,
-            policies: VersionedCache::default(),
-            secrets: VersionedCache::default(),
-            floors,
+            policies,
+            secrets,
             batches,
             jobs,
             health,
@@ -208,10 +206,7 @@ impl Store for PostgresStore {
         let snapshot = match reads::secret(&client, tenant, name, have).await? {
             None => return Ok(None),
             Some(Fresh::Unchanged(version)) => match self.secrets.get_at(&key, version) {
-                Some(cached) => {
-                    self.floors.raise(key, version);
-                    return Ok(Some(cached));
-                }
+                Some(cached) => return Ok(Some(cached)),
                 None => match reads::secret(&client, tenant, name, None).await? {
                     Some(Fresh::Loaded(_, s)) => s,
                     _ => return Ok(None),
@@ -220,7 +215,6 @@ impl Store for PostgresStore {
             Some(Fresh::Loaded(_, s)) => s,
         };
         let snapshot = Arc::new(snapshot);
-        self.floors.raise(key.clone(), snapshot.state_version);
         self.secrets
             .put(key, snapshot.state_version, snapshot.clone());
         Ok(Some(snapshot))

@@ -7,6 +7,7 @@ use selene_kms_core::{
     AuditRecord, Checkpoint, PolicyDocument, RefId, SecretKind, SecretName, SecretSnapshot,
     TenantId, TtlBounds, VersionState,
 };
+use tokio_postgres::Row;
 
 use super::codec::{col, col_u64, to_db};
 use super::sql;
@@ -61,12 +62,19 @@ pub(super) async fn secret(
     else {
         return Ok(None);
     };
-    let state_version = col_u64(&row, 0, WHAT)?;
+    secret_row(&row).map(Some)
+}
+
+/// A secret row in the shape of [`secret`]'s first ten columns: its state version, and its
+/// snapshot unless the last two columns are NULL (the reader holds that version already).
+pub(super) fn secret_row(row: &Row) -> StoreResult<Fresh<SecretSnapshot>> {
+    const WHAT: &str = "secret read";
+    let state_version = col_u64(row, 0, WHAT)?;
     let (Some(current), Some(revoked)) = (
-        col::<Option<i64>>(&row, 8, WHAT)?,
-        col::<Option<Vec<i64>>>(&row, 9, WHAT)?,
+        col::<Option<i64>>(row, 8, WHAT)?,
+        col::<Option<Vec<i64>>>(row, 9, WHAT)?,
     ) else {
-        return Ok(Some(Fresh::Unchanged(state_version)));
+        return Ok(Fresh::Unchanged(state_version));
     };
     let mut versions = vec![
         VersionState::Active;
@@ -78,23 +86,23 @@ pub(super) async fn secret(
             return Err(corrupt("a secret's versions"));
         }
     }
-    let kind: String = col(&row, 2, WHAT)?;
+    let kind: String = col(row, 2, WHAT)?;
     let ttl = TtlBounds::new(
-        col_u64(&row, 3, WHAT)?,
-        col_u64(&row, 4, WHAT)?,
-        col_u64(&row, 5, WHAT)?,
+        col_u64(row, 3, WHAT)?,
+        col_u64(row, 4, WHAT)?,
+        col_u64(row, 5, WHAT)?,
     )
     .ok_or_else(|| corrupt("a secret row"))?;
     let snapshot = SecretSnapshot {
-        secret_ref: col(&row, 1, WHAT)?,
+        secret_ref: col(row, 1, WHAT)?,
         state_version,
         kind: SecretKind::from_name(&kind).ok_or_else(|| corrupt("a secret row"))?,
         versions,
-        staged: col(&row, 7, WHAT)?,
+        staged: col(row, 7, WHAT)?,
         ttl,
-        handle_ttl_ms: col_u64(&row, 6, WHAT)?,
+        handle_ttl_ms: col_u64(row, 6, WHAT)?,
     };
-    Ok(Some(Fresh::Loaded(state_version, snapshot)))
+    Ok(Fresh::Loaded(state_version, snapshot))
 }
 
 /// The tenant's policy document, if one was set; the document is read only when `have` is not

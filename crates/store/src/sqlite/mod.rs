@@ -10,8 +10,10 @@
 //! updates, after each commit. The data directory is locked so that no second process writes the
 //! same file.
 
+mod batch;
 mod cache;
 mod checkpointer;
+mod error;
 mod identity;
 mod schema;
 mod syncer;
@@ -29,6 +31,7 @@ use selene_kms_core::{
 };
 use tokio::sync::{mpsc, oneshot};
 
+use crate::codec::{from_db, to_db, to_db_saturating};
 use crate::envelope::{DataKey, RootKey, SERVICE_SECRET_LABEL, SharedRoot, Slot, random_key};
 use crate::error::{ErrorKind, StoreError, StoreResult};
 use crate::health::WriteHealth;
@@ -40,22 +43,8 @@ use crate::stats::BatchHistogram;
 use crate::store::Store;
 use cache::Cache;
 use checkpointer::Checkpointer;
+pub(crate) use error::db_err;
 use writer::{Job, Maintenance, Writer};
-
-/// Maps a SQLite error to a store error without quoting anything but SQLite's own code.
-pub(crate) fn db_err(e: rusqlite::Error) -> StoreError {
-    let kind = match e.sqlite_error_code() {
-        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase) => {
-            ErrorKind::Corrupt
-        }
-        Some(rusqlite::ErrorCode::ConstraintViolation) => ErrorKind::AlreadyExists,
-        _ => ErrorKind::Unavailable,
-    };
-    let code = e
-        .sqlite_error_code()
-        .map_or_else(|| "non-SQLite error".to_owned(), |c| format!("{c:?}"));
-    StoreError::new(kind, format!("sqlite: {code}"))
-}
 
 /// About how long a connection waits for a lock another connection of this store holds.
 const BUSY_WAIT: Duration = Duration::from_secs(5);
@@ -361,12 +350,12 @@ pub(crate) fn load_snapshot(
         .collect::<StoreResult<Vec<_>>>()?;
     Ok(Some(SecretSnapshot {
         secret_ref,
-        state_version: state_version as u64,
+        state_version: from_db(state_version)?,
         kind: SecretKind::from_name(&kind).ok_or_else(corrupt)?,
         versions,
         staged,
-        ttl: TtlBounds::new(min as u64, max as u64, default as u64).ok_or_else(corrupt)?,
-        handle_ttl_ms: handle_ttl as u64,
+        ttl: TtlBounds::new(from_db(min)?, from_db(max)?, from_db(default)?).ok_or_else(corrupt)?,
+        handle_ttl_ms: from_db(handle_ttl)?,
     }))
 }
 
@@ -382,7 +371,7 @@ fn load_policy(conn: &Connection, tenant: &TenantId) -> StoreResult<Option<(Poli
             let doc: PolicyDocument = serde_json::from_str(&json).map_err(|_| {
                 StoreError::new(ErrorKind::Corrupt, "a stored policy does not parse")
             })?;
-            Ok(Some((doc, version as u64)))
+            Ok(Some((doc, from_db(version)?)))
         }
         _ => Ok(None),
     }
@@ -455,24 +444,31 @@ impl Store for SqliteStore {
             for (name, secret_ref, kind) in rows {
                 let vs = versions
                     .query_map([tenant.as_str(), name.as_str()], |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, String>(1)? == "REVOKED",
+                            r.get::<_, i64>(2)?,
+                        ))
+                    })
+                    .map_err(db_err)?
+                    .map(|row| {
+                        let (version, revoked, created_at_ms) = row.map_err(db_err)?;
                         Ok(VersionListing {
-                            version: r.get::<_, i64>(0)? as u64,
-                            state: if r.get::<_, String>(1)? == "REVOKED" {
+                            version: from_db(version)?,
+                            state: if revoked {
                                 VersionState::Revoked.name()
                             } else {
                                 VersionState::Active.name()
                             },
-                            created_at_ms: r.get::<_, i64>(2)? as u64,
+                            created_at_ms: from_db(created_at_ms)?,
                         })
                     })
-                    .map_err(db_err)?
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(db_err)?;
+                    .collect::<StoreResult<Vec<_>>>()?;
                 out.push(SecretListing {
                     secret_name: name,
                     secret_ref,
                     kind: SecretKind::from_name(&kind).map_or("UNKNOWN", SecretKind::name),
-                    current_version: vs.len() as u64,
+                    current_version: vs.last().map_or(0, |v| v.version),
                     versions: vs,
                 });
             }
@@ -538,7 +534,7 @@ impl Store for SqliteStore {
                      WHERE tenant_id = ?1 AND secret_name = ?2 AND version = ?3",
                 )
                 .map_err(db_err)?
-                .query_row((tenant.as_str(), name.as_str(), version as i64), |r| {
+                .query_row((tenant.as_str(), name.as_str(), to_db(version)?), |r| {
                     r.get(0)
                 })
                 .optional()
@@ -574,8 +570,8 @@ impl Store for SqliteStore {
                 .query_map(
                     (
                         tenant.as_str(),
-                        after_seq.min(i64::MAX as u64) as i64,
-                        limit as i64,
+                        to_db_saturating(after_seq),
+                        i64::try_from(limit).unwrap_or(i64::MAX),
                     ),
                     |r| r.get::<_, String>(0),
                 )
@@ -726,15 +722,16 @@ mod tests {
         })
     }
 
-    /// A unit that follows a root rotation in the same batch wraps its new data key under the
-    /// new root. The writer is held inside one batch (waiting for the root key) while the
-    /// rotation and then a create queue up behind it, so both land in the next batch, in order.
+    /// A unit queued beside a root rotation opens under the new root afterwards: the batch
+    /// commits it first, and the rotation that follows in its own transaction rewraps its new
+    /// data key. The writer is held inside one batch (waiting for the root key) while the
+    /// rotation and then a create queue up behind it, so both are drained together.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     #[allow(
         clippy::await_holding_lock,
         reason = "the held key is the point: it keeps the writer thread waiting while jobs queue"
     )]
-    async fn a_unit_after_a_rotation_in_its_batch_wraps_under_the_new_root() {
+    async fn a_unit_queued_beside_a_rotation_opens_under_the_new_root() {
         let dir = tempfile::tempdir().expect("tempdir");
         let options = SqliteOptions {
             path: dir.path().join("kms.db"),
@@ -762,8 +759,8 @@ mod tests {
         let histogram = store.batch_histogram().snapshot();
         assert_eq!(
             (histogram.1, histogram.2),
-            (2, 3),
-            "two batches: the first create, then the rotation with the create behind it"
+            (2, 2),
+            "two batches of units: the first create, then the create queued with the rotation"
         );
         drop(store);
         let reopened = SqliteStore::open(

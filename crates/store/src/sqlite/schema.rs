@@ -126,6 +126,10 @@ ALTER TABLE tenants DROP COLUMN audit_head;
 ];
 
 /// The schema version this build writes.
+#[allow(
+    clippy::cast_possible_wrap,
+    reason = "a handful of migrations; a const cannot use a checked conversion"
+)]
 pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// Brings the database to [`SCHEMA_VERSION`]; refuses a database from a newer build.
@@ -153,12 +157,17 @@ pub(crate) fn migrate(conn: &mut Connection) -> StoreResult<()> {
             ),
         ));
     }
-    for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+    let applied = usize::try_from(current)
+        .map_err(|_| StoreError::new(ErrorKind::Corrupt, "the schema version is negative"))?;
+    for (version, sql) in (1_i64..).zip(MIGRATIONS.iter()).skip(applied) {
         let tx = conn.transaction().map_err(unavailable)?;
         tx.execute_batch(sql).map_err(unavailable)?;
         tx.execute(
             "INSERT INTO schema_migrations (version, applied_at_ms) VALUES (?1, ?2)",
-            (index as i64 + 1, crate::clock::now_ms() as i64),
+            (
+                version,
+                crate::codec::to_db_saturating(crate::clock::now_ms()),
+            ),
         )
         .map_err(unavailable)?;
         tx.commit().map_err(unavailable)?;

@@ -504,3 +504,153 @@ pub(crate) async fn policies_and_tokens(store: Arc<dyn Store>) {
     assert!(store.put_token([5; 32], Role::Admin, "dup").await.is_err());
     assert!(store.ready().await);
 }
+
+/// Regression: the backends checked a unit in different orders, so a unit with both a taken key
+/// and a stale state version got `StateConflict` on SQLite and `IdempotencyTaken` on PostgreSQL.
+/// The key is checked first everywhere, and the refused unit changes nothing.
+pub(crate) async fn check_order_key_before_compare_and_set(store: Arc<dyn Store>) {
+    let t = tenant("acme");
+    create(&*store, &t, "k", SecretKind::Generated, None)
+        .await
+        .expect("create");
+    let scope = IdempotencyScope {
+        tenant: t.clone(),
+        caller: "os-1".into(),
+        key: "k-1".into(),
+    };
+    store.commit(keyed_unit(&scope, 1)).await.expect("claims");
+    let before = snapshot(&*store, &t, "k").await;
+    let records = audit_len(&*store, &t).await;
+    let stale_and_keyed = CommitUnit {
+        tenant: t.clone(),
+        change: Change::Secret {
+            name: name("k"),
+            expected_state_version: before.state_version + 7,
+            change: StateChange::Rotate {
+                new_version: before.current_version() + 1,
+                from_staged: false,
+            },
+        },
+        ..keyed_unit(&scope, 2)
+    };
+    let refused = store.commit(stale_and_keyed).await;
+    assert_eq!(
+        refused.map_err(|e| e.kind),
+        Err(ErrorKind::IdempotencyTaken)
+    );
+    assert_eq!(snapshot(&*store, &t, "k").await, before, "no state change");
+    assert_eq!(audit_len(&*store, &t).await, records, "no audit record");
+    // With a free key, the stale version is what refuses it.
+    let stale = change(
+        &*store,
+        &t,
+        "k",
+        before.state_version + 7,
+        StateChange::RevokeAllVersions,
+    )
+    .await;
+    assert_eq!(stale.map_err(|e| e.kind), Err(ErrorKind::StateConflict));
+    // And a change to a secret that does not exist is `NotFound`, whatever version it names.
+    let missing = change(&*store, &t, "nope", 1, StateChange::RevokeAllVersions).await;
+    assert_eq!(missing.map_err(|e| e.kind), Err(ErrorKind::NotFound));
+}
+
+/// Units committed together decide against each other as if one after the other: of many
+/// concurrent claims of one key exactly one wins, and a creation is seen by the change queued
+/// behind it.
+pub(crate) async fn units_of_one_batch_see_each_other(store: Arc<dyn Store>) {
+    let t = tenant("acme");
+    let scope = IdempotencyScope {
+        tenant: t.clone(),
+        caller: "os-1".into(),
+        key: "same".into(),
+    };
+    let claims: Vec<_> = (0..32u8)
+        .map(|fp| {
+            let store = store.clone();
+            let unit = keyed_unit(&scope, fp);
+            tokio::spawn(async move { store.commit(unit).await })
+        })
+        .collect();
+    let mut won = 0;
+    for claim in claims {
+        match claim.await.expect("task") {
+            Ok(_) => won += 1,
+            Err(e) => assert_eq!(e.kind, ErrorKind::IdempotencyTaken, "{e}"),
+        }
+    }
+    assert_eq!(won, 1, "exactly one claim of the key wins");
+    assert_eq!(
+        audit_len(&*store, &t).await,
+        1,
+        "only the winner left a record"
+    );
+    let created = {
+        let store = store.clone();
+        let t = t.clone();
+        tokio::spawn(async move { create(&*store, &t, "new", SecretKind::Generated, None).await })
+    };
+    let revoked = {
+        let store = store.clone();
+        let t = t.clone();
+        tokio::spawn(async move {
+            // Queued right behind the creation: retried until the secret exists.
+            loop {
+                match change(&*store, &t, "new", 1, StateChange::RevokeVersion(1)).await {
+                    Err(e) if e.kind == ErrorKind::NotFound => tokio::task::yield_now().await,
+                    other => return other,
+                }
+            }
+        })
+    };
+    created.await.expect("task").expect("create");
+    revoked.await.expect("task").expect("revoke");
+    let after = snapshot(&*store, &t, "new").await;
+    assert_eq!(after.state_version, 2);
+    assert_eq!(after.versions, vec![VersionState::Revoked]);
+}
+
+/// A staged rotation consumes the staged material exactly once: a second staged rotation with
+/// nothing staged is refused and changes nothing.
+pub(crate) async fn staged_material_is_used_once(store: Arc<dyn Store>) {
+    let t = tenant("acme");
+    create(&*store, &t, "api", SecretKind::Imported, Some(b"v1"))
+        .await
+        .expect("create");
+    store
+        .commit(CommitUnit {
+            tenant: t.clone(),
+            change: Change::StageMaterial {
+                name: name("api"),
+                material: SecretMaterial::from_slice(CANARY),
+            },
+            audit: record(&t, AuditAction::StageVersion),
+            idempotency: None,
+            bundle: None,
+        })
+        .await
+        .expect("stage");
+    let staged = snapshot(&*store, &t, "api").await;
+    assert!(staged.staged);
+    let rotate = |expected| {
+        change(
+            &*store,
+            &t,
+            "api",
+            expected,
+            StateChange::Rotate {
+                new_version: 2,
+                from_staged: true,
+            },
+        )
+    };
+    rotate(staged.state_version)
+        .await
+        .expect("rotates to the staged material");
+    let rotated = snapshot(&*store, &t, "api").await;
+    assert!(!rotated.staged);
+    assert_eq!(rotated.current_version(), 2);
+    let again = rotate(rotated.state_version).await;
+    assert_eq!(again.map_err(|e| e.kind), Err(ErrorKind::StateConflict));
+    assert_eq!(snapshot(&*store, &t, "api").await, rotated);
+}

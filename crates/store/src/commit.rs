@@ -1,0 +1,701 @@
+//! The commit algorithm, written once for every backend.
+//!
+//! A batch of [`CommitUnit`]s is committed in three steps:
+//! 1. the backend reads the committed state the batch [`Needs`] into a [`Committed`], under its
+//!    own guard (SQLite: the single writer's `IMMEDIATE` transaction; PostgreSQL: the row locks
+//!    of the batch's tenants), so that nothing else can change that state before step 3 commits;
+//! 2. [`plan`] decides every unit, in arrival order, without I/O: its checks in one fixed order
+//!    (see [`plan`]), then its effects on the working state that later units of the batch see;
+//! 3. the backend writes the resulting [`Writes`] in one transaction, in whatever statements suit
+//!    it, and answers each unit with its outcome once that transaction is durable.
+//!
+//! A refused unit produces no writes, so neither backend needs a savepoint per unit; a failed
+//! write refuses the whole batch.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use selene_kms_core::{
+    Policy, SecretKind, SecretMaterial, SecretName, SecretSnapshot, ServiceKeys, StateChange,
+    TenantId, TtlBounds, VersionState, refs,
+};
+
+use crate::chain::{Head, chain};
+use crate::envelope::{DataKey, RootKey, Slot, generate_material};
+use crate::error::{ErrorKind, StoreError, StoreResult};
+use crate::model::{
+    Change, CommitUnit, IdempotencyScope, NewSecret, Receipt, StoredPolicy, encode_policy,
+};
+
+/// A secret's identity inside the store.
+pub(crate) type SecretKey = (TenantId, SecretName);
+
+/// What a batch must read before it can be decided.
+#[derive(Debug, Default)]
+pub(crate) struct Needs {
+    /// Every tenant of the batch (chain heads), in byte order, once each.
+    pub(crate) tenants: Vec<TenantId>,
+    /// Tenants whose policy version is needed (a policy change).
+    pub(crate) policy_tenants: Vec<TenantId>,
+    /// Tenants whose data key is needed (material to seal or open).
+    pub(crate) key_tenants: Vec<TenantId>,
+    /// Secrets the batch checks or changes.
+    pub(crate) secrets: Vec<SecretKey>,
+    /// Idempotency keys the batch claims.
+    pub(crate) idempotency: Vec<IdempotencyScope>,
+}
+
+impl Needs {
+    /// What `units` need.
+    pub(crate) fn of(units: &[CommitUnit]) -> Self {
+        let mut needs = Self::default();
+        for unit in units {
+            let tenant = &unit.tenant;
+            needs.tenants.push(tenant.clone());
+            if let Some(idem) = &unit.idempotency {
+                needs.idempotency.push(idem.scope.clone());
+            }
+            let (name, keyed) = match &unit.change {
+                Change::None => continue,
+                Change::PutPolicy(_) => {
+                    needs.policy_tenants.push(tenant.clone());
+                    continue;
+                }
+                Change::Secret { name, change, .. } => {
+                    (name, matches!(change, StateChange::Rotate { .. }))
+                }
+                Change::CreateSecret(new) => (&new.name, true),
+                Change::StageMaterial { name, .. } => (name, true),
+            };
+            needs.secrets.push((tenant.clone(), name.clone()));
+            if keyed {
+                needs.key_tenants.push(tenant.clone());
+            }
+        }
+        for list in [
+            &mut needs.tenants,
+            &mut needs.policy_tenants,
+            &mut needs.key_tenants,
+        ] {
+            list.sort();
+            list.dedup();
+        }
+        needs.secrets.sort();
+        needs.secrets.dedup();
+        needs
+    }
+}
+
+/// A committed secret as the plan needs it.
+#[derive(Clone)]
+pub(crate) struct StoredSecret {
+    /// Its snapshot (state version, kind, versions, bounds).
+    pub(crate) snapshot: Arc<SecretSnapshot>,
+    /// Its staged material, sealed, if any.
+    pub(crate) staged: Option<Vec<u8>>,
+}
+
+/// The committed state a batch is decided from, read by the backend under its guard.
+#[derive(Default)]
+pub(crate) struct Committed {
+    /// The chain head of every tenant of the batch (absent: an empty chain).
+    pub(crate) heads: HashMap<TenantId, Head>,
+    /// Policy versions of the tenants that need one (absent: no policy yet, version 0).
+    pub(crate) policy_versions: HashMap<TenantId, u64>,
+    /// Data keys of the tenants that need one and have one.
+    pub(crate) data_keys: HashMap<TenantId, Arc<DataKey>>,
+    /// Whether a missing data key may be created: false when this node's root key is no longer
+    /// the store's (another node rotated it), so that it never wraps a key the others cannot open.
+    pub(crate) may_create_keys: bool,
+    /// The secrets of the batch that exist.
+    pub(crate) secrets: HashMap<SecretKey, StoredSecret>,
+    /// The batch's idempotency keys that are already taken.
+    pub(crate) taken: HashSet<IdempotencyScope>,
+}
+
+/// A new secret row, with its state after the whole batch.
+pub(crate) struct SecretRow {
+    pub(crate) tenant: TenantId,
+    pub(crate) name: SecretName,
+    pub(crate) secret_ref: String,
+    pub(crate) kind: SecretKind,
+    pub(crate) state_version: u64,
+    pub(crate) ttl: TtlBounds,
+    pub(crate) handle_ttl_ms: u64,
+    pub(crate) staged: Option<Vec<u8>>,
+    pub(crate) created_at_ms: u64,
+}
+
+/// The new state of an existing secret row after the whole batch.
+pub(crate) struct SecretUpdate {
+    pub(crate) tenant: TenantId,
+    pub(crate) name: SecretName,
+    pub(crate) state_version: u64,
+    pub(crate) staged: Option<Vec<u8>>,
+}
+
+/// A new version row (always `ACTIVE`; a later revocation in the batch is a [`Revocation`]).
+pub(crate) struct VersionRow {
+    pub(crate) tenant: TenantId,
+    pub(crate) name: SecretName,
+    pub(crate) version: u64,
+    pub(crate) sealed: Vec<u8>,
+    pub(crate) created_at_ms: u64,
+}
+
+/// One version that becomes `REVOKED`.
+pub(crate) struct Revocation {
+    pub(crate) tenant: TenantId,
+    pub(crate) name: SecretName,
+    pub(crate) version: u64,
+}
+
+/// A revoked handle or credential, kept until it would have expired anyway.
+pub(crate) struct RevokedRef {
+    pub(crate) tenant: TenantId,
+    pub(crate) id: String,
+    pub(crate) expires_at_ms: u64,
+}
+
+/// An idempotency record to insert.
+pub(crate) struct IdempotencyRow {
+    pub(crate) scope: IdempotencyScope,
+    pub(crate) fingerprint: [u8; 32],
+    pub(crate) bundle: Arc<[u8]>,
+    pub(crate) created_at_ms: u64,
+}
+
+/// An audit record (or a checkpoint) to insert, encoded.
+pub(crate) struct ChainRow {
+    pub(crate) tenant: TenantId,
+    pub(crate) seq: u64,
+    pub(crate) json: String,
+}
+
+/// A policy row's new document and version.
+pub(crate) struct PolicyRow {
+    pub(crate) tenant: TenantId,
+    pub(crate) json: String,
+    pub(crate) version: u64,
+}
+
+/// Every row a batch writes, and the state it leaves, as decided by [`plan`].
+///
+/// The groups are independent of the order in which a backend writes them, with one rule:
+/// new secrets before new versions before revocations (a revocation may name a version the
+/// same batch created).
+#[derive(Default)]
+pub(crate) struct Writes {
+    /// New data keys, wrapped under the root key.
+    pub(crate) data_keys: Vec<(TenantId, Vec<u8>)>,
+    pub(crate) secrets: Vec<SecretRow>,
+    pub(crate) secret_updates: Vec<SecretUpdate>,
+    pub(crate) versions: Vec<VersionRow>,
+    pub(crate) revocations: Vec<Revocation>,
+    pub(crate) revoked_refs: Vec<RevokedRef>,
+    pub(crate) policies: Vec<PolicyRow>,
+    pub(crate) idempotency: Vec<IdempotencyRow>,
+    pub(crate) audit: Vec<ChainRow>,
+    pub(crate) checkpoints: Vec<ChainRow>,
+    /// The chain heads that moved.
+    pub(crate) heads: HashMap<TenantId, Head>,
+    /// What readers may see once the batch is durable: snapshots of changed secrets, policies,
+    /// and unwrapped new data keys.
+    pub(crate) snapshots: Vec<(SecretKey, Arc<SecretSnapshot>)>,
+    pub(crate) stored_policies: Vec<(TenantId, StoredPolicy)>,
+    pub(crate) new_keys: Vec<(TenantId, Arc<DataKey>)>,
+}
+
+impl Writes {
+    /// Whether the batch writes anything at all.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.audit.is_empty()
+    }
+}
+
+/// A decided batch: each unit's outcome, in order, and what the applied ones write.
+pub(crate) struct Plan {
+    pub(crate) outcomes: Vec<StoreResult<Receipt>>,
+    pub(crate) writes: Writes,
+}
+
+/// The working state of a batch: the committed state, as changed by its applied units so far.
+struct Working<'a> {
+    keys: &'a ServiceKeys,
+    root: &'a RootKey,
+    now_ms: u64,
+    committed: Committed,
+    /// Secrets created or changed by this batch, in their latest state.
+    secrets: HashMap<SecretKey, StoredSecret>,
+    /// Of those, the ones this batch created.
+    created: HashSet<SecretKey>,
+    claimed: HashSet<IdempotencyScope>,
+    writes: Writes,
+}
+
+/// What a checked unit's change will do, computed before anything is written.
+enum Effect {
+    None,
+    Secret {
+        key: SecretKey,
+        next: StoredSecret,
+        versions: Vec<VersionRow>,
+        revocations: Vec<Revocation>,
+        revoked_ref: Option<RevokedRef>,
+        created: bool,
+    },
+    Policy(Box<Policy>, String),
+}
+
+fn refused(kind: ErrorKind, message: &str) -> StoreError {
+    StoreError::new(kind, message)
+}
+
+/// Decides a batch. Each unit is checked in this order, and the first failed check refuses it
+/// (alone, with no write):
+/// 1. its idempotency key is free: neither committed nor claimed by an earlier unit of the batch
+///    (`IdempotencyTaken`);
+/// 2. its secret exists, or for a creation does not (`NotFound`, `AlreadyExists`);
+/// 3. compare-and-set: the secret is at the state version the change was computed from
+///    (`StateConflict`);
+/// 4. the change's own precondition: staged material for a rotation from staged material
+///    (`StateConflict`), an imported secret for staging (`Invalid`), a valid policy (`Invalid`);
+/// 5. the audit chain has room (`Invalid`).
+///
+/// `now_ms` stamps new rows; `root` wraps new data keys.
+pub(crate) fn plan(
+    keys: &ServiceKeys,
+    root: &RootKey,
+    now_ms: u64,
+    committed: Committed,
+    units: Vec<CommitUnit>,
+) -> Plan {
+    let mut working = Working {
+        keys,
+        root,
+        now_ms,
+        committed,
+        secrets: HashMap::new(),
+        created: HashSet::new(),
+        claimed: HashSet::new(),
+        writes: Writes::default(),
+    };
+    let outcomes = units.into_iter().map(|u| working.apply(u)).collect();
+    Plan {
+        outcomes,
+        writes: working.finish(),
+    }
+}
+
+impl Working<'_> {
+    fn apply(&mut self, unit: CommitUnit) -> StoreResult<Receipt> {
+        let CommitUnit {
+            tenant,
+            change,
+            audit,
+            idempotency,
+            bundle,
+        } = unit;
+        if let Some(idem) = &idempotency
+            && (self.committed.taken.contains(&idem.scope) || self.claimed.contains(&idem.scope))
+        {
+            return Err(refused(
+                ErrorKind::IdempotencyTaken,
+                "the idempotency key is already taken",
+            ));
+        }
+        let (effect, new_key) = self.effect(&tenant, change)?;
+        let head = self.head(&tenant);
+        let chained = chain(self.keys, &tenant, &head, audit, bundle)?;
+        // Every check passed: from here on the unit only records what it writes.
+        if let Some((key, wrapped)) = new_key {
+            self.committed.data_keys.insert(tenant.clone(), key.clone());
+            self.writes.data_keys.push((tenant.clone(), wrapped));
+            self.writes.new_keys.push((tenant.clone(), key));
+        }
+        let policy_version = self.record(&tenant, effect);
+        if let Some(idem) = idempotency {
+            self.claimed.insert(idem.scope.clone());
+            self.writes.idempotency.push(IdempotencyRow {
+                scope: idem.scope,
+                fingerprint: idem.fingerprint,
+                bundle: Arc::from(chained.idempotency_bytes()),
+                created_at_ms: chained.at_ms,
+            });
+        }
+        let seq = chained.head.seq;
+        self.writes.audit.push(ChainRow {
+            tenant: tenant.clone(),
+            seq,
+            json: chained.record,
+        });
+        if let Some(json) = chained.checkpoint {
+            self.writes.checkpoints.push(ChainRow {
+                tenant: tenant.clone(),
+                seq,
+                json,
+            });
+        }
+        self.writes.heads.insert(tenant, chained.head);
+        Ok(Receipt {
+            audit_seq: seq,
+            bundle_json: chained.bundle,
+            policy_version,
+        })
+    }
+
+    fn head(&self, tenant: &TenantId) -> Head {
+        self.writes
+            .heads
+            .get(tenant)
+            .or_else(|| self.committed.heads.get(tenant))
+            .cloned()
+            .unwrap_or_else(Head::genesis)
+    }
+
+    /// The secret as the batch has it now: changed by an earlier unit, or as committed.
+    fn secret(&self, key: &SecretKey) -> Option<&StoredSecret> {
+        self.secrets
+            .get(key)
+            .or_else(|| self.committed.secrets.get(key))
+    }
+
+    /// The tenant's data key, or a new one (with its wrapped form) if it has none.
+    fn data_key(&self, tenant: &TenantId) -> StoreResult<(Arc<DataKey>, NewKey)> {
+        if let Some(key) = self.committed.data_keys.get(tenant) {
+            return Ok((key.clone(), None));
+        }
+        if !self.committed.may_create_keys {
+            return Err(StoreError::new(
+                ErrorKind::Unavailable,
+                "the root key was rotated: restart this node with the new key",
+            ));
+        }
+        let (key, wrapped) = self.root.new_data_key(tenant)?;
+        let key = Arc::new(key);
+        Ok((key.clone(), Some((key, wrapped))))
+    }
+
+    /// Checks a change (steps 2–4) and computes its effect, writing nothing.
+    fn effect(&self, tenant: &TenantId, change: Change) -> StoreResult<(Effect, NewKey)> {
+        match change {
+            Change::None => Ok((Effect::None, None)),
+            Change::PutPolicy(doc) => {
+                let (policy, json) = encode_policy(&doc)?;
+                Ok((Effect::Policy(Box::new(policy), json), None))
+            }
+            Change::CreateSecret(new) => self.create(tenant, new),
+            Change::StageMaterial { name, material } => {
+                let key = (tenant.clone(), name);
+                let current = self
+                    .secret(&key)
+                    .ok_or_else(|| refused(ErrorKind::NotFound, "no such secret"))?;
+                if current.snapshot.kind != SecretKind::Imported {
+                    return Err(refused(
+                        ErrorKind::Invalid,
+                        "only imported secrets take staged material",
+                    ));
+                }
+                let (dek, new_key) = self.data_key(tenant)?;
+                let sealed = dek.seal(tenant, &key.1, Slot::Staged, &material)?;
+                let mut snapshot = (*current.snapshot).clone();
+                snapshot.state_version = next_state_version(snapshot.state_version)?;
+                snapshot.staged = true;
+                let next = StoredSecret {
+                    snapshot: Arc::new(snapshot),
+                    staged: Some(sealed),
+                };
+                Ok((
+                    self.secret_effect(key, next, Vec::new(), Vec::new()),
+                    new_key,
+                ))
+            }
+            Change::Secret {
+                name,
+                expected_state_version,
+                change,
+            } => self.state_change(tenant, name, expected_state_version, &change),
+        }
+    }
+
+    fn secret_effect(
+        &self,
+        key: SecretKey,
+        next: StoredSecret,
+        versions: Vec<VersionRow>,
+        revocations: Vec<Revocation>,
+    ) -> Effect {
+        Effect::Secret {
+            key,
+            next,
+            versions,
+            revocations,
+            revoked_ref: None,
+            created: false,
+        }
+    }
+
+    fn create(&self, tenant: &TenantId, new: NewSecret) -> StoreResult<(Effect, NewKey)> {
+        let key = (tenant.clone(), new.name);
+        if self.secret(&key).is_some() {
+            return Err(refused(
+                ErrorKind::AlreadyExists,
+                "the secret already exists",
+            ));
+        }
+        let material = match new.material {
+            Some(m) => m,
+            None => generate_material()?,
+        };
+        let (dek, new_key) = self.data_key(tenant)?;
+        let version = self.version_row(&dek, &key, 1, &material)?;
+        let snapshot = SecretSnapshot {
+            secret_ref: refs::secret_ref(self.keys, tenant, &key.1),
+            state_version: 1,
+            kind: new.kind,
+            versions: vec![VersionState::Active],
+            staged: false,
+            ttl: new.ttl,
+            handle_ttl_ms: new.handle_ttl_ms,
+        };
+        let next = StoredSecret {
+            snapshot: Arc::new(snapshot),
+            staged: None,
+        };
+        Ok((
+            Effect::Secret {
+                key,
+                next,
+                versions: vec![version],
+                revocations: Vec::new(),
+                revoked_ref: None,
+                created: true,
+            },
+            new_key,
+        ))
+    }
+
+    fn version_row(
+        &self,
+        dek: &DataKey,
+        key: &SecretKey,
+        version: u64,
+        material: &SecretMaterial,
+    ) -> StoreResult<VersionRow> {
+        let (tenant, name) = key;
+        Ok(VersionRow {
+            tenant: tenant.clone(),
+            name: name.clone(),
+            version,
+            sealed: dek.seal(tenant, name, Slot::Version(version), material)?,
+            created_at_ms: self.now_ms,
+        })
+    }
+
+    /// A core state change, under compare-and-set on the secret's state version.
+    fn state_change(
+        &self,
+        tenant: &TenantId,
+        name: SecretName,
+        expected: u64,
+        change: &StateChange,
+    ) -> StoreResult<(Effect, NewKey)> {
+        let key = (tenant.clone(), name);
+        let current = self
+            .secret(&key)
+            .ok_or_else(|| refused(ErrorKind::NotFound, "no such secret"))?;
+        if current.snapshot.state_version != expected {
+            return Err(refused(
+                ErrorKind::StateConflict,
+                "the secret changed since the snapshot",
+            ));
+        }
+        let mut snapshot = (*current.snapshot).clone();
+        snapshot.state_version = next_state_version(expected)?;
+        let mut staged = current.staged.clone();
+        let mut versions = Vec::new();
+        let mut revocations = Vec::new();
+        let mut revoked_ref = None;
+        let mut new_key = None;
+        match change {
+            StateChange::None => {}
+            StateChange::Rotate {
+                new_version,
+                from_staged,
+            } => {
+                let (dek, created_key) = self.data_key(tenant)?;
+                new_key = created_key;
+                let material = match (*from_staged, staged.take()) {
+                    (true, Some(sealed)) => dek.open(tenant, &key.1, Slot::Staged, &sealed)?,
+                    (true, None) => {
+                        return Err(refused(ErrorKind::StateConflict, "no staged material"));
+                    }
+                    (false, _) => generate_material()?,
+                };
+                let expected_version = u64::try_from(snapshot.versions.len())
+                    .ok()
+                    .and_then(|n| n.checked_add(1));
+                if expected_version != Some(*new_version) {
+                    return Err(refused(
+                        ErrorKind::StateConflict,
+                        "the new version does not follow the current one",
+                    ));
+                }
+                versions.push(self.version_row(&dek, &key, *new_version, &material)?);
+                snapshot.versions.push(VersionState::Active);
+                snapshot.staged = false;
+            }
+            StateChange::RevokeVersion(v) => {
+                let state = snapshot
+                    .versions
+                    .get_mut(version_index(*v)?)
+                    .ok_or_else(|| refused(ErrorKind::NotFound, "no such version"))?;
+                if *state == VersionState::Active {
+                    revocations.push(revocation(&key, *v));
+                }
+                *state = VersionState::Revoked;
+            }
+            StateChange::RevokeAllVersions => {
+                for (index, state) in snapshot.versions.iter_mut().enumerate() {
+                    if *state == VersionState::Active {
+                        let version = u64::try_from(index)
+                            .ok()
+                            .and_then(|i| i.checked_add(1))
+                            .ok_or_else(|| refused(ErrorKind::Invalid, "too many versions"))?;
+                        revocations.push(revocation(&key, version));
+                        *state = VersionState::Revoked;
+                    }
+                }
+            }
+            StateChange::RevokeHandle { id, expires_at_ms }
+            | StateChange::RevokeCredential { id, expires_at_ms } => {
+                revoked_ref = Some(RevokedRef {
+                    tenant: tenant.clone(),
+                    id: id.as_str().to_owned(),
+                    expires_at_ms: *expires_at_ms,
+                });
+            }
+        }
+        let next = StoredSecret {
+            snapshot: Arc::new(snapshot),
+            staged,
+        };
+        Ok((
+            Effect::Secret {
+                key,
+                next,
+                versions,
+                revocations,
+                revoked_ref,
+                created: false,
+            },
+            new_key,
+        ))
+    }
+
+    /// Records a checked unit's effect in the working state and the writes; returns the new
+    /// policy version for a policy change.
+    fn record(&mut self, tenant: &TenantId, effect: Effect) -> Option<u64> {
+        match effect {
+            Effect::None => None,
+            Effect::Policy(policy, json) => {
+                let version = self
+                    .committed
+                    .policy_versions
+                    .get(tenant)
+                    .copied()
+                    .unwrap_or(0)
+                    .saturating_add(1);
+                self.committed
+                    .policy_versions
+                    .insert(tenant.clone(), version);
+                self.writes.policies.push(PolicyRow {
+                    tenant: tenant.clone(),
+                    json,
+                    version,
+                });
+                self.writes.stored_policies.push((
+                    tenant.clone(),
+                    StoredPolicy {
+                        policy: Arc::from(policy),
+                        version,
+                    },
+                ));
+                Some(version)
+            }
+            Effect::Secret {
+                key,
+                next,
+                versions,
+                revocations,
+                revoked_ref,
+                created,
+            } => {
+                if created {
+                    self.created.insert(key.clone());
+                }
+                self.writes.versions.extend(versions);
+                self.writes.revocations.extend(revocations);
+                self.writes.revoked_refs.extend(revoked_ref);
+                self.secrets.insert(key, next);
+                None
+            }
+        }
+    }
+
+    /// The rows of every secret the batch changed, in their final state.
+    fn finish(mut self) -> Writes {
+        let mut secrets: Vec<_> = self.secrets.into_iter().collect();
+        secrets.sort_by(|a, b| a.0.cmp(&b.0));
+        for (key, secret) in secrets {
+            let snapshot = &secret.snapshot;
+            let (tenant, name) = key.clone();
+            if self.created.contains(&key) {
+                self.writes.secrets.push(SecretRow {
+                    tenant,
+                    name,
+                    secret_ref: snapshot.secret_ref.clone(),
+                    kind: snapshot.kind,
+                    state_version: snapshot.state_version,
+                    ttl: snapshot.ttl,
+                    handle_ttl_ms: snapshot.handle_ttl_ms,
+                    staged: secret.staged.clone(),
+                    created_at_ms: self.now_ms,
+                });
+            } else {
+                self.writes.secret_updates.push(SecretUpdate {
+                    tenant,
+                    name,
+                    state_version: snapshot.state_version,
+                    staged: secret.staged.clone(),
+                });
+            }
+            self.writes.snapshots.push((key, secret.snapshot));
+        }
+        self.writes
+    }
+}
+
+/// A data key created by a unit, and its wrapped form to store.
+type NewKey = Option<(Arc<DataKey>, Vec<u8>)>;
+
+fn next_state_version(current: u64) -> StoreResult<u64> {
+    current
+        .checked_add(1)
+        .ok_or_else(|| refused(ErrorKind::Invalid, "the state version is exhausted"))
+}
+
+fn version_index(version: u64) -> StoreResult<usize> {
+    version
+        .checked_sub(1)
+        .and_then(|i| usize::try_from(i).ok())
+        .ok_or_else(|| refused(ErrorKind::NotFound, "no such version"))
+}
+
+fn revocation((tenant, name): &SecretKey, version: u64) -> Revocation {
+    Revocation {
+        tenant: tenant.clone(),
+        name: name.clone(),
+        version,
+    }
+}
