@@ -10,7 +10,7 @@ fuzz_target!(|text: &str| {
     let tenant = TenantId::try_from("acme").expect("valid");
     for kind in [RefKind::Handle, RefKind::Credential] {
         if let Ok(opened) = refs::open_grant(&keys, kind, &tenant, text) {
-            assert_eq!(refs::ref_id(kind, text), Some(opened.id));
+            assert_eq!(refs::ref_id(kind, text).as_ref(), Some(opened.id()));
         }
     }
     if let Ok(name) = refs::open_secret_ref(&keys, &tenant, text) {

@@ -10,6 +10,10 @@
 //! 3. [`issue`] (`KMS_MATERIAL_ISSUE`): consumes the grant with a [`SecretSnapshot`] and returns
 //!    the [`MaterialBundle`] and the [`StateChange`] to commit, or a [`Refusal`];
 //! 4. the host commits the change with an [`AuditRecord`] and answers with the bundle.
+//!
+//! Redemption follows the same habit: [`redeem::check`] turns an opened ref into a
+//! [`MaterialGrant`], which the store's material read consumes. Sealing refs and computing
+//! simulation ids stay inside the core, so neither token has a back door.
 #![forbid(unsafe_code)]
 #![cfg_attr(
     not(test),
@@ -26,6 +30,7 @@
 
 mod encode;
 mod redacted;
+mod simulation;
 
 pub mod audit;
 pub mod diagnostics;
@@ -39,7 +44,6 @@ pub mod redeem;
 pub mod refs;
 pub mod refusal;
 pub mod request;
-pub mod simulation;
 pub mod state;
 pub mod wire;
 
@@ -51,6 +55,7 @@ pub use material::SecretMaterial;
 pub use pipeline::{Issued, issue};
 pub use policy::{AccessGrant, Policy, PolicyDocument, evaluate};
 pub use reason::{REGISTRY, ReasonCode, ReasonInfo};
+pub use redeem::MaterialGrant;
 pub use refs::{GrantClaims, OpenedGrant, RefId, RefKind};
 pub use refusal::Refusal;
 pub use request::{KmsRequest, RejectedRequest, RequestContext, Requester, RevokeTarget};

@@ -4,6 +4,13 @@
 //! Order (DESIGN.md, steps 6–8): existence, the simulation gate for ROTATE/REVOKE commits, then
 //! the operation's own preconditions. Dry runs show what the commit would give, with a
 //! `simulation_id`, but never a usable handle or credential.
+//!
+//! Only [`issue`] seals handles and credentials and computes simulation ids; neither is reachable
+//! from outside the core, so a commit cannot present an id that no dry run produced:
+//!
+//! ```compile_fail
+//! use selene_kms_core::simulation::simulation_id;
+//! ```
 
 use crate::diagnostics::{Problem, Subject};
 use crate::ids::TenantId;

@@ -1,13 +1,15 @@
 //! Redemption rules: when may an executor exchange a handle or credential for material.
 //!
-//! The core decides; the host fetches and decrypts the material only after [`check`] allowed it.
+//! The core decides; [`check`] answers with a [`MaterialGrant`], and the store's material read
+//! takes that grant by value. As with [`AccessGrant`](crate::AccessGrant) and `issue`, a host
+//! that skips the checks has no grant, so it cannot read material: the mistake does not compile.
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
 use crate::diagnostics::{Problem, Subject};
-use crate::ids::TenantId;
+use crate::ids::{SecretName, TenantId};
 use crate::keys::ServiceKeys;
 use crate::reason::ReasonCode;
 use crate::redacted::{Redacted, ref_fields};
@@ -132,15 +134,59 @@ fn subject(kind: RefKind) -> Subject {
     }
 }
 
-/// Checks an opened ref against the secret's state, its own revocation and the request time.
+/// Proof that redemption's checks allowed one version of one secret to be read. Only [`check`]
+/// makes one; the store's material read consumes it, so one check allows one read.
+///
+/// It has private fields and is neither `Clone` nor constructible outside the core:
+///
+/// ```compile_fail
+/// use selene_kms_core::{MaterialGrant, SecretName, TenantId};
+/// let grant = MaterialGrant {
+///     tenant: TenantId::try_from("acme").unwrap(),
+///     secret_name: SecretName::try_from("db/password").unwrap(),
+///     version: 1,
+/// };
+/// ```
+///
+/// ```compile_fail
+/// fn twice(grant: &selene_kms_core::MaterialGrant) -> selene_kms_core::MaterialGrant {
+///     grant.clone()
+/// }
+/// ```
+pub struct MaterialGrant {
+    tenant: TenantId,
+    secret_name: SecretName,
+    version: u64,
+}
+
+impl MaterialGrant {
+    /// The tenant whose material may be read.
+    pub fn tenant(&self) -> &TenantId {
+        &self.tenant
+    }
+
+    /// The secret whose material may be read.
+    pub fn secret_name(&self) -> &SecretName {
+        &self.secret_name
+    }
+
+    /// The one version that may be read.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+}
+
+/// Checks an opened ref against the secret's state, its own revocation and the request time; if
+/// redemption is allowed, grants the read of the version the ref is bound to.
+///
+/// `secret` and `ref_revoked` are the host's reads for the ref's tenant, secret and id.
 pub fn check(
-    kind: RefKind,
     opened: &OpenedGrant,
     secret: Option<&SecretSnapshot>,
     ref_revoked: bool,
     now_ms: u64,
-) -> Result<(), Refusal> {
-    let subject = subject(kind);
+) -> Result<MaterialGrant, Refusal> {
+    let subject = subject(opened.kind);
     let secret = secret.ok_or_else(|| {
         Refusal::new(
             ReasonCode::SecretNotFound,
@@ -156,7 +202,11 @@ pub fn check(
         return Err(Refusal::new(ReasonCode::Expired, subject, Problem::Expired));
     }
     match secret.version_state(claims.version) {
-        Some(VersionState::Active) => Ok(()),
+        Some(VersionState::Active) => Ok(MaterialGrant {
+            tenant: opened.tenant.clone(),
+            secret_name: claims.secret_name.clone(),
+            version: claims.version,
+        }),
         Some(VersionState::Revoked) => Err(Refusal::new(
             ReasonCode::Revoked,
             Subject::Version,

@@ -6,6 +6,13 @@
 //! tenant fails authentication. GCM-SIV is nonce-misuse resistant, so a nonce derived from the
 //! request (its idempotency key) makes sealing deterministic: the same request, state and keys
 //! give the same ref, byte for byte. The tag is checked in constant time by the AEAD.
+//!
+//! Anyone may open a ref; only the core seals a handle or credential, because a sealed one is
+//! redeemable. Sealing is not part of the public interface:
+//!
+//! ```compile_fail
+//! use selene_kms_core::refs::seal_grant;
+//! ```
 
 use aes_gcm_siv::aead::{Aead, Payload};
 use base64::Engine;
@@ -160,13 +167,44 @@ impl GrantClaims {
     }
 }
 
-/// A handle or credential that opened, with its non-redeemable id.
+/// A handle or credential that opened under the service keys, with its non-redeemable id.
+///
+/// Only [`open_grant`] makes one and its fields cannot be changed from outside the core: it is
+/// the evidence redemption's checks start from, so it must describe a ref this core sealed.
+///
+/// ```compile_fail
+/// fn retarget(opened: &mut selene_kms_core::OpenedGrant) {
+///     opened.claims.version = 1;
+/// }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OpenedGrant {
+    pub(crate) kind: RefKind,
+    pub(crate) tenant: TenantId,
+    pub(crate) claims: GrantClaims,
+    pub(crate) id: RefId,
+}
+
+impl OpenedGrant {
+    /// Whether a handle or a credential opened.
+    pub fn kind(&self) -> RefKind {
+        self.kind
+    }
+
+    /// The tenant the ref authenticated under.
+    pub fn tenant(&self) -> &TenantId {
+        &self.tenant
+    }
+
     /// What the ref is bound to.
-    pub claims: GrantClaims,
+    pub fn claims(&self) -> &GrantClaims {
+        &self.claims
+    }
+
     /// Its non-redeemable id.
-    pub id: RefId,
+    pub fn id(&self) -> &RefId {
+        &self.id
+    }
 }
 
 fn aad(kind: RefKind, tenant: &TenantId) -> Vec<u8> {
@@ -288,7 +326,10 @@ pub fn open_secret_ref(
 
 /// Seals a handle or credential. The idempotency key seeds the nonce: a retry of the same request
 /// yields the same ref, and two requests yield two independently revocable refs.
-pub fn seal_grant(
+///
+/// Private to the core: a sealed ref is redeemable, so only `issue`, after an access grant, makes
+/// one.
+pub(crate) fn seal_grant(
     keys: &ServiceKeys,
     kind: RefKind,
     tenant: &TenantId,
@@ -319,6 +360,8 @@ pub fn open_grant(
     let claims = GrantClaims::decode(&mut d);
     let claims = finish_decode(&d, claims)?;
     Ok(OpenedGrant {
+        kind,
+        tenant: tenant.clone(),
         claims,
         id: RefId::of(kind, &raw),
     })
@@ -353,4 +396,165 @@ pub fn tombstone_ref(
         .u64(state_version);
     let seed = claims.as_slice().to_vec();
     seal(keys, RefKind::Tombstone, tenant, &seed, claims)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::{Deserialize, Serialize};
+
+    use super::*;
+    use crate::keys::ServiceSecret;
+
+    const VECTORS: &str = include_str!("../testdata/ref_vectors.json");
+    const NOW: u64 = 1_767_225_600_000;
+
+    #[derive(Serialize, Deserialize)]
+    struct Vector {
+        service_secret_hex: String,
+        tenant_id: String,
+        idempotency_key: String,
+        kind: String,
+        secret_name: String,
+        version: u64,
+        engine: String,
+        user: Option<String>,
+        issued_at_ms: u64,
+        expires_at_ms: u64,
+        expected_secret_ref: String,
+        expected_ref: String,
+        expected_ref_id: String,
+    }
+
+    impl Vector {
+        fn keys(&self) -> ServiceKeys {
+            let mut bytes = [0u8; 32];
+            for (i, b) in bytes.iter_mut().enumerate() {
+                let hex = &self.service_secret_hex[2 * i..2 * i + 2];
+                *b = u8::from_str_radix(hex, 16).expect("hex");
+            }
+            ServiceKeys::derive(&ServiceSecret::from_bytes(bytes))
+        }
+
+        fn kind(&self) -> RefKind {
+            match self.kind.as_str() {
+                "handle" => RefKind::Handle,
+                "credential" => RefKind::Credential,
+                other => panic!("unknown kind {other}"),
+            }
+        }
+
+        fn tenant(&self) -> TenantId {
+            TenantId::try_from(self.tenant_id.as_str()).expect("valid")
+        }
+
+        fn name(&self) -> SecretName {
+            SecretName::try_from(self.secret_name.as_str()).expect("valid")
+        }
+
+        fn seal(&self) -> String {
+            let key = IdempotencyKey::try_from(self.idempotency_key.as_str()).expect("valid");
+            let claims = GrantClaims {
+                secret_name: self.name(),
+                version: self.version,
+                engine: EngineId::try_from(self.engine.as_str()).expect("valid"),
+                user: self
+                    .user
+                    .as_deref()
+                    .map(|u| UserId::try_from(u).expect("valid")),
+                issued_at_ms: self.issued_at_ms,
+                expires_at_ms: self.expires_at_ms,
+            };
+            seal_grant(&self.keys(), self.kind(), &self.tenant(), &key, &claims)
+        }
+    }
+
+    /// The sealing function against the recorded vectors (the integration tests reach the same
+    /// refs through the pipeline, the only public way to seal one).
+    #[test]
+    fn known_answer_vectors_seal() {
+        let vectors: Vec<Vector> = serde_json::from_str(VECTORS).expect("vector file parses");
+        assert!(vectors.len() >= 4);
+        for v in &vectors {
+            assert_eq!(v.seal(), v.expected_ref, "seal of {}", v.idempotency_key);
+            assert_eq!(
+                secret_ref(&v.keys(), &v.tenant(), &v.name()),
+                v.expected_secret_ref
+            );
+        }
+    }
+
+    /// Regenerates the vector file. Run with `SELENE_KMS_WRITE_VECTORS=1` only when the format
+    /// is deliberately changed (which invalidates every outstanding ref).
+    #[test]
+    fn write_vectors_when_asked() {
+        if std::env::var_os("SELENE_KMS_WRITE_VECTORS").is_none() {
+            return;
+        }
+        let inputs = [
+            (
+                "07",
+                "acme",
+                "k-1",
+                "handle",
+                "payments/stripe",
+                1,
+                "PH1.CONNECTOR",
+                Some("u-42"),
+            ),
+            (
+                "07",
+                "acme",
+                "k-2",
+                "credential",
+                "payments/stripe",
+                3,
+                "PH1.CONNECTOR",
+                None,
+            ),
+            (
+                "a5",
+                "globex",
+                "retry:77",
+                "handle",
+                "db/primary/password",
+                12,
+                "PH1.WORKER",
+                Some("ops"),
+            ),
+            ("00", "t", "x", "credential", "a", 1, "E", None),
+        ];
+        let vectors: Vec<Vector> = inputs
+            .iter()
+            .map(|(byte, tenant, key, kind, name, version, engine, user)| {
+                let mut v = Vector {
+                    service_secret_hex: byte.repeat(32),
+                    tenant_id: (*tenant).into(),
+                    idempotency_key: (*key).into(),
+                    kind: (*kind).into(),
+                    secret_name: (*name).into(),
+                    version: *version,
+                    engine: (*engine).into(),
+                    user: user.map(Into::into),
+                    issued_at_ms: NOW,
+                    expires_at_ms: NOW + 60_000,
+                    expected_secret_ref: String::new(),
+                    expected_ref: String::new(),
+                    expected_ref_id: String::new(),
+                };
+                v.expected_ref = v.seal();
+                v.expected_secret_ref = secret_ref(&v.keys(), &v.tenant(), &v.name());
+                v.expected_ref_id = ref_id(v.kind(), &v.expected_ref)
+                    .expect("shape")
+                    .as_str()
+                    .to_owned();
+                v
+            })
+            .collect();
+        let text = serde_json::to_string_pretty(&vectors).expect("serializes");
+        std::fs::write(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/ref_vectors.json"),
+            text + "\n",
+        )
+        .expect("writes");
+    }
 }

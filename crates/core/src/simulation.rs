@@ -2,7 +2,8 @@
 //!
 //! A `simulation_id` is an HMAC, under a key derived from the service secret, of the request's
 //! defining fields and the secret's state version. Keyed, so that a caller cannot mint one
-//! without a dry run (which would skip the seed's Access → Simulation ordering).
+//! without a dry run (which would skip the seed's Access → Simulation ordering). Private to the
+//! core for the same reason: only `issue` computes one, at the end of a dry run.
 
 use hmac::Mac;
 use subtle::ConstantTimeEq;
@@ -15,7 +16,11 @@ use crate::request::KmsRequest;
 const PREFIX: &str = "kms_sim:";
 
 /// The simulation id of `request` against a secret at `state_version`.
-pub fn simulation_id(keys: &ServiceKeys, request: &KmsRequest, state_version: u64) -> String {
+pub(crate) fn simulation_id(
+    keys: &ServiceKeys,
+    request: &KmsRequest,
+    state_version: u64,
+) -> String {
     let mut e = Encoder::with_domain("selene-kms/simulation/v1");
     request.encode_defining_fields(&mut e);
     e.u64(state_version);
@@ -32,7 +37,7 @@ pub fn simulation_id(keys: &ServiceKeys, request: &KmsRequest, state_version: u6
 
 /// Whether `presented` is the simulation id of `request` at `state_version`, compared in
 /// constant time.
-pub fn matches(
+pub(crate) fn matches(
     keys: &ServiceKeys,
     request: &KmsRequest,
     state_version: u64,

@@ -219,10 +219,23 @@ fn redemption_checks_tenant_expiry_revocation_and_version_state() {
     let body = json!({"tenant_id": "acme", "secret_handle": handle}).to_string();
     let req = RedeemRequest::from_json(body.as_bytes()).expect("valid");
     let opened = req.open(&keys).expect("opens");
+    assert_eq!(opened.kind(), RefKind::Handle);
     let check = |snap: Option<&selene_kms_core::SecretSnapshot>, revoked: bool, now: u64| {
-        redeem::check(RefKind::Handle, &opened, snap, revoked, now).map_err(|r| r.reason)
+        redeem::check(&opened, snap, revoked, now)
+            .map(|g| {
+                (
+                    g.tenant().to_string(),
+                    g.secret_name().to_string(),
+                    g.version(),
+                )
+            })
+            .map_err(|r| r.reason)
     };
-    assert_eq!(check(Some(&snapshot), false, NOW + 1), Ok(()));
+    assert_eq!(
+        check(Some(&snapshot), false, NOW + 1),
+        Ok(("acme".into(), "payments/stripe".into(), 1)),
+        "the grant names the ref's tenant, secret and version"
+    );
     assert_eq!(
         check(Some(&snapshot), true, NOW + 1),
         Err(ReasonCode::Revoked)

@@ -311,7 +311,7 @@ async fn healthz() -> Response {
 }
 
 async fn readyz(State(state): Shared) -> Response {
-    if state.engine.store().ready().await {
+    if state.engine.ready().await {
         respond(200, &br#"{"status":"ready"}"#[..])
     } else {
         respond(503, &br#"{"status":"unavailable"}"#[..])
@@ -328,7 +328,7 @@ async fn noop() -> Response {
 }
 
 async fn metrics(State(state): Shared) -> Response {
-    let mut r = respond(200, state.metrics.render(&**state.engine.store()));
+    let mut r = respond(200, state.metrics.render(state.engine.batch_histogram()));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4"),

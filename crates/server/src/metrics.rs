@@ -5,7 +5,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use selene_kms_core::{REGISTRY, ReasonCode};
-use selene_kms_store::{BATCH_BOUNDS, Store};
+use selene_kms_store::{BATCH_BOUNDS, BatchHistogram};
 
 /// Operations counted (KMS operations, redemption, admin, everything else).
 const OPERATIONS: [&str; 8] = [
@@ -114,7 +114,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition.
-    pub fn render(&self, store: &dyn Store) -> String {
+    pub fn render(&self, batches: &BatchHistogram) -> String {
         let mut out = String::with_capacity(8192);
         out.push_str(
             "# HELP selene_kms_requests_total Answered requests by operation and reason code.\n",
@@ -168,7 +168,7 @@ impl Metrics {
                 class.name()
             );
         }
-        let (buckets, count, sum) = store.batch_histogram().snapshot();
+        let (buckets, count, sum) = batches.snapshot();
         out.push_str(
             "# HELP selene_kms_commit_batch_size Units per group commit (one fsync each).\n",
         );

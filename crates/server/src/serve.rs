@@ -10,7 +10,6 @@ use axum_server::Handle;
 use tokio::task::JoinHandle;
 use tower_http::timeout::TimeoutLayer;
 
-use crate::auth::Authenticator;
 use crate::engine::{DEFAULT_IDEMPOTENCY_RETENTION_MS, Engine};
 use crate::http::{AppState, DEFAULT_BODY_LIMIT, router};
 use crate::metrics::Metrics;
@@ -105,7 +104,7 @@ pub async fn serve(engine: Arc<Engine>, options: ServeOptions) -> std::io::Resul
         ));
     }
     let state = Arc::new(AppState {
-        auth: Authenticator::new(engine.store().clone()),
+        auth: engine.authenticator(),
         engine: engine.clone(),
         metrics: Metrics::default(),
         body_limit: options.body_limit,
@@ -133,12 +132,12 @@ pub async fn serve(engine: Arc<Engine>, options: ServeOptions) -> std::io::Resul
         }
     };
     let retention = options.idempotency_retention_ms;
-    let store = engine.store().clone();
+    let pruned = engine.clone();
     let pruner = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(600));
         loop {
             tick.tick().await;
-            match store.prune(selene_kms_store::now_ms(), retention).await {
+            match pruned.prune(selene_kms_store::now_ms(), retention).await {
                 Ok(n) if n > 0 => tracing::info!(removed = n, "pruned expired records"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(kind = ?e.kind, "pruning failed"),

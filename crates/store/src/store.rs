@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use selene_kms_core::{
-    AuditRecord, Checkpoint, PolicyDocument, RefId, SecretMaterial, SecretName, SecretSnapshot,
-    ServiceKeys, TenantId,
+    AuditRecord, Checkpoint, MaterialGrant, PolicyDocument, RefId, SecretMaterial, SecretName,
+    SecretSnapshot, ServiceKeys, TenantId,
 };
 
 use crate::error::StoreResult;
@@ -52,13 +52,10 @@ pub trait Store: Send + Sync + 'static {
     /// Whether a handle or credential was revoked.
     async fn is_revoked(&self, tenant: &TenantId, id: &RefId) -> StoreResult<bool>;
 
-    /// Decrypts one version's material (redemption only).
-    async fn material(
-        &self,
-        tenant: &TenantId,
-        name: &SecretName,
-        version: u64,
-    ) -> StoreResult<SecretMaterial>;
+    /// Decrypts the one version a redemption check allowed. The grant is taken by value and
+    /// only [`selene_kms_core::redeem::check`] makes one, so material is read only after
+    /// redemption's checks, once per check.
+    async fn material(&self, grant: MaterialGrant) -> StoreResult<SecretMaterial>;
 
     /// Applies one unit atomically and durably.
     async fn commit(&self, unit: CommitUnit) -> StoreResult<Receipt>;

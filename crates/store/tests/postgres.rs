@@ -103,10 +103,7 @@ async fn two_nodes_rotating_one_secret_keep_versions_unique_and_gapless() {
         // Each node opens material the other sealed.
         for v in [1, n / 2, n + 1] {
             assert_eq!(
-                node.material(&t, &name("hot"), v)
-                    .await
-                    .expect("material")
-                    .len(),
+                redeem(&**node, &t, "hot", v).await.expect("material").len(),
                 32
             );
         }
@@ -334,11 +331,7 @@ async fn opening_refuses_a_second_init_a_wrong_root_key_and_a_missing_store() {
     assert_eq!(wrong.err().map(|e| e.kind), Some(ErrorKind::Corrupt));
     let store = open(&url, ROOT, false).await.expect("reopen");
     assert_eq!(
-        store
-            .material(&t, &name("k"), 1)
-            .await
-            .expect("material")
-            .expose(),
+        redeem(&store, &t, "k", 1).await.expect("material").expose(),
         CANARY
     );
     let dup = store
@@ -381,10 +374,7 @@ async fn root_key_rotation_rewraps_and_a_node_on_the_old_key_fails_closed() {
     let (_side, after) = sealed(side).await;
     assert_eq!(before, after, "material rows untouched");
     assert_eq!(
-        a.material(&t, &name("k"), 1)
-            .await
-            .expect("material")
-            .expose(),
+        redeem(&a, &t, "k", 1).await.expect("material").expose(),
         CANARY
     );
     // Node b still holds the old root key: it must not wrap a new tenant's data key with it.
@@ -401,7 +391,7 @@ async fn root_key_rotation_rewraps_and_a_node_on_the_old_key_fails_closed() {
         .await
         .expect("restarted on the new key");
     for tn in ["acme", "newco"] {
-        assert!(restarted.material(&tenant(tn), &name("k"), 1).await.is_ok());
+        assert!(redeem(&restarted, &tenant(tn), "k", 1).await.is_ok());
     }
 }
 

@@ -231,8 +231,7 @@ async fn state_survives_reopen_and_a_wrong_root_key_is_refused() {
     assert_eq!(missing.err().map(|e| e.kind), Some(ErrorKind::NotFound));
     let store = open_at(&path, [1; 32], false);
     assert_eq!(
-        store
-            .material(&t, &name("k"), 1)
+        redeem(&*store, &t, "k", 1)
             .await
             .expect("material")
             .expose(),
@@ -279,11 +278,7 @@ async fn root_key_rotation_rewraps_without_touching_material() {
             1
         );
         assert_eq!(
-            store
-                .material(&t, &name("k"), 1)
-                .await
-                .expect("material")
-                .expose(),
+            redeem(&store, &t, "k", 1).await.expect("material").expose(),
             CANARY
         );
         let sealed_after: Vec<u8> = side
@@ -303,8 +298,7 @@ async fn root_key_rotation_rewraps_without_touching_material() {
     );
     let store = open_at(&path, [9; 32], false);
     assert_eq!(
-        store
-            .material(&t, &name("k"), 1)
+        redeem(&*store, &t, "k", 1)
             .await
             .expect("material")
             .expose(),

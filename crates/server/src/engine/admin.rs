@@ -259,7 +259,7 @@ impl Engine {
     /// The JSON Lines export of one tenant's chain (or all), with signed checkpoints.
     pub async fn audit_export(&self, tenant: Option<&TenantId>, now_ms: u64) -> Reply {
         let mut out = Vec::new();
-        match selene_kms_store::verify::export(&**self.store(), tenant, now_ms, &mut out).await {
+        match selene_kms_store::verify::export(&*self.store, tenant, now_ms, &mut out).await {
             Ok(_) => Reply {
                 status: 200,
                 reason: ReasonCode::OkMaterialIssue,

@@ -12,7 +12,9 @@ mod redeem;
 use std::sync::Arc;
 
 use selene_kms_core::{AuditRecord, Operation, ReasonCode, TenantId};
-use selene_kms_store::{Change, CommitUnit, Role, Store, StoreResult};
+use selene_kms_store::{BatchHistogram, Change, CommitUnit, Role, Store, StoreResult};
+
+use crate::auth::Authenticator;
 
 pub use admin::{AdminError, NewSecretRequest, StageRequest, TtlRequest};
 pub(crate) use admin::{DEFAULT_AUDIT_PAGE, admin_error};
@@ -66,6 +68,16 @@ impl Reply {
 }
 
 /// The engine over one store.
+///
+/// The store stays inside: hosts get the narrow reads they need ([`Engine::ready`],
+/// [`Engine::prune`], [`Engine::batch_histogram`]), never the store itself, so the only way to
+/// material through an engine is [`Engine::redeem`] and its checks.
+///
+/// ```compile_fail
+/// fn reach(engine: &selene_kms_server::Engine) {
+///     let _ = engine.store();
+/// }
+/// ```
 pub struct Engine {
     store: Arc<dyn Store>,
 }
@@ -76,9 +88,24 @@ impl Engine {
         Self { store }
     }
 
-    /// The store.
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.store
+    /// Whether the store can serve (for `/readyz`).
+    pub async fn ready(&self) -> bool {
+        self.store.ready().await
+    }
+
+    /// Removes idempotency records and handle/credential revocations past their retention.
+    pub async fn prune(&self, now_ms: u64, idempotency_retention_ms: u64) -> StoreResult<u64> {
+        self.store.prune(now_ms, idempotency_retention_ms).await
+    }
+
+    /// Sizes of the store's group commits so far (for metrics).
+    pub fn batch_histogram(&self) -> &BatchHistogram {
+        self.store.batch_histogram()
+    }
+
+    /// An authenticator over this store's caller tokens, for the HTTP host.
+    pub(crate) fn authenticator(&self) -> Authenticator {
+        Authenticator::new(self.store.clone())
     }
 
     /// Commits an audit-only unit (a refusal, a replay, a redemption).

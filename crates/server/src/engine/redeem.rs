@@ -68,25 +68,24 @@ impl Engine {
                     .await;
             }
         };
-        let claims = &opened.claims;
+        let claims = opened.claims();
         let secret = match self.store.secret(&req.tenant_id, &claims.secret_name).await {
             Ok(s) => s,
             Err(_) => return refused(Refusal::bare(ReasonCode::AuditUnavailable)),
         };
-        let revoked = match self.store.is_revoked(&req.tenant_id, &opened.id).await {
+        let revoked = match self.store.is_revoked(&req.tenant_id, opened.id()).await {
             Ok(r) => r,
             Err(_) => return refused(Refusal::bare(ReasonCode::AuditUnavailable)),
         };
-        if let Err(refusal) = redeem::check(req.kind, &opened, secret.as_deref(), revoked, now_ms) {
-            return self
-                .audited_refusal(&req.tenant_id, Some(&opened), req.kind, refusal, now_ms)
-                .await;
-        }
-        let material = match self
-            .store
-            .material(&req.tenant_id, &claims.secret_name, claims.version)
-            .await
-        {
+        let grant = match redeem::check(&opened, secret.as_deref(), revoked, now_ms) {
+            Ok(grant) => grant,
+            Err(refusal) => {
+                return self
+                    .audited_refusal(&req.tenant_id, Some(&opened), req.kind, refusal, now_ms)
+                    .await;
+            }
+        };
+        let material = match self.store.material(grant).await {
             Ok(m) => m,
             Err(e) => {
                 tracing::error!(kind = ?e.kind, error = %e.message, "material unavailable");
@@ -94,7 +93,7 @@ impl Engine {
             }
         };
         let material = match req.kind {
-            RefKind::Credential => material.derive_ephemeral(&opened.id),
+            RefKind::Credential => material.derive_ephemeral(opened.id()),
             _ => material,
         };
         let audit = record(
@@ -145,9 +144,9 @@ fn record(
     let mut r = AuditRecord::for_action(tenant, AuditAction::Redeem, reason, now_ms);
     r.secret_ref = secret_ref;
     if let Some(o) = opened {
-        r.requester_engine_id = Some(o.claims.engine.to_string());
-        r.requester_user_id = o.claims.user.as_ref().map(ToString::to_string);
-        let id = Some(o.id.as_str().to_owned());
+        r.requester_engine_id = Some(o.claims().engine.to_string());
+        r.requester_user_id = o.claims().user.as_ref().map(ToString::to_string);
+        let id = Some(o.id().as_str().to_owned());
         match kind {
             RefKind::Credential => r.credential_id = id,
             _ => r.handle_id = id,

@@ -33,8 +33,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use deadpool_postgres::{Client, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use selene_kms_core::{
-    AuditRecord, Checkpoint, PolicyDocument, RefId, SecretMaterial, SecretName, SecretSnapshot,
-    ServiceKeys, TenantId,
+    AuditRecord, Checkpoint, MaterialGrant, PolicyDocument, RefId, SecretMaterial, SecretName,
+    SecretSnapshot, ServiceKeys, TenantId,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -235,12 +235,8 @@ impl Store for PostgresStore {
         reads::is_revoked(&self.client().await?, tenant, id).await
     }
 
-    async fn material(
-        &self,
-        tenant: &TenantId,
-        name: &SecretName,
-        version: u64,
-    ) -> StoreResult<SecretMaterial> {
+    async fn material(&self, grant: MaterialGrant) -> StoreResult<SecretMaterial> {
+        let (tenant, name, version) = (grant.tenant(), grant.secret_name(), grant.version());
         let client = self.client().await?;
         let sealed = reads::sealed_version(&client, tenant, name, version).await?;
         let key = match self.data_keys.get(tenant) {

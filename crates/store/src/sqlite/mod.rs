@@ -26,8 +26,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use selene_kms_core::{
-    AuditRecord, Checkpoint, PolicyDocument, RefId, SecretKind, SecretMaterial, SecretName,
-    SecretSnapshot, ServiceKeys, ServiceSecret, TenantId, TtlBounds, VersionState,
+    AuditRecord, Checkpoint, MaterialGrant, PolicyDocument, RefId, SecretKind, SecretMaterial,
+    SecretName, SecretSnapshot, ServiceKeys, ServiceSecret, TenantId, TtlBounds, VersionState,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -521,12 +521,8 @@ impl Store for SqliteStore {
         })
     }
 
-    async fn material(
-        &self,
-        tenant: &TenantId,
-        name: &SecretName,
-        version: u64,
-    ) -> StoreResult<SecretMaterial> {
+    async fn material(&self, grant: MaterialGrant) -> StoreResult<SecretMaterial> {
+        let (tenant, name, version) = (grant.tenant(), grant.secret_name(), grant.version());
         self.read(|c| {
             let sealed: Vec<u8> = c
                 .prepare_cached(
@@ -691,7 +687,10 @@ impl Drop for SqliteStore {
 mod tests {
     use std::time::Duration;
 
-    use selene_kms_core::{AuditAction, ReasonCode, SecretKind, TtlBounds};
+    use selene_kms_core::{
+        AuditAction, KmsRequest, Policy, ReasonCode, RefKind, SecretKind, TtlBounds, evaluate,
+        issue, redeem, refs,
+    };
 
     use super::*;
     use crate::model::{Change, CommitUnit, NewSecret};
@@ -720,6 +719,40 @@ mod tests {
             };
             store.commit(unit).await.map(|r| r.audit_seq)
         })
+    }
+
+    /// The grant to read version 1 of `k`, obtained as a host must: a handle sealed by the
+    /// pipeline, opened and passed through redemption's checks.
+    async fn redeemed(store: &SqliteStore, tenant: &TenantId) -> MaterialGrant {
+        let keys = store.keys();
+        let name = SecretName::try_from("k").expect("name");
+        let snapshot = store
+            .secret(tenant, &name)
+            .await
+            .expect("read")
+            .expect("exists");
+        let request = KmsRequest::from_json(
+            serde_json::json!({
+                "correlation_id": "c", "turn_id": "t", "idempotency_key": "k",
+                "tenant_id": tenant.as_str(), "operation": "GET_HANDLE", "secret_name": "k",
+                "requester_engine_id": "E",
+            })
+            .to_string()
+            .as_bytes(),
+        )
+        .expect("request");
+        let policy = Policy::from_json(
+            br#"{"rules":[{"secret_names":["*"],"engines":["*"],"operations":["GET_HANDLE"]}]}"#,
+        )
+        .expect("policy");
+        let access = evaluate(&request, Some(&policy), Some(&snapshot), keys, 0).expect("allowed");
+        let handle = issue(access, Some(&snapshot), keys)
+            .expect("issued")
+            .bundle
+            .secret_handle
+            .expect("a handle");
+        let opened = refs::open_grant(keys, RefKind::Handle, tenant, &handle).expect("opens");
+        redeem::check(&opened, Some(&snapshot), false, 0).expect("redeemable")
     }
 
     /// A unit queued beside a root rotation opens under the new root afterwards: the batch
@@ -772,12 +805,9 @@ mod tests {
         )
         .expect("opens under the new root");
         for tenant in ["first", "after"] {
+            let grant = redeemed(&reopened, &TenantId::try_from(tenant).expect("tenant")).await;
             let material = reopened
-                .material(
-                    &TenantId::try_from(tenant).expect("tenant"),
-                    &SecretName::try_from("k").expect("name"),
-                    1,
-                )
+                .material(grant)
                 .await
                 .unwrap_or_else(|e| panic!("{tenant}: {}", e.message));
             assert_eq!(material.expose(), b"canary", "{tenant}");

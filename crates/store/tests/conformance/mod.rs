@@ -8,8 +8,9 @@ use std::sync::Arc;
 
 use selene_kms_core::audit::GENESIS_DIGEST;
 use selene_kms_core::{
-    AuditAction, AuditRecord, MaterialBundle, PolicyDocument, ReasonCode, RefId, SecretKind,
-    SecretMaterial, SecretName, SecretSnapshot, StateChange, TenantId, TtlBounds, VersionState,
+    AuditAction, AuditRecord, KmsRequest, MaterialBundle, Policy, PolicyDocument, ReasonCode,
+    RefId, RefKind, SecretKind, SecretMaterial, SecretName, SecretSnapshot, StateChange, TenantId,
+    TtlBounds, VersionState, evaluate, issue, redeem, refs,
 };
 use selene_kms_store::verify::verify_tenant;
 use selene_kms_store::{
@@ -34,6 +35,49 @@ pub(crate) async fn snapshot(store: &dyn Store, t: &TenantId, n: &str) -> Arc<Se
         .await
         .expect("read")
         .expect("exists")
+}
+
+/// Reads one version's material the way a host must: a handle for it, sealed by the pipeline
+/// under a policy that allows everyone, opened and passed through redemption's checks, whose
+/// grant the read consumes.
+pub(crate) async fn redeem(
+    store: &dyn Store,
+    t: &TenantId,
+    n: &str,
+    version: u64,
+) -> StoreResult<SecretMaterial> {
+    let keys = store.keys();
+    let now = selene_kms_store::now_ms();
+    let current = snapshot(store, t, n).await;
+    // `issue` seals a handle for the snapshot's current version: show it the secret as it was
+    // when `version` was current.
+    let mut then = (*current).clone();
+    then.versions
+        .truncate(usize::try_from(version).expect("a small version"));
+    let request = KmsRequest::from_json(
+        serde_json::json!({
+            "correlation_id": "c", "turn_id": "t", "idempotency_key": format!("read-{version}"),
+            "tenant_id": t.as_str(), "operation": "GET_HANDLE", "secret_name": n,
+            "requester_engine_id": "E",
+        })
+        .to_string()
+        .as_bytes(),
+    )
+    .expect("valid request");
+    let everyone = Policy::from_json(
+        br#"{"rules":[{"secret_names":["*"],"engines":["*"],"operations":["GET_HANDLE"]}]}"#,
+    )
+    .expect("valid policy");
+    let access = evaluate(&request, Some(&everyone), Some(&then), keys, now).expect("allowed");
+    let handle = issue(access, Some(&then), keys)
+        .expect("issued")
+        .bundle
+        .secret_handle
+        .expect("a handle");
+    let opened = refs::open_grant(keys, RefKind::Handle, t, &handle).expect("opens");
+    let revoked = store.is_revoked(t, opened.id()).await?;
+    let grant = redeem::check(&opened, Some(&current), revoked, now).expect("redeemable");
+    store.material(grant).await
 }
 
 pub(crate) fn record(t: &TenantId, action: AuditAction) -> AuditRecord {
@@ -144,15 +188,11 @@ pub(crate) async fn lifecycle(store: Arc<dyn Store>) {
     assert_eq!(snap.versions, vec![VersionState::Active]);
     assert_eq!(snap.kind, SecretKind::Imported);
     assert_eq!(snap.state_version, 1);
-    let m = store
-        .material(&t, &name("db/password"), 1)
+    let m = redeem(&*store, &t, "db/password", 1)
         .await
         .expect("material");
     assert_eq!(m.expose(), CANARY);
-    let generated = store
-        .material(&t, &name("api/key"), 1)
-        .await
-        .expect("material");
+    let generated = redeem(&*store, &t, "api/key", 1).await.expect("material");
     assert_eq!(generated.len(), 32);
     assert!(
         store
@@ -204,8 +244,7 @@ pub(crate) async fn lifecycle(store: Arc<dyn Store>) {
     )
     .await
     .expect("rotate from staged");
-    let m = store
-        .material(&t, &name("db/password"), 2)
+    let m = redeem(&*store, &t, "db/password", 2)
         .await
         .expect("material");
     assert_eq!(m.expose(), staged);
@@ -454,11 +493,7 @@ pub(crate) async fn concurrent_rotations(store: Arc<dyn Store>, writers: usize) 
     assert_eq!(snap.current_version(), writers as u64 + 1);
     for v in 1..=writers as u64 + 1 {
         assert_eq!(
-            store
-                .material(&t, &name("hot"), v)
-                .await
-                .expect("material")
-                .len(),
+            redeem(&*store, &t, "hot", v).await.expect("material").len(),
             32
         );
     }
