@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use selene_kms_store::{Role, Store, StoreError, StoreResult};
+use selene_kms_store::{ErrorKind, Role, Store, StoreError, StoreResult};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
@@ -51,8 +51,8 @@ pub async fn provision_tokens(store: &dyn Store) -> StoreResult<Vec<(Role, Zeroi
 pub enum AuthError {
     /// No token, a malformed header, or an unknown token.
     Unauthenticated,
-    /// The store could not be read.
-    Unavailable,
+    /// The token could not be looked up; the kind of store failure decides the answer.
+    Store(ErrorKind),
 }
 
 /// Resolves bearer tokens to callers, caching known ones.
@@ -86,8 +86,8 @@ impl Authenticator {
             .token_role(&hash)
             .await
             .map_err(|e: StoreError| {
-                tracing::warn!(kind = ?e.kind, "token lookup failed");
-                AuthError::Unavailable
+                tracing::warn!(kind = ?e.kind, error = %e.message, "token lookup failed");
+                AuthError::Store(e.kind)
             })?;
         let (role, _label) = found.ok_or(AuthError::Unauthenticated)?;
         let caller = Caller {

@@ -21,6 +21,7 @@ use serde::Deserialize;
 use crate::auth::{AuthError, Authenticator};
 use crate::engine::{Caller, Engine, Reply, admin_error};
 use crate::metrics::{Metrics, RouteClass};
+use crate::store_error::reason_for;
 
 /// Largest request body accepted (a KMS request is well under 4 KiB; imported material ≤ 8 KiB).
 pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
@@ -95,7 +96,7 @@ async fn authorize(
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             Err(r)
         }
-        Err(AuthError::Unavailable) => Err(error(state, operation, ReasonCode::AuditUnavailable)),
+        Err(AuthError::Store(kind)) => Err(error(state, operation, reason_for(kind))),
     }
 }
 

@@ -10,6 +10,7 @@ mod http;
 mod metrics;
 mod openapi;
 mod serve;
+mod store_error;
 mod tls;
 
 pub use auth::{AuthError, Authenticator, hash_token, new_token, provision_tokens};

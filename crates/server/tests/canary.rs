@@ -188,6 +188,17 @@ async fn canaries_leak_nowhere_but_the_executors_redemption() {
     let store = s.store.clone();
     let dir = s.stop().await;
     drop(store);
+    // The last handle on the store may go with a server task that ends a moment later; scan the
+    // files only once the store has closed them, which its data-directory lock shows.
+    let lock = std::fs::File::open(dir.path().join("kms.lock")).expect("lock file");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while lock.try_lock().is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the store never closed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
     let logged = logs.0.lock().expect("logs").clone();
     assert!(!logged.is_empty(), "the server logged something");
     assert_eq!(leaks(&logged), None, "a log line leaks the canary");

@@ -3,9 +3,9 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use selene_kms_server::ServeOptions;
@@ -36,26 +36,27 @@ async fn a_slow_client_is_cut_off_and_others_are_served() {
     })
     .await;
     let target = addr(&s);
+    // The server's 500 ms header timeout is what is tested; the assertion asks who ended the
+    // read, not how long it took, so a slow machine cannot fail it. The client's own timeout
+    // only bounds a failing run.
     let slow = tokio::task::spawn_blocking(move || {
         let mut c = TcpStream::connect(target).expect("connect");
         c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
             .expect("partial head");
-        c.set_read_timeout(Some(Duration::from_secs(5)))
+        c.set_read_timeout(Some(Duration::from_secs(60)))
             .expect("timeout");
-        let start = Instant::now();
         let mut buf = [0u8; 256];
         // The server closes the connection (or answers 408) instead of waiting forever.
-        let _ = c.read(&mut buf);
-        start.elapsed()
+        c.read(&mut buf).map(|_| ())
     });
     assert!(
         healthy_fresh(&s).await,
         "others are served while the slow client dawdles"
     );
-    let waited = slow.await.expect("task");
+    let ended = slow.await.expect("task");
     assert!(
-        waited < Duration::from_secs(4),
-        "the slow client was held {waited:?}"
+        !matches!(&ended, Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)),
+        "the server held the slow client until the client gave up: {ended:?}"
     );
     assert!(healthy_fresh(&s).await);
     s.stop().await;

@@ -2,8 +2,6 @@
 //!
 //! Messages name what failed, never a value: no material, no token, no connection password.
 
-use selene_kms_core::ReasonCode;
-
 /// What went wrong, independent of the backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorKind {
@@ -39,19 +37,6 @@ impl StoreError {
         Self {
             kind,
             message: message.into(),
-        }
-    }
-
-    /// The reason code a host answers with when a commit or read fails this way.
-    pub fn reason(&self) -> ReasonCode {
-        match self.kind {
-            ErrorKind::StateConflict => ReasonCode::SimulationStale,
-            ErrorKind::IdempotencyTaken => ReasonCode::IdempotencyInFlight,
-            ErrorKind::AlreadyExists => ReasonCode::SecretExists,
-            ErrorKind::NotFound => ReasonCode::SecretNotFound,
-            ErrorKind::Unavailable => ReasonCode::AuditUnavailable,
-            ErrorKind::Corrupt => ReasonCode::InternalPipelineError,
-            ErrorKind::Invalid => ReasonCode::ValidationFailed,
         }
     }
 }

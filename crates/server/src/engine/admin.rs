@@ -10,11 +10,12 @@ use selene_kms_core::{
     AuditAction, AuditRecord, Policy, ReasonCode, SecretKind, SecretMaterial, SecretName, TenantId,
     TtlBounds, refs,
 };
-use selene_kms_store::{Change, CommitUnit, ErrorKind, NewSecret, StoreError};
+use selene_kms_store::{Change, CommitUnit, NewSecret, StoreError};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use super::{Engine, Reply};
+use crate::store_error::refusal_for;
 
 /// Most audit records one read returns.
 pub(crate) const MAX_AUDIT_PAGE: usize = 1000;
@@ -92,19 +93,7 @@ fn ok(status: u16, body: &impl Serialize) -> Reply {
 }
 
 fn from_store(e: &StoreError) -> Reply {
-    let reason = match e.kind {
-        ErrorKind::AlreadyExists => ReasonCode::SecretExists,
-        ErrorKind::NotFound => ReasonCode::SecretNotFound,
-        ErrorKind::Invalid => ReasonCode::ValidationFailed,
-        ErrorKind::Unavailable | ErrorKind::StateConflict | ErrorKind::IdempotencyTaken => {
-            ReasonCode::AuditUnavailable
-        }
-        ErrorKind::Corrupt => ReasonCode::InternalPipelineError,
-    };
-    if reason.http_status() >= 500 {
-        tracing::warn!(kind = ?e.kind, error = %e.message, "admin request failed in the store");
-    }
-    admin_error(reason)
+    admin_error(refusal_for(e))
 }
 
 /// Decodes imported material and wipes the base64 text it came in.

@@ -14,13 +14,10 @@ use selene_kms_store::{
     Change, CommitUnit, ErrorKind, IdempotencyScope, IdempotencyWrite, StoreError,
 };
 
-use super::{Caller, Engine, Reply, op_name};
+use super::{Caller, Engine, MAX_ATTEMPTS, Reply, op_name};
+use crate::store_error::refusal_for;
 
-/// Commits lost to a concurrent change are retried this many times (each retry re-reads the
-/// state, so a stale simulation then fails closed with `KMS_SIMULATION_STALE`).
-const MAX_ATTEMPTS: usize = 4;
-
-fn unavailable_bundle(req: &RequestContext, reason: ReasonCode) -> Arc<[u8]> {
+fn bare_refusal_bundle(req: &RequestContext, reason: ReasonCode) -> Arc<[u8]> {
     let bundle = Refusal::bare(reason).into_bundle(req.operation, req.dry_run, req.max_diagnostics);
     encode(&bundle)
 }
@@ -41,15 +38,11 @@ fn stored_reason(bundle: &[u8]) -> Option<ReasonCode> {
 }
 
 fn store_failure(ctx: &RequestContext, e: &StoreError) -> Reply {
-    tracing::warn!(kind = ?e.kind, error = %e.message, "store failure; request refused");
-    let reason = match e.kind {
-        ErrorKind::Corrupt => ReasonCode::InternalPipelineError,
-        _ => ReasonCode::AuditUnavailable,
-    };
+    let reason = refusal_for(e);
     Reply::json(
         reason,
         op_name(ctx.operation),
-        unavailable_bundle(ctx, reason),
+        bare_refusal_bundle(ctx, reason),
     )
 }
 
@@ -88,7 +81,8 @@ impl Engine {
         let fingerprint = req.fingerprint();
         let keys = self.store.keys().clone();
         let mut check_key = req.operation.is_mutation();
-        for _ in 0..MAX_ATTEMPTS {
+        let mut attempt = 1;
+        loop {
             let policy = match self.store.policy(&req.tenant_id).await {
                 Ok(p) => p,
                 Err(e) => return store_failure(&ctx, &e),
@@ -169,17 +163,15 @@ impl Engine {
                     return Reply::json(reason, Some(req.operation.name()), body);
                 }
                 // Lost a race: re-read and run again (replay, stale simulation, or success).
-                Err(e) if e.kind == ErrorKind::IdempotencyTaken => check_key = true,
-                Err(e) if e.kind == ErrorKind::StateConflict => {}
+                Err(e) if attempt < MAX_ATTEMPTS && e.kind == ErrorKind::IdempotencyTaken => {
+                    check_key = true;
+                }
+                Err(e) if attempt < MAX_ATTEMPTS && e.kind == ErrorKind::StateConflict => {}
+                // Out of attempts, the lost race is answered like any other store failure.
                 Err(e) => return store_failure(&ctx, &e),
             }
+            attempt += 1;
         }
-        tracing::warn!("request kept losing commit races; refused");
-        Reply::json(
-            ReasonCode::IdempotencyInFlight,
-            Some(req.operation.name()),
-            unavailable_bundle(&ctx, ReasonCode::IdempotencyInFlight),
-        )
     }
 
     /// The answer a used idempotency key dictates: the stored one for the same request, a
@@ -228,14 +220,17 @@ impl Engine {
             bundle: Some(bundle.clone()),
         };
         let stored = self
-            .store
-            .commit(unit(Some(IdempotencyWrite {
-                scope: scope.clone(),
-                fingerprint,
-            })))
+            .commit_unchanging(|| {
+                unit(Some(IdempotencyWrite {
+                    scope: scope.clone(),
+                    fingerprint,
+                }))
+            })
             .await;
         let receipt = match stored {
-            Err(e) if e.kind == ErrorKind::IdempotencyTaken => self.store.commit(unit(None)).await,
+            Err(e) if e.kind == ErrorKind::IdempotencyTaken => {
+                self.commit_unchanging(|| unit(None)).await
+            }
             other => other,
         };
         match receipt {
@@ -271,7 +266,7 @@ impl Engine {
             return Reply::json(
                 ReasonCode::InternalPipelineError,
                 Some(req.operation.name()),
-                unavailable_bundle(&ctx, ReasonCode::InternalPipelineError),
+                bare_refusal_bundle(&ctx, ReasonCode::InternalPipelineError),
             );
         };
         let audit = AuditRecord::for_request(&req.tenant_id, &ctx, &bundle, now_ms, true);

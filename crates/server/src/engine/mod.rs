@@ -12,12 +12,18 @@ mod redeem;
 use std::sync::Arc;
 
 use selene_kms_core::{AuditRecord, Operation, ReasonCode, TenantId};
-use selene_kms_store::{BatchHistogram, Change, CommitUnit, Role, Store, StoreResult};
+use selene_kms_store::{
+    BatchHistogram, Change, CommitUnit, ErrorKind, Receipt, Role, Store, StoreResult,
+};
 
 use crate::auth::Authenticator;
 
 pub use admin::{AdminError, NewSecretRequest, StageRequest, TtlRequest};
 pub(crate) use admin::{DEFAULT_AUDIT_PAGE, admin_error};
+
+/// Commits lost to a concurrent change are tried this many times in all (a retry re-reads the
+/// state, so a stale simulation then fails closed with `KMS_SIMULATION_STALE`).
+const MAX_ATTEMPTS: usize = 4;
 
 /// How long idempotency records are kept by default: 24 hours.
 pub const DEFAULT_IDEMPOTENCY_RETENTION_MS: u64 = 24 * 3600 * 1000;
@@ -110,16 +116,30 @@ impl Engine {
 
     /// Commits an audit-only unit (a refusal, a replay, a redemption).
     async fn audit_only(&self, tenant: &TenantId, audit: AuditRecord) -> StoreResult<u64> {
-        self.store
-            .commit(CommitUnit {
-                tenant: tenant.clone(),
-                change: Change::None,
-                audit,
-                idempotency: None,
-                bundle: None,
-            })
-            .await
-            .map(|r| r.audit_seq)
+        self.commit_unchanging(|| CommitUnit {
+            tenant: tenant.clone(),
+            change: Change::None,
+            audit: audit.clone(),
+            idempotency: None,
+            bundle: None,
+        })
+        .await
+        .map(|r| r.audit_seq)
+    }
+
+    /// Commits a unit that changes no secret, built afresh by `unit` for each attempt. Such a
+    /// unit cannot be stale: a `StateConflict` means the batch it rode in lost a race with
+    /// another node's, so it is committed again rather than answered as a stale simulation.
+    async fn commit_unchanging(&self, unit: impl Fn() -> CommitUnit) -> StoreResult<Receipt> {
+        let mut attempt = 1;
+        loop {
+            match self.store.commit(unit()).await {
+                Err(e) if e.kind == ErrorKind::StateConflict && attempt < MAX_ATTEMPTS => {
+                    attempt += 1;
+                }
+                outcome => return outcome,
+            }
+        }
     }
 }
 

@@ -14,6 +14,7 @@ use selene_kms_core::{
 use zeroize::Zeroizing;
 
 use super::{Engine, Reply};
+use crate::store_error::refusal_for;
 
 const OP: Option<&str> = Some("REDEEM");
 
@@ -71,11 +72,11 @@ impl Engine {
         let claims = opened.claims();
         let secret = match self.store.secret(&req.tenant_id, &claims.secret_name).await {
             Ok(s) => s,
-            Err(_) => return refused(Refusal::bare(ReasonCode::AuditUnavailable)),
+            Err(e) => return refused(Refusal::bare(refusal_for(&e))),
         };
         let revoked = match self.store.is_revoked(&req.tenant_id, opened.id()).await {
             Ok(r) => r,
-            Err(_) => return refused(Refusal::bare(ReasonCode::AuditUnavailable)),
+            Err(e) => return refused(Refusal::bare(refusal_for(&e))),
         };
         let grant = match redeem::check(&opened, secret.as_deref(), revoked, now_ms) {
             Ok(grant) => grant,
@@ -87,10 +88,7 @@ impl Engine {
         };
         let material = match self.store.material(grant).await {
             Ok(m) => m,
-            Err(e) => {
-                tracing::error!(kind = ?e.kind, error = %e.message, "material unavailable");
-                return refused(Refusal::bare(ReasonCode::InternalPipelineError));
-            }
+            Err(e) => return refused(Refusal::bare(refusal_for(&e))),
         };
         let material = match req.kind {
             RefKind::Credential => material.derive_ephemeral(opened.id()),
@@ -104,9 +102,9 @@ impl Engine {
             now_ms,
             secret.as_deref().map(|s| s.secret_ref.clone()),
         );
+        // Not audited, not released.
         if let Err(e) = self.audit_only(&req.tenant_id, audit).await {
-            tracing::warn!(kind = ?e.kind, error = %e.message, "redemption not audited; refused");
-            return refused(Refusal::bare(ReasonCode::AuditUnavailable));
+            return refused(Refusal::bare(refusal_for(&e)));
         }
         Reply {
             status: 200,
@@ -126,8 +124,7 @@ impl Engine {
     ) -> Reply {
         let audit = record(tenant, opened, kind, refusal.reason, now_ms, None);
         if let Err(e) = self.audit_only(tenant, audit).await {
-            tracing::warn!(kind = ?e.kind, error = %e.message, "refused redemption not audited");
-            return refused(Refusal::bare(ReasonCode::AuditUnavailable));
+            return refused(Refusal::bare(refusal_for(&e)));
         }
         refused(refusal)
     }

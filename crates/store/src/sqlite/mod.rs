@@ -695,10 +695,13 @@ mod tests {
     use super::*;
     use crate::model::{Change, CommitUnit, NewSecret};
 
-    fn create(store: &Arc<SqliteStore>, tenant: &str) -> tokio::task::JoinHandle<StoreResult<u64>> {
+    fn create(
+        store: &Arc<SqliteStore>,
+        tenant: &str,
+    ) -> std::pin::Pin<Box<dyn Future<Output = StoreResult<u64>> + Send>> {
         let store = store.clone();
         let tenant = TenantId::try_from(tenant).expect("tenant");
-        tokio::spawn(async move {
+        Box::pin(async move {
             let unit = CommitUnit {
                 tenant: tenant.clone(),
                 change: Change::CreateSecret(NewSecret {
@@ -755,10 +758,36 @@ mod tests {
         redeem::check(&opened, Some(&snapshot), false, 0).expect("redeemable")
     }
 
+    /// Whether the writer has a write transaction open: a probe connection cannot take one.
+    fn writer_in_batch(path: &Path) -> bool {
+        let probe = Connection::open(path).expect("probe");
+        probe.busy_timeout(Duration::ZERO).expect("no waiting");
+        match probe.execute_batch("BEGIN IMMEDIATE; ROLLBACK;") {
+            Ok(()) => false,
+            Err(e) => {
+                assert_eq!(
+                    e.sqlite_error_code(),
+                    Some(rusqlite::ErrorCode::DatabaseBusy)
+                );
+                true
+            }
+        }
+    }
+
+    /// Polls the first unit of a future once: the store queues its job before it first waits.
+    async fn queued<F: Future + Unpin>(mut job: F) -> F {
+        tokio::select! {
+            biased;
+            _ = &mut job => panic!("answered while the writer is held"),
+            () = std::future::ready(()) => job,
+        }
+    }
+
     /// A unit queued beside a root rotation opens under the new root afterwards: the batch
     /// commits it first, and the rotation that follows in its own transaction rewraps its new
     /// data key. The writer is held inside one batch (waiting for the root key) while the
     /// rotation and then a create queue up behind it, so both are drained together.
+    /// Each step waits for the event it needs, not for time to pass.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     #[allow(
         clippy::await_holding_lock,
@@ -773,22 +802,25 @@ mod tests {
         let store =
             Arc::new(SqliteStore::open(&options, RootKey::from_bytes(&[1; 32])).expect("open"));
         let held = store.root.hold();
-        let first = create(&store, "first");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let rotation = {
-            let store = store.clone();
-            tokio::spawn(async move { store.rotate_root_key(RootKey::from_bytes(&[9; 32])).await })
-        };
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let after = create(&store, "after");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let first = queued(create(&store, "first")).await;
+        // The writer took the first unit alone into a batch, where it waits for the key.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !writer_in_batch(&options.path) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the writer never began the first batch"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let rotation = queued(Box::pin(
+            store.rotate_root_key(RootKey::from_bytes(&[9; 32])),
+        ))
+        .await;
+        let after = queued(create(&store, "after")).await;
         drop(held);
-        first.await.expect("task").expect("first create");
-        rotation.await.expect("task").expect("rotation");
-        after
-            .await
-            .expect("task")
-            .expect("create after the rotation");
+        first.await.expect("first create");
+        rotation.await.expect("rotation");
+        after.await.expect("create after the rotation");
         let histogram = store.batch_histogram().snapshot();
         assert_eq!(
             (histogram.1, histogram.2),

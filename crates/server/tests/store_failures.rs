@@ -1,0 +1,476 @@
+//! Store failures, injected beneath the engine, get the answer of the one mapping on every path:
+//! KMS requests, redemptions, admin calls and authentication.
+//!
+//! The cases marked "was" answered otherwise before the mapping was shared; each of those old
+//! answers was a bug (a missing secret or a stale plan answered as an unavailable audit log, a
+//! database outage during redemption answered as an internal error, corruption answered as
+//! something to retry).
+
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use reqwest::StatusCode;
+use selene_kms_core::{
+    AuditRecord, Checkpoint, MaterialGrant, PolicyDocument, RefId, SecretMaterial, SecretName,
+    SecretSnapshot, ServiceKeys, TenantId,
+};
+use selene_kms_server::{Caller, Engine, Reply, ServeOptions, provision_tokens, serve};
+use selene_kms_store::{
+    BatchHistogram, Change, CommitUnit, ErrorKind, IdempotencyRecord, IdempotencyScope, Receipt,
+    Role, RootKey, SecretListing, SqliteOptions, SqliteStore, Store, StoreError, StoreResult,
+    StoredPolicy,
+};
+use serde_json::{Value, json};
+
+const NOW: u64 = 1_767_225_600_000;
+
+/// The store calls a fault can be injected into.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Call {
+    Secret,
+    IsRevoked,
+    Material,
+    /// A commit that changes a secret (or creates one).
+    ChangeCommit,
+    /// A commit that changes nothing: an audit record, perhaps with an idempotency record.
+    PlainCommit,
+    TokenRole,
+}
+
+struct Fault {
+    call: Call,
+    kind: ErrorKind,
+    times: usize,
+}
+
+/// A real embedded store that fails the chosen call with the chosen kind.
+struct Faulty {
+    inner: Arc<SqliteStore>,
+    fault: Mutex<Option<Fault>>,
+}
+
+impl Faulty {
+    fn fail(&self, call: Call, kind: ErrorKind, times: usize) {
+        *self.fault.lock().expect("fault") = Some(Fault { call, kind, times });
+    }
+
+    fn heal(&self) {
+        *self.fault.lock().expect("fault") = None;
+    }
+
+    fn check(&self, call: Call) -> StoreResult<()> {
+        let mut fault = self.fault.lock().expect("fault");
+        match fault.as_mut() {
+            Some(f) if f.call == call && f.times > 0 => {
+                f.times -= 1;
+                Err(StoreError::new(f.kind, "injected"))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+#[async_trait]
+impl Store for Faulty {
+    fn keys(&self) -> &Arc<ServiceKeys> {
+        self.inner.keys()
+    }
+    async fn policy(&self, tenant: &TenantId) -> StoreResult<Option<StoredPolicy>> {
+        self.inner.policy(tenant).await
+    }
+    async fn policy_document(
+        &self,
+        tenant: &TenantId,
+    ) -> StoreResult<Option<(PolicyDocument, u64)>> {
+        self.inner.policy_document(tenant).await
+    }
+    async fn secret(
+        &self,
+        tenant: &TenantId,
+        name: &SecretName,
+    ) -> StoreResult<Option<Arc<SecretSnapshot>>> {
+        self.check(Call::Secret)?;
+        self.inner.secret(tenant, name).await
+    }
+    async fn list_secrets(&self, tenant: &TenantId) -> StoreResult<Vec<SecretListing>> {
+        self.inner.list_secrets(tenant).await
+    }
+    async fn idempotency(
+        &self,
+        scope: &IdempotencyScope,
+    ) -> StoreResult<Option<IdempotencyRecord>> {
+        self.inner.idempotency(scope).await
+    }
+    async fn is_revoked(&self, tenant: &TenantId, id: &RefId) -> StoreResult<bool> {
+        self.check(Call::IsRevoked)?;
+        self.inner.is_revoked(tenant, id).await
+    }
+    async fn material(&self, grant: MaterialGrant) -> StoreResult<SecretMaterial> {
+        self.check(Call::Material)?;
+        self.inner.material(grant).await
+    }
+    async fn commit(&self, unit: CommitUnit) -> StoreResult<Receipt> {
+        self.check(match unit.change {
+            Change::None => Call::PlainCommit,
+            _ => Call::ChangeCommit,
+        })?;
+        self.inner.commit(unit).await
+    }
+    async fn audit_records(
+        &self,
+        tenant: &TenantId,
+        after_seq: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<AuditRecord>> {
+        self.inner.audit_records(tenant, after_seq, limit).await
+    }
+    async fn audit_tenants(&self) -> StoreResult<Vec<TenantId>> {
+        self.inner.audit_tenants().await
+    }
+    async fn checkpoints(&self, tenant: &TenantId) -> StoreResult<Vec<Checkpoint>> {
+        self.inner.checkpoints(tenant).await
+    }
+    async fn put_token(&self, token_hash: [u8; 32], role: Role, label: &str) -> StoreResult<()> {
+        self.inner.put_token(token_hash, role, label).await
+    }
+    async fn token_role(&self, token_hash: &[u8; 32]) -> StoreResult<Option<(Role, String)>> {
+        self.check(Call::TokenRole)?;
+        self.inner.token_role(token_hash).await
+    }
+    async fn prune(&self, now_ms: u64, idempotency_retention_ms: u64) -> StoreResult<u64> {
+        self.inner.prune(now_ms, idempotency_retention_ms).await
+    }
+    fn batch_histogram(&self) -> &BatchHistogram {
+        self.inner.batch_histogram()
+    }
+    async fn ready(&self) -> bool {
+        self.inner.ready().await
+    }
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    store: Arc<Faulty>,
+    engine: Arc<Engine>,
+    tenant: TenantId,
+    handle: Value,
+}
+
+fn os() -> Caller {
+    Caller {
+        role: Role::Os,
+        id: "tok_os".into(),
+    }
+}
+
+fn request(op: &str, key: &str) -> Value {
+    json!({
+        "correlation_id": "c-1", "turn_id": "t-1", "idempotency_key": key,
+        "tenant_id": "acme", "operation": op, "secret_name": "payments/stripe",
+        "requester_engine_id": "PH1.OS", "requester_user_id": "u-admin"
+    })
+}
+
+fn status_and_reason(r: &Reply) -> (u16, String) {
+    let body: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+    assert_eq!(
+        body["reason_code"].as_str(),
+        Some(r.reason.name()),
+        "the body carries the reply's code"
+    );
+    (r.status, r.reason.name().to_owned())
+}
+
+fn expect(r: &Reply, status: u16, reason: &str, what: &str) {
+    assert_eq!(status_and_reason(r), (status, reason.to_owned()), "{what}");
+}
+
+impl Setup {
+    async fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = RootKey::create_file(&dir.path().join("root.key")).expect("root key");
+        let inner = SqliteStore::open(
+            &SqliteOptions {
+                path: dir.path().join("kms.db"),
+                create: true,
+            },
+            root,
+        )
+        .expect("store");
+        let store = Arc::new(Faulty {
+            inner: Arc::new(inner),
+            fault: Mutex::new(None),
+        });
+        let engine = Arc::new(Engine::new(store.clone() as Arc<dyn Store>));
+        let tenant = TenantId::try_from("acme").expect("tenant");
+        let policy = json!({
+            "rules": [{"secret_names": ["*"], "engines": ["PH1.OS"],
+                       "operations": ["GET_HANDLE", "ROTATE", "REVOKE"]}],
+            "admins": ["u-admin"]
+        });
+        let put = engine
+            .put_policy(&tenant, policy.to_string().as_bytes(), NOW)
+            .await;
+        assert_eq!(put.status, 200);
+        // A generated secret rotates without staged material; an imported one takes staging.
+        for body in [
+            &br#"{"secret_name":"payments/stripe"}"#[..],
+            br#"{"secret_name":"imported/k","material_b64":"Y2FuYXJ5"}"#,
+        ] {
+            let created = engine.create_secret(&tenant, body, NOW).await;
+            assert_eq!(created.status, 201);
+        }
+        let got = engine
+            .kms_request(
+                &os(),
+                request("GET_HANDLE", "h").to_string().as_bytes(),
+                NOW,
+            )
+            .await;
+        assert_eq!(got.status, 200);
+        let body: Value = serde_json::from_slice(&got.body).expect("bundle");
+        Self {
+            _dir: dir,
+            store,
+            engine,
+            tenant,
+            handle: body["secret_handle"].clone(),
+        }
+    }
+
+    async fn get_handle(&self, key: &str) -> Reply {
+        let body = request("GET_HANDLE", key).to_string();
+        self.engine.kms_request(&os(), body.as_bytes(), NOW).await
+    }
+
+    /// A dry run, then its commit; the commit's answer.
+    async fn rotate(&self, key: &str) -> Reply {
+        let mut dry = request("ROTATE", &format!("{key}-plan"));
+        dry["dry_run"] = json!(true);
+        let plan = self
+            .engine
+            .kms_request(&os(), dry.to_string().as_bytes(), NOW)
+            .await;
+        assert_eq!(plan.status, 200, "dry run");
+        let plan: Value = serde_json::from_slice(&plan.body).expect("bundle");
+        let mut commit = request("ROTATE", key);
+        commit["simulation_id"] = plan["simulation_id"].clone();
+        self.engine
+            .kms_request(&os(), commit.to_string().as_bytes(), NOW)
+            .await
+    }
+
+    async fn redeem(&self) -> Reply {
+        let body = json!({"tenant_id": "acme", "secret_handle": self.handle}).to_string();
+        self.engine.redeem(body.as_bytes(), NOW).await
+    }
+
+    async fn stage(&self) -> Reply {
+        let body = br#"{"secret_name":"imported/k","material_b64":"bmV4dA=="}"#;
+        self.engine.stage(&self.tenant, body, NOW).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kms_requests_answer_store_failures_by_the_one_mapping() {
+    let s = Setup::new().await;
+    let cases = [
+        // Unchanged.
+        (
+            Call::Secret,
+            ErrorKind::Unavailable,
+            503,
+            "KMS_AUDIT_UNAVAILABLE",
+        ),
+        (
+            Call::Secret,
+            ErrorKind::Corrupt,
+            500,
+            "PH1_KMS_INTERNAL_PIPELINE_ERROR",
+        ),
+        // Was 503 KMS_AUDIT_UNAVAILABLE.
+        (
+            Call::Secret,
+            ErrorKind::NotFound,
+            404,
+            "KMS_SECRET_NOT_FOUND",
+        ),
+        (
+            Call::PlainCommit,
+            ErrorKind::Invalid,
+            422,
+            "PH1_KMS_VALIDATION_FAILED",
+        ),
+    ];
+    for (i, (call, kind, status, reason)) in cases.into_iter().enumerate() {
+        s.store.fail(call, kind, usize::MAX);
+        let r = s.get_handle(&format!("get-{i}")).await;
+        expect(
+            &r,
+            status,
+            reason,
+            &format!("GET_HANDLE, {call:?} fails {kind:?}"),
+        );
+    }
+    // A mutation's commit: was 503 KMS_AUDIT_UNAVAILABLE for a secret gone under it.
+    s.store
+        .fail(Call::ChangeCommit, ErrorKind::NotFound, usize::MAX);
+    let r = s.rotate("rotate-gone").await;
+    expect(&r, 404, "KMS_SECRET_NOT_FOUND", "ROTATE, secret gone");
+    // A mutation that loses every race: was 409 KMS_IDEMPOTENCY_IN_FLIGHT, though no other
+    // request held the key.
+    s.store
+        .fail(Call::ChangeCommit, ErrorKind::StateConflict, usize::MAX);
+    let r = s.rotate("rotate-stale").await;
+    expect(&r, 409, "KMS_SIMULATION_STALE", "ROTATE, every commit lost");
+    // One lost race is retried, and then succeeds.
+    s.store
+        .fail(Call::ChangeCommit, ErrorKind::StateConflict, 1);
+    let r = s.rotate("rotate-once").await;
+    expect(
+        &r,
+        200,
+        "PH1_KMS_OK_MATERIAL_ISSUE",
+        "ROTATE, one commit lost",
+    );
+    // An audit-only unit cannot be stale: a lost race is committed again, not answered as one.
+    s.store.fail(Call::PlainCommit, ErrorKind::StateConflict, 1);
+    let r = s.get_handle("get-after-race").await;
+    expect(
+        &r,
+        200,
+        "PH1_KMS_OK_MATERIAL_ISSUE",
+        "GET_HANDLE, one audit commit lost",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redemptions_answer_store_failures_by_the_one_mapping() {
+    let s = Setup::new().await;
+    let cases = [
+        // Unchanged.
+        (
+            Call::Secret,
+            ErrorKind::Unavailable,
+            503,
+            "KMS_AUDIT_UNAVAILABLE",
+        ),
+        (
+            Call::PlainCommit,
+            ErrorKind::Unavailable,
+            503,
+            "KMS_AUDIT_UNAVAILABLE",
+        ),
+        (
+            Call::Material,
+            ErrorKind::Corrupt,
+            500,
+            "PH1_KMS_INTERNAL_PIPELINE_ERROR",
+        ),
+        // Was 503 KMS_AUDIT_UNAVAILABLE: corruption is not worth a retry.
+        (
+            Call::Secret,
+            ErrorKind::Corrupt,
+            500,
+            "PH1_KMS_INTERNAL_PIPELINE_ERROR",
+        ),
+        (
+            Call::IsRevoked,
+            ErrorKind::Corrupt,
+            500,
+            "PH1_KMS_INTERNAL_PIPELINE_ERROR",
+        ),
+        (
+            Call::PlainCommit,
+            ErrorKind::Corrupt,
+            500,
+            "PH1_KMS_INTERNAL_PIPELINE_ERROR",
+        ),
+        // Was 500 PH1_KMS_INTERNAL_PIPELINE_ERROR: an outage is worth a retry.
+        (
+            Call::Material,
+            ErrorKind::Unavailable,
+            503,
+            "KMS_AUDIT_UNAVAILABLE",
+        ),
+    ];
+    for (call, kind, status, reason) in cases {
+        s.store.fail(call, kind, usize::MAX);
+        let r = s.redeem().await;
+        expect(
+            &r,
+            status,
+            reason,
+            &format!("redeem, {call:?} fails {kind:?}"),
+        );
+        let body: Value = serde_json::from_slice(&r.body).expect("json");
+        assert_eq!(body["material_b64"], Value::Null, "nothing released");
+    }
+    s.store.heal();
+    let r = s.redeem().await;
+    expect(&r, 200, "PH1_KMS_OK_MATERIAL_ISSUE", "redeem, healed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_calls_answer_store_failures_by_the_one_mapping() {
+    let s = Setup::new().await;
+    let cases = [
+        // Unchanged.
+        (ErrorKind::Unavailable, 503, "KMS_AUDIT_UNAVAILABLE"),
+        (ErrorKind::Corrupt, 500, "PH1_KMS_INTERNAL_PIPELINE_ERROR"),
+        (ErrorKind::NotFound, 404, "KMS_SECRET_NOT_FOUND"),
+        (ErrorKind::AlreadyExists, 409, "KMS_SECRET_EXISTS"),
+        (ErrorKind::Invalid, 422, "PH1_KMS_VALIDATION_FAILED"),
+        // Was 503 KMS_AUDIT_UNAVAILABLE: the state moved; nothing is wrong with the store.
+        (ErrorKind::StateConflict, 409, "KMS_SIMULATION_STALE"),
+    ];
+    for (kind, status, reason) in cases {
+        s.store.fail(Call::ChangeCommit, kind, usize::MAX);
+        let r = s.stage().await;
+        expect(&r, status, reason, &format!("stage, commit fails {kind:?}"));
+    }
+    s.store.heal();
+    assert_eq!(s.stage().await.status, 202, "stage, healed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_token_store_is_an_internal_error_not_an_outage() {
+    let s = Setup::new().await;
+    let tokens = provision_tokens(&*s.store).await.expect("tokens");
+    let listening = serve(
+        s.engine.clone(),
+        ServeOptions {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            ..ServeOptions::default()
+        },
+    )
+    .await
+    .expect("serves");
+    let url = format!("http://{}/v1/admin/tenants/acme/secrets", listening.addr);
+    let http = reqwest::Client::new();
+    // Corruption was 503 KMS_AUDIT_UNAVAILABLE.
+    for (kind, status, reason) in [
+        (ErrorKind::Unavailable, 503, "KMS_AUDIT_UNAVAILABLE"),
+        (ErrorKind::Corrupt, 500, "PH1_KMS_INTERNAL_PIPELINE_ERROR"),
+    ] {
+        s.store.fail(Call::TokenRole, kind, usize::MAX);
+        let r = http
+            .get(&url)
+            .bearer_auth(tokens[2].1.as_str())
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(r.status(), StatusCode::from_u16(status).expect("status"));
+        let body: Value = r.json().await.expect("json");
+        assert_eq!(body["reason_code"], reason, "token lookup fails {kind:?}");
+    }
+    s.store.heal();
+    let r = http
+        .get(&url)
+        .bearer_auth(tokens[2].1.as_str())
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(r.status(), StatusCode::OK);
+    listening.shutdown().await.expect("clean shutdown");
+}
