@@ -7,7 +7,8 @@
 //! tenant across nodes, compare-and-set on a secret's state version is checked against the latest
 //! committed state, and idempotency keys (the primary key of their table) are honoured by every
 //! node. Throughput comes from group commit, as in the embedded store: one writer task per node
-//! applies every queued unit in one transaction, a savepoint each, and answers after its COMMIT.
+//! commits every queued unit in one transaction by the shared commit algorithm (one read of the
+//! state the batch needs, one set-based statement per group of rows), and answers after COMMIT.
 //! Durability is PostgreSQL's (`synchronous_commit` as the server sets it, `on` by default).
 //!
 //! Material is sealed with the same envelope code as the embedded store: per-tenant data keys
