@@ -1,4 +1,5 @@
-//! The seed's acceptance tests end to end: a real server on loopback, real HTTP.
+//! The seed's acceptance tests end to end: a real server on loopback, real HTTP, over each store
+//! backend.
 
 mod common;
 
@@ -6,9 +7,33 @@ use common::*;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn at_kms_01_no_secret_value_in_outputs_or_audit() {
-    let s = Server::start().await;
+/// For each `async fn(Backend)` named, one test per backend: `sqlite::name` and `postgres::name`.
+macro_rules! on_both_backends {
+    ($($test:ident),+ $(,)?) => {
+        on_both_backends!(@on sqlite Sqlite $($test)+);
+        on_both_backends!(@on postgres Postgres $($test)+);
+    };
+    (@on $module:ident $backend:ident $($test:ident)+) => {
+        mod $module {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(crate::common::Backend::$backend).await;
+                }
+            )+
+        }
+    };
+}
+
+on_both_backends!(
+    at_kms_01_no_secret_value_in_outputs_or_audit,
+    at_kms_02_rotation_produces_deterministic_version_metadata_and_is_audited,
+    at_kms_03_unauthorized_requester_fails_closed_with_reason_code,
+    at_kms_04_ephemeral_ttl_bounds_are_enforced_deterministically,
+);
+
+async fn at_kms_01_no_secret_value_in_outputs_or_audit(backend: Backend) {
+    let s = Server::start_on(backend).await;
     // base64 of a recognisable value.
     let value = b"sk_live_AT01_value_0123456789";
     let b64 = base64_encode(value);
@@ -46,9 +71,10 @@ async fn at_kms_01_no_secret_value_in_outputs_or_audit() {
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn at_kms_02_rotation_produces_deterministic_version_metadata_and_is_audited() {
-    let s = Server::start().await;
+async fn at_kms_02_rotation_produces_deterministic_version_metadata_and_is_audited(
+    backend: Backend,
+) {
+    let s = Server::start_on(backend).await;
     s.provision("payments/stripe", None).await;
     let mut req = admin_request("ROTATE", "rot-1");
     req["previous_version"] = json!(1);
@@ -109,9 +135,8 @@ async fn at_kms_02_rotation_produces_deterministic_version_metadata_and_is_audit
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn at_kms_03_unauthorized_requester_fails_closed_with_reason_code() {
-    let s = Server::start().await;
+async fn at_kms_03_unauthorized_requester_fails_closed_with_reason_code(backend: Backend) {
+    let s = Server::start_on(backend).await;
     s.provision("payments/stripe", None).await;
     let mut stranger = request("GET_HANDLE", "k-s1");
     stranger["requester_engine_id"] = json!("PH1.STRANGER");
@@ -165,9 +190,8 @@ async fn at_kms_03_unauthorized_requester_fails_closed_with_reason_code() {
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn at_kms_04_ephemeral_ttl_bounds_are_enforced_deterministically() {
-    let s = Server::start().await;
+async fn at_kms_04_ephemeral_ttl_bounds_are_enforced_deterministically(backend: Backend) {
+    let s = Server::start_on(backend).await;
     s.provision("payments/stripe", None).await;
     for (i, (ttl, status, reason)) in [
         (29_999u64, 422, "KMS_TTL_OUT_OF_BOUNDS"),

@@ -1,12 +1,14 @@
 //! Secret canaries end to end: known values are provisioned, every route is driven (successes,
 //! refusals, dry runs, redemptions, bad input), and the canary bytes (raw, base64, hex) must
 //! appear in no response but the executor's redemption, in no log line, in no audit record or
-//! export, and in no file of the data directory. Caller tokens appear in no log line or file.
+//! export, and in no file of the data directory (or of the PostgreSQL cluster). Caller tokens
+//! appear in no log line or file. Run over each store backend.
 
 mod common;
 
 use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -42,10 +44,16 @@ fn forms(value: &[u8]) -> Vec<Vec<u8>> {
     ]
 }
 
+/// A substring search fast enough for a whole PostgreSQL cluster (tens of megabytes) in a debug
+/// build, where comparing every window takes seconds.
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    memchr::memmem::find(haystack, needle).is_some()
+}
+
 fn leaks(haystack: &[u8]) -> Option<String> {
     for v in [CANARY, STAGED] {
         for f in forms(v) {
-            if haystack.windows(f.len()).any(|w| w == f.as_slice()) {
+            if contains(haystack, &f) {
                 return Some(String::from_utf8_lossy(&f).into_owned());
             }
         }
@@ -53,17 +61,78 @@ fn leaks(haystack: &[u8]) -> Option<String> {
     None
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn canaries_leak_nowhere_but_the_executors_redemption() {
-    let logs = Capture::default();
-    let sink = logs.clone();
-    tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .json()
-        .with_writer(move || sink.clone())
-        .init();
+/// The log subscriber is process-wide: it is installed once, and the tests take turns with it
+/// (`TURN`), each emptying it first, so that each reads the lines of its own server.
+static LOGS: OnceLock<Capture> = OnceLock::new();
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-    let s = Server::start().await;
+fn logs() -> &'static Capture {
+    LOGS.get_or_init(|| {
+        let logs = Capture::default();
+        let sink = logs.clone();
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .json()
+            .with_writer(move || sink.clone())
+            .init();
+        logs
+    })
+}
+
+mod sqlite {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn canaries_leak_nowhere_but_the_executors_redemption() {
+        super::canaries_leak_nowhere_but_the_executors_redemption(crate::common::Backend::Sqlite)
+            .await;
+    }
+}
+
+mod postgres {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn canaries_leak_nowhere_but_the_executors_redemption() {
+        super::canaries_leak_nowhere_but_the_executors_redemption(crate::common::Backend::Postgres)
+            .await;
+    }
+}
+
+/// Every file the server's store wrote, once what it committed is in them.
+async fn stored_files(remains: &Remains) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    match &remains.cluster {
+        None => {
+            // The last handle on the store may go with a server task that ends a moment later;
+            // scan the files only once the store has closed them, which its data-directory lock
+            // shows.
+            let lock = std::fs::File::open(remains.dir.path().join("kms.lock")).expect("lock file");
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while lock.try_lock().is_err() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the store never closed"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        }
+        Some(cluster) => {
+            // Committed rows may so far be only in the write-ahead log; a checkpoint writes them
+            // into the table files too, so that both are scanned.
+            cluster.checkpoint();
+            files = cluster.data_files();
+            assert!(files.len() > 100, "scanned the cluster's files");
+        }
+    }
+    for entry in std::fs::read_dir(remains.dir.path()).expect("data dir") {
+        files.push(entry.expect("entry").path());
+    }
+    files
+}
+
+async fn canaries_leak_nowhere_but_the_executors_redemption(backend: Backend) {
+    let _turn = TURN.lock().await;
+    let logs = logs();
+    logs.0.lock().expect("log buffer").clear();
+
+    let s = Server::start_on(backend).await;
     s.provision("canary/imported", Some(&STANDARD.encode(CANARY)))
         .await;
     let admin = s.admin.clone();
@@ -185,40 +254,31 @@ async fn canaries_leak_nowhere_but_the_executors_redemption() {
         assert_eq!(leaks(body), None, "response to {what} leaks the canary");
     }
     let tokens = [s.os.clone(), s.admin.clone(), s.executor.clone()];
-    let store = s.store.clone();
-    let dir = s.stop().await;
-    drop(store);
-    // The last handle on the store may go with a server task that ends a moment later; scan the
-    // files only once the store has closed them, which its data-directory lock shows.
-    let lock = std::fs::File::open(dir.path().join("kms.lock")).expect("lock file");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while lock.try_lock().is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the store never closed"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    let remains = s.stop().await;
+    let files = stored_files(&remains).await;
     let logged = logs.0.lock().expect("logs").clone();
     assert!(!logged.is_empty(), "the server logged something");
     assert_eq!(leaks(&logged), None, "a log line leaks the canary");
     for token in &tokens {
-        let needle = token.as_bytes();
         assert!(
-            !logged.windows(needle.len()).any(|w| w == needle),
+            !contains(&logged, token.as_bytes()),
             "a log line holds a token"
         );
-        for entry in std::fs::read_dir(dir.path()).expect("data dir") {
-            let bytes = std::fs::read(entry.expect("entry").path()).expect("file");
+    }
+    for path in &files {
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            // PostgreSQL deletes some files of its own (temporary statistics) at any moment.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => panic!("{}: {e}", path.display()),
+        };
+        assert_eq!(leaks(&bytes), None, "{} holds the canary", path.display());
+        for token in &tokens {
             assert!(
-                !bytes.windows(needle.len()).any(|w| w == needle),
-                "a file holds a token in clear"
+                !contains(&bytes, token.as_bytes()),
+                "{} holds a token in clear",
+                path.display()
             );
         }
-    }
-    for entry in std::fs::read_dir(dir.path()).expect("data dir") {
-        let path = entry.expect("entry").path();
-        let bytes = std::fs::read(&path).expect("file");
-        assert_eq!(leaks(&bytes), None, "{} holds the canary", path.display());
     }
 }

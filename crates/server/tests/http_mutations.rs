@@ -13,7 +13,6 @@ use std::net::{Shutdown, TcpStream};
 use std::time::Duration;
 
 use common::*;
-use selene_kms_store::Store;
 use serde_json::Value;
 
 /// xorshift64*: a fixed, dependency-free source of cases.

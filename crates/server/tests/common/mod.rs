@@ -1,17 +1,31 @@
-//! A real server on loopback over a fresh embedded store, and a client for it.
+//! A real server on loopback over a fresh store (embedded SQLite, or a throwaway PostgreSQL
+//! cluster), and a client for it.
 #![allow(
     dead_code,
     reason = "each test binary uses a different part of the harness"
 )]
 
+#[path = "../../../store/tests/pg_cluster/mod.rs"]
+mod pg_cluster;
+
 use std::sync::Arc;
 
+use pg_cluster::Cluster;
 use reqwest::{Method, StatusCode};
 use selene_kms_server::{Engine, Listening, ServeOptions, provision_tokens, serve};
-use selene_kms_store::{RootKey, SqliteOptions, SqliteStore, Store};
+use selene_kms_store::{PostgresStore, RootKey, SqliteOptions, SqliteStore, Store};
 use serde_json::{Value, json};
 
 pub(crate) const TENANT: &str = "acme";
+
+/// The store the server runs over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Backend {
+    /// `kms.db` in the server's data directory.
+    Sqlite,
+    /// A database in a cluster of its own, started for this server.
+    Postgres,
+}
 
 pub(crate) struct Server {
     pub(crate) dir: tempfile::TempDir,
@@ -20,8 +34,19 @@ pub(crate) struct Server {
     pub(crate) os: String,
     pub(crate) executor: String,
     pub(crate) http: reqwest::Client,
-    pub(crate) store: Arc<SqliteStore>,
+    pub(crate) store: Arc<dyn Store>,
     listening: Option<Listening>,
+    /// Behind `store` on PostgreSQL. Declared last so that it drops last: the server and the
+    /// store go before the database they use.
+    pub(crate) cluster: Option<Cluster>,
+}
+
+/// What a stopped server leaves behind for inspection.
+pub(crate) struct Remains {
+    /// The data directory (root key; on SQLite, the database files).
+    pub(crate) dir: tempfile::TempDir,
+    /// The cluster, still running, on PostgreSQL.
+    pub(crate) cluster: Option<Cluster>,
 }
 
 pub(crate) struct Answer {
@@ -39,36 +64,55 @@ impl Answer {
 }
 
 impl Server {
+    /// Over the embedded store.
     pub(crate) async fn start() -> Self {
-        Self::start_with(ServeOptions {
-            listen: "127.0.0.1:0".parse().expect("addr"),
-            ..ServeOptions::default()
-        })
+        Self::start_on(Backend::Sqlite).await
+    }
+
+    pub(crate) async fn start_on(backend: Backend) -> Self {
+        Self::start_on_with(
+            backend,
+            ServeOptions {
+                listen: "127.0.0.1:0".parse().expect("addr"),
+                ..ServeOptions::default()
+            },
+        )
         .await
     }
 
+    /// Over the embedded store.
     pub(crate) async fn start_with(options: ServeOptions) -> Self {
+        Self::start_on_with(Backend::Sqlite, options).await
+    }
+
+    pub(crate) async fn start_on_with(backend: Backend, options: ServeOptions) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = RootKey::create_file(&dir.path().join("root.key")).expect("root key");
-        let store = Arc::new(
-            SqliteStore::open(
-                &SqliteOptions {
-                    path: dir.path().join("kms.db"),
-                    create: true,
-                },
-                root,
-            )
-            .expect("store"),
-        );
+        let (store, cluster): (Arc<dyn Store>, _) = match backend {
+            Backend::Sqlite => {
+                let store = SqliteStore::open(
+                    &SqliteOptions {
+                        path: dir.path().join("kms.db"),
+                        create: true,
+                    },
+                    root,
+                )
+                .expect("store");
+                (Arc::new(store), None)
+            }
+            Backend::Postgres => {
+                let cluster = Cluster::start();
+                let url = cluster.create_database("kms");
+                let store = PostgresStore::open(&url, root, true).await.expect("store");
+                (Arc::new(store), Some(cluster))
+            }
+        };
         let tokens = provision_tokens(&*store).await.expect("tokens");
         let token = |i: usize| tokens[i].1.to_string();
         let tls = options.tls.is_some();
-        let listening = serve(
-            Arc::new(Engine::new(store.clone() as Arc<dyn Store>)),
-            options,
-        )
-        .await
-        .expect("serves");
+        let listening = serve(Arc::new(Engine::new(store.clone())), options)
+            .await
+            .expect("serves");
         let scheme = if tls { "https" } else { "http" };
         Self {
             url: format!("{scheme}://{}", listening.addr),
@@ -79,16 +123,22 @@ impl Server {
             http: reqwest::Client::new(),
             store,
             listening: Some(listening),
+            cluster,
         }
     }
 
-    /// Stops the server; returns the data directory for inspection.
-    pub(crate) async fn stop(self) -> tempfile::TempDir {
-        let Server { dir, listening, .. } = self;
+    /// Stops the server; returns what it leaves behind for inspection.
+    pub(crate) async fn stop(self) -> Remains {
+        let Server {
+            dir,
+            listening,
+            cluster,
+            ..
+        } = self;
         if let Some(l) = listening {
             l.shutdown().await.expect("clean shutdown");
         }
-        dir
+        Remains { dir, cluster }
     }
 
     pub(crate) async fn raw(

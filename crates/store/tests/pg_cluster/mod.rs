@@ -6,7 +6,7 @@
 //! owns the directory. Missing binaries make the test fail with instructions, never skip it.
 #![allow(
     dead_code,
-    reason = "shared by the store's and the command line's tests, which use different parts"
+    reason = "shared by the store's, the server's and the command line's tests, which use different parts"
 )]
 
 use std::path::{Path, PathBuf};
@@ -190,6 +190,21 @@ impl Cluster {
             "postgres://postgres@/{name}?host={}",
             self.socket_dir().display()
         )
+    }
+
+    /// Writes every dirty page out to the data files (`CHECKPOINT`), so that a scan of
+    /// [`Cluster::data_files`] sees all that was committed, not only the write-ahead log.
+    pub(crate) fn checkpoint(&self) {
+        checked(
+            "CHECKPOINT",
+            Command::new(bin("psql"))
+                .arg("-h")
+                .arg(self.socket_dir())
+                .args(["-U", "postgres", "-d", "postgres", "-X", "-q"])
+                .args(["-v", "ON_ERROR_STOP=1", "-c", "CHECKPOINT"])
+                .stdin(Stdio::null())
+                .output(),
+        );
     }
 
     /// Every file of the cluster's data directory.
