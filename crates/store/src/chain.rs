@@ -66,6 +66,7 @@ pub(crate) fn chain(
     let seq = head
         .seq
         .checked_add(1)
+        .filter(|seq| crate::codec::to_db(*seq).is_ok())
         .ok_or_else(|| StoreError::new(ErrorKind::Invalid, "the audit chain is full"))?;
     audit.chain(seq, &head.digest);
     let record = serde_json::to_string(&audit).map_err(|_| encoding("audit record"))?;

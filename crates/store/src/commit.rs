@@ -21,6 +21,7 @@ use selene_kms_core::{
 };
 
 use crate::chain::{Head, chain};
+use crate::codec::to_db;
 use crate::envelope::{DataKey, RootKey, Slot, generate_material};
 use crate::error::{ErrorKind, StoreError, StoreResult};
 use crate::model::{
@@ -297,6 +298,15 @@ impl Working<'_> {
             bundle,
         } = unit;
         if let Some(idem) = &idempotency
+            && idem.scope.tenant != tenant
+        {
+            // The batch locks the unit's tenant: a key of another tenant would be unguarded.
+            return Err(refused(
+                ErrorKind::Invalid,
+                "the idempotency key belongs to another tenant",
+            ));
+        }
+        if let Some(idem) = &idempotency
             && (self.committed.taken.contains(&idem.scope) || self.claimed.contains(&idem.scope))
         {
             return Err(refused(
@@ -381,6 +391,8 @@ impl Working<'_> {
         match change {
             Change::None => Ok((Effect::None, None)),
             Change::PutPolicy(doc) => {
+                let current = self.committed.policy_versions.get(tenant).copied();
+                next_storable(current.unwrap_or(0), "the policy version is exhausted")?;
                 let (policy, json) = encode_policy(&doc)?;
                 Ok((Effect::Policy(Box::new(policy), json), None))
             }
@@ -535,7 +547,7 @@ impl Working<'_> {
                 let expected_version = u64::try_from(snapshot.versions.len())
                     .ok()
                     .and_then(|n| n.checked_add(1));
-                if expected_version != Some(*new_version) {
+                if expected_version != Some(*new_version) || to_db(*new_version).is_err() {
                     return Err(refused(
                         ErrorKind::StateConflict,
                         "the new version does not follow the current one",
@@ -609,6 +621,10 @@ impl Working<'_> {
                 self.committed
                     .policy_versions
                     .insert(tenant.clone(), version);
+                // Only the last change of a tenant's policy in a batch is written: a set-based
+                // update applies one source row per target row.
+                self.writes.policies.retain(|p| &p.tenant != tenant);
+                self.writes.stored_policies.retain(|(t, _)| t != tenant);
                 self.writes.policies.push(PolicyRow {
                     tenant: tenant.clone(),
                     json,
@@ -679,10 +695,16 @@ impl Working<'_> {
 /// A data key created by a unit, and its wrapped form to store.
 type NewKey = Option<(Arc<DataKey>, Vec<u8>)>;
 
-fn next_state_version(current: u64) -> StoreResult<u64> {
+/// The next number after `current` that both databases can store.
+fn next_storable(current: u64, what: &str) -> StoreResult<u64> {
     current
         .checked_add(1)
-        .ok_or_else(|| refused(ErrorKind::Invalid, "the state version is exhausted"))
+        .filter(|next| to_db(*next).is_ok())
+        .ok_or_else(|| refused(ErrorKind::Invalid, what))
+}
+
+fn next_state_version(current: u64) -> StoreResult<u64> {
+    next_storable(current, "the state version is exhausted")
 }
 
 fn version_index(version: u64) -> StoreResult<usize> {

@@ -158,12 +158,19 @@ pub(super) fn write(
         )?;
     }
     for (tenant, wrapped) in &writes.data_keys {
-        exec(
+        let updated = exec(
             conn,
-            "UPDATE tenants SET wrapped_dek = ?2 WHERE tenant_id = ?1",
+            "UPDATE tenants SET wrapped_dek = ?2 WHERE tenant_id = ?1 AND wrapped_dek IS NULL",
             (tenant.as_str(), wrapped),
             "data key",
         )?;
+        // Material sealed under a key that was not stored could never be opened again.
+        if updated != 1 {
+            return Err(StoreError::new(
+                ErrorKind::Unavailable,
+                "a tenant's data key could not be stored",
+            ));
+        }
     }
     for s in &writes.secrets {
         exec(

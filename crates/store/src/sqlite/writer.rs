@@ -332,12 +332,16 @@ fn round(
 ) -> StoreResult<(Vec<StoreResult<Receipt>>, Writes)> {
     let needs = Needs::of(&units);
     let committed = read_committed(conn, &needs, cache, heads, root)?;
-    let new_tenants: Vec<TenantId> = needs
-        .tenants
-        .into_iter()
-        .filter(|t| !committed.heads.contains_key(t))
-        .collect();
+    let chained: std::collections::HashSet<TenantId> = committed.heads.keys().cloned().collect();
     let decided = root.with(|root| plan(keys, root, crate::clock::now_ms(), committed, units));
+    // Rows for tenants whose first record this batch writes; a refused unit creates none.
+    let new_tenants: Vec<TenantId> = decided
+        .writes
+        .heads
+        .keys()
+        .filter(|t| !chained.contains(*t))
+        .cloned()
+        .collect();
     write(conn, &decided.writes, &new_tenants)?;
     Ok((decided.outcomes, decided.writes))
 }
