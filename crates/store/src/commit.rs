@@ -112,6 +112,18 @@ pub(crate) struct Committed {
     pub(crate) secrets: HashMap<SecretKey, StoredSecret>,
     /// The batch's idempotency keys that are already taken.
     pub(crate) taken: HashSet<IdempotencyScope>,
+    /// Items whose stored form could not be read (a data key that does not open, a secret row
+    /// that does not parse): only the units that need them are refused, with this error.
+    pub(crate) unreadable: HashMap<Item, StoreError>,
+}
+
+/// A piece of committed state a unit may need.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Item {
+    /// A tenant's data key.
+    DataKey(TenantId),
+    /// A secret.
+    Secret(SecretKey),
 }
 
 /// A new secret row, with its state after the whole batch.
@@ -364,16 +376,27 @@ impl Working<'_> {
     }
 
     /// The secret as the batch has it now: changed by an earlier unit, or as committed.
-    fn secret(&self, key: &SecretKey) -> Option<&StoredSecret> {
-        self.secrets
-            .get(key)
-            .or_else(|| self.committed.secrets.get(key))
+    fn secret(&self, key: &SecretKey) -> StoreResult<Option<&StoredSecret>> {
+        if let Some(secret) = self.secrets.get(key) {
+            return Ok(Some(secret));
+        }
+        if let Some(e) = self.committed.unreadable.get(&Item::Secret(key.clone())) {
+            return Err(e.clone());
+        }
+        Ok(self.committed.secrets.get(key))
     }
 
     /// The tenant's data key, or a new one (with its wrapped form) if it has none.
     fn data_key(&self, tenant: &TenantId) -> StoreResult<(Arc<DataKey>, NewKey)> {
         if let Some(key) = self.committed.data_keys.get(tenant) {
             return Ok((key.clone(), None));
+        }
+        if let Some(e) = self
+            .committed
+            .unreadable
+            .get(&Item::DataKey(tenant.clone()))
+        {
+            return Err(e.clone());
         }
         if !self.committed.may_create_keys {
             return Err(StoreError::new(
@@ -400,7 +423,7 @@ impl Working<'_> {
             Change::StageMaterial { name, material } => {
                 let key = (tenant.clone(), name);
                 let current = self
-                    .secret(&key)
+                    .secret(&key)?
                     .ok_or_else(|| refused(ErrorKind::NotFound, "no such secret"))?;
                 if current.snapshot.kind != SecretKind::Imported {
                     return Err(refused(
@@ -449,7 +472,7 @@ impl Working<'_> {
 
     fn create(&self, tenant: &TenantId, new: NewSecret) -> StoreResult<(Effect, NewKey)> {
         let key = (tenant.clone(), new.name);
-        if self.secret(&key).is_some() {
+        if self.secret(&key)?.is_some() {
             return Err(refused(
                 ErrorKind::AlreadyExists,
                 "the secret already exists",
@@ -514,7 +537,7 @@ impl Working<'_> {
     ) -> StoreResult<(Effect, NewKey)> {
         let key = (tenant.clone(), name);
         let current = self
-            .secret(&key)
+            .secret(&key)?
             .ok_or_else(|| refused(ErrorKind::NotFound, "no such secret"))?;
         if current.snapshot.state_version != expected {
             return Err(refused(

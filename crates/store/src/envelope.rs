@@ -236,16 +236,33 @@ pub(crate) fn rewrap_all(
     })
 }
 
+/// The root keys of a running store: the current one, and while a rotation commits without
+/// holding readers back (PostgreSQL's commit is awaited), the incoming one.
+pub(crate) struct RootKeys {
+    current: RootKey,
+    incoming: Option<RootKey>,
+}
+
 /// The root key of a running store, shared by its writer and readers, replaced after a rotation.
-/// While a rotation commits without holding readers back (PostgreSQL's commit is awaited), the
-/// incoming key also opens data keys, so a reader that meets one already rewrapped under it
-/// does not fail.
+/// Both keys sit behind one lock, so a reader always sees the current key together with the
+/// incoming one (or the new key alone once installed), never a moment with neither.
 #[derive(Clone)]
-pub(crate) struct SharedRoot(Arc<RwLock<RootKey>>, Arc<RwLock<Option<RootKey>>>);
+pub(crate) struct SharedRoot(Arc<RwLock<RootKeys>>);
 
 impl SharedRoot {
     pub(crate) fn new(root: RootKey) -> Self {
-        Self(Arc::new(RwLock::new(root)), Arc::new(RwLock::new(None)))
+        Self(Arc::new(RwLock::new(RootKeys {
+            current: root,
+            incoming: None,
+        })))
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, RootKeys> {
+        self.0.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, RootKeys> {
+        self.0.write().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Unwraps a tenant's data key with the current root key, or with the incoming one while
@@ -255,46 +272,54 @@ impl SharedRoot {
         tenant: &TenantId,
         wrapped: &[u8],
     ) -> StoreResult<DataKey> {
-        self.with(|r| r.unwrap_data_key(tenant, wrapped))
-            .or_else(|e| {
-                let incoming = self.1.read().unwrap_or_else(PoisonError::into_inner);
-                match incoming.as_ref() {
-                    Some(next) => next.unwrap_data_key(tenant, wrapped),
-                    None => Err(e),
-                }
+        let keys = self.read();
+        keys.current
+            .unwrap_data_key(tenant, wrapped)
+            .or_else(|e| match &keys.incoming {
+                Some(next) => next.unwrap_data_key(tenant, wrapped),
+                None => Err(e),
             })
     }
 
     /// Awaits `commit` with `new` as the incoming key, and installs it if the commit succeeded.
+    /// If the commit fails, or the future is dropped before it settles, the incoming key is
+    /// forgotten and the current one stays.
     pub(crate) async fn replace_after<E>(
         &self,
         new: RootKey,
         commit: impl Future<Output = Result<(), E>>,
     ) -> Result<(), E> {
-        *self.1.write().unwrap_or_else(PoisonError::into_inner) = Some(new);
-        let outcome = commit.await;
-        let incoming = self
-            .1
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let (Ok(()), Some(new)) = (&outcome, incoming) {
-            *self.0.write().unwrap_or_else(PoisonError::into_inner) = new;
+        /// Forgets the incoming key unless it was installed.
+        struct Incoming<'a>(&'a SharedRoot);
+        impl Drop for Incoming<'_> {
+            fn drop(&mut self) {
+                self.0.write().incoming = None;
+            }
         }
+        self.write().incoming = Some(new);
+        let incoming = Incoming(self);
+        let outcome = commit.await;
+        if outcome.is_ok() {
+            let mut keys = self.write();
+            if let Some(new) = keys.incoming.take() {
+                keys.current = new;
+            }
+        }
+        drop(incoming);
         outcome
     }
 
     /// Runs `f` with the current root key. The key is replaced in one move, so a panic elsewhere
     /// cannot leave it half-written: a poisoned lock still holds a whole key, and is used.
     pub(crate) fn with<T>(&self, f: impl FnOnce(&RootKey) -> T) -> T {
-        f(&self.0.read().unwrap_or_else(PoisonError::into_inner))
+        f(&self.read().current)
     }
 
     /// Holds every user of the key back until the guard drops (tests use it to make jobs queue
     /// up behind a writer that is waiting for the key).
     #[cfg(test)]
-    pub(crate) fn hold(&self) -> std::sync::RwLockWriteGuard<'_, RootKey> {
-        self.0.write().unwrap_or_else(PoisonError::into_inner)
+    pub(crate) fn hold(&self) -> std::sync::RwLockWriteGuard<'_, RootKeys> {
+        self.write()
     }
 
     /// Runs `commit` with every reader of the key held back, and installs `new` if it
@@ -304,9 +329,9 @@ impl SharedRoot {
         new: RootKey,
         commit: impl FnOnce() -> Result<(), E>,
     ) -> Result<(), E> {
-        let mut current = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        let mut keys = self.write();
         commit()?;
-        *current = new;
+        keys.current = new;
         Ok(())
     }
 }
@@ -525,6 +550,25 @@ mod tests {
         let (_, wrapped) = new.new_data_key(&tenant).expect("key");
         let failed = shared.replace_after(new, async { Err::<(), ()>(()) }).await;
         assert!(failed.is_err());
+        assert!(
+            shared.unwrap_data_key(&tenant, &wrapped).is_err(),
+            "the new key is gone"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_rotation_dropped_before_its_commit_settles_forgets_the_new_root() {
+        let tenant = t("acme");
+        let shared = SharedRoot::new(RootKey::from_bytes(&[1; 32]));
+        let new = RootKey::from_bytes(&[2; 32]);
+        let (_, wrapped) = new.new_data_key(&tenant).expect("key");
+        let pending = shared.replace_after(new, std::future::pending::<Result<(), ()>>());
+        // Polled once (the incoming key is set), then dropped.
+        assert!(
+            tokio::time::timeout(std::time::Duration::ZERO, pending)
+                .await
+                .is_err()
+        );
         assert!(
             shared.unwrap_data_key(&tenant, &wrapped).is_err(),
             "the new key is gone"

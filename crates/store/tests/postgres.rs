@@ -506,3 +506,68 @@ async fn no_database_file_holds_a_canary_in_plaintext() {
         }
     }
 }
+
+/// A tenant whose stored data key was altered (by someone who can write the database but has no
+/// root key) has its own units refused as corrupt; other tenants' units in the same batches
+/// commit. A node that starts afresh reads every data key from the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_altered_data_key_refuses_only_its_own_tenant() {
+    let cluster = Cluster::start();
+    let url = cluster.create_database("kms");
+    let (good, bad) = (tenant("good"), tenant("bad"));
+    {
+        let store = open(&url, ROOT, true).await.expect("store");
+        for t in [&good, &bad] {
+            for i in 0..8 {
+                create(&store, t, &format!("k{i}"), SecretKind::Generated, None)
+                    .await
+                    .expect("create");
+            }
+        }
+    }
+    let (side, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("side connection");
+    tokio::spawn(connection);
+    side.execute(
+        "UPDATE tenants SET wrapped_dek = set_byte(wrapped_dek, 20, get_byte(wrapped_dek, 20) # 1)
+         WHERE tenant_id = $1",
+        &[&bad.as_str()],
+    )
+    .await
+    .expect("alter the key");
+    let store: Arc<dyn Store> = Arc::new(open(&url, ROOT, false).await.expect("reopen"));
+    let rotations: Vec<_> = [&good, &bad]
+        .into_iter()
+        .flat_map(|t| (0..8).map(move |i| (t.clone(), format!("k{i}"))))
+        .map(|(t, n)| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let outcome = change(
+                    &*store,
+                    &t,
+                    &n,
+                    1,
+                    StateChange::Rotate {
+                        new_version: 2,
+                        from_staged: false,
+                    },
+                )
+                .await;
+                (t, outcome)
+            })
+        })
+        .collect();
+    for rotation in rotations {
+        let (t, outcome) = rotation.await.expect("task");
+        if t == good {
+            outcome.expect("the untouched tenant rotates");
+        } else {
+            assert_eq!(outcome.map_err(|e| e.kind), Err(ErrorKind::Corrupt));
+        }
+    }
+    assert!(
+        store.ready().await,
+        "a corrupt tenant is not a failing store"
+    );
+}

@@ -20,7 +20,7 @@ use super::keys::{DataKeys, load_data_key, root_is_current};
 use super::reads::{Fresh, secret_row};
 use super::sql;
 use crate::chain::Head;
-use crate::commit::{Committed, Needs, StoredSecret, Writes};
+use crate::commit::{Committed, Item, Needs, StoredSecret, Writes};
 use crate::envelope::SharedRoot;
 use crate::error::{ErrorKind, StoreError, StoreResult};
 use crate::model::IdempotencyScope;
@@ -77,13 +77,22 @@ pub(super) async fn read_committed(
     for tenant in &needs.key_tenants {
         let key = match data_keys.get(tenant) {
             Some(key) => Some(key),
-            None => {
-                let stored = load_data_key(client, root, tenant).await?;
-                if let Some(key) = &stored {
-                    data_keys.put(tenant.clone(), key.clone());
+            None => match load_data_key(client, root, tenant).await {
+                Ok(stored) => {
+                    if let Some(key) = &stored {
+                        data_keys.put(tenant.clone(), key.clone());
+                    }
+                    stored
                 }
-                stored
-            }
+                // A key that does not open refuses this tenant's units, not the batch.
+                Err(e) if e.kind == ErrorKind::Corrupt => {
+                    committed
+                        .unreadable
+                        .insert(Item::DataKey(tenant.clone()), e);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            },
         };
         match key {
             Some(key) => {
@@ -97,19 +106,21 @@ pub(super) async fn read_committed(
             None => {}
         }
     }
-    committed.secrets = read_secrets(client, &needs.secrets).await?;
+    read_secrets(client, &needs.secrets, &mut committed).await?;
     committed.taken = read_taken(client, &needs.idempotency).await?;
     Ok(committed)
 }
 
+/// Reads the batch's secrets into `committed`; a row that does not parse refuses only the
+/// units that need it.
 async fn read_secrets(
     client: &impl GenericClient,
     secrets: &[(TenantId, SecretName)],
-) -> StoreResult<HashMap<(TenantId, SecretName), StoredSecret>> {
+    committed: &mut Committed,
+) -> StoreResult<()> {
     const WHAT: &str = "secret read";
-    let mut found = HashMap::new();
     if secrets.is_empty() {
-        return Ok(found);
+        return Ok(());
     }
     let tenants: Vec<&str> = secrets.iter().map(|(t, _)| t.as_str()).collect();
     let names: Vec<&str> = secrets.iter().map(|(_, n)| n.as_str()).collect();
@@ -123,7 +134,7 @@ async fn read_secrets(
                       WHERE v.tenant_id = s.tenant_id AND v.secret_name = s.secret_name
                         AND v.state = 'REVOKED'
                       ORDER BY v.version),
-                s.tenant_id, s.secret_name, s.staged
+                n.tenant_id, n.secret_name, s.staged
          FROM unnest($1::text[], $2::text[]) AS n(tenant_id, secret_name)
          JOIN secrets s ON s.tenant_id = n.tenant_id AND s.secret_name = n.secret_name",
         &[&tenants, &names],
@@ -131,23 +142,30 @@ async fn read_secrets(
     )
     .await?;
     for row in &rows {
-        let Fresh::Loaded(_, snapshot) = secret_row(row)? else {
-            return Err(corrupt("a secret row"));
-        };
+        // The names asked for, so these parse unless the database answers nonsense.
         let tenant = TenantId::try_from(col::<String>(row, 10, WHAT)?)
             .map_err(|_| corrupt("a tenant id"))?;
         let name = SecretName::try_from(col::<String>(row, 11, WHAT)?)
             .map_err(|_| corrupt("a secret name"))?;
-        let staged: Option<Vec<u8>> = col(row, 12, WHAT)?;
-        found.insert(
-            (tenant, name),
-            StoredSecret {
+        let stored = match secret_row(row) {
+            Ok(Fresh::Loaded(_, snapshot)) => col(row, 12, WHAT).map(|staged| StoredSecret {
                 snapshot: Arc::new(snapshot),
                 staged,
-            },
-        );
+            }),
+            Ok(Fresh::Unchanged(_)) => Err(corrupt("a secret row")),
+            Err(e) => Err(e),
+        };
+        match stored {
+            Ok(stored) => {
+                committed.secrets.insert((tenant, name), stored);
+            }
+            Err(e) if e.kind == ErrorKind::Corrupt => {
+                committed.unreadable.insert(Item::Secret((tenant, name)), e);
+            }
+            Err(e) => return Err(e),
+        }
     }
-    Ok(found)
+    Ok(())
 }
 
 async fn read_taken(

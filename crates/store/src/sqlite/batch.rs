@@ -3,15 +3,16 @@
 //! decided. Both run inside the writer's transaction, which no other connection can write beside.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension};
-use selene_kms_core::{AuditRecord, TenantId};
+use selene_kms_core::{AuditRecord, SecretSnapshot, TenantId};
 
 use super::cache::Cache;
 use super::{db_err, load_snapshot, read_data_key};
 use crate::chain::Head;
 use crate::codec::{from_db, to_db, to_db_saturating};
-use crate::commit::{Committed, Needs, StoredSecret, Writes};
+use crate::commit::{Committed, Item, Needs, SecretKey, StoredSecret, Writes};
 use crate::envelope::SharedRoot;
 use crate::error::{ErrorKind, StoreError, StoreResult};
 
@@ -51,13 +52,23 @@ pub(super) fn read_committed(
     }
     for tenant in &needs.key_tenants {
         let key = match cache.data_key(tenant) {
-            Some(key) => Some(key),
+            Some(key) => Ok(Some(key)),
             None => root
-                .with(|r| read_data_key(conn, r, tenant))?
-                .map(std::sync::Arc::new),
+                .with(|r| read_data_key(conn, r, tenant))
+                .map(|k| k.map(Arc::new)),
         };
-        if let Some(key) = key {
-            committed.data_keys.insert(tenant.clone(), key);
+        match key {
+            Ok(Some(key)) => {
+                committed.data_keys.insert(tenant.clone(), key);
+            }
+            Ok(None) => {}
+            // A key that does not open refuses this tenant's units, not the batch.
+            Err(e) if e.kind == ErrorKind::Corrupt => {
+                committed
+                    .unreadable
+                    .insert(Item::DataKey(tenant.clone()), e);
+            }
+            Err(e) => return Err(e),
         }
     }
     for key in &needs.secrets {
@@ -75,19 +86,18 @@ pub(super) fn read_committed(
         let Some((state_version, staged)) = row else {
             continue;
         };
-        let state_version = from_db(state_version)?;
-        // The cached snapshot when it is at the stored state version (a hot secret's rotation
-        // then does not re-read every version), else the stored one.
-        let snapshot = match cache.secret(tenant, name) {
-            Some(cached) if cached.state_version == state_version => cached,
-            _ => std::sync::Arc::new(
-                load_snapshot(conn, tenant, name)?
-                    .ok_or_else(|| StoreError::new(ErrorKind::NotFound, "no such secret"))?,
-            ),
-        };
-        committed
-            .secrets
-            .insert(key.clone(), StoredSecret { snapshot, staged });
+        match stored_secret(conn, cache, key, state_version) {
+            Ok(snapshot) => {
+                committed
+                    .secrets
+                    .insert(key.clone(), StoredSecret { snapshot, staged });
+            }
+            // A row that does not parse refuses the units that need it, not the batch.
+            Err(e) if e.kind == ErrorKind::Corrupt => {
+                committed.unreadable.insert(Item::Secret(key.clone()), e);
+            }
+            Err(e) => return Err(e),
+        }
     }
     for scope in &needs.idempotency {
         let taken = conn
@@ -106,6 +116,23 @@ pub(super) fn read_committed(
         }
     }
     Ok(committed)
+}
+
+/// A secret's snapshot at `state_version` as stored: the cached one when it is at that version
+/// (a hot secret's rotation then does not re-read every version), else read anew.
+fn stored_secret(
+    conn: &Connection,
+    cache: &Cache,
+    (tenant, name): &SecretKey,
+    state_version: i64,
+) -> StoreResult<Arc<SecretSnapshot>> {
+    let state_version = from_db(state_version)?;
+    match cache.secret(tenant, name) {
+        Some(cached) if cached.state_version == state_version => Ok(cached),
+        _ => load_snapshot(conn, tenant, name)?
+            .map(Arc::new)
+            .ok_or_else(|| StoreError::new(ErrorKind::NotFound, "no such secret")),
+    }
 }
 
 /// The head of a tenant's chain as stored: its last record; `None` for a tenant without one.
