@@ -12,7 +12,7 @@ pub(crate) struct StoreUrl(pub(crate) String);
 
 impl std::fmt::Debug for StoreUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&selene_kms_store::redact(&self.0))
+        f.write_str(&selene_kms_backends::redact(&self.0))
     }
 }
 

@@ -2,7 +2,7 @@
 //! client would: rotations from both nodes, idempotent retries across nodes, revocation seen by
 //! the other node at once, one verifiable audit chain, and a node killed (`kill -9`) mid-load.
 
-#[path = "../../store/tests/pg_cluster/mod.rs"]
+#[path = "../../store-postgres/tests/pg_cluster/mod.rs"]
 mod pg_cluster;
 
 mod common;

@@ -475,16 +475,10 @@ async fn serves_tls_and_requires_client_certificates_with_a_client_ca() {
 async fn plain_http_on_a_public_address_needs_an_explicit_opt_in() {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = selene_kms_store::RootKey::create_file(&dir.path().join("root.key")).expect("key");
-    let store = Arc::new(
-        selene_kms_store::SqliteStore::open(
-            &selene_kms_store::SqliteOptions {
-                path: dir.path().join("kms.db"),
-                create: true,
-            },
-            root,
-        )
-        .expect("store"),
-    );
+    let location = selene_kms_backends::StoreLocation::Embedded(dir.path().join("kms.db"));
+    let store = selene_kms_backends::open_store(&location, root, true)
+        .await
+        .expect("store");
     let engine = Arc::new(selene_kms_server::Engine::new(store));
     let refused = selene_kms_server::serve(
         engine,

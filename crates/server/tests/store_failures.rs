@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use reqwest::StatusCode;
+use selene_kms_backends::{StoreLocation, open_store};
 use selene_kms_core::{
     AuditRecord, Checkpoint, MaterialGrant, PolicyDocument, RefId, SecretMaterial, SecretName,
     SecretSnapshot, ServiceKeys, TenantId,
@@ -17,8 +18,7 @@ use selene_kms_core::{
 use selene_kms_server::{Caller, Engine, Reply, ServeOptions, provision_tokens, serve};
 use selene_kms_store::{
     BatchHistogram, Change, CommitUnit, ErrorKind, IdempotencyRecord, IdempotencyScope, Receipt,
-    Role, RootKey, SecretListing, SqliteOptions, SqliteStore, Store, StoreError, StoreResult,
-    StoredPolicy,
+    Role, RootKey, SecretListing, Store, StoreError, StoreResult, StoredPolicy,
 };
 use serde_json::{Value, json};
 
@@ -45,7 +45,7 @@ struct Fault {
 
 /// A real embedded store that fails the chosen call with the chosen kind.
 struct Faulty {
-    inner: Arc<SqliteStore>,
+    inner: Arc<dyn Store>,
     fault: Mutex<Option<Fault>>,
 }
 
@@ -137,6 +137,9 @@ impl Store for Faulty {
         self.check(Call::TokenRole)?;
         self.inner.token_role(token_hash).await
     }
+    async fn rotate_root_key(&self, new_root: RootKey) -> StoreResult<u64> {
+        self.inner.rotate_root_key(new_root).await
+    }
     async fn prune(&self, now_ms: u64, idempotency_retention_ms: u64) -> StoreResult<u64> {
         self.inner.prune(now_ms, idempotency_retention_ms).await
     }
@@ -189,16 +192,10 @@ impl Setup {
     async fn new() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = RootKey::create_file(&dir.path().join("root.key")).expect("root key");
-        let inner = SqliteStore::open(
-            &SqliteOptions {
-                path: dir.path().join("kms.db"),
-                create: true,
-            },
-            root,
-        )
-        .expect("store");
+        let location = StoreLocation::Embedded(dir.path().join("kms.db"));
+        let inner = open_store(&location, root, true).await.expect("store");
         let store = Arc::new(Faulty {
-            inner: Arc::new(inner),
+            inner,
             fault: Mutex::new(None),
         });
         let engine = Arc::new(Engine::new(store.clone() as Arc<dyn Store>));

@@ -9,16 +9,16 @@ use crate::error::{ErrorKind, StoreError, StoreResult};
 
 /// A tenant's chain head: the last record's sequence number and digest.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Head {
+pub struct Head {
     /// The last record's sequence number (0 for an empty chain).
-    pub(crate) seq: u64,
+    pub seq: u64,
     /// The last record's digest (the genesis digest for an empty chain).
-    pub(crate) digest: String,
+    pub digest: String,
 }
 
 impl Head {
     /// The head of an empty chain.
-    pub(crate) fn genesis() -> Self {
+    pub fn genesis() -> Self {
         Self {
             seq: 0,
             digest: selene_kms_core::audit::GENESIS_DIGEST.to_owned(),
@@ -27,22 +27,22 @@ impl Head {
 }
 
 /// A record chained after a head, encoded for storage.
-pub(crate) struct Chained {
+pub struct Chained {
     /// The chain's head once the record is stored.
-    pub(crate) head: Head,
+    pub head: Head,
     /// When the record was made.
-    pub(crate) at_ms: u64,
+    pub at_ms: u64,
     /// The record, as JSON.
-    pub(crate) record: String,
+    pub record: String,
     /// A signed checkpoint at this record, every [`CHECKPOINT_EVERY`] records, as JSON.
-    pub(crate) checkpoint: Option<String>,
+    pub checkpoint: Option<String>,
     /// The unit's bundle with its `audit_seq`, as the bytes answered and kept under the key.
-    pub(crate) bundle: Option<Arc<[u8]>>,
+    pub bundle: Option<Arc<[u8]>>,
 }
 
 impl Chained {
     /// The bytes kept under the unit's idempotency key: its bundle, or JSON `null` without one.
-    pub(crate) fn idempotency_bytes(&self) -> &[u8] {
+    pub fn idempotency_bytes(&self) -> &[u8] {
         self.bundle.as_deref().unwrap_or(b"null")
     }
 }
@@ -56,7 +56,7 @@ fn encoding(what: &str) -> StoreError {
 
 /// Chains `audit` after `head` (sequence number, previous digest, own digest), signs a
 /// checkpoint when one is due, and stamps the bundle with the record's sequence number.
-pub(crate) fn chain(
+pub fn chain(
     keys: &ServiceKeys,
     tenant: &TenantId,
     head: &Head,

@@ -5,18 +5,18 @@
 use crate::error::{ErrorKind, StoreError, StoreResult};
 
 /// A number to store; one beyond `i64::MAX` is refused.
-pub(crate) fn to_db(value: u64) -> StoreResult<i64> {
+pub fn to_db(value: u64) -> StoreResult<i64> {
     i64::try_from(value)
         .map_err(|_| StoreError::new(ErrorKind::Invalid, "a number is too large to store"))
 }
 
 /// A number to store where "later than can be stored" means "never" (an expiry, a cut-off).
-pub(crate) fn to_db_saturating(value: u64) -> i64 {
+pub fn to_db_saturating(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
 /// A stored number; a negative one is corrupt.
-pub(crate) fn from_db(value: i64) -> StoreResult<u64> {
+pub fn from_db(value: i64) -> StoreResult<u64> {
     u64::try_from(value)
         .map_err(|_| StoreError::new(ErrorKind::Corrupt, "a stored number is negative"))
 }

@@ -29,26 +29,26 @@ use crate::model::{
 };
 
 /// A secret's identity inside the store.
-pub(crate) type SecretKey = (TenantId, SecretName);
+pub type SecretKey = (TenantId, SecretName);
 
 /// What a batch must read before it can be decided.
 #[derive(Debug, Default)]
-pub(crate) struct Needs {
+pub struct Needs {
     /// Every tenant of the batch (chain heads), in byte order, once each.
-    pub(crate) tenants: Vec<TenantId>,
+    pub tenants: Vec<TenantId>,
     /// Tenants whose policy version is needed (a policy change).
-    pub(crate) policy_tenants: Vec<TenantId>,
+    pub policy_tenants: Vec<TenantId>,
     /// Tenants whose data key is needed (material to seal or open).
-    pub(crate) key_tenants: Vec<TenantId>,
+    pub key_tenants: Vec<TenantId>,
     /// Secrets the batch checks or changes.
-    pub(crate) secrets: Vec<SecretKey>,
+    pub secrets: Vec<SecretKey>,
     /// Idempotency keys the batch claims.
-    pub(crate) idempotency: Vec<IdempotencyScope>,
+    pub idempotency: Vec<IdempotencyScope>,
 }
 
 impl Needs {
     /// What `units` need.
-    pub(crate) fn of(units: &[CommitUnit]) -> Self {
+    pub fn of(units: &[CommitUnit]) -> Self {
         let mut needs = Self::default();
         for unit in units {
             let tenant = &unit.tenant;
@@ -89,37 +89,37 @@ impl Needs {
 
 /// A committed secret as the plan needs it.
 #[derive(Clone)]
-pub(crate) struct StoredSecret {
+pub struct StoredSecret {
     /// Its snapshot (state version, kind, versions, bounds).
-    pub(crate) snapshot: Arc<SecretSnapshot>,
+    pub snapshot: Arc<SecretSnapshot>,
     /// Its staged material, sealed, if any.
-    pub(crate) staged: Option<Vec<u8>>,
+    pub staged: Option<Vec<u8>>,
 }
 
 /// The committed state a batch is decided from, read by the backend under its guard.
 #[derive(Default)]
-pub(crate) struct Committed {
+pub struct Committed {
     /// The chain head of every tenant of the batch (absent: an empty chain).
-    pub(crate) heads: HashMap<TenantId, Head>,
+    pub heads: HashMap<TenantId, Head>,
     /// Policy versions of the tenants that need one (absent: no policy yet, version 0).
-    pub(crate) policy_versions: HashMap<TenantId, u64>,
+    pub policy_versions: HashMap<TenantId, u64>,
     /// Data keys of the tenants that need one and have one.
-    pub(crate) data_keys: HashMap<TenantId, Arc<DataKey>>,
+    pub data_keys: HashMap<TenantId, Arc<DataKey>>,
     /// Whether a missing data key may be created: false when this node's root key is no longer
     /// the store's (another node rotated it), so that it never wraps a key the others cannot open.
-    pub(crate) may_create_keys: bool,
+    pub may_create_keys: bool,
     /// The secrets of the batch that exist.
-    pub(crate) secrets: HashMap<SecretKey, StoredSecret>,
+    pub secrets: HashMap<SecretKey, StoredSecret>,
     /// The batch's idempotency keys that are already taken.
-    pub(crate) taken: HashSet<IdempotencyScope>,
+    pub taken: HashSet<IdempotencyScope>,
     /// Items whose stored form could not be read (a data key that does not open, a secret row
     /// that does not parse): only the units that need them are refused, with this error.
-    pub(crate) unreadable: HashMap<Item, StoreError>,
+    pub unreadable: HashMap<Item, StoreError>,
 }
 
 /// A piece of committed state a unit may need.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum Item {
+pub enum Item {
     /// A tenant's data key.
     DataKey(TenantId),
     /// A secret.
@@ -127,69 +127,103 @@ pub(crate) enum Item {
 }
 
 /// A new secret row, with its state after the whole batch.
-pub(crate) struct SecretRow {
-    pub(crate) tenant: TenantId,
-    pub(crate) name: SecretName,
-    pub(crate) secret_ref: String,
-    pub(crate) kind: SecretKind,
-    pub(crate) state_version: u64,
-    pub(crate) ttl: TtlBounds,
-    pub(crate) handle_ttl_ms: u64,
-    pub(crate) staged: Option<Vec<u8>>,
-    pub(crate) created_at_ms: u64,
+pub struct SecretRow {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// The secret.
+    pub name: SecretName,
+    /// Its opaque ref.
+    pub secret_ref: String,
+    /// Generated or imported.
+    pub kind: SecretKind,
+    /// Its state version after the batch.
+    pub state_version: u64,
+    /// Ephemeral TTL bounds.
+    pub ttl: TtlBounds,
+    /// Handle lifetime.
+    pub handle_ttl_ms: u64,
+    /// Staged material, sealed, after the batch.
+    pub staged: Option<Vec<u8>>,
+    /// When it was made.
+    pub created_at_ms: u64,
 }
 
 /// The new state of an existing secret row after the whole batch.
-pub(crate) struct SecretUpdate {
-    pub(crate) tenant: TenantId,
-    pub(crate) name: SecretName,
-    pub(crate) state_version: u64,
-    pub(crate) staged: Option<Vec<u8>>,
+pub struct SecretUpdate {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// The secret.
+    pub name: SecretName,
+    /// Its state version after the batch.
+    pub state_version: u64,
+    /// Staged material, sealed, after the batch.
+    pub staged: Option<Vec<u8>>,
 }
 
 /// A new version row (always `ACTIVE`; a later revocation in the batch is a [`Revocation`]).
-pub(crate) struct VersionRow {
-    pub(crate) tenant: TenantId,
-    pub(crate) name: SecretName,
-    pub(crate) version: u64,
-    pub(crate) sealed: Vec<u8>,
-    pub(crate) created_at_ms: u64,
+pub struct VersionRow {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// The secret.
+    pub name: SecretName,
+    /// The version number.
+    pub version: u64,
+    /// The material, sealed under the tenant's data key.
+    pub sealed: Vec<u8>,
+    /// When it was made.
+    pub created_at_ms: u64,
 }
 
 /// One version that becomes `REVOKED`.
-pub(crate) struct Revocation {
-    pub(crate) tenant: TenantId,
-    pub(crate) name: SecretName,
-    pub(crate) version: u64,
+pub struct Revocation {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// The secret.
+    pub name: SecretName,
+    /// The version number.
+    pub version: u64,
 }
 
 /// A revoked handle or credential, kept until it would have expired anyway.
-pub(crate) struct RevokedRef {
-    pub(crate) tenant: TenantId,
-    pub(crate) id: String,
-    pub(crate) expires_at_ms: u64,
+pub struct RevokedRef {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// The handle or credential id.
+    pub id: String,
+    /// When it would have expired.
+    pub expires_at_ms: u64,
 }
 
 /// An idempotency record to insert.
-pub(crate) struct IdempotencyRow {
-    pub(crate) scope: IdempotencyScope,
-    pub(crate) fingerprint: [u8; 32],
-    pub(crate) bundle: Arc<[u8]>,
-    pub(crate) created_at_ms: u64,
+pub struct IdempotencyRow {
+    /// Where the key lives.
+    pub scope: IdempotencyScope,
+    /// The request's fingerprint.
+    pub fingerprint: [u8; 32],
+    /// The answer, byte for byte.
+    pub bundle: Arc<[u8]>,
+    /// When it was made.
+    pub created_at_ms: u64,
 }
 
 /// An audit record (or a checkpoint) to insert, encoded.
-pub(crate) struct ChainRow {
-    pub(crate) tenant: TenantId,
-    pub(crate) seq: u64,
-    pub(crate) json: String,
+pub struct ChainRow {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// Its place in the tenant's chain.
+    pub seq: u64,
+    /// The encoded record, checkpoint or document.
+    pub json: String,
 }
 
 /// A policy row's new document and version.
-pub(crate) struct PolicyRow {
-    pub(crate) tenant: TenantId,
-    pub(crate) json: String,
-    pub(crate) version: u64,
+pub struct PolicyRow {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// The encoded record, checkpoint or document.
+    pub json: String,
+    /// The version number.
+    pub version: u64,
 }
 
 /// Every row a batch writes, and the state it leaves, as decided by [`plan`].
@@ -198,38 +232,51 @@ pub(crate) struct PolicyRow {
 /// new secrets before new versions before revocations (a revocation may name a version the
 /// same batch created).
 #[derive(Default)]
-pub(crate) struct Writes {
+pub struct Writes {
     /// New data keys, wrapped under the root key.
-    pub(crate) data_keys: Vec<(TenantId, Vec<u8>)>,
-    pub(crate) secrets: Vec<SecretRow>,
-    pub(crate) secret_updates: Vec<SecretUpdate>,
-    pub(crate) versions: Vec<VersionRow>,
-    pub(crate) revocations: Vec<Revocation>,
-    pub(crate) revoked_refs: Vec<RevokedRef>,
-    pub(crate) policies: Vec<PolicyRow>,
-    pub(crate) idempotency: Vec<IdempotencyRow>,
-    pub(crate) audit: Vec<ChainRow>,
-    pub(crate) checkpoints: Vec<ChainRow>,
+    pub data_keys: Vec<(TenantId, Vec<u8>)>,
+    /// New secrets.
+    pub secrets: Vec<SecretRow>,
+    /// Existing secrets, in their new state.
+    pub secret_updates: Vec<SecretUpdate>,
+    /// New versions.
+    pub versions: Vec<VersionRow>,
+    /// Versions that become revoked.
+    pub revocations: Vec<Revocation>,
+    /// Revoked handles and credentials.
+    pub revoked_refs: Vec<RevokedRef>,
+    /// Policy changes, one per tenant.
+    pub policies: Vec<PolicyRow>,
+    /// Idempotency records.
+    pub idempotency: Vec<IdempotencyRow>,
+    /// Audit records.
+    pub audit: Vec<ChainRow>,
+    /// Signed checkpoints.
+    pub checkpoints: Vec<ChainRow>,
     /// The chain heads that moved.
-    pub(crate) heads: HashMap<TenantId, Head>,
+    pub heads: HashMap<TenantId, Head>,
     /// What readers may see once the batch is durable: snapshots of changed secrets, policies,
     /// and unwrapped new data keys.
-    pub(crate) snapshots: Vec<(SecretKey, Arc<SecretSnapshot>)>,
-    pub(crate) stored_policies: Vec<(TenantId, StoredPolicy)>,
-    pub(crate) new_keys: Vec<(TenantId, Arc<DataKey>)>,
+    pub snapshots: Vec<(SecretKey, Arc<SecretSnapshot>)>,
+    /// The policies the batch stored.
+    pub stored_policies: Vec<(TenantId, StoredPolicy)>,
+    /// Unwrapped new data keys.
+    pub new_keys: Vec<(TenantId, Arc<DataKey>)>,
 }
 
 impl Writes {
     /// Whether the batch writes anything at all.
-    pub(crate) fn is_empty(&self) -> bool {
+    pub fn is_empty(&self) -> bool {
         self.audit.is_empty()
     }
 }
 
 /// A decided batch: each unit's outcome, in order, and what the applied ones write.
-pub(crate) struct Plan {
-    pub(crate) outcomes: Vec<StoreResult<Receipt>>,
-    pub(crate) writes: Writes,
+pub struct Plan {
+    /// Each unit's outcome, in order.
+    pub outcomes: Vec<StoreResult<Receipt>>,
+    /// What the applied units write.
+    pub writes: Writes,
 }
 
 /// The working state of a batch: the committed state, as changed by its applied units so far.
@@ -276,7 +323,7 @@ fn refused(kind: ErrorKind, message: &str) -> StoreError {
 /// 5. the audit chain has room (`Invalid`).
 ///
 /// `now_ms` stamps new rows; `root` wraps new data keys.
-pub(crate) fn plan(
+pub fn plan(
     keys: &ServiceKeys,
     root: &RootKey,
     now_ms: u64,

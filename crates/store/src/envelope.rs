@@ -152,12 +152,12 @@ impl RootKey {
     }
 
     /// Wraps a key under this root key, bound to `label`.
-    pub(crate) fn wrap(&self, label: &[u8], key: &[u8; 32]) -> StoreResult<Vec<u8>> {
+    pub fn wrap(&self, label: &[u8], key: &[u8; 32]) -> StoreResult<Vec<u8>> {
         seal(&self.cipher, label, key)
     }
 
     /// Unwraps a key wrapped by [`RootKey::wrap`] with the same label.
-    pub(crate) fn unwrap(&self, label: &[u8], wrapped: &[u8]) -> StoreResult<Zeroizing<[u8; 32]>> {
+    pub fn unwrap(&self, label: &[u8], wrapped: &[u8]) -> StoreResult<Zeroizing<[u8; 32]>> {
         let plain = open(&self.cipher, label, wrapped).map_err(|_| {
             StoreError::new(
                 ErrorKind::Corrupt,
@@ -176,18 +176,14 @@ impl RootKey {
     }
 
     /// A new random data key for `tenant`, and its wrapping for storage.
-    pub(crate) fn new_data_key(&self, tenant: &TenantId) -> StoreResult<(DataKey, Vec<u8>)> {
+    pub fn new_data_key(&self, tenant: &TenantId) -> StoreResult<(DataKey, Vec<u8>)> {
         let bytes = random_key()?;
         let wrapped = self.wrap(&dek_label(tenant), &bytes)?;
         Ok((DataKey::from_bytes(&bytes), wrapped))
     }
 
     /// Opens `tenant`'s stored data key.
-    pub(crate) fn unwrap_data_key(
-        &self,
-        tenant: &TenantId,
-        wrapped: &[u8],
-    ) -> StoreResult<DataKey> {
+    pub fn unwrap_data_key(&self, tenant: &TenantId, wrapped: &[u8]) -> StoreResult<DataKey> {
         Ok(DataKey::from_bytes(
             &*self.unwrap(&dek_label(tenant), wrapped)?,
         ))
@@ -195,27 +191,22 @@ impl RootKey {
 
     /// Rewraps a stored key (a data key or the service secret, by `label`) from this root key
     /// to `new`, for a root-key rotation.
-    pub(crate) fn rewrap(
-        &self,
-        new: &RootKey,
-        label: &[u8],
-        wrapped: &[u8],
-    ) -> StoreResult<Vec<u8>> {
+    pub fn rewrap(&self, new: &RootKey, label: &[u8], wrapped: &[u8]) -> StoreResult<Vec<u8>> {
         new.wrap(label, &*self.unwrap(label, wrapped)?)
     }
 }
 
 /// Every key a root-key rotation rewrites, wrapped under the new root.
-pub(crate) struct Rewrapped {
+pub struct Rewrapped {
     /// The service secret.
-    pub(crate) service: Vec<u8>,
+    pub service: Vec<u8>,
     /// Each tenant's data key.
-    pub(crate) data_keys: Vec<(TenantId, Vec<u8>)>,
+    pub data_keys: Vec<(TenantId, Vec<u8>)>,
 }
 
 /// Rewraps the stored service secret and tenant data keys (tenant ids as stored) from `old`
 /// to `new`; material is not touched. Either backend then stores the result in one transaction.
-pub(crate) fn rewrap_all(
+pub fn rewrap_all(
     old: &RootKey,
     new: &RootKey,
     service: &[u8],
@@ -238,7 +229,7 @@ pub(crate) fn rewrap_all(
 
 /// The root keys of a running store: the current one, and while a rotation commits without
 /// holding readers back (PostgreSQL's commit is awaited), the incoming one.
-pub(crate) struct RootKeys {
+pub struct RootKeys {
     current: RootKey,
     incoming: Option<RootKey>,
 }
@@ -247,10 +238,11 @@ pub(crate) struct RootKeys {
 /// Both keys sit behind one lock, so a reader always sees the current key together with the
 /// incoming one (or the new key alone once installed), never a moment with neither.
 #[derive(Clone)]
-pub(crate) struct SharedRoot(Arc<RwLock<RootKeys>>);
+pub struct SharedRoot(Arc<RwLock<RootKeys>>);
 
 impl SharedRoot {
-    pub(crate) fn new(root: RootKey) -> Self {
+    /// Shares `root` as the current key.
+    pub fn new(root: RootKey) -> Self {
         Self(Arc::new(RwLock::new(RootKeys {
             current: root,
             incoming: None,
@@ -267,11 +259,7 @@ impl SharedRoot {
 
     /// Unwraps a tenant's data key with the current root key, or with the incoming one while
     /// a rotation is committing.
-    pub(crate) fn unwrap_data_key(
-        &self,
-        tenant: &TenantId,
-        wrapped: &[u8],
-    ) -> StoreResult<DataKey> {
+    pub fn unwrap_data_key(&self, tenant: &TenantId, wrapped: &[u8]) -> StoreResult<DataKey> {
         let keys = self.read();
         keys.current
             .unwrap_data_key(tenant, wrapped)
@@ -284,7 +272,7 @@ impl SharedRoot {
     /// Awaits `commit` with `new` as the incoming key, and installs it if the commit succeeded.
     /// If the commit fails, or the future is dropped before it settles, the incoming key is
     /// forgotten and the current one stays.
-    pub(crate) async fn replace_after<E>(
+    pub async fn replace_after<E>(
         &self,
         new: RootKey,
         commit: impl Future<Output = Result<(), E>>,
@@ -311,20 +299,19 @@ impl SharedRoot {
 
     /// Runs `f` with the current root key. The key is replaced in one move, so a panic elsewhere
     /// cannot leave it half-written: a poisoned lock still holds a whole key, and is used.
-    pub(crate) fn with<T>(&self, f: impl FnOnce(&RootKey) -> T) -> T {
+    pub fn with<T>(&self, f: impl FnOnce(&RootKey) -> T) -> T {
         f(&self.read().current)
     }
 
-    /// Holds every user of the key back until the guard drops (tests use it to make jobs queue
-    /// up behind a writer that is waiting for the key).
-    #[cfg(test)]
-    pub(crate) fn hold(&self) -> std::sync::RwLockWriteGuard<'_, RootKeys> {
+    /// Holds every user of the key back until the guard drops: a backend's tests use it to make
+    /// jobs queue up behind a writer that is waiting for the key.
+    pub fn hold(&self) -> std::sync::RwLockWriteGuard<'_, RootKeys> {
         self.write()
     }
 
     /// Runs `commit` with every reader of the key held back, and installs `new` if it
     /// succeeded: no reader sees the rotation's rewrapped keys with the old root.
-    pub(crate) fn replace_if<E>(
+    pub fn replace_if<E>(
         &self,
         new: RootKey,
         commit: impl FnOnce() -> Result<(), E>,
@@ -337,23 +324,23 @@ impl SharedRoot {
 }
 
 /// Label binding a tenant's wrapped data key to its tenant.
-pub(crate) fn dek_label(tenant: &TenantId) -> Vec<u8> {
+pub fn dek_label(tenant: &TenantId) -> Vec<u8> {
     let mut l = b"selene-kms/tenant-data-key/v1/".to_vec();
     l.extend_from_slice(tenant.as_str().as_bytes());
     l
 }
 
 /// Label of the wrapped service secret.
-pub(crate) const SERVICE_SECRET_LABEL: &[u8] = b"selene-kms/service-secret/v1";
+pub const SERVICE_SECRET_LABEL: &[u8] = b"selene-kms/service-secret/v1";
 
 /// A tenant's data key. No `Debug` or `Clone`; the cipher zeroizes its key schedule on drop.
-pub(crate) struct DataKey {
+pub struct DataKey {
     cipher: Aes256Gcm,
 }
 
 /// Which slot of a secret sealed material belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Slot {
+pub enum Slot {
     /// A committed version.
     Version(u64),
     /// Material staged for the next rotation.
@@ -377,14 +364,15 @@ fn material_aad(tenant: &TenantId, name: &SecretName, slot: Slot) -> Vec<u8> {
 }
 
 impl DataKey {
-    pub(crate) fn from_bytes(bytes: &[u8; 32]) -> Self {
+    /// Only unwrapping makes one: a data key never exists outside its root key's wrapping.
+    fn from_bytes(bytes: &[u8; 32]) -> Self {
         Self {
             cipher: Aes256Gcm::new(bytes.into()),
         }
     }
 
     /// Seals material for one slot of one secret.
-    pub(crate) fn seal(
+    pub fn seal(
         &self,
         tenant: &TenantId,
         name: &SecretName,
@@ -399,7 +387,7 @@ impl DataKey {
     }
 
     /// Opens material sealed for exactly this slot.
-    pub(crate) fn open(
+    pub fn open(
         &self,
         tenant: &TenantId,
         name: &SecretName,

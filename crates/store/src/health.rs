@@ -15,7 +15,7 @@ pub const FAILING_FOR: Duration = Duration::from_secs(10);
 
 /// Commit outcomes as seen by a backend's writer; read by `Store::ready`.
 #[derive(Debug)]
-pub(crate) struct WriteHealth {
+pub struct WriteHealth {
     epoch: Instant,
     /// Orders outcomes, however close in time: each takes the next number.
     outcomes: AtomicU64,
@@ -54,30 +54,30 @@ impl WriteHealth {
 
     /// Records a commit that wrote something (one that wrote nothing proves nothing about the
     /// disk).
-    pub(crate) fn succeeded(&self) {
+    pub fn succeeded(&self) {
         self.last_success.store(self.next(), Ordering::Release);
     }
 
     /// Records a batch that could not be committed.
-    pub(crate) fn failed(&self) {
+    pub fn failed(&self) {
         self.last_failure_ms
             .store(self.elapsed_ms(), Ordering::Release);
         self.last_failure.store(self.next(), Ordering::Release);
     }
 
     /// Records a failed flush: from now on every commit is refused.
-    pub(crate) fn stop(&self) {
+    pub fn stop(&self) {
         self.stopped.store(true, Ordering::Release);
         self.failed();
     }
 
     /// Whether a flush has failed.
-    pub(crate) fn is_stopped(&self) -> bool {
+    pub fn is_stopped(&self) -> bool {
         self.stopped.load(Ordering::Acquire)
     }
 
     /// Whether commits are expected to go through.
-    pub(crate) fn is_writable(&self) -> bool {
+    pub fn is_writable(&self) -> bool {
         self.writable_at(self.elapsed_ms())
     }
 

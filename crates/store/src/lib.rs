@@ -1,9 +1,11 @@
-//! `selene-kms-store`: durable state for selene-kms.
+//! `selene-kms-store`: the storage contract of selene-kms, and everything its backends share.
 //!
 //! The [`Store`] trait is the whole contract between the host and a backend: snapshots to read,
 //! and one atomic [`CommitUnit`] per request (state change + idempotency record + audit record).
-//! [`SqliteStore`] is the embedded default; [`PostgresStore`] serves several nodes sharing one
-//! PostgreSQL database.
+//! The backends live in crates of their own (`selene-kms-store-sqlite`, the embedded default;
+//! `selene-kms-store-postgres`, for several nodes sharing one database) and are built from
+//! [`backend`]: the one commit algorithm, envelope encryption, audit chaining and the numbers
+//! both databases store, so that a rule both need is written once, here.
 #![forbid(unsafe_code)]
 
 mod chain;
@@ -14,11 +16,11 @@ mod envelope;
 mod error;
 mod health;
 mod model;
-mod postgres;
-mod sqlite;
 mod stats;
 mod store;
 
+#[cfg(feature = "conformance")]
+pub mod conformance;
 pub mod verify;
 
 pub use chain::CHECKPOINT_EVERY;
@@ -30,7 +32,22 @@ pub use model::{
     Change, CommitUnit, IdempotencyRecord, IdempotencyScope, IdempotencyWrite, NewSecret, Receipt,
     Role, SecretListing, StoredPolicy, VersionListing,
 };
-pub use postgres::{PostgresStore, redact};
-pub use sqlite::{SqliteOptions, SqliteStore};
 pub use stats::{BATCH_BOUNDS, BatchHistogram, MAX_BATCH};
 pub use store::Store;
+
+/// The kit a backend crate is built from; hosts have no use for it.
+///
+/// A backend reads the committed state a batch [`Needs`](backend::Needs), hands it to
+/// [`plan`](backend::plan), and writes the [`Writes`](backend::Writes) it decided.
+pub mod backend {
+    pub use crate::chain::*;
+    pub use crate::clock::*;
+    pub use crate::codec::*;
+    pub use crate::commit::*;
+    pub use crate::envelope::*;
+    pub use crate::error::*;
+    pub use crate::health::*;
+    pub use crate::model::*;
+    pub use crate::stats::*;
+    pub use crate::store::*;
+}

@@ -56,7 +56,7 @@ pub struct StoredPolicy {
 
 impl StoredPolicy {
     /// Validates a document read back from the store; one that no longer validates is corrupt.
-    pub(crate) fn from_stored(doc: &PolicyDocument, version: u64) -> StoreResult<Self> {
+    pub fn from_stored(doc: &PolicyDocument, version: u64) -> StoreResult<Self> {
         let policy = Policy::try_from(doc)
             .map_err(|_| StoreError::new(ErrorKind::Corrupt, "a stored policy is invalid"))?;
         Ok(Self {
@@ -67,7 +67,7 @@ impl StoredPolicy {
 }
 
 /// Validates a policy document about to be stored, and encodes it as stored.
-pub(crate) fn encode_policy(doc: &PolicyDocument) -> StoreResult<(Policy, String)> {
+pub fn encode_policy(doc: &PolicyDocument) -> StoreResult<(Policy, String)> {
     let invalid = || StoreError::new(ErrorKind::Invalid, "the policy is invalid");
     let policy = Policy::try_from(doc).map_err(|_| invalid())?;
     let json = serde_json::to_string(doc).map_err(|_| invalid())?;

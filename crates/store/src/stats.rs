@@ -47,7 +47,7 @@ impl BatchHistogram {
 }
 
 /// One group commit's first jobs: `first`, then whatever else is queued (up to [`MAX_BATCH`]).
-pub(crate) fn drain<T>(first: T, jobs: &mut mpsc::UnboundedReceiver<T>) -> Vec<T> {
+pub fn drain<T>(first: T, jobs: &mut mpsc::UnboundedReceiver<T>) -> Vec<T> {
     let mut batch = Vec::with_capacity(16);
     batch.push(first);
     take_queued(&mut batch, jobs, MAX_BATCH);
@@ -55,11 +55,7 @@ pub(crate) fn drain<T>(first: T, jobs: &mut mpsc::UnboundedReceiver<T>) -> Vec<T
 }
 
 /// Moves queued jobs into `batch` without waiting, until it holds `max_len` or the queue is empty.
-pub(crate) fn take_queued<T>(
-    batch: &mut Vec<T>,
-    jobs: &mut mpsc::UnboundedReceiver<T>,
-    max_len: usize,
-) {
+pub fn take_queued<T>(batch: &mut Vec<T>, jobs: &mut mpsc::UnboundedReceiver<T>, max_len: usize) {
     while batch.len() < max_len {
         match jobs.try_recv() {
             Ok(job) => batch.push(job),

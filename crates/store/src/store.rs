@@ -9,6 +9,7 @@ use selene_kms_core::{
     SecretSnapshot, ServiceKeys, TenantId,
 };
 
+use crate::envelope::RootKey;
 use crate::error::StoreResult;
 use crate::model::{
     CommitUnit, IdempotencyRecord, IdempotencyScope, Receipt, Role, SecretListing, StoredPolicy,
@@ -79,6 +80,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// The role of a token, by its hash.
     async fn token_role(&self, token_hash: &[u8; 32]) -> StoreResult<Option<(Role, String)>>;
+
+    /// Rewraps every tenant data key and the service secret under `new_root`, in one
+    /// transaction; material is not touched. Returns how many data keys were rewrapped. The
+    /// caller replaces the key file afterwards (other nodes must be restarted with the new key).
+    async fn rotate_root_key(&self, new_root: RootKey) -> StoreResult<u64>;
 
     /// Removes idempotency records and handle/credential revocations past their retention.
     async fn prune(&self, now_ms: u64, idempotency_retention_ms: u64) -> StoreResult<u64>;

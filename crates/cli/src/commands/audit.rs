@@ -9,7 +9,9 @@ use selene_kms_core::audit::{parse_public_key, verify_export};
 use selene_kms_core::{AuditRecord, TenantId};
 use selene_kms_store::verify::verify_tenant;
 
-use super::StoreLocation;
+use selene_kms_backends::StoreLocation;
+
+use super::{open_at, store_location};
 use crate::client::{As, Client};
 use crate::config::Config;
 use crate::{Connection, output};
@@ -91,7 +93,7 @@ pub(crate) async fn run(
             conn,
         } => {
             if let Some(dir) = data_dir {
-                let location = StoreLocation::from_args(store, config)?;
+                let location = store_location(store, config, &dir)?;
                 return verify_offline(&location, &dir, tenant.as_deref(), json).await;
             }
             let (text, key) = match export {
@@ -220,7 +222,7 @@ async fn verify_offline(
     tenant: Option<&str>,
     json: bool,
 ) -> Result<ExitCode, String> {
-    let store = location.open(dir).await?;
+    let store = open_at(location, dir).await?;
     let tenants = match tenant {
         Some(t) => vec![TenantId::try_from(t).map_err(|_| "invalid tenant id".to_owned())?],
         None => store.audit_tenants().await.map_err(|e| e.message)?,

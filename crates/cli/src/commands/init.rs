@@ -9,10 +9,13 @@ use std::process::ExitCode;
 
 use clap::Args;
 use selene_kms_server::provision_tokens;
-use selene_kms_store::{ErrorKind, PostgresStore, RootKey, SqliteOptions, SqliteStore, Store};
+use std::sync::Arc;
+
+use selene_kms_backends::{StoreLocation, open_store};
+use selene_kms_store::{ErrorKind, RootKey, Store};
 use zeroize::Zeroizing;
 
-use super::{StoreLocation, data_dir, db_path, key_path};
+use super::{data_dir, key_path, store_location};
 use crate::config::Config;
 use crate::output;
 
@@ -61,61 +64,41 @@ async fn tokens(store: &dyn Store) -> Result<Tokens, String> {
         .collect())
 }
 
-/// Creates the embedded store at `dir` and returns the tokens (role, token) in role order.
-pub(crate) async fn init_store(dir: &Path) -> Result<(SqliteStore, Tokens), String> {
+/// Initialises a store at `location`, with its root key in `dir`, and returns it with the tokens
+/// (role, token) in role order. A data directory that already holds a root key, or an embedded
+/// database, is refused; so is a database that already holds a store.
+pub(crate) async fn init_store(
+    dir: &Path,
+    location: &StoreLocation,
+) -> Result<(Arc<dyn Store>, Tokens), String> {
     prepare_dir(dir)?;
-    if db_path(dir).exists() {
+    if key_path(dir).exists() || location.exists() == Some(true) {
         return Err(format!("{} is already initialised", dir.display()));
     }
-    let (root, _) = new_root_key(dir)?;
-    let store = SqliteStore::open(
-        &SqliteOptions {
-            path: db_path(dir),
-            create: true,
-        },
-        root,
-    )
-    .map_err(|e| e.message)?;
-    let tokens = tokens(&store).await?;
-    Ok((store, tokens))
-}
-
-/// Initialises a store in the PostgreSQL database at `url`, with the root key in `dir`.
-async fn init_postgres(dir: &Path, url: &str) -> Result<Tokens, String> {
-    prepare_dir(dir)?;
-    if key_path(dir).exists() {
-        return Err(format!(
-            "{} already holds a root key: it is initialised",
-            dir.display()
-        ));
-    }
     let (root, created) = new_root_key(dir)?;
-    let store = match PostgresStore::open(url, root, true).await {
+    let store = match open_store(location, root, true).await {
         Ok(store) => store,
         Err(e) => {
             if created {
                 let _ = std::fs::remove_file(key_path(dir));
             }
             return Err(match e.kind {
-                ErrorKind::AlreadyExists => format!(
-                    "the database {} is already initialised",
-                    selene_kms_store::redact(url)
-                ),
+                ErrorKind::AlreadyExists => {
+                    format!("{} is already initialised", location.describe())
+                }
                 _ => e.message,
             });
         }
     };
-    tokens(&store).await
+    let tokens = tokens(&*store).await?;
+    Ok((store, tokens))
 }
 
 pub(crate) async fn run(config: &Config, args: InitArgs, json: bool) -> Result<ExitCode, String> {
     let dir = data_dir(args.data_dir, config)?;
-    let location = StoreLocation::from_args(args.store, config)?;
-    let tokens = match &location {
-        StoreLocation::Embedded => init_store(&dir).await?.1,
-        StoreLocation::Postgres(url) => init_postgres(&dir, url).await?,
-    };
-    let store = location.describe(&dir);
+    let location = store_location(args.store, config, &dir)?;
+    let tokens = init_store(&dir, &location).await?.1;
+    let store = location.describe();
     if json {
         let map: serde_json::Map<String, serde_json::Value> = tokens
             .iter()

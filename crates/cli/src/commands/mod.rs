@@ -12,56 +12,31 @@ pub(crate) mod serve;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use selene_kms_store::{PostgresStore, RootKey, SqliteOptions, SqliteStore, Store, redact};
+use selene_kms_backends::{StoreLocation, open_store};
+use selene_kms_store::{RootKey, Store};
 
 use crate::config::Config;
 
-/// Where a server's state lives.
-pub(crate) enum StoreLocation {
-    /// The embedded SQLite store in the data directory (the default).
-    Embedded,
-    /// A PostgreSQL database shared by several nodes; the data directory holds the root key.
-    Postgres(String),
+/// Where a server's state lives: `--store` / `$SELENE_KMS_STORE`, else `[server].store`, else
+/// the embedded store in the data directory. A value that is not a PostgreSQL URL is refused
+/// without being echoed (it may hold a password).
+pub(crate) fn store_location(
+    flag: Option<String>,
+    config: &Config,
+    data_dir: &Path,
+) -> Result<StoreLocation, String> {
+    let value = flag.or_else(|| config.server.store.as_ref().map(|s| s.0.clone()));
+    StoreLocation::parse(value.as_deref(), db_path(data_dir)).map_err(|e| e.message)
 }
 
-impl StoreLocation {
-    /// From `--store` / `$SELENE_KMS_STORE`, else `[server].store`, else the embedded store.
-    /// A value that is not a PostgreSQL URL is refused without being echoed (it may hold a
-    /// password).
-    pub(crate) fn from_args(flag: Option<String>, config: &Config) -> Result<Self, String> {
-        let value = flag.or_else(|| config.server.store.as_ref().map(|s| s.0.clone()));
-        match value {
-            None => Ok(Self::Embedded),
-            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-                Ok(Self::Postgres(url))
-            }
-            Some(_) => Err(
-                "--store takes a postgres:// URL (leave it out for the embedded store)".to_owned(),
-            ),
-        }
-    }
-
-    /// How to name it in output and logs: never with a password.
-    pub(crate) fn describe(&self, data_dir: &Path) -> String {
-        match self {
-            Self::Embedded => db_path(data_dir).display().to_string(),
-            Self::Postgres(url) => redact(url),
-        }
-    }
-
-    /// Opens the initialised store here, with the root key of `data_dir`.
-    pub(crate) async fn open(&self, data_dir: &Path) -> Result<Arc<dyn Store>, String> {
-        match self {
-            Self::Embedded => Ok(Arc::new(open_store(data_dir)?)),
-            Self::Postgres(url) => {
-                let root = root_key(data_dir)?;
-                let store = PostgresStore::open(url, root, false)
-                    .await
-                    .map_err(|e| e.message)?;
-                Ok(Arc::new(store))
-            }
-        }
-    }
+/// Opens the initialised store at `location`, with the root key of `data_dir`.
+pub(crate) async fn open_at(
+    location: &StoreLocation,
+    data_dir: &Path,
+) -> Result<Arc<dyn Store>, String> {
+    open_store(location, root_key(data_dir)?, false)
+        .await
+        .map_err(|e| e.message)
 }
 
 /// The database file inside a data directory.
@@ -88,19 +63,6 @@ pub(crate) fn root_key(data_dir: &Path) -> Result<RootKey, String> {
     }
 }
 
-/// Opens the embedded store of an initialised data directory.
-pub(crate) fn open_store(data_dir: &Path) -> Result<SqliteStore, String> {
-    let root = root_key(data_dir)?;
-    SqliteStore::open(
-        &SqliteOptions {
-            path: db_path(data_dir),
-            create: false,
-        },
-        root,
-    )
-    .map_err(|e| e.message)
-}
-
 /// A fresh idempotency key for commands that send KMS requests.
 pub(crate) fn fresh_key(prefix: &str) -> String {
     let bytes = selene_kms_store::random_key()
@@ -125,29 +87,33 @@ mod tests {
 
     #[test]
     fn the_store_comes_from_the_flag_then_the_config_else_is_embedded() {
+        let dir = Path::new("/d");
         let none = config_with(None);
-        assert!(matches!(
-            StoreLocation::from_args(None, &none),
-            Ok(StoreLocation::Embedded)
-        ));
+        assert_eq!(
+            store_location(None, &none, dir),
+            Ok(StoreLocation::Embedded(db_path(dir)))
+        );
         let configured = config_with(Some(URL));
-        assert!(matches!(
-            StoreLocation::from_args(None, &configured),
-            Ok(StoreLocation::Postgres(u)) if u == URL
-        ));
+        assert_eq!(
+            store_location(None, &configured, dir),
+            Ok(StoreLocation::Postgres(URL.to_owned()))
+        );
         let flag = "postgresql://other/kms".to_owned();
-        assert!(matches!(
-            StoreLocation::from_args(Some(flag.clone()), &configured),
-            Ok(StoreLocation::Postgres(u)) if u == flag
-        ));
+        assert_eq!(
+            store_location(Some(flag.clone()), &configured, dir),
+            Ok(StoreLocation::Postgres(flag))
+        );
     }
 
     #[test]
     fn store_urls_are_never_shown_with_their_password() {
-        let refused =
-            StoreLocation::from_args(Some("mysql://u:s3cret@h".into()), &Config::default());
+        let refused = store_location(
+            Some("mysql://u:s3cret@h".into()),
+            &Config::default(),
+            Path::new("/d"),
+        );
         assert!(refused.is_err_and(|e| !e.contains("s3cret")));
-        let described = StoreLocation::Postgres(URL.into()).describe(Path::new("/d"));
+        let described = StoreLocation::Postgres(URL.into()).describe();
         assert_eq!(described, "postgres://kms:***@db/kms");
         let debug = format!("{:?}", config_with(Some(URL)));
         assert!(debug.contains("postgres://kms:***@db/kms"), "{debug}");

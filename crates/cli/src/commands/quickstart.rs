@@ -7,6 +7,9 @@ use std::sync::Arc;
 use reqwest::Method;
 use serde_json::{Value, json};
 
+use selene_kms_backends::StoreLocation;
+
+use super::db_path;
 use super::init::init_store;
 use crate::client::{Answer, As, Client};
 use crate::output;
@@ -113,7 +116,8 @@ pub(crate) async fn run(json_out: bool) -> Result<ExitCode, String> {
         json: json_out,
         steps: Vec::new(),
     };
-    let (store, tokens) = init_store(dir.path()).await?;
+    let location = StoreLocation::Embedded(db_path(dir.path()));
+    let (store, tokens) = init_store(dir.path(), &location).await?;
     let token = |role: &str| {
         tokens
             .iter()
@@ -121,7 +125,6 @@ pub(crate) async fn run(json_out: bool) -> Result<ExitCode, String> {
             .map(|(_, t)| t.to_string())
             .unwrap_or_default()
     };
-    let store = Arc::new(store);
     let engine = Arc::new(Engine::new(store.clone()));
     let options = ServeOptions {
         listen: "127.0.0.1:0".parse().map_err(|_| "address")?,

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use selene_kms_store::{ErrorKind, PostgresStore, ROOT_KEY_ENV, RootKey};
+use selene_kms_store::{ErrorKind, ROOT_KEY_ENV, RootKey};
 
-use super::{StoreLocation, data_dir, key_path, open_store, root_key};
+use super::{data_dir, key_path, open_at, store_location};
 use crate::config::Config;
 use crate::output;
 
@@ -32,23 +32,14 @@ pub(crate) async fn rotate(
         ));
     }
     let dir = data_dir(args.data_dir, config)?;
-    let location = StoreLocation::from_args(args.store, config)?;
+    let location = store_location(args.store, config, &dir)?;
     let current = key_path(&dir);
     let staged = dir.join("root.key.new");
     let new_root = RootKey::create_file(&staged).map_err(|e| e.message)?;
     // `Ok(Err(_))`: the rotation itself failed; `Err(_)`: the store did not open.
-    let rotated = match &location {
-        StoreLocation::Embedded => match open_store(&dir) {
-            Ok(store) => Ok(store.rotate_root_key(new_root).await),
-            Err(e) => Err(e),
-        },
-        StoreLocation::Postgres(url) => match root_key(&dir) {
-            Ok(old) => match PostgresStore::open(url, old, false).await {
-                Ok(store) => Ok(store.rotate_root_key(new_root).await),
-                Err(e) => Err(e.message),
-            },
-            Err(e) => Err(e),
-        },
+    let rotated = match open_at(&location, &dir).await {
+        Ok(store) => Ok(store.rotate_root_key(new_root).await),
+        Err(e) => Err(e),
     };
     let tenants = match rotated {
         Ok(Ok(n)) => n,
@@ -86,7 +77,7 @@ pub(crate) async fn rotate(
         println!(
             "Root key rotated: {tenants} tenant data keys and the service secret rewrapped; material untouched."
         );
-        if matches!(location, StoreLocation::Postgres(_)) {
+        if location.is_shared() {
             println!("Copy {} to every node and restart them.", current.display());
         }
     }

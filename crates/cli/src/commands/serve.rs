@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use selene_kms_server::{Engine, ServeOptions, TlsOptions, serve};
 
-use super::{StoreLocation, data_dir};
+use super::{data_dir, open_at, store_location};
 use crate::config::Config;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -147,9 +147,9 @@ pub(crate) async fn run(config: &Config, args: ServeArgs) -> Result<ExitCode, St
             .idempotency_retention_hours
             .map_or(defaults.idempotency_retention_ms, |h| h * 3_600_000),
     };
-    let location = StoreLocation::from_args(args.store, config)?;
-    let store = location.open(&dir).await?;
-    tracing::info!(store = %location.describe(&dir), "store open");
+    let location = store_location(args.store, config, &dir)?;
+    let store = open_at(&location, &dir).await?;
+    tracing::info!(store = %location.describe(), "store open");
     let engine = Arc::new(Engine::new(store.clone()));
     let listening = serve(engine.clone(), options)
         .await

@@ -5,15 +5,16 @@
     reason = "each test binary uses a different part of the harness"
 )]
 
-#[path = "../../../store/tests/pg_cluster/mod.rs"]
+#[path = "../../../store-postgres/tests/pg_cluster/mod.rs"]
 mod pg_cluster;
 
 use std::sync::Arc;
 
 use pg_cluster::Cluster;
 use reqwest::{Method, StatusCode};
+use selene_kms_backends::{StoreLocation, open_store};
 use selene_kms_server::{Engine, Listening, ServeOptions, provision_tokens, serve};
-use selene_kms_store::{PostgresStore, RootKey, SqliteOptions, SqliteStore, Store};
+use selene_kms_store::{RootKey, Store};
 use serde_json::{Value, json};
 
 pub(crate) const TENANT: &str = "acme";
@@ -88,25 +89,15 @@ impl Server {
     pub(crate) async fn start_on_with(backend: Backend, options: ServeOptions) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = RootKey::create_file(&dir.path().join("root.key")).expect("root key");
-        let (store, cluster): (Arc<dyn Store>, _) = match backend {
-            Backend::Sqlite => {
-                let store = SqliteStore::open(
-                    &SqliteOptions {
-                        path: dir.path().join("kms.db"),
-                        create: true,
-                    },
-                    root,
-                )
-                .expect("store");
-                (Arc::new(store), None)
-            }
+        let (location, cluster) = match backend {
+            Backend::Sqlite => (StoreLocation::Embedded(dir.path().join("kms.db")), None),
             Backend::Postgres => {
                 let cluster = Cluster::start();
                 let url = cluster.create_database("kms");
-                let store = PostgresStore::open(&url, root, true).await.expect("store");
-                (Arc::new(store), Some(cluster))
+                (StoreLocation::Postgres(url), Some(cluster))
             }
         };
+        let store: Arc<dyn Store> = open_store(&location, root, true).await.expect("store");
         let tokens = provision_tokens(&*store).await.expect("tokens");
         let token = |i: usize| tokens[i].1.to_string();
         let tls = options.tls.is_some();

@@ -1,0 +1,307 @@
+//! The PostgreSQL backend, for several `selene-kms serve` nodes sharing one database.
+//!
+//! Correctness across nodes comes from the database, never from memory: reads go to the database
+//! (a cached policy or secret snapshot is served only when the database confirms, in the same
+//! query, that it is still at the cached version; revocations are never cached); every commit
+//! takes its tenant's chain-head row lock, so `seq` and `prev_digest` are assigned once per
+//! tenant across nodes, compare-and-set on a secret's state version is checked against the latest
+//! committed state, and idempotency keys (the primary key of their table) are honoured by every
+//! node. Throughput comes from group commit, as in the embedded store: one writer task per node
+//! commits every queued unit in one transaction by the shared commit algorithm (one read of the
+//! state the batch needs, one set-based statement per group of rows), and answers after COMMIT.
+//! Durability is PostgreSQL's (`synchronous_commit` as the server sets it, `on` by default).
+//!
+//! Material is sealed with the same envelope code as the embedded store: per-tenant data keys
+//! wrapped by the root key, the service secret wrapped in the `meta` table. Every node needs
+//! the same root key. Connection strings are only ever shown through [`redact`].
+#![forbid(unsafe_code)]
+
+mod batch;
+mod cache;
+mod codec;
+mod error;
+mod keys;
+mod maintenance;
+mod reads;
+mod schema;
+mod sql;
+mod url;
+mod writer;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Client, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use selene_kms_core::{
+    AuditRecord, Checkpoint, MaterialGrant, PolicyDocument, RefId, SecretMaterial, SecretName,
+    SecretSnapshot, ServiceKeys, TenantId,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use error::pool_error;
+use keys::DataKeys;
+use reads::Fresh;
+use selene_kms_store::backend::BatchHistogram;
+use selene_kms_store::backend::Store;
+use selene_kms_store::backend::WriteHealth;
+use selene_kms_store::backend::{
+    CommitUnit, IdempotencyRecord, IdempotencyScope, Receipt, Role, SecretListing, StoredPolicy,
+};
+use selene_kms_store::backend::{ErrorKind, StoreError, StoreResult};
+use selene_kms_store::backend::{RootKey, SharedRoot, Slot};
+pub use url::redact;
+use writer::{Job, PolicyCache, SecretCache, Writer};
+
+/// Most connections one node opens (the writer uses one at a time; readers share the rest).
+const POOL_SIZE: usize = 16;
+/// How long a request waits for a pooled connection before the store answers `Unavailable`.
+const POOL_WAIT: Duration = Duration::from_secs(10);
+
+/// The PostgreSQL store of one node.
+pub struct PostgresStore {
+    /// The connection string, redacted: the only form of it that is kept.
+    target: String,
+    pool: Pool,
+    keys: Arc<ServiceKeys>,
+    root: SharedRoot,
+    data_keys: Arc<DataKeys>,
+    policies: Arc<PolicyCache>,
+    secrets: Arc<SecretCache>,
+    batches: Arc<BatchHistogram>,
+    jobs: mpsc::UnboundedSender<Job>,
+    health: Arc<WriteHealth>,
+}
+
+impl fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("target", &self.target)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresStore {
+    /// Connects to the database at `url` and brings its schema up to date. With `create`, it
+    /// initialises a new store there (the service secret, wrapped by `root`) and refuses a
+    /// database that already holds one (`AlreadyExists`); without, it opens the store that
+    /// `init` made (`NotFound` if none, `Corrupt` if `root` is not its root key).
+    ///
+    /// Must be called inside a Tokio runtime: the store's writer is a task of it.
+    pub async fn open(url: &str, root: RootKey, create: bool) -> StoreResult<Self> {
+        let target = redact(url);
+        let config = url::parse(url)?;
+        let manager = Manager::from_config(
+            config,
+            tokio_postgres::NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(POOL_WAIT))
+            .build()
+            .map_err(|_| {
+                StoreError::new(ErrorKind::Invalid, "postgres: the pool cannot be built")
+            })?;
+        let mut client = pool.get().await.map_err(|e| {
+            let e = pool_error(e);
+            StoreError::new(e.kind, format!("{} ({target})", e.message))
+        })?;
+        schema::migrate(&mut client).await?;
+        let service = keys::service_secret(&client, &root, create).await?;
+        drop(client);
+        let keys = Arc::new(ServiceKeys::derive(&service));
+        let root = SharedRoot::new(root);
+        let data_keys = Arc::new(DataKeys::default());
+        let policies = Arc::new(PolicyCache::default());
+        let secrets = Arc::new(SecretCache::default());
+        let batches = Arc::new(BatchHistogram::default());
+        let (jobs, rx) = mpsc::unbounded_channel();
+        let health = Arc::new(WriteHealth::default());
+        let writer = Writer {
+            health: health.clone(),
+            pool: pool.clone(),
+            keys: keys.clone(),
+            root: root.clone(),
+            data_keys: data_keys.clone(),
+            secrets: secrets.clone(),
+            policies: policies.clone(),
+            batches: batches.clone(),
+        };
+        tokio::spawn(writer.run(rx));
+        Ok(Self {
+            target,
+            pool,
+            keys,
+            root,
+            data_keys,
+            policies,
+            secrets,
+            batches,
+            jobs,
+            health,
+        })
+    }
+
+    async fn client(&self) -> StoreResult<Client> {
+        self.pool.get().await.map_err(pool_error)
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    fn keys(&self) -> &Arc<ServiceKeys> {
+        &self.keys
+    }
+
+    async fn policy(&self, tenant: &TenantId) -> StoreResult<Option<StoredPolicy>> {
+        let have = self.policies.version(tenant);
+        let read = reads::policy(&self.client().await?, tenant, have).await?;
+        let (version, doc) = match read {
+            None => return Ok(None),
+            Some(Fresh::Unchanged(version)) => match self.policies.get_at(tenant, version) {
+                Some(cached) => return Ok(Some(cached)),
+                // Replaced by a concurrent read in between: read the document itself.
+                None => match reads::policy(&self.client().await?, tenant, None).await? {
+                    Some(Fresh::Loaded(version, doc)) => (version, doc),
+                    _ => return Ok(None),
+                },
+            },
+            Some(Fresh::Loaded(version, doc)) => (version, doc),
+        };
+        let stored = StoredPolicy::from_stored(&doc, version)?;
+        self.policies.put(tenant.clone(), version, stored.clone());
+        Ok(Some(stored))
+    }
+
+    async fn policy_document(
+        &self,
+        tenant: &TenantId,
+    ) -> StoreResult<Option<(PolicyDocument, u64)>> {
+        match reads::policy(&self.client().await?, tenant, None).await? {
+            Some(Fresh::Loaded(version, doc)) => Ok(Some((doc, version))),
+            _ => Ok(None),
+        }
+    }
+
+    async fn secret(
+        &self,
+        tenant: &TenantId,
+        name: &SecretName,
+    ) -> StoreResult<Option<Arc<SecretSnapshot>>> {
+        let key = (tenant.clone(), name.clone());
+        let have = self.secrets.version(&key);
+        let client = self.client().await?;
+        let snapshot = match reads::secret(&client, tenant, name, have).await? {
+            None => return Ok(None),
+            Some(Fresh::Unchanged(version)) => match self.secrets.get_at(&key, version) {
+                Some(cached) => return Ok(Some(cached)),
+                None => match reads::secret(&client, tenant, name, None).await? {
+                    Some(Fresh::Loaded(_, s)) => s,
+                    _ => return Ok(None),
+                },
+            },
+            Some(Fresh::Loaded(_, s)) => s,
+        };
+        let snapshot = Arc::new(snapshot);
+        self.secrets
+            .put(key, snapshot.state_version, snapshot.clone());
+        Ok(Some(snapshot))
+    }
+
+    async fn list_secrets(&self, tenant: &TenantId) -> StoreResult<Vec<SecretListing>> {
+        reads::list_secrets(&self.client().await?, tenant).await
+    }
+
+    async fn idempotency(
+        &self,
+        scope: &IdempotencyScope,
+    ) -> StoreResult<Option<IdempotencyRecord>> {
+        reads::idempotency(&self.client().await?, scope).await
+    }
+
+    async fn is_revoked(&self, tenant: &TenantId, id: &RefId) -> StoreResult<bool> {
+        reads::is_revoked(&self.client().await?, tenant, id).await
+    }
+
+    async fn material(&self, grant: MaterialGrant) -> StoreResult<SecretMaterial> {
+        let (tenant, name, version) = (grant.tenant(), grant.secret_name(), grant.version());
+        let client = self.client().await?;
+        let sealed = reads::sealed_version(&client, tenant, name, version).await?;
+        let key = match self.data_keys.get(tenant) {
+            Some(key) => key,
+            None => {
+                let key = keys::load_data_key(&client, &self.root, tenant)
+                    .await?
+                    .ok_or_else(|| StoreError::new(ErrorKind::NotFound, "no data key"))?;
+                self.data_keys.put(tenant.clone(), key.clone());
+                key
+            }
+        };
+        key.open(tenant, name, Slot::Version(version), &sealed)
+    }
+
+    async fn commit(&self, unit: CommitUnit) -> StoreResult<Receipt> {
+        let stopped = || StoreError::new(ErrorKind::Unavailable, "the writer has stopped");
+        let (reply, answer) = oneshot::channel();
+        self.jobs.send(Job { unit, reply }).map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    async fn audit_records(
+        &self,
+        tenant: &TenantId,
+        after_seq: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<AuditRecord>> {
+        reads::audit_records(&self.client().await?, tenant, after_seq, limit).await
+    }
+
+    async fn audit_tenants(&self) -> StoreResult<Vec<TenantId>> {
+        reads::audit_tenants(&self.client().await?).await
+    }
+
+    async fn checkpoints(&self, tenant: &TenantId) -> StoreResult<Vec<Checkpoint>> {
+        reads::checkpoints(&self.client().await?, tenant).await
+    }
+
+    async fn put_token(&self, token_hash: [u8; 32], role: Role, label: &str) -> StoreResult<()> {
+        maintenance::put_token(&self.client().await?, &token_hash, role, label).await
+    }
+
+    async fn token_role(&self, token_hash: &[u8; 32]) -> StoreResult<Option<(Role, String)>> {
+        reads::token_role(&self.client().await?, token_hash).await
+    }
+
+    async fn rotate_root_key(&self, new_root: RootKey) -> StoreResult<u64> {
+        let mut client = self.client().await?;
+        keys::rotate_root(&mut client, &self.root, &self.data_keys, new_root).await
+    }
+
+    async fn prune(&self, now_ms: u64, idempotency_retention_ms: u64) -> StoreResult<u64> {
+        maintenance::prune(
+            &self.client().await?,
+            now_ms.saturating_sub(idempotency_retention_ms),
+            now_ms,
+        )
+        .await
+    }
+
+    fn batch_histogram(&self) -> &BatchHistogram {
+        &self.batches
+    }
+
+    async fn ready(&self) -> bool {
+        if self.jobs.is_closed() || !self.health.is_writable() {
+            return false;
+        }
+        match self.client().await {
+            Ok(client) => client.simple_query("SELECT 1").await.is_ok(),
+            Err(_) => false,
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! Durability, pipelined: the thread that makes committed batches durable and answers them.
+//!
+//! The writer commits a batch with `synchronous = NORMAL` (the WAL frames are written, not yet
+//! flushed) and hands its answers here; while this thread runs `fdatasync` on the WAL, the writer
+//! already applies the next batch. A batch is answered only after an `fdatasync` that began after
+//! its commit, so every acknowledged request is on stable storage. One flush covers every batch
+//! committed before it, so batches that queue up here share it.
+//!
+//! Answers of later requests may rest on state committed but not yet flushed (a snapshot read
+//! from the cache or the database). That is safe because every answer commits its own audit
+//! record *after* the state it read, in the same append-only WAL: the flush that acknowledges it
+//! covers what it read. If a flush fails, nothing in flight is acknowledged and the store refuses
+//! every later commit: after a failed `fsync` the kernel may have dropped the dirty pages.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::thread::JoinHandle;
+
+use selene_kms_store::backend::Receipt;
+use selene_kms_store::backend::WriteHealth;
+use selene_kms_store::backend::{ErrorKind, StoreError, StoreResult};
+
+/// Answers of one committed batch, waiting for the flush.
+pub(crate) type Answers = Vec<(
+    tokio::sync::oneshot::Sender<StoreResult<Receipt>>,
+    StoreResult<Receipt>,
+)>;
+
+/// The sending side, held by the writer.
+pub(crate) struct Syncer {
+    queue: Option<Sender<Answers>>,
+    thread: Option<JoinHandle<()>>,
+    health: Arc<WriteHealth>,
+    /// Batches submitted and not yet answered.
+    in_flight: Arc<AtomicUsize>,
+}
+
+fn flush_failed() -> StoreError {
+    StoreError::new(
+        ErrorKind::Unavailable,
+        "the write-ahead log could not be flushed to stable storage",
+    )
+}
+
+impl Syncer {
+    pub(crate) fn start(db_path: &Path, health: Arc<WriteHealth>) -> StoreResult<Self> {
+        let mut wal = db_path.as_os_str().to_owned();
+        wal.push("-wal");
+        let wal = PathBuf::from(wal);
+        let (queue, batches) = channel::<Answers>();
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let (thread_health, thread_in_flight) = (health.clone(), in_flight.clone());
+        let thread = std::thread::Builder::new()
+            .name("kms-sync".into())
+            .spawn(move || run(&wal, &batches, &thread_health, &thread_in_flight))
+            .map_err(|_| StoreError::new(ErrorKind::Unavailable, "cannot start the syncer"))?;
+        Ok(Self {
+            queue: Some(queue),
+            thread: Some(thread),
+            health,
+            in_flight,
+        })
+    }
+
+    /// Where commit outcomes are recorded, for readiness.
+    pub(crate) fn health(&self) -> &WriteHealth {
+        &self.health
+    }
+
+    /// Whether a flush is under way or queued: a commit made now would wait for the next one.
+    pub(crate) fn is_flushing(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) > 0
+    }
+
+    /// Queues a committed batch's answers for the next flush.
+    pub(crate) fn submit(&self, answers: Answers) {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let unsent = match &self.queue {
+            Some(q) => q.send(answers).err().map(|e| e.0),
+            None => Some(answers),
+        };
+        if unsent.is_some() {
+            // The syncer is gone: nothing will be flushed again.
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            self.health.stop();
+        }
+        for (reply, _) in unsent.into_iter().flatten() {
+            let _ = reply.send(Err(flush_failed()));
+        }
+    }
+}
+
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        // Closing the queue lets the thread flush what is queued, answer it, and stop.
+        self.queue.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn flush(wal: &Path, file: &mut Option<File>) -> std::io::Result<()> {
+    let f = match file {
+        Some(f) => f,
+        None => file.insert(File::open(wal)?),
+    };
+    f.sync_data()
+}
+
+fn run(wal: &Path, batches: &Receiver<Answers>, health: &WriteHealth, in_flight: &AtomicUsize) {
+    let mut file: Option<File> = None;
+    while let Ok(first) = batches.recv() {
+        let mut pending = vec![first];
+        pending.extend(batches.try_iter());
+        let taken = pending.len();
+        let flushed = !health.is_stopped() && flush(wal, &mut file).is_ok();
+        if !flushed {
+            health.stop();
+        }
+        for (reply, outcome) in pending.into_iter().flatten() {
+            let outcome = if flushed {
+                outcome
+            } else {
+                outcome.and(Err(flush_failed()))
+            };
+            let _ = reply.send(outcome);
+        }
+        in_flight.fetch_sub(taken, Ordering::AcqRel);
+    }
+}

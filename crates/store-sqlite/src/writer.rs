@@ -1,0 +1,411 @@
+//! The single writer of the embedded store and its group commit.
+//!
+//! The writer owns the read-write connection. It blocks for one job, drains whatever else is
+//! queued, and commits the units among them in one transaction, by the shared algorithm
+//! ([`crate::commit`]): it reads the state they need, plans them, and writes what the plan
+//! decided. While the syncer is still busy with an earlier flush it keeps draining into the same
+//! transaction (up to [`crate::MAX_BATCH`] units): a commit made then would wait for the next
+//! flush anyway, and one commit writes each touched page to the log once. It then commits,
+//! publishes cache updates, and hands the answers to the syncer, which answers them after the
+//! flush (one `fdatasync` for every batch queued by then). A failed write (disk full, read-only,
+//! database gone) rolls the whole batch back and refuses every unit in it, as does a failed final
+//! commit. Nothing is published unless the batch committed. Maintenance (tokens, pruning,
+//! root-key rotation) runs after the batch, each task in a transaction of its own; a root-key
+//! rotation replaces the store's key together with its commit, so readers never meet a data key
+//! wrapped under a root the store does not hold yet.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use rusqlite::{Connection, TransactionBehavior};
+use selene_kms_core::{ServiceKeys, TenantId};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::batch::{read_committed, write};
+use crate::cache::Cache;
+use crate::db_err;
+use crate::identity::FileIdentity;
+use crate::syncer::Syncer;
+use selene_kms_store::backend::Head;
+use selene_kms_store::backend::to_db_saturating;
+use selene_kms_store::backend::{BatchHistogram, MAX_BATCH, drain, take_queued};
+use selene_kms_store::backend::{CommitUnit, Receipt, Role};
+use selene_kms_store::backend::{ErrorKind, StoreError, StoreResult};
+use selene_kms_store::backend::{Needs, Writes, plan};
+use selene_kms_store::backend::{RootKey, SharedRoot, rewrap_all};
+
+type Reply = oneshot::Sender<StoreResult<Receipt>>;
+
+/// Work for the writer.
+pub(crate) enum Job {
+    /// A request's commit unit: the hot path.
+    Commit { unit: Box<CommitUnit>, reply: Reply },
+    /// A rare maintenance task, committed on its own after the batch it arrived with.
+    Maintenance { task: Maintenance, reply: Reply },
+}
+
+/// Maintenance work for the writer.
+pub(crate) enum Maintenance {
+    PutToken {
+        token_hash: [u8; 32],
+        role: Role,
+        label: String,
+    },
+    Prune {
+        idempotency_before_ms: u64,
+        revocations_before_ms: u64,
+    },
+    RotateRoot {
+        new_root: Box<RootKey>,
+    },
+}
+
+pub(crate) struct Writer {
+    conn: Connection,
+    keys: Arc<ServiceKeys>,
+    root: SharedRoot,
+    cache: Arc<Cache>,
+    batches: Arc<BatchHistogram>,
+    heads: HashMap<TenantId, Head>,
+    syncer: Syncer,
+    file: FileIdentity,
+}
+
+fn unavailable(what: &str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+    move |e| {
+        let inner = db_err(e);
+        StoreError::new(ErrorKind::Unavailable, format!("{what}: {}", inner.message))
+    }
+}
+
+/// Units waiting for the batch's commit, with their answers so far.
+type Answers = Vec<(Reply, StoreResult<Receipt>)>;
+
+impl Writer {
+    pub(crate) fn new(
+        conn: Connection,
+        keys: Arc<ServiceKeys>,
+        root: SharedRoot,
+        cache: Arc<Cache>,
+        batches: Arc<BatchHistogram>,
+        syncer: Syncer,
+        file: FileIdentity,
+    ) -> Self {
+        Self {
+            syncer,
+            file,
+            conn,
+            keys,
+            root,
+            cache,
+            batches,
+            heads: HashMap::new(),
+        }
+    }
+
+    pub(crate) fn run(mut self, mut jobs: mpsc::UnboundedReceiver<Job>) {
+        while let Some(first) = jobs.blocking_recv() {
+            self.run_batch(first, &mut jobs);
+        }
+    }
+
+    /// Why nothing can be written now, if so.
+    fn refusal(&self) -> Option<StoreError> {
+        let why = if self.syncer.health().is_stopped() {
+            "the store stopped after a failed flush; restart it"
+        } else if !self.file.still_there() {
+            "the database file was removed or replaced under the store"
+        } else {
+            return None;
+        };
+        Some(StoreError::new(ErrorKind::Unavailable, why))
+    }
+
+    fn run_batch(&mut self, first: Job, jobs: &mut mpsc::UnboundedReceiver<Job>) {
+        let mut units = Vec::new();
+        let mut tasks = Vec::new();
+        sort_jobs(drain(first, jobs), &mut units, &mut tasks);
+        if let Some(err) = self.refusal() {
+            self.syncer.health().failed();
+            for (_, reply) in units {
+                let _ = reply.send(Err(err.clone()));
+            }
+            for (_, reply) in tasks {
+                let _ = reply.send(Err(err.clone()));
+            }
+            return;
+        }
+        if !units.is_empty() {
+            self.commit_units(units, jobs, &mut tasks);
+        }
+        for (task, reply) in tasks {
+            self.maintain(task, reply);
+        }
+    }
+
+    /// Commits `units`, and any queued while the syncer is still flushing, in one transaction.
+    /// Maintenance that arrives meanwhile is left in `tasks`.
+    fn commit_units(
+        &mut self,
+        mut units: Vec<(Box<CommitUnit>, Reply)>,
+        jobs: &mut mpsc::UnboundedReceiver<Job>,
+        tasks: &mut Vec<(Maintenance, Reply)>,
+    ) {
+        let health = self.syncer.health();
+        let tx = match self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+        {
+            Ok(tx) => tx,
+            Err(e) => {
+                health.failed();
+                let err = unavailable("begin")(e);
+                for (_, reply) in units {
+                    let _ = reply.send(Err(err.clone()));
+                }
+                return;
+            }
+        };
+        let mut answers: Answers = Vec::new();
+        let mut published: Vec<Writes> = Vec::new();
+        // Heads moved by earlier rounds of this transaction, over the committed ones.
+        let mut heads = self.heads.clone();
+        let mut fault = None;
+        loop {
+            let (batch, replies): (Vec<_>, Vec<_>) =
+                units.drain(..).map(|(unit, reply)| (*unit, reply)).unzip();
+            match round(&tx, &self.keys, &self.root, &self.cache, &heads, batch) {
+                Ok((outcomes, writes)) => {
+                    heads.extend(writes.heads.iter().map(|(t, h)| (t.clone(), h.clone())));
+                    answers.extend(replies.into_iter().zip(outcomes));
+                    published.push(writes);
+                }
+                Err(e) => {
+                    answers.extend(replies.into_iter().map(|r| (r, Err(e.clone()))));
+                    fault = Some(e);
+                }
+            }
+            // While the syncer is still flushing, a commit made now would wait for the next
+            // flush anyway: keep the transaction open for the work already queued, so that one
+            // commit writes each touched page once instead of once per round.
+            if fault.is_some() || answers.len() >= MAX_BATCH || !self.syncer.is_flushing() {
+                break;
+            }
+            let mut queued = Vec::new();
+            match jobs.try_recv() {
+                Ok(job) => {
+                    queued.push(job);
+                    take_queued(&mut queued, jobs, MAX_BATCH - answers.len());
+                }
+                Err(_) => break,
+            }
+            sort_jobs(queued, &mut units, tasks);
+            if units.is_empty() {
+                break;
+            }
+        }
+        self.batches.record(answers.len());
+        // A batch whose units were all refused writes nothing, so its commit proves nothing
+        // about the disk: only one that wrote counts as a success for readiness.
+        let wrote = published.iter().any(|w| !w.is_empty());
+        let committed = match fault {
+            Some(f) => {
+                drop(tx);
+                Err(f)
+            }
+            None => tx.commit().map_err(unavailable("commit")),
+        };
+        match committed {
+            Ok(()) => {
+                if wrote {
+                    health.succeeded();
+                }
+                self.heads = heads;
+                // Safe before the flush: see the ordering argument in `syncer`.
+                for writes in published {
+                    self.publish(writes);
+                }
+                self.syncer.submit(answers);
+            }
+            Err(err) => {
+                // Nothing of this batch was committed: refuse every unit.
+                health.failed();
+                for (reply, outcome) in answers {
+                    let _ = reply.send(outcome.and(Err(err.clone())));
+                }
+            }
+        }
+    }
+
+    /// Makes a committed batch's state visible to readers.
+    fn publish(&self, writes: Writes) {
+        for ((tenant, name), snapshot) in writes.snapshots {
+            self.cache.offer_secret(&tenant, &name, snapshot);
+        }
+        for (tenant, policy) in writes.stored_policies {
+            self.cache.offer_policy(&tenant, policy);
+        }
+        for (tenant, key) in writes.new_keys {
+            self.cache.put_data_key(&tenant, key);
+        }
+    }
+
+    /// Runs one maintenance task in a transaction of its own and answers it after the flush.
+    fn maintain(&mut self, task: Maintenance, reply: Reply) {
+        let outcome = self.run_task(task);
+        match outcome {
+            Ok(receipt) => {
+                self.syncer.health().succeeded();
+                self.syncer.submit(vec![(reply, Ok(receipt))]);
+            }
+            Err(e) => {
+                if e.kind == ErrorKind::Unavailable {
+                    self.syncer.health().failed();
+                }
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    fn run_task(&mut self, task: Maintenance) -> StoreResult<Receipt> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(unavailable("begin"))?;
+        match task {
+            Maintenance::PutToken {
+                token_hash,
+                role,
+                label,
+            } => {
+                tx.execute(
+                    "INSERT INTO tokens (token_hash, role, label) VALUES (?1, ?2, ?3)",
+                    (&token_hash[..], role.name(), label.as_str()),
+                )
+                .map_err(db_err)?;
+                tx.commit().map_err(unavailable("commit"))?;
+                Ok(receipt(0))
+            }
+            Maintenance::Prune {
+                idempotency_before_ms,
+                revocations_before_ms,
+            } => {
+                let records = tx
+                    .execute(
+                        "DELETE FROM idempotency WHERE created_at_ms < ?1",
+                        [to_db_saturating(idempotency_before_ms)],
+                    )
+                    .map_err(db_err)?;
+                let revocations = tx
+                    .execute(
+                        "DELETE FROM revoked_refs WHERE expires_at_ms < ?1",
+                        [to_db_saturating(revocations_before_ms)],
+                    )
+                    .map_err(db_err)?;
+                tx.commit().map_err(unavailable("commit"))?;
+                let pruned = records.saturating_add(revocations);
+                Ok(receipt(u64::try_from(pruned).unwrap_or(u64::MAX)))
+            }
+            Maintenance::RotateRoot { new_root } => {
+                let rewrapped = rotate_root(&tx, &self.root, &new_root)?;
+                // Readers must not meet keys wrapped under the new root while the store still
+                // holds the old one: they wait for the commit and the replacement together.
+                self.root.replace_if(*new_root, || {
+                    tx.commit().map_err(unavailable("commit"))?;
+                    self.cache.forget_data_keys();
+                    Ok(())
+                })?;
+                Ok(receipt(rewrapped))
+            }
+        }
+    }
+}
+
+/// One round of a batch: read, plan, write. An error faults the whole transaction.
+fn round(
+    conn: &Connection,
+    keys: &ServiceKeys,
+    root: &SharedRoot,
+    cache: &Cache,
+    heads: &HashMap<TenantId, Head>,
+    units: Vec<CommitUnit>,
+) -> StoreResult<(Vec<StoreResult<Receipt>>, Writes)> {
+    let needs = Needs::of(&units);
+    let committed = read_committed(conn, &needs, cache, heads, root)?;
+    let chained: std::collections::HashSet<TenantId> = committed.heads.keys().cloned().collect();
+    let decided = root.with(|root| {
+        plan(
+            keys,
+            root,
+            selene_kms_store::backend::now_ms(),
+            committed,
+            units,
+        )
+    });
+    // Rows for tenants whose first record this batch writes; a refused unit creates none.
+    let new_tenants: Vec<TenantId> = decided
+        .writes
+        .heads
+        .keys()
+        .filter(|t| !chained.contains(*t))
+        .cloned()
+        .collect();
+    write(conn, &decided.writes, &new_tenants)?;
+    Ok((decided.outcomes, decided.writes))
+}
+
+/// Splits jobs into commit units and maintenance tasks, keeping their order.
+fn sort_jobs(
+    jobs: Vec<Job>,
+    units: &mut Vec<(Box<CommitUnit>, Reply)>,
+    tasks: &mut Vec<(Maintenance, Reply)>,
+) {
+    for job in jobs {
+        match job {
+            Job::Commit { unit, reply } => units.push((unit, reply)),
+            Job::Maintenance { task, reply } => tasks.push((task, reply)),
+        }
+    }
+}
+
+fn receipt(audit_seq: u64) -> Receipt {
+    Receipt {
+        audit_seq,
+        bundle_json: None,
+        policy_version: None,
+    }
+}
+
+/// Rewrites every wrapped key under `new_root`; returns how many data keys.
+fn rotate_root(conn: &Connection, root: &SharedRoot, new_root: &RootKey) -> StoreResult<u64> {
+    let rows: Vec<(String, Vec<u8>)> = {
+        let mut stmt = conn
+            .prepare("SELECT tenant_id, wrapped_dek FROM tenants WHERE wrapped_dek IS NOT NULL")
+            .map_err(db_err)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(db_err)?;
+        rows.collect::<Result<_, _>>().map_err(db_err)?
+    };
+    let service: Vec<u8> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'service_secret'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(db_err)?;
+    let rewrapped = root.with(|old| rewrap_all(old, new_root, &service, rows))?;
+    for (tenant, wrapped) in &rewrapped.data_keys {
+        conn.execute(
+            "UPDATE tenants SET wrapped_dek = ?2 WHERE tenant_id = ?1",
+            (tenant.as_str(), wrapped),
+        )
+        .map_err(db_err)?;
+    }
+    conn.execute(
+        "UPDATE meta SET value = ?1 WHERE key = 'service_secret'",
+        [&rewrapped.service],
+    )
+    .map_err(db_err)?;
+    Ok(u64::try_from(rewrapped.data_keys.len()).unwrap_or(u64::MAX))
+}

@@ -1,0 +1,432 @@
+//! The embedded SQLite backend: the conformance suite, plus what only a file-backed store has
+//! (plaintext scan, fault injection, tampering with the file, reopen, crash safety).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use selene_kms_core::{AuditAction, ChainBreak, SecretKind};
+use selene_kms_store::conformance::*;
+use selene_kms_store::verify::verify_tenant;
+use selene_kms_store::{Change, CommitUnit, ErrorKind, RootKey, Store};
+use selene_kms_store_sqlite::{SqliteOptions, SqliteStore};
+
+fn open_at(path: &Path, root: [u8; 32], create: bool) -> Arc<dyn Store> {
+    let options = SqliteOptions {
+        path: path.to_path_buf(),
+        create,
+    };
+    Arc::new(SqliteStore::open(&options, RootKey::from_bytes(&root)).expect("store opens"))
+}
+
+fn fresh() -> (tempfile::TempDir, Arc<dyn Store>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_at(&dir.path().join("kms.db"), [1; 32], true);
+    (dir, store)
+}
+
+macro_rules! conformance {
+    ($($name:ident => $check:expr;)*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $name() {
+            let (_dir, store) = fresh();
+            ($check)(store).await;
+        }
+    )*};
+}
+
+conformance! {
+    conformance_lifecycle => lifecycle;
+    conformance_compare_and_set => compare_and_set;
+    conformance_revocation => revocation;
+    conformance_idempotency => idempotency;
+    conformance_audit_chain => audit_chain;
+    conformance_policies_and_tokens => policies_and_tokens;
+    conformance_concurrent_rotations => |s| concurrent_rotations(s, 64);
+    conformance_check_order_key_before_compare_and_set => check_order_key_before_compare_and_set;
+    conformance_units_of_one_batch_see_each_other => units_of_one_batch_see_each_other;
+    conformance_staged_material_is_used_once => staged_material_is_used_once;
+    conformance_concurrent_policy_changes_keep_the_last => concurrent_policy_changes_keep_the_last;
+}
+
+fn files_of(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .expect("read dir")
+        .map(|e| e.expect("entry").path())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_database_file_holds_a_canary_in_plaintext() {
+    let (dir, store) = fresh();
+    let t = tenant("acme");
+    for i in 0..20 {
+        create(
+            &*store,
+            &t,
+            &format!("canary/{i}"),
+            SecretKind::Imported,
+            Some(CANARY),
+        )
+        .await
+        .expect("create");
+    }
+    store
+        .commit(CommitUnit {
+            tenant: t.clone(),
+            change: Change::StageMaterial {
+                name: name("canary/0"),
+                material: selene_kms_core::SecretMaterial::from_slice(CANARY),
+            },
+            audit: record(&t, AuditAction::StageVersion),
+            idempotency: None,
+            bundle: None,
+        })
+        .await
+        .expect("stage");
+    // Scan while open (main, WAL and shm present), then again after close.
+    let hex = hex::encode(CANARY);
+    let mut store = Some(store);
+    for phase in ["open", "closed"] {
+        let files = files_of(dir.path());
+        if phase == "open" {
+            assert!(files.iter().any(|f| f.to_string_lossy().ends_with("-wal")));
+        }
+        for file in files {
+            let bytes = std::fs::read(&file).expect("read");
+            for needle in [CANARY, &CANARY[..12], hex.as_bytes()] {
+                assert!(
+                    !bytes.windows(needle.len()).any(|w| w == needle),
+                    "{phase}: {} holds the canary",
+                    file.display()
+                );
+            }
+        }
+        store.take();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_audit_write_refuses_the_commit_and_changes_nothing() {
+    let (dir, store) = fresh();
+    let t = tenant("acme");
+    create(&*store, &t, "k", SecretKind::Generated, None)
+        .await
+        .expect("create");
+    // Fault injection with SQLite itself: a trigger makes every audit insert fail.
+    let side = rusqlite::Connection::open(dir.path().join("kms.db")).expect("side connection");
+    side.execute_batch(
+        "CREATE TRIGGER fail_audit BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'injected'); END;",
+    )
+    .expect("trigger");
+    let refused = rotate_once(&*store, &t).await;
+    assert_eq!(refused.map_err(|e| e.kind), Err(ErrorKind::Unavailable));
+    let snap = snapshot(&*store, &t, "k").await;
+    assert_eq!(
+        (snap.state_version, snap.current_version()),
+        (1, 1),
+        "nothing changed"
+    );
+    side.execute_batch("DROP TRIGGER fail_audit;")
+        .expect("drop trigger");
+    // Recovery once the fault is gone.
+    rotate_once(&*store, &t)
+        .await
+        .expect("rotation after recovery");
+    assert_eq!(
+        verify_tenant(&*store, &t).await.expect("verify").broken,
+        None
+    );
+}
+
+async fn rotate_once(
+    store: &dyn Store,
+    t: &selene_kms_core::TenantId,
+) -> selene_kms_store::StoreResult<selene_kms_store::Receipt> {
+    let snap = snapshot(store, t, "k").await;
+    change(
+        store,
+        t,
+        "k",
+        snap.state_version,
+        selene_kms_core::StateChange::Rotate {
+            new_version: snap.current_version() + 1,
+            from_staged: false,
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampering_with_the_file_is_found_at_the_record_it_touched() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("kms.db");
+    let t = tenant("acme");
+    {
+        let store = open_at(&path, [1; 32], true);
+        create(&*store, &t, "k", SecretKind::Generated, None)
+            .await
+            .expect("create");
+        for _ in 0..9 {
+            rotate(&*store, &t, "k").await;
+        }
+    }
+    let side = rusqlite::Connection::open(&path).expect("side");
+    side.execute(
+        "UPDATE audit SET record = replace(record, '\"dry_run\":false', '\"dry_run\":true') WHERE seq = 4",
+        [],
+    )
+    .expect("alter");
+    let store = open_at(&path, [1; 32], false);
+    let report = verify_tenant(&*store, &t).await.expect("verify");
+    assert_eq!(report.broken, Some(ChainBreak::DigestMismatch { seq: 4 }));
+    drop(store);
+    side.execute("DELETE FROM audit WHERE seq = 4", [])
+        .expect("delete");
+    let store = open_at(&path, [1; 32], false);
+    let report = verify_tenant(&*store, &t).await.expect("verify");
+    assert_eq!(report.broken, Some(ChainBreak::Discontinuity { seq: 4 }));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_survives_reopen_and_a_wrong_root_key_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("kms.db");
+    let t = tenant("acme");
+    {
+        let store = open_at(&path, [1; 32], true);
+        create(&*store, &t, "k", SecretKind::Imported, Some(CANARY))
+            .await
+            .expect("create");
+    }
+    let wrong = SqliteStore::open(
+        &SqliteOptions {
+            path: path.clone(),
+            create: false,
+        },
+        RootKey::from_bytes(&[2; 32]),
+    );
+    assert_eq!(wrong.err().map(|e| e.kind), Some(ErrorKind::Corrupt));
+    let again = SqliteStore::open(
+        &SqliteOptions {
+            path: path.clone(),
+            create: true,
+        },
+        RootKey::from_bytes(&[1; 32]),
+    );
+    assert_eq!(
+        again.err().map(|e| e.kind),
+        Some(ErrorKind::AlreadyExists),
+        "initialising an initialised store is refused, not taken as an open"
+    );
+    let missing = SqliteStore::open(
+        &SqliteOptions {
+            path: dir.path().join("none.db"),
+            create: false,
+        },
+        RootKey::from_bytes(&[1; 32]),
+    );
+    assert_eq!(missing.err().map(|e| e.kind), Some(ErrorKind::NotFound));
+    let store = open_at(&path, [1; 32], false);
+    assert_eq!(
+        redeem(&*store, &t, "k", 1)
+            .await
+            .expect("material")
+            .expose(),
+        CANARY
+    );
+    // A second process (here: a second open) cannot take the same store.
+    let second = SqliteStore::open(
+        &SqliteOptions {
+            path: path.clone(),
+            create: false,
+        },
+        RootKey::from_bytes(&[1; 32]),
+    );
+    assert_eq!(second.err().map(|e| e.kind), Some(ErrorKind::Unavailable));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_key_rotation_rewraps_without_touching_material() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("kms.db");
+    let t = tenant("acme");
+    let sealed_before: Vec<u8>;
+    {
+        let store = SqliteStore::open(
+            &SqliteOptions {
+                path: path.clone(),
+                create: true,
+            },
+            RootKey::from_bytes(&[1; 32]),
+        )
+        .expect("open");
+        create(&store, &t, "k", SecretKind::Imported, Some(CANARY))
+            .await
+            .expect("create");
+        let side = rusqlite::Connection::open(&path).expect("side");
+        sealed_before = side
+            .query_row("SELECT sealed FROM versions", [], |r| r.get(0))
+            .expect("row");
+        assert_eq!(
+            store
+                .rotate_root_key(RootKey::from_bytes(&[9; 32]))
+                .await
+                .expect("rotate"),
+            1
+        );
+        assert_eq!(
+            redeem(&store, &t, "k", 1).await.expect("material").expose(),
+            CANARY
+        );
+        let sealed_after: Vec<u8> = side
+            .query_row("SELECT sealed FROM versions", [], |r| r.get(0))
+            .expect("row");
+        assert_eq!(sealed_before, sealed_after, "material rows untouched");
+    }
+    assert!(
+        SqliteStore::open(
+            &SqliteOptions {
+                path: path.clone(),
+                create: false
+            },
+            RootKey::from_bytes(&[1; 32])
+        )
+        .is_err()
+    );
+    let store = open_at(&path, [9; 32], false);
+    assert_eq!(
+        redeem(&*store, &t, "k", 1)
+            .await
+            .expect("material")
+            .expose(),
+        CANARY
+    );
+}
+
+const CHILD_ENV: &str = "SELENE_KMS_CRASH_CHILD_DB";
+
+/// Not a test on its own: the child process of `acknowledged_rotations_survive_kill_9`, which
+/// runs it with `--ignored`. It rotates one secret from eight tasks until killed, printing each
+/// acknowledged version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "child process of acknowledged_rotations_survive_kill_9"]
+async fn crash_child() {
+    let path = std::env::var_os(CHILD_ENV).expect("run by acknowledged_rotations_survive_kill_9");
+    // The first round initialises the store; it is killed only once that is done ("ready").
+    let path = Path::new(&path);
+    let store = open_at(path, [1; 32], !path.exists());
+    let t = tenant("acme");
+    let _ = create(&*store, &t, "k", SecretKind::Generated, None).await;
+    println!("ready");
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let store = store.clone();
+        let t = t.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let v = rotate(&*store, &t, "k").await;
+                println!("ack {v}");
+            }
+        }));
+    }
+    for task in tasks {
+        let _ = task.await;
+    }
+}
+
+#[test]
+fn acknowledged_rotations_survive_kill_9() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("kms.db");
+    let exe = std::env::current_exe().expect("test binary");
+    let mut acked: Vec<u64> = Vec::new();
+    for round in 0..5u64 {
+        let mut child = Command::new(&exe)
+            .args([
+                "crash_child",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_ENV, &path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("child starts");
+        let stdout = child.stdout.take().expect("stdout");
+        // The kill lands after a number of acknowledgements that differs from round to round,
+        // so it meets the writer at different points; counting, not a clock, decides when.
+        let kill_after = 5 + 7 * round;
+        let mut acked_this_round = 0;
+        let mut lines = BufReader::new(stdout).lines();
+        let mut ready = false;
+        while let Some(Ok(line)) = lines.next() {
+            if line.ends_with("ready") {
+                ready = true;
+            }
+            if let Some(v) = line.strip_prefix("ack ") {
+                acked.push(v.parse().expect("version"));
+                acked_this_round += 1;
+            }
+            if ready && acked_this_round >= kill_after {
+                break;
+            }
+        }
+        child.kill().expect("kill -9");
+        // Acknowledgements printed before the kill but not read yet are acknowledged too.
+        for line in lines.map_while(Result::ok) {
+            if let Some(v) = line.strip_prefix("ack ") {
+                acked.push(v.parse().expect("version"));
+            }
+        }
+        child.wait().expect("reaped");
+        assert!(ready, "round {round}: the child never became ready");
+        assert!(
+            acked_this_round >= kill_after,
+            "round {round}: the child stopped after {acked_this_round} acknowledgements"
+        );
+    }
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let store = open_at(&path, [1; 32], false);
+        let t = tenant("acme");
+        let snap = snapshot(&*store, &t, "k").await;
+        let max = *acked.iter().max().expect("some");
+        assert!(
+            snap.current_version() >= max,
+            "acknowledged version {max} lost"
+        );
+        let listing = store.list_secrets(&t).await.expect("list");
+        let versions: Vec<u64> = listing[0].versions.iter().map(|v| v.version).collect();
+        assert_eq!(
+            versions,
+            (1..=snap.current_version()).collect::<Vec<_>>(),
+            "no gaps"
+        );
+        for v in &acked {
+            assert!(versions.contains(v));
+        }
+        let report = verify_tenant(&*store, &t).await.expect("verify");
+        assert_eq!(report.broken, None);
+        assert!(report.records >= acked.len() as u64);
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_deleted_under_the_store_refuses_every_commit() {
+    let (dir, store) = fresh();
+    let t = tenant("acme");
+    create(&*store, &t, "k", SecretKind::Generated, None)
+        .await
+        .expect("create");
+    assert!(store.ready().await);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(dir.path().join(format!("kms.db{suffix}")));
+    }
+    let refused = rotate_once(&*store, &t).await;
+    assert_eq!(refused.map_err(|e| e.kind), Err(ErrorKind::Unavailable));
+    assert!(!store.ready().await, "readiness reports the loss");
+}
