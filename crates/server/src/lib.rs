@@ -15,8 +15,8 @@ mod tls;
 
 pub use auth::{AuthError, Authenticator, hash_token, new_token, provision_tokens};
 pub use engine::{
-    AdminError, Caller, DEFAULT_IDEMPOTENCY_RETENTION_MS, Engine, NewSecretRequest, Reply,
-    StageRequest, TtlRequest,
+    AdminError, Caller, CreatedSecret, DEFAULT_IDEMPOTENCY_RETENTION_MS, Engine, KmsAnswer,
+    NewSecretRequest, Redeemed, StageRequest, TtlRequest,
 };
 pub use http::{AppState, DEFAULT_BODY_LIMIT, router};
 pub use metrics::Metrics;
