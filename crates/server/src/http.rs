@@ -1,7 +1,11 @@
 //! The HTTP/JSON host: routes, authentication and roles, body limits, and uniform JSON errors.
 //!
-//! Handlers are thin: authenticate, read the clock once, call the engine, answer. Every error has
-//! a reason code; bodies are never logged.
+//! Handlers are thin: authenticate, read the clock once, parse the body into the core's
+//! validated type, call the engine's typed API, encode its answer. Bytes in and bytes out are this
+//! module's business (with [`bodies`]), never the engine's. Every error has a reason code; bodies
+//! are never logged.
+
+mod bodies;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,13 +18,15 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
-use selene_kms_core::{ReasonCode, TenantId};
+use selene_kms_core::redeem::RedeemRequest;
+use selene_kms_core::{KmsRequest, Operation, Policy, ReasonCode, TenantId};
 use selene_kms_store::Role;
 use serde::Deserialize;
 
 use crate::auth::{AuthError, Authenticator};
-use crate::engine::{Caller, Engine, Reply, admin_error};
+use crate::engine::{AdminError, Caller, Engine};
 use crate::metrics::{Metrics, RouteClass};
+use crate::now_ms;
 use crate::store_error::reason_for;
 
 /// Largest request body accepted (a KMS request is well under 4 KiB; imported material ≤ 8 KiB).
@@ -53,9 +59,17 @@ fn respond(status: u16, body: impl Into<Body>) -> Response {
     response
 }
 
-fn reply(state: &AppState, r: Reply) -> Response {
-    state.metrics.count(r.operation, r.reason);
-    respond(r.status, Bytes::from_owner(ArcBytes(r.body)))
+/// Counts the answer (by operation and reason code) and sends it with the reason's status, or
+/// with `status` when the route answers a success with another (201, 202).
+fn reply(
+    state: &AppState,
+    status: u16,
+    operation: Option<&'static str>,
+    reason: ReasonCode,
+    body: impl Into<Body>,
+) -> Response {
+    state.metrics.count(operation, reason);
+    respond(status, body)
 }
 
 /// Lets an `Arc<[u8]>` body be sent without a copy.
@@ -67,14 +81,32 @@ impl AsRef<[u8]> for ArcBytes {
     }
 }
 
+/// An error answered with an [`AdminError`] body.
 fn error(state: &AppState, operation: Option<&'static str>, reason: ReasonCode) -> Response {
-    let mut r = admin_error(reason);
-    r.operation = operation;
-    reply(state, r)
+    admin_reply(state, operation, Err(reason.into()))
 }
 
-fn now_ms() -> u64 {
-    selene_kms_store::now_ms()
+/// What an admin route answers: a success status and its body, or an error.
+type AdminOutcome = Result<(u16, Vec<u8>), AdminError>;
+
+fn admin_reply(
+    state: &AppState,
+    operation: Option<&'static str>,
+    outcome: AdminOutcome,
+) -> Response {
+    match outcome {
+        Ok((status, body)) => reply(state, status, operation, ReasonCode::OkMaterialIssue, body),
+        Err(e) => {
+            let reason = e.reason_code;
+            reply(
+                state,
+                reason.http_status(),
+                operation,
+                reason,
+                bodies::json(&e),
+            )
+        }
+    }
 }
 
 /// Authenticates and checks the role.
@@ -134,8 +166,24 @@ async fn kms_request(State(state): Shared, headers: HeaderMap, body: Body) -> Re
         Ok(b) => b,
         Err(r) => return r,
     };
-    let r = state.engine.kms_request(&caller, &bytes, now_ms()).await;
-    reply(&state, r.with_default_operation("UNPARSED"))
+    let answer = match KmsRequest::from_json(&bytes) {
+        Ok(req) => state.engine.kms(&caller, &req, now_ms()).await,
+        Err(rejected) => state.engine.kms_rejected(rejected, now_ms()).await,
+    };
+    // A bundle names its operation whenever the request got far enough to say it.
+    let operation = answer
+        .bundle()
+        .operation
+        .map_or("UNPARSED", Operation::name);
+    let reason = answer.reason();
+    let (_, bytes) = answer.into_parts();
+    reply(
+        &state,
+        reason.http_status(),
+        Some(operation),
+        reason,
+        Bytes::from_owner(ArcBytes(bytes)),
+    )
 }
 
 async fn redeem(State(state): Shared, headers: HeaderMap, body: Body) -> Response {
@@ -147,8 +195,24 @@ async fn redeem(State(state): Shared, headers: HeaderMap, body: Body) -> Respons
         Ok(b) => b,
         Err(r) => return r,
     };
-    let r = state.engine.redeem(&bytes, now_ms()).await;
-    reply(&state, r)
+    let outcome = match RedeemRequest::from_json(&bytes) {
+        Ok(req) => state.engine.redeem(&req, now_ms()).await,
+        Err(refusal) => Err(refusal),
+    };
+    match outcome {
+        Ok(redeemed) => reply(
+            &state,
+            200,
+            OP,
+            ReasonCode::OkMaterialIssue,
+            Bytes::from_owner(ArcBytes(bodies::redeemed(&redeemed))),
+        ),
+        Err(refusal) => {
+            let reason = refusal.reason;
+            let body = bodies::redeem_refusal(&refusal);
+            reply(&state, reason.http_status(), OP, reason, body)
+        }
+    }
 }
 
 const ADMIN: Option<&str> = Some("ADMIN");
@@ -181,12 +245,36 @@ async fn admin_write(
         Err(r) => return r,
     };
     let engine = &state.engine;
-    let r = match what {
-        AdminWrite::CreateSecret => engine.create_secret(&tenant, &bytes, now_ms()).await,
-        AdminWrite::Stage => engine.stage(&tenant, &bytes, now_ms()).await,
-        AdminWrite::PutPolicy => engine.put_policy(&tenant, &bytes, now_ms()).await,
+    let outcome: AdminOutcome = match what {
+        AdminWrite::CreateSecret => {
+            async {
+                let req = bodies::parse(&bytes)?;
+                let created = engine.create_secret(&tenant, req, now_ms()).await?;
+                Ok((201, bodies::created(&created)))
+            }
+            .await
+        }
+        AdminWrite::Stage => {
+            async {
+                let req = bodies::parse(&bytes)?;
+                engine.stage(&tenant, req, now_ms()).await?;
+                Ok((202, bodies::json(&serde_json::json!({"staged": true}))))
+            }
+            .await
+        }
+        AdminWrite::PutPolicy => {
+            async {
+                let policy = Policy::from_json(&bytes).map_err(|r| AdminError::from(r.reason))?;
+                let version = engine.put_policy(&tenant, &policy, now_ms()).await?;
+                Ok((
+                    200,
+                    bodies::json(&serde_json::json!({"policy_version": version})),
+                ))
+            }
+            .await
+        }
     };
-    reply(&state, r.with_default_operation("ADMIN"))
+    admin_reply(&state, ADMIN, outcome)
 }
 
 /// The admin routes that read a tenant's state.
@@ -209,11 +297,19 @@ async fn admin_read(
         Ok(t) => t,
         Err(r) => return r,
     };
-    let r = match what {
-        AdminRead::Secrets => state.engine.list_secrets(&tenant).await,
-        AdminRead::Policy => state.engine.get_policy(&tenant).await,
+    let outcome = match what {
+        AdminRead::Secrets => state
+            .engine
+            .list_secrets(&tenant)
+            .await
+            .map(|secrets| bodies::json(&serde_json::json!({ "secrets": secrets }))),
+        AdminRead::Policy => state
+            .engine
+            .get_policy(&tenant)
+            .await
+            .map(|doc| bodies::json(&doc)),
     };
-    reply(&state, r.with_default_operation("ADMIN"))
+    admin_reply(&state, ADMIN, outcome.map(|body| (200, body)))
 }
 
 /// `GET /v1/audit` query.
@@ -256,15 +352,21 @@ async fn audit(
         Ok(t) => t,
         Err(r) => return r,
     };
-    let r = state
+    let outcome = state
         .engine
         .audit_page(
             &tenant,
             q.after_seq.unwrap_or(0),
             q.limit.unwrap_or(crate::engine::DEFAULT_AUDIT_PAGE),
         )
-        .await;
-    reply(&state, r.with_default_operation("ADMIN"))
+        .await
+        .map(|records| {
+            (
+                200,
+                bodies::json(&serde_json::json!({ "records": records })),
+            )
+        });
+    admin_reply(&state, ADMIN, outcome)
 }
 
 /// `GET /v1/audit/export` query.
@@ -293,8 +395,12 @@ async fn audit_export(
         Ok(t) => t,
         Err(r) => return r,
     };
-    let r = state.engine.audit_export(tenant.as_ref(), now_ms()).await;
-    let mut response = reply(&state, r.with_default_operation("ADMIN"));
+    let outcome = state
+        .engine
+        .audit_export(tenant.as_ref(), now_ms())
+        .await
+        .map(|lines| (200, lines));
+    let mut response = admin_reply(&state, ADMIN, outcome);
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/x-ndjson"),
@@ -412,13 +518,4 @@ pub fn router(state: Arc<AppState>) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
-}
-
-impl Reply {
-    fn with_default_operation(mut self, op: &'static str) -> Self {
-        if self.operation.is_none() {
-            self.operation = Some(op);
-        }
-        self
-    }
 }

@@ -137,7 +137,7 @@ pub async fn serve(engine: Arc<Engine>, options: ServeOptions) -> std::io::Resul
         let mut tick = tokio::time::interval(Duration::from_secs(600));
         loop {
             tick.tick().await;
-            match pruned.prune(selene_kms_store::now_ms(), retention).await {
+            match pruned.prune(crate::now_ms(), retention).await {
                 Ok(n) if n > 0 => tracing::info!(removed = n, "pruned expired records"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(kind = ?e.kind, "pruning failed"),

@@ -11,11 +11,15 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use reqwest::StatusCode;
 use selene_kms_backends::{StoreLocation, open_store};
+use selene_kms_core::redeem::RedeemRequest;
 use selene_kms_core::{
-    AuditRecord, Checkpoint, MaterialGrant, PolicyDocument, RefId, SecretMaterial, SecretName,
-    SecretSnapshot, ServiceKeys, TenantId,
+    AuditRecord, Checkpoint, KmsRequest, MaterialGrant, Policy, PolicyDocument, ReasonCode, RefId,
+    Refusal, SecretMaterial, SecretName, SecretSnapshot, ServiceKeys, TenantId,
 };
-use selene_kms_server::{Caller, Engine, Reply, ServeOptions, provision_tokens, serve};
+use selene_kms_server::{
+    AdminError, Caller, Engine, KmsAnswer, NewSecretRequest, Redeemed, ServeOptions, StageRequest,
+    provision_tokens, serve,
+};
 use selene_kms_store::{
     BatchHistogram, Change, CommitUnit, ErrorKind, IdempotencyRecord, IdempotencyScope, Receipt,
     Role, RootKey, SecretListing, Store, StoreError, StoreResult, StoredPolicy,
@@ -156,7 +160,7 @@ struct Setup {
     store: Arc<Faulty>,
     engine: Arc<Engine>,
     tenant: TenantId,
-    handle: Value,
+    handle: String,
 }
 
 fn os() -> Caller {
@@ -174,18 +178,33 @@ fn request(op: &str, key: &str) -> Value {
     })
 }
 
-fn status_and_reason(r: &Reply) -> (u16, String) {
-    let body: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
-    assert_eq!(
-        body["reason_code"].as_str(),
-        Some(r.reason.name()),
-        "the body carries the reply's code"
-    );
-    (r.status, r.reason.name().to_owned())
+fn validated(request: &Value) -> KmsRequest {
+    KmsRequest::from_json(request.to_string().as_bytes()).expect("a valid request")
 }
 
-fn expect(r: &Reply, status: u16, reason: &str, what: &str) {
-    assert_eq!(status_and_reason(r), (status, reason.to_owned()), "{what}");
+/// An answer's code, once its bytes are seen to carry the same.
+fn kms_reason(a: &KmsAnswer) -> ReasonCode {
+    let body: Value = serde_json::from_slice(a.bytes()).unwrap_or(Value::Null);
+    assert_eq!(
+        body["reason_code"].as_str(),
+        Some(a.reason().name()),
+        "the bytes carry the answer's code"
+    );
+    a.reason()
+}
+
+fn redeem_reason(r: &Result<Redeemed, Refusal>) -> ReasonCode {
+    r.as_ref()
+        .map_or_else(|refusal| refusal.reason, |_| ReasonCode::OkMaterialIssue)
+}
+
+/// The code, and the status any host answers it with.
+fn expect(answered: ReasonCode, status: u16, reason: &str, what: &str) {
+    assert_eq!(
+        (answered.http_status(), answered.name()),
+        (status, reason),
+        "{what}"
+    );
 }
 
 impl Setup {
@@ -205,66 +224,64 @@ impl Setup {
                        "operations": ["GET_HANDLE", "ROTATE", "REVOKE"]}],
             "admins": ["u-admin"]
         });
-        let put = engine
-            .put_policy(&tenant, policy.to_string().as_bytes(), NOW)
-            .await;
-        assert_eq!(put.status, 200);
+        let policy: PolicyDocument = serde_json::from_value(policy).expect("document");
+        let policy = Policy::try_from(&policy).expect("policy");
+        engine.put_policy(&tenant, &policy, NOW).await.expect("put");
         // A generated secret rotates without staged material; an imported one takes staging.
-        for body in [
-            &br#"{"secret_name":"payments/stripe"}"#[..],
-            br#"{"secret_name":"imported/k","material_b64":"Y2FuYXJ5"}"#,
-        ] {
-            let created = engine.create_secret(&tenant, body, NOW).await;
-            assert_eq!(created.status, 201);
+        for (name, material) in [("payments/stripe", None), ("imported/k", Some("Y2FuYXJ5"))] {
+            let secret = NewSecretRequest {
+                secret_name: name.to_owned(),
+                material_b64: material.map(str::to_owned),
+                ephemeral_ttl_ms: None,
+                handle_ttl_ms: None,
+            };
+            engine
+                .create_secret(&tenant, secret, NOW)
+                .await
+                .expect("created");
         }
         let got = engine
-            .kms_request(
-                &os(),
-                request("GET_HANDLE", "h").to_string().as_bytes(),
-                NOW,
-            )
+            .kms(&os(), &validated(&request("GET_HANDLE", "h")), NOW)
             .await;
-        assert_eq!(got.status, 200);
-        let body: Value = serde_json::from_slice(&got.body).expect("bundle");
+        assert!(got.is_ok());
+        let handle = got.bundle().secret_handle.clone().expect("handle");
         Self {
             _dir: dir,
             store,
             engine,
             tenant,
-            handle: body["secret_handle"].clone(),
+            handle,
         }
     }
 
-    async fn get_handle(&self, key: &str) -> Reply {
-        let body = request("GET_HANDLE", key).to_string();
-        self.engine.kms_request(&os(), body.as_bytes(), NOW).await
+    async fn get_handle(&self, key: &str) -> ReasonCode {
+        let req = validated(&request("GET_HANDLE", key));
+        kms_reason(&self.engine.kms(&os(), &req, NOW).await)
     }
 
     /// A dry run, then its commit; the commit's answer.
-    async fn rotate(&self, key: &str) -> Reply {
-        let mut dry = request("ROTATE", &format!("{key}-plan"));
-        dry["dry_run"] = json!(true);
-        let plan = self
-            .engine
-            .kms_request(&os(), dry.to_string().as_bytes(), NOW)
-            .await;
-        assert_eq!(plan.status, 200, "dry run");
-        let plan: Value = serde_json::from_slice(&plan.body).expect("bundle");
-        let mut commit = request("ROTATE", key);
-        commit["simulation_id"] = plan["simulation_id"].clone();
-        self.engine
-            .kms_request(&os(), commit.to_string().as_bytes(), NOW)
-            .await
+    async fn rotate(&self, key: &str) -> ReasonCode {
+        let mut dry = validated(&request("ROTATE", &format!("{key}-plan")));
+        dry.dry_run = true;
+        let plan = self.engine.kms(&os(), &dry, NOW).await;
+        assert!(plan.is_ok(), "dry run");
+        let mut commit = validated(&request("ROTATE", key));
+        commit.simulation_id = plan.bundle().simulation_id.clone();
+        kms_reason(&self.engine.kms(&os(), &commit, NOW).await)
     }
 
-    async fn redeem(&self) -> Reply {
+    async fn redeem(&self) -> Result<Redeemed, Refusal> {
         let body = json!({"tenant_id": "acme", "secret_handle": self.handle}).to_string();
-        self.engine.redeem(body.as_bytes(), NOW).await
+        let req = RedeemRequest::from_json(body.as_bytes()).expect("a valid redemption");
+        self.engine.redeem(&req, NOW).await
     }
 
-    async fn stage(&self) -> Reply {
-        let body = br#"{"secret_name":"imported/k","material_b64":"bmV4dA=="}"#;
-        self.engine.stage(&self.tenant, body, NOW).await
+    async fn stage(&self) -> Result<(), AdminError> {
+        let req = StageRequest {
+            secret_name: "imported/k".to_owned(),
+            material_b64: "bmV4dA==".to_owned(),
+        };
+        self.engine.stage(&self.tenant, req, NOW).await
     }
 }
 
@@ -303,7 +320,7 @@ async fn kms_requests_answer_store_failures_by_the_one_mapping() {
         s.store.fail(call, kind, usize::MAX);
         let r = s.get_handle(&format!("get-{i}")).await;
         expect(
-            &r,
+            r,
             status,
             reason,
             &format!("GET_HANDLE, {call:?} fails {kind:?}"),
@@ -313,19 +330,19 @@ async fn kms_requests_answer_store_failures_by_the_one_mapping() {
     s.store
         .fail(Call::ChangeCommit, ErrorKind::NotFound, usize::MAX);
     let r = s.rotate("rotate-gone").await;
-    expect(&r, 404, "KMS_SECRET_NOT_FOUND", "ROTATE, secret gone");
+    expect(r, 404, "KMS_SECRET_NOT_FOUND", "ROTATE, secret gone");
     // A mutation that loses every race: was 409 KMS_IDEMPOTENCY_IN_FLIGHT, though no other
     // request held the key.
     s.store
         .fail(Call::ChangeCommit, ErrorKind::StateConflict, usize::MAX);
     let r = s.rotate("rotate-stale").await;
-    expect(&r, 409, "KMS_SIMULATION_STALE", "ROTATE, every commit lost");
+    expect(r, 409, "KMS_SIMULATION_STALE", "ROTATE, every commit lost");
     // One lost race is retried, and then succeeds.
     s.store
         .fail(Call::ChangeCommit, ErrorKind::StateConflict, 1);
     let r = s.rotate("rotate-once").await;
     expect(
-        &r,
+        r,
         200,
         "PH1_KMS_OK_MATERIAL_ISSUE",
         "ROTATE, one commit lost",
@@ -334,7 +351,7 @@ async fn kms_requests_answer_store_failures_by_the_one_mapping() {
     s.store.fail(Call::PlainCommit, ErrorKind::StateConflict, 1);
     let r = s.get_handle("get-after-race").await;
     expect(
-        &r,
+        r,
         200,
         "PH1_KMS_OK_MATERIAL_ISSUE",
         "GET_HANDLE, one audit commit lost",
@@ -395,17 +412,21 @@ async fn redemptions_answer_store_failures_by_the_one_mapping() {
         s.store.fail(call, kind, usize::MAX);
         let r = s.redeem().await;
         expect(
-            &r,
+            redeem_reason(&r),
             status,
             reason,
             &format!("redeem, {call:?} fails {kind:?}"),
         );
-        let body: Value = serde_json::from_slice(&r.body).expect("json");
-        assert_eq!(body["material_b64"], Value::Null, "nothing released");
+        assert!(r.is_err(), "nothing released");
     }
     s.store.heal();
     let r = s.redeem().await;
-    expect(&r, 200, "PH1_KMS_OK_MATERIAL_ISSUE", "redeem, healed");
+    expect(
+        redeem_reason(&r),
+        200,
+        "PH1_KMS_OK_MATERIAL_ISSUE",
+        "redeem, healed",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -423,11 +444,16 @@ async fn admin_calls_answer_store_failures_by_the_one_mapping() {
     ];
     for (kind, status, reason) in cases {
         s.store.fail(Call::ChangeCommit, kind, usize::MAX);
-        let r = s.stage().await;
-        expect(&r, status, reason, &format!("stage, commit fails {kind:?}"));
+        let r = s.stage().await.expect_err("refused");
+        expect(
+            r.reason_code,
+            status,
+            reason,
+            &format!("stage, commit fails {kind:?}"),
+        );
     }
     s.store.heal();
-    assert_eq!(s.stage().await.status, 202, "stage, healed");
+    assert_eq!(s.stage().await, Ok(()), "stage, healed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

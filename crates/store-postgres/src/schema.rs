@@ -129,15 +129,16 @@ pub(crate) async fn migrate(client: &mut Client) -> StoreResult<()> {
             format!("the database has schema version {current}, newer than this build ({newest})"),
         ));
     }
-    let applied_at = i64::try_from(selene_kms_store::backend::now_ms()).unwrap_or(i64::MAX);
     for (version, sql) in (1..)
         .zip(MIGRATIONS)
         .skip(usize::try_from(current).unwrap_or(0))
     {
         tx.batch_execute(sql).await.map_err(pg("migration"))?;
+        // The database's clock: when a migration ran is for the operator's record only.
         tx.execute(
-            "INSERT INTO schema_migrations (version, applied_at_ms) VALUES ($1, $2)",
-            &[&version, &applied_at],
+            "INSERT INTO schema_migrations (version, applied_at_ms)
+             VALUES ($1, (extract(epoch FROM clock_timestamp()) * 1000)::bigint)",
+            &[&version],
         )
         .await
         .map_err(pg("migration"))?;

@@ -129,15 +129,9 @@ impl Writer {
         let tx = client.transaction().await.map_err(pg("begin"))?;
         let needs = Needs::of(&units);
         let committed = read_committed(&tx, &needs, &self.root, &self.data_keys).await?;
-        let decided = self.root.with(|root| {
-            plan(
-                &self.keys,
-                root,
-                selene_kms_store::backend::now_ms(),
-                committed,
-                units,
-            )
-        });
+        let decided = self
+            .root
+            .with(|root| plan(&self.keys, root, committed, units));
         // A failed write refuses the batch as "cannot write now", unless it lost a race to
         // another node (serialization failure, deadlock), which the host runs again.
         write(&tx, &decided.writes)

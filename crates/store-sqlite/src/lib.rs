@@ -688,13 +688,11 @@ impl Drop for SqliteStore {
 mod tests {
     use std::time::Duration;
 
-    use selene_kms_core::{
-        AuditAction, KmsRequest, Policy, ReasonCode, RefKind, SecretKind, TtlBounds, evaluate,
-        issue, redeem, refs,
-    };
+    use selene_kms_core::{AuditAction, ReasonCode, SecretKind, TtlBounds};
 
     use super::*;
     use selene_kms_store::backend::{Change, CommitUnit, NewSecret};
+    use selene_kms_store::conformance::redeem;
 
     fn create(
         store: &Arc<SqliteStore>,
@@ -723,40 +721,6 @@ mod tests {
             };
             store.commit(unit).await.map(|r| r.audit_seq)
         })
-    }
-
-    /// The grant to read version 1 of `k`, obtained as a host must: a handle sealed by the
-    /// pipeline, opened and passed through redemption's checks.
-    async fn redeemed(store: &SqliteStore, tenant: &TenantId) -> MaterialGrant {
-        let keys = store.keys();
-        let name = SecretName::try_from("k").expect("name");
-        let snapshot = store
-            .secret(tenant, &name)
-            .await
-            .expect("read")
-            .expect("exists");
-        let request = KmsRequest::from_json(
-            serde_json::json!({
-                "correlation_id": "c", "turn_id": "t", "idempotency_key": "k",
-                "tenant_id": tenant.as_str(), "operation": "GET_HANDLE", "secret_name": "k",
-                "requester_engine_id": "E",
-            })
-            .to_string()
-            .as_bytes(),
-        )
-        .expect("request");
-        let policy = Policy::from_json(
-            br#"{"rules":[{"secret_names":["*"],"engines":["*"],"operations":["GET_HANDLE"]}]}"#,
-        )
-        .expect("policy");
-        let access = evaluate(&request, Some(&policy), Some(&snapshot), keys, 0).expect("allowed");
-        let handle = issue(access, Some(&snapshot), keys)
-            .expect("issued")
-            .bundle
-            .secret_handle
-            .expect("a handle");
-        let opened = refs::open_grant(keys, RefKind::Handle, tenant, &handle).expect("opens");
-        redeem::check(&opened, Some(&snapshot), false, 0).expect("redeemable")
     }
 
     /// Whether the writer has a write transaction open: a probe connection cannot take one.
@@ -838,9 +802,8 @@ mod tests {
         )
         .expect("opens under the new root");
         for tenant in ["first", "after"] {
-            let grant = redeemed(&reopened, &TenantId::try_from(tenant).expect("tenant")).await;
-            let material = reopened
-                .material(grant)
+            let tenant_id = TenantId::try_from(tenant).expect("tenant");
+            let material = redeem(&reopened, &tenant_id, "k", 1)
                 .await
                 .unwrap_or_else(|e| panic!("{tenant}: {}", e.message));
             assert_eq!(material.expose(), b"canary", "{tenant}");

@@ -162,12 +162,11 @@ pub(crate) fn migrate(conn: &mut Connection) -> StoreResult<()> {
     for (version, sql) in (1_i64..).zip(MIGRATIONS.iter()).skip(applied) {
         let tx = conn.transaction().map_err(unavailable)?;
         tx.execute_batch(sql).map_err(unavailable)?;
+        // The database's clock: when a migration ran is for the operator's record only.
         tx.execute(
-            "INSERT INTO schema_migrations (version, applied_at_ms) VALUES (?1, ?2)",
-            (
-                version,
-                selene_kms_store::backend::to_db_saturating(selene_kms_store::backend::now_ms()),
-            ),
+            "INSERT INTO schema_migrations (version, applied_at_ms)
+             VALUES (?1, CAST(strftime('%s', 'now') AS INTEGER) * 1000)",
+            [version],
         )
         .map_err(unavailable)?;
         tx.commit().map_err(unavailable)?;

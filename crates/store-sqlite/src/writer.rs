@@ -333,15 +333,7 @@ fn round(
     let needs = Needs::of(&units);
     let committed = read_committed(conn, &needs, cache, heads, root)?;
     let chained: std::collections::HashSet<TenantId> = committed.heads.keys().cloned().collect();
-    let decided = root.with(|root| {
-        plan(
-            keys,
-            root,
-            selene_kms_store::backend::now_ms(),
-            committed,
-            units,
-        )
-    });
+    let decided = root.with(|root| plan(keys, root, committed, units));
     // Rows for tenants whose first record this batch writes; a refused unit creates none.
     let new_tenants: Vec<TenantId> = decided
         .writes

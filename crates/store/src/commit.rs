@@ -283,12 +283,14 @@ pub struct Plan {
 struct Working<'a> {
     keys: &'a ServiceKeys,
     root: &'a RootKey,
-    now_ms: u64,
+    /// The time of the unit being applied, as its host read it (its audit record's): what new
+    /// rows are stamped with, so the store reads no clock.
+    at_ms: u64,
     committed: Committed,
     /// Secrets created or changed by this batch, in their latest state.
     secrets: HashMap<SecretKey, StoredSecret>,
-    /// Of those, the ones this batch created.
-    created: HashSet<SecretKey>,
+    /// Of those, the ones this batch created, with when.
+    created: HashMap<SecretKey, u64>,
     claimed: HashSet<IdempotencyScope>,
     writes: Writes,
 }
@@ -322,21 +324,21 @@ fn refused(kind: ErrorKind, message: &str) -> StoreError {
 ///    (`StateConflict`), an imported secret for staging (`Invalid`), a valid policy (`Invalid`);
 /// 5. the audit chain has room (`Invalid`).
 ///
-/// `now_ms` stamps new rows; `root` wraps new data keys.
+/// New rows are stamped with their unit's time (its audit record's `at_ms`); `root` wraps new
+/// data keys.
 pub fn plan(
     keys: &ServiceKeys,
     root: &RootKey,
-    now_ms: u64,
     committed: Committed,
     units: Vec<CommitUnit>,
 ) -> Plan {
     let mut working = Working {
         keys,
         root,
-        now_ms,
+        at_ms: 0,
         committed,
         secrets: HashMap::new(),
-        created: HashSet::new(),
+        created: HashMap::new(),
         claimed: HashSet::new(),
         writes: Writes::default(),
     };
@@ -356,6 +358,7 @@ impl Working<'_> {
             idempotency,
             bundle,
         } = unit;
+        self.at_ms = audit.at_ms;
         if let Some(idem) = &idempotency
             && idem.scope.tenant != tenant
         {
@@ -570,7 +573,7 @@ impl Working<'_> {
             name: name.clone(),
             version,
             sealed: dek.seal(tenant, name, Slot::Version(version), material)?,
-            created_at_ms: self.now_ms,
+            created_at_ms: self.at_ms,
         })
     }
 
@@ -718,7 +721,7 @@ impl Working<'_> {
                 created,
             } => {
                 if created {
-                    self.created.insert(key.clone());
+                    self.created.insert(key.clone(), self.at_ms);
                 }
                 self.writes.versions.extend(versions);
                 self.writes.revocations.extend(revocations);
@@ -736,7 +739,7 @@ impl Working<'_> {
         for (key, secret) in secrets {
             let snapshot = &secret.snapshot;
             let (tenant, name) = key.clone();
-            if self.created.contains(&key) {
+            if let Some(&created_at_ms) = self.created.get(&key) {
                 self.writes.secrets.push(SecretRow {
                     tenant,
                     name,
@@ -746,7 +749,7 @@ impl Working<'_> {
                     ttl: snapshot.ttl,
                     handle_ttl_ms: snapshot.handle_ttl_ms,
                     staged: secret.staged.clone(),
-                    created_at_ms: self.now_ms,
+                    created_at_ms,
                 });
             } else {
                 self.writes.secret_updates.push(SecretUpdate {

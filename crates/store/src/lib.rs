@@ -9,7 +9,6 @@
 #![forbid(unsafe_code)]
 
 mod chain;
-mod clock;
 mod codec;
 mod commit;
 mod envelope;
@@ -24,7 +23,6 @@ pub mod conformance;
 pub mod verify;
 
 pub use chain::CHECKPOINT_EVERY;
-pub use clock::now_ms;
 pub use envelope::{ROOT_KEY_ENV, RootKey, generate_material, random_key};
 pub use error::{ErrorKind, StoreError, StoreResult};
 pub use health::FAILING_FOR;
@@ -41,7 +39,6 @@ pub use store::Store;
 /// [`plan`](backend::plan), and writes the [`Writes`](backend::Writes) it decided.
 pub mod backend {
     pub use crate::chain::*;
-    pub use crate::clock::*;
     pub use crate::codec::*;
     pub use crate::commit::*;
     pub use crate::envelope::*;

@@ -69,7 +69,7 @@ pub(crate) fn fresh_key(prefix: &str) -> String {
         .map(|k| k[..8].to_vec())
         .unwrap_or_default();
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{prefix}-{}-{hex}", selene_kms_store::now_ms())
+    format!("{prefix}-{}-{hex}", selene_kms_server::now_ms())
 }
 
 #[cfg(test)]

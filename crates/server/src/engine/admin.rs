@@ -1,20 +1,19 @@
-//! Provisioning and audit reads (role `admin`). Every change is committed with its audit record.
-
-use std::sync::Arc;
+//! Provisioning and audit reads (role `admin`). Every change is committed with its audit record;
+//! every failure is an [`AdminError`].
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use selene_kms_core::material::MAX_MATERIAL_LEN;
 use selene_kms_core::state::DEFAULT_HANDLE_TTL_MS;
 use selene_kms_core::{
-    AuditAction, AuditRecord, Policy, ReasonCode, SecretKind, SecretMaterial, SecretName, TenantId,
-    TtlBounds, refs,
+    AuditAction, AuditRecord, Policy, PolicyDocument, ReasonCode, SecretKind, SecretMaterial,
+    SecretName, TenantId, TtlBounds, refs,
 };
-use selene_kms_store::{Change, CommitUnit, NewSecret, StoreError};
+use selene_kms_store::{Change, CommitUnit, NewSecret, SecretListing, StoreError};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::{Engine, Reply};
+use super::Engine;
 use crate::store_error::refusal_for;
 
 /// Most audit records one read returns.
@@ -60,8 +59,10 @@ pub struct StageRequest {
     pub material_b64: String,
 }
 
+// The doc comment below is the OpenAPI schema's description, so it stays as the wire sees it:
+// this is also the error of every admin call.
 /// An admin error body: `{"reason_code", "message"}`; the message is the registry's meaning.
-#[derive(Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AdminError {
     /// The reason code.
     pub reason_code: ReasonCode,
@@ -69,49 +70,55 @@ pub struct AdminError {
     pub message: String,
 }
 
-/// An admin error reply.
-pub(crate) fn admin_error(reason: ReasonCode) -> Reply {
-    let body = AdminError {
-        reason_code: reason,
-        message: reason.info().meaning.to_owned(),
-    };
-    Reply {
-        status: reason.http_status(),
-        reason,
-        operation: None,
-        body: serde_json::to_vec(&body).unwrap_or_default().into(),
+impl From<ReasonCode> for AdminError {
+    fn from(reason: ReasonCode) -> Self {
+        Self {
+            reason_code: reason,
+            message: reason.info().meaning.to_owned(),
+        }
     }
 }
 
-fn ok(status: u16, body: &impl Serialize) -> Reply {
-    Reply {
-        status,
-        reason: ReasonCode::OkMaterialIssue,
-        operation: None,
-        body: serde_json::to_vec(body).unwrap_or_default().into(),
+impl From<StoreError> for AdminError {
+    /// By the one mapping from store failures to reason codes.
+    fn from(e: StoreError) -> Self {
+        refusal_for(&e).into()
     }
 }
 
-fn from_store(e: &StoreError) -> Reply {
-    admin_error(refusal_for(e))
+impl std::fmt::Display for AdminError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.reason_code.name())
+    }
+}
+
+impl std::error::Error for AdminError {}
+
+/// A secret just created.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CreatedSecret {
+    /// Its opaque ref (what audit records and listings name it by).
+    pub secret_ref: String,
+    /// Its first version.
+    pub version: u64,
 }
 
 /// Decodes imported material and wipes the base64 text it came in.
-fn decode_material(b64: String) -> Result<SecretMaterial, Reply> {
+fn decode_material(b64: String) -> Result<SecretMaterial, AdminError> {
     let b64 = Zeroizing::new(b64);
     let bytes = Zeroizing::new(
         STANDARD
             .decode(b64.trim())
-            .map_err(|_| admin_error(ReasonCode::InputSchemaInvalid))?,
+            .map_err(|_| AdminError::from(ReasonCode::InputSchemaInvalid))?,
     );
     if bytes.is_empty() || bytes.len() > MAX_MATERIAL_LEN {
-        return Err(admin_error(ReasonCode::InputSchemaInvalid));
+        return Err(ReasonCode::InputSchemaInvalid.into());
     }
     Ok(SecretMaterial::from_slice(&bytes))
 }
 
-fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Reply> {
-    serde_json::from_slice(body).map_err(|_| admin_error(ReasonCode::InputSchemaInvalid))
+fn secret_name(raw: String) -> Result<SecretName, AdminError> {
+    SecretName::try_from(raw).map_err(|_| ReasonCode::InputSchemaInvalid.into())
 }
 
 fn audit(tenant: &TenantId, action: AuditAction, at_ms: u64) -> AuditRecord {
@@ -120,29 +127,25 @@ fn audit(tenant: &TenantId, action: AuditAction, at_ms: u64) -> AuditRecord {
 
 impl Engine {
     /// Creates a secret (generated, or imported from `material_b64`).
-    pub async fn create_secret(&self, tenant: &TenantId, body: &[u8], now_ms: u64) -> Reply {
-        let req: NewSecretRequest = match parse(body) {
-            Ok(r) => r,
-            Err(e) => return e,
-        };
-        let Ok(name) = SecretName::try_from(req.secret_name) else {
-            return admin_error(ReasonCode::InputSchemaInvalid);
-        };
+    pub async fn create_secret(
+        &self,
+        tenant: &TenantId,
+        req: NewSecretRequest,
+        now_ms: u64,
+    ) -> Result<CreatedSecret, AdminError> {
+        let name = secret_name(req.secret_name)?;
         let ttl = match req.ephemeral_ttl_ms {
             None => TtlBounds::DEFAULT,
-            Some(t) => match TtlBounds::new(t.min, t.max, t.default) {
-                Some(b) => b,
-                None => return admin_error(ReasonCode::InputSchemaInvalid),
-            },
+            Some(t) => TtlBounds::new(t.min, t.max, t.default)
+                .ok_or(AdminError::from(ReasonCode::InputSchemaInvalid))?,
         };
         let handle_ttl_ms = req.handle_ttl_ms.unwrap_or(DEFAULT_HANDLE_TTL_MS);
         if handle_ttl_ms == 0 || handle_ttl_ms > selene_kms_core::request::MAX_TTL_MS {
-            return admin_error(ReasonCode::InputSchemaInvalid);
+            return Err(ReasonCode::InputSchemaInvalid.into());
         }
-        let (kind, material) = match req.material_b64.map(decode_material) {
+        let (kind, material) = match req.material_b64.map(decode_material).transpose()? {
             None => (SecretKind::Generated, None),
-            Some(Ok(m)) => (SecretKind::Imported, Some(m)),
-            Some(Err(e)) => return e,
+            Some(m) => (SecretKind::Imported, Some(m)),
         };
         let secret_ref = refs::secret_ref(self.store.keys(), tenant, &name);
         let mut record = audit(tenant, AuditAction::CreateSecret, now_ms);
@@ -160,36 +163,30 @@ impl Engine {
             idempotency: None,
             bundle: None,
         };
-        match self.store.commit(unit).await {
-            Ok(_) => ok(
-                201,
-                &serde_json::json!({"secret_ref": secret_ref, "version": 1}),
-            ),
-            Err(e) => from_store(&e),
-        }
+        self.store.commit(unit).await?;
+        Ok(CreatedSecret {
+            secret_ref,
+            version: 1,
+        })
     }
 
     /// Lists a tenant's secrets: metadata only.
-    pub async fn list_secrets(&self, tenant: &TenantId) -> Reply {
-        match self.store.list_secrets(tenant).await {
-            Ok(secrets) => ok(200, &serde_json::json!({ "secrets": secrets })),
-            Err(e) => from_store(&e),
-        }
+    pub async fn list_secrets(&self, tenant: &TenantId) -> Result<Vec<SecretListing>, AdminError> {
+        self.store
+            .list_secrets(tenant)
+            .await
+            .map_err(AdminError::from)
     }
 
     /// Stages material for the next rotation of an imported secret.
-    pub async fn stage(&self, tenant: &TenantId, body: &[u8], now_ms: u64) -> Reply {
-        let req: StageRequest = match parse(body) {
-            Ok(r) => r,
-            Err(e) => return e,
-        };
-        let Ok(name) = SecretName::try_from(req.secret_name) else {
-            return admin_error(ReasonCode::InputSchemaInvalid);
-        };
-        let material = match decode_material(req.material_b64) {
-            Ok(m) => m,
-            Err(e) => return e,
-        };
+    pub async fn stage(
+        &self,
+        tenant: &TenantId,
+        req: StageRequest,
+        now_ms: u64,
+    ) -> Result<(), AdminError> {
+        let name = secret_name(req.secret_name)?;
+        let material = decode_material(req.material_b64)?;
         let mut record = audit(tenant, AuditAction::StageVersion, now_ms);
         record.secret_ref = Some(refs::secret_ref(self.store.keys(), tenant, &name));
         let unit = CommitUnit {
@@ -199,18 +196,19 @@ impl Engine {
             idempotency: None,
             bundle: None,
         };
-        match self.store.commit(unit).await {
-            Ok(_) => ok(202, &serde_json::json!({"staged": true})),
-            Err(e) => from_store(&e),
-        }
+        self.store.commit(unit).await?;
+        Ok(())
     }
 
-    /// Replaces a tenant's policy.
-    pub async fn put_policy(&self, tenant: &TenantId, body: &[u8], now_ms: u64) -> Reply {
-        let policy = match Policy::from_json(body) {
-            Ok(p) => p,
-            Err(refusal) => return admin_error(refusal.reason),
-        };
+    /// Replaces a tenant's policy; answers the new policy version. It takes the validated
+    /// [`Policy`] (see `Policy::try_from(&PolicyDocument)`), so a document that names no valid
+    /// engine or secret pattern never reaches the store.
+    pub async fn put_policy(
+        &self,
+        tenant: &TenantId,
+        policy: &Policy,
+        now_ms: u64,
+    ) -> Result<u64, AdminError> {
         let unit = CommitUnit {
             tenant: tenant.clone(),
             change: Change::PutPolicy(policy.document().clone()),
@@ -218,45 +216,48 @@ impl Engine {
             idempotency: None,
             bundle: None,
         };
-        match self.store.commit(unit).await {
-            Ok(r) => ok(
-                200,
-                &serde_json::json!({"policy_version": r.policy_version}),
-            ),
-            Err(e) => from_store(&e),
-        }
+        let receipt = self.store.commit(unit).await?;
+        // A store numbers every policy it writes; a receipt without a number is a store bug.
+        receipt.policy_version.ok_or_else(|| {
+            tracing::error!("a policy commit came back without a policy version");
+            ReasonCode::InternalPipelineError.into()
+        })
     }
 
-    /// A tenant's policy document.
-    pub async fn get_policy(&self, tenant: &TenantId) -> Reply {
+    /// A tenant's policy document (`KMS_POLICY_NOT_FOUND` when it has none).
+    pub async fn get_policy(&self, tenant: &TenantId) -> Result<PolicyDocument, AdminError> {
         match self.store.policy_document(tenant).await {
-            Ok(Some((doc, _))) => ok(200, &doc),
-            Ok(None) => admin_error(ReasonCode::PolicyNotFound),
-            Err(e) => from_store(&e),
+            Ok(Some((doc, _))) => Ok(doc),
+            Ok(None) => Err(ReasonCode::PolicyNotFound.into()),
+            Err(e) => Err(e.into()),
         }
     }
 
-    /// A page of a tenant's audit chain.
-    pub async fn audit_page(&self, tenant: &TenantId, after_seq: u64, limit: usize) -> Reply {
+    /// A page of a tenant's audit chain: records after `after_seq`, at most `limit` (clamped to
+    /// 1..=1000 so that one read stays bounded).
+    pub async fn audit_page(
+        &self,
+        tenant: &TenantId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<AuditRecord>, AdminError> {
         let limit = limit.clamp(1, MAX_AUDIT_PAGE);
-        match self.store.audit_records(tenant, after_seq, limit).await {
-            Ok(records) => ok(200, &serde_json::json!({ "records": records })),
-            Err(e) => from_store(&e),
-        }
+        self.store
+            .audit_records(tenant, after_seq, limit)
+            .await
+            .map_err(AdminError::from)
     }
 
-    /// The JSON Lines export of one tenant's chain (or all), with signed checkpoints.
-    pub async fn audit_export(&self, tenant: Option<&TenantId>, now_ms: u64) -> Reply {
+    /// The JSON Lines export of one tenant's chain (or all), with signed checkpoints. The
+    /// export is a file format that verifiers read line by line, so its typed form is its bytes.
+    pub async fn audit_export(
+        &self,
+        tenant: Option<&TenantId>,
+        now_ms: u64,
+    ) -> Result<Vec<u8>, AdminError> {
         let mut out = Vec::new();
-        match selene_kms_store::verify::export(&*self.store, tenant, now_ms, &mut out).await {
-            Ok(_) => Reply {
-                status: 200,
-                reason: ReasonCode::OkMaterialIssue,
-                operation: None,
-                body: Arc::from(out),
-            },
-            Err(e) => from_store(&e),
-        }
+        selene_kms_store::verify::export(&*self.store, tenant, now_ms, &mut out).await?;
+        Ok(out)
     }
 
     /// The audit checkpoints' public key (hex), safe to publish.

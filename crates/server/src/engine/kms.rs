@@ -1,9 +1,12 @@
-//! `POST /v1/kms/requests`: the seed's deterministic sequence, as DESIGN.md orders it.
+//! KMS requests: the seed's deterministic sequence, as DESIGN.md orders it.
 //!
 //! (2) schema → (3) enablement → (4) access evaluate → (5) idempotency → (6–8) material issue →
 //! (9) one atomic commit with the audit record. The first failure wins and is answered with a
 //! refusal bundle; every answer after step 2 is audited and stored under its idempotency key.
+//! Step 2 is the host's: it turns what it received into a [`KmsRequest`], or hands the
+//! [`RejectedRequest`] to [`Engine::kms_rejected`] so that the refusal is audited too.
 
+use std::fmt;
 use std::sync::Arc;
 
 use selene_kms_core::{
@@ -11,20 +14,88 @@ use selene_kms_core::{
     StateChange, evaluate, issue,
 };
 use selene_kms_store::{
-    Change, CommitUnit, ErrorKind, IdempotencyScope, IdempotencyWrite, StoreError,
+    Change, CommitUnit, ErrorKind, IdempotencyScope, IdempotencyWrite, Receipt, StoreError,
 };
 
-use super::{Caller, Engine, MAX_ATTEMPTS, Reply, op_name};
+use super::{Caller, Engine, MAX_ATTEMPTS};
 use crate::store_error::refusal_for;
 
-fn bare_refusal_bundle(req: &RequestContext, reason: ReasonCode) -> Arc<[u8]> {
-    let bundle = Refusal::bare(reason).into_bundle(req.operation, req.dry_run, req.max_diagnostics);
-    encode(&bundle)
+/// The answer to a KMS request: the bundle, and the exact bytes that answer it.
+///
+/// The bytes are what the store keeps under the idempotency key, so a retry of the same request
+/// gets the first answer again byte for byte, audit sequence number included; a host forwards
+/// them as they are rather than encoding the bundle again. The bundle is the same answer, typed,
+/// for an embedder that acts on it. Its `Debug` form is the bundle's (refs hidden) and the
+/// bytes' length: the bytes hold the refs in clear.
+pub struct KmsAnswer {
+    bundle: MaterialBundle,
+    bytes: Arc<[u8]>,
 }
 
-fn encode(bundle: &MaterialBundle) -> Arc<[u8]> {
-    // A bundle is plain data; serialization cannot fail.
-    serde_json::to_vec(bundle).unwrap_or_default().into()
+impl KmsAnswer {
+    /// An answer that was never stored: its bytes are the bundle's encoding.
+    fn encoded(bundle: MaterialBundle) -> Self {
+        // A bundle is plain data; serialization cannot fail.
+        let bytes = serde_json::to_vec(&bundle).unwrap_or_default().into();
+        Self { bundle, bytes }
+    }
+
+    /// An answer committed with its audit record: the store numbered it and kept its bytes.
+    fn committed(mut bundle: MaterialBundle, receipt: Receipt) -> Self {
+        bundle.audit_seq = Some(receipt.audit_seq);
+        match receipt.bundle_json {
+            Some(bytes) => Self { bundle, bytes },
+            None => Self::encoded(bundle),
+        }
+    }
+
+    /// A refusal with no diagnostic, for a request whose context is known.
+    fn bare_refusal(ctx: &RequestContext, reason: ReasonCode) -> Self {
+        Self::encoded(Refusal::bare(reason).into_bundle(
+            ctx.operation,
+            ctx.dry_run,
+            ctx.max_diagnostics,
+        ))
+    }
+
+    /// A store failure, answered by the one mapping.
+    fn store_failure(ctx: &RequestContext, e: &StoreError) -> Self {
+        Self::bare_refusal(ctx, refusal_for(e))
+    }
+
+    /// The bundle.
+    pub fn bundle(&self) -> &MaterialBundle {
+        &self.bundle
+    }
+
+    /// The bundle's JSON, byte for byte as first answered.
+    pub fn bytes(&self) -> &Arc<[u8]> {
+        &self.bytes
+    }
+
+    /// The reason code (the bundle's).
+    pub fn reason(&self) -> ReasonCode {
+        self.bundle.reason_code
+    }
+
+    /// Whether the OS may forward the bundle's outputs.
+    pub fn is_ok(&self) -> bool {
+        self.bundle.is_ok()
+    }
+
+    /// The bundle and its bytes.
+    pub fn into_parts(self) -> (MaterialBundle, Arc<[u8]>) {
+        (self.bundle, self.bytes)
+    }
+}
+
+impl fmt::Debug for KmsAnswer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KmsAnswer")
+            .field("bundle", &self.bundle)
+            .field("bytes_len", &self.bytes.len())
+            .finish()
+    }
 }
 
 fn stored_reason(bundle: &[u8]) -> Option<ReasonCode> {
@@ -37,41 +108,27 @@ fn stored_reason(bundle: &[u8]) -> Option<ReasonCode> {
         .map(|r| r.reason_code)
 }
 
-fn store_failure(ctx: &RequestContext, e: &StoreError) -> Reply {
-    let reason = refusal_for(e);
-    Reply::json(
-        reason,
-        op_name(ctx.operation),
-        bare_refusal_bundle(ctx, reason),
-    )
-}
-
 impl Engine {
-    /// Runs one KMS request for an authenticated `os` caller.
-    pub async fn kms_request(&self, caller: &Caller, body: &[u8], now_ms: u64) -> Reply {
-        match KmsRequest::from_json(body) {
-            Ok(req) => self.run(caller, &req, now_ms).await,
-            Err(rejected) => self.reject(rejected, now_ms).await,
-        }
-    }
-
-    /// Step 2 failed: refuse; audit when the tenant is known, never store under a key.
-    async fn reject(&self, rejected: RejectedRequest, now_ms: u64) -> Reply {
+    /// Answers a request that failed validation (step 2): the refusal bundle, audited when the
+    /// tenant is known, never stored under a key (an unvalidated key names nothing). A host
+    /// hands every rejection here rather than answering it itself, so none goes unaudited.
+    pub async fn kms_rejected(&self, rejected: RejectedRequest, now_ms: u64) -> KmsAnswer {
         let RejectedRequest { context, refusal } = rejected;
-        let reason = refusal.reason;
         let mut bundle =
             refusal.into_bundle(context.operation, context.dry_run, context.max_diagnostics);
         if let Some(tenant) = &context.tenant_id {
             let audit = AuditRecord::for_request(tenant, &context, &bundle, now_ms, false);
             match self.audit_only(tenant, audit).await {
                 Ok(seq) => bundle.audit_seq = Some(seq),
-                Err(e) => return store_failure(&context, &e),
+                Err(e) => return KmsAnswer::store_failure(&context, &e),
             }
         }
-        Reply::json(reason, op_name(context.operation), encode(&bundle))
+        KmsAnswer::encoded(bundle)
     }
 
-    async fn run(&self, caller: &Caller, req: &KmsRequest, now_ms: u64) -> Reply {
+    /// Runs one validated KMS request for an authenticated `os` caller. The caller's id scopes
+    /// the idempotency key, so two callers never see each other's stored answers.
+    pub async fn kms(&self, caller: &Caller, req: &KmsRequest, now_ms: u64) -> KmsAnswer {
         let ctx = req.context();
         let scope = IdempotencyScope {
             tenant: req.tenant_id.clone(),
@@ -85,11 +142,11 @@ impl Engine {
         loop {
             let policy = match self.store.policy(&req.tenant_id).await {
                 Ok(p) => p,
-                Err(e) => return store_failure(&ctx, &e),
+                Err(e) => return KmsAnswer::store_failure(&ctx, &e),
             };
             let secret = match self.store.secret(&req.tenant_id, &req.secret_name).await {
                 Ok(s) => s,
-                Err(e) => return store_failure(&ctx, &e),
+                Err(e) => return KmsAnswer::store_failure(&ctx, &e),
             };
             // (3) enablement and (4) access.
             let grant = match evaluate(
@@ -144,7 +201,7 @@ impl Engine {
             };
             let audit =
                 AuditRecord::for_request(&req.tenant_id, &ctx, &issued.bundle, now_ms, false);
-            let reason = issued.bundle.reason_code;
+            let answered = issued.bundle.clone();
             let unit = CommitUnit {
                 tenant: req.tenant_id.clone(),
                 change,
@@ -156,19 +213,14 @@ impl Engine {
                 bundle: Some(issued.bundle),
             };
             match self.store.commit(unit).await {
-                Ok(receipt) => {
-                    let body = receipt
-                        .bundle_json
-                        .unwrap_or_else(|| Arc::from(&b"null"[..]));
-                    return Reply::json(reason, Some(req.operation.name()), body);
-                }
+                Ok(receipt) => return KmsAnswer::committed(answered, receipt),
                 // Lost a race: re-read and run again (replay, stale simulation, or success).
                 Err(e) if attempt < MAX_ATTEMPTS && e.kind == ErrorKind::IdempotencyTaken => {
                     check_key = true;
                 }
                 Err(e) if attempt < MAX_ATTEMPTS && e.kind == ErrorKind::StateConflict => {}
                 // Out of attempts, the lost race is answered like any other store failure.
-                Err(e) => return store_failure(&ctx, &e),
+                Err(e) => return KmsAnswer::store_failure(&ctx, &e),
             }
             attempt += 1;
         }
@@ -182,9 +234,9 @@ impl Engine {
         scope: &IdempotencyScope,
         fingerprint: [u8; 32],
         now_ms: u64,
-    ) -> Option<Reply> {
+    ) -> Option<KmsAnswer> {
         match self.store.idempotency(scope).await {
-            Err(e) => Some(store_failure(&req.context(), &e)),
+            Err(e) => Some(KmsAnswer::store_failure(&req.context(), &e)),
             Ok(Some(record)) if record.fingerprint == fingerprint => {
                 Some(self.replay(req, record.bundle_json, now_ms).await)
             }
@@ -208,9 +260,8 @@ impl Engine {
         fingerprint: [u8; 32],
         refusal: Refusal,
         now_ms: u64,
-    ) -> Reply {
+    ) -> KmsAnswer {
         let ctx = req.context();
-        let reason = refusal.reason;
         let bundle = refusal.into_bundle(Some(req.operation), req.dry_run, req.max_diagnostics);
         let unit = |idempotency| CommitUnit {
             tenant: req.tenant_id.clone(),
@@ -234,45 +285,56 @@ impl Engine {
             other => other,
         };
         match receipt {
-            Ok(r) => Reply::json(
-                reason,
-                Some(req.operation.name()),
-                r.bundle_json.unwrap_or_else(|| encode(&bundle)),
-            ),
-            Err(e) => store_failure(&ctx, &e),
+            Ok(r) => KmsAnswer::committed(bundle, r),
+            Err(e) => KmsAnswer::store_failure(&ctx, &e),
         }
     }
 
     /// A refusal that must not take the key (it is already taken): audited only.
-    async fn refuse_unstored(&self, req: &KmsRequest, refusal: Refusal, now_ms: u64) -> Reply {
+    async fn refuse_unstored(&self, req: &KmsRequest, refusal: Refusal, now_ms: u64) -> KmsAnswer {
         let ctx = req.context();
-        let reason = refusal.reason;
         let mut bundle = refusal.into_bundle(Some(req.operation), req.dry_run, req.max_diagnostics);
         let audit = AuditRecord::for_request(&req.tenant_id, &ctx, &bundle, now_ms, false);
         match self.audit_only(&req.tenant_id, audit).await {
             Ok(seq) => {
                 bundle.audit_seq = Some(seq);
-                Reply::json(reason, Some(req.operation.name()), encode(&bundle))
+                KmsAnswer::encoded(bundle)
             }
-            Err(e) => store_failure(&ctx, &e),
+            Err(e) => KmsAnswer::store_failure(&ctx, &e),
         }
     }
 
     /// The same request again: the stored answer, byte for byte, and a replay record.
-    async fn replay(&self, req: &KmsRequest, stored: Arc<[u8]>, now_ms: u64) -> Reply {
+    async fn replay(&self, req: &KmsRequest, stored: Arc<[u8]>, now_ms: u64) -> KmsAnswer {
         let ctx = req.context();
         let Ok(bundle) = serde_json::from_slice::<MaterialBundle>(&stored) else {
             tracing::error!("a stored idempotent answer does not parse");
-            return Reply::json(
-                ReasonCode::InternalPipelineError,
-                Some(req.operation.name()),
-                bare_refusal_bundle(&ctx, ReasonCode::InternalPipelineError),
-            );
+            return KmsAnswer::bare_refusal(&ctx, ReasonCode::InternalPipelineError);
         };
         let audit = AuditRecord::for_request(&req.tenant_id, &ctx, &bundle, now_ms, true);
         if let Err(e) = self.audit_only(&req.tenant_id, audit).await {
-            return store_failure(&ctx, &e);
+            return KmsAnswer::store_failure(&ctx, &e);
         }
-        Reply::json(bundle.reason_code, Some(req.operation.name()), stored)
+        KmsAnswer {
+            bundle,
+            bytes: stored,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_gives_the_bytes_by_their_length_and_hides_the_handle() {
+        let mut bundle =
+            MaterialBundle::refusal(ReasonCode::OkMaterialIssue, Vec::new(), None, false);
+        bundle.secret_handle = Some("ksh1_handle-bytes".to_owned());
+        let answer = KmsAnswer::encoded(bundle);
+        let shown = format!("{answer:?}");
+        assert!(!shown.contains("handle-bytes"), "{shown}");
+        let len = answer.bytes().len();
+        assert!(shown.contains(&format!("bytes_len: {len}")), "{shown}");
     }
 }

@@ -1,9 +1,11 @@
 //! The engine: the host side of PH1.KMS as a library, everything but HTTP and authentication.
 //!
 //! Selene OS can embed it in-process over the embedded store; the HTTP server is one thin host of
-//! it. Each call reads the clock once (the caller passes `now_ms`), runs the seed's deterministic
-//! sequence with the core, commits the outcome with its audit record in one unit, and answers with
-//! a status, a reason code and a JSON body. Nothing material leaves unless the bundle is `OK`.
+//! it. Requests come in as the core's validated types and answers go out typed, so an embedder
+//! never builds or parses JSON, and bytes on the wire stay the HTTP host's business. Each call
+//! takes the clock reading as `now_ms`, runs the seed's deterministic sequence with the core and
+//! commits the outcome with its audit record in one unit. Nothing material leaves unless the
+//! bundle is `OK`.
 
 mod admin;
 mod kms;
@@ -11,15 +13,17 @@ mod redeem;
 
 use std::sync::Arc;
 
-use selene_kms_core::{AuditRecord, Operation, ReasonCode, TenantId};
+use selene_kms_core::{AuditRecord, TenantId};
 use selene_kms_store::{
     BatchHistogram, Change, CommitUnit, ErrorKind, Receipt, Role, Store, StoreResult,
 };
 
 use crate::auth::Authenticator;
 
-pub use admin::{AdminError, NewSecretRequest, StageRequest, TtlRequest};
-pub(crate) use admin::{DEFAULT_AUDIT_PAGE, admin_error};
+pub(crate) use admin::DEFAULT_AUDIT_PAGE;
+pub use admin::{AdminError, CreatedSecret, NewSecretRequest, StageRequest, TtlRequest};
+pub use kms::KmsAnswer;
+pub use redeem::Redeemed;
 
 /// Commits lost to a concurrent change are tried this many times in all (a retry re-reads the
 /// state, so a stale simulation then fails closed with `KMS_SIMULATION_STALE`).
@@ -35,42 +39,6 @@ pub struct Caller {
     pub role: Role,
     /// A stable, non-secret id of its credential (scopes idempotency keys).
     pub id: String,
-}
-
-/// An answer: HTTP-style status, reason code, JSON body. Its `Debug` form gives the body's
-/// length, not the body, which may hold a handle or material.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Reply {
-    /// The status a host should answer with.
-    pub status: u16,
-    /// The reason code (for metrics and logs).
-    pub reason: ReasonCode,
-    /// The operation, when known (for metrics).
-    pub operation: Option<&'static str>,
-    /// The JSON body.
-    pub body: Arc<[u8]>,
-}
-
-impl std::fmt::Debug for Reply {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Reply")
-            .field("status", &self.status)
-            .field("reason", &self.reason)
-            .field("operation", &self.operation)
-            .field("body_len", &self.body.len())
-            .finish()
-    }
-}
-
-impl Reply {
-    fn json(reason: ReasonCode, operation: Option<&'static str>, body: Arc<[u8]>) -> Self {
-        Self {
-            status: reason.http_status(),
-            reason,
-            operation,
-            body,
-        }
-    }
 }
 
 /// The engine over one store.
@@ -140,26 +108,5 @@ impl Engine {
                 outcome => return outcome,
             }
         }
-    }
-}
-
-fn op_name(op: Option<Operation>) -> Option<&'static str> {
-    op.map(Operation::name)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn debug_gives_the_body_by_its_length() {
-        let reply = Reply::json(
-            ReasonCode::OkMaterialIssue,
-            Some("GET_HANDLE"),
-            Arc::from(&br#"{"secret_handle":"ksh1_handle-bytes"}"#[..]),
-        );
-        let shown = format!("{reply:?}");
-        assert!(!shown.contains("handle-bytes"), "{shown}");
-        assert!(shown.contains("body_len: 37"), "{shown}");
     }
 }

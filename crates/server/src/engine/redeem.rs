@@ -1,65 +1,41 @@
-//! `POST /v1/material/redeem`: the one path on which a secret value leaves, to an executor.
+//! Redemption: the one path on which a secret value leaves, to an executor.
 //!
 //! The redemption is audited (refs only) *before* the value is released: if the record cannot be
 //! written, nothing is released.
 
-use std::sync::Arc;
-
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
 use selene_kms_core::redeem::{self, RedeemRequest};
 use selene_kms_core::{
     AuditAction, AuditRecord, OpenedGrant, ReasonCode, RefKind, Refusal, SecretMaterial, TenantId,
 };
-use zeroize::Zeroizing;
 
-use super::{Engine, Reply};
+use selene_kms_store::StoreError;
+
+use super::Engine;
 use crate::store_error::refusal_for;
 
-const OP: Option<&str> = Some("REDEEM");
-
-fn refusal_body(refusal: &Refusal) -> Arc<[u8]> {
-    let body = serde_json::json!({
-        "validation_status": "FAIL",
-        "reason_code": refusal.reason,
-        "diagnostics": refusal.diagnostics,
-        "material_b64": null,
-        "version": null,
-        "expires_at_ms": null,
-    });
-    serde_json::to_vec(&body).unwrap_or_default().into()
+/// What a redemption releases: the material and what bounds its use.
+///
+/// Like [`SecretMaterial`] it is neither `Debug`, `Serialize` nor `Clone`, so nothing but a
+/// deliberate [`SecretMaterial::expose`] carries the value on; the material is zeroized when
+/// dropped.
+pub struct Redeemed {
+    /// The value: the version's material for a handle, a derived value for a credential.
+    pub material: SecretMaterial,
+    /// The version the ref is bound to.
+    pub version: u64,
+    /// When the ref expires, in ms since the epoch.
+    pub expires_at_ms: u64,
 }
 
-fn refused(refusal: Refusal) -> Reply {
-    Reply {
-        status: refusal.reason.http_status(),
-        reason: refusal.reason,
-        operation: OP,
-        body: refusal_body(&refusal),
-    }
-}
-
-/// Builds the redemption answer. The base64 text lives in zeroizing buffers until it is handed
-/// to the transport.
-fn material_body(material: &SecretMaterial, version: u64, expires_at_ms: u64) -> Arc<[u8]> {
-    let encoded = Zeroizing::new(STANDARD.encode(material.expose()));
-    let mut out = Zeroizing::new(Vec::with_capacity(encoded.len() + 96));
-    out.extend_from_slice(b"{\"validation_status\":\"OK\",\"reason_code\":\"PH1_KMS_OK_MATERIAL_ISSUE\",\"material_b64\":\"");
-    out.extend_from_slice(encoded.as_bytes());
-    out.extend_from_slice(
-        format!("\",\"version\":{version},\"expires_at_ms\":{expires_at_ms}}}").as_bytes(),
-    );
-    Arc::from(&out[..])
+/// A store failure, refused by the one mapping.
+fn store_refusal(e: StoreError) -> Refusal {
+    Refusal::bare(refusal_for(&e))
 }
 
 impl Engine {
     /// Redeems a handle or credential for its material (executor callers only; the host checks
-    /// the role).
-    pub async fn redeem(&self, body: &[u8], now_ms: u64) -> Reply {
-        let req = match RedeemRequest::from_json(body) {
-            Ok(r) => r,
-            Err(refusal) => return refused(refusal),
-        };
+    /// the role). A refusal carries its reason code and diagnostics, never the ref.
+    pub async fn redeem(&self, req: &RedeemRequest, now_ms: u64) -> Result<Redeemed, Refusal> {
         let keys = self.store.keys().clone();
         let opened = match req.open(&keys) {
             Ok(o) => o,
@@ -70,14 +46,16 @@ impl Engine {
             }
         };
         let claims = opened.claims();
-        let secret = match self.store.secret(&req.tenant_id, &claims.secret_name).await {
-            Ok(s) => s,
-            Err(e) => return refused(Refusal::bare(refusal_for(&e))),
-        };
-        let revoked = match self.store.is_revoked(&req.tenant_id, opened.id()).await {
-            Ok(r) => r,
-            Err(e) => return refused(Refusal::bare(refusal_for(&e))),
-        };
+        let secret = self
+            .store
+            .secret(&req.tenant_id, &claims.secret_name)
+            .await
+            .map_err(store_refusal)?;
+        let revoked = self
+            .store
+            .is_revoked(&req.tenant_id, opened.id())
+            .await
+            .map_err(store_refusal)?;
         let grant = match redeem::check(&opened, secret.as_deref(), revoked, now_ms) {
             Ok(grant) => grant,
             Err(refusal) => {
@@ -86,10 +64,7 @@ impl Engine {
                     .await;
             }
         };
-        let material = match self.store.material(grant).await {
-            Ok(m) => m,
-            Err(e) => return refused(Refusal::bare(refusal_for(&e))),
-        };
+        let material = self.store.material(grant).await.map_err(store_refusal)?;
         let material = match req.kind {
             RefKind::Credential => material.derive_ephemeral(opened.id()),
             _ => material,
@@ -103,15 +78,14 @@ impl Engine {
             secret.as_deref().map(|s| s.secret_ref.clone()),
         );
         // Not audited, not released.
-        if let Err(e) = self.audit_only(&req.tenant_id, audit).await {
-            return refused(Refusal::bare(refusal_for(&e)));
-        }
-        Reply {
-            status: 200,
-            reason: ReasonCode::OkMaterialIssue,
-            operation: OP,
-            body: material_body(&material, claims.version, claims.expires_at_ms),
-        }
+        self.audit_only(&req.tenant_id, audit)
+            .await
+            .map_err(store_refusal)?;
+        Ok(Redeemed {
+            material,
+            version: claims.version,
+            expires_at_ms: claims.expires_at_ms,
+        })
     }
 
     async fn audited_refusal(
@@ -121,12 +95,12 @@ impl Engine {
         kind: RefKind,
         refusal: Refusal,
         now_ms: u64,
-    ) -> Reply {
+    ) -> Result<Redeemed, Refusal> {
         let audit = record(tenant, opened, kind, refusal.reason, now_ms, None);
-        if let Err(e) = self.audit_only(tenant, audit).await {
-            return refused(Refusal::bare(refusal_for(&e)));
-        }
-        refused(refusal)
+        self.audit_only(tenant, audit)
+            .await
+            .map_err(store_refusal)?;
+        Err(refusal)
     }
 }
 

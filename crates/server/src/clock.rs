@@ -1,4 +1,5 @@
-//! The wall clock, read in one place.
+//! The host's wall clock, read once per request and passed down: the core and the store read
+//! none, so a decision depends only on its inputs.
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
 pub fn now_ms() -> u64 {
