@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use selene_kms_backends::{StoreLocation, open_store};
 use selene_kms_core::{
-    AuditAction, AuditRecord, ReasonCode, SecretKind, SecretName, StateChange, TenantId, TtlBounds,
+    AuditAction, AuditRecord, ReasonCode, SecretKind, SecretMaterial, SecretName, StateChange,
+    TenantId, TtlBounds,
 };
 use selene_kms_store::{Change, CommitUnit, ErrorKind, NewSecret, RootKey, Store};
 
@@ -37,6 +38,8 @@ async fn rotate(store: &dyn Store, t: &TenantId, n: &SecretName) -> bool {
                     new_version: snap.current_version() + 1,
                     from_staged: false,
                 },
+                // The host draws a rotation's material; its cost is not the store's.
+                material: Some(SecretMaterial::from_slice(&[7; 32])),
             },
             audit: AuditRecord::for_action(t, AuditAction::Rotate, ReasonCode::OkMaterialIssue, 0),
             idempotency: None,
@@ -87,7 +90,7 @@ async fn run(store: Arc<dyn Store>, writers: usize, hot: bool, secs: u64) -> (f6
                 change: Change::CreateSecret(NewSecret {
                     name: name(i),
                     kind: SecretKind::Generated,
-                    material: None,
+                    material: SecretMaterial::from_slice(&[7; 32]),
                     ttl: TtlBounds::DEFAULT,
                     handle_ttl_ms: 3_600_000,
                 }),

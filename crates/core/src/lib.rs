@@ -44,6 +44,7 @@ pub mod redeem;
 pub mod refs;
 pub mod refusal;
 pub mod request;
+pub mod role;
 pub mod state;
 pub mod wire;
 
@@ -59,6 +60,7 @@ pub use redeem::MaterialGrant;
 pub use refs::{GrantClaims, OpenedGrant, RefId, RefKind};
 pub use refusal::Refusal;
 pub use request::{KmsRequest, RejectedRequest, RequestContext, Requester, RevokeTarget};
+pub use role::Role;
 pub use state::{SecretKind, SecretSnapshot, StateChange, TtlBounds, VersionState};
 pub use wire::{
     MaterialBundle, Operation, RawKmsRequest, RawRevokeTarget, Tombstone, TombstoneTarget,

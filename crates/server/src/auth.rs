@@ -9,7 +9,8 @@ use std::sync::{Arc, RwLock};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use selene_kms_store::{ErrorKind, Role, Store, StoreError, StoreResult};
+use selene_kms_core::Role;
+use selene_kms_store::{ErrorKind, Store, StoreError, StoreResult};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
@@ -25,7 +26,7 @@ pub fn hash_token(token: &str) -> [u8; 32] {
 
 /// A new random token for `role`; returns it (to show once) and its hash (to store).
 pub fn new_token(role: Role) -> StoreResult<(Zeroizing<String>, [u8; 32])> {
-    let bytes = selene_kms_store::random_key()?;
+    let bytes = crate::random_bytes::<32>()?;
     let token = Zeroizing::new(format!(
         "skms_{}_{}",
         role.name(),

@@ -19,8 +19,7 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
 use selene_kms_core::redeem::RedeemRequest;
-use selene_kms_core::{KmsRequest, Operation, Policy, ReasonCode, TenantId};
-use selene_kms_store::Role;
+use selene_kms_core::{KmsRequest, Operation, Policy, ReasonCode, Role, TenantId};
 use serde::Deserialize;
 
 use crate::auth::{AuthError, Authenticator};

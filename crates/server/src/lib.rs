@@ -27,10 +27,9 @@
 //! ```
 //! use std::sync::Arc;
 //!
-//! use selene_kms_core::{KmsRequest, Policy, PolicyDocument, ReasonCode, TenantId};
-//! use selene_kms_server::{Caller, Engine, NewSecretRequest};
-//! use selene_kms_server::now_ms;
-//! use selene_kms_store::{Role, RootKey};
+//! use selene_kms_core::{KmsRequest, Policy, PolicyDocument, ReasonCode, Role, TenantId};
+//! use selene_kms_server::{Caller, Engine, NewSecretRequest, now_ms};
+//! use selene_kms_store::RootKey;
 //! use selene_kms_store_sqlite::{SqliteOptions, SqliteStore};
 //!
 //! # async fn embed() -> Result<(), Box<dyn std::error::Error>> {
@@ -80,6 +79,7 @@ mod engine;
 mod http;
 mod metrics;
 mod openapi;
+mod random;
 mod serve;
 mod store_error;
 mod tls;
@@ -93,5 +93,6 @@ pub use engine::{
 pub use http::{AppState, DEFAULT_BODY_LIMIT, router};
 pub use metrics::Metrics;
 pub use openapi::document as openapi_document;
+pub use random::{generate_material, random_bytes};
 pub use serve::{Listening, ServeOptions, serve};
 pub use tls::TlsOptions;

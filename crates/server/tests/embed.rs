@@ -6,10 +6,10 @@ use std::sync::Arc;
 use selene_kms_core::policy::RuleDocument;
 use selene_kms_core::redeem::{RawRedeemRequest, RedeemRequest};
 use selene_kms_core::{
-    KmsRequest, Operation, Policy, PolicyDocument, RawKmsRequest, ReasonCode, TenantId,
+    KmsRequest, Operation, Policy, PolicyDocument, RawKmsRequest, ReasonCode, Role, TenantId,
 };
 use selene_kms_server::{Caller, Engine, NewSecretRequest, Redeemed};
-use selene_kms_store::{Role, RootKey};
+use selene_kms_store::RootKey;
 use selene_kms_store_sqlite::{SqliteOptions, SqliteStore};
 
 const NOW: u64 = 1_767_225_600_000;

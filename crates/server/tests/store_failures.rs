@@ -14,7 +14,7 @@ use selene_kms_backends::{StoreLocation, open_store};
 use selene_kms_core::redeem::RedeemRequest;
 use selene_kms_core::{
     AuditRecord, Checkpoint, KmsRequest, MaterialGrant, Policy, PolicyDocument, ReasonCode, RefId,
-    Refusal, SecretMaterial, SecretName, SecretSnapshot, ServiceKeys, TenantId,
+    Refusal, Role, SecretMaterial, SecretName, SecretSnapshot, ServiceKeys, TenantId,
 };
 use selene_kms_server::{
     AdminError, Caller, Engine, KmsAnswer, NewSecretRequest, Redeemed, ServeOptions, StageRequest,
@@ -22,7 +22,7 @@ use selene_kms_server::{
 };
 use selene_kms_store::{
     BatchHistogram, Change, CommitUnit, ErrorKind, IdempotencyRecord, IdempotencyScope, Receipt,
-    Role, RootKey, SecretListing, Store, StoreError, StoreResult, StoredPolicy,
+    RootKey, SecretListing, Store, StoreError, StoreResult, StoredPolicy,
 };
 use serde_json::{Value, json};
 

@@ -12,18 +12,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use deadpool_postgres::GenericClient;
-use selene_kms_core::audit::GENESIS_DIGEST;
-use selene_kms_core::{SecretName, TenantId};
+use selene_kms_core::{SecretName, TenantId, audit::GENESIS_DIGEST};
+use selene_kms_store::backend::{
+    Committed, ErrorKind, Head, IdempotencyScope, Item, Needs, SharedRoot, StoreError, StoreResult,
+    StoredSecret, Writes,
+};
 
 use crate::codec::{col, col_u64, to_db, to_db_saturating};
 use crate::keys::{DataKeys, load_data_key, root_is_current};
 use crate::reads::{Fresh, secret_row};
 use crate::sql;
-use selene_kms_store::backend::Head;
-use selene_kms_store::backend::IdempotencyScope;
-use selene_kms_store::backend::SharedRoot;
-use selene_kms_store::backend::{Committed, Item, Needs, StoredSecret, Writes};
-use selene_kms_store::backend::{ErrorKind, StoreError, StoreResult};
 
 fn corrupt(what: &str) -> StoreError {
     StoreError::new(ErrorKind::Corrupt, format!("{what} does not parse"))

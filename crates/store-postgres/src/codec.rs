@@ -1,11 +1,11 @@
 //! Conversions between store values and PostgreSQL columns: unsigned numbers as `BIGINT`, typed
 //! column reads whose failure names what was read.
 
+use selene_kms_store::backend::StoreResult;
 use tokio_postgres::Row;
 use tokio_postgres::types::FromSql;
 
 use crate::error::pg_error;
-use selene_kms_store::backend::StoreResult;
 pub(crate) use selene_kms_store::backend::{from_db, to_db, to_db_saturating};
 
 /// Column `index` of `row` as `T`.

@@ -5,9 +5,8 @@
 //! detail names the key).
 
 use deadpool_postgres::PoolError;
-use tokio_postgres::error::SqlState;
-
 use selene_kms_store::backend::{ErrorKind, StoreError};
+use tokio_postgres::error::SqlState;
 
 /// The kind for a SQLSTATE.
 ///

@@ -14,14 +14,14 @@ use std::sync::{Arc, RwLock};
 
 use deadpool_postgres::{Client, GenericClient};
 use selene_kms_core::{ServiceSecret, TenantId};
+use selene_kms_store::backend::{
+    DataKey, ErrorKind, RootKey, SERVICE_SECRET_LABEL, SharedRoot, StoreError, StoreResult,
+    random_key, rewrap_all,
+};
 
 use crate::codec::col;
 use crate::error::pg;
 use crate::sql;
-use selene_kms_store::backend::{
-    DataKey, RootKey, SERVICE_SECRET_LABEL, SharedRoot, random_key, rewrap_all,
-};
-use selene_kms_store::backend::{ErrorKind, StoreError, StoreResult};
 
 /// Unwrapped data keys by tenant.
 #[derive(Default)]

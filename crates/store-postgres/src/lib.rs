@@ -34,22 +34,19 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Client, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use selene_kms_core::{
-    AuditRecord, Checkpoint, MaterialGrant, PolicyDocument, RefId, SecretMaterial, SecretName,
-    SecretSnapshot, ServiceKeys, TenantId,
-};
 use tokio::sync::{mpsc, oneshot};
 
 use error::pool_error;
 use keys::DataKeys;
 use reads::Fresh;
-use selene_kms_store::backend::BatchHistogram;
-use selene_kms_store::backend::Store;
-use selene_kms_store::backend::WriteHealth;
-use selene_kms_store::backend::{
-    CommitUnit, IdempotencyRecord, IdempotencyScope, Receipt, Role, SecretListing, StoredPolicy,
+use selene_kms_core::{
+    AuditRecord, Checkpoint, MaterialGrant, PolicyDocument, RefId, Role, SecretMaterial,
+    SecretName, SecretSnapshot, ServiceKeys, TenantId,
 };
-use selene_kms_store::backend::{ErrorKind, StoreError, StoreResult};
+use selene_kms_store::backend::{
+    BatchHistogram, CommitUnit, ErrorKind, IdempotencyRecord, IdempotencyScope, Receipt,
+    SecretListing, Store, StoreError, StoreResult, StoredPolicy, WriteHealth,
+};
 use selene_kms_store::backend::{RootKey, SharedRoot, Slot};
 pub use url::redact;
 use writer::{Job, PolicyCache, SecretCache, Writer};

@@ -2,11 +2,11 @@
 //! so neither goes through the writer; each is one statement on a pooled connection.
 
 use deadpool_postgres::GenericClient;
+use selene_kms_core::Role;
+use selene_kms_store::backend::StoreResult;
 
 use crate::codec::to_db_saturating;
 use crate::sql;
-use selene_kms_store::backend::Role;
-use selene_kms_store::backend::StoreResult;
 
 /// Registers a caller token by its hash; a hash already there is `AlreadyExists`.
 pub(crate) async fn put_token(

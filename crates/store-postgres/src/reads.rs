@@ -2,19 +2,18 @@
 //! from memory that another node could have made stale.
 
 use deadpool_postgres::GenericClient;
-use selene_kms_core::state::mark_revoked;
 use selene_kms_core::{
-    AuditRecord, Checkpoint, PolicyDocument, RefId, SecretKind, SecretName, SecretSnapshot,
-    TenantId, TtlBounds, VersionState,
+    AuditRecord, Checkpoint, PolicyDocument, RefId, Role, SecretKind, SecretName, SecretSnapshot,
+    TenantId, TtlBounds, VersionState, state::mark_revoked,
+};
+use selene_kms_store::backend::{
+    ErrorKind, IdempotencyRecord, IdempotencyScope, SecretListing, StoreError, StoreResult,
+    VersionListing,
 };
 use tokio_postgres::Row;
 
 use crate::codec::{col, col_u64, to_db};
 use crate::sql;
-use selene_kms_store::backend::{ErrorKind, StoreError, StoreResult};
-use selene_kms_store::backend::{
-    IdempotencyRecord, IdempotencyScope, Role, SecretListing, VersionListing,
-};
 
 /// A value read with a version check: unchanged since the version the caller holds, or loaded.
 pub(crate) enum Fresh<T> {

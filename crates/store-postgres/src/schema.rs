@@ -7,9 +7,9 @@
 //! and the order in which the writer takes tenant row locks.
 
 use deadpool_postgres::Client;
+use selene_kms_store::backend::{ErrorKind, StoreError, StoreResult};
 
 use crate::error::pg;
-use selene_kms_store::backend::{ErrorKind, StoreError, StoreResult};
 
 /// Advisory lock key that serialises migrations ("selene-k" in ASCII).
 const MIGRATION_LOCK: i64 = 0x7365_6c65_6e65_2d6b;

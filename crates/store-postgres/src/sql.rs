@@ -3,11 +3,11 @@
 //! Every statement text is a `&'static str`: values only ever travel as parameters.
 
 use deadpool_postgres::GenericClient;
+use selene_kms_store::backend::StoreResult;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
 use crate::error::pg_error;
-use selene_kms_store::backend::StoreResult;
 
 /// Parameters of a statement.
 pub(crate) type Params<'a> = &'a [&'a (dyn ToSql + Sync)];

@@ -5,9 +5,8 @@
 //! errors and `Debug` output name the target through [`redact`] only, and a parse failure never
 //! quotes the string (the client library's own `Debug` is not relied upon either).
 
-use std::time::Duration;
-
 use selene_kms_store::backend::{ErrorKind, StoreError, StoreResult};
+use std::time::Duration;
 
 /// What replaces a password.
 const HIDDEN: &str = "***";

@@ -18,18 +18,16 @@ use std::sync::Arc;
 
 use deadpool_postgres::{Client, Pool};
 use selene_kms_core::{SecretName, SecretSnapshot, ServiceKeys, TenantId};
+use selene_kms_store::backend::{
+    BatchHistogram, CommitUnit, ErrorKind, Needs, Receipt, SharedRoot, StoreResult, StoredPolicy,
+    WriteHealth, Writes, drain, plan,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::batch::{read_committed, write};
 use crate::cache::VersionedCache;
 use crate::error::{as_unavailable, pg, pool_error};
 use crate::keys::DataKeys;
-use selene_kms_store::backend::SharedRoot;
-use selene_kms_store::backend::WriteHealth;
-use selene_kms_store::backend::{BatchHistogram, drain};
-use selene_kms_store::backend::{CommitUnit, Receipt, StoredPolicy};
-use selene_kms_store::backend::{ErrorKind, StoreResult};
-use selene_kms_store::backend::{Needs, Writes, plan};
 
 /// Secret snapshots tagged with their state version.
 pub(crate) type SecretCache = VersionedCache<(TenantId, SecretName), Arc<SecretSnapshot>>;

@@ -335,11 +335,11 @@ async fn opening_refuses_a_second_init_a_wrong_root_key_and_a_missing_store() {
         CANARY
     );
     let dup = store
-        .put_token([5; 32], selene_kms_store::Role::Os, "os")
+        .put_token([5; 32], selene_kms_core::Role::Os, "os")
         .await
         .and(
             store
-                .put_token([5; 32], selene_kms_store::Role::Os, "os")
+                .put_token([5; 32], selene_kms_core::Role::Os, "os")
                 .await,
         );
     assert_eq!(dup.map_err(|e| e.kind), Err(ErrorKind::AlreadyExists));

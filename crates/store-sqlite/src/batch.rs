@@ -7,14 +7,13 @@ use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension};
 use selene_kms_core::{AuditRecord, SecretSnapshot, TenantId};
+use selene_kms_store::backend::{
+    Committed, ErrorKind, Head, Item, Needs, SecretKey, SharedRoot, StoreError, StoreResult,
+    StoredSecret, Writes, from_db, to_db, to_db_saturating,
+};
 
 use crate::cache::Cache;
 use crate::{db_err, load_snapshot, read_data_key};
-use selene_kms_store::backend::Head;
-use selene_kms_store::backend::SharedRoot;
-use selene_kms_store::backend::{Committed, Item, Needs, SecretKey, StoredSecret, Writes};
-use selene_kms_store::backend::{ErrorKind, StoreError, StoreResult};
-use selene_kms_store::backend::{from_db, to_db, to_db_saturating};
 
 /// Reads what `needs` asks for. `heads` are the chain heads this writer has committed.
 pub(crate) fn read_committed(

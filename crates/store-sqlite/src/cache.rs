@@ -5,13 +5,10 @@
 //! may only insert a snapshot that is newer than what is there, so a slow reader can never put
 //! back a state the writer has already moved past.
 
+use selene_kms_core::{SecretName, SecretSnapshot, TenantId};
+use selene_kms_store::backend::{DataKey, StoredPolicy};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-
-use selene_kms_core::{SecretName, SecretSnapshot, TenantId};
-
-use selene_kms_store::backend::DataKey;
-use selene_kms_store::backend::StoredPolicy;
 
 #[derive(Default)]
 struct TenantEntry {

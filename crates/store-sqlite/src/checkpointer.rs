@@ -17,8 +17,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::open_connection;
 use selene_kms_store::backend::{ErrorKind, StoreError, StoreResult};
+
+use crate::open_connection;
 
 /// How often the thread checkpoints.
 const PERIOD: Duration = Duration::from_millis(250);

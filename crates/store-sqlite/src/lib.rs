@@ -26,27 +26,21 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
-use selene_kms_core::{
-    AuditRecord, Checkpoint, MaterialGrant, PolicyDocument, RefId, SecretKind, SecretMaterial,
-    SecretName, SecretSnapshot, ServiceKeys, ServiceSecret, TenantId, TtlBounds, VersionState,
-};
 use tokio::sync::{mpsc, oneshot};
 
 use cache::Cache;
 use checkpointer::Checkpointer;
 pub(crate) use error::db_err;
-use selene_kms_store::backend::BatchHistogram;
-use selene_kms_store::backend::Store;
-use selene_kms_store::backend::WriteHealth;
-use selene_kms_store::backend::{
-    CommitUnit, IdempotencyRecord, IdempotencyScope, Receipt, Role, SecretListing, StoredPolicy,
-    VersionListing,
+use selene_kms_core::{
+    AuditRecord, Checkpoint, MaterialGrant, PolicyDocument, RefId, Role, SecretKind,
+    SecretMaterial, SecretName, SecretSnapshot, ServiceKeys, ServiceSecret, TenantId, TtlBounds,
+    VersionState,
 };
 use selene_kms_store::backend::{
-    DataKey, RootKey, SERVICE_SECRET_LABEL, SharedRoot, Slot, random_key,
+    BatchHistogram, CommitUnit, DataKey, ErrorKind, IdempotencyRecord, IdempotencyScope, Receipt,
+    RootKey, SERVICE_SECRET_LABEL, SecretListing, SharedRoot, Slot, Store, StoreError, StoreResult,
+    StoredPolicy, VersionListing, WriteHealth, from_db, random_key, to_db, to_db_saturating,
 };
-use selene_kms_store::backend::{ErrorKind, StoreError, StoreResult};
-use selene_kms_store::backend::{from_db, to_db, to_db_saturating};
 use writer::{Job, Maintenance, Writer};
 
 /// About how long a connection waits for a lock another connection of this store holds.
@@ -706,7 +700,7 @@ mod tests {
                 change: Change::CreateSecret(NewSecret {
                     name: SecretName::try_from("k").expect("name"),
                     kind: SecretKind::Imported,
-                    material: Some(SecretMaterial::from_slice(b"canary")),
+                    material: SecretMaterial::from_slice(b"canary"),
                     ttl: TtlBounds::DEFAULT,
                     handle_ttl_ms: 60_000,
                 }),

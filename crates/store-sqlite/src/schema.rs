@@ -2,7 +2,6 @@
 //! in `schema_migrations`.
 
 use rusqlite::Connection;
-
 use selene_kms_store::backend::{ErrorKind, StoreError, StoreResult};
 
 /// Migrations, in order; index + 1 is the schema version.

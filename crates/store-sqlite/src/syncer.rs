@@ -12,16 +12,13 @@
 //! covers what it read. If a flush fails, nothing in flight is acknowledged and the store refuses
 //! every later commit: after a failed `fsync` the kernel may have dropped the dirty pages.
 
+use selene_kms_store::backend::{ErrorKind, Receipt, StoreError, StoreResult, WriteHealth};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::thread::JoinHandle;
-
-use selene_kms_store::backend::Receipt;
-use selene_kms_store::backend::WriteHealth;
-use selene_kms_store::backend::{ErrorKind, StoreError, StoreResult};
 
 /// Answers of one committed batch, waiting for the flush.
 pub(crate) type Answers = Vec<(

@@ -18,7 +18,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use rusqlite::{Connection, TransactionBehavior};
-use selene_kms_core::{ServiceKeys, TenantId};
+use selene_kms_core::{Role, ServiceKeys, TenantId};
+use selene_kms_store::backend::{
+    BatchHistogram, CommitUnit, ErrorKind, Head, MAX_BATCH, Needs, Receipt, RootKey, SharedRoot,
+    StoreError, StoreResult, Writes, drain, plan, rewrap_all, take_queued, to_db_saturating,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::batch::{read_committed, write};
@@ -26,13 +30,6 @@ use crate::cache::Cache;
 use crate::db_err;
 use crate::identity::FileIdentity;
 use crate::syncer::Syncer;
-use selene_kms_store::backend::Head;
-use selene_kms_store::backend::to_db_saturating;
-use selene_kms_store::backend::{BatchHistogram, MAX_BATCH, drain, take_queued};
-use selene_kms_store::backend::{CommitUnit, Receipt, Role};
-use selene_kms_store::backend::{ErrorKind, StoreError, StoreResult};
-use selene_kms_store::backend::{Needs, Writes, plan};
-use selene_kms_store::backend::{RootKey, SharedRoot, rewrap_all};
 
 type Reply = oneshot::Sender<StoreResult<Receipt>>;
 

@@ -22,7 +22,7 @@ use selene_kms_core::{
 
 use crate::chain::{Head, chain};
 use crate::codec::to_db;
-use crate::envelope::{DataKey, RootKey, Slot, generate_material};
+use crate::envelope::{DataKey, RootKey, Slot};
 use crate::error::{ErrorKind, StoreError, StoreResult};
 use crate::model::{
     Change, CommitUnit, IdempotencyScope, NewSecret, Receipt, StoredPolicy, encode_policy,
@@ -499,7 +499,8 @@ impl Working<'_> {
                 name,
                 expected_state_version,
                 change,
-            } => self.state_change(tenant, name, expected_state_version, &change),
+                material,
+            } => self.state_change(tenant, name, expected_state_version, &change, material),
         }
     }
 
@@ -528,10 +529,7 @@ impl Working<'_> {
                 "the secret already exists",
             ));
         }
-        let material = match new.material {
-            Some(m) => m,
-            None => generate_material()?,
-        };
+        let material = new.material;
         let (dek, new_key) = self.data_key(tenant)?;
         let version = self.version_row(&dek, &key, 1, &material)?;
         let snapshot = SecretSnapshot {
@@ -584,6 +582,7 @@ impl Working<'_> {
         name: SecretName,
         expected: u64,
         change: &StateChange,
+        fresh: Option<SecretMaterial>,
     ) -> StoreResult<(Effect, NewKey)> {
         let key = (tenant.clone(), name);
         let current = self
@@ -615,7 +614,9 @@ impl Working<'_> {
                     (true, None) => {
                         return Err(refused(ErrorKind::StateConflict, "no staged material"));
                     }
-                    (false, _) => generate_material()?,
+                    (false, _) => fresh.ok_or_else(|| {
+                        refused(ErrorKind::Invalid, "a rotation needs fresh material")
+                    })?,
                 };
                 let expected_version = u64::try_from(snapshot.versions.len())
                     .ok()

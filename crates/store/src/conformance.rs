@@ -5,14 +5,14 @@ use std::sync::Arc;
 
 use crate::verify::verify_tenant;
 use crate::{
-    Change, CommitUnit, ErrorKind, IdempotencyScope, IdempotencyWrite, NewSecret, Receipt, Role,
-    Store, StoreResult,
+    Change, CommitUnit, ErrorKind, IdempotencyScope, IdempotencyWrite, NewSecret, Receipt, Store,
+    StoreResult,
 };
 use selene_kms_core::audit::GENESIS_DIGEST;
 use selene_kms_core::{
     AuditAction, AuditRecord, KmsRequest, MaterialBundle, Policy, PolicyDocument, ReasonCode,
-    RefId, RefKind, SecretKind, SecretMaterial, SecretName, SecretSnapshot, StateChange, TenantId,
-    TtlBounds, VersionState, evaluate, issue, redeem, refs,
+    RefId, RefKind, Role, SecretKind, SecretMaterial, SecretName, SecretSnapshot, StateChange,
+    TenantId, TtlBounds, VersionState, evaluate, issue, redeem, refs,
 };
 
 /// A secret value that must never appear anywhere but in redeemed material.
@@ -89,6 +89,16 @@ pub fn record(t: &TenantId, action: AuditAction) -> AuditRecord {
     AuditRecord::for_action(t, action, ReasonCode::OkMaterialIssue, NOW_MS)
 }
 
+/// Material as a host would generate it: distinct on every call (a counter, not randomness,
+/// so that the suite stays deterministic).
+pub fn fresh_material() -> SecretMaterial {
+    static DRAWN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = DRAWN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut bytes = [0x5a_u8; 32];
+    bytes[..8].copy_from_slice(&n.to_be_bytes());
+    SecretMaterial::from_slice(&bytes)
+}
+
 /// Commits the creation of secret `n`.
 pub async fn create(
     store: &dyn Store,
@@ -103,7 +113,7 @@ pub async fn create(
             change: Change::CreateSecret(NewSecret {
                 name: name(n),
                 kind,
-                material: material.map(SecretMaterial::from_slice),
+                material: material.map_or_else(fresh_material, SecretMaterial::from_slice),
                 ttl: TtlBounds::DEFAULT,
                 handle_ttl_ms: 3_600_000,
             }),
@@ -128,6 +138,14 @@ pub async fn change(
             change: Change::Secret {
                 name: name(n),
                 expected_state_version: expected,
+                material: matches!(
+                    change,
+                    StateChange::Rotate {
+                        from_staged: false,
+                        ..
+                    }
+                )
+                .then(fresh_material),
                 change,
             },
             audit: record(t, AuditAction::Rotate),
@@ -571,6 +589,7 @@ pub async fn check_order_key_before_compare_and_set(store: Arc<dyn Store>) {
                 new_version: before.current_version() + 1,
                 from_staged: false,
             },
+            material: Some(fresh_material()),
         },
         ..keyed_unit(&scope, 2)
     };

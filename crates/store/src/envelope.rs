@@ -27,13 +27,7 @@ fn random<const N: usize>() -> StoreResult<Zeroizing<[u8; N]>> {
     Ok(out)
 }
 
-/// Fresh random material for a generated secret or a rotation.
-pub fn generate_material() -> StoreResult<SecretMaterial> {
-    let bytes = random::<{ selene_kms_core::material::MATERIAL_LEN }>()?;
-    Ok(SecretMaterial::from_slice(bytes.as_ref()))
-}
-
-/// Fresh random 32 bytes (data keys, service secret, root key, tokens).
+/// Fresh random 32 bytes (data keys, the service secret, root keys).
 pub fn random_key() -> StoreResult<Zeroizing<[u8; 32]>> {
     random::<32>()
 }

@@ -23,12 +23,12 @@ pub mod conformance;
 pub mod verify;
 
 pub use chain::CHECKPOINT_EVERY;
-pub use envelope::{ROOT_KEY_ENV, RootKey, generate_material, random_key};
+pub use envelope::{ROOT_KEY_ENV, RootKey};
 pub use error::{ErrorKind, StoreError, StoreResult};
 pub use health::FAILING_FOR;
 pub use model::{
     Change, CommitUnit, IdempotencyRecord, IdempotencyScope, IdempotencyWrite, NewSecret, Receipt,
-    Role, SecretListing, StoredPolicy, VersionListing,
+    SecretListing, StoredPolicy, VersionListing,
 };
 pub use stats::{BATCH_BOUNDS, BatchHistogram, MAX_BATCH};
 pub use store::Store;

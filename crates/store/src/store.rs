@@ -5,14 +5,14 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use selene_kms_core::{
-    AuditRecord, Checkpoint, MaterialGrant, PolicyDocument, RefId, SecretMaterial, SecretName,
-    SecretSnapshot, ServiceKeys, TenantId,
+    AuditRecord, Checkpoint, MaterialGrant, PolicyDocument, RefId, Role, SecretMaterial,
+    SecretName, SecretSnapshot, ServiceKeys, TenantId,
 };
 
 use crate::envelope::RootKey;
 use crate::error::StoreResult;
 use crate::model::{
-    CommitUnit, IdempotencyRecord, IdempotencyScope, Receipt, Role, SecretListing, StoredPolicy,
+    CommitUnit, IdempotencyRecord, IdempotencyScope, Receipt, SecretListing, StoredPolicy,
 };
 use crate::stats::BatchHistogram;
 

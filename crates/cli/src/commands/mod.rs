@@ -65,7 +65,7 @@ pub(crate) fn root_key(data_dir: &Path) -> Result<RootKey, String> {
 
 /// A fresh idempotency key for commands that send KMS requests.
 pub(crate) fn fresh_key(prefix: &str) -> String {
-    let bytes = selene_kms_store::random_key()
+    let bytes = selene_kms_server::random_bytes::<32>()
         .map(|k| k[..8].to_vec())
         .unwrap_or_default();
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();

@@ -144,8 +144,8 @@ impl Engine {
             return Err(ReasonCode::InputSchemaInvalid.into());
         }
         let (kind, material) = match req.material_b64.map(decode_material).transpose()? {
-            None => (SecretKind::Generated, None),
-            Some(m) => (SecretKind::Imported, Some(m)),
+            None => (SecretKind::Generated, crate::generate_material()?),
+            Some(m) => (SecretKind::Imported, m),
         };
         let secret_ref = refs::secret_ref(self.store.keys(), tenant, &name);
         let mut record = audit(tenant, AuditAction::CreateSecret, now_ms);

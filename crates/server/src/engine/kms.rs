@@ -197,6 +197,16 @@ impl Engine {
                     name: req.secret_name.clone(),
                     expected_state_version: s.state_version,
                     change: change.clone(),
+                    // A generated rotation's new value is drawn here, by the host.
+                    material: match change {
+                        StateChange::Rotate {
+                            from_staged: false, ..
+                        } => match crate::generate_material() {
+                            Ok(material) => Some(material),
+                            Err(e) => return KmsAnswer::store_failure(&ctx, &e),
+                        },
+                        _ => None,
+                    },
                 },
             };
             let audit =

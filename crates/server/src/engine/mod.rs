@@ -13,9 +13,9 @@ mod redeem;
 
 use std::sync::Arc;
 
-use selene_kms_core::{AuditRecord, TenantId};
+use selene_kms_core::{AuditRecord, Role, TenantId};
 use selene_kms_store::{
-    BatchHistogram, Change, CommitUnit, ErrorKind, Receipt, Role, Store, StoreResult,
+    BatchHistogram, Change, CommitUnit, ErrorKind, Receipt, Store, StoreResult,
 };
 
 use crate::auth::Authenticator;
