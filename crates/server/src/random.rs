@@ -1,6 +1,6 @@
 //! The host's randomness: fresh material for generated secrets and their rotations, and caller
-//! tokens. The core draws none, and the store draws only what its envelope encryption needs
-//! (data keys and nonces), so every secret value the KMS makes comes from here.
+//! tokens. The core draws none; the store draws only what its envelope encryption needs (data
+//! keys, nonces, the service secret), so every secret *value* a tenant stores comes from here.
 
 use selene_kms_core::SecretMaterial;
 use selene_kms_core::material::MATERIAL_LEN;

@@ -15,8 +15,8 @@ use std::sync::{Arc, RwLock};
 use deadpool_postgres::{Client, GenericClient};
 use selene_kms_core::{ServiceSecret, TenantId};
 use selene_kms_store::backend::{
-    DataKey, ErrorKind, RootKey, SERVICE_SECRET_LABEL, SharedRoot, StoreError, StoreResult,
-    random_key, rewrap_all,
+    DataKey, ErrorKind, RootKey, SharedRoot, StoreError, StoreResult, new_service_secret,
+    open_service_secret, opens_service_secret, rewrap_all,
 };
 
 use crate::codec::col;
@@ -58,8 +58,7 @@ pub(crate) async fn service_secret(
     create: bool,
 ) -> StoreResult<ServiceSecret> {
     if create {
-        let secret = random_key()?;
-        let wrapped = root.wrap(SERVICE_SECRET_LABEL, &secret)?;
+        let (secret, wrapped) = new_service_secret(root)?;
         let inserted = sql::execute(
             client,
             "INSERT INTO meta (key, value) VALUES ('service_secret', $1) ON CONFLICT DO NOTHING",
@@ -73,7 +72,7 @@ pub(crate) async fn service_secret(
                 "the database already holds an initialised store",
             ));
         }
-        return Ok(ServiceSecret::from_bytes(*secret));
+        return Ok(secret);
     }
     let row = sql::row(client, SERVICE_SECRET, &[], "service secret")
         .await?
@@ -84,9 +83,7 @@ pub(crate) async fn service_secret(
             )
         })?;
     let wrapped: Vec<u8> = col(&row, 0, "service secret")?;
-    Ok(ServiceSecret::from_bytes(
-        *root.unwrap(SERVICE_SECRET_LABEL, &wrapped)?,
-    ))
+    open_service_secret(root, &wrapped)
 }
 
 /// The tenant's data key as stored, unwrapped; `None` if it has none yet.
@@ -120,7 +117,7 @@ pub(crate) async fn root_is_current(
         .await?
         .ok_or_else(|| StoreError::new(ErrorKind::Corrupt, "the service secret is gone"))?;
     let service: Vec<u8> = col(&row, 0, "service secret")?;
-    Ok(root.with(|r| r.unwrap(SERVICE_SECRET_LABEL, &service).is_ok()))
+    Ok(opens_service_secret(root, &service))
 }
 
 /// Rewraps every tenant data key and the service secret under `new_root`, in one transaction;

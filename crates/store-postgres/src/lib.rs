@@ -44,10 +44,9 @@ use selene_kms_core::{
     SecretName, SecretSnapshot, ServiceKeys, TenantId,
 };
 use selene_kms_store::backend::{
-    BatchHistogram, CommitUnit, ErrorKind, IdempotencyRecord, IdempotencyScope, Receipt,
-    SecretListing, Store, StoreError, StoreResult, StoredPolicy, WriteHealth,
+    BatchHistogram, CommitUnit, ErrorKind, IdempotencyRecord, IdempotencyScope, Receipt, RootKey,
+    SecretListing, SharedRoot, Store, StoreError, StoreResult, StoredPolicy, WriteHealth,
 };
-use selene_kms_store::backend::{RootKey, SharedRoot, Slot};
 pub use url::redact;
 use writer::{Job, PolicyCache, SecretCache, Writer};
 
@@ -226,20 +225,21 @@ impl Store for PostgresStore {
     }
 
     async fn material(&self, grant: MaterialGrant) -> StoreResult<SecretMaterial> {
-        let (tenant, name, version) = (grant.tenant(), grant.secret_name(), grant.version());
+        let tenant = grant.tenant().clone();
         let client = self.client().await?;
-        let sealed = reads::sealed_version(&client, tenant, name, version).await?;
-        let key = match self.data_keys.get(tenant) {
+        let sealed =
+            reads::sealed_version(&client, &tenant, grant.secret_name(), grant.version()).await?;
+        let key = match self.data_keys.get(&tenant) {
             Some(key) => key,
             None => {
-                let key = keys::load_data_key(&client, &self.root, tenant)
+                let key = keys::load_data_key(&client, &self.root, &tenant)
                     .await?
                     .ok_or_else(|| StoreError::new(ErrorKind::NotFound, "no data key"))?;
-                self.data_keys.put(tenant.clone(), key.clone());
+                self.data_keys.put(tenant, key.clone());
                 key
             }
         };
-        key.open(tenant, name, Slot::Version(version), &sealed)
+        key.open_granted(grant, &sealed)
     }
 
     async fn commit(&self, unit: CommitUnit) -> StoreResult<Receipt> {

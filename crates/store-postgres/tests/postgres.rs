@@ -54,6 +54,7 @@ conformance! {
     conformance_units_of_one_batch_see_each_other => units_of_one_batch_see_each_other;
     conformance_staged_material_is_used_once => staged_material_is_used_once;
     conformance_concurrent_policy_changes_keep_the_last => concurrent_policy_changes_keep_the_last;
+    conformance_host_material_is_checked => host_material_is_checked;
 }
 
 async fn audit_only(store: &dyn Store, t: &selene_kms_core::TenantId) -> StoreResult<Receipt> {

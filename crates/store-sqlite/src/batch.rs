@@ -52,9 +52,7 @@ pub(crate) fn read_committed(
     for tenant in &needs.key_tenants {
         let key = match cache.data_key(tenant) {
             Some(key) => Ok(Some(key)),
-            None => root
-                .with(|r| read_data_key(conn, r, tenant))
-                .map(|k| k.map(Arc::new)),
+            None => read_data_key(conn, root, tenant).map(|k| k.map(Arc::new)),
         };
         match key {
             Ok(Some(key)) => {

@@ -38,8 +38,9 @@ use selene_kms_core::{
 };
 use selene_kms_store::backend::{
     BatchHistogram, CommitUnit, DataKey, ErrorKind, IdempotencyRecord, IdempotencyScope, Receipt,
-    RootKey, SERVICE_SECRET_LABEL, SecretListing, SharedRoot, Slot, Store, StoreError, StoreResult,
-    StoredPolicy, VersionListing, WriteHealth, from_db, random_key, to_db, to_db_saturating,
+    RootKey, SecretListing, SharedRoot, Store, StoreError, StoreResult, StoredPolicy,
+    VersionListing, WriteHealth, from_db, new_service_secret, open_service_secret, to_db,
+    to_db_saturating,
 };
 use writer::{Job, Maintenance, Writer};
 
@@ -215,9 +216,7 @@ impl SqliteStore {
         if let Some(k) = self.cache.data_key(tenant) {
             return Ok(k);
         }
-        let key = self
-            .root
-            .with(|root| read_data_key(conn, root, tenant))?
+        let key = read_data_key(conn, &self.root, tenant)?
             .ok_or_else(|| StoreError::new(ErrorKind::NotFound, "no data key"))?;
         let key = Arc::new(key);
         self.cache.put_data_key(tenant, key.clone());
@@ -228,7 +227,7 @@ impl SqliteStore {
 /// A tenant's data key as stored, unwrapped with `root`; `None` before its first material.
 pub(crate) fn read_data_key(
     conn: &Connection,
-    root: &RootKey,
+    root: &SharedRoot,
     tenant: &TenantId,
 ) -> StoreResult<Option<DataKey>> {
     let wrapped: Option<Vec<u8>> = conn
@@ -263,18 +262,15 @@ fn load_or_create_service_secret(
             ErrorKind::AlreadyExists,
             "the database already holds an initialised store",
         )),
-        Some(w) => Ok(ServiceSecret::from_bytes(
-            *root.unwrap(SERVICE_SECRET_LABEL, &w)?,
-        )),
+        Some(w) => open_service_secret(root, &w),
         None if create => {
-            let secret = random_key()?;
-            let w = root.wrap(SERVICE_SECRET_LABEL, &secret)?;
+            let (secret, wrapped) = new_service_secret(root)?;
             conn.execute(
                 "INSERT INTO meta (key, value) VALUES ('service_secret', ?1)",
-                [w],
+                [wrapped],
             )
             .map_err(db_err)?;
-            Ok(ServiceSecret::from_bytes(*secret))
+            Ok(secret)
         }
         None => Err(StoreError::new(
             ErrorKind::NotFound,
@@ -505,22 +501,22 @@ impl Store for SqliteStore {
     }
 
     async fn material(&self, grant: MaterialGrant) -> StoreResult<SecretMaterial> {
-        let (tenant, name, version) = (grant.tenant(), grant.secret_name(), grant.version());
         self.read(|c| {
+            let (tenant, name) = (grant.tenant(), grant.secret_name());
             let sealed: Vec<u8> = c
                 .prepare_cached(
                     "SELECT sealed FROM versions
                      WHERE tenant_id = ?1 AND secret_name = ?2 AND version = ?3",
                 )
                 .map_err(db_err)?
-                .query_row((tenant.as_str(), name.as_str(), to_db(version)?), |r| {
-                    r.get(0)
-                })
+                .query_row(
+                    (tenant.as_str(), name.as_str(), to_db(grant.version())?),
+                    |r| r.get(0),
+                )
                 .optional()
                 .map_err(db_err)?
                 .ok_or_else(|| StoreError::new(ErrorKind::NotFound, "no such version"))?;
-            self.data_key(c, tenant)?
-                .open(tenant, name, Slot::Version(version), &sealed)
+            self.data_key(c, tenant)?.open_granted(grant, &sealed)
         })
     }
 

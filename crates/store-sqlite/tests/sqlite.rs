@@ -48,6 +48,7 @@ conformance! {
     conformance_units_of_one_batch_see_each_other => units_of_one_batch_see_each_other;
     conformance_staged_material_is_used_once => staged_material_is_used_once;
     conformance_concurrent_policy_changes_keep_the_last => concurrent_policy_changes_keep_the_last;
+    conformance_host_material_is_checked => host_material_is_checked;
 }
 
 fn files_of(dir: &Path) -> Vec<PathBuf> {

@@ -20,6 +20,8 @@ use selene_kms_core::{
     TenantId, TtlBounds, VersionState, refs,
 };
 
+use selene_kms_core::material::MATERIAL_LEN;
+
 use crate::chain::{Head, chain};
 use crate::codec::to_db;
 use crate::envelope::{DataKey, RootKey, Slot};
@@ -500,7 +502,23 @@ impl Working<'_> {
                 expected_state_version,
                 change,
                 material,
-            } => self.state_change(tenant, name, expected_state_version, &change, material),
+            } => {
+                // Material the change does not use is a host bug: refuse it, never drop it.
+                let uses_material = matches!(
+                    change,
+                    StateChange::Rotate {
+                        from_staged: false,
+                        ..
+                    }
+                );
+                if material.is_some() != uses_material {
+                    return Err(refused(
+                        ErrorKind::Invalid,
+                        "fresh material is given with exactly a generated rotation",
+                    ));
+                }
+                self.state_change(tenant, name, expected_state_version, &change, material)
+            }
         }
     }
 
@@ -527,6 +545,12 @@ impl Working<'_> {
             return Err(refused(
                 ErrorKind::AlreadyExists,
                 "the secret already exists",
+            ));
+        }
+        if new.kind == SecretKind::Generated && new.material.len() != MATERIAL_LEN {
+            return Err(refused(
+                ErrorKind::Invalid,
+                "generated material has the wrong length",
             ));
         }
         let material = new.material;
@@ -614,7 +638,7 @@ impl Working<'_> {
                     (true, None) => {
                         return Err(refused(ErrorKind::StateConflict, "no staged material"));
                     }
-                    (false, _) => fresh.ok_or_else(|| {
+                    (false, _) => fresh.filter(|m| m.len() == MATERIAL_LEN).ok_or_else(|| {
                         refused(ErrorKind::Invalid, "a rotation needs fresh material")
                     })?,
                 };

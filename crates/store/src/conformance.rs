@@ -770,3 +770,49 @@ pub async fn concurrent_policy_changes_keep_the_last(store: Arc<dyn Store>) {
     let served = store.policy(&t).await.expect("read").expect("policy");
     assert_eq!(served.version, last_version);
 }
+
+/// Material the host must draw is checked, never guessed: a generated rotation without it, or
+/// with the wrong length, a change that does not use it but carries it, and a generated secret
+/// created with the wrong length are refused (`Invalid`) and change nothing.
+pub async fn host_material_is_checked(store: Arc<dyn Store>) {
+    let t = tenant("acme");
+    create(&*store, &t, "k", SecretKind::Generated, None)
+        .await
+        .expect("create");
+    let before = snapshot(&*store, &t, "k").await;
+    let rotate = StateChange::Rotate {
+        new_version: 2,
+        from_staged: false,
+    };
+    let cases = [
+        (rotate.clone(), None),
+        (rotate, Some(SecretMaterial::from_slice(b"short"))),
+        (StateChange::RevokeVersion(1), Some(fresh_material())),
+    ];
+    for (change, material) in cases {
+        let refused = store
+            .commit(CommitUnit {
+                tenant: t.clone(),
+                change: Change::Secret {
+                    name: name("k"),
+                    expected_state_version: before.state_version,
+                    change,
+                    material,
+                },
+                audit: record(&t, AuditAction::Rotate),
+                idempotency: None,
+                bundle: None,
+            })
+            .await;
+        assert_eq!(refused.map_err(|e| e.kind), Err(ErrorKind::Invalid));
+    }
+    let wrong_length = create(&*store, &t, "g", SecretKind::Generated, Some(b"short")).await;
+    assert_eq!(wrong_length.map_err(|e| e.kind), Err(ErrorKind::Invalid));
+    assert_eq!(snapshot(&*store, &t, "k").await, before, "nothing changed");
+    assert!(store.secret(&t, &name("g")).await.expect("read").is_none());
+    assert_eq!(
+        audit_len(&*store, &t).await,
+        1,
+        "only the creation is on record"
+    );
+}

@@ -11,7 +11,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use aes_gcm::aead::{Aead, Payload};
 use aes_gcm::{Aes256Gcm, KeyInit};
-use selene_kms_core::{SecretMaterial, SecretName, TenantId};
+use selene_kms_core::{MaterialGrant, SecretMaterial, SecretName, ServiceSecret, TenantId};
 use zeroize::Zeroizing;
 
 use crate::error::{ErrorKind, StoreError, StoreResult};
@@ -28,7 +28,7 @@ fn random<const N: usize>() -> StoreResult<Zeroizing<[u8; N]>> {
 }
 
 /// Fresh random 32 bytes (data keys, the service secret, root keys).
-pub fn random_key() -> StoreResult<Zeroizing<[u8; 32]>> {
+pub(crate) fn random_key() -> StoreResult<Zeroizing<[u8; 32]>> {
     random::<32>()
 }
 
@@ -146,12 +146,12 @@ impl RootKey {
     }
 
     /// Wraps a key under this root key, bound to `label`.
-    pub fn wrap(&self, label: &[u8], key: &[u8; 32]) -> StoreResult<Vec<u8>> {
+    pub(crate) fn wrap(&self, label: &[u8], key: &[u8; 32]) -> StoreResult<Vec<u8>> {
         seal(&self.cipher, label, key)
     }
 
     /// Unwraps a key wrapped by [`RootKey::wrap`] with the same label.
-    pub fn unwrap(&self, label: &[u8], wrapped: &[u8]) -> StoreResult<Zeroizing<[u8; 32]>> {
+    pub(crate) fn unwrap(&self, label: &[u8], wrapped: &[u8]) -> StoreResult<Zeroizing<[u8; 32]>> {
         let plain = open(&self.cipher, label, wrapped).map_err(|_| {
             StoreError::new(
                 ErrorKind::Corrupt,
@@ -170,14 +170,18 @@ impl RootKey {
     }
 
     /// A new random data key for `tenant`, and its wrapping for storage.
-    pub fn new_data_key(&self, tenant: &TenantId) -> StoreResult<(DataKey, Vec<u8>)> {
+    pub(crate) fn new_data_key(&self, tenant: &TenantId) -> StoreResult<(DataKey, Vec<u8>)> {
         let bytes = random_key()?;
         let wrapped = self.wrap(&dek_label(tenant), &bytes)?;
         Ok((DataKey::from_bytes(&bytes), wrapped))
     }
 
     /// Opens `tenant`'s stored data key.
-    pub fn unwrap_data_key(&self, tenant: &TenantId, wrapped: &[u8]) -> StoreResult<DataKey> {
+    pub(crate) fn unwrap_data_key(
+        &self,
+        tenant: &TenantId,
+        wrapped: &[u8],
+    ) -> StoreResult<DataKey> {
         Ok(DataKey::from_bytes(
             &*self.unwrap(&dek_label(tenant), wrapped)?,
         ))
@@ -185,7 +189,12 @@ impl RootKey {
 
     /// Rewraps a stored key (a data key or the service secret, by `label`) from this root key
     /// to `new`, for a root-key rotation.
-    pub fn rewrap(&self, new: &RootKey, label: &[u8], wrapped: &[u8]) -> StoreResult<Vec<u8>> {
+    pub(crate) fn rewrap(
+        &self,
+        new: &RootKey,
+        label: &[u8],
+        wrapped: &[u8],
+    ) -> StoreResult<Vec<u8>> {
         new.wrap(label, &*self.unwrap(label, wrapped)?)
     }
 }
@@ -318,14 +327,34 @@ impl SharedRoot {
 }
 
 /// Label binding a tenant's wrapped data key to its tenant.
-pub fn dek_label(tenant: &TenantId) -> Vec<u8> {
+pub(crate) fn dek_label(tenant: &TenantId) -> Vec<u8> {
     let mut l = b"selene-kms/tenant-data-key/v1/".to_vec();
     l.extend_from_slice(tenant.as_str().as_bytes());
     l
 }
 
+/// A new store's service secret, and its wrapping under `root` for storage.
+pub fn new_service_secret(root: &RootKey) -> StoreResult<(ServiceSecret, Vec<u8>)> {
+    let secret = random_key()?;
+    let wrapped = root.wrap(SERVICE_SECRET_LABEL, &secret)?;
+    Ok((ServiceSecret::from_bytes(*secret), wrapped))
+}
+
+/// The stored service secret, unwrapped with `root` (`Corrupt` if it is not the store's key).
+pub fn open_service_secret(root: &RootKey, wrapped: &[u8]) -> StoreResult<ServiceSecret> {
+    Ok(ServiceSecret::from_bytes(
+        *root.unwrap(SERVICE_SECRET_LABEL, wrapped)?,
+    ))
+}
+
+/// Whether the current root key opens the stored service secret: whether it is still the
+/// store's root key (another node may have rotated it).
+pub fn opens_service_secret(root: &SharedRoot, wrapped: &[u8]) -> bool {
+    root.with(|r| r.unwrap(SERVICE_SECRET_LABEL, wrapped).is_ok())
+}
+
 /// Label of the wrapped service secret.
-pub const SERVICE_SECRET_LABEL: &[u8] = b"selene-kms/service-secret/v1";
+pub(crate) const SERVICE_SECRET_LABEL: &[u8] = b"selene-kms/service-secret/v1";
 
 /// A tenant's data key. No `Debug` or `Clone`; the cipher zeroizes its key schedule on drop.
 pub struct DataKey {
@@ -334,7 +363,7 @@ pub struct DataKey {
 
 /// Which slot of a secret sealed material belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Slot {
+pub(crate) enum Slot {
     /// A committed version.
     Version(u64),
     /// Material staged for the next rotation.
@@ -366,7 +395,7 @@ impl DataKey {
     }
 
     /// Seals material for one slot of one secret.
-    pub fn seal(
+    pub(crate) fn seal(
         &self,
         tenant: &TenantId,
         name: &SecretName,
@@ -380,8 +409,16 @@ impl DataKey {
         )
     }
 
+    /// Opens the version a redemption granted: the only way out of the store for material,
+    /// and it takes the grant that only redemption's checks make. The caller has read the
+    /// sealed bytes stored for the grant's tenant, secret and version.
+    pub fn open_granted(&self, grant: MaterialGrant, sealed: &[u8]) -> StoreResult<SecretMaterial> {
+        let slot = Slot::Version(grant.version());
+        self.open(grant.tenant(), grant.secret_name(), slot, sealed)
+    }
+
     /// Opens material sealed for exactly this slot.
-    pub fn open(
+    pub(crate) fn open(
         &self,
         tenant: &TenantId,
         name: &SecretName,

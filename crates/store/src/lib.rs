@@ -35,13 +35,28 @@ pub use store::Store;
 
 /// The kit a backend crate is built from; hosts have no use for it.
 ///
+/// It hands out no raw sealing or unwrapping: a backend opens material only with
+/// [`DataKey::open_granted`](backend::DataKey::open_granted), which takes redemption's grant,
+/// and handles the service secret only through functions that never show its bytes.
+///
+/// ```compile_fail
+/// fn read(key: &selene_kms_store::backend::DataKey, t: &selene_kms_core::TenantId,
+///         n: &selene_kms_core::SecretName, sealed: &[u8]) {
+///     // Material without a grant: `open` is not part of the kit.
+///     let _ = key.open(t, n, todo!(), sealed);
+/// }
+/// ```
+///
 /// A backend reads the committed state a batch [`Needs`](backend::Needs), hands it to
 /// [`plan`](backend::plan), and writes the [`Writes`](backend::Writes) it decided.
 pub mod backend {
     pub use crate::chain::*;
     pub use crate::codec::*;
     pub use crate::commit::*;
-    pub use crate::envelope::*;
+    pub use crate::envelope::{
+        DataKey, Rewrapped, RootKey, RootKeys, SharedRoot, new_service_secret, open_service_secret,
+        opens_service_secret, rewrap_all,
+    };
     pub use crate::error::*;
     pub use crate::health::*;
     pub use crate::model::*;
