@@ -300,13 +300,15 @@ pub(crate) async fn write(client: &impl GenericClient, writes: &Writes) -> Store
         sql::execute(
             client,
             "UPDATE versions SET state = 'REVOKED'
-             FROM unnest($1::text[], $2::text[], $3::bigint[]) AS r(tenant_id, secret_name, version)
+             FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[])
+                  AS r(tenant_id, secret_name, first, last)
              WHERE versions.tenant_id = r.tenant_id AND versions.secret_name = r.secret_name
-               AND versions.version = r.version",
+               AND versions.version BETWEEN r.first AND r.last",
             &[
                 &column(rows, |r| r.tenant.as_str()),
                 &column(rows, |r| r.name.as_str()),
-                &numbers(rows, |r| r.version)?,
+                &numbers(rows, |r| r.first)?,
+                &numbers(rows, |r| r.last)?,
             ],
             "revocation write",
         )

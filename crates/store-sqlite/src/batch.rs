@@ -252,8 +252,13 @@ pub(crate) fn write(
         exec(
             conn,
             "UPDATE versions SET state = 'REVOKED'
-             WHERE tenant_id = ?1 AND secret_name = ?2 AND version = ?3",
-            (r.tenant.as_str(), r.name.as_str(), to_db(r.version)?),
+             WHERE tenant_id = ?1 AND secret_name = ?2 AND version BETWEEN ?3 AND ?4",
+            (
+                r.tenant.as_str(),
+                r.name.as_str(),
+                to_db(r.first)?,
+                to_db(r.last)?,
+            ),
             "revocation write",
         )?;
     }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
-use selene_kms_core::{AuditAction, ChainBreak, SecretKind};
+use selene_kms_core::{AuditAction, ChainBreak, SecretKind, StateChange};
 use selene_kms_store::conformance::*;
 use selene_kms_store::verify::verify_tenant;
 use selene_kms_store::{Change, CommitUnit, ErrorKind, RootKey, Store};
@@ -151,7 +151,7 @@ async fn rotate_once(
         t,
         "k",
         snap.state_version,
-        selene_kms_core::StateChange::Rotate {
+        StateChange::Rotate {
             new_version: snap.current_version() + 1,
             from_staged: false,
         },
@@ -430,4 +430,37 @@ async fn a_database_deleted_under_the_store_refuses_every_commit() {
     let refused = rotate_once(&*store, &t).await;
     assert_eq!(refused.map_err(|e| e.kind), Err(ErrorKind::Unavailable));
     assert!(!store.ready().await, "readiness reports the loss");
+}
+
+/// Someone who can write the file re-activates a revoked version behind the store's back (its
+/// cache still says revoked). Revoking every version then revokes the whole range, not only the
+/// versions the snapshot showed active, so the re-activated one is revoked again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_every_version_covers_one_reactivated_behind_the_store() {
+    let (dir, store) = fresh();
+    let t = tenant("acme");
+    create(&*store, &t, "k", SecretKind::Generated, None)
+        .await
+        .expect("create");
+    rotate(&*store, &t, "k").await;
+    change(&*store, &t, "k", 2, StateChange::RevokeVersion(1))
+        .await
+        .expect("revoke v1");
+    let side = rusqlite::Connection::open(dir.path().join("kms.db")).expect("side connection");
+    side.execute(
+        "UPDATE versions SET state = 'ACTIVE' WHERE tenant_id = 'acme' AND version = 1",
+        [],
+    )
+    .expect("re-activate v1");
+    change(&*store, &t, "k", 3, StateChange::RevokeAllVersions)
+        .await
+        .expect("revoke all");
+    let active: i64 = side
+        .query_row(
+            "SELECT count(*) FROM versions WHERE tenant_id = 'acme' AND state = 'ACTIVE'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("count");
+    assert_eq!(active, 0, "no version is left active");
 }

@@ -176,14 +176,18 @@ pub struct VersionRow {
     pub created_at_ms: u64,
 }
 
-/// One version that becomes `REVOKED`.
+/// Versions `first..=last` of a secret that become `REVOKED`, whatever their stored state: a
+/// revocation is written over the whole range it covers, not only over the versions the
+/// snapshot showed active, so a version re-activated behind the store's back is revoked too.
 pub struct Revocation {
     /// The tenant.
     pub tenant: TenantId,
     /// The secret.
     pub name: SecretName,
-    /// The version number.
-    pub version: u64,
+    /// The first version revoked.
+    pub first: u64,
+    /// The last version revoked.
+    pub last: u64,
 }
 
 /// A revoked handle or credential, kept until it would have expired anyway.
@@ -660,21 +664,16 @@ impl Working<'_> {
                     .versions
                     .get_mut(version_index(*v)?)
                     .ok_or_else(|| refused(ErrorKind::NotFound, "no such version"))?;
-                if *state == VersionState::Active {
-                    revocations.push(revocation(&key, *v));
-                }
                 *state = VersionState::Revoked;
+                revocations.push(revocation(&key, *v, *v));
             }
             StateChange::RevokeAllVersions => {
-                for (index, state) in snapshot.versions.iter_mut().enumerate() {
-                    if *state == VersionState::Active {
-                        let version = u64::try_from(index)
-                            .ok()
-                            .and_then(|i| i.checked_add(1))
-                            .ok_or_else(|| refused(ErrorKind::Invalid, "too many versions"))?;
-                        revocations.push(revocation(&key, version));
-                        *state = VersionState::Revoked;
-                    }
+                // Every version that exists now; one a later unit of the batch adds stays active.
+                let last = u64::try_from(snapshot.versions.len())
+                    .map_err(|_| refused(ErrorKind::Invalid, "too many versions"))?;
+                snapshot.versions.fill(VersionState::Revoked);
+                if last > 0 {
+                    revocations.push(revocation(&key, 1, last));
                 }
             }
             StateChange::RevokeHandle { id, expires_at_ms }
@@ -812,10 +811,11 @@ fn version_index(version: u64) -> StoreResult<usize> {
         .ok_or_else(|| refused(ErrorKind::NotFound, "no such version"))
 }
 
-fn revocation((tenant, name): &SecretKey, version: u64) -> Revocation {
+fn revocation((tenant, name): &SecretKey, first: u64, last: u64) -> Revocation {
     Revocation {
         tenant: tenant.clone(),
         name: name.clone(),
-        version,
+        first,
+        last,
     }
 }
