@@ -30,32 +30,15 @@ async fn two_nodes() -> (Cluster, Arc<dyn Store>, Arc<dyn Store>) {
     (cluster, Arc::new(a), Arc::new(b))
 }
 
-macro_rules! conformance {
-    ($($name:ident => $check:expr;)*) => {$(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-        async fn $name() {
-            let cluster = Cluster::start();
-            let url = cluster.create_database("kms");
-            let store: Arc<dyn Store> = Arc::new(open(&url, ROOT, true).await.expect("store opens"));
-            ($check)(store).await;
-        }
-    )*};
+/// A fresh store on a cluster of its own.
+async fn fresh() -> (Cluster, Arc<dyn Store>) {
+    let cluster = Cluster::start();
+    let url = cluster.create_database("kms");
+    let store: Arc<dyn Store> = Arc::new(open(&url, ROOT, true).await.expect("store opens"));
+    (cluster, store)
 }
 
-conformance! {
-    conformance_lifecycle => lifecycle;
-    conformance_compare_and_set => compare_and_set;
-    conformance_revocation => revocation;
-    conformance_idempotency => idempotency;
-    conformance_audit_chain => audit_chain;
-    conformance_policies_and_tokens => policies_and_tokens;
-    conformance_concurrent_rotations => |s| concurrent_rotations(s, 64);
-    conformance_check_order_key_before_compare_and_set => check_order_key_before_compare_and_set;
-    conformance_units_of_one_batch_see_each_other => units_of_one_batch_see_each_other;
-    conformance_staged_material_is_used_once => staged_material_is_used_once;
-    conformance_concurrent_policy_changes_keep_the_last => concurrent_policy_changes_keep_the_last;
-    conformance_host_material_is_checked => host_material_is_checked;
-}
+selene_kms_store::conformance_suite!(fresh);
 
 async fn audit_only(store: &dyn Store, t: &selene_kms_core::TenantId) -> StoreResult<Receipt> {
     store

@@ -26,30 +26,11 @@ fn fresh() -> (tempfile::TempDir, Arc<dyn Store>) {
     (dir, store)
 }
 
-macro_rules! conformance {
-    ($($name:ident => $check:expr;)*) => {$(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-        async fn $name() {
-            let (_dir, store) = fresh();
-            ($check)(store).await;
-        }
-    )*};
+async fn fresh_async() -> (tempfile::TempDir, Arc<dyn Store>) {
+    fresh()
 }
 
-conformance! {
-    conformance_lifecycle => lifecycle;
-    conformance_compare_and_set => compare_and_set;
-    conformance_revocation => revocation;
-    conformance_idempotency => idempotency;
-    conformance_audit_chain => audit_chain;
-    conformance_policies_and_tokens => policies_and_tokens;
-    conformance_concurrent_rotations => |s| concurrent_rotations(s, 64);
-    conformance_check_order_key_before_compare_and_set => check_order_key_before_compare_and_set;
-    conformance_units_of_one_batch_see_each_other => units_of_one_batch_see_each_other;
-    conformance_staged_material_is_used_once => staged_material_is_used_once;
-    conformance_concurrent_policy_changes_keep_the_last => concurrent_policy_changes_keep_the_last;
-    conformance_host_material_is_checked => host_material_is_checked;
-}
+selene_kms_store::conformance_suite!(fresh_async);
 
 fn files_of(dir: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(dir)

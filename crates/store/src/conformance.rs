@@ -816,3 +816,40 @@ pub async fn host_material_is_checked(store: Arc<dyn Store>) {
         "only the creation is on record"
     );
 }
+
+/// One `#[tokio::test]` per check of the suite, each on a fresh store from `$setup`: an async
+/// function returning `(guard, Arc<dyn Store>)`, where the guard (a temporary directory, a
+/// database cluster) lives as long as the test. A backend's tests invoke it once, so that every
+/// backend runs every check and a new check reaches them all.
+#[macro_export]
+macro_rules! conformance_suite {
+    ($setup:path) => {
+        $crate::conformance_suite! { @checks $setup;
+            conformance_lifecycle => $crate::conformance::lifecycle;
+            conformance_compare_and_set => $crate::conformance::compare_and_set;
+            conformance_revocation => $crate::conformance::revocation;
+            conformance_idempotency => $crate::conformance::idempotency;
+            conformance_audit_chain => $crate::conformance::audit_chain;
+            conformance_policies_and_tokens => $crate::conformance::policies_and_tokens;
+            conformance_concurrent_rotations =>
+                |s| $crate::conformance::concurrent_rotations(s, 64);
+            conformance_check_order_key_before_compare_and_set =>
+                $crate::conformance::check_order_key_before_compare_and_set;
+            conformance_units_of_one_batch_see_each_other =>
+                $crate::conformance::units_of_one_batch_see_each_other;
+            conformance_staged_material_is_used_once =>
+                $crate::conformance::staged_material_is_used_once;
+            conformance_concurrent_policy_changes_keep_the_last =>
+                $crate::conformance::concurrent_policy_changes_keep_the_last;
+            conformance_host_material_is_checked =>
+                $crate::conformance::host_material_is_checked;
+        }
+    };
+    (@checks $setup:path; $($name:ident => $check:expr;)*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $name() {
+            let (_guard, store) = $setup().await;
+            ($check)(store).await;
+        }
+    )*};
+}
