@@ -15,14 +15,34 @@ use selene_kms_store::backend::{
 use crate::cache::Cache;
 use crate::{db_err, load_snapshot, read_data_key};
 
-/// Reads what `needs` asks for. `heads` are the chain heads this writer has committed.
+/// What the open transaction holds beyond the cache: the chain heads this writer has committed
+/// or written in earlier rounds, and the snapshots of secrets earlier rounds changed (the cache
+/// learns of those only after the commit).
+#[derive(Clone, Default)]
+pub(crate) struct Pending {
+    pub(crate) heads: HashMap<TenantId, Head>,
+    pub(crate) snapshots: HashMap<SecretKey, Arc<SecretSnapshot>>,
+}
+
+impl Pending {
+    /// Takes in what a round wrote.
+    pub(crate) fn extend(&mut self, writes: &Writes) {
+        let heads = writes.heads.iter().map(|(t, h)| (t.clone(), h.clone()));
+        self.heads.extend(heads);
+        let snapshots = writes.snapshots.iter().map(|(k, s)| (k.clone(), s.clone()));
+        self.snapshots.extend(snapshots);
+    }
+}
+
+/// Reads what `needs` asks for, as the open transaction sees it.
 pub(crate) fn read_committed(
     conn: &Connection,
     needs: &Needs,
     cache: &Cache,
-    heads: &HashMap<TenantId, Head>,
+    pending: &Pending,
     root: &SharedRoot,
 ) -> StoreResult<Committed> {
+    let heads = &pending.heads;
     let mut committed = Committed {
         may_create_keys: true,
         ..Committed::default()
@@ -83,7 +103,7 @@ pub(crate) fn read_committed(
         let Some((state_version, staged)) = row else {
             continue;
         };
-        match stored_secret(conn, cache, key, state_version) {
+        match stored_secret(conn, cache, pending, key, state_version) {
             Ok(snapshot) => {
                 committed
                     .secrets
@@ -115,17 +135,25 @@ pub(crate) fn read_committed(
     Ok(committed)
 }
 
-/// A secret's snapshot at `state_version` as stored: the cached one when it is at that version
-/// (a hot secret's rotation then does not re-read every version), else read anew.
+/// A secret's snapshot at `state_version` as stored: the one an earlier round of this
+/// transaction made, or the cached one, when it is at that version (a hot secret's rotations
+/// then do not re-read every version), else read anew.
 fn stored_secret(
     conn: &Connection,
     cache: &Cache,
-    (tenant, name): &SecretKey,
+    pending: &Pending,
+    key: &SecretKey,
     state_version: i64,
 ) -> StoreResult<Arc<SecretSnapshot>> {
     let state_version = from_db(state_version)?;
-    match cache.secret(tenant, name) {
-        Some(cached) if cached.state_version == state_version => Ok(cached),
+    let (tenant, name) = key;
+    let known = pending
+        .snapshots
+        .get(key)
+        .cloned()
+        .or_else(|| cache.secret(tenant, name));
+    match known {
+        Some(snapshot) if snapshot.state_version == state_version => Ok(snapshot),
         _ => load_snapshot(conn, tenant, name)?
             .map(Arc::new)
             .ok_or_else(|| StoreError::new(ErrorKind::NotFound, "no such secret")),

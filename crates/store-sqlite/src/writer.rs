@@ -25,7 +25,7 @@ use selene_kms_store::backend::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use crate::batch::{read_committed, write};
+use crate::batch::{Pending, read_committed, write};
 use crate::cache::Cache;
 use crate::db_err;
 use crate::identity::FileIdentity;
@@ -165,15 +165,18 @@ impl Writer {
         };
         let mut answers: Answers = Vec::new();
         let mut published: Vec<Writes> = Vec::new();
-        // Heads moved by earlier rounds of this transaction, over the committed ones.
-        let mut heads = self.heads.clone();
+        // What earlier rounds of this transaction wrote, over what is committed.
+        let mut pending = Pending {
+            heads: self.heads.clone(),
+            ..Pending::default()
+        };
         let mut fault = None;
         loop {
             let (batch, replies): (Vec<_>, Vec<_>) =
                 units.drain(..).map(|(unit, reply)| (*unit, reply)).unzip();
-            match round(&tx, &self.keys, &self.root, &self.cache, &heads, batch) {
+            match round(&tx, &self.keys, &self.root, &self.cache, &pending, batch) {
                 Ok((outcomes, writes)) => {
-                    heads.extend(writes.heads.iter().map(|(t, h)| (t.clone(), h.clone())));
+                    pending.extend(&writes);
                     answers.extend(replies.into_iter().zip(outcomes));
                     published.push(writes);
                 }
@@ -217,7 +220,7 @@ impl Writer {
                 if wrote {
                     health.succeeded();
                 }
-                self.heads = heads;
+                self.heads = pending.heads;
                 // Safe before the flush: see the ordering argument in `syncer`.
                 for writes in published {
                     self.publish(writes);
@@ -324,11 +327,11 @@ fn round(
     keys: &ServiceKeys,
     root: &SharedRoot,
     cache: &Cache,
-    heads: &HashMap<TenantId, Head>,
+    pending: &Pending,
     units: Vec<CommitUnit>,
 ) -> StoreResult<(Vec<StoreResult<Receipt>>, Writes)> {
     let needs = Needs::of(&units);
-    let committed = read_committed(conn, &needs, cache, heads, root)?;
+    let committed = read_committed(conn, &needs, cache, pending, root)?;
     let chained: std::collections::HashSet<TenantId> = committed.heads.keys().cloned().collect();
     let decided = root.with(|root| plan(keys, root, committed, units));
     // Rows for tenants whose first record this batch writes; a refused unit creates none.
