@@ -357,7 +357,7 @@ pub(crate) async fn write(client: &impl GenericClient, writes: &Writes) -> Store
                 &column(rows, |r| r.scope.caller.as_str()),
                 &column(rows, |r| r.scope.key.as_str()),
                 &column(rows, |r| &r.fingerprint[..]),
-                &column(rows, |r| &r.bundle[..]),
+                &column(rows, |r| r.sealed.as_slice()),
                 &column(rows, |r| to_db_saturating(r.created_at_ms)),
             ],
             "idempotency write",

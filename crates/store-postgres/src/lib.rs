@@ -44,8 +44,8 @@ use selene_kms_core::{
     SecretName, SecretSnapshot, ServiceKeys, TenantId,
 };
 use selene_kms_store::backend::{
-    BatchHistogram, CommitUnit, ErrorKind, IdempotencyRecord, IdempotencyScope, Receipt, RootKey,
-    SecretListing, SharedRoot, Store, StoreError, StoreResult, StoredPolicy, WriteHealth,
+    BatchHistogram, CommitUnit, DataKey, ErrorKind, IdempotencyRecord, IdempotencyScope, Receipt,
+    RootKey, SecretListing, SharedRoot, Store, StoreError, StoreResult, StoredPolicy, WriteHealth,
 };
 pub use url::redact;
 use writer::{Job, PolicyCache, SecretCache, Writer};
@@ -143,6 +143,19 @@ impl PostgresStore {
         })
     }
 
+    /// The tenant's data key: cached, or read and unwrapped (`NotFound` before its first
+    /// material or answer).
+    async fn data_key(&self, client: &Client, tenant: &TenantId) -> StoreResult<Arc<DataKey>> {
+        if let Some(key) = self.data_keys.get(tenant) {
+            return Ok(key);
+        }
+        let key = keys::load_data_key(client, &self.root, tenant)
+            .await?
+            .ok_or_else(|| StoreError::new(ErrorKind::NotFound, "no data key"))?;
+        self.data_keys.put(tenant.clone(), key.clone());
+        Ok(key)
+    }
+
     async fn client(&self) -> StoreResult<Client> {
         self.pool.get().await.map_err(pool_error)
     }
@@ -217,7 +230,12 @@ impl Store for PostgresStore {
         &self,
         scope: &IdempotencyScope,
     ) -> StoreResult<Option<IdempotencyRecord>> {
-        reads::idempotency(&self.client().await?, scope).await
+        let client = self.client().await?;
+        let Some((fingerprint, sealed)) = reads::idempotency(&client, scope).await? else {
+            return Ok(None);
+        };
+        let dek = self.data_key(&client, &scope.tenant).await?;
+        IdempotencyRecord::open(&dek, scope, &fingerprint, &sealed).map(Some)
     }
 
     async fn is_revoked(&self, tenant: &TenantId, id: &RefId) -> StoreResult<bool> {
@@ -225,20 +243,15 @@ impl Store for PostgresStore {
     }
 
     async fn material(&self, grant: MaterialGrant) -> StoreResult<SecretMaterial> {
-        let tenant = grant.tenant().clone();
         let client = self.client().await?;
-        let sealed =
-            reads::sealed_version(&client, &tenant, grant.secret_name(), grant.version()).await?;
-        let key = match self.data_keys.get(&tenant) {
-            Some(key) => key,
-            None => {
-                let key = keys::load_data_key(&client, &self.root, &tenant)
-                    .await?
-                    .ok_or_else(|| StoreError::new(ErrorKind::NotFound, "no data key"))?;
-                self.data_keys.put(tenant, key.clone());
-                key
-            }
-        };
+        let sealed = reads::sealed_version(
+            &client,
+            grant.tenant(),
+            grant.secret_name(),
+            grant.version(),
+        )
+        .await?;
+        let key = self.data_key(&client, grant.tenant()).await?;
         key.open_granted(grant, &sealed)
     }
 

@@ -7,8 +7,7 @@ use selene_kms_core::{
     TenantId, TtlBounds, VersionState, state::mark_revoked,
 };
 use selene_kms_store::backend::{
-    ErrorKind, IdempotencyRecord, IdempotencyScope, SecretListing, StoreError, StoreResult,
-    VersionListing,
+    ErrorKind, IdempotencyScope, SecretListing, StoreError, StoreResult, VersionListing,
 };
 use tokio_postgres::Row;
 
@@ -182,7 +181,7 @@ pub(crate) async fn list_secrets(
 pub(crate) async fn idempotency(
     client: &impl GenericClient,
     scope: &IdempotencyScope,
-) -> StoreResult<Option<IdempotencyRecord>> {
+) -> StoreResult<Option<(Vec<u8>, Vec<u8>)>> {
     const WHAT: &str = "idempotency read";
     let row = sql::row(
         client,
@@ -196,16 +195,8 @@ pub(crate) async fn idempotency(
         WHAT,
     )
     .await?;
-    row.map(|row| {
-        let fingerprint: [u8; 32] = col::<&[u8]>(&row, 0, WHAT)?
-            .try_into()
-            .map_err(|_| corrupt("an idempotency fingerprint"))?;
-        Ok(IdempotencyRecord {
-            fingerprint,
-            bundle_json: col::<&[u8]>(&row, 1, WHAT)?.into(),
-        })
-    })
-    .transpose()
+    row.map(|row| Ok((col(&row, 0, WHAT)?, col(&row, 1, WHAT)?)))
+        .transpose()
 }
 
 /// Whether a handle or credential was revoked.

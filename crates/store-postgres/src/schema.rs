@@ -15,7 +15,8 @@ use crate::error::pg;
 const MIGRATION_LOCK: i64 = 0x7365_6c65_6e65_2d6b;
 
 /// Migrations, in order; index + 1 is the schema version.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE meta (
     key   TEXT COLLATE "C" PRIMARY KEY,
     value BYTEA NOT NULL
@@ -96,7 +97,12 @@ CREATE TABLE tokens (
     role       TEXT NOT NULL,
     label      TEXT NOT NULL
 );
-"#];
+"#,
+    // Stored answers are sealed under the tenant's data key from now on. Answers stored in
+    // clear (they can hold redeemable refs) are dropped rather than kept readable: a retry of a
+    // request made before the upgrade is then decided anew (a mutation's plan is stale by then).
+    "DELETE FROM idempotency;",
+];
 
 /// Brings the database to the newest schema; refuses a database from a newer build.
 pub(crate) async fn migrate(client: &mut Client) -> StoreResult<()> {

@@ -468,6 +468,7 @@ async fn no_database_file_holds_a_canary_in_plaintext() {
         })
         .await
         .expect("stage");
+    store_a_handle(&store, &t).await;
     let (side, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
         .await
         .expect("side connection");
@@ -480,7 +481,12 @@ async fn no_database_file_holds_a_canary_in_plaintext() {
         let Ok(bytes) = std::fs::read(&file) else {
             continue;
         };
-        for needle in [CANARY, &CANARY[..12], hex.as_bytes()] {
+        for needle in [
+            CANARY,
+            &CANARY[..12],
+            hex.as_bytes(),
+            HANDLE_CANARY.as_bytes(),
+        ] {
             assert!(
                 !bytes.windows(needle.len()).any(|w| w == needle),
                 "{} holds the canary",

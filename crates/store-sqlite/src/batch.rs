@@ -321,7 +321,7 @@ pub(crate) fn write(
                 i.scope.caller.as_str(),
                 i.scope.key.as_str(),
                 &i.fingerprint[..],
-                &i.bundle[..],
+                &i.sealed,
                 to_db_saturating(i.created_at_ms),
             ),
             "idempotency write",

@@ -460,32 +460,25 @@ impl Store for SqliteStore {
         scope: &IdempotencyScope,
     ) -> StoreResult<Option<IdempotencyRecord>> {
         self.read(|c| {
-            c.prepare_cached(
-                "SELECT fingerprint, bundle FROM idempotency
-                 WHERE tenant_id = ?1 AND caller = ?2 AND key = ?3",
-            )
-            .map_err(db_err)?
-            .query_row(
-                [
-                    scope.tenant.as_str(),
-                    scope.caller.as_str(),
-                    scope.key.as_str(),
-                ],
-                |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?)),
-            )
-            .optional()
-            .map_err(db_err)?
-            .map(|(fp, bundle)| {
-                let fingerprint: [u8; 32] = fp.try_into().map_err(|_| {
-                    StoreError::new(
-                        ErrorKind::Corrupt,
-                        "an idempotency fingerprint is malformed",
-                    )
-                })?;
-                Ok(IdempotencyRecord {
-                    fingerprint,
-                    bundle_json: bundle.into(),
-                })
+            let row = c
+                .prepare_cached(
+                    "SELECT fingerprint, bundle FROM idempotency
+                     WHERE tenant_id = ?1 AND caller = ?2 AND key = ?3",
+                )
+                .map_err(db_err)?
+                .query_row(
+                    [
+                        scope.tenant.as_str(),
+                        scope.caller.as_str(),
+                        scope.key.as_str(),
+                    ],
+                    |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?)),
+                )
+                .optional()
+                .map_err(db_err)?;
+            row.map(|(fingerprint, sealed)| {
+                let dek = self.data_key(c, &scope.tenant)?;
+                IdempotencyRecord::open(&dek, scope, &fingerprint, &sealed)
             })
             .transpose()
         })

@@ -122,6 +122,10 @@ CREATE INDEX idempotency_created ON idempotency (created_at_ms);
 ALTER TABLE tenants DROP COLUMN audit_seq;
 ALTER TABLE tenants DROP COLUMN audit_head;
 ",
+    // Stored answers are sealed under the tenant's data key from now on. Answers stored in
+    // clear (they can hold redeemable refs) are dropped rather than kept readable: a retry of a
+    // request made before the upgrade is then decided anew (a mutation's plan is stale by then).
+    "DELETE FROM idempotency;",
 ];
 
 /// The schema version this build writes.
@@ -224,19 +228,20 @@ mod tests {
             "one record per tenant and sequence number"
         );
         assert_eq!(
-            count(
-                &conn,
-                "SELECT bundle = x'04' FROM idempotency WHERE tenant_id = 'b' AND key = 'k1'"
-            ),
-            1
+            count(&conn, "SELECT COUNT(*) FROM idempotency"),
+            0,
+            "answers stored in clear are dropped, not kept readable"
         );
-        assert!(
+        let claim = || {
             conn.execute(
                 "INSERT INTO idempotency (tenant_id, caller, key, fingerprint, bundle, created_at_ms)
                  VALUES ('a', 'os', 'k1', x'', x'', 9)",
-                []
+                [],
             )
-            .is_err(),
+        };
+        assert!(claim().is_ok());
+        assert!(
+            claim().is_err(),
             "a key is taken once per tenant and caller"
         );
         assert_eq!(count(&conn, "SELECT COUNT(*) FROM tenants"), 2);

@@ -67,6 +67,7 @@ async fn no_database_file_holds_a_canary_in_plaintext() {
         })
         .await
         .expect("stage");
+    store_a_handle(&*store, &t).await;
     // Scan while open (main, WAL and shm present), then again after close.
     let hex = hex::encode(CANARY);
     let mut store = Some(store);
@@ -77,7 +78,12 @@ async fn no_database_file_holds_a_canary_in_plaintext() {
         }
         for file in files {
             let bytes = std::fs::read(&file).expect("read");
-            for needle in [CANARY, &CANARY[..12], hex.as_bytes()] {
+            for needle in [
+                CANARY,
+                &CANARY[..12],
+                hex.as_bytes(),
+                HANDLE_CANARY.as_bytes(),
+            ] {
                 assert!(
                     !bytes.windows(needle.len()).any(|w| w == needle),
                     "{phase}: {} holds the canary",

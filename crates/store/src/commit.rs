@@ -57,6 +57,8 @@ impl Needs {
             needs.tenants.push(tenant.clone());
             if let Some(idem) = &unit.idempotency {
                 needs.idempotency.push(idem.scope.clone());
+                // Its stored answer is sealed under the tenant's data key.
+                needs.key_tenants.push(tenant.clone());
             }
             let (name, keyed) = match &unit.change {
                 Change::None => continue,
@@ -206,8 +208,9 @@ pub struct IdempotencyRow {
     pub scope: IdempotencyScope,
     /// The request's fingerprint.
     pub fingerprint: [u8; 32],
-    /// The answer, byte for byte.
-    pub bundle: Arc<[u8]>,
+    /// The answer, byte for byte, sealed under the tenant's data key and bound to the key and
+    /// fingerprint: it may hold a redeemable ref.
+    pub sealed: Vec<u8>,
     /// When it was made.
     pub created_at_ms: u64,
 }
@@ -382,9 +385,24 @@ impl Working<'_> {
                 "the idempotency key is already taken",
             ));
         }
-        let (effect, new_key) = self.effect(&tenant, change)?;
+        let (effect, mut new_key) = self.effect(&tenant, change)?;
         let head = self.head(&tenant);
         let chained = chain(self.keys, &tenant, &head, audit, bundle)?;
+        let answer = match &idempotency {
+            Some(idem) => {
+                let dek = match &new_key {
+                    Some((key, _)) => key.clone(),
+                    None => {
+                        let (key, created) = self.data_key(&tenant)?;
+                        new_key = created;
+                        key
+                    }
+                };
+                let bytes = chained.idempotency_bytes();
+                Some(dek.seal_answer(&idem.scope, &idem.fingerprint, bytes)?)
+            }
+            None => None,
+        };
         // Every check passed: from here on the unit only records what it writes.
         if let Some((key, wrapped)) = new_key {
             self.committed.data_keys.insert(tenant.clone(), key.clone());
@@ -392,12 +410,12 @@ impl Working<'_> {
             self.writes.new_keys.push((tenant.clone(), key));
         }
         let policy_version = self.record(&tenant, effect);
-        if let Some(idem) = idempotency {
+        if let (Some(idem), Some(sealed)) = (idempotency, answer) {
             self.claimed.insert(idem.scope.clone());
             self.writes.idempotency.push(IdempotencyRow {
                 scope: idem.scope,
                 fingerprint: idem.fingerprint,
-                bundle: Arc::from(chained.idempotency_bytes()),
+                sealed,
                 created_at_ms: chained.at_ms,
             });
         }

@@ -22,6 +22,30 @@ pub const CANARY: &[u8] = b"sk_live_CANARY_7f3a9c1e5b2d4f60";
 /// checks deterministic.
 pub const NOW_MS: u64 = 1_767_225_600_000;
 
+/// A redeemable-looking handle kept in a stored answer; it must rest in no file in clear.
+pub const HANDLE_CANARY: &str = "ksh1_CANARYhandle0123456789abcdefghij";
+
+/// Commits an answer holding [`HANDLE_CANARY`] under an idempotency key, and checks that the
+/// store gives it back intact.
+pub async fn store_a_handle(store: &dyn Store, t: &TenantId) {
+    let scope = IdempotencyScope {
+        tenant: t.clone(),
+        caller: "os-1".into(),
+        key: "handle-canary".into(),
+    };
+    let mut unit = keyed_unit(&scope, 7);
+    if let Some(bundle) = unit.bundle.as_mut() {
+        bundle.secret_handle = Some(HANDLE_CANARY.to_owned());
+    }
+    let receipt = store.commit(unit).await.expect("commit");
+    let stored = store
+        .idempotency(&scope)
+        .await
+        .expect("read")
+        .expect("stored");
+    assert_eq!(Some(stored.bundle_json), receipt.bundle_json);
+}
+
 /// A tenant id, which must be valid.
 pub fn tenant(s: &str) -> TenantId {
     TenantId::try_from(s).expect("valid tenant")

@@ -15,6 +15,7 @@ use selene_kms_core::{MaterialGrant, SecretMaterial, SecretName, ServiceSecret, 
 use zeroize::Zeroizing;
 
 use crate::error::{ErrorKind, StoreError, StoreResult};
+use crate::model::IdempotencyScope;
 
 const NONCE_LEN: usize = 12;
 /// Environment variable that may carry the root key (64 hex characters).
@@ -386,7 +387,42 @@ fn material_aad(tenant: &TenantId, name: &SecretName, slot: Slot) -> Vec<u8> {
     aad
 }
 
+/// Associated data of a stored answer: it opens only under the idempotency key (tenant, caller,
+/// key) and the request fingerprint it was stored for, so a row moved to another key or request
+/// does not open.
+fn answer_aad(scope: &IdempotencyScope, fingerprint: &[u8; 32]) -> Vec<u8> {
+    let mut aad = b"selene-kms/answer/v1".to_vec();
+    for part in [scope.tenant.as_str(), &scope.caller, &scope.key] {
+        aad.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        aad.extend_from_slice(part.as_bytes());
+    }
+    aad.extend_from_slice(fingerprint);
+    aad
+}
+
 impl DataKey {
+    /// Seals the answer kept under an idempotency key: it may hold a redeemable handle or
+    /// credential ref, which must never rest in clear.
+    pub(crate) fn seal_answer(
+        &self,
+        scope: &IdempotencyScope,
+        fingerprint: &[u8; 32],
+        answer: &[u8],
+    ) -> StoreResult<Vec<u8>> {
+        seal(&self.cipher, &answer_aad(scope, fingerprint), answer)
+    }
+
+    /// Opens a stored answer sealed by [`DataKey::seal_answer`] for the same key and request.
+    pub fn open_answer(
+        &self,
+        scope: &IdempotencyScope,
+        fingerprint: &[u8; 32],
+        sealed: &[u8],
+    ) -> StoreResult<Arc<[u8]>> {
+        let plain = open(&self.cipher, &answer_aad(scope, fingerprint), sealed)?;
+        Ok(Arc::from(plain.as_slice()))
+    }
+
     /// Only unwrapping makes one: a data key never exists outside its root key's wrapping.
     fn from_bytes(bytes: &[u8; 32]) -> Self {
         Self {

@@ -8,6 +8,7 @@ use selene_kms_core::{
     StateChange, TenantId, TtlBounds,
 };
 
+use crate::envelope::DataKey;
 use crate::error::{ErrorKind, StoreError, StoreResult};
 
 /// A tenant's stored policy.
@@ -47,6 +48,28 @@ pub struct IdempotencyRecord {
     pub fingerprint: [u8; 32],
     /// The bundle as it was answered, byte for byte.
     pub bundle_json: Arc<[u8]>,
+}
+
+impl IdempotencyRecord {
+    /// A stored record as a backend read it: the fingerprint's bytes and the sealed answer,
+    /// opened with the tenant's data key for exactly this key and fingerprint.
+    pub fn open(
+        dek: &DataKey,
+        scope: &IdempotencyScope,
+        fingerprint: &[u8],
+        sealed: &[u8],
+    ) -> StoreResult<Self> {
+        let fingerprint: [u8; 32] = fingerprint.try_into().map_err(|_| {
+            StoreError::new(
+                ErrorKind::Corrupt,
+                "an idempotency fingerprint is malformed",
+            )
+        })?;
+        Ok(Self {
+            fingerprint,
+            bundle_json: dek.open_answer(scope, &fingerprint, sealed)?,
+        })
+    }
 }
 
 /// Where an idempotency record goes: tenant, authenticated caller, key.
