@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::diagnostics::{Problem, Subject};
 use crate::ids::{SecretName, TenantId};
 use crate::keys::ServiceKeys;
+use crate::policy::Policy;
 use crate::reason::ReasonCode;
 use crate::redacted::{Redacted, ref_fields};
 use crate::refs::{self, OpenedGrant, RefKind};
@@ -182,11 +183,16 @@ impl MaterialGrant {
 /// `secret` and `ref_revoked` are the host's reads for the ref's tenant, secret and id.
 pub fn check(
     opened: &OpenedGrant,
+    policy: Option<&Policy>,
     secret: Option<&SecretSnapshot>,
     ref_revoked: bool,
     now_ms: u64,
 ) -> Result<MaterialGrant, Refusal> {
     let subject = subject(opened.kind);
+    // A disabled tenant (or one with no policy) stops every use, redemption included.
+    let policy = policy
+        .filter(|p| p.enabled())
+        .ok_or_else(|| Refusal::new(ReasonCode::Disabled, Subject::Policy, Problem::Disabled))?;
     let secret = secret.ok_or_else(|| {
         Refusal::new(
             ReasonCode::SecretNotFound,
@@ -198,6 +204,12 @@ pub fn check(
         return Err(Refusal::new(ReasonCode::Revoked, subject, Problem::Revoked));
     }
     let claims = &opened.claims;
+    if policy
+        .not_before_ms()
+        .is_some_and(|brake| claims.issued_at_ms < brake)
+    {
+        return Err(Refusal::new(ReasonCode::Revoked, subject, Problem::Revoked));
+    }
     if now_ms < claims.issued_at_ms || now_ms > claims.expires_at_ms {
         return Err(Refusal::new(ReasonCode::Expired, subject, Problem::Expired));
     }

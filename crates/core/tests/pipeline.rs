@@ -220,8 +220,9 @@ fn redemption_checks_tenant_expiry_revocation_and_version_state() {
     let req = RedeemRequest::from_json(body.as_bytes()).expect("valid");
     let opened = req.open(&keys).expect("opens");
     assert_eq!(opened.kind(), RefKind::Handle);
+    let allowing = policy();
     let check = |snap: Option<&selene_kms_core::SecretSnapshot>, revoked: bool, now: u64| {
-        redeem::check(&opened, snap, revoked, now)
+        redeem::check(&opened, Some(&allowing), snap, revoked, now)
             .map(|g| {
                 (
                     g.tenant().to_string(),
@@ -250,6 +251,32 @@ fn redemption_checks_tenant_expiry_revocation_and_version_state() {
         check(Some(&revoked), false, NOW + 1),
         Err(ReasonCode::Revoked)
     );
+    // The tenant's policy stops every use: disabled or missing, then the emergency brake.
+    let with = |doc: serde_json::Value| {
+        let policy =
+            selene_kms_core::Policy::from_json(doc.to_string().as_bytes()).expect("policy");
+        redeem::check(&opened, Some(&policy), Some(&snapshot), false, NOW + 1)
+            .map(|_| ())
+            .map_err(|r| r.reason)
+    };
+    let rules = json!([{"secret_names": ["*"], "engines": ["*"], "operations": ["GET_HANDLE"]}]);
+    assert_eq!(
+        with(json!({"rules": rules, "enabled": false})),
+        Err(ReasonCode::Disabled)
+    );
+    assert_eq!(
+        redeem::check(&opened, None, Some(&snapshot), false, NOW + 1)
+            .map(|_| ())
+            .map_err(|r| r.reason),
+        Err(ReasonCode::Disabled),
+        "no policy, no use"
+    );
+    assert_eq!(
+        with(json!({"rules": rules, "not_before_ms": NOW + 1})),
+        Err(ReasonCode::Revoked),
+        "issued before the brake"
+    );
+    assert_eq!(with(json!({"rules": rules, "not_before_ms": NOW})), Ok(()));
     let foreign = json!({"tenant_id": "globex", "secret_handle": req.text}).to_string();
     let foreign = RedeemRequest::from_json(foreign.as_bytes()).expect("valid");
     assert_eq!(

@@ -53,6 +53,7 @@ fn policy() -> PolicyDocument {
         admins: vec!["u-admin".to_owned()],
         require_admin_for_rotation: true,
         enabled: true,
+        not_before_ms: None,
     }
 }
 

@@ -530,3 +530,42 @@ async fn openapi_metrics_and_health_are_served() {
     assert_eq!(ready.status, StatusCode::OK);
     s.stop().await;
 }
+
+/// Disabling a tenant stops every use of its outstanding handles, and the policy's
+/// `not_before_ms` refuses every handle issued before it as revoked (the tenant-wide brake).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_tenant_or_the_brake_stops_redemption() {
+    async fn put_policy(s: &Server, extra: serde_json::Value) {
+        let mut policy = json!({
+            "rules": [{"secret_names": ["*"], "engines": ["PH1.CONNECTOR"], "operations": ["GET_HANDLE"]}]
+        });
+        for (k, v) in extra.as_object().expect("object") {
+            policy[k] = v.clone();
+        }
+        let path = format!("/v1/admin/tenants/{TENANT}/policy");
+        let a = s.call(Method::PUT, &path, &s.admin, Some(&policy)).await;
+        assert_eq!(a.status, StatusCode::OK);
+    }
+    let s = Server::start().await;
+    s.provision("payments/stripe", None).await;
+    let handle = s.kms(&request("GET_HANDLE", "d-1")).await.json()["secret_handle"].clone();
+    let body = json!({"tenant_id": TENANT, "secret_handle": handle});
+    assert_eq!(s.redeem(&body).await.status, StatusCode::OK);
+    put_policy(&s, json!({"enabled": false})).await;
+    let a = s.redeem(&body).await;
+    assert_eq!(
+        (a.status.as_u16(), a.reason()),
+        (403, "KMS_DISABLED".into())
+    );
+    put_policy(&s, json!({"enabled": true})).await;
+    assert_eq!(
+        s.redeem(&body).await.status,
+        StatusCode::OK,
+        "enabled again"
+    );
+    let brake = selene_kms_server::now_ms() + 1;
+    put_policy(&s, json!({ "not_before_ms": brake })).await;
+    let a = s.redeem(&body).await;
+    assert_eq!((a.status.as_u16(), a.reason()), (410, "KMS_REVOKED".into()));
+    s.stop().await;
+}

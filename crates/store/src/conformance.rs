@@ -104,7 +104,8 @@ pub async fn redeem(
         .expect("a handle");
     let opened = refs::open_grant(keys, RefKind::Handle, t, &handle).expect("opens");
     let revoked = store.is_revoked(t, opened.id()).await?;
-    let grant = redeem::check(&opened, Some(&current), revoked, now).expect("redeemable");
+    let grant =
+        redeem::check(&opened, Some(&everyone), Some(&current), revoked, now).expect("redeemable");
     store.material(grant).await
 }
 

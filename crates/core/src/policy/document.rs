@@ -31,9 +31,14 @@ pub struct PolicyDocument {
     /// Whether ROTATE and REVOKE need an admin user (default true).
     #[serde(default = "yes")]
     pub require_admin_for_rotation: bool,
-    /// Whether the KMS serves this tenant at all (default true).
+    /// Whether the KMS serves this tenant at all (default true). A disabled tenant's refs are
+    /// refused at redemption too.
     #[serde(default = "yes")]
     pub enabled: bool,
+    /// The tenant-wide emergency brake: handles and credentials issued before this time (ms
+    /// since the epoch) are refused at redemption as revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before_ms: Option<u64>,
 }
 
 /// One allow rule as written.
@@ -125,6 +130,7 @@ impl TryFrom<&PolicyDocument> for Policy {
             admins,
             require_admin_for_rotation: doc.require_admin_for_rotation,
             enabled: doc.enabled,
+            not_before_ms: doc.not_before_ms,
             document: doc.clone(),
         })
     }

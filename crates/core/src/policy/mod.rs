@@ -85,6 +85,7 @@ pub struct Policy {
     admins: Vec<UserId>,
     require_admin_for_rotation: bool,
     enabled: bool,
+    not_before_ms: Option<u64>,
     document: PolicyDocument,
 }
 
@@ -97,6 +98,11 @@ impl Policy {
     /// Whether the tenant is enabled.
     pub fn enabled(&self) -> bool {
         self.enabled
+    }
+
+    /// Refs issued before this time are refused at redemption (the emergency brake).
+    pub fn not_before_ms(&self) -> Option<u64> {
+        self.not_before_ms
     }
 
     fn is_admin(&self, user: Option<&UserId>) -> bool {

@@ -56,7 +56,13 @@ impl Engine {
             .is_revoked(&req.tenant_id, opened.id())
             .await
             .map_err(store_refusal)?;
-        let grant = match redeem::check(&opened, secret.as_deref(), revoked, now_ms) {
+        let policy = self
+            .store
+            .policy(&req.tenant_id)
+            .await
+            .map_err(store_refusal)?;
+        let policy = policy.as_ref().map(|p| p.policy.as_ref());
+        let grant = match redeem::check(&opened, policy, secret.as_deref(), revoked, now_ms) {
             Ok(grant) => grant,
             Err(refusal) => {
                 return self
