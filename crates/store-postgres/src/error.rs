@@ -41,12 +41,22 @@ pub(crate) fn pg_error(what: &str, e: &tokio_postgres::Error) -> StoreError {
         ),
         None => {
             // Not a server error: the client's own description is a fixed phrase ("connection
-            // closed", "error connecting to server"); an I/O cause adds its kind only.
-            let io = std::error::Error::source(e)
-                .and_then(|s| s.downcast_ref::<std::io::Error>())
+            // closed", "error performing TLS handshake"); an I/O cause adds its kind, and a TLS
+            // failure its reason (an unknown issuer, a name the certificate does not hold),
+            // which names no connection parameter.
+            let io = std::error::Error::source(e).and_then(|s| s.downcast_ref::<std::io::Error>());
+            let tls = io
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                .map(|tls| format!(": {tls}"))
+                .unwrap_or_default();
+            let io = io
                 .map(|io| format!(" ({:?})", io.kind()))
                 .unwrap_or_default();
-            StoreError::new(ErrorKind::Unavailable, format!("postgres: {what}: {e}{io}"))
+            StoreError::new(
+                ErrorKind::Unavailable,
+                format!("postgres: {what}: {e}{tls}{io}"),
+            )
         }
     }
 }

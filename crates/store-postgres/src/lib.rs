@@ -25,6 +25,7 @@ mod maintenance;
 mod reads;
 mod schema;
 mod sql;
+mod tls;
 mod url;
 mod writer;
 
@@ -87,10 +88,10 @@ impl PostgresStore {
     /// Must be called inside a Tokio runtime: the store's writer is a task of it.
     pub async fn open(url: &str, root: RootKey, create: bool) -> StoreResult<Self> {
         let target = redact(url);
-        let config = url::parse(url)?;
+        let parsed = url::parse(url)?;
         let manager = Manager::from_config(
-            config,
-            tokio_postgres::NoTls,
+            parsed.config,
+            tls::connector(&parsed.ssl)?,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },

@@ -1,11 +1,14 @@
-//! Connection strings: parsing into a client configuration, and redaction for logs and errors.
+//! Connection strings: parsing into a client configuration and a TLS mode (`sslmode`,
+//! `sslrootcert`, with libpq's meanings), and redaction for logs and errors.
 //!
 //! A connection string may carry a password (`postgres://user:PASSWORD@host/db`, a `password=`
 //! query parameter, or `password=…` in the key/value form). Nothing in this crate prints one:
 //! errors and `Debug` output name the target through [`redact`] only, and a parse failure never
 //! quotes the string (the client library's own `Debug` is not relied upon either).
 
+use percent_encoding::percent_decode_str;
 use selene_kms_store::backend::{ErrorKind, StoreError, StoreResult};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// What replaces a password.
@@ -59,6 +62,19 @@ fn redact_url_body(rest: &str) -> String {
 
 /// Redacts the key/value form, or `None` when it does not scan as one.
 fn redact_key_values(text: &str) -> Option<String> {
+    let pairs: Vec<String> = key_values(text)?
+        .into_iter()
+        .map(|(key, value)| match key {
+            "password" => format!("{key}={HIDDEN}"),
+            _ => format!("{key}={value}"),
+        })
+        .collect();
+    Some(pairs.join(" "))
+}
+
+/// The pairs of the key/value form, each value as written (quoted or bare), or `None` when the
+/// text does not scan as that form.
+fn key_values(text: &str) -> Option<Vec<(&str, &str)>> {
     let mut out = Vec::new();
     let mut rest = text.trim_start();
     while !rest.is_empty() {
@@ -70,14 +86,28 @@ fn redact_key_values(text: &str) -> Option<String> {
         if key.is_empty() {
             return None;
         }
-        if key == "password" {
-            out.push(format!("{key}={HIDDEN}"));
-        } else {
-            out.push(format!("{key}={value}"));
-        }
+        out.push((key, value));
         rest = tail.trim_start();
     }
-    Some(out.join(" "))
+    Some(out)
+}
+
+/// A value of the key/value form as the client library reads it: quotes removed, backslash
+/// escapes resolved.
+fn unquote(value: &str) -> String {
+    let inner = value
+        .strip_prefix('\'')
+        .and_then(|v| v.strip_suffix('\''))
+        .unwrap_or(value);
+    let mut out = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => out.extend(chars.next()),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// The length of one value of the key/value form: quoted (with backslash escapes) or bare.
@@ -97,10 +127,55 @@ fn value_len(text: &str) -> Option<usize> {
     None
 }
 
+/// How a connection is protected: the string's `sslmode`, with libpq's meanings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum SslMode {
+    /// Plaintext.
+    Disable,
+    /// TLS without verification when the server offers it, plaintext when it does not (the
+    /// default, as in libpq): no protection against an active attacker, none against a server
+    /// that declines TLS, but no plaintext on the wire when the server has TLS on.
+    Prefer,
+    /// TLS, the server's certificate not verified: guards against eavesdropping only.
+    Require,
+    /// TLS, the certificate chain verified against the roots in this file, any host name.
+    VerifyCa(PathBuf),
+    /// TLS, the chain verified against the roots in this file and the host name against the
+    /// certificate.
+    VerifyFull(PathBuf),
+}
+
+/// A parsed connection string: what the client library reads, and how TLS is used. No `Debug`:
+/// the client configuration holds the password.
+pub(crate) struct Target {
+    pub(crate) config: tokio_postgres::Config,
+    pub(crate) ssl: SslMode,
+}
+
+/// The TLS parameters the client library does not understand (`verify-ca`, `verify-full`,
+/// `sslrootcert`): taken out of the string before it is parsed, and read here.
+#[derive(Default)]
+struct SslParams {
+    mode: Option<String>,
+    root_cert: Option<String>,
+}
+
+impl SslParams {
+    /// Takes `key`'s value if it is one of ours; later occurrences win, as in libpq.
+    fn take(&mut self, key: &str, value: String) -> bool {
+        match key {
+            "sslmode" => self.mode = Some(value),
+            "sslrootcert" => self.root_cert = Some(value),
+            _ => return false,
+        }
+        true
+    }
+}
+
 /// Parses a connection string into a client configuration, with a connect timeout and an
 /// application name unless the string sets them. The error never quotes the string.
-pub(crate) fn parse(url: &str) -> StoreResult<tokio_postgres::Config> {
-    let mut config: tokio_postgres::Config = url.parse().map_err(|_| {
+pub(crate) fn parse(url: &str) -> StoreResult<Target> {
+    let invalid = || {
         StoreError::new(
             ErrorKind::Invalid,
             format!(
@@ -108,14 +183,106 @@ pub(crate) fn parse(url: &str) -> StoreResult<tokio_postgres::Config> {
                 redact(url)
             ),
         )
-    })?;
+    };
+    let (rest, params) = split_ssl_params(url).ok_or_else(invalid)?;
+    let mut config: tokio_postgres::Config = rest.parse().map_err(|_| invalid())?;
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(CONNECT_TIMEOUT);
     }
     if config.get_application_name().is_none() {
         config.application_name("selene-kms");
     }
-    Ok(config)
+    let mut ssl = ssl_mode(params)?;
+    // PostgreSQL has no TLS on a unix socket (the server declines it there), and libpq ignores
+    // `sslmode` for one: so does the store when every host is a socket.
+    let only_sockets = !config.get_hosts().is_empty()
+        && config.get_hostaddrs().is_empty()
+        && config
+            .get_hosts()
+            .iter()
+            .all(|host| matches!(host, tokio_postgres::config::Host::Unix(_)));
+    if only_sockets {
+        ssl = SslMode::Disable;
+    }
+    config.ssl_mode(match ssl {
+        SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+        SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+        SslMode::Require | SslMode::VerifyCa(_) | SslMode::VerifyFull(_) => {
+            tokio_postgres::config::SslMode::Require
+        }
+    });
+    Ok(Target { config, ssl })
+}
+
+/// The mode the parameters ask for.
+fn ssl_mode(params: SslParams) -> StoreResult<SslMode> {
+    let root = params.root_cert.map(PathBuf::from);
+    let needs_root = |mode: &str| {
+        StoreError::new(
+            ErrorKind::Invalid,
+            format!(
+                "postgres: sslmode={mode} needs sslrootcert=PATH (a PEM file of the CA \
+                 certificates to trust)"
+            ),
+        )
+    };
+    Ok(match params.mode.as_deref() {
+        None | Some("prefer") => SslMode::Prefer,
+        Some("disable") => SslMode::Disable,
+        // libpq verifies the chain under `require` too when a root certificate is given.
+        Some("require") => root.map_or(SslMode::Require, SslMode::VerifyCa),
+        Some("verify-ca") => SslMode::VerifyCa(root.ok_or_else(|| needs_root("verify-ca"))?),
+        Some("verify-full") => SslMode::VerifyFull(root.ok_or_else(|| needs_root("verify-full"))?),
+        Some(_) => {
+            return Err(StoreError::new(
+                ErrorKind::Invalid,
+                "postgres: sslmode must be disable, prefer, require, verify-ca or verify-full",
+            ));
+        }
+    })
+}
+
+/// The string without its `sslmode` and `sslrootcert` parameters, and their values; `None` when
+/// a value is not valid percent-encoded UTF-8. A key/value string that does not scan is
+/// returned whole, for the client library to refuse.
+fn split_ssl_params(url: &str) -> Option<(String, SslParams)> {
+    let mut params = SslParams::default();
+    let url_form = ["postgres://", "postgresql://"]
+        .iter()
+        .find_map(|scheme| url.strip_prefix(scheme).map(|rest| (*scheme, rest)));
+    if let Some((scheme, body)) = url_form {
+        // Where the client library finds the query: the first `?` after the first `@`.
+        let query_from = body.find('@').map_or(0, |at| at + 1);
+        let Some(query_at) = body[query_from..].find('?').map(|q| q + query_from) else {
+            return Some((url.to_owned(), params));
+        };
+        let (before, query) = (&body[..query_at], &body[query_at + 1..]);
+        let mut kept = Vec::new();
+        for param in query.split('&') {
+            let (key, value) = param.split_once('=').unwrap_or((param, ""));
+            let key = percent_decode_str(key).decode_utf8().ok()?;
+            let value = percent_decode_str(value).decode_utf8().ok()?;
+            if !params.take(&key, value.into_owned()) {
+                kept.push(param);
+            }
+        }
+        let query = if kept.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", kept.join("&"))
+        };
+        return Some((format!("{scheme}{before}{query}"), params));
+    }
+    let Some(pairs) = key_values(url) else {
+        return Some((url.to_owned(), params));
+    };
+    let mut kept = Vec::new();
+    for (key, value) in pairs {
+        if !params.take(key, unquote(value)) {
+            kept.push(format!("{key}={value}"));
+        }
+    }
+    Some((kept.join(" "), params))
 }
 
 #[cfg(test)]
@@ -155,6 +322,14 @@ mod tests {
             ),
             ("postgres://host/kms", "postgres://host/kms"),
             (
+                "postgres://kms:s3cret@db:5432/kms?sslmode=verify-full&sslrootcert=/etc/ca.pem",
+                "postgres://kms:***@db:5432/kms?sslmode=verify-full&sslrootcert=/etc/ca.pem",
+            ),
+            (
+                "host=db sslmode=verify-full sslrootcert='/etc/ca.pem' password=s3cret",
+                "host=db sslmode=verify-full sslrootcert='/etc/ca.pem' password=***",
+            ),
+            (
                 "host=/run/pg user=kms password=s3cret dbname=kms",
                 "host=/run/pg user=kms password=*** dbname=kms",
             ),
@@ -176,7 +351,9 @@ mod tests {
 
     #[test]
     fn a_string_that_does_not_parse_is_not_quoted() {
-        let err = parse("postgres://kms:s3cret@host:notaport/kms").expect_err("bad port");
+        let Err(err) = parse("postgres://kms:s3cret@host:notaport/kms") else {
+            panic!("a bad port parses");
+        };
         assert_eq!(err.kind, ErrorKind::Invalid);
         assert!(!err.message.contains("s3cret"), "{}", err.message);
         assert!(!format!("{err:?}").contains("s3cret"));
@@ -184,12 +361,148 @@ mod tests {
 
     #[test]
     fn defaults_are_filled_in_but_never_override_the_string() {
-        let config =
-            parse("postgres://kms@host/kms?connect_timeout=3&application_name=x").expect("parses");
+        let config = parse("postgres://kms@host/kms?connect_timeout=3&application_name=x")
+            .expect("parses")
+            .config;
         assert_eq!(config.get_connect_timeout(), Some(&Duration::from_secs(3)));
         assert_eq!(config.get_application_name(), Some("x"));
-        let config = parse("postgres://kms@host/kms").expect("parses");
+        let config = parse("postgres://kms@host/kms").expect("parses").config;
         assert_eq!(config.get_connect_timeout(), Some(&CONNECT_TIMEOUT));
         assert_eq!(config.get_application_name(), Some("selene-kms"));
+    }
+
+    fn ssl_of(url: &str) -> (SslMode, tokio_postgres::config::SslMode) {
+        match parse(url) {
+            Ok(target) => (target.ssl, target.config.get_ssl_mode()),
+            Err(e) => panic!("{url}: {e}"),
+        }
+    }
+
+    fn refused(url: &str) -> StoreError {
+        match parse(url) {
+            Ok(_) => panic!("{url} parses"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn sslmode_takes_the_libpq_meanings() {
+        use tokio_postgres::config::SslMode as Wire;
+        let ca = || PathBuf::from("/etc/kms/ca.pem");
+        for (url, ssl, wire) in [
+            ("postgres://kms@db/kms", SslMode::Prefer, Wire::Prefer),
+            (
+                "postgres://kms@db/kms?sslmode=disable",
+                SslMode::Disable,
+                Wire::Disable,
+            ),
+            (
+                "postgres://kms@db/kms?sslmode=prefer",
+                SslMode::Prefer,
+                Wire::Prefer,
+            ),
+            (
+                "postgres://kms@db/kms?sslmode=require",
+                SslMode::Require,
+                Wire::Require,
+            ),
+            (
+                "postgres://kms@db/kms?sslmode=verify-ca&sslrootcert=/etc/kms/ca.pem",
+                SslMode::VerifyCa(ca()),
+                Wire::Require,
+            ),
+            (
+                "postgres://kms@db/kms?sslrootcert=%2Fetc%2Fkms%2Fca.pem&sslmode=verify-full",
+                SslMode::VerifyFull(ca()),
+                Wire::Require,
+            ),
+            // libpq checks the chain under `require` when a root certificate is named.
+            (
+                "postgres://kms@db/kms?sslmode=require&sslrootcert=/etc/kms/ca.pem",
+                SslMode::VerifyCa(ca()),
+                Wire::Require,
+            ),
+            // The last occurrence wins.
+            (
+                "postgres://kms@db/kms?sslmode=verify-full&sslmode=disable",
+                SslMode::Disable,
+                Wire::Disable,
+            ),
+            (
+                "host=db sslmode=verify-full sslrootcert='/etc/kms/ca.pem' dbname=kms",
+                SslMode::VerifyFull(ca()),
+                Wire::Require,
+            ),
+            (
+                "host=db sslmode = require user=kms",
+                SslMode::Require,
+                Wire::Require,
+            ),
+            // No TLS exists on a unix socket: libpq ignores `sslmode` there, and so do we.
+            (
+                "postgres://kms@/kms?host=/run/pg&sslmode=verify-full&sslrootcert=/x",
+                SslMode::Disable,
+                Wire::Disable,
+            ),
+            (
+                "host=/run/pg sslmode=require",
+                SslMode::Disable,
+                Wire::Disable,
+            ),
+        ] {
+            assert_eq!(ssl_of(url), (ssl, wire), "{url}");
+        }
+    }
+
+    #[test]
+    fn a_path_with_spaces_and_quotes_survives_both_forms() {
+        let path = PathBuf::from("/etc/my kms/it's.pem");
+        for url in [
+            "postgres://kms@db/kms?sslmode=verify-full&sslrootcert=/etc/my%20kms/it's.pem",
+            "host=db sslmode=verify-full sslrootcert='/etc/my kms/it\\'s.pem'",
+        ] {
+            assert_eq!(ssl_of(url).0, SslMode::VerifyFull(path.clone()), "{url}");
+        }
+    }
+
+    #[test]
+    fn the_other_parameters_are_kept() {
+        let target = parse(
+            "postgres://kms:pw@db:6432/kms?application_name=x&sslmode=require&connect_timeout=3",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(target.config.get_application_name(), Some("x"));
+        assert_eq!(target.config.get_dbname(), Some("kms"));
+        assert_eq!(target.config.get_ports(), [6432]);
+        assert_eq!(target.config.get_password(), Some(&b"pw"[..]));
+        assert_eq!(
+            target.config.get_connect_timeout(),
+            Some(&Duration::from_secs(3))
+        );
+        let target = parse("host=db sslmode=require password='a b' dbname=kms")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(target.config.get_password(), Some(&b"a b"[..]));
+        assert_eq!(target.config.get_dbname(), Some("kms"));
+    }
+
+    #[test]
+    fn verification_without_a_root_certificate_or_an_unknown_mode_is_refused() {
+        for url in [
+            "postgres://kms:s3cret@db/kms?sslmode=verify-full",
+            "postgres://kms:s3cret@db/kms?sslmode=verify-ca",
+            "postgres://kms:s3cret@db/kms?sslmode=allow",
+            "postgres://kms:s3cret@db/kms?sslmode=VERIFY-FULL",
+            "postgres://kms:s3cret@db/kms?sslrootcert=%FF&sslmode=verify-full",
+            "host=db password=s3cret sslmode=verify-full",
+        ] {
+            let err = refused(url);
+            assert_eq!(err.kind, ErrorKind::Invalid, "{url}");
+            assert!(!err.message.contains("s3cret"), "{}", err.message);
+        }
+        assert!(
+            refused("postgres://kms@db/kms?sslmode=verify-full")
+                .message
+                .contains("needs sslrootcert")
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! A throwaway PostgreSQL 15 cluster for tests: `initdb` into a fresh temporary directory, served
 //! on a unix socket in that directory only (no TCP port, so no port races), stopped and removed
-//! when the guard drops.
+//! when the guard drops. [`Cluster::start_tls`] also serves TLS on a loopback port, with a
+//! certificate from a test CA made by the `openssl` command, and accepts TCP logins over TLS only.
 //!
 //! PostgreSQL refuses to run as root, so as root the server runs as the `postgres` user, which
 //! owns the directory. Missing binaries make the test fail with instructions, never skip it.
@@ -9,6 +10,7 @@
     reason = "shared by the store's, the server's and the command line's tests, which use different parts"
 )]
 
+use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -22,7 +24,26 @@ pub(crate) struct Cluster {
     running: bool,
     /// `fsync` on (benchmarks); tests run without it.
     durable: bool,
+    /// The port, which also names the unix socket.
+    port: u16,
+    tls: Option<Tls>,
 }
+
+/// What a TLS cluster serves on TCP.
+struct Tls {
+    /// The CA that signed the server's certificate (for `localhost` and 127.0.0.1).
+    ca: PathBuf,
+    /// The password of the `postgres` user, which TCP logins need.
+    password: String,
+}
+
+/// The password of the `postgres` user in a TLS cluster.
+pub(crate) const TLS_PASSWORD: &str = "tls-login-Pa55word";
+/// The port PostgreSQL names its socket after unless told otherwise.
+const DEFAULT_PORT: u16 = 5432;
+/// Tries at a free loopback port: another process may take the one found before the server
+/// binds it.
+const PORT_TRIES: usize = 5;
 
 fn bin(name: &str) -> PathBuf {
     Path::new(PG_BIN).join(name)
@@ -47,6 +68,111 @@ fn checked(what: &str, out: std::io::Result<Output>) -> Output {
     out
 }
 
+fn openssl(what: &str, dir: &Path, args: &[&str]) {
+    checked(
+        what,
+        Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .stdin(Stdio::null())
+            .output(),
+    );
+}
+
+/// Makes a test CA in `dir` (`NAME.pem`, `NAME.key`); returns the certificate's path.
+pub(crate) fn make_ca(dir: &Path, name: &str) -> PathBuf {
+    let (cert, key) = (format!("{name}.pem"), format!("{name}.key"));
+    openssl(
+        "openssl req (CA)",
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN=selene-kms test CA {name}"),
+            "-keyout",
+            &key,
+            "-out",
+            &cert,
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    );
+    dir.join(cert)
+}
+
+/// Makes a server certificate for `localhost` and 127.0.0.1 in `dir` (`server.crt`,
+/// `server.key`), signed by the CA `ca_name` made there by [`make_ca`]. It is `CA:FALSE`:
+/// webpki refuses a CA certificate as a server's.
+fn make_server_cert(dir: &Path, ca_name: &str) {
+    std::fs::write(
+        dir.join("server.ext"),
+        "basicConstraints=critical,CA:FALSE\n\
+         keyUsage=critical,digitalSignature\n\
+         extendedKeyUsage=serverAuth\n\
+         subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .expect("write the certificate's extensions");
+    openssl(
+        "openssl req (server)",
+        dir,
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ],
+    );
+    openssl(
+        "openssl x509 (server)",
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            &format!("{ca_name}.pem"),
+            "-CAkey",
+            &format!("{ca_name}.key"),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "server.crt",
+        ],
+    );
+}
+
+/// A loopback port that nothing listened on a moment ago.
+fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .expect("bind a loopback port")
+        .port()
+}
+
 /// Whether the PostgreSQL 15 server binaries are installed.
 pub(crate) fn binaries_present() -> bool {
     bin("initdb").exists() && bin("pg_ctl").exists()
@@ -64,7 +190,57 @@ impl Cluster {
         Self::launch(true)
     }
 
+    /// Like [`Cluster::start`], also serving TLS on a free loopback port: the server's
+    /// certificate comes from a test CA ([`Cluster::tls_ca`]), TCP logins need TLS (`hostssl`
+    /// only) and the password [`TLS_PASSWORD`]; the unix socket still trusts every login.
+    pub(crate) fn start_tls() -> Self {
+        let mut cluster = Self::init(false);
+        let certs = cluster.dir.path().join("tls");
+        std::fs::create_dir(&certs).expect("certificate directory");
+        let ca = make_ca(&certs, "ca");
+        make_server_cert(&certs, "ca");
+        let key = certs.join("server.key");
+        if cluster.as_postgres {
+            // The server refuses a key that its own user does not own, or that others can read.
+            checked(
+                "chown",
+                Command::new("chown")
+                    .arg("postgres:postgres")
+                    .arg(&key)
+                    .output(),
+            );
+        }
+        checked("chmod", Command::new("chmod").arg("600").arg(&key).output());
+        std::fs::write(
+            cluster.data_dir().join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 scram-sha-256\n",
+        )
+        .expect("write pg_hba.conf");
+        cluster.tls = Some(Tls {
+            ca,
+            password: TLS_PASSWORD.to_owned(),
+        });
+        for tries in 1.. {
+            cluster.port = free_port();
+            match cluster.try_pg_ctl_start() {
+                Ok(()) => break,
+                // Most likely the port was taken in between: another one.
+                Err(_) if tries < PORT_TRIES => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        cluster.psql(&format!("ALTER ROLE postgres PASSWORD '{TLS_PASSWORD}'"));
+        cluster
+    }
+
     fn launch(durable: bool) -> Self {
+        let mut cluster = Self::init(durable);
+        cluster.pg_ctl_start();
+        cluster
+    }
+
+    /// A new, stopped cluster.
+    fn init(durable: bool) -> Self {
         assert!(
             binaries_present(),
             "PostgreSQL 15 server binaries are missing from {PG_BIN}: install them \
@@ -85,11 +261,13 @@ impl Cluster {
                     .output(),
             );
         }
-        let mut cluster = Self {
+        let cluster = Self {
             dir,
             as_postgres,
             running: false,
             durable,
+            port: DEFAULT_PORT,
+            tls: None,
         };
         let data = cluster.data_dir();
         checked(
@@ -101,7 +279,6 @@ impl Cluster {
                 .arg(&data)
                 .output(),
         );
-        cluster.pg_ctl_start();
         cluster
     }
 
@@ -127,27 +304,55 @@ impl Cluster {
     }
 
     fn pg_ctl_start(&mut self) {
+        if let Err(e) = self.try_pg_ctl_start() {
+            panic!("{e}");
+        }
+    }
+
+    fn try_pg_ctl_start(&mut self) -> Result<(), String> {
         let flush = if self.durable {
             "-c fsync=on -c synchronous_commit=on -c shared_buffers=128MB"
         } else {
             "-c fsync=off -c shared_buffers=16MB"
         };
+        let listen = match &self.tls {
+            None => "-c listen_addresses=''".to_owned(),
+            Some(_) => {
+                let certs = self.dir.path().join("tls");
+                format!(
+                    "-c listen_addresses=127.0.0.1 -c ssl=on -c ssl_cert_file='{}' \
+                     -c ssl_key_file='{}'",
+                    certs.join("server.crt").display(),
+                    certs.join("server.key").display()
+                )
+            }
+        };
         let options = format!(
-            "-c listen_addresses='' -c unix_socket_directories='{}' {flush} -c max_connections=120",
+            "{listen} -c port={} -c unix_socket_directories='{}' {flush} -c max_connections=120",
+            self.port,
             self.socket_dir().display()
         );
-        checked(
-            "pg_ctl start",
-            self.server_command("pg_ctl")
-                .arg("-D")
-                .arg(self.data_dir())
-                .arg("-l")
-                .arg(self.dir.path().join("server.log"))
-                .args(["-w", "-o", &options, "start"])
-                .stdout(Stdio::null())
-                .output(),
-        );
+        let out = self
+            .server_command("pg_ctl")
+            .arg("-D")
+            .arg(self.data_dir())
+            .arg("-l")
+            .arg(self.dir.path().join("server.log"))
+            .args(["-w", "-o", &options, "start"])
+            .stdout(Stdio::null())
+            .output()
+            .map_err(|e| format!("pg_ctl start: cannot run: {e}"))?;
+        if !out.status.success() {
+            let log =
+                std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
+            return Err(format!(
+                "pg_ctl start failed ({}):\n{}\n{log}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
         self.running = true;
+        Ok(())
     }
 
     /// Stops the server at once (as a crash would), keeping its files.
@@ -178,7 +383,7 @@ impl Cluster {
             Command::new(bin("createdb"))
                 .arg("-h")
                 .arg(self.socket_dir())
-                .args(["-U", "postgres", name])
+                .args(["-p", &self.port.to_string(), "-U", "postgres", name])
                 .output(),
         );
         self.url(name)
@@ -187,24 +392,53 @@ impl Cluster {
     /// The connection string of database `name` (as user `postgres`, over the socket).
     pub(crate) fn url(&self, name: &str) -> String {
         format!(
-            "postgres://postgres@/{name}?host={}",
-            self.socket_dir().display()
+            "postgres://postgres@/{name}?host={}&port={}",
+            self.socket_dir().display(),
+            self.port
         )
+    }
+
+    /// The connection string of database `name` over TCP to `host` (`localhost` or
+    /// `127.0.0.1`), as user `postgres` with its password, `query` appended (`sslmode=…`).
+    /// Panics unless the cluster was started with [`Cluster::start_tls`].
+    pub(crate) fn tcp_url(&self, host: &str, name: &str, query: &str) -> String {
+        let tls = self.tls.as_ref().expect("a cluster started with TLS");
+        format!(
+            "postgres://postgres:{}@{host}:{}/{name}?{query}",
+            tls.password, self.port
+        )
+    }
+
+    /// The CA that signed the server's certificate (a PEM file), for `sslrootcert`.
+    pub(crate) fn tls_ca(&self) -> &Path {
+        &self.tls.as_ref().expect("a cluster started with TLS").ca
+    }
+
+    /// Runs one SQL statement as `postgres` over the socket.
+    fn psql(&self, sql: &str) {
+        checked(
+            sql,
+            Command::new(bin("psql"))
+                .arg("-h")
+                .arg(self.socket_dir())
+                .args([
+                    "-p",
+                    &self.port.to_string(),
+                    "-U",
+                    "postgres",
+                    "-d",
+                    "postgres",
+                ])
+                .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
+                .stdin(Stdio::null())
+                .output(),
+        );
     }
 
     /// Writes every dirty page out to the data files (`CHECKPOINT`), so that a scan of
     /// [`Cluster::data_files`] sees all that was committed, not only the write-ahead log.
     pub(crate) fn checkpoint(&self) {
-        checked(
-            "CHECKPOINT",
-            Command::new(bin("psql"))
-                .arg("-h")
-                .arg(self.socket_dir())
-                .args(["-U", "postgres", "-d", "postgres", "-X", "-q"])
-                .args(["-v", "ON_ERROR_STOP=1", "-c", "CHECKPOINT"])
-                .stdin(Stdio::null())
-                .output(),
-        );
+        self.psql("CHECKPOINT");
     }
 
     /// Every file of the cluster's data directory.
