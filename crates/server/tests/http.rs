@@ -530,3 +530,40 @@ async fn openapi_metrics_and_health_are_served() {
     assert_eq!(ready.status, StatusCode::OK);
     s.stop().await;
 }
+
+/// REASON_CODES.md: a dry run of GET_HANDLE or ISSUE_EPHEMERAL issues nothing and answers
+/// `PH1_KMS_OK_ACCESS_EVALUATE` (it once answered `PH1_KMS_OK_MATERIAL_ISSUE`); the commit
+/// still answers `PH1_KMS_OK_MATERIAL_ISSUE`, and so does a ROTATE's dry run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_runs_of_reads_answer_access_evaluate_over_http() {
+    let s = Server::start().await;
+    s.provision("payments/stripe", None).await;
+    for op in ["GET_HANDLE", "ISSUE_EPHEMERAL"] {
+        let mut req = request(op, &format!("dry-{op}"));
+        req["dry_run"] = json!(true);
+        let a = s.kms(&req).await;
+        assert_eq!(
+            (a.status, a.reason()),
+            (StatusCode::OK, "PH1_KMS_OK_ACCESS_EVALUATE".to_owned()),
+            "{op} dry run"
+        );
+        assert_eq!(a.json()["validation_status"], "OK");
+        let a = s.kms(&request(op, &format!("commit-{op}"))).await;
+        assert_eq!(a.reason(), "PH1_KMS_OK_MATERIAL_ISSUE", "{op} commit");
+    }
+    let (plan, done) = s
+        .plan_and_commit(&admin_request("ROTATE", "dry-rotate"))
+        .await;
+    assert_eq!(plan.reason(), "PH1_KMS_OK_MATERIAL_ISSUE");
+    assert_eq!(done.reason(), "PH1_KMS_OK_MATERIAL_ISSUE");
+    let metrics = String::from_utf8(
+        s.raw(Method::GET, "/metrics", None, None, Vec::new())
+            .await
+            .body,
+    )
+    .expect("text");
+    assert!(metrics.contains(
+        "selene_kms_requests_total{operation=\"GET_HANDLE\",reason_code=\"PH1_KMS_OK_ACCESS_EVALUATE\"} 1"
+    ));
+    s.stop().await;
+}
