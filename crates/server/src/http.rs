@@ -19,7 +19,7 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
 use selene_kms_core::redeem::RedeemRequest;
-use selene_kms_core::{KmsRequest, Operation, Policy, ReasonCode, Role, TenantId};
+use selene_kms_core::{KmsRequest, MaterialBundle, Operation, Policy, ReasonCode, Role, TenantId};
 use serde::Deserialize;
 
 use crate::auth::{AuthError, Authenticator};
@@ -80,9 +80,47 @@ impl AsRef<[u8]> for ArcBytes {
     }
 }
 
+/// The body a route refuses with before its own work starts (authentication, content type, size).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Shape {
+    /// `{"reason_code", "message"}`.
+    Admin,
+    /// A refusal bundle, as every answer of `POST /v1/kms/requests` is (the v1 contract). The
+    /// request was not read, so it names no operation and is no dry run.
+    Bundle,
+}
+
 /// An error answered with an [`AdminError`] body.
 fn error(state: &AppState, operation: Option<&'static str>, reason: ReasonCode) -> Response {
-    admin_reply(state, operation, Err(reason.into()))
+    refused(state, operation, reason, Shape::Admin)
+}
+
+/// A refusal in `shape`, with the reason's status.
+fn refused(
+    state: &AppState,
+    operation: Option<&'static str>,
+    reason: ReasonCode,
+    shape: Shape,
+) -> Response {
+    let mut response = match shape {
+        Shape::Admin => admin_reply(state, operation, Err(reason.into())),
+        Shape::Bundle => {
+            let bundle = MaterialBundle::refusal(reason, Vec::new(), None, false);
+            reply(
+                state,
+                reason.http_status(),
+                operation,
+                reason,
+                bodies::json(&bundle),
+            )
+        }
+    };
+    if reason == ReasonCode::Unauthenticated {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    response
 }
 
 /// What an admin route answers: a success status and its body, or an error.
@@ -108,35 +146,33 @@ fn admin_reply(
     }
 }
 
-/// Authenticates and checks the role.
+/// Authenticates and checks the role; a refusal comes in `shape`.
 async fn authorize(
     state: &AppState,
     headers: &HeaderMap,
     role: Role,
     operation: Option<&'static str>,
+    shape: Shape,
 ) -> Result<Caller, Response> {
     let header = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    match state.auth.authenticate(header).await {
-        Ok(c) if c.role == role => Ok(c),
-        Ok(_) => Err(error(state, operation, ReasonCode::ForbiddenRole)),
-        Err(AuthError::Unauthenticated) => {
-            let mut r = error(state, operation, ReasonCode::Unauthenticated);
-            r.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            Err(r)
-        }
-        Err(AuthError::Store(kind)) => Err(error(state, operation, reason_for(kind))),
-    }
+    let reason = match state.auth.authenticate(header).await {
+        Ok(c) if c.role == role => return Ok(c),
+        Ok(_) => ReasonCode::ForbiddenRole,
+        Err(AuthError::Unauthenticated) => ReasonCode::Unauthenticated,
+        Err(AuthError::Store(kind)) => reason_for(kind),
+    };
+    Err(refused(state, operation, reason, shape))
 }
 
-/// Checks the content type and reads the body within the limit.
+/// Checks the content type and reads the body within the limit; a refusal comes in `shape`.
 async fn json_body(
     state: &AppState,
     headers: &HeaderMap,
     body: Body,
     operation: Option<&'static str>,
+    shape: Shape,
 ) -> Result<Bytes, Response> {
     let is_json = headers
         .get(header::CONTENT_TYPE)
@@ -144,11 +180,16 @@ async fn json_body(
         .and_then(|v| v.split(';').next())
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
     if !is_json {
-        return Err(error(state, operation, ReasonCode::UnsupportedMediaType));
+        return Err(refused(
+            state,
+            operation,
+            ReasonCode::UnsupportedMediaType,
+            shape,
+        ));
     }
     axum::body::to_bytes(body, state.body_limit)
         .await
-        .map_err(|_| error(state, operation, ReasonCode::PayloadTooLarge))
+        .map_err(|_| refused(state, operation, ReasonCode::PayloadTooLarge, shape))
 }
 
 fn tenant(state: &AppState, raw: &str) -> Result<TenantId, Response> {
@@ -157,11 +198,11 @@ fn tenant(state: &AppState, raw: &str) -> Result<TenantId, Response> {
 
 async fn kms_request(State(state): Shared, headers: HeaderMap, body: Body) -> Response {
     const OP: Option<&str> = Some("UNPARSED");
-    let caller = match authorize(&state, &headers, Role::Os, OP).await {
+    let caller = match authorize(&state, &headers, Role::Os, OP, Shape::Bundle).await {
         Ok(c) => c,
         Err(r) => return r,
     };
-    let bytes = match json_body(&state, &headers, body, OP).await {
+    let bytes = match json_body(&state, &headers, body, OP, Shape::Bundle).await {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -187,10 +228,10 @@ async fn kms_request(State(state): Shared, headers: HeaderMap, body: Body) -> Re
 
 async fn redeem(State(state): Shared, headers: HeaderMap, body: Body) -> Response {
     const OP: Option<&str> = Some("REDEEM");
-    if let Err(r) = authorize(&state, &headers, Role::Executor, OP).await {
+    if let Err(r) = authorize(&state, &headers, Role::Executor, OP, Shape::Admin).await {
         return r;
     }
-    let bytes = match json_body(&state, &headers, body, OP).await {
+    let bytes = match json_body(&state, &headers, body, OP, Shape::Admin).await {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -232,14 +273,14 @@ async fn admin_write(
     body: Body,
     what: AdminWrite,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers, Role::Admin, ADMIN).await {
+    if let Err(r) = authorize(&state, &headers, Role::Admin, ADMIN, Shape::Admin).await {
         return r;
     }
     let tenant = match tenant(&state, &tenant_id) {
         Ok(t) => t,
         Err(r) => return r,
     };
-    let bytes = match json_body(&state, &headers, body, ADMIN).await {
+    let bytes = match json_body(&state, &headers, body, ADMIN, Shape::Admin).await {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -289,7 +330,7 @@ async fn admin_read(
     headers: HeaderMap,
     what: AdminRead,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers, Role::Admin, ADMIN).await {
+    if let Err(r) = authorize(&state, &headers, Role::Admin, ADMIN, Shape::Admin).await {
         return r;
     }
     let tenant = match tenant(&state, &tenant_id) {
@@ -329,7 +370,7 @@ async fn admin_query<T>(
     headers: &HeaderMap,
     query: Result<Query<T>, QueryRejection>,
 ) -> Result<T, Response> {
-    authorize(state, headers, Role::Admin, ADMIN).await?;
+    authorize(state, headers, Role::Admin, ADMIN, Shape::Admin).await?;
     query
         .map(|Query(q)| q)
         .map_err(|_| error(state, ADMIN, ReasonCode::InputSchemaInvalid))
