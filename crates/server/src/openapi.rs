@@ -163,7 +163,7 @@ pub(crate) const CREATE_SECRET: Endpoint = Endpoint {
     params: &[TENANT_PATH],
     request: Some("NewSecretRequest"),
     success: (201, Body::Json("SecretCreated")),
-    refusals: Refusals::Admin(&[409, 413, 415, 422]),
+    refusals: Refusals::Admin(&[409, 422]),
 };
 
 /// `GET /v1/admin/tenants/{tenant_id}/secrets`.
@@ -187,7 +187,7 @@ pub(crate) const STAGE: Endpoint = Endpoint {
     params: &[TENANT_PATH],
     request: Some("StageRequest"),
     success: (202, Body::Json("Staged")),
-    refusals: Refusals::Admin(&[404, 409, 413, 415, 422]),
+    refusals: Refusals::Admin(&[404, 409, 422]),
 };
 
 /// `PUT /v1/admin/tenants/{tenant_id}/policy`.
@@ -199,7 +199,7 @@ pub(crate) const PUT_POLICY: Endpoint = Endpoint {
     params: &[TENANT_PATH],
     request: Some("PolicyDocument"),
     success: (200, Body::Json("PolicyVersion")),
-    refusals: Refusals::Admin(&[409, 413, 415, 422]),
+    refusals: Refusals::Admin(&[409, 422]),
 };
 
 /// `GET /v1/admin/tenants/{tenant_id}/policy`.
