@@ -3,7 +3,8 @@
 //!
 //! Order (DESIGN.md, steps 6–8): existence, the simulation gate for ROTATE/REVOKE commits, then
 //! the operation's own preconditions. Dry runs show what the commit would give, with a
-//! `simulation_id`, but never a usable handle or credential.
+//! `simulation_id`, but never a usable handle or credential; a dry run of GET_HANDLE or
+//! ISSUE_EPHEMERAL answers `PH1_KMS_OK_ACCESS_EVALUATE`, since it issues nothing.
 //!
 //! Only [`issue`] seals handles and credentials and computes simulation ids; neither is reachable
 //! from outside the core, so a commit cannot present an id that no dry run produced:
@@ -188,6 +189,11 @@ pub fn issue(
         }
     };
     if request.dry_run {
+        // A dry run of a read issues nothing: it reports the access evaluation (REASON_CODES.md).
+        // A dry run of a mutation keeps the code its commit would give, as the plan it shows.
+        if !request.operation.is_mutation() {
+            bundle.reason_code = ReasonCode::OkAccessEvaluate;
+        }
         bundle.simulation_id = Some(simulation::simulation_id(
             keys,
             request,

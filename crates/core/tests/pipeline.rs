@@ -193,6 +193,36 @@ fn dry_runs_never_carry_a_usable_ref() {
     }
 }
 
+/// REASON_CODES.md: dry runs of GET_HANDLE and ISSUE_EPHEMERAL answer
+/// `PH1_KMS_OK_ACCESS_EVALUATE` (they once answered `PH1_KMS_OK_MATERIAL_ISSUE`, issuing nothing);
+/// dry runs of ROTATE and REVOKE keep the code their commit gives, and commits are unchanged.
+#[test]
+fn dry_runs_of_reads_answer_access_evaluate_and_mutations_keep_material_issue() {
+    let keys = keys();
+    for op in ["GET_HANDLE", "ISSUE_EPHEMERAL"] {
+        let mut v = request(op);
+        v["dry_run"] = json!(true);
+        let (dry, _) = run(&parse(&v), Some(&policy()), Some(&secret(1)), &keys, NOW).expect("ok");
+        assert_eq!(dry.reason_code, ReasonCode::OkAccessEvaluate, "{op}");
+        assert!(dry.is_ok(), "{op}");
+        v["dry_run"] = json!(false);
+        let (commit, _) =
+            run(&parse(&v), Some(&policy()), Some(&secret(1)), &keys, NOW).expect("ok");
+        assert_eq!(commit.reason_code, ReasonCode::OkMaterialIssue, "{op}");
+    }
+    let mut rotate = admin_request("ROTATE");
+    rotate["dry_run"] = json!(true);
+    let (plan, _) = run(
+        &parse(&rotate),
+        Some(&policy()),
+        Some(&secret(2)),
+        &keys,
+        NOW,
+    )
+    .expect("ok");
+    assert_eq!(plan.reason_code, ReasonCode::OkMaterialIssue);
+}
+
 #[test]
 fn missing_secrets_are_not_found_only_for_authorized_requesters() {
     let keys = keys();

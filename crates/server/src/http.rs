@@ -3,9 +3,10 @@
 //! Handlers are thin: authenticate, read the clock once, parse the body into the core's
 //! validated type, call the engine's typed API, encode its answer. Bytes in and bytes out are this
 //! module's business (with [`bodies`]), never the engine's. Every error has a reason code; bodies
-//! are never logged.
+//! are never logged. The routes are one table ([`routes`]), each with the [`Endpoint`] that
+//! documents it, so the router and the OpenAPI document cannot drift apart.
 
-mod bodies;
+pub(crate) mod bodies;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,18 +15,20 @@ use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, Request, State};
+use axum::handler::Handler;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, on};
 use selene_kms_core::redeem::RedeemRequest;
-use selene_kms_core::{KmsRequest, Operation, Policy, ReasonCode, Role, TenantId};
+use selene_kms_core::{KmsRequest, MaterialBundle, Operation, Policy, ReasonCode, Role, TenantId};
 use serde::Deserialize;
 
 use crate::auth::{AuthError, Authenticator};
 use crate::engine::{AdminError, Caller, Engine};
 use crate::metrics::{Metrics, RouteClass};
 use crate::now_ms;
+use crate::openapi::{self, Endpoint};
 use crate::store_error::reason_for;
 
 /// Largest request body accepted (a KMS request is well under 4 KiB; imported material ≤ 8 KiB).
@@ -80,9 +83,47 @@ impl AsRef<[u8]> for ArcBytes {
     }
 }
 
+/// The body a route refuses with before its own work starts (authentication, content type, size).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Shape {
+    /// `{"reason_code", "message"}`.
+    Admin,
+    /// A refusal bundle, as every answer of `POST /v1/kms/requests` is (the v1 contract). The
+    /// request was not read, so it names no operation and is no dry run.
+    Bundle,
+}
+
 /// An error answered with an [`AdminError`] body.
 fn error(state: &AppState, operation: Option<&'static str>, reason: ReasonCode) -> Response {
-    admin_reply(state, operation, Err(reason.into()))
+    refused(state, operation, reason, Shape::Admin)
+}
+
+/// A refusal in `shape`, with the reason's status.
+fn refused(
+    state: &AppState,
+    operation: Option<&'static str>,
+    reason: ReasonCode,
+    shape: Shape,
+) -> Response {
+    let mut response = match shape {
+        Shape::Admin => admin_reply(state, operation, Err(reason.into())),
+        Shape::Bundle => {
+            let bundle = MaterialBundle::refusal(reason, Vec::new(), None, false);
+            reply(
+                state,
+                reason.http_status(),
+                operation,
+                reason,
+                bodies::json(&bundle),
+            )
+        }
+    };
+    if reason == ReasonCode::Unauthenticated {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    response
 }
 
 /// What an admin route answers: a success status and its body, or an error.
@@ -108,35 +149,33 @@ fn admin_reply(
     }
 }
 
-/// Authenticates and checks the role.
+/// Authenticates and checks the role; a refusal comes in `shape`.
 async fn authorize(
     state: &AppState,
     headers: &HeaderMap,
     role: Role,
     operation: Option<&'static str>,
+    shape: Shape,
 ) -> Result<Caller, Response> {
     let header = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    match state.auth.authenticate(header).await {
-        Ok(c) if c.role == role => Ok(c),
-        Ok(_) => Err(error(state, operation, ReasonCode::ForbiddenRole)),
-        Err(AuthError::Unauthenticated) => {
-            let mut r = error(state, operation, ReasonCode::Unauthenticated);
-            r.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            Err(r)
-        }
-        Err(AuthError::Store(kind)) => Err(error(state, operation, reason_for(kind))),
-    }
+    let reason = match state.auth.authenticate(header).await {
+        Ok(c) if c.role == role => return Ok(c),
+        Ok(_) => ReasonCode::ForbiddenRole,
+        Err(AuthError::Unauthenticated) => ReasonCode::Unauthenticated,
+        Err(AuthError::Store(kind)) => reason_for(kind),
+    };
+    Err(refused(state, operation, reason, shape))
 }
 
-/// Checks the content type and reads the body within the limit.
+/// Checks the content type and reads the body within the limit; a refusal comes in `shape`.
 async fn json_body(
     state: &AppState,
     headers: &HeaderMap,
     body: Body,
     operation: Option<&'static str>,
+    shape: Shape,
 ) -> Result<Bytes, Response> {
     let is_json = headers
         .get(header::CONTENT_TYPE)
@@ -144,11 +183,16 @@ async fn json_body(
         .and_then(|v| v.split(';').next())
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
     if !is_json {
-        return Err(error(state, operation, ReasonCode::UnsupportedMediaType));
+        return Err(refused(
+            state,
+            operation,
+            ReasonCode::UnsupportedMediaType,
+            shape,
+        ));
     }
     axum::body::to_bytes(body, state.body_limit)
         .await
-        .map_err(|_| error(state, operation, ReasonCode::PayloadTooLarge))
+        .map_err(|_| refused(state, operation, ReasonCode::PayloadTooLarge, shape))
 }
 
 fn tenant(state: &AppState, raw: &str) -> Result<TenantId, Response> {
@@ -157,11 +201,11 @@ fn tenant(state: &AppState, raw: &str) -> Result<TenantId, Response> {
 
 async fn kms_request(State(state): Shared, headers: HeaderMap, body: Body) -> Response {
     const OP: Option<&str> = Some("UNPARSED");
-    let caller = match authorize(&state, &headers, Role::Os, OP).await {
+    let caller = match authorize(&state, &headers, Role::Os, OP, Shape::Bundle).await {
         Ok(c) => c,
         Err(r) => return r,
     };
-    let bytes = match json_body(&state, &headers, body, OP).await {
+    let bytes = match json_body(&state, &headers, body, OP, Shape::Bundle).await {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -187,10 +231,10 @@ async fn kms_request(State(state): Shared, headers: HeaderMap, body: Body) -> Re
 
 async fn redeem(State(state): Shared, headers: HeaderMap, body: Body) -> Response {
     const OP: Option<&str> = Some("REDEEM");
-    if let Err(r) = authorize(&state, &headers, Role::Executor, OP).await {
+    if let Err(r) = authorize(&state, &headers, Role::Executor, OP, Shape::Admin).await {
         return r;
     }
-    let bytes = match json_body(&state, &headers, body, OP).await {
+    let bytes = match json_body(&state, &headers, body, OP, Shape::Admin).await {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -232,14 +276,14 @@ async fn admin_write(
     body: Body,
     what: AdminWrite,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers, Role::Admin, ADMIN).await {
+    if let Err(r) = authorize(&state, &headers, Role::Admin, ADMIN, Shape::Admin).await {
         return r;
     }
     let tenant = match tenant(&state, &tenant_id) {
         Ok(t) => t,
         Err(r) => return r,
     };
-    let bytes = match json_body(&state, &headers, body, ADMIN).await {
+    let bytes = match json_body(&state, &headers, body, ADMIN, Shape::Admin).await {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -257,7 +301,7 @@ async fn admin_write(
             async {
                 let req = bodies::parse(&bytes)?;
                 engine.stage(&tenant, req, now_ms()).await?;
-                Ok((202, bodies::json(&serde_json::json!({"staged": true}))))
+                Ok((202, bodies::staged()))
             }
             .await
         }
@@ -265,10 +309,7 @@ async fn admin_write(
             async {
                 let policy = Policy::from_json(&bytes).map_err(|r| AdminError::from(r.reason))?;
                 let version = engine.put_policy(&tenant, &policy, now_ms()).await?;
-                Ok((
-                    200,
-                    bodies::json(&serde_json::json!({"policy_version": version})),
-                ))
+                Ok((200, bodies::policy_version(version)))
             }
             .await
         }
@@ -289,7 +330,7 @@ async fn admin_read(
     headers: HeaderMap,
     what: AdminRead,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers, Role::Admin, ADMIN).await {
+    if let Err(r) = authorize(&state, &headers, Role::Admin, ADMIN, Shape::Admin).await {
         return r;
     }
     let tenant = match tenant(&state, &tenant_id) {
@@ -301,7 +342,7 @@ async fn admin_read(
             .engine
             .list_secrets(&tenant)
             .await
-            .map(|secrets| bodies::json(&serde_json::json!({ "secrets": secrets }))),
+            .map(bodies::secrets),
         AdminRead::Policy => state
             .engine
             .get_policy(&tenant)
@@ -329,7 +370,7 @@ async fn admin_query<T>(
     headers: &HeaderMap,
     query: Result<Query<T>, QueryRejection>,
 ) -> Result<T, Response> {
-    authorize(state, headers, Role::Admin, ADMIN).await?;
+    authorize(state, headers, Role::Admin, ADMIN, Shape::Admin).await?;
     query
         .map(|Query(q)| q)
         .map_err(|_| error(state, ADMIN, ReasonCode::InputSchemaInvalid))
@@ -359,12 +400,7 @@ async fn audit(
             q.limit.unwrap_or(crate::engine::DEFAULT_AUDIT_PAGE),
         )
         .await
-        .map(|records| {
-            (
-                200,
-                bodies::json(&serde_json::json!({ "records": records })),
-            )
-        });
+        .map(|records| (200, bodies::audit_page(records)));
     admin_reply(&state, ADMIN, outcome)
 }
 
@@ -408,19 +444,21 @@ async fn audit_export(
 }
 
 async fn public_key(State(state): Shared) -> Response {
-    let body = serde_json::json!({ "audit_public_key": state.engine.audit_public_key() });
-    respond(200, serde_json::to_vec(&body).unwrap_or_default())
+    respond(
+        200,
+        bodies::audit_public_key(state.engine.audit_public_key()),
+    )
 }
 
 async fn healthz() -> Response {
-    respond(200, &br#"{"status":"ok"}"#[..])
+    respond(200, bodies::status("ok"))
 }
 
 async fn readyz(State(state): Shared) -> Response {
     if state.engine.ready().await {
-        respond(200, &br#"{"status":"ready"}"#[..])
+        respond(200, bodies::status("ready"))
     } else {
-        respond(503, &br#"{"status":"unavailable"}"#[..])
+        respond(503, bodies::status("unavailable"))
     }
 }
 
@@ -442,8 +480,8 @@ async fn metrics(State(state): Shared) -> Response {
     r
 }
 
-async fn openapi() -> Response {
-    respond(200, crate::openapi::document())
+async fn openapi_document() -> Response {
+    respond(200, openapi::document())
 }
 
 async fn not_found(State(state): Shared) -> Response {
@@ -476,8 +514,27 @@ async fn observe(State(state): Shared, request: Request, next: Next) -> Response
     response
 }
 
-/// The router over `state`.
-pub fn router(state: Arc<AppState>) -> Router {
+/// One route: its documentation and its handler.
+pub(crate) struct Route {
+    pub(crate) endpoint: &'static Endpoint,
+    handler: MethodRouter<Arc<AppState>>,
+}
+
+/// `endpoint` served by `handler`, on the endpoint's own method.
+fn at<H, T>(endpoint: &'static Endpoint, handler: H) -> Route
+where
+    H: Handler<T, Arc<AppState>>,
+    T: 'static,
+{
+    Route {
+        endpoint,
+        handler: on(endpoint.verb.filter(), handler),
+    }
+}
+
+/// Every route the server has, each once. The router is built from this table and nothing else,
+/// and so is the OpenAPI document.
+pub(crate) fn routes() -> Vec<Route> {
     let write = |what: AdminWrite| {
         move |state: Shared, path: Path<String>, headers: HeaderMap, body: Body| {
             admin_write(state, path, headers, body, what)
@@ -488,31 +545,37 @@ pub fn router(state: Arc<AppState>) -> Router {
             admin_read(state, path, headers, what)
         }
     };
-    let tenants = Router::new()
-        .route(
-            "/{tenant_id}/secrets",
-            post(write(AdminWrite::CreateSecret)).get(read(AdminRead::Secrets)),
-        )
-        .route(
-            "/{tenant_id}/staged-versions",
-            post(write(AdminWrite::Stage)),
-        )
-        .route(
-            "/{tenant_id}/policy",
-            get(read(AdminRead::Policy)).put(write(AdminWrite::PutPolicy)),
-        );
-    Router::new()
-        .route("/v1/kms/requests", post(kms_request))
-        .route("/v1/material/redeem", post(redeem))
-        .nest("/v1/admin/tenants", tenants)
-        .route("/v1/audit", get(audit))
-        .route("/v1/audit/export", get(audit_export))
-        .route("/v1/audit/public-key", get(public_key))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/v1/noop", get(noop))
-        .route("/metrics", get(metrics))
-        .route("/v1/openapi.json", get(openapi))
+    vec![
+        at(&openapi::KMS_REQUESTS, kms_request),
+        at(&openapi::REDEEM, redeem),
+        at(&openapi::CREATE_SECRET, write(AdminWrite::CreateSecret)),
+        at(&openapi::LIST_SECRETS, read(AdminRead::Secrets)),
+        at(&openapi::STAGE, write(AdminWrite::Stage)),
+        at(&openapi::PUT_POLICY, write(AdminWrite::PutPolicy)),
+        at(&openapi::GET_POLICY, read(AdminRead::Policy)),
+        at(&openapi::AUDIT, audit),
+        at(&openapi::AUDIT_EXPORT, audit_export),
+        at(&openapi::PUBLIC_KEY, public_key),
+        at(&openapi::HEALTHZ, healthz),
+        at(&openapi::READYZ, readyz),
+        at(&openapi::NOOP, noop),
+        at(&openapi::METRICS, metrics),
+        at(&openapi::OPENAPI, openapi_document),
+    ]
+}
+
+/// The documentation of every route, in table order.
+pub(crate) fn endpoints() -> Vec<&'static Endpoint> {
+    routes().into_iter().map(|r| r.endpoint).collect()
+}
+
+/// The router over `state`.
+pub fn router(state: Arc<AppState>) -> Router {
+    // Two methods on one path merge into one method router; the same method twice panics.
+    let router = routes().into_iter().fold(Router::new(), |router, r| {
+        router.route(r.endpoint.path, r.handler)
+    });
+    router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), observe))

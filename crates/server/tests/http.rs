@@ -569,3 +569,169 @@ async fn a_disabled_tenant_or_the_brake_stops_redemption() {
     assert_eq!((a.status.as_u16(), a.reason()), (410, "KMS_REVOKED".into()));
     s.stop().await;
 }
+
+/// The v1 contract: every refusal on `POST /v1/kms/requests` is a refusal bundle. Those of
+/// authentication, role, content type and size once answered `{reason_code, message}`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kms_refusals_before_the_request_is_read_are_bundles_too() {
+    let s = Server::start().await;
+    s.provision("payments/stripe", None).await;
+    let good = serde_json::to_vec(&request("GET_HANDLE", "k-shape")).expect("json");
+    let json_ct = Some("application/json");
+    // What stops it, the token and content type sent, the body, and the status and reason.
+    type Stop<'a> = (
+        &'a str,
+        Option<&'a str>,
+        Option<&'a str>,
+        Vec<u8>,
+        u16,
+        &'a str,
+    );
+    let cases: Vec<Stop<'_>> = vec![
+        (
+            "no token",
+            None,
+            json_ct,
+            good.clone(),
+            401,
+            "KMS_UNAUTHENTICATED",
+        ),
+        (
+            "unknown token",
+            Some("skms_os_forged"),
+            json_ct,
+            good.clone(),
+            401,
+            "KMS_UNAUTHENTICATED",
+        ),
+        (
+            "admin token",
+            Some(&s.admin),
+            json_ct,
+            good.clone(),
+            403,
+            "KMS_FORBIDDEN_ROLE",
+        ),
+        (
+            "executor token",
+            Some(&s.executor),
+            json_ct,
+            good.clone(),
+            403,
+            "KMS_FORBIDDEN_ROLE",
+        ),
+        (
+            "oversized",
+            Some(&s.os),
+            json_ct,
+            vec![b' '; 70 * 1024],
+            413,
+            "KMS_PAYLOAD_TOO_LARGE",
+        ),
+        (
+            "not json",
+            Some(&s.os),
+            Some("text/plain"),
+            good.clone(),
+            415,
+            "KMS_UNSUPPORTED_MEDIA_TYPE",
+        ),
+    ];
+    for (what, token, ct, body, status, reason) in cases {
+        let a = s
+            .raw(Method::POST, "/v1/kms/requests", token, ct, body)
+            .await;
+        assert_eq!(a.status.as_u16(), status, "{what}");
+        let b = a.json();
+        assert_eq!(b["validation_status"], "FAIL", "{what}: {b}");
+        assert_eq!(b["reason_code"], reason, "{what}");
+        assert!(
+            b.get("message").is_none(),
+            "{what}: not an admin error: {b}"
+        );
+        // Parses as the bundle type itself: every field of the contract, nothing else.
+        let bundle: selene_kms_core::MaterialBundle =
+            serde_json::from_value(b.clone()).expect("a bundle");
+        assert!(!bundle.is_ok());
+        for field in [
+            "operation",
+            "secret_ref",
+            "secret_handle",
+            "ephemeral_credential_ref",
+            "expires_at_ms",
+            "rotated_version",
+            "revoked",
+            "simulation_id",
+            "audit_seq",
+        ] {
+            assert!(b[field].is_null(), "{what}: {field} in {b}");
+        }
+        assert_eq!(b["dry_run"], false, "{what}");
+    }
+    // A 401 still says how to authenticate.
+    let r = s
+        .http
+        .post(format!("{}/v1/kms/requests", s.url))
+        .header("content-type", "application/json")
+        .body(good)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        r.headers()
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok()),
+        Some("Bearer")
+    );
+    // Admin routes keep their error shape.
+    let a = s
+        .raw(
+            Method::GET,
+            &format!("/v1/admin/tenants/{TENANT}/policy"),
+            None,
+            None,
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(a.json()["message"].as_str().map(str::is_empty), Some(false));
+    s.stop().await;
+}
+
+/// REASON_CODES.md: a dry run of GET_HANDLE or ISSUE_EPHEMERAL issues nothing and answers
+/// `PH1_KMS_OK_ACCESS_EVALUATE` (it once answered `PH1_KMS_OK_MATERIAL_ISSUE`); the commit
+/// still answers `PH1_KMS_OK_MATERIAL_ISSUE`, and so does a ROTATE's dry run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_runs_of_reads_answer_access_evaluate_over_http() {
+    let s = Server::start().await;
+    s.provision("payments/stripe", None).await;
+    for op in ["GET_HANDLE", "ISSUE_EPHEMERAL"] {
+        let mut req = request(op, &format!("dry-{op}"));
+        req["dry_run"] = json!(true);
+        let a = s.kms(&req).await;
+        assert_eq!(
+            (a.status, a.reason()),
+            (StatusCode::OK, "PH1_KMS_OK_ACCESS_EVALUATE".to_owned()),
+            "{op} dry run"
+        );
+        assert_eq!(a.json()["validation_status"], "OK");
+        let a = s.kms(&request(op, &format!("commit-{op}"))).await;
+        assert_eq!(a.reason(), "PH1_KMS_OK_MATERIAL_ISSUE", "{op} commit");
+    }
+    let (plan, done) = s
+        .plan_and_commit(&admin_request("ROTATE", "dry-rotate"))
+        .await;
+    assert_eq!(plan.reason(), "PH1_KMS_OK_MATERIAL_ISSUE");
+    assert_eq!(done.reason(), "PH1_KMS_OK_MATERIAL_ISSUE");
+    let metrics = String::from_utf8(
+        s.raw(Method::GET, "/metrics", None, None, Vec::new())
+            .await
+            .body,
+    )
+    .expect("text");
+    assert!(metrics.contains(
+        "selene_kms_requests_total{operation=\"GET_HANDLE\",reason_code=\"PH1_KMS_OK_ACCESS_EVALUATE\"} 1"
+    ));
+    s.stop().await;
+}

@@ -7,12 +7,151 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use selene_kms_core::{ReasonCode, Refusal};
-use serde::Serialize;
+use selene_kms_core::{AuditRecord, Diagnostic, ReasonCode, Refusal, ValidationStatus};
+use selene_kms_store::SecretListing;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use zeroize::Zeroizing;
 
 use crate::engine::{AdminError, CreatedSecret, Redeemed};
+
+// The answers below are serialized from these types, so the OpenAPI document's schemas (derived
+// from the same types) are the bytes' shape. Their doc comments are the schemas' descriptions.
+
+/// `POST /v1/admin/tenants/{tenant_id}/secrets`: the secret just created.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct SecretCreated {
+    /// Its opaque ref.
+    secret_ref: String,
+    /// Its first version.
+    version: u64,
+}
+
+/// `GET /v1/admin/tenants/{tenant_id}/secrets`: metadata only, never a value.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct SecretList {
+    /// Every secret of the tenant.
+    #[schema(value_type = Vec<ListedSecret>)]
+    secrets: Vec<SecretListing>,
+}
+
+/// One secret in a listing. Documentation of the store's listing type, which derives no schema:
+/// tests parse real listings into it.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = SecretListing)]
+#[allow(
+    dead_code,
+    reason = "the listing's documented shape; built only by tests that parse real listings"
+)]
+pub(crate) struct ListedSecret {
+    /// Its name.
+    secret_name: String,
+    /// Its opaque ref.
+    secret_ref: String,
+    /// `GENERATED` or `IMPORTED`.
+    kind: String,
+    /// The current version.
+    current_version: u64,
+    /// Every version.
+    versions: Vec<ListedVersion>,
+}
+
+/// One version in a listing.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = VersionListing)]
+#[allow(
+    dead_code,
+    reason = "the listing's documented shape; built only by tests that parse real listings"
+)]
+pub(crate) struct ListedVersion {
+    /// The version number.
+    version: u64,
+    /// `ACTIVE` or `REVOKED`.
+    state: String,
+    /// When it was created.
+    created_at_ms: u64,
+}
+
+/// `POST /v1/admin/tenants/{tenant_id}/staged-versions`: staged for the next rotation.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Staged {
+    /// Always true.
+    staged: bool,
+}
+
+/// `PUT /v1/admin/tenants/{tenant_id}/policy`: the stored policy's version.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct PolicyVersion {
+    /// The version the policy was stored as.
+    policy_version: u64,
+}
+
+/// `GET /v1/audit`: a page of a tenant's chain, in sequence order.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct AuditPage {
+    /// The records.
+    records: Vec<AuditRecord>,
+}
+
+/// `GET /v1/audit/public-key`.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct AuditPublicKey {
+    /// The Ed25519 public key that verifies audit checkpoints.
+    audit_public_key: String,
+}
+
+/// `/healthz` and `/readyz`: `ok`, `ready` or `unavailable`.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Status {
+    /// The state.
+    #[schema(value_type = String)]
+    status: &'static str,
+}
+
+/// A redemption refused: the redemption answer's shape with every material field null.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct RedeemRefusal {
+    /// Always `FAIL`.
+    validation_status: ValidationStatus,
+    /// Why.
+    reason_code: ReasonCode,
+    /// `subject:problem` codes from a fixed vocabulary.
+    #[schema(value_type = Vec<String>)]
+    diagnostics: Vec<Diagnostic>,
+    /// Always null.
+    #[schema(value_type = Option<String>)]
+    material_b64: Option<()>,
+    /// Always null.
+    #[schema(value_type = Option<u64>)]
+    version: Option<()>,
+    /// Always null.
+    #[schema(value_type = Option<u64>)]
+    expires_at_ms: Option<()>,
+}
+
+/// The material redeemed. Written by hand into zeroizing buffers ([`redeemed`]); this type
+/// documents the shape, and a test parses real answers into it.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(
+    dead_code,
+    reason = "the answer's documented shape; built only by tests that parse real answers"
+)]
+pub(crate) struct RedeemAnswer {
+    /// Always `OK`.
+    validation_status: ValidationStatus,
+    /// Always `PH1_KMS_OK_MATERIAL_ISSUE`.
+    reason_code: ReasonCode,
+    /// The material, standard base64.
+    material_b64: String,
+    /// The version it is of.
+    version: u64,
+    /// When the handle or credential it was redeemed with expires.
+    expires_at_ms: u64,
+}
 
 /// `value` as JSON. Answers are plain data, so serialization cannot fail.
 pub(super) fn json(value: &impl Serialize) -> Vec<u8> {
@@ -26,19 +165,52 @@ pub(super) fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, AdminError> {
 
 /// `{"secret_ref", "version"}`.
 pub(super) fn created(created: &CreatedSecret) -> Vec<u8> {
-    json(&serde_json::json!({"secret_ref": created.secret_ref, "version": created.version}))
+    json(&SecretCreated {
+        secret_ref: created.secret_ref.clone(),
+        version: created.version,
+    })
+}
+
+/// `{"secrets": [...]}`.
+pub(super) fn secrets(secrets: Vec<SecretListing>) -> Vec<u8> {
+    json(&SecretList { secrets })
+}
+
+/// `{"staged": true}`.
+pub(super) fn staged() -> Vec<u8> {
+    json(&Staged { staged: true })
+}
+
+/// `{"policy_version": n}`.
+pub(super) fn policy_version(policy_version: u64) -> Vec<u8> {
+    json(&PolicyVersion { policy_version })
+}
+
+/// `{"records": [...]}`.
+pub(super) fn audit_page(records: Vec<AuditRecord>) -> Vec<u8> {
+    json(&AuditPage { records })
+}
+
+/// `{"audit_public_key": "..."}`.
+pub(super) fn audit_public_key(audit_public_key: String) -> Vec<u8> {
+    json(&AuditPublicKey { audit_public_key })
+}
+
+/// `{"status": "..."}`.
+pub(super) fn status(status: &'static str) -> Vec<u8> {
+    json(&Status { status })
 }
 
 /// A refused redemption: the redemption answer's shape with every material field null.
 pub(super) fn redeem_refusal(refusal: &Refusal) -> Vec<u8> {
-    json(&serde_json::json!({
-        "validation_status": "FAIL",
-        "reason_code": refusal.reason,
-        "diagnostics": refusal.diagnostics,
-        "material_b64": null,
-        "version": null,
-        "expires_at_ms": null,
-    }))
+    json(&RedeemRefusal {
+        validation_status: ValidationStatus::Fail,
+        reason_code: refusal.reason,
+        diagnostics: refusal.diagnostics.clone(),
+        material_b64: None,
+        version: None,
+        expires_at_ms: None,
+    })
 }
 
 /// The redemption answer. The base64 text lives in zeroizing buffers until it is handed to the
