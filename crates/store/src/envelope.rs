@@ -412,7 +412,7 @@ impl DataKey {
         seal(&self.cipher, &answer_aad(scope, fingerprint), answer)
     }
 
-    /// Opens a stored answer sealed by [`DataKey::seal_answer`] for the same key and request.
+    /// Opens a stored answer sealed for the same idempotency key and request fingerprint.
     pub fn open_answer(
         &self,
         scope: &IdempotencyScope,
