@@ -7,7 +7,7 @@ mod pg_cluster;
 use std::sync::Arc;
 
 use pg_cluster::Cluster;
-use selene_kms_core::{AuditAction, RefId, SecretKind, SecretMaterial, StateChange, VersionState};
+use selene_kms_core::{AuditAction, RefId, SecretKind, StateChange, VersionState};
 use selene_kms_store::conformance::*;
 use selene_kms_store::verify::verify_tenant;
 use selene_kms_store::{
@@ -444,31 +444,7 @@ async fn no_database_file_holds_a_canary_in_plaintext() {
     let url = cluster.create_database("kms");
     let store = open(&url, ROOT, true).await.expect("store");
     let t = tenant("acme");
-    for i in 0..20 {
-        create(
-            &store,
-            &t,
-            &format!("canary/{i}"),
-            SecretKind::Imported,
-            Some(CANARY),
-        )
-        .await
-        .expect("create");
-    }
-    store
-        .commit(CommitUnit {
-            tenant: t.clone(),
-            change: Change::StageMaterial {
-                name: name("canary/0"),
-                material: SecretMaterial::from_slice(CANARY),
-            },
-            audit: record(&t, AuditAction::StageVersion),
-            idempotency: None,
-            bundle: None,
-        })
-        .await
-        .expect("stage");
-    store_a_handle(&store, &t).await;
+    store_canaries(&store, &t).await;
     let (side, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
         .await
         .expect("side connection");

@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
-use selene_kms_core::{AuditAction, ChainBreak, SecretKind, StateChange};
+use selene_kms_core::{ChainBreak, SecretKind, StateChange};
 use selene_kms_store::conformance::*;
 use selene_kms_store::verify::verify_tenant;
-use selene_kms_store::{Change, CommitUnit, ErrorKind, RootKey, Store};
+use selene_kms_store::{ErrorKind, RootKey, Store};
 use selene_kms_store_sqlite::{SqliteOptions, SqliteStore};
 
 fn open_at(path: &Path, root: [u8; 32], create: bool) -> Arc<dyn Store> {
@@ -43,31 +43,7 @@ fn files_of(dir: &Path) -> Vec<PathBuf> {
 async fn no_database_file_holds_a_canary_in_plaintext() {
     let (dir, store) = fresh();
     let t = tenant("acme");
-    for i in 0..20 {
-        create(
-            &*store,
-            &t,
-            &format!("canary/{i}"),
-            SecretKind::Imported,
-            Some(CANARY),
-        )
-        .await
-        .expect("create");
-    }
-    store
-        .commit(CommitUnit {
-            tenant: t.clone(),
-            change: Change::StageMaterial {
-                name: name("canary/0"),
-                material: selene_kms_core::SecretMaterial::from_slice(CANARY),
-            },
-            audit: record(&t, AuditAction::StageVersion),
-            idempotency: None,
-            bundle: None,
-        })
-        .await
-        .expect("stage");
-    store_a_handle(&*store, &t).await;
+    store_canaries(&*store, &t).await;
     // Scan while open (main, WAL and shm present), then again after close.
     let hex = hex::encode(CANARY);
     let mut store = Some(store);

@@ -22,6 +22,37 @@ pub const CANARY: &[u8] = b"sk_live_CANARY_7f3a9c1e5b2d4f60";
 /// checks deterministic.
 pub const NOW_MS: u64 = 1_767_225_600_000;
 
+/// Fills a store with everything a plaintext scan of its files must not find: twenty imported
+/// secrets whose value is [`CANARY`], the same value staged, and a stored answer holding
+/// [`HANDLE_CANARY`].
+pub async fn store_canaries(store: &dyn Store, t: &TenantId) {
+    for i in 0..20 {
+        create(
+            store,
+            t,
+            &format!("canary/{i}"),
+            SecretKind::Imported,
+            Some(CANARY),
+        )
+        .await
+        .expect("create");
+    }
+    store
+        .commit(CommitUnit {
+            tenant: t.clone(),
+            change: Change::StageMaterial {
+                name: name("canary/0"),
+                material: SecretMaterial::from_slice(CANARY),
+            },
+            audit: record(t, AuditAction::StageVersion),
+            idempotency: None,
+            bundle: None,
+        })
+        .await
+        .expect("stage");
+    store_a_handle(store, t).await;
+}
+
 /// A redeemable-looking handle kept in a stored answer; it must rest in no file in clear.
 pub const HANDLE_CANARY: &str = "ksh1_CANARYhandle0123456789abcdefghij";
 
