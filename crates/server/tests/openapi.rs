@@ -14,15 +14,45 @@ use common::*;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-/// Where the validator is: `SELENE_KMS_OPENAPI_VALIDATOR`, else the virtualenv `.ci/run` makes.
+/// The validator's pinned version, as `.ci/run` installs it.
+const VALIDATOR: &str = "openapi-spec-validator==0.9.0";
+
+/// Where the validator is: `SELENE_KMS_OPENAPI_VALIDATOR`, else the virtualenv `.ci/run` makes,
+/// which this test makes itself when it is missing (so that `cargo test` alone runs it on a
+/// fresh machine with Python); once per test binary, whatever the number of tests asking.
 fn validator() -> PathBuf {
-    if let Some(path) = std::env::var_os("SELENE_KMS_OPENAPI_VALIDATOR") {
-        return PathBuf::from(path);
-    }
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../.ci/venv/bin/openapi-spec-validator")
-        .components()
-        .collect()
+    static INSTALLED: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    INSTALLED
+        .get_or_init(|| {
+            if let Some(path) = std::env::var_os("SELENE_KMS_OPENAPI_VALIDATOR") {
+                return PathBuf::from(path);
+            }
+            let venv: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../.ci/venv")
+                .components()
+                .collect();
+            let exe = venv.join("bin/openapi-spec-validator");
+            if !exe.is_file() {
+                let made = Command::new("python3")
+                    .arg("-m")
+                    .arg("venv")
+                    .arg(&venv)
+                    .status();
+                let pip = venv.join("bin/pip");
+                let installed = made.is_ok_and(|s| s.success())
+                    && Command::new(&pip)
+                        .args(["install", "-q", VALIDATOR])
+                        .status()
+                        .is_ok_and(|s| s.success());
+                assert!(
+                    installed,
+                    "cannot install {VALIDATOR} into {}: this test needs python3 with venv and pip",
+                    venv.display()
+                );
+            }
+            exe
+        })
+        .clone()
 }
 
 /// Runs the validator on `doc`; its verdict and what it said.
