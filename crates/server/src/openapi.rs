@@ -517,7 +517,7 @@ fn build(endpoints: &[&Endpoint]) -> OpenApi {
     components = with_schema::<bodies::AuditPage>(components);
     components = with_schema::<bodies::AuditPublicKey>(components);
     components = with_schema::<NewSecretRequest>(components);
-    components = with_schema::<bodies::SecretCreated>(components);
+    components = with_schema::<crate::engine::CreatedSecret>(components);
     components = with_schema::<bodies::SecretList>(components);
     components = with_schema::<StageRequest>(components);
     components = with_schema::<bodies::Staged>(components);

@@ -20,12 +20,8 @@ use selene_kms_store::backend::{
 
 use crate::codec::{col, col_u64, to_db, to_db_saturating};
 use crate::keys::{DataKeys, load_data_key, root_is_current};
-use crate::reads::{Fresh, secret_row};
+use crate::reads::{Fresh, corrupt, secret_row};
 use crate::sql;
-
-fn corrupt(what: &str) -> StoreError {
-    StoreError::new(ErrorKind::Corrupt, format!("{what} does not parse"))
-}
 
 /// Creates missing tenant rows, locks the rows of `needs.tenants` (sorted, distinct, so that two
 /// nodes never wait on each other in a cycle) and reads the committed state the batch needs.

@@ -27,7 +27,8 @@ fn held(version: Option<u64>) -> i64 {
     version.and_then(|v| to_db(v).ok()).unwrap_or(-1)
 }
 
-fn corrupt(what: &str) -> StoreError {
+/// A stored value that does not parse: tampering or corruption.
+pub(crate) fn corrupt(what: &str) -> StoreError {
     StoreError::new(ErrorKind::Corrupt, format!("{what} does not parse"))
 }
 

@@ -514,10 +514,15 @@ impl Working<'_> {
                     snapshot: Arc::new(snapshot),
                     staged: Some(sealed),
                 };
-                Ok((
-                    self.secret_effect(key, next, Vec::new(), Vec::new()),
-                    new_key,
-                ))
+                let effect = Effect::Secret {
+                    key,
+                    next,
+                    versions: Vec::new(),
+                    revocations: Vec::new(),
+                    revoked_ref: None,
+                    created: false,
+                };
+                Ok((effect, new_key))
             }
             Change::Secret {
                 name,
@@ -541,23 +546,6 @@ impl Working<'_> {
                 }
                 self.state_change(tenant, name, expected_state_version, &change, material)
             }
-        }
-    }
-
-    fn secret_effect(
-        &self,
-        key: SecretKey,
-        next: StoredSecret,
-        versions: Vec<VersionRow>,
-        revocations: Vec<Revocation>,
-    ) -> Effect {
-        Effect::Secret {
-            key,
-            next,
-            versions,
-            revocations,
-            revoked_ref: None,
-            created: false,
         }
     }
 

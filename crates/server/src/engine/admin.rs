@@ -94,8 +94,9 @@ impl std::fmt::Display for AdminError {
 
 impl std::error::Error for AdminError {}
 
-/// A secret just created.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A secret just created; also the body of `POST /v1/admin/tenants/{tenant_id}/secrets`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[schema(as = SecretCreated)]
 pub struct CreatedSecret {
     /// Its opaque ref (what audit records and listings name it by).
     pub secret_ref: String,

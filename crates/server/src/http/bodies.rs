@@ -19,15 +19,6 @@ use crate::engine::{AdminError, CreatedSecret, Redeemed};
 // The answers below are serialized from these types, so the OpenAPI document's schemas (derived
 // from the same types) are the bytes' shape. Their doc comments are the schemas' descriptions.
 
-/// `POST /v1/admin/tenants/{tenant_id}/secrets`: the secret just created.
-#[derive(Serialize, ToSchema)]
-pub(crate) struct SecretCreated {
-    /// Its opaque ref.
-    secret_ref: String,
-    /// Its first version.
-    version: u64,
-}
-
 /// `GET /v1/admin/tenants/{tenant_id}/secrets`: metadata only, never a value.
 #[derive(Serialize, ToSchema)]
 pub(crate) struct SecretList {
@@ -165,10 +156,7 @@ pub(super) fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, AdminError> {
 
 /// `{"secret_ref", "version"}`.
 pub(super) fn created(created: &CreatedSecret) -> Vec<u8> {
-    json(&SecretCreated {
-        secret_ref: created.secret_ref.clone(),
-        version: created.version,
-    })
+    json(created)
 }
 
 /// `{"secrets": [...]}`.
