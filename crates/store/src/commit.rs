@@ -315,7 +315,8 @@ enum Effect {
         revoked_ref: Option<RevokedRef>,
         created: bool,
     },
-    Policy(Box<Policy>, String),
+    /// The validated policy, its stored JSON, and the version it is stored as.
+    Policy(Box<Policy>, String, u64),
 }
 
 fn refused(kind: ErrorKind, message: &str) -> StoreError {
@@ -489,9 +490,10 @@ impl Working<'_> {
             Change::None => Ok((Effect::None, None)),
             Change::PutPolicy(doc) => {
                 let current = self.committed.policy_versions.get(tenant).copied();
-                next_storable(current.unwrap_or(0), "the policy version is exhausted")?;
+                let version =
+                    next_storable(current.unwrap_or(0), "the policy version is exhausted")?;
                 let (policy, json) = encode_policy(&doc)?;
-                Ok((Effect::Policy(Box::new(policy), json), None))
+                Ok((Effect::Policy(Box::new(policy), json, version), None))
             }
             Change::CreateSecret(new) => self.create(tenant, new),
             Change::StageMaterial { name, material } => {
@@ -713,14 +715,7 @@ impl Working<'_> {
     fn record(&mut self, tenant: &TenantId, effect: Effect) -> Option<u64> {
         match effect {
             Effect::None => None,
-            Effect::Policy(policy, json) => {
-                let version = self
-                    .committed
-                    .policy_versions
-                    .get(tenant)
-                    .copied()
-                    .unwrap_or(0)
-                    .saturating_add(1);
+            Effect::Policy(policy, json, version) => {
                 self.committed
                     .policy_versions
                     .insert(tenant.clone(), version);
