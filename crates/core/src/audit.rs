@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use crate::encode::Encoder;
 use crate::ids::TenantId;
 use crate::keys::ServiceKeys;
+use crate::principal::PrincipalId;
 use crate::reason::ReasonCode;
 use crate::refs::{RefKind, push_hex, ref_id};
 use crate::request::RequestContext;
@@ -35,6 +36,10 @@ pub enum AuditAction {
     CreateSecret,
     StageVersion,
     SetPolicy,
+    PrincipalCreate,
+    PrincipalRevoke,
+    TokenCreate,
+    TokenRevoke,
 }
 
 impl AuditAction {
@@ -49,6 +54,10 @@ impl AuditAction {
             Self::CreateSecret => "CREATE_SECRET",
             Self::StageVersion => "STAGE_VERSION",
             Self::SetPolicy => "SET_POLICY",
+            Self::PrincipalCreate => "PRINCIPAL_CREATE",
+            Self::PrincipalRevoke => "PRINCIPAL_REVOKE",
+            Self::TokenCreate => "TOKEN_CREATE",
+            Self::TokenRevoke => "TOKEN_REVOKE",
         }
     }
 }
@@ -73,6 +82,10 @@ pub struct AuditRecord {
     pub seq: u64,
     pub at_ms: u64,
     pub tenant_id: String,
+    /// Who acted; `None` only for records the KMS writes on its own. Records written before
+    /// principals existed have none.
+    #[serde(default)]
+    pub principal_id: Option<String>,
     pub correlation_id: Option<String>,
     pub turn_id: Option<String>,
     pub requester_engine_id: Option<String>,
@@ -88,6 +101,15 @@ pub struct AuditRecord {
     pub tombstone_ref: Option<String>,
     pub rotated_version: Option<u64>,
     pub simulation_id: Option<String>,
+    /// The version a SET_POLICY stored.
+    #[serde(default)]
+    pub policy_version: Option<u64>,
+    /// The principal a principal or token event acted on.
+    #[serde(default)]
+    pub target_principal_id: Option<String>,
+    /// The token a token event acted on.
+    #[serde(default)]
+    pub target_token_id: Option<String>,
     pub prev_digest: String,
     pub digest: String,
 }
@@ -106,6 +128,7 @@ impl AuditRecord {
             seq: 0,
             at_ms,
             tenant_id: tenant.as_str().to_owned(),
+            principal_id: None,
             correlation_id: context.correlation_id.as_ref().map(|v| v.to_string()),
             turn_id: context.turn_id.as_ref().map(|v| v.to_string()),
             requester_engine_id: context.requester_engine_id.as_ref().map(|v| v.to_string()),
@@ -132,6 +155,9 @@ impl AuditRecord {
             tombstone_ref: bundle.revoked.as_ref().map(|t| t.tombstone_ref.clone()),
             rotated_version: bundle.rotated_version,
             simulation_id: bundle.simulation_id.clone(),
+            policy_version: None,
+            target_principal_id: None,
+            target_token_id: None,
             prev_digest: String::new(),
             digest: String::new(),
         }
@@ -148,6 +174,7 @@ impl AuditRecord {
             seq: 0,
             at_ms,
             tenant_id: tenant.as_str().to_owned(),
+            principal_id: None,
             correlation_id: None,
             turn_id: None,
             requester_engine_id: None,
@@ -167,9 +194,19 @@ impl AuditRecord {
             tombstone_ref: None,
             rotated_version: None,
             simulation_id: None,
+            policy_version: None,
+            target_principal_id: None,
+            target_token_id: None,
             prev_digest: String::new(),
             digest: String::new(),
         }
+    }
+
+    /// The record as made by `principal`.
+    #[must_use]
+    pub fn by(mut self, principal: &PrincipalId) -> Self {
+        self.principal_id = Some(principal.as_str().to_owned());
+        self
     }
 
     /// Places the record at `seq` after a record whose digest is `prev_digest`, and computes its
@@ -203,6 +240,22 @@ impl AuditRecord {
             .opt_u64(self.rotated_version)
             .opt_str(self.simulation_id.as_deref())
             .str(&self.prev_digest);
+        // Fields added after the first release are encoded after the others, and only when one
+        // is set, so records written before them keep their digests. The encoding stays
+        // unambiguous: every field is length- or tag-prefixed, so trailing bytes are never
+        // part of `prev_digest`.
+        let added = [
+            self.principal_id.is_some(),
+            self.policy_version.is_some(),
+            self.target_principal_id.is_some(),
+            self.target_token_id.is_some(),
+        ];
+        if added.contains(&true) {
+            e.opt_str(self.principal_id.as_deref())
+                .opt_u64(self.policy_version)
+                .opt_str(self.target_principal_id.as_deref())
+                .opt_str(self.target_token_id.as_deref());
+        }
         hex(&Sha256::digest(e.as_slice()))
     }
 }

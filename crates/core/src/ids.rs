@@ -104,6 +104,31 @@ validated_id!(
     check_token
 );
 
+impl TenantId {
+    /// The text of the system chain's id: principal and token events are audited there.
+    pub const SYSTEM: &'static str = "_system";
+
+    /// The system chain's id. It is no valid tenant id (a tenant id never starts with `_`), so
+    /// no request can name it as a tenant; only audit reads and exports reach it.
+    pub fn system() -> Self {
+        Self(Self::SYSTEM.to_owned())
+    }
+
+    /// Whether this is the system chain's id.
+    pub fn is_system(&self) -> bool {
+        self.0 == Self::SYSTEM
+    }
+
+    /// A chain's id as stored or asked for: a tenant id or the system chain's.
+    pub fn chain(value: &str) -> Result<Self, Problem> {
+        if value == Self::SYSTEM {
+            Ok(Self::system())
+        } else {
+            Self::try_from(value)
+        }
+    }
+}
+
 /// Longest secret name.
 pub const MAX_SECRET_NAME_LEN: usize = 128;
 /// Longest tenant id.

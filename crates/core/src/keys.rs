@@ -6,7 +6,7 @@
 use aes_gcm_siv::{Aes256GcmSiv, KeyInit};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use hkdf::Hkdf;
-use hmac::Hmac;
+use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use zeroize::{Zeroize, Zeroizing};
 
@@ -33,6 +33,7 @@ pub struct ServiceKeys {
     pub(crate) refs: Aes256GcmSiv,
     pub(crate) simulation: Hmac<Sha256>,
     pub(crate) audit_signing: SigningKey,
+    token_verifiers: Hmac<Sha256>,
 }
 
 fn derive(hk: &Hkdf<Sha256>, label: &str) -> Zeroizing<[u8; KEY_LEN]> {
@@ -48,6 +49,7 @@ impl ServiceKeys {
         let hk = Hkdf::<Sha256>::new(Some(b"selene-kms/service-keys/v1"), secret.expose());
         let refs_key = derive(&hk, "opaque-refs/aes-256-gcm-siv");
         let sim_key = derive(&hk, "simulation-id/hmac-sha256");
+        let verifier_key = derive(&hk, "caller-token-verifiers/hmac-sha256");
         let mut sign_seed = derive(&hk, "audit-checkpoints/ed25519");
         let audit_signing = SigningKey::from_bytes(&sign_seed);
         sign_seed.zeroize();
@@ -55,7 +57,20 @@ impl ServiceKeys {
             refs: Aes256GcmSiv::new((&*refs_key).into()),
             simulation: hmac_key(&sim_key),
             audit_signing,
+            token_verifiers: hmac_key(&verifier_key),
         }
+    }
+
+    /// What a caller token is stored and looked up as: HMAC-SHA256 under a key derived from the
+    /// service secret, so a row written by someone without the root key never matches a token,
+    /// and a stolen table tests no guess offline. Tokens carry 256 random bits, so one MAC is
+    /// enough (nothing is gained by stretching). Lookups go by this value through an index: the
+    /// raw token is never compared, and its MAC cannot be steered toward a stored one.
+    pub fn token_verifier(&self, token: &str) -> [u8; KEY_LEN] {
+        let mut mac = self.token_verifiers.clone();
+        mac.update(b"selene-kms/caller-token/v2");
+        mac.update(token.as_bytes());
+        mac.finalize().into_bytes().into()
     }
 
     /// The public key that verifies audit checkpoints; safe to publish.

@@ -69,6 +69,14 @@ pub enum ReasonCode {
     SecretExists,
     #[serde(rename = "KMS_POLICY_NOT_FOUND")]
     PolicyNotFound,
+    #[serde(rename = "KMS_FORBIDDEN_TENANT")]
+    ForbiddenTenant,
+    #[serde(rename = "KMS_LAST_ADMIN")]
+    LastAdmin,
+    #[serde(rename = "KMS_PRINCIPAL_EXISTS")]
+    PrincipalExists,
+    #[serde(rename = "KMS_PRINCIPAL_NOT_FOUND")]
+    PrincipalNotFound,
 }
 
 /// One registry entry.
@@ -124,7 +132,7 @@ registry! {
     IdempotencyInFlight, "KMS_IDEMPOTENCY_IN_FLIGHT", 409, "A request with this idempotency key is still being committed.";
     SimulationRequired, "KMS_SIMULATION_REQUIRED", 409, "A ROTATE or REVOKE commit needs the simulation_id of its dry run.";
     SimulationStale, "KMS_SIMULATION_STALE", 409, "The simulation_id was made for other fields or an older state.";
-    Unauthenticated, "KMS_UNAUTHENTICATED", 401, "No bearer token, or one that is not known.";
+    Unauthenticated, "KMS_UNAUTHENTICATED", 401, "No credential, or one that is unknown, expired or revoked.";
     ForbiddenRole, "KMS_FORBIDDEN_ROLE", 403, "The caller's role may not use this route.";
     Disabled, "KMS_DISABLED", 403, "The tenant has no policy or its policy is disabled.";
     AuditUnavailable, "KMS_AUDIT_UNAVAILABLE", 503, "The audit record could not be written; nothing changed.";
@@ -134,6 +142,10 @@ registry! {
     MethodNotAllowed, "KMS_METHOD_NOT_ALLOWED", 405, "The route does not take this method.";
     SecretExists, "KMS_SECRET_EXISTS", 409, "A secret of that name already exists in this tenant.";
     PolicyNotFound, "KMS_POLICY_NOT_FOUND", 404, "The tenant has no policy yet.";
+    ForbiddenTenant, "KMS_FORBIDDEN_TENANT", 403, "The caller's principal is not scoped to this tenant (same answer whether or not it exists).";
+    LastAdmin, "KMS_LAST_ADMIN", 409, "The last live admin principal for every tenant cannot be revoked.";
+    PrincipalExists, "KMS_PRINCIPAL_EXISTS", 409, "A principal with that name or SPIFFE id already exists.";
+    PrincipalNotFound, "KMS_PRINCIPAL_NOT_FOUND", 404, "No such principal, or no such token of it.";
 }
 
 impl ReasonCode {

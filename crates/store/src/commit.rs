@@ -12,13 +12,18 @@
 //! A refused unit produces no writes, so neither backend needs a savepoint per unit; a failed
 //! write refuses the whole batch.
 
+mod principals;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use selene_kms_core::{
-    Policy, SecretKind, SecretMaterial, SecretName, SecretSnapshot, ServiceKeys, StateChange,
-    TenantId, TtlBounds, VersionState, refs,
+    Policy, PrincipalId, PrincipalName, SecretKind, SecretMaterial, SecretName, SecretSnapshot,
+    ServiceKeys, SpiffeId, StateChange, TenantId, TokenId, TtlBounds, VersionState, refs,
 };
+
+pub use principals::TokenRow;
+use principals::{AuthEffect, Credentials};
 
 use selene_kms_core::material::MATERIAL_LEN;
 
@@ -27,7 +32,8 @@ use crate::codec::to_db;
 use crate::envelope::{DataKey, RootKey, Slot};
 use crate::error::{ErrorKind, StoreError, StoreResult};
 use crate::model::{
-    Change, CommitUnit, IdempotencyScope, NewSecret, Receipt, StoredPolicy, encode_policy,
+    Change, CommitUnit, IdempotencyScope, NewSecret, PrincipalRecord, Receipt, StoredPolicy,
+    encode_policy,
 };
 
 /// A secret's identity inside the store.
@@ -46,6 +52,17 @@ pub struct Needs {
     pub secrets: Vec<SecretKey>,
     /// Idempotency keys the batch claims.
     pub idempotency: Vec<IdempotencyScope>,
+    /// Principals the batch names by id.
+    pub principals: Vec<PrincipalId>,
+    /// Names new principals claim.
+    pub principal_names: Vec<PrincipalName>,
+    /// SPIFFE ids new principals claim.
+    pub spiffe_ids: Vec<SpiffeId>,
+    /// Tokens the batch revokes.
+    pub tokens: Vec<TokenId>,
+    /// Whether every unrevoked admin principal scoped to every tenant is needed (a principal
+    /// revocation checks that it leaves one).
+    pub global_admins: bool,
 }
 
 impl Needs {
@@ -62,6 +79,25 @@ impl Needs {
             }
             let (name, keyed) = match &unit.change {
                 Change::None => continue,
+                Change::CreatePrincipal(new) => {
+                    needs.principal_names.push(new.name.clone());
+                    needs.spiffe_ids.extend(new.spiffe_id.clone());
+                    continue;
+                }
+                Change::IssueToken { principal, .. } => {
+                    needs.principals.push(principal.clone());
+                    continue;
+                }
+                Change::RevokeToken { principal, token } => {
+                    needs.principals.push(principal.clone());
+                    needs.tokens.push(token.clone());
+                    continue;
+                }
+                Change::RevokePrincipal(principal) => {
+                    needs.principals.push(principal.clone());
+                    needs.global_admins = true;
+                    continue;
+                }
                 Change::PutPolicy(_) => {
                     needs.policy_tenants.push(tenant.clone());
                     continue;
@@ -87,6 +123,12 @@ impl Needs {
         }
         needs.secrets.sort();
         needs.secrets.dedup();
+        needs.principals.sort();
+        needs.principals.dedup();
+        needs.principal_names.sort();
+        needs.principal_names.dedup();
+        needs.tokens.sort();
+        needs.tokens.dedup();
         needs
     }
 }
@@ -116,6 +158,12 @@ pub struct Committed {
     pub secrets: HashMap<SecretKey, StoredSecret>,
     /// The batch's idempotency keys that are already taken.
     pub taken: HashSet<IdempotencyScope>,
+    /// Every principal the batch needs that exists: those it names by id, the unrevoked ones
+    /// holding a name or SPIFFE id it claims, and, when [`Needs::global_admins`] is set, every
+    /// unrevoked admin principal scoped to every tenant.
+    pub principals: HashMap<PrincipalId, PrincipalRecord>,
+    /// The tokens the batch names that exist.
+    pub tokens: HashMap<TokenId, crate::model::TokenRecord>,
     /// Items whose stored form could not be read (a data key that does not open, a secret row
     /// that does not parse): only the units that need them are refused, with this error.
     pub unreadable: HashMap<Item, StoreError>,
@@ -258,6 +306,15 @@ pub struct Writes {
     pub policies: Vec<PolicyRow>,
     /// Idempotency records.
     pub idempotency: Vec<IdempotencyRow>,
+    /// New principals.
+    pub principals: Vec<PrincipalRecord>,
+    /// New tokens (after the principals: a token names its principal).
+    pub tokens: Vec<TokenRow>,
+    /// Principals revoked, with every token of theirs, and when (after new principals and
+    /// tokens: a batch may revoke what it created).
+    pub revoked_principals: Vec<(PrincipalId, u64)>,
+    /// Tokens revoked, and when (after new tokens).
+    pub revoked_tokens: Vec<(TokenId, u64)>,
     /// Audit records.
     pub audit: Vec<ChainRow>,
     /// Signed checkpoints.
@@ -277,6 +334,12 @@ impl Writes {
     /// Whether the batch writes anything at all.
     pub fn is_empty(&self) -> bool {
         self.audit.is_empty()
+    }
+
+    /// Whether the batch revokes a principal or a token: the store's authentication epoch must
+    /// advance in the same transaction.
+    pub fn revokes_credentials(&self) -> bool {
+        !self.revoked_principals.is_empty() || !self.revoked_tokens.is_empty()
     }
 }
 
@@ -301,6 +364,7 @@ struct Working<'a> {
     /// Of those, the ones this batch created, with when.
     created: HashMap<SecretKey, u64>,
     claimed: HashSet<IdempotencyScope>,
+    credentials: Credentials,
     writes: Writes,
 }
 
@@ -317,6 +381,8 @@ enum Effect {
     },
     /// The validated policy, its stored JSON, and the version it is stored as.
     Policy(Box<Policy>, String, u64),
+    /// A principal or token change.
+    Auth(AuthEffect),
 }
 
 fn refused(kind: ErrorKind, message: &str) -> StoreError {
@@ -350,6 +416,7 @@ pub fn plan(
         secrets: HashMap::new(),
         created: HashMap::new(),
         claimed: HashSet::new(),
+        credentials: Credentials::default(),
         writes: Writes::default(),
     };
     let outcomes = units.into_iter().map(|u| working.apply(u)).collect();
@@ -496,6 +563,18 @@ impl Working<'_> {
                 Ok((Effect::Policy(Box::new(policy), json, version), None))
             }
             Change::CreateSecret(new) => self.create(tenant, new),
+            Change::CreatePrincipal(new) => {
+                self.auth(tenant, |c, committed, at| c.create(committed, *new, at))
+            }
+            Change::IssueToken { principal, token } => self.auth(tenant, |c, committed, at| {
+                c.issue(committed, &principal, token, at)
+            }),
+            Change::RevokeToken { principal, token } => self.auth(tenant, |c, committed, at| {
+                c.revoke_token(committed, &principal, &token, at)
+            }),
+            Change::RevokePrincipal(principal) => self.auth(tenant, |c, committed, at| {
+                c.revoke_principal(committed, &principal, at)
+            }),
             Change::StageMaterial { name, material } => {
                 let key = (tenant.clone(), name);
                 let current = self
@@ -549,6 +628,22 @@ impl Working<'_> {
                 self.state_change(tenant, name, expected_state_version, &change, material)
             }
         }
+    }
+
+    /// A principal or token change: decided on the system chain only.
+    fn auth(
+        &self,
+        tenant: &TenantId,
+        decide: impl FnOnce(&Credentials, &Committed, u64) -> StoreResult<AuthEffect>,
+    ) -> StoreResult<(Effect, NewKey)> {
+        if !tenant.is_system() {
+            return Err(refused(
+                ErrorKind::Invalid,
+                "principal and token events go to the system chain",
+            ));
+        }
+        let effect = decide(&self.credentials, &self.committed, self.at_ms)?;
+        Ok((Effect::Auth(effect), None))
     }
 
     fn create(&self, tenant: &TenantId, new: NewSecret) -> StoreResult<(Effect, NewKey)> {
@@ -715,6 +810,10 @@ impl Working<'_> {
     fn record(&mut self, tenant: &TenantId, effect: Effect) -> Option<u64> {
         match effect {
             Effect::None => None,
+            Effect::Auth(effect) => {
+                self.credentials.record(effect, &mut self.writes);
+                None
+            }
             Effect::Policy(policy, json, version) => {
                 self.committed
                     .policy_versions

@@ -19,6 +19,8 @@ pub enum ErrorKind {
     Corrupt,
     /// The request does not fit the store's rules (e.g. material too large).
     Invalid,
+    /// The principal is the last live admin for every tenant, and may not be revoked.
+    LastAdmin,
 }
 
 /// A store error.

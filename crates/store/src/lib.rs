@@ -27,8 +27,9 @@ pub use envelope::{ROOT_KEY_ENV, RootKey};
 pub use error::{ErrorKind, StoreError, StoreResult};
 pub use health::FAILING_FOR;
 pub use model::{
-    Change, CommitUnit, IdempotencyRecord, IdempotencyScope, IdempotencyWrite, NewSecret, Receipt,
-    SecretListing, StoredPolicy, VersionListing,
+    Change, CommitUnit, Credential, IdempotencyRecord, IdempotencyScope, IdempotencyWrite,
+    NewPrincipal, NewSecret, NewToken, PrincipalListing, PrincipalRecord, Receipt, SecretListing,
+    StoredPolicy, TenantSummary, TokenRecord, VersionListing,
 };
 pub use stats::{BATCH_BOUNDS, BatchHistogram, MAX_BATCH};
 pub use store::Store;

@@ -4,8 +4,9 @@ use std::fmt;
 use std::sync::Arc;
 
 use selene_kms_core::{
-    AuditRecord, MaterialBundle, Policy, PolicyDocument, SecretKind, SecretMaterial, SecretName,
-    StateChange, TenantId, TtlBounds,
+    AuditRecord, MaterialBundle, Policy, PolicyDocument, PrincipalId, PrincipalName, Role,
+    SecretKind, SecretMaterial, SecretName, SpiffeId, StateChange, TenantId, TenantScope, TokenId,
+    TtlBounds,
 };
 
 use crate::envelope::DataKey;
@@ -134,6 +135,168 @@ pub enum Change {
     },
     /// Replaces the tenant's policy (admin).
     PutPolicy(PolicyDocument),
+    /// Creates a principal with its first token (on the system chain).
+    CreatePrincipal(Box<NewPrincipal>),
+    /// Issues another token to a live principal (on the system chain).
+    IssueToken {
+        /// The principal.
+        principal: PrincipalId,
+        /// The token.
+        token: NewToken,
+    },
+    /// Revokes one token of a principal (on the system chain).
+    RevokeToken {
+        /// The principal the token must belong to.
+        principal: PrincipalId,
+        /// The token.
+        token: TokenId,
+    },
+    /// Revokes a principal and every token of it (on the system chain).
+    RevokePrincipal(PrincipalId),
+}
+
+/// A token to store: never the token, only its verifier (see
+/// [`selene_kms_core::ServiceKeys::token_verifier`]).
+#[derive(Clone, Debug)]
+pub struct NewToken {
+    /// Its id.
+    pub token_id: TokenId,
+    /// The keyed MAC of the token.
+    pub verifier: [u8; 32],
+    /// When it stops authenticating, if ever.
+    pub expires_at_ms: Option<u64>,
+}
+
+/// A principal to create.
+#[derive(Clone, Debug)]
+pub struct NewPrincipal {
+    /// Its id.
+    pub principal_id: PrincipalId,
+    /// Its name, unique among live principals.
+    pub name: PrincipalName,
+    /// Its role.
+    pub role: Role,
+    /// The tenants it may name.
+    pub tenants: TenantScope,
+    /// The client-certificate identity bound to it, unique among live principals.
+    pub spiffe_id: Option<SpiffeId>,
+    /// When it stops authenticating, if ever.
+    pub expires_at_ms: Option<u64>,
+    /// Its first token.
+    pub token: NewToken,
+}
+
+/// A principal as stored: what it is, never a token or verifier.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrincipalRecord {
+    /// Its id.
+    pub principal_id: PrincipalId,
+    /// Its name.
+    pub name: PrincipalName,
+    /// Its role.
+    pub role: Role,
+    /// The tenants it may name.
+    pub tenants: TenantScope,
+    /// The client-certificate identity bound to it.
+    pub spiffe_id: Option<SpiffeId>,
+    /// When it was created.
+    pub created_at_ms: u64,
+    /// When it stops authenticating, if ever.
+    pub expires_at_ms: Option<u64>,
+    /// When it was revoked, if it was.
+    pub revoked_at_ms: Option<u64>,
+}
+
+impl PrincipalRecord {
+    /// Whether it authenticates at `now_ms`: not revoked, not expired.
+    pub fn live_at(&self, now_ms: u64) -> bool {
+        self.revoked_at_ms.is_none() && self.expires_at_ms.is_none_or(|t| now_ms < t)
+    }
+
+    /// Whether it may administer every tenant (what the last-admin rule counts) at `now_ms`.
+    pub fn is_global_admin_at(&self, now_ms: u64) -> bool {
+        self.role == Role::Admin && self.tenants == TenantScope::All && self.live_at(now_ms)
+    }
+}
+
+/// A token as stored: its metadata, never the token or its verifier.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenRecord {
+    /// Its id.
+    pub token_id: TokenId,
+    /// Its principal.
+    pub principal_id: PrincipalId,
+    /// When it was created.
+    pub created_at_ms: u64,
+    /// When it stops authenticating, if ever.
+    pub expires_at_ms: Option<u64>,
+    /// When it was revoked, if it was.
+    pub revoked_at_ms: Option<u64>,
+}
+
+impl TokenRecord {
+    /// Whether it authenticates at `now_ms`, its principal aside.
+    pub fn live_at(&self, now_ms: u64) -> bool {
+        self.revoked_at_ms.is_none() && self.expires_at_ms.is_none_or(|t| now_ms < t)
+    }
+}
+
+/// What a token verifier names: the token and its principal, live or not (the host decides,
+/// at its own clock).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Credential {
+    /// The principal.
+    pub principal: PrincipalRecord,
+    /// The token.
+    pub token: TokenRecord,
+}
+
+/// A principal and every token of it, for listings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrincipalListing {
+    /// The principal.
+    pub principal: PrincipalRecord,
+    /// Its tokens, oldest first.
+    pub tokens: Vec<TokenRecord>,
+}
+
+/// One tenant as `GET /v1/admin/tenants` lists it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct TenantSummary {
+    /// The tenant.
+    pub tenant_id: TenantId,
+    /// Its policy version (0: none set).
+    pub policy_version: u64,
+    /// Whether its policy is set and enabled.
+    pub enabled: bool,
+    /// How many secrets it has.
+    pub secrets: u64,
+}
+
+impl TenantSummary {
+    /// A summary from a stored row; a stored policy that does not parse is corrupt.
+    pub fn from_stored(
+        tenant_id: TenantId,
+        policy_json: Option<&str>,
+        policy_version: u64,
+        secrets: u64,
+    ) -> StoreResult<Self> {
+        let enabled = match policy_json {
+            None => false,
+            Some(json) => {
+                let doc: PolicyDocument = serde_json::from_str(json).map_err(|_| {
+                    StoreError::new(ErrorKind::Corrupt, "a stored policy does not parse")
+                })?;
+                doc.enabled
+            }
+        };
+        Ok(Self {
+            tenant_id,
+            policy_version,
+            enabled,
+            secrets,
+        })
+    }
 }
 
 /// One atomic commit: state change + idempotency record + audit record, all or nothing.

@@ -5,14 +5,15 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use selene_kms_core::{
-    AuditRecord, Checkpoint, MaterialGrant, PolicyDocument, RefId, Role, SecretMaterial,
-    SecretName, SecretSnapshot, ServiceKeys, TenantId,
+    AuditRecord, Checkpoint, MaterialGrant, PolicyDocument, RefId, SecretMaterial, SecretName,
+    SecretSnapshot, ServiceKeys, SpiffeId, TenantId,
 };
 
 use crate::envelope::RootKey;
 use crate::error::StoreResult;
 use crate::model::{
-    CommitUnit, IdempotencyRecord, IdempotencyScope, Receipt, SecretListing, StoredPolicy,
+    CommitUnit, Credential, IdempotencyRecord, IdempotencyScope, PrincipalListing, PrincipalRecord,
+    Receipt, SecretListing, StoredPolicy, TenantSummary,
 };
 use crate::stats::BatchHistogram;
 
@@ -75,11 +76,26 @@ pub trait Store: Send + Sync + 'static {
     /// Stored checkpoints of a tenant, in order.
     async fn checkpoints(&self, tenant: &TenantId) -> StoreResult<Vec<Checkpoint>>;
 
-    /// Registers a caller token by its hash.
-    async fn put_token(&self, token_hash: [u8; 32], role: Role, label: &str) -> StoreResult<()>;
+    /// The token stored under `verifier` and its principal, live or not.
+    async fn credential(&self, verifier: &[u8; 32]) -> StoreResult<Option<Credential>>;
 
-    /// The role of a token, by its hash.
-    async fn token_role(&self, token_hash: &[u8; 32]) -> StoreResult<Option<(Role, String)>>;
+    /// The unrevoked principal bound to `spiffe_id`.
+    async fn principal_by_spiffe(
+        &self,
+        spiffe_id: &SpiffeId,
+    ) -> StoreResult<Option<PrincipalRecord>>;
+
+    /// Every principal with its tokens, by creation time.
+    async fn principals(&self) -> StoreResult<Vec<PrincipalListing>>;
+
+    /// A number that advances with every committed revocation of a principal or token, on
+    /// every node of the store: an authentication remembered at an epoch is good only while
+    /// the epoch is unchanged. Read afresh on every call (the backend may share one read among
+    /// calls that arrive while it is in flight, never one that began before a call did).
+    async fn auth_epoch(&self) -> StoreResult<u64>;
+
+    /// Every tenant (never the system chain), by id.
+    async fn tenants(&self) -> StoreResult<Vec<TenantSummary>>;
 
     /// Rewraps every tenant data key and the service secret under `new_root`, in one
     /// transaction; material is not touched. Returns how many data keys were rewrapped. The
