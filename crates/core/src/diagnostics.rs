@@ -42,6 +42,13 @@ pub enum Subject {
     Handle,
     Credential,
     Store,
+    Name,
+    Role,
+    Tenants,
+    TtlMs,
+    SpiffeId,
+    PrincipalId,
+    TokenId,
 }
 
 /// What is wrong with the subject.
@@ -144,6 +151,13 @@ fn subject_name(s: Subject) -> &'static str {
         Subject::Handle => "handle",
         Subject::Credential => "credential",
         Subject::Store => "store",
+        Subject::Name => "name",
+        Subject::Role => "role",
+        Subject::Tenants => "tenants",
+        Subject::TtlMs => "ttl_ms",
+        Subject::SpiffeId => "spiffe_id",
+        Subject::PrincipalId => "principal_id",
+        Subject::TokenId => "token_id",
     }
 }
 

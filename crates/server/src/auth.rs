@@ -1,103 +1,288 @@
-//! Caller authentication: bearer tokens with one role each, stored hashed.
+//! Caller authentication: bearer tokens and workload certificates, resolved to principals.
 //!
-//! Tokens are 256 bits of randomness, so a plain SHA-256 is a sound, fast storage hash: nothing is
-//! gained by stretching, and a stolen table reveals no token. Lookups go by hash, so the raw token
-//! is never compared byte by byte.
+//! A token is stored only as its keyed verifier ([`ServiceKeys::token_verifier`]), so a row
+//! written into the database without the root key authenticates nobody. Authentications are
+//! remembered per verifier together with the store's authentication epoch at the time; the
+//! epoch advances with every revocation, on every node, and is read again for every request, so
+//! a remembered authentication never outlives a revocation. Expiry is checked at every request
+//! against the request's own clock reading.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use selene_kms_core::Role;
-use selene_kms_store::{ErrorKind, Store, StoreError, StoreResult};
+use selene_kms_core::{PrincipalId, ServiceKeys, SpiffeId, TokenId};
+use selene_kms_store::{Credential, ErrorKind, NewToken, PrincipalRecord, Store, StoreError};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::engine::Caller;
+use crate::random_bytes;
 
-/// The hash a token is stored under.
-pub fn hash_token(token: &str) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(b"selene-kms/caller-token/v1");
-    h.update(token.as_bytes());
-    h.finalize().into()
+/// Longest bearer token looked at; longer ones are refused unread.
+const MAX_TOKEN_LEN: usize = 256;
+/// Most authentications remembered; the memory is emptied when it would grow past this.
+const MAX_REMEMBERED: usize = 65_536;
+
+/// A token just made: shown once, stored as [`NewToken`].
+pub struct IssuedToken {
+    /// The token itself; never stored, never logged.
+    pub token: Zeroizing<String>,
+    /// What the store keeps.
+    pub stored: NewToken,
 }
 
-/// A new random token for `role`; returns it (to show once) and its hash (to store).
-pub fn new_token(role: Role) -> StoreResult<(Zeroizing<String>, [u8; 32])> {
-    let bytes = crate::random_bytes::<32>()?;
-    let token = Zeroizing::new(format!(
-        "skms_{}_{}",
-        role.name(),
-        URL_SAFE_NO_PAD.encode(*bytes)
-    ));
-    let hash = hash_token(&token);
-    Ok((token, hash))
+/// A new random token (256 bits), expiring at `expires_at_ms`.
+pub fn new_token(
+    keys: &ServiceKeys,
+    expires_at_ms: Option<u64>,
+) -> Result<IssuedToken, StoreError> {
+    let secret = random_bytes::<32>()?;
+    let token = Zeroizing::new(format!("skms_{}", URL_SAFE_NO_PAD.encode(*secret)));
+    let stored = NewToken {
+        token_id: TokenId::from_random(*random_bytes::<16>()?),
+        verifier: keys.token_verifier(&token),
+        expires_at_ms,
+    };
+    Ok(IssuedToken { token, stored })
 }
 
-/// Creates one token per role in `store`; returns them in role order.
-pub async fn provision_tokens(store: &dyn Store) -> StoreResult<Vec<(Role, Zeroizing<String>)>> {
-    let mut out = Vec::new();
-    for role in Role::ALL {
-        let (token, hash) = new_token(role)?;
-        store.put_token(hash, role, role.name()).await?;
-        out.push((role, token));
-    }
-    Ok(out)
+/// What a request presents to prove who it is.
+#[derive(Clone, Debug, Default)]
+pub struct Presented<'a> {
+    /// The `Authorization` header's value.
+    pub authorization: Option<&'a str>,
+    /// The URI SAN of a verified client certificate.
+    pub spiffe_id: Option<&'a SpiffeId>,
 }
 
 /// Why authentication failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AuthError {
-    /// No token, a malformed header, or an unknown token.
+    /// No credential, a malformed header, an unknown, expired or revoked credential, or two
+    /// credentials of different principals.
     Unauthenticated,
-    /// The token could not be looked up; the kind of store failure decides the answer.
+    /// The store could not be asked; the kind of failure decides the answer.
     Store(ErrorKind),
 }
 
-/// Resolves bearer tokens to callers, caching known ones.
+impl From<StoreError> for AuthError {
+    fn from(e: StoreError) -> Self {
+        tracing::warn!(kind = ?e.kind, error = %e.message, "credential lookup failed");
+        Self::Store(e.kind)
+    }
+}
+
+/// An authentication remembered at an epoch.
+struct Remembered {
+    caller: Arc<Caller>,
+    /// The earlier of the token's and the principal's expiry.
+    expires_at_ms: Option<u64>,
+    epoch: u64,
+}
+
+impl Remembered {
+    fn good_at(&self, epoch: u64, now_ms: u64) -> bool {
+        self.epoch == epoch && self.expires_at_ms.is_none_or(|t| now_ms < t)
+    }
+}
+
+/// Resolves presented credentials to callers.
 pub struct Authenticator {
     store: Arc<dyn Store>,
-    known: RwLock<HashMap<[u8; 32], Caller>>,
+    /// By token verifier, or by a digest of the SPIFFE id for certificates.
+    remembered: RwLock<HashMap<[u8; 32], Remembered>>,
 }
 
 impl Authenticator {
-    /// An authenticator over the tokens of `store`.
+    /// An authenticator over the principals of `store`.
     pub fn new(store: Arc<dyn Store>) -> Self {
         Self {
             store,
-            known: RwLock::new(HashMap::new()),
+            remembered: RwLock::new(HashMap::new()),
         }
     }
 
-    /// The caller behind an `Authorization` header value.
-    pub async fn authenticate(&self, header: Option<&str>) -> Result<Caller, AuthError> {
-        let token = header
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty() && t.len() <= 256)
-            .ok_or(AuthError::Unauthenticated)?;
-        let hash = hash_token(token);
-        if let Some(c) = self.known.read().ok().and_then(|k| k.get(&hash).cloned()) {
-            return Ok(c);
-        }
-        let found = self
-            .store
-            .token_role(&hash)
-            .await
-            .map_err(|e: StoreError| {
-                tracing::warn!(kind = ?e.kind, error = %e.message, "token lookup failed");
-                AuthError::Store(e.kind)
-            })?;
-        let (role, _label) = found.ok_or(AuthError::Unauthenticated)?;
-        let caller = Caller {
-            role,
-            id: format!("tok_{}", hex::encode(&hash[..8])),
+    /// The caller behind what a request presents, at `now_ms`.
+    pub async fn authenticate(
+        &self,
+        presented: &Presented<'_>,
+        now_ms: u64,
+    ) -> Result<Arc<Caller>, AuthError> {
+        let token = match presented.authorization {
+            None => None,
+            Some(header) => Some(bearer(header).ok_or(AuthError::Unauthenticated)?),
         };
-        if let Ok(mut k) = self.known.write() {
-            k.insert(hash, caller.clone());
+        if token.is_none() && presented.spiffe_id.is_none() {
+            return Err(AuthError::Unauthenticated);
         }
-        Ok(caller)
+        let epoch = self.store.auth_epoch().await?;
+        let by_token = match token {
+            Some(token) => Some(self.by_token(token, epoch, now_ms).await?),
+            None => None,
+        };
+        let by_certificate = match presented.spiffe_id {
+            Some(id) => Some(self.by_certificate(id, epoch, now_ms).await?),
+            None => None,
+        };
+        match (by_token, by_certificate) {
+            (Some(a), Some(b)) if a.principal_id != b.principal_id => {
+                Err(AuthError::Unauthenticated)
+            }
+            (Some(caller), _) | (None, Some(caller)) => Ok(caller),
+            (None, None) => Err(AuthError::Unauthenticated),
+        }
+    }
+
+    async fn by_token(
+        &self,
+        token: &str,
+        epoch: u64,
+        now_ms: u64,
+    ) -> Result<Arc<Caller>, AuthError> {
+        let verifier = self.store.keys().token_verifier(token);
+        if let Some(caller) = self.recall(&verifier, epoch, now_ms) {
+            return Ok(caller);
+        }
+        let Credential { principal, token } = self
+            .store
+            .credential(&verifier)
+            .await?
+            .ok_or(AuthError::Unauthenticated)?;
+        if !(principal.live_at(now_ms) && token.live_at(now_ms)) {
+            return Err(AuthError::Unauthenticated);
+        }
+        let expires_at_ms = earliest(principal.expires_at_ms, token.expires_at_ms);
+        Ok(self.remember(verifier, principal, expires_at_ms, epoch))
+    }
+
+    async fn by_certificate(
+        &self,
+        spiffe_id: &SpiffeId,
+        epoch: u64,
+        now_ms: u64,
+    ) -> Result<Arc<Caller>, AuthError> {
+        let key: [u8; 32] = Sha256::new()
+            .chain_update(b"selene-kms/spiffe-id\0")
+            .chain_update(spiffe_id.as_str())
+            .finalize()
+            .into();
+        if let Some(caller) = self.recall(&key, epoch, now_ms) {
+            return Ok(caller);
+        }
+        let principal = self
+            .store
+            .principal_by_spiffe(spiffe_id)
+            .await?
+            .filter(|p| p.live_at(now_ms))
+            .ok_or(AuthError::Unauthenticated)?;
+        let expires_at_ms = principal.expires_at_ms;
+        Ok(self.remember(key, principal, expires_at_ms, epoch))
+    }
+
+    fn recall(&self, key: &[u8; 32], epoch: u64, now_ms: u64) -> Option<Arc<Caller>> {
+        let remembered = self.remembered.read().ok()?;
+        remembered
+            .get(key)
+            .filter(|r| r.good_at(epoch, now_ms))
+            .map(|r| r.caller.clone())
+    }
+
+    fn remember(
+        &self,
+        key: [u8; 32],
+        principal: PrincipalRecord,
+        expires_at_ms: Option<u64>,
+        epoch: u64,
+    ) -> Arc<Caller> {
+        let caller = Arc::new(Caller::from(principal));
+        if let Ok(mut remembered) = self.remembered.write() {
+            if remembered.len() >= MAX_REMEMBERED {
+                remembered.clear();
+            }
+            remembered.insert(
+                key,
+                Remembered {
+                    caller: caller.clone(),
+                    expires_at_ms,
+                    epoch,
+                },
+            );
+        }
+        caller
+    }
+}
+
+/// The token of an `Authorization: Bearer …` value.
+fn bearer(header: &str) -> Option<&str> {
+    header
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && t.len() <= MAX_TOKEN_LEN)
+}
+
+fn earliest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+impl From<PrincipalRecord> for Caller {
+    fn from(p: PrincipalRecord) -> Self {
+        Self {
+            principal_id: p.principal_id,
+            name: p.name,
+            role: p.role,
+            tenants: p.tenants,
+            expires_at_ms: p.expires_at_ms,
+        }
+    }
+}
+
+/// A principal id drawn from the OS random source.
+pub(crate) fn new_principal_id() -> Result<PrincipalId, StoreError> {
+    Ok(PrincipalId::from_random(*random_bytes::<16>()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_values_are_bounded() {
+        assert_eq!(bearer("Bearer abc"), Some("abc"));
+        assert_eq!(bearer("Bearer  abc "), Some("abc"));
+        assert_eq!(bearer("Basic abc"), None);
+        assert_eq!(bearer("Bearer "), None);
+        assert_eq!(bearer(&format!("Bearer {}", "a".repeat(257))), None);
+    }
+
+    #[test]
+    fn the_earlier_expiry_wins() {
+        assert_eq!(earliest(None, None), None);
+        assert_eq!(earliest(Some(5), None), Some(5));
+        assert_eq!(earliest(None, Some(7)), Some(7));
+        assert_eq!(earliest(Some(9), Some(7)), Some(7));
+    }
+
+    #[test]
+    fn a_remembered_authentication_ends_with_its_epoch_or_expiry() {
+        let remembered = |expires_at_ms| Remembered {
+            caller: Arc::new(Caller {
+                principal_id: PrincipalId::from_random([1; 16]),
+                name: selene_kms_core::PrincipalName::try_from("p").expect("name"),
+                role: selene_kms_core::Role::Os,
+                tenants: selene_kms_core::TenantScope::All,
+                expires_at_ms,
+            }),
+            expires_at_ms,
+            epoch: 3,
+        };
+        assert!(remembered(None).good_at(3, u64::MAX));
+        assert!(!remembered(None).good_at(4, 0), "a revocation since");
+        assert!(remembered(Some(10)).good_at(3, 9));
+        assert!(!remembered(Some(10)).good_at(3, 10), "expired");
     }
 }

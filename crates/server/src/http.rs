@@ -7,6 +7,8 @@
 //! documents it, so the router and the OpenAPI document cannot drift apart.
 
 pub(crate) mod bodies;
+mod credentials;
+mod principals;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -24,12 +26,13 @@ use selene_kms_core::redeem::RedeemRequest;
 use selene_kms_core::{KmsRequest, MaterialBundle, Operation, Policy, ReasonCode, Role, TenantId};
 use serde::Deserialize;
 
-use crate::auth::{AuthError, Authenticator};
+use crate::auth::{AuthError, Authenticator, Presented};
 use crate::engine::{AdminError, Caller, Engine};
 use crate::metrics::{Metrics, RouteClass};
 use crate::now_ms;
 use crate::openapi::{self, Endpoint};
 use crate::store_error::reason_for;
+use credentials::Credentials;
 
 /// Largest request body accepted (a KMS request is well under 4 KiB; imported material ≤ 8 KiB).
 pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
@@ -149,21 +152,27 @@ fn admin_reply(
     }
 }
 
-/// Authenticates and checks the role; a refusal comes in `shape`.
+/// Authenticates and checks the role (any role when `None`); a refusal comes in `shape`. A
+/// failed authentication is counted and logged with its source address, never its credential.
 async fn authorize(
     state: &AppState,
-    headers: &HeaderMap,
-    role: Role,
+    credentials: &Credentials,
+    role: Option<Role>,
     operation: Option<&'static str>,
     shape: Shape,
-) -> Result<Caller, Response> {
-    let header = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    let reason = match state.auth.authenticate(header).await {
-        Ok(c) if c.role == role => return Ok(c),
+) -> Result<Arc<Caller>, Response> {
+    let presented = Presented {
+        authorization: credentials.authorization.as_deref(),
+        spiffe_id: credentials.spiffe_id.as_ref(),
+    };
+    let reason = match state.auth.authenticate(&presented, now_ms()).await {
+        Ok(c) if role.is_none_or(|r| c.role == r) => return Ok(c),
         Ok(_) => ReasonCode::ForbiddenRole,
-        Err(AuthError::Unauthenticated) => ReasonCode::Unauthenticated,
+        Err(AuthError::Unauthenticated) => {
+            state.metrics.auth_failure();
+            tracing::warn!(source = ?credentials.source, "authentication failed");
+            ReasonCode::Unauthenticated
+        }
         Err(AuthError::Store(kind)) => reason_for(kind),
     };
     Err(refused(state, operation, reason, shape))
@@ -199,9 +208,19 @@ fn tenant(state: &AppState, raw: &str) -> Result<TenantId, Response> {
     TenantId::try_from(raw).map_err(|_| error(state, None, ReasonCode::InputSchemaInvalid))
 }
 
-async fn kms_request(State(state): Shared, headers: HeaderMap, body: Body) -> Response {
+/// A chain's id in an audit query: a tenant's, or the system chain's.
+fn chain(state: &AppState, raw: &str) -> Result<TenantId, Response> {
+    TenantId::chain(raw).map_err(|_| error(state, None, ReasonCode::InputSchemaInvalid))
+}
+
+async fn kms_request(
+    State(state): Shared,
+    credentials: Credentials,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     const OP: Option<&str> = Some("UNPARSED");
-    let caller = match authorize(&state, &headers, Role::Os, OP, Shape::Bundle).await {
+    let caller = match authorize(&state, &credentials, Some(Role::Os), OP, Shape::Bundle).await {
         Ok(c) => c,
         Err(r) => return r,
     };
@@ -211,7 +230,7 @@ async fn kms_request(State(state): Shared, headers: HeaderMap, body: Body) -> Re
     };
     let answer = match KmsRequest::from_json(&bytes) {
         Ok(req) => state.engine.kms(&caller, &req, now_ms()).await,
-        Err(rejected) => state.engine.kms_rejected(rejected, now_ms()).await,
+        Err(rejected) => state.engine.kms_rejected(&caller, rejected, now_ms()).await,
     };
     // A bundle names its operation whenever the request got far enough to say it.
     let operation = answer
@@ -229,17 +248,24 @@ async fn kms_request(State(state): Shared, headers: HeaderMap, body: Body) -> Re
     )
 }
 
-async fn redeem(State(state): Shared, headers: HeaderMap, body: Body) -> Response {
+async fn redeem(
+    State(state): Shared,
+    credentials: Credentials,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     const OP: Option<&str> = Some("REDEEM");
-    if let Err(r) = authorize(&state, &headers, Role::Executor, OP, Shape::Admin).await {
-        return r;
-    }
+    let role = Some(Role::Executor);
+    let caller = match authorize(&state, &credentials, role, OP, Shape::Admin).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
     let bytes = match json_body(&state, &headers, body, OP, Shape::Admin).await {
         Ok(b) => b,
         Err(r) => return r,
     };
     let outcome = match RedeemRequest::from_json(&bytes) {
-        Ok(req) => state.engine.redeem(&req, now_ms()).await,
+        Ok(req) => state.engine.redeem(&caller, &req, now_ms()).await,
         Err(refusal) => Err(refusal),
     };
     match outcome {
@@ -272,13 +298,16 @@ enum AdminWrite {
 async fn admin_write(
     State(state): Shared,
     Path(tenant_id): Path<String>,
+    credentials: Credentials,
     headers: HeaderMap,
     body: Body,
     what: AdminWrite,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers, Role::Admin, ADMIN, Shape::Admin).await {
-        return r;
-    }
+    let caller = match authorize(&state, &credentials, Some(Role::Admin), ADMIN, Shape::Admin).await
+    {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
     let tenant = match tenant(&state, &tenant_id) {
         Ok(t) => t,
         Err(r) => return r,
@@ -292,7 +321,9 @@ async fn admin_write(
         AdminWrite::CreateSecret => {
             async {
                 let req = bodies::parse(&bytes)?;
-                let created = engine.create_secret(&tenant, req, now_ms()).await?;
+                let created = engine
+                    .create_secret(&caller, &tenant, req, now_ms())
+                    .await?;
                 Ok((201, bodies::created(&created)))
             }
             .await
@@ -300,7 +331,7 @@ async fn admin_write(
         AdminWrite::Stage => {
             async {
                 let req = bodies::parse(&bytes)?;
-                engine.stage(&tenant, req, now_ms()).await?;
+                engine.stage(&caller, &tenant, req, now_ms()).await?;
                 Ok((202, bodies::staged()))
             }
             .await
@@ -308,7 +339,9 @@ async fn admin_write(
         AdminWrite::PutPolicy => {
             async {
                 let policy = Policy::from_json(&bytes).map_err(|r| AdminError::from(r.reason))?;
-                let version = engine.put_policy(&tenant, &policy, now_ms()).await?;
+                let version = engine
+                    .put_policy(&caller, &tenant, &policy, now_ms())
+                    .await?;
                 Ok((200, bodies::policy_version(version)))
             }
             .await
@@ -327,12 +360,14 @@ enum AdminRead {
 async fn admin_read(
     State(state): Shared,
     Path(tenant_id): Path<String>,
-    headers: HeaderMap,
+    credentials: Credentials,
     what: AdminRead,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers, Role::Admin, ADMIN, Shape::Admin).await {
-        return r;
-    }
+    let caller = match authorize(&state, &credentials, Some(Role::Admin), ADMIN, Shape::Admin).await
+    {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
     let tenant = match tenant(&state, &tenant_id) {
         Ok(t) => t,
         Err(r) => return r,
@@ -340,12 +375,12 @@ async fn admin_read(
     let outcome = match what {
         AdminRead::Secrets => state
             .engine
-            .list_secrets(&tenant)
+            .list_secrets(&caller, &tenant)
             .await
             .map(bodies::secrets),
         AdminRead::Policy => state
             .engine
-            .get_policy(&tenant)
+            .get_policy(&caller, &tenant)
             .await
             .map(|doc| bodies::json(&doc)),
     };
@@ -367,34 +402,35 @@ pub(crate) struct AuditQuery {
 /// Role check and query parsing shared by the audit routes.
 async fn admin_query<T>(
     state: &AppState,
-    headers: &HeaderMap,
+    credentials: &Credentials,
     query: Result<Query<T>, QueryRejection>,
-) -> Result<T, Response> {
-    authorize(state, headers, Role::Admin, ADMIN, Shape::Admin).await?;
+) -> Result<(Arc<Caller>, T), Response> {
+    let caller = authorize(state, credentials, Some(Role::Admin), ADMIN, Shape::Admin).await?;
     query
-        .map(|Query(q)| q)
+        .map(|Query(q)| (caller, q))
         .map_err(|_| error(state, ADMIN, ReasonCode::InputSchemaInvalid))
 }
 
 async fn audit(
     State(state): Shared,
-    headers: HeaderMap,
+    credentials: Credentials,
     query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Response {
-    let q = match admin_query(&state, &headers, query).await {
+    let (caller, q) = match admin_query(&state, &credentials, query).await {
         Ok(q) => q,
         Err(r) => return r,
     };
     let Some(raw) = q.tenant_id else {
         return error(&state, ADMIN, ReasonCode::UpstreamInputMissing);
     };
-    let tenant = match tenant(&state, &raw) {
+    let tenant = match chain(&state, &raw) {
         Ok(t) => t,
         Err(r) => return r,
     };
     let outcome = state
         .engine
         .audit_page(
+            &caller,
             &tenant,
             q.after_seq.unwrap_or(0),
             q.limit.unwrap_or(crate::engine::DEFAULT_AUDIT_PAGE),
@@ -414,25 +450,20 @@ pub(crate) struct ExportQuery {
 
 async fn audit_export(
     State(state): Shared,
-    headers: HeaderMap,
+    credentials: Credentials,
     query: Result<Query<ExportQuery>, QueryRejection>,
 ) -> Response {
-    let q = match admin_query(&state, &headers, query).await {
+    let (caller, q) = match admin_query(&state, &credentials, query).await {
         Ok(q) => q,
         Err(r) => return r,
     };
-    let tenant = match q
-        .tenant_id
-        .as_deref()
-        .map(|t| tenant(&state, t))
-        .transpose()
-    {
+    let tenant = match q.tenant_id.as_deref().map(|t| chain(&state, t)).transpose() {
         Ok(t) => t,
         Err(r) => return r,
     };
     let outcome = state
         .engine
-        .audit_export(tenant.as_ref(), now_ms())
+        .audit_export(&caller, tenant.as_ref(), now_ms())
         .await
         .map(|lines| (200, lines));
     let mut response = admin_reply(&state, ADMIN, outcome);
@@ -536,13 +567,15 @@ where
 /// and so is the OpenAPI document.
 pub(crate) fn routes() -> Vec<Route> {
     let write = |what: AdminWrite| {
-        move |state: Shared, path: Path<String>, headers: HeaderMap, body: Body| {
-            admin_write(state, path, headers, body, what)
-        }
+        move |state: Shared,
+              path: Path<String>,
+              credentials: Credentials,
+              headers: HeaderMap,
+              body: Body| { admin_write(state, path, credentials, headers, body, what) }
     };
     let read = |what: AdminRead| {
-        move |state: Shared, path: Path<String>, headers: HeaderMap| {
-            admin_read(state, path, headers, what)
+        move |state: Shared, path: Path<String>, credentials: Credentials| {
+            admin_read(state, path, credentials, what)
         }
     };
     vec![
@@ -553,6 +586,13 @@ pub(crate) fn routes() -> Vec<Route> {
         at(&openapi::STAGE, write(AdminWrite::Stage)),
         at(&openapi::PUT_POLICY, write(AdminWrite::PutPolicy)),
         at(&openapi::GET_POLICY, read(AdminRead::Policy)),
+        at(&openapi::CREATE_PRINCIPAL, principals::create),
+        at(&openapi::LIST_PRINCIPALS, principals::list),
+        at(&openapi::ISSUE_TOKEN, principals::issue_token),
+        at(&openapi::REVOKE_TOKEN, principals::revoke_token),
+        at(&openapi::REVOKE_PRINCIPAL, principals::revoke),
+        at(&openapi::WHOAMI, principals::whoami),
+        at(&openapi::LIST_TENANTS, principals::tenants),
         at(&openapi::AUDIT, audit),
         at(&openapi::AUDIT_EXPORT, audit_export),
         at(&openapi::PUBLIC_KEY, public_key),

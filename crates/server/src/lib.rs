@@ -17,8 +17,13 @@
 //! | [`Engine::get_policy`] | | [`PolicyDocument`](selene_kms_core::PolicyDocument), or an [`AdminError`] |
 //! | [`Engine::list_secrets`] | | [`SecretListing`](selene_kms_store::SecretListing)s, or an [`AdminError`] |
 //! | [`Engine::audit_page`], [`Engine::audit_export`] | | [`AuditRecord`](selene_kms_core::AuditRecord)s; the JSON Lines export |
+//! | [`Engine::create_principal`], [`Engine::issue_token`] | [`NewPrincipalRequest`], [`NewTokenRequest`] | [`CreatedPrincipal`], [`IssuedTokenAnswer`] (tokens shown once) |
+//! | [`Engine::revoke_token`], [`Engine::revoke_principal`] | ids | `()`, or an [`AdminError`] |
+//! | [`Engine::list_principals`], [`Engine::list_tenants`] | | [`PrincipalView`]s; [`TenantSummary`](selene_kms_store::TenantSummary)s |
 //!
-//! Every call takes the clock reading as `now_ms`, so an embedder decides what time it is.
+//! Every call takes the [`Caller`] it acts for: its principal is named
+//! in the audit record, and its tenant scope is enforced (`KMS_FORBIDDEN_TENANT`). Every call
+//! takes the clock reading as `now_ms`, so an embedder decides what time it is.
 //!
 //! # Embedding
 //!
@@ -27,7 +32,10 @@
 //! ```
 //! use std::sync::Arc;
 //!
-//! use selene_kms_core::{KmsRequest, Policy, PolicyDocument, ReasonCode, Role, TenantId};
+//! use selene_kms_core::{
+//!     KmsRequest, Policy, PolicyDocument, PrincipalId, PrincipalName, ReasonCode, Role, TenantId,
+//!     TenantScope,
+//! };
 //! use selene_kms_server::{Caller, Engine, NewSecretRequest, now_ms};
 //! use selene_kms_store::RootKey;
 //! use selene_kms_store_sqlite::{SqliteOptions, SqliteStore};
@@ -38,21 +46,30 @@
 //! let options = SqliteOptions { path: dir.path().join("kms.db"), create: true };
 //! let engine = Engine::new(Arc::new(SqliteStore::open(&options, root)?));
 //!
+//! // In process, the embedder asserts who acts; each principal is named in the audit records.
+//! let caller = |name: &str, role| Caller {
+//!     principal_id: PrincipalId::from_random(*selene_kms_server::random_bytes::<16>().unwrap()),
+//!     name: PrincipalName::try_from(name).expect("a valid name"),
+//!     role,
+//!     tenants: TenantScope::All,
+//!     expires_at_ms: None,
+//! };
+//! let (admin, os) = (caller("operator", Role::Admin), caller("selene-os", Role::Os));
+//!
 //! let tenant = TenantId::try_from("acme").expect("a valid tenant id");
 //! let document: PolicyDocument = serde_json::from_value(serde_json::json!({
 //!     "rules": [{"secret_names": ["payments/*"], "engines": ["PH1.OS"],
 //!                "operations": ["GET_HANDLE"]}]
 //! }))?;
-//! engine.put_policy(&tenant, &Policy::try_from(&document)?, now_ms()).await?;
+//! engine.put_policy(&admin, &tenant, &Policy::try_from(&document)?, now_ms()).await?;
 //! let secret = NewSecretRequest {
 //!     secret_name: "payments/stripe".to_owned(),
 //!     material_b64: None,
 //!     ephemeral_ttl_ms: None,
 //!     handle_ttl_ms: None,
 //! };
-//! engine.create_secret(&tenant, secret, now_ms()).await?;
+//! engine.create_secret(&admin, &tenant, secret, now_ms()).await?;
 //!
-//! let os = Caller { role: Role::Os, id: "selene-os".to_owned() };
 //! let request = KmsRequest::try_from(selene_kms_core::RawKmsRequest {
 //!     correlation_id: Some("c-1".to_owned()),
 //!     turn_id: Some("t-1".to_owned()),
@@ -84,11 +101,13 @@ mod serve;
 mod store_error;
 mod tls;
 
-pub use auth::{AuthError, Authenticator, hash_token, new_token, provision_tokens};
+pub use auth::{AuthError, Authenticator, IssuedToken, Presented, new_token};
 pub use clock::now_ms;
 pub use engine::{
-    AdminError, Caller, CreatedSecret, DEFAULT_IDEMPOTENCY_RETENTION_MS, Engine, KmsAnswer,
-    NewSecretRequest, Redeemed, StageRequest, TtlRequest,
+    AdminError, Bootstrapped, Caller, CreatedPrincipal, CreatedSecret,
+    DEFAULT_IDEMPOTENCY_RETENTION_MS, Engine, IssuedTokenAnswer, KmsAnswer, MAX_CREDENTIAL_TTL_MS,
+    NewPrincipalRequest, NewSecretRequest, NewTokenRequest, PrincipalView, Redeemed, StageRequest,
+    TokenView, TtlRequest, WhoAmI,
 };
 pub use http::{AppState, DEFAULT_BODY_LIMIT, router};
 pub use metrics::Metrics;

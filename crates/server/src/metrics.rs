@@ -70,6 +70,7 @@ impl Histogram {
 pub struct Metrics {
     requests: Vec<AtomicU64>,
     latency: [Histogram; 4],
+    auth_failures: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -79,11 +80,17 @@ impl Default for Metrics {
                 .map(|_| AtomicU64::new(0))
                 .collect(),
             latency: std::array::from_fn(|_| Histogram::new()),
+            auth_failures: AtomicU64::new(0),
         }
     }
 }
 
 impl Metrics {
+    /// Counts one failed authentication.
+    pub fn auth_failure(&self) {
+        self.auth_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts one answered request.
     pub fn count(&self, operation: Option<&str>, reason: ReasonCode) {
         let op = operation
@@ -135,6 +142,13 @@ impl Metrics {
                 }
             }
         }
+        out.push_str("# HELP selene_kms_auth_failures_total Requests whose credential did not authenticate.\n");
+        out.push_str("# TYPE selene_kms_auth_failures_total counter\n");
+        let _ = writeln!(
+            out,
+            "selene_kms_auth_failures_total {}",
+            self.auth_failures.load(Ordering::Relaxed)
+        );
         out.push_str("# HELP selene_kms_request_duration_seconds Request latency by route.\n");
         out.push_str("# TYPE selene_kms_request_duration_seconds histogram\n");
         for class in RouteClass::ALL {

@@ -23,7 +23,10 @@ use utoipa::openapi::{
 };
 use utoipa::{PartialSchema, ToSchema};
 
-use crate::engine::{AdminError, NewSecretRequest, StageRequest};
+use crate::engine::{
+    AdminError, CreatedPrincipal, IssuedTokenAnswer, NewPrincipalRequest, NewSecretRequest,
+    NewTokenRequest, StageRequest, WhoAmI,
+};
 use crate::http::bodies;
 
 /// The HTTP methods the server routes.
@@ -32,6 +35,7 @@ pub(crate) enum Verb {
     Get,
     Post,
     Put,
+    Delete,
 }
 
 impl Verb {
@@ -40,6 +44,7 @@ impl Verb {
             Self::Get => MethodFilter::GET,
             Self::Post => MethodFilter::POST,
             Self::Put => MethodFilter::PUT,
+            Self::Delete => MethodFilter::DELETE,
         }
     }
 
@@ -48,6 +53,7 @@ impl Verb {
             Self::Get => HttpMethod::Get,
             Self::Post => HttpMethod::Post,
             Self::Put => HttpMethod::Put,
+            Self::Delete => HttpMethod::Delete,
         }
     }
 
@@ -58,6 +64,7 @@ impl Verb {
             Self::Get => "get",
             Self::Post => "post",
             Self::Put => "put",
+            Self::Delete => "delete",
         }
     }
 }
@@ -75,6 +82,10 @@ pub(crate) enum Body {
 #[derive(Clone, Copy)]
 enum Value {
     TenantId,
+    /// A tenant id, or `_system` for the system chain.
+    ChainId,
+    PrincipalId,
+    TokenId,
     Count,
 }
 
@@ -93,6 +104,22 @@ const TENANT_PATH: Param = Param {
     required: true,
     value: Value::TenantId,
     description: "The tenant.",
+};
+
+const PRINCIPAL_PATH: Param = Param {
+    name: "principal_id",
+    at: ParameterIn::Path,
+    required: true,
+    value: Value::PrincipalId,
+    description: "The principal.",
+};
+
+const TOKEN_PATH: Param = Param {
+    name: "token_id",
+    at: ParameterIn::Path,
+    required: true,
+    value: Value::TokenId,
+    description: "The token.",
 };
 
 /// What a route refuses with, beyond its success.
@@ -116,7 +143,7 @@ pub(crate) struct Endpoint {
     /// The path template, in the syntax both axum and OpenAPI use (`{tenant_id}`).
     pub(crate) path: &'static str,
     summary: &'static str,
-    /// The role whose bearer token the route takes, if it takes one.
+    /// The role whose credential the route takes (`any`: every role), if it takes one.
     pub(crate) role: Option<&'static str>,
     params: &'static [Param],
     request: Option<&'static str>,
@@ -214,6 +241,90 @@ pub(crate) const GET_POLICY: Endpoint = Endpoint {
     refusals: Refusals::Admin(&[404]),
 };
 
+/// `POST /v1/admin/principals`.
+pub(crate) const CREATE_PRINCIPAL: Endpoint = Endpoint {
+    verb: Verb::Post,
+    path: "/v1/admin/principals",
+    summary: "Create a principal with its first token (shown once). Admins of every tenant only.",
+    role: Some("admin"),
+    params: &[],
+    request: Some("NewPrincipalRequest"),
+    success: (201, Body::Json("PrincipalCreated")),
+    refusals: Refusals::Admin(&[409]),
+};
+
+/// `GET /v1/admin/principals`.
+pub(crate) const LIST_PRINCIPALS: Endpoint = Endpoint {
+    verb: Verb::Get,
+    path: "/v1/admin/principals",
+    summary: "List principals and their tokens' metadata (never a token). Admins of every tenant only.",
+    role: Some("admin"),
+    params: &[],
+    request: None,
+    success: (200, Body::Json("PrincipalList")),
+    refusals: Refusals::Admin(&[]),
+};
+
+/// `POST /v1/admin/principals/{principal_id}/tokens`.
+pub(crate) const ISSUE_TOKEN: Endpoint = Endpoint {
+    verb: Verb::Post,
+    path: "/v1/admin/principals/{principal_id}/tokens",
+    summary: "Issue another token to a principal (shown once); older tokens work until revoked.",
+    role: Some("admin"),
+    params: &[PRINCIPAL_PATH],
+    request: Some("NewTokenRequest"),
+    success: (201, Body::Json("TokenIssued")),
+    refusals: Refusals::Admin(&[404]),
+};
+
+/// `DELETE /v1/admin/principals/{principal_id}/tokens/{token_id}`.
+pub(crate) const REVOKE_TOKEN: Endpoint = Endpoint {
+    verb: Verb::Delete,
+    path: "/v1/admin/principals/{principal_id}/tokens/{token_id}",
+    summary: "Revoke one token; from this answer on it authenticates on no node.",
+    role: Some("admin"),
+    params: &[PRINCIPAL_PATH, TOKEN_PATH],
+    request: None,
+    success: (200, Body::Json("Revoked")),
+    refusals: Refusals::Admin(&[404]),
+};
+
+/// `DELETE /v1/admin/principals/{principal_id}`.
+pub(crate) const REVOKE_PRINCIPAL: Endpoint = Endpoint {
+    verb: Verb::Delete,
+    path: "/v1/admin/principals/{principal_id}",
+    summary: "Revoke a principal and every token of it (not the last admin of every tenant).",
+    role: Some("admin"),
+    params: &[PRINCIPAL_PATH],
+    request: None,
+    success: (200, Body::Json("Revoked")),
+    refusals: Refusals::Admin(&[404, 409]),
+};
+
+/// `GET /v1/auth/whoami`.
+pub(crate) const WHOAMI: Endpoint = Endpoint {
+    verb: Verb::Get,
+    path: "/v1/auth/whoami",
+    summary: "The principal the request's credential authenticates as.",
+    role: Some("any"),
+    params: &[],
+    request: None,
+    success: (200, Body::Json("WhoAmI")),
+    refusals: Refusals::Admin(&[]),
+};
+
+/// `GET /v1/admin/tenants`.
+pub(crate) const LIST_TENANTS: Endpoint = Endpoint {
+    verb: Verb::Get,
+    path: "/v1/admin/tenants",
+    summary: "The tenants the caller may name, with policy version, state and size.",
+    role: Some("admin"),
+    params: &[],
+    request: None,
+    success: (200, Body::Json("TenantList")),
+    refusals: Refusals::Admin(&[]),
+};
+
 /// `GET /v1/audit`.
 pub(crate) const AUDIT: Endpoint = Endpoint {
     verb: Verb::Get,
@@ -225,8 +336,8 @@ pub(crate) const AUDIT: Endpoint = Endpoint {
             name: "tenant_id",
             at: ParameterIn::Query,
             required: true,
-            value: Value::TenantId,
-            description: "The tenant whose chain to read.",
+            value: Value::ChainId,
+            description: "The tenant whose chain to read, or `_system` for principal and token events.",
         },
         Param {
             name: "after_seq",
@@ -258,8 +369,8 @@ pub(crate) const AUDIT_EXPORT: Endpoint = Endpoint {
         name: "tenant_id",
         at: ParameterIn::Query,
         required: false,
-        value: Value::TenantId,
-        description: "One tenant; every tenant when absent.",
+        value: Value::ChainId,
+        description: "One tenant (or `_system`); every chain when absent.",
     }],
     request: None,
     success: (200, Body::Text("application/x-ndjson")),
@@ -359,6 +470,18 @@ fn param_schema(value: Value) -> RefOr<Schema> {
         Value::TenantId => ObjectBuilder::new()
             .schema_type(Type::String)
             .pattern(Some("^[a-z0-9][a-z0-9._-]{0,63}$"))
+            .into(),
+        Value::ChainId => ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some("^([a-z0-9][a-z0-9._-]{0,63}|_system)$"))
+            .into(),
+        Value::PrincipalId => ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some("^kp_[0-9a-f]{32}$"))
+            .into(),
+        Value::TokenId => ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some("^kt_[0-9a-f]{32}$"))
             .into(),
         Value::Count => u64::schema(),
     }
@@ -481,7 +604,15 @@ fn operation(endpoint: &Endpoint) -> utoipa::openapi::path::Operation {
                 _,
                 &str,
             >("bearer", []))
-            .description(Some(format!("Bearer token with role `{role}`.")));
+            .description(Some(match role {
+                "any" => "A bearer token (or a client certificate bound to a principal) of any \
+                          role."
+                    .to_owned(),
+                role => format!(
+                    "A bearer token (or a client certificate bound to a principal) with role \
+                     `{role}`."
+                ),
+            }));
     }
     op.build()
 }
@@ -523,6 +654,14 @@ fn build(endpoints: &[&Endpoint]) -> OpenApi {
     components = with_schema::<bodies::Staged>(components);
     components = with_schema::<bodies::Status>(components);
     components = with_schema::<AdminError>(components);
+    components = with_schema::<NewPrincipalRequest>(components);
+    components = with_schema::<CreatedPrincipal>(components);
+    components = with_schema::<NewTokenRequest>(components);
+    components = with_schema::<IssuedTokenAnswer>(components);
+    components = with_schema::<bodies::PrincipalList>(components);
+    components = with_schema::<bodies::Revoked>(components);
+    components = with_schema::<WhoAmI>(components);
+    components = with_schema::<bodies::TenantList>(components);
     let components = components
         .security_scheme(
             "bearer",

@@ -122,13 +122,15 @@ pub async fn serve(engine: Arc<Engine>, options: ServeOptions) -> std::io::Resul
         None => {
             let mut server = axum_server::from_tcp(listener)?.handle(handle.clone());
             limit_http1(server.http_builder(), header_timeout);
-            tokio::spawn(async move { server.serve(app.into_make_service()).await })
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
+            tokio::spawn(async move { server.serve(app).await })
         }
         Some(tls) => {
             let config = axum_server::tls_rustls::RustlsConfig::from_config(tls.server_config()?);
             let mut server = axum_server::from_tcp_rustls(listener, config)?.handle(handle.clone());
             limit_http1(server.http_builder(), header_timeout);
-            tokio::spawn(async move { server.serve(app.into_make_service()).await })
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
+            tokio::spawn(async move { server.serve(app).await })
         }
     };
     let retention = options.idempotency_retention_ms;

@@ -23,6 +23,17 @@ pub(crate) const fn reason_for(kind: ErrorKind) -> ReasonCode {
         // Well-formed, but not what the stored state allows (e.g. staging material for a
         // generated secret).
         ErrorKind::Invalid => ReasonCode::ValidationFailed,
+        ErrorKind::LastAdmin => ReasonCode::LastAdmin,
+    }
+}
+
+/// [`refusal_for`], as the principal routes answer: what exists or is missing there is a
+/// principal or token, not a secret.
+pub(crate) fn principal_refusal_for(e: &StoreError) -> ReasonCode {
+    match e.kind {
+        ErrorKind::AlreadyExists => ReasonCode::PrincipalExists,
+        ErrorKind::NotFound => ReasonCode::PrincipalNotFound,
+        _ => refusal_for(e),
     }
 }
 
@@ -44,7 +55,7 @@ mod tests {
 
     /// Every kind, with the answer the design gives it. The match below stops compiling when a
     /// kind is added, pointing here.
-    const EXPECTED: [(ErrorKind, ReasonCode, u16); 7] = [
+    const EXPECTED: [(ErrorKind, ReasonCode, u16); 8] = [
         (ErrorKind::StateConflict, ReasonCode::SimulationStale, 409),
         (
             ErrorKind::IdempotencyTaken,
@@ -56,6 +67,7 @@ mod tests {
         (ErrorKind::Unavailable, ReasonCode::AuditUnavailable, 503),
         (ErrorKind::Corrupt, ReasonCode::InternalPipelineError, 500),
         (ErrorKind::Invalid, ReasonCode::ValidationFailed, 422),
+        (ErrorKind::LastAdmin, ReasonCode::LastAdmin, 409),
     ];
 
     const fn listed(kind: ErrorKind) -> bool {
@@ -66,7 +78,8 @@ mod tests {
             | ErrorKind::NotFound
             | ErrorKind::Unavailable
             | ErrorKind::Corrupt
-            | ErrorKind::Invalid => true,
+            | ErrorKind::Invalid
+            | ErrorKind::LastAdmin => true,
         }
     }
 

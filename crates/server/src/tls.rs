@@ -4,6 +4,11 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use axum_server::tls::TlsInfo;
+use selene_kms_core::SpiffeId;
+use x509_parser::extensions::GeneralName;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
 use rustls::ServerConfig;
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
@@ -64,5 +69,22 @@ impl TlsOptions {
             .map_err(|_| io_error("--tls-key does not match --tls-cert"))?;
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Arc::new(config))
+    }
+}
+
+/// The SPIFFE id of a connection's client certificate: the one URI SAN of the end-entity
+/// certificate (an X.509-SVID carries exactly one), when it is a valid SPIFFE id. The chain was
+/// verified against `--tls-client-ca` during the handshake, before any request was read.
+pub(crate) fn peer_spiffe_id(info: &TlsInfo) -> Option<SpiffeId> {
+    let der = info.peer_certificates.first()?;
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    let mut uris = san.value.general_names.iter().filter_map(|n| match n {
+        GeneralName::URI(uri) => Some(*uri),
+        _ => None,
+    });
+    match (uris.next(), uris.next()) {
+        (Some(uri), None) => SpiffeId::try_from(uri).ok(),
+        _ => None,
     }
 }

@@ -454,6 +454,11 @@ impl Working<'_> {
             ));
         }
         let (effect, mut new_key) = self.effect(&tenant, change)?;
+        let mut audit = audit;
+        if let Effect::Policy(_, _, version) = &effect {
+            // The record names the version it stored, which only the plan knows.
+            audit.policy_version = Some(*version);
+        }
         let head = self.head(&tenant);
         let chained = chain(self.keys, &tenant, &head, audit, bundle)?;
         let answer = match &idempotency {

@@ -6,14 +6,14 @@ use base64::engine::general_purpose::STANDARD;
 use selene_kms_core::material::MAX_MATERIAL_LEN;
 use selene_kms_core::state::DEFAULT_HANDLE_TTL_MS;
 use selene_kms_core::{
-    AuditAction, AuditRecord, Policy, PolicyDocument, ReasonCode, SecretKind, SecretMaterial,
-    SecretName, TenantId, TtlBounds, refs,
+    AuditAction, AuditRecord, Diagnostic, Policy, PolicyDocument, Problem, ReasonCode, SecretKind,
+    SecretMaterial, SecretName, Subject, TenantId, TtlBounds, refs,
 };
 use selene_kms_store::{Change, CommitUnit, NewSecret, SecretListing, StoreError};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::Engine;
+use super::{Caller, Engine};
 use crate::store_error::refusal_for;
 
 /// Most audit records one read returns.
@@ -61,13 +61,18 @@ pub struct StageRequest {
 
 // The doc comment below is the OpenAPI schema's description, so it stays as the wire sees it:
 // this is also the error of every admin call.
-/// An admin error body: `{"reason_code", "message"}`; the message is the registry's meaning.
+/// An admin error body: `{"reason_code", "message"}`, and the `diagnostics` that say which
+/// field broke which rule when a body is invalid; the message is the registry's meaning.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AdminError {
     /// The reason code.
     pub reason_code: ReasonCode,
     /// What it means.
     pub message: String,
+    /// Which field broke which rule (`field:problem`), never a value.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<String>)]
+    pub diagnostics: Vec<Diagnostic>,
 }
 
 impl From<ReasonCode> for AdminError {
@@ -75,6 +80,17 @@ impl From<ReasonCode> for AdminError {
         Self {
             reason_code: reason,
             message: reason.info().meaning.to_owned(),
+            diagnostics: Vec::new(),
+        }
+    }
+}
+
+impl AdminError {
+    /// An invalid body: `subject` broke the rule `problem`.
+    pub fn invalid(subject: Subject, problem: Problem) -> Self {
+        Self {
+            diagnostics: vec![Diagnostic::new(subject, problem)],
+            ..ReasonCode::InputSchemaInvalid.into()
         }
     }
 }
@@ -122,18 +138,21 @@ fn secret_name(raw: String) -> Result<SecretName, AdminError> {
     SecretName::try_from(raw).map_err(|_| ReasonCode::InputSchemaInvalid.into())
 }
 
-fn audit(tenant: &TenantId, action: AuditAction, at_ms: u64) -> AuditRecord {
+fn audit(caller: &Caller, tenant: &TenantId, action: AuditAction, at_ms: u64) -> AuditRecord {
     AuditRecord::for_action(tenant, action, ReasonCode::OkMaterialIssue, at_ms)
+        .by(&caller.principal_id)
 }
 
 impl Engine {
     /// Creates a secret (generated, or imported from `material_b64`).
     pub async fn create_secret(
         &self,
+        caller: &Caller,
         tenant: &TenantId,
         req: NewSecretRequest,
         now_ms: u64,
     ) -> Result<CreatedSecret, AdminError> {
+        caller.may_name(tenant)?;
         let name = secret_name(req.secret_name)?;
         let ttl = match req.ephemeral_ttl_ms {
             None => TtlBounds::DEFAULT,
@@ -149,7 +168,7 @@ impl Engine {
             Some(m) => (SecretKind::Imported, m),
         };
         let secret_ref = refs::secret_ref(self.store.keys(), tenant, &name);
-        let mut record = audit(tenant, AuditAction::CreateSecret, now_ms);
+        let mut record = audit(caller, tenant, AuditAction::CreateSecret, now_ms);
         record.secret_ref = Some(secret_ref.clone());
         let unit = CommitUnit {
             tenant: tenant.clone(),
@@ -172,7 +191,12 @@ impl Engine {
     }
 
     /// Lists a tenant's secrets: metadata only.
-    pub async fn list_secrets(&self, tenant: &TenantId) -> Result<Vec<SecretListing>, AdminError> {
+    pub async fn list_secrets(
+        &self,
+        caller: &Caller,
+        tenant: &TenantId,
+    ) -> Result<Vec<SecretListing>, AdminError> {
+        caller.may_name(tenant)?;
         self.store
             .list_secrets(tenant)
             .await
@@ -182,13 +206,15 @@ impl Engine {
     /// Stages material for the next rotation of an imported secret.
     pub async fn stage(
         &self,
+        caller: &Caller,
         tenant: &TenantId,
         req: StageRequest,
         now_ms: u64,
     ) -> Result<(), AdminError> {
+        caller.may_name(tenant)?;
         let name = secret_name(req.secret_name)?;
         let material = decode_material(req.material_b64)?;
-        let mut record = audit(tenant, AuditAction::StageVersion, now_ms);
+        let mut record = audit(caller, tenant, AuditAction::StageVersion, now_ms);
         record.secret_ref = Some(refs::secret_ref(self.store.keys(), tenant, &name));
         let unit = CommitUnit {
             tenant: tenant.clone(),
@@ -206,14 +232,16 @@ impl Engine {
     /// engine or secret pattern never reaches the store.
     pub async fn put_policy(
         &self,
+        caller: &Caller,
         tenant: &TenantId,
         policy: &Policy,
         now_ms: u64,
     ) -> Result<u64, AdminError> {
+        caller.may_name(tenant)?;
         let unit = CommitUnit {
             tenant: tenant.clone(),
             change: Change::PutPolicy(policy.document().clone()),
-            audit: audit(tenant, AuditAction::SetPolicy, now_ms),
+            audit: audit(caller, tenant, AuditAction::SetPolicy, now_ms),
             idempotency: None,
             bundle: None,
         };
@@ -226,7 +254,12 @@ impl Engine {
     }
 
     /// A tenant's policy document (`KMS_POLICY_NOT_FOUND` when it has none).
-    pub async fn get_policy(&self, tenant: &TenantId) -> Result<PolicyDocument, AdminError> {
+    pub async fn get_policy(
+        &self,
+        caller: &Caller,
+        tenant: &TenantId,
+    ) -> Result<PolicyDocument, AdminError> {
+        caller.may_name(tenant)?;
         match self.store.policy_document(tenant).await {
             Ok(Some((doc, _))) => Ok(doc),
             Ok(None) => Err(ReasonCode::PolicyNotFound.into()),
@@ -238,10 +271,12 @@ impl Engine {
     /// 1..=1000 so that one read stays bounded).
     pub async fn audit_page(
         &self,
+        caller: &Caller,
         tenant: &TenantId,
         after_seq: u64,
         limit: usize,
     ) -> Result<Vec<AuditRecord>, AdminError> {
+        caller.may_name(tenant)?;
         let limit = limit.clamp(1, MAX_AUDIT_PAGE);
         self.store
             .audit_records(tenant, after_seq, limit)
@@ -249,13 +284,20 @@ impl Engine {
             .map_err(AdminError::from)
     }
 
-    /// The JSON Lines export of one tenant's chain (or all), with signed checkpoints. The
-    /// export is a file format that verifiers read line by line, so its typed form is its bytes.
+    /// The JSON Lines export of one tenant's chain (or of every chain, the system chain
+    /// included, for a caller of every tenant), with signed checkpoints. The export is a file
+    /// format that verifiers read line by line, so its typed form is its bytes.
     pub async fn audit_export(
         &self,
+        caller: &Caller,
         tenant: Option<&TenantId>,
         now_ms: u64,
     ) -> Result<Vec<u8>, AdminError> {
+        match tenant {
+            Some(tenant) => caller.may_name(tenant)?,
+            None if !caller.is_global() => return Err(ReasonCode::ForbiddenTenant.into()),
+            None => {}
+        }
         let mut out = Vec::new();
         selene_kms_store::verify::export(&*self.store, tenant, now_ms, &mut out).await?;
         Ok(out)

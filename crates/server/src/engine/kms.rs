@@ -111,13 +111,25 @@ fn stored_reason(bundle: &[u8]) -> Option<ReasonCode> {
 impl Engine {
     /// Answers a request that failed validation (step 2): the refusal bundle, audited when the
     /// tenant is known, never stored under a key (an unvalidated key names nothing). A host
-    /// hands every rejection here rather than answering it itself, so none goes unaudited.
-    pub async fn kms_rejected(&self, rejected: RejectedRequest, now_ms: u64) -> KmsAnswer {
+    /// hands every rejection here rather than answering it itself, so none goes unaudited. A
+    /// tenant outside the caller's scope gets `KMS_FORBIDDEN_TENANT` and no record in its chain.
+    pub async fn kms_rejected(
+        &self,
+        caller: &Caller,
+        rejected: RejectedRequest,
+        now_ms: u64,
+    ) -> KmsAnswer {
         let RejectedRequest { context, refusal } = rejected;
+        if let Some(tenant) = &context.tenant_id
+            && let Err(reason) = caller.may_name(tenant)
+        {
+            return KmsAnswer::bare_refusal(&context, reason);
+        }
         let mut bundle =
             refusal.into_bundle(context.operation, context.dry_run, context.max_diagnostics);
         if let Some(tenant) = &context.tenant_id {
-            let audit = AuditRecord::for_request(tenant, &context, &bundle, now_ms, false);
+            let audit = AuditRecord::for_request(tenant, &context, &bundle, now_ms, false)
+                .by(&caller.principal_id);
             match self.audit_only(tenant, audit).await {
                 Ok(seq) => bundle.audit_seq = Some(seq),
                 Err(e) => return KmsAnswer::store_failure(&context, &e),
@@ -126,13 +138,18 @@ impl Engine {
         KmsAnswer::encoded(bundle)
     }
 
-    /// Runs one validated KMS request for an authenticated `os` caller. The caller's id scopes
-    /// the idempotency key, so two callers never see each other's stored answers.
+    /// Runs one validated KMS request for an authenticated `os` caller. The caller's principal
+    /// scopes the idempotency key, so two principals never see each other's stored answers,
+    /// while a principal's retry with a rotated token still finds its own. A tenant outside the
+    /// caller's scope gets `KMS_FORBIDDEN_TENANT` and no record in its chain.
     pub async fn kms(&self, caller: &Caller, req: &KmsRequest, now_ms: u64) -> KmsAnswer {
         let ctx = req.context();
+        if let Err(reason) = caller.may_name(&req.tenant_id) {
+            return KmsAnswer::bare_refusal(&ctx, reason);
+        }
         let scope = IdempotencyScope {
             tenant: req.tenant_id.clone(),
-            caller: caller.id.clone(),
+            caller: caller.principal_id.as_str().to_owned(),
             key: req.idempotency_key.as_str().to_owned(),
         };
         let fingerprint = req.fingerprint();
@@ -164,16 +181,20 @@ impl Engine {
                         && record.fingerprint == fingerprint
                         && stored_reason(&record.bundle_json) == Some(refusal.reason)
                     {
-                        return self.replay(req, record.bundle_json, now_ms).await;
+                        return self.replay(caller, req, record.bundle_json, now_ms).await;
                     }
-                    return self.refuse(req, &scope, fingerprint, refusal, now_ms).await;
+                    return self
+                        .refuse(caller, req, &scope, fingerprint, refusal, now_ms)
+                        .await;
                 }
             };
             // (5) idempotency. A fresh key needs no read: the commit's unique key catches a retry,
             // which then comes round again with `check_key` set. Mutations look first, because
             // their plan is stale once the original commit has landed.
             if check_key
-                && let Some(reply) = self.answer_from_key(req, &scope, fingerprint, now_ms).await
+                && let Some(reply) = self
+                    .answer_from_key(caller, req, &scope, fingerprint, now_ms)
+                    .await
             {
                 return reply;
             }
@@ -182,12 +203,15 @@ impl Engine {
                 Ok(i) => i,
                 Err(refusal) => {
                     if !check_key
-                        && let Some(reply) =
-                            self.answer_from_key(req, &scope, fingerprint, now_ms).await
+                        && let Some(reply) = self
+                            .answer_from_key(caller, req, &scope, fingerprint, now_ms)
+                            .await
                     {
                         return reply;
                     }
-                    return self.refuse(req, &scope, fingerprint, refusal, now_ms).await;
+                    return self
+                        .refuse(caller, req, &scope, fingerprint, refusal, now_ms)
+                        .await;
                 }
             };
             // (9) commit.
@@ -210,7 +234,8 @@ impl Engine {
                 },
             };
             let audit =
-                AuditRecord::for_request(&req.tenant_id, &ctx, &issued.bundle, now_ms, false);
+                AuditRecord::for_request(&req.tenant_id, &ctx, &issued.bundle, now_ms, false)
+                    .by(&caller.principal_id);
             let answered = issued.bundle.clone();
             let unit = CommitUnit {
                 tenant: req.tenant_id.clone(),
@@ -240,6 +265,7 @@ impl Engine {
     /// conflict for another; `None` when the key is free.
     async fn answer_from_key(
         &self,
+        caller: &Caller,
         req: &KmsRequest,
         scope: &IdempotencyScope,
         fingerprint: [u8; 32],
@@ -248,7 +274,7 @@ impl Engine {
         match self.store.idempotency(scope).await {
             Err(e) => Some(KmsAnswer::store_failure(&req.context(), &e)),
             Ok(Some(record)) if record.fingerprint == fingerprint => {
-                Some(self.replay(req, record.bundle_json, now_ms).await)
+                Some(self.replay(caller, req, record.bundle_json, now_ms).await)
             }
             Ok(Some(_)) => {
                 let refusal = Refusal::new(
@@ -256,7 +282,7 @@ impl Engine {
                     selene_kms_core::Subject::IdempotencyKey,
                     selene_kms_core::Problem::Reused,
                 );
-                Some(self.refuse_unstored(req, refusal, now_ms).await)
+                Some(self.refuse_unstored(caller, req, refusal, now_ms).await)
             }
             Ok(None) => None,
         }
@@ -265,6 +291,7 @@ impl Engine {
     /// A refusal after step 2: audited and stored under the key (if the key is still free).
     async fn refuse(
         &self,
+        caller: &Caller,
         req: &KmsRequest,
         scope: &IdempotencyScope,
         fingerprint: [u8; 32],
@@ -276,7 +303,8 @@ impl Engine {
         let unit = |idempotency| CommitUnit {
             tenant: req.tenant_id.clone(),
             change: Change::None,
-            audit: AuditRecord::for_request(&req.tenant_id, &ctx, &bundle, now_ms, false),
+            audit: AuditRecord::for_request(&req.tenant_id, &ctx, &bundle, now_ms, false)
+                .by(&caller.principal_id),
             idempotency,
             bundle: Some(bundle.clone()),
         };
@@ -301,10 +329,17 @@ impl Engine {
     }
 
     /// A refusal that must not take the key (it is already taken): audited only.
-    async fn refuse_unstored(&self, req: &KmsRequest, refusal: Refusal, now_ms: u64) -> KmsAnswer {
+    async fn refuse_unstored(
+        &self,
+        caller: &Caller,
+        req: &KmsRequest,
+        refusal: Refusal,
+        now_ms: u64,
+    ) -> KmsAnswer {
         let ctx = req.context();
         let mut bundle = refusal.into_bundle(Some(req.operation), req.dry_run, req.max_diagnostics);
-        let audit = AuditRecord::for_request(&req.tenant_id, &ctx, &bundle, now_ms, false);
+        let audit = AuditRecord::for_request(&req.tenant_id, &ctx, &bundle, now_ms, false)
+            .by(&caller.principal_id);
         match self.audit_only(&req.tenant_id, audit).await {
             Ok(seq) => {
                 bundle.audit_seq = Some(seq);
@@ -315,13 +350,20 @@ impl Engine {
     }
 
     /// The same request again: the stored answer, byte for byte, and a replay record.
-    async fn replay(&self, req: &KmsRequest, stored: Arc<[u8]>, now_ms: u64) -> KmsAnswer {
+    async fn replay(
+        &self,
+        caller: &Caller,
+        req: &KmsRequest,
+        stored: Arc<[u8]>,
+        now_ms: u64,
+    ) -> KmsAnswer {
         let ctx = req.context();
         let Ok(bundle) = serde_json::from_slice::<MaterialBundle>(&stored) else {
             tracing::error!("a stored idempotent answer does not parse");
             return KmsAnswer::bare_refusal(&ctx, ReasonCode::InternalPipelineError);
         };
-        let audit = AuditRecord::for_request(&req.tenant_id, &ctx, &bundle, now_ms, true);
+        let audit = AuditRecord::for_request(&req.tenant_id, &ctx, &bundle, now_ms, true)
+            .by(&caller.principal_id);
         if let Err(e) = self.audit_only(&req.tenant_id, audit).await {
             return KmsAnswer::store_failure(&ctx, &e);
         }

@@ -9,11 +9,14 @@
 
 mod admin;
 mod kms;
+mod principals;
 mod redeem;
 
 use std::sync::Arc;
 
-use selene_kms_core::{AuditRecord, Role, TenantId};
+use selene_kms_core::{
+    AuditRecord, PrincipalId, PrincipalName, ReasonCode, Role, TenantId, TenantScope,
+};
 use selene_kms_store::{
     BatchHistogram, Change, CommitUnit, ErrorKind, Receipt, Store, StoreResult,
 };
@@ -23,6 +26,10 @@ use crate::auth::Authenticator;
 pub(crate) use admin::DEFAULT_AUDIT_PAGE;
 pub use admin::{AdminError, CreatedSecret, NewSecretRequest, StageRequest, TtlRequest};
 pub use kms::KmsAnswer;
+pub use principals::{
+    Bootstrapped, CreatedPrincipal, IssuedTokenAnswer, MAX_CREDENTIAL_TTL_MS, NewPrincipalRequest,
+    NewTokenRequest, PrincipalView, TokenView, WhoAmI,
+};
 pub use redeem::Redeemed;
 
 /// Commits lost to a concurrent change are tried this many times in all (a retry re-reads the
@@ -32,13 +39,42 @@ const MAX_ATTEMPTS: usize = 4;
 /// How long idempotency records are kept by default: 24 hours.
 pub const DEFAULT_IDEMPOTENCY_RETENTION_MS: u64 = 24 * 3600 * 1000;
 
-/// An authenticated caller.
+/// An authenticated caller: the principal a credential proved. An embedder that runs the engine
+/// in-process asserts one itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Caller {
+    /// The principal: named in every audit record it causes, and scoping its idempotency keys.
+    pub principal_id: PrincipalId,
+    /// Its name.
+    pub name: PrincipalName,
     /// Its role.
     pub role: Role,
-    /// A stable, non-secret id of its credential (scopes idempotency keys).
-    pub id: String,
+    /// The tenants it may name.
+    pub tenants: TenantScope,
+    /// When it stops authenticating, if ever.
+    pub expires_at_ms: Option<u64>,
+}
+
+impl Caller {
+    /// Refuses a tenant (or the system chain) outside the caller's scope, with the same
+    /// answer whether or not that tenant exists.
+    pub fn may_name(&self, tenant: &TenantId) -> Result<(), ReasonCode> {
+        let allowed = match &self.tenants {
+            TenantScope::All => true,
+            // The system chain belongs to no tenant: only a principal of every tenant reads it.
+            scope => !tenant.is_system() && scope.allows(tenant),
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(ReasonCode::ForbiddenTenant)
+        }
+    }
+
+    /// Whether the caller may name every tenant (the principal routes need it).
+    pub fn is_global(&self) -> bool {
+        self.tenants == TenantScope::All
+    }
 }
 
 /// The engine over one store.

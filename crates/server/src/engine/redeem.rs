@@ -10,7 +10,7 @@ use selene_kms_core::{
 
 use selene_kms_store::StoreError;
 
-use super::Engine;
+use super::{Caller, Engine};
 use crate::store_error::refusal_for;
 
 /// What a redemption releases: the material and what bounds its use.
@@ -34,14 +34,21 @@ fn store_refusal(e: StoreError) -> Refusal {
 
 impl Engine {
     /// Redeems a handle or credential for its material (executor callers only; the host checks
-    /// the role). A refusal carries its reason code and diagnostics, never the ref.
-    pub async fn redeem(&self, req: &RedeemRequest, now_ms: u64) -> Result<Redeemed, Refusal> {
+    /// the role). A refusal carries its reason code and diagnostics, never the ref. A tenant
+    /// outside the caller's scope is refused before anything is read, and not audited there.
+    pub async fn redeem(
+        &self,
+        caller: &Caller,
+        req: &RedeemRequest,
+        now_ms: u64,
+    ) -> Result<Redeemed, Refusal> {
+        caller.may_name(&req.tenant_id).map_err(Refusal::bare)?;
         let keys = self.store.keys().clone();
         let opened = match req.open(&keys) {
             Ok(o) => o,
             Err(refusal) => {
                 return self
-                    .audited_refusal(&req.tenant_id, None, req.kind, refusal, now_ms)
+                    .audited_refusal(caller, &req.tenant_id, None, req.kind, refusal, now_ms)
                     .await;
             }
         };
@@ -65,8 +72,9 @@ impl Engine {
         let grant = match redeem::check(&opened, policy, secret.as_deref(), revoked, now_ms) {
             Ok(grant) => grant,
             Err(refusal) => {
+                let opened = Some(&opened);
                 return self
-                    .audited_refusal(&req.tenant_id, Some(&opened), req.kind, refusal, now_ms)
+                    .audited_refusal(caller, &req.tenant_id, opened, req.kind, refusal, now_ms)
                     .await;
             }
         };
@@ -76,6 +84,7 @@ impl Engine {
             _ => material,
         };
         let audit = record(
+            caller,
             &req.tenant_id,
             Some(&opened),
             req.kind,
@@ -96,13 +105,14 @@ impl Engine {
 
     async fn audited_refusal(
         &self,
+        caller: &Caller,
         tenant: &TenantId,
         opened: Option<&OpenedGrant>,
         kind: RefKind,
         refusal: Refusal,
         now_ms: u64,
     ) -> Result<Redeemed, Refusal> {
-        let audit = record(tenant, opened, kind, refusal.reason, now_ms, None);
+        let audit = record(caller, tenant, opened, kind, refusal.reason, now_ms, None);
         self.audit_only(tenant, audit)
             .await
             .map_err(store_refusal)?;
@@ -111,6 +121,7 @@ impl Engine {
 }
 
 fn record(
+    caller: &Caller,
     tenant: &TenantId,
     opened: Option<&OpenedGrant>,
     kind: RefKind,
@@ -118,7 +129,8 @@ fn record(
     now_ms: u64,
     secret_ref: Option<String>,
 ) -> AuditRecord {
-    let mut r = AuditRecord::for_action(tenant, AuditAction::Redeem, reason, now_ms);
+    let mut r = AuditRecord::for_action(tenant, AuditAction::Redeem, reason, now_ms)
+        .by(&caller.principal_id);
     r.secret_ref = secret_ref;
     if let Some(o) = opened {
         r.requester_engine_id = Some(o.claims().engine.to_string());

@@ -8,13 +8,13 @@ use std::sync::Arc;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use selene_kms_core::{AuditRecord, Diagnostic, ReasonCode, Refusal, ValidationStatus};
-use selene_kms_store::SecretListing;
+use selene_kms_store::{SecretListing, TenantSummary};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use zeroize::Zeroizing;
 
-use crate::engine::{AdminError, CreatedSecret, Redeemed};
+use crate::engine::{AdminError, CreatedSecret, PrincipalView, Redeemed};
 
 // The answers below are serialized from these types, so the OpenAPI document's schemas (derived
 // from the same types) are the bytes' shape. Their doc comments are the schemas' descriptions.
@@ -67,6 +67,41 @@ pub(crate) struct ListedVersion {
 }
 
 /// `POST /v1/admin/tenants/{tenant_id}/staged-versions`: staged for the next rotation.
+/// Every principal, with its tokens' metadata (never a token or verifier).
+#[derive(Serialize, ToSchema)]
+pub(crate) struct PrincipalList {
+    principals: Vec<PrincipalView>,
+}
+
+/// The tenants the caller may name.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct TenantList {
+    #[schema(value_type = Vec<ListedTenant>)]
+    tenants: Vec<TenantSummary>,
+}
+
+/// One tenant: its policy version (0: none), whether its policy is set and enabled, and how
+/// many secrets it has.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = TenantSummary)]
+#[allow(
+    dead_code,
+    reason = "the listing's documented shape; built only by tests that parse real listings"
+)]
+pub(crate) struct ListedTenant {
+    tenant_id: String,
+    policy_version: u64,
+    enabled: bool,
+    secrets: u64,
+}
+
+/// A revocation took effect.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Revoked {
+    revoked: bool,
+}
+
 #[derive(Serialize, ToSchema)]
 pub(crate) struct Staged {
     /// Always true.
@@ -165,6 +200,18 @@ pub(super) fn secrets(secrets: Vec<SecretListing>) -> Vec<u8> {
 }
 
 /// `{"staged": true}`.
+pub(super) fn principals(principals: Vec<PrincipalView>) -> Vec<u8> {
+    json(&PrincipalList { principals })
+}
+
+pub(super) fn tenants(tenants: Vec<TenantSummary>) -> Vec<u8> {
+    json(&TenantList { tenants })
+}
+
+pub(super) fn revoked() -> Vec<u8> {
+    json(&Revoked { revoked: true })
+}
+
 pub(super) fn staged() -> Vec<u8> {
     json(&Staged { staged: true })
 }
