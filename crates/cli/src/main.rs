@@ -40,9 +40,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Create a store: database, root key file (mode 0600) and one token per role.
+    /// Create a store: database, root key file (mode 0600) and one bootstrap principal per
+    /// role, each with a token.
     #[command(
-        after_help = "Example:\n  selene-kms init --data-dir ./kms\n  selene-kms init --data-dir ./kms --json > tokens.json\n\nThe tokens are printed once and stored only as hashes. The root key comes from\n$SELENE_KMS_ROOT_KEY (64 hex characters) when set; otherwise DIR/root.key is created."
+        after_help = "Example:\n  selene-kms init --data-dir ./kms\n  selene-kms init --data-dir ./kms --json > tokens.json\n\nThe tokens are printed once and stored only as keyed MACs. The root key comes from\n$SELENE_KMS_ROOT_KEY (64 hex characters) when set; otherwise DIR/root.key is created.\nRun again on a store from before principals to give it its bootstrap principals."
     )]
     Init(commands::init::InitArgs),
     /// Serve the HTTP/JSON API.
@@ -59,6 +60,12 @@ enum Command {
     /// Read or replace a tenant's policy.
     #[command(subcommand)]
     Policy(commands::policy::PolicyCommand),
+    /// Manage principals and their tokens (admins of every tenant).
+    #[command(subcommand)]
+    Principal(commands::principal::PrincipalCommand),
+    /// Show the principal a role's token authenticates as.
+    #[command(after_help = "Example:\n  selene-kms whoami --role os")]
+    Whoami(commands::principal::WhoamiArgs),
     /// Verify, export or read the audit chain.
     #[command(subcommand)]
     Audit(commands::audit::AuditCommand),
@@ -116,6 +123,8 @@ fn main() -> ExitCode {
             Command::Quickstart => commands::quickstart::run(cli.json).await,
             Command::Secret(c) => commands::secret::run(&config, c, cli.json).await,
             Command::Policy(c) => commands::policy::run(&config, c, cli.json).await,
+            Command::Principal(c) => commands::principal::run(&config, c, cli.json).await,
+            Command::Whoami(args) => commands::principal::whoami(&config, args, cli.json).await,
             Command::Audit(c) => commands::audit::run(&config, c, cli.json).await,
             Command::RootKey(RootKeyCommand::Rotate(args)) => {
                 commands::root_key::rotate(&config, args, cli.json).await

@@ -1,4 +1,5 @@
-//! `selene-kms init`: a new store with its root key and one token per role.
+//! `selene-kms init`: a new store with its root key and its bootstrap principals, one per role,
+//! each with a token shown once.
 //!
 //! The embedded store lives in the data directory. With `--store postgres://…` the schema, the
 //! service secret and the tokens go to the database, and the data directory holds only the root
@@ -8,14 +9,14 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Args;
-use selene_kms_server::provision_tokens;
+use selene_kms_server::{Engine, now_ms};
 use std::sync::Arc;
 
 use selene_kms_backends::{StoreLocation, open_store};
 use selene_kms_store::{ErrorKind, RootKey, Store};
 use zeroize::Zeroizing;
 
-use super::{data_dir, key_path, store_location};
+use super::{data_dir, key_path, open_at, store_location};
 use crate::config::Config;
 use crate::output;
 
@@ -30,8 +31,12 @@ pub(crate) struct InitArgs {
     store: Option<String>,
 }
 
-/// Tokens as (role, token), in role order.
-type Tokens = Vec<(String, Zeroizing<String>)>;
+/// A bootstrap principal: its role, its token (shown once) and its id.
+pub(crate) struct Bootstrap {
+    pub(crate) role: String,
+    pub(crate) token: Zeroizing<String>,
+    pub(crate) principal_id: String,
+}
 
 /// Creates `dir`, owner-only.
 fn prepare_dir(dir: &Path) -> Result<(), String> {
@@ -55,22 +60,42 @@ fn new_root_key(dir: &Path) -> Result<(RootKey, bool), String> {
     }
 }
 
-async fn tokens(store: &dyn Store) -> Result<Tokens, String> {
-    Ok(provision_tokens(store)
+/// Creates the bootstrap principals of `store`, one per role, for every tenant.
+async fn bootstrap(store: Arc<dyn Store>) -> Result<Vec<Bootstrap>, String> {
+    let made = Engine::new(store)
+        .bootstrap(now_ms())
         .await
-        .map_err(|e| e.message)?
+        .map_err(|e| format!("cannot create the bootstrap principals: {e}"))?;
+    Ok(made
+        .0
         .into_iter()
-        .map(|(role, token)| (role.name().to_owned(), token))
+        .map(|(role, created)| Bootstrap {
+            role: role.name().to_owned(),
+            token: Zeroizing::new(created.token.expose().to_owned()),
+            principal_id: created.principal_id,
+        })
         .collect())
 }
 
-/// Initialises a store at `location`, with its root key in `dir`, and returns it with the tokens
-/// (role, token) in role order. A data directory that already holds a root key, or an embedded
-/// database, is refused; so is a database that already holds a store.
+/// A store from before principals (its unkeyed caller tokens were dropped when it was
+/// migrated) gets its bootstrap principals; any other initialised store is refused.
+async fn upgrade(dir: &Path, location: &StoreLocation) -> Result<Vec<Bootstrap>, String> {
+    let refused = || format!("{} is already initialised", dir.display());
+    let store = open_at(location, dir).await.map_err(|_| refused())?;
+    let principals = store.principals().await.map_err(|e| e.message)?;
+    if !principals.is_empty() {
+        return Err(refused());
+    }
+    bootstrap(store).await
+}
+
+/// Initialises a store at `location`, with its root key in `dir`, and returns it with its
+/// bootstrap principals in role order. A data directory that already holds a root key, or an
+/// embedded database, is refused; so is a database that already holds a store.
 pub(crate) async fn init_store(
     dir: &Path,
     location: &StoreLocation,
-) -> Result<(Arc<dyn Store>, Tokens), String> {
+) -> Result<(Arc<dyn Store>, Vec<Bootstrap>), String> {
     prepare_dir(dir)?;
     if key_path(dir).exists() || location.exists() == Some(true) {
         return Err(format!("{} is already initialised", dir.display()));
@@ -90,29 +115,44 @@ pub(crate) async fn init_store(
             });
         }
     };
-    let tokens = tokens(&*store).await?;
-    Ok((store, tokens))
+    let made = bootstrap(store.clone()).await?;
+    Ok((store, made))
 }
 
 pub(crate) async fn run(config: &Config, args: InitArgs, json: bool) -> Result<ExitCode, String> {
     let dir = data_dir(args.data_dir, config)?;
     let location = store_location(args.store, config, &dir)?;
-    let tokens = init_store(&dir, &location).await?.1;
+    let (made, verb) = match init_store(&dir, &location).await {
+        Ok((_, made)) => (made, "Initialised"),
+        // Re-running `init` is how a store from before principals gets its first ones.
+        Err(e) if key_path(&dir).exists() => {
+            (upgrade(&dir, &location).await.map_err(|_| e)?, "Upgraded")
+        }
+        Err(e) => return Err(e),
+    };
     let store = location.describe();
     if json {
-        let map: serde_json::Map<String, serde_json::Value> = tokens
-            .iter()
-            .map(|(role, t)| (role.clone(), serde_json::Value::from(t.as_str())))
-            .collect();
-        output::json(&serde_json::json!({ "data_dir": dir, "store": store, "tokens": map }));
+        let map = |f: &dyn Fn(&Bootstrap) -> &str| {
+            made.iter()
+                .map(|b| (b.role.clone(), serde_json::Value::from(f(b))))
+                .collect::<serde_json::Map<_, _>>()
+        };
+        output::json(&serde_json::json!({
+            "data_dir": dir,
+            "store": store,
+            "tokens": map(&|b| b.token.as_str()),
+            "principals": map(&|b| b.principal_id.as_str()),
+        }));
     } else {
-        println!("Initialised {store}, data directory {}.", dir.display());
-        println!("Tokens (shown once, stored only as hashes):");
-        let rows: Vec<Vec<String>> = tokens
+        println!("{verb} {store}, data directory {}.", dir.display());
+        println!(
+            "Bootstrap principals, each with a token (shown once, stored only as keyed MACs):"
+        );
+        let rows: Vec<Vec<String>> = made
             .iter()
-            .map(|(role, t)| vec![role.clone(), t.to_string()])
+            .map(|b| vec![b.role.clone(), b.principal_id.clone(), b.token.to_string()])
             .collect();
-        output::table(&["role", "token"], &rows);
+        output::table(&["role", "principal_id", "token"], &rows);
     }
     Ok(ExitCode::SUCCESS)
 }

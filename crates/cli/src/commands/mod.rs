@@ -3,6 +3,7 @@
 pub(crate) mod audit;
 pub(crate) mod init;
 pub(crate) mod policy;
+pub(crate) mod principal;
 pub(crate) mod quickstart;
 pub(crate) mod request;
 pub(crate) mod root_key;

@@ -117,12 +117,11 @@ pub(crate) async fn run(json_out: bool) -> Result<ExitCode, String> {
         steps: Vec::new(),
     };
     let location = StoreLocation::Embedded(db_path(dir.path()));
-    let (store, tokens) = init_store(dir.path(), &location).await?;
+    let (store, made) = init_store(dir.path(), &location).await?;
     let token = |role: &str| {
-        tokens
-            .iter()
-            .find(|(r, _)| r == role)
-            .map(|(_, t)| t.to_string())
+        made.iter()
+            .find(|b| b.role == role)
+            .map(|b| b.token.to_string())
             .unwrap_or_default()
     };
     let engine = Arc::new(Engine::new(store.clone()));
