@@ -6,7 +6,8 @@ use std::sync::Arc;
 use selene_kms_core::policy::RuleDocument;
 use selene_kms_core::redeem::{RawRedeemRequest, RedeemRequest};
 use selene_kms_core::{
-    KmsRequest, Operation, Policy, PolicyDocument, RawKmsRequest, ReasonCode, Role, TenantId,
+    KmsRequest, Operation, Policy, PolicyDocument, PrincipalId, PrincipalName, RawKmsRequest,
+    ReasonCode, Role, TenantId, TenantScope,
 };
 use selene_kms_server::{Caller, Engine, NewSecretRequest, Redeemed};
 use selene_kms_store::RootKey;
@@ -20,11 +21,26 @@ struct Embedded {
     tenant: TenantId,
 }
 
-fn os() -> Caller {
+fn caller(name: &str, role: Role) -> Caller {
     Caller {
-        role: Role::Os,
-        id: "selene-os".to_owned(),
+        principal_id: PrincipalId::from_random([name.len() as u8; 16]),
+        name: PrincipalName::try_from(name).expect("name"),
+        role,
+        tenants: TenantScope::All,
+        expires_at_ms: None,
     }
+}
+
+fn os() -> Caller {
+    caller("selene-os", Role::Os)
+}
+
+fn admin() -> Caller {
+    caller("operator", Role::Admin)
+}
+
+fn executor() -> Caller {
+    caller("executor", Role::Executor)
 }
 
 /// A request from `engine` on behalf of the tenant's admin user.
@@ -87,16 +103,16 @@ impl Embedded {
         let e = Self::open();
         let document = policy();
         let valid = Policy::try_from(&document).expect("a valid policy");
-        let version = e.engine.put_policy(&e.tenant, &valid, NOW).await;
+        let version = e.engine.put_policy(&admin(), &e.tenant, &valid, NOW).await;
         assert_eq!(version, Ok(1), "first policy version");
-        assert_eq!(e.engine.get_policy(&e.tenant).await, Ok(document));
+        assert_eq!(e.engine.get_policy(&admin(), &e.tenant).await, Ok(document));
         for (name, material) in [
             ("payments/stripe", None),
             ("payments/imported", Some("Y2FuYXJ5")),
         ] {
             let created = e
                 .engine
-                .create_secret(&e.tenant, new_secret(name, material), NOW)
+                .create_secret(&admin(), &e.tenant, new_secret(name, material), NOW)
                 .await
                 .expect("created");
             assert_eq!(created.version, 1);
@@ -112,21 +128,30 @@ impl Embedded {
             ephemeral_credential_ref: None,
         })
         .expect("a valid redemption");
-        self.engine.redeem(&req, NOW).await
+        self.engine.redeem(&executor(), &req, NOW).await
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_creates_secrets_and_sets_the_policy() {
     let e = Embedded::provisioned().await;
-    let listed = e.engine.list_secrets(&e.tenant).await.expect("listing");
+    let listed = e
+        .engine
+        .list_secrets(&admin(), &e.tenant)
+        .await
+        .expect("listing");
     let mut names: Vec<&str> = listed.iter().map(|s| s.secret_name.as_str()).collect();
     names.sort_unstable();
     assert_eq!(names, ["payments/imported", "payments/stripe"]);
     // The same name again is refused with its code, typed.
     let again = e
         .engine
-        .create_secret(&e.tenant, new_secret("payments/stripe", None), NOW)
+        .create_secret(
+            &admin(),
+            &e.tenant,
+            new_secret("payments/stripe", None),
+            NOW,
+        )
         .await
         .expect_err("exists");
     assert_eq!(again.reason_code, ReasonCode::SecretExists);
@@ -142,9 +167,13 @@ async fn admin_creates_secrets_and_sets_the_policy() {
         .expect_err("refused");
     assert_eq!(bad.reason_code, ReasonCode::InputSchemaInvalid);
     // Every change left its audit record.
-    let records = e.engine.audit_page(&e.tenant, 0, 100).await.expect("audit");
+    let records = e
+        .engine
+        .audit_page(&admin(), &e.tenant, 0, 100)
+        .await
+        .expect("audit");
     assert_eq!(records.len(), 3, "a policy and two secrets");
-    let export = e.engine.audit_export(Some(&e.tenant), NOW).await;
+    let export = e.engine.audit_export(&admin(), Some(&e.tenant), NOW).await;
     let lines = export.expect("export").split(|b| *b == b'\n').count();
     assert!(lines > records.len(), "a line per record, and more");
 }
@@ -186,7 +215,7 @@ async fn a_rejected_request_is_audited_when_its_tenant_is_known() {
         ..RawKmsRequest::default()
     })
     .expect_err("fields are missing");
-    let answer = e.engine.kms_rejected(rejected, NOW).await;
+    let answer = e.engine.kms_rejected(&os(), rejected, NOW).await;
     assert_eq!(answer.reason(), ReasonCode::UpstreamInputMissing);
     assert_eq!(
         answer.bundle().audit_seq,
@@ -226,7 +255,11 @@ async fn rotate_commits_the_plan_of_its_dry_run() {
     let rotated = e.engine.kms(&os(), &commit, NOW).await;
     assert_eq!(rotated.reason(), ReasonCode::OkMaterialIssue, "{rotated:?}");
     assert_eq!(rotated.bundle().rotated_version, Some(2));
-    let listed = e.engine.list_secrets(&e.tenant).await.expect("listing");
+    let listed = e
+        .engine
+        .list_secrets(&admin(), &e.tenant)
+        .await
+        .expect("listing");
     let stripe = listed
         .iter()
         .find(|s| s.secret_name == "payments/stripe")

@@ -13,16 +13,18 @@ use reqwest::StatusCode;
 use selene_kms_backends::{StoreLocation, open_store};
 use selene_kms_core::redeem::RedeemRequest;
 use selene_kms_core::{
-    AuditRecord, Checkpoint, KmsRequest, MaterialGrant, Policy, PolicyDocument, ReasonCode, RefId,
-    Refusal, Role, SecretMaterial, SecretName, SecretSnapshot, ServiceKeys, TenantId,
+    AuditRecord, Checkpoint, KmsRequest, MaterialGrant, Policy, PolicyDocument, PrincipalId,
+    PrincipalName, ReasonCode, RefId, Refusal, Role, SecretMaterial, SecretName, SecretSnapshot,
+    ServiceKeys, SpiffeId, TenantId, TenantScope,
 };
 use selene_kms_server::{
     AdminError, Caller, Engine, KmsAnswer, NewSecretRequest, Redeemed, ServeOptions, StageRequest,
-    provision_tokens, serve,
+    serve,
 };
 use selene_kms_store::{
-    BatchHistogram, Change, CommitUnit, ErrorKind, IdempotencyRecord, IdempotencyScope, Receipt,
-    RootKey, SecretListing, Store, StoreError, StoreResult, StoredPolicy,
+    BatchHistogram, Change, CommitUnit, Credential, ErrorKind, IdempotencyRecord, IdempotencyScope,
+    PrincipalListing, PrincipalRecord, Receipt, RootKey, SecretListing, Store, StoreError,
+    StoreResult, StoredPolicy, TenantSummary,
 };
 use serde_json::{Value, json};
 
@@ -38,7 +40,7 @@ enum Call {
     ChangeCommit,
     /// A commit that changes nothing: an audit record, perhaps with an idempotency record.
     PlainCommit,
-    TokenRole,
+    Credential,
 }
 
 struct Fault {
@@ -134,12 +136,24 @@ impl Store for Faulty {
     async fn checkpoints(&self, tenant: &TenantId) -> StoreResult<Vec<Checkpoint>> {
         self.inner.checkpoints(tenant).await
     }
-    async fn put_token(&self, token_hash: [u8; 32], role: Role, label: &str) -> StoreResult<()> {
-        self.inner.put_token(token_hash, role, label).await
+    async fn credential(&self, verifier: &[u8; 32]) -> StoreResult<Option<Credential>> {
+        self.check(Call::Credential)?;
+        self.inner.credential(verifier).await
     }
-    async fn token_role(&self, token_hash: &[u8; 32]) -> StoreResult<Option<(Role, String)>> {
-        self.check(Call::TokenRole)?;
-        self.inner.token_role(token_hash).await
+    async fn principal_by_spiffe(
+        &self,
+        spiffe_id: &SpiffeId,
+    ) -> StoreResult<Option<PrincipalRecord>> {
+        self.inner.principal_by_spiffe(spiffe_id).await
+    }
+    async fn principals(&self) -> StoreResult<Vec<PrincipalListing>> {
+        self.inner.principals().await
+    }
+    async fn auth_epoch(&self) -> StoreResult<u64> {
+        self.inner.auth_epoch().await
+    }
+    async fn tenants(&self) -> StoreResult<Vec<TenantSummary>> {
+        self.inner.tenants().await
     }
     async fn rotate_root_key(&self, new_root: RootKey) -> StoreResult<u64> {
         self.inner.rotate_root_key(new_root).await
@@ -163,11 +177,22 @@ struct Setup {
     handle: String,
 }
 
-fn os() -> Caller {
+fn caller(name: &str, role: Role) -> Caller {
     Caller {
-        role: Role::Os,
-        id: "tok_os".into(),
+        principal_id: PrincipalId::from_random([name.len() as u8; 16]),
+        name: PrincipalName::try_from(name).expect("name"),
+        role,
+        tenants: TenantScope::All,
+        expires_at_ms: None,
     }
+}
+
+fn os() -> Caller {
+    caller("selene-os", Role::Os)
+}
+
+fn admin() -> Caller {
+    caller("operator", Role::Admin)
 }
 
 fn request(op: &str, key: &str) -> Value {
@@ -226,7 +251,10 @@ impl Setup {
         });
         let policy: PolicyDocument = serde_json::from_value(policy).expect("document");
         let policy = Policy::try_from(&policy).expect("policy");
-        engine.put_policy(&tenant, &policy, NOW).await.expect("put");
+        engine
+            .put_policy(&admin(), &tenant, &policy, NOW)
+            .await
+            .expect("put");
         // A generated secret rotates without staged material; an imported one takes staging.
         for (name, material) in [("payments/stripe", None), ("imported/k", Some("Y2FuYXJ5"))] {
             let secret = NewSecretRequest {
@@ -236,7 +264,7 @@ impl Setup {
                 handle_ttl_ms: None,
             };
             engine
-                .create_secret(&tenant, secret, NOW)
+                .create_secret(&admin(), &tenant, secret, NOW)
                 .await
                 .expect("created");
         }
@@ -273,7 +301,9 @@ impl Setup {
     async fn redeem(&self) -> Result<Redeemed, Refusal> {
         let body = json!({"tenant_id": "acme", "secret_handle": self.handle}).to_string();
         let req = RedeemRequest::from_json(body.as_bytes()).expect("a valid redemption");
-        self.engine.redeem(&req, NOW).await
+        self.engine
+            .redeem(&caller("executor", Role::Executor), &req, NOW)
+            .await
     }
 
     async fn stage(&self) -> Result<(), AdminError> {
@@ -281,7 +311,7 @@ impl Setup {
             secret_name: "imported/k".to_owned(),
             material_b64: "bmV4dA==".to_owned(),
         };
-        self.engine.stage(&self.tenant, req, NOW).await
+        self.engine.stage(&admin(), &self.tenant, req, NOW).await
     }
 }
 
@@ -459,7 +489,8 @@ async fn admin_calls_answer_store_failures_by_the_one_mapping() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_token_store_is_an_internal_error_not_an_outage() {
     let s = Setup::new().await;
-    let tokens = provision_tokens(&*s.store).await.expect("tokens");
+    let made = s.engine.bootstrap(NOW).await.expect("bootstrap");
+    let admin_token = made.0[0].1.token.expose().to_owned();
     let listening = serve(
         s.engine.clone(),
         ServeOptions {
@@ -476,10 +507,10 @@ async fn a_corrupt_token_store_is_an_internal_error_not_an_outage() {
         (ErrorKind::Unavailable, 503, "KMS_AUDIT_UNAVAILABLE"),
         (ErrorKind::Corrupt, 500, "PH1_KMS_INTERNAL_PIPELINE_ERROR"),
     ] {
-        s.store.fail(Call::TokenRole, kind, usize::MAX);
+        s.store.fail(Call::Credential, kind, usize::MAX);
         let r = http
             .get(&url)
-            .bearer_auth(tokens[2].1.as_str())
+            .bearer_auth(&admin_token)
             .send()
             .await
             .expect("sent");
@@ -490,7 +521,7 @@ async fn a_corrupt_token_store_is_an_internal_error_not_an_outage() {
     s.store.heal();
     let r = http
         .get(&url)
-        .bearer_auth(tokens[2].1.as_str())
+        .bearer_auth(&admin_token)
         .send()
         .await
         .expect("sent");

@@ -13,7 +13,8 @@ use std::sync::Arc;
 use pg_cluster::Cluster;
 use reqwest::{Method, StatusCode};
 use selene_kms_backends::{StoreLocation, open_store};
-use selene_kms_server::{Engine, Listening, ServeOptions, provision_tokens, serve};
+use selene_kms_core::Role;
+use selene_kms_server::{Engine, Listening, ServeOptions, now_ms, serve};
 use selene_kms_store::{RootKey, Store};
 use serde_json::{Value, json};
 
@@ -98,19 +99,27 @@ impl Server {
             }
         };
         let store: Arc<dyn Store> = open_store(&location, root, true).await.expect("store");
-        let tokens = provision_tokens(&*store).await.expect("tokens");
-        let token = |i: usize| tokens[i].1.to_string();
-        let tls = options.tls.is_some();
-        let listening = serve(Arc::new(Engine::new(store.clone())), options)
+        let engine = Arc::new(Engine::new(store.clone()));
+        let made = engine
+            .bootstrap(now_ms())
             .await
-            .expect("serves");
+            .expect("bootstrap principals");
+        let token = |role: Role| {
+            made.0
+                .iter()
+                .find(|(r, _)| *r == role)
+                .map(|(_, p)| p.token.expose().to_owned())
+                .expect("a principal per role")
+        };
+        let tls = options.tls.is_some();
+        let listening = serve(engine, options).await.expect("serves");
         let scheme = if tls { "https" } else { "http" };
         Self {
             url: format!("{scheme}://{}", listening.addr),
             dir,
-            os: token(0),
-            executor: token(1),
-            admin: token(2),
+            os: token(Role::Os),
+            executor: token(Role::Executor),
+            admin: token(Role::Admin),
             http: reqwest::Client::new(),
             store,
             listening: Some(listening),
