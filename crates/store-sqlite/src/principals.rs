@@ -254,38 +254,36 @@ pub(crate) fn by_spiffe(
 }
 
 /// Every principal with its tokens: principals by creation time then id, tokens oldest first.
+/// One statement, so one consistent view of both tables.
 pub(crate) fn listing(conn: &Connection) -> StoreResult<Vec<PrincipalListing>> {
-    let mut out: Vec<PrincipalListing> = collect(
-        conn,
-        "SELECT principal_id, name, role, tenants, spiffe_id, created_at_ms, expires_at_ms,
-                revoked_at_ms
-         FROM principals ORDER BY created_at_ms, principal_id",
-        [],
-        |r| {
-            Ok(PrincipalListing {
-                principal: principal_at(r, 0)?,
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT p.principal_id, p.name, p.role, p.tenants, p.spiffe_id, p.created_at_ms,
+                    p.expires_at_ms, p.revoked_at_ms,
+                    t.token_id, t.principal_id, t.created_at_ms, t.expires_at_ms, t.revoked_at_ms
+             FROM principals p LEFT JOIN principal_tokens t ON t.principal_id = p.principal_id
+             ORDER BY p.created_at_ms, p.principal_id, t.created_at_ms, t.token_id",
+        )
+        .map_err(db_err)?;
+    let mut rows = stmt.query([]).map_err(db_err)?;
+    let mut out: Vec<PrincipalListing> = Vec::new();
+    while let Some(row) = rows.next().map_err(db_err)? {
+        // A principal's rows are adjacent: one per token, or one without a token.
+        let id: String = row.get(0).map_err(db_err)?;
+        let is_new = out
+            .last()
+            .is_none_or(|last| last.principal.principal_id.as_str() != id);
+        if is_new {
+            out.push(PrincipalListing {
+                principal: principal_at(row, 0)?,
                 tokens: Vec::new(),
-            })
-        },
-    )?;
-    let tokens = collect(
-        conn,
-        "SELECT token_id, principal_id, created_at_ms, expires_at_ms, revoked_at_ms
-         FROM principal_tokens ORDER BY created_at_ms, token_id",
-        [],
-        |r| token_at(r, 0),
-    )?;
-    let index: std::collections::HashMap<_, _> = out
-        .iter()
-        .enumerate()
-        .map(|(i, l)| (l.principal.principal_id.clone(), i))
-        .collect();
-    for token in tokens {
-        let owner = index.get(&token.principal_id).copied();
-        let listing = owner.and_then(|i| out.get_mut(i)).ok_or_else(|| {
-            StoreError::new(ErrorKind::Corrupt, "a token names no stored principal")
-        })?;
-        listing.tokens.push(token);
+            });
+        }
+        if let Some(last) = out.last_mut()
+            && row.get::<_, Option<String>>(8).map_err(db_err)?.is_some()
+        {
+            last.tokens.push(token_at(row, 8)?);
+        }
     }
     Ok(out)
 }
