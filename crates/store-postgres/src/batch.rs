@@ -54,8 +54,9 @@ pub(crate) async fn read_committed(
         ..Committed::default()
     };
     for row in &rows {
-        let tenant = TenantId::try_from(col::<String>(row, 0, HEADS)?)
-            .map_err(|_| corrupt("a tenant id"))?;
+        // Principal changes lock the system chain's row like any tenant's: it is made on first
+        // use like theirs, and serializes principal changes across nodes.
+        let tenant = TenantId::chain(col(row, 0, HEADS)?).map_err(|_| corrupt("a tenant id"))?;
         let head = Head {
             seq: col_u64(row, 1, HEADS)?,
             digest: col(row, 2, HEADS)?,
@@ -101,6 +102,7 @@ pub(crate) async fn read_committed(
         }
     }
     read_secrets(client, &needs.secrets, &mut committed).await?;
+    crate::principals::read_committed(client, needs, &mut committed).await?;
     committed.taken = read_taken(client, &needs.idempotency).await?;
     Ok(committed)
 }
@@ -137,8 +139,7 @@ async fn read_secrets(
     .await?;
     for row in &rows {
         // The names asked for, so these parse unless the database answers nonsense.
-        let tenant = TenantId::try_from(col::<String>(row, 10, WHAT)?)
-            .map_err(|_| corrupt("a tenant id"))?;
+        let tenant = TenantId::chain(col(row, 10, WHAT)?).map_err(|_| corrupt("a tenant id"))?;
         let name = SecretName::try_from(col::<String>(row, 11, WHAT)?)
             .map_err(|_| corrupt("a secret name"))?;
         let stored = match secret_row(row) {
@@ -186,8 +187,7 @@ async fn read_taken(
     rows.iter()
         .map(|row| {
             Ok(IdempotencyScope {
-                tenant: TenantId::try_from(col::<String>(row, 0, WHAT)?)
-                    .map_err(|_| corrupt("a tenant id"))?,
+                tenant: TenantId::chain(col(row, 0, WHAT)?).map_err(|_| corrupt("a tenant id"))?,
                 caller: col(row, 1, WHAT)?,
                 key: col(row, 2, WHAT)?,
             })
@@ -341,6 +341,7 @@ pub(crate) async fn write(client: &impl GenericClient, writes: &Writes) -> Store
         )
         .await?;
     }
+    crate::principals::write(client, writes).await?;
     if !writes.idempotency.is_empty() {
         let rows = &writes.idempotency;
         sql::execute(

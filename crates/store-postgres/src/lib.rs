@@ -19,9 +19,11 @@
 mod batch;
 mod cache;
 mod codec;
+mod epoch;
 mod error;
 mod keys;
 mod maintenance;
+mod principals;
 mod reads;
 mod schema;
 mod sql;
@@ -41,12 +43,13 @@ use error::pool_error;
 use keys::DataKeys;
 use reads::Fresh;
 use selene_kms_core::{
-    AuditRecord, Checkpoint, MaterialGrant, PolicyDocument, RefId, Role, SecretMaterial,
-    SecretName, SecretSnapshot, ServiceKeys, TenantId,
+    AuditRecord, Checkpoint, MaterialGrant, PolicyDocument, RefId, SecretMaterial, SecretName,
+    SecretSnapshot, ServiceKeys, SpiffeId, TenantId,
 };
 use selene_kms_store::backend::{
-    BatchHistogram, CommitUnit, DataKey, ErrorKind, IdempotencyRecord, IdempotencyScope, Receipt,
-    RootKey, SecretListing, SharedRoot, Store, StoreError, StoreResult, StoredPolicy, WriteHealth,
+    BatchHistogram, CommitUnit, Credential, DataKey, ErrorKind, IdempotencyRecord,
+    IdempotencyScope, PrincipalListing, PrincipalRecord, Receipt, RootKey, SecretListing,
+    SharedRoot, Store, StoreError, StoreResult, StoredPolicy, TenantSummary, WriteHealth,
 };
 pub use url::redact;
 use writer::{Job, PolicyCache, SecretCache, Writer};
@@ -69,6 +72,8 @@ pub struct PostgresStore {
     batches: Arc<BatchHistogram>,
     jobs: mpsc::UnboundedSender<Job>,
     health: Arc<WriteHealth>,
+    /// Shares reads of the authentication epoch among concurrent calls.
+    auth_epoch: epoch::Coalescer,
 }
 
 impl fmt::Debug for PostgresStore {
@@ -141,6 +146,7 @@ impl PostgresStore {
             batches,
             jobs,
             health,
+            auth_epoch: epoch::Coalescer::default(),
         })
     }
 
@@ -280,12 +286,29 @@ impl Store for PostgresStore {
         reads::checkpoints(&self.client().await?, tenant).await
     }
 
-    async fn put_token(&self, token_hash: [u8; 32], role: Role, label: &str) -> StoreResult<()> {
-        maintenance::put_token(&self.client().await?, &token_hash, role, label).await
+    async fn credential(&self, verifier: &[u8; 32]) -> StoreResult<Option<Credential>> {
+        principals::credential(&self.client().await?, verifier).await
     }
 
-    async fn token_role(&self, token_hash: &[u8; 32]) -> StoreResult<Option<(Role, String)>> {
-        reads::token_role(&self.client().await?, token_hash).await
+    async fn principal_by_spiffe(
+        &self,
+        spiffe_id: &SpiffeId,
+    ) -> StoreResult<Option<PrincipalRecord>> {
+        principals::by_spiffe(&self.client().await?, spiffe_id).await
+    }
+
+    async fn principals(&self) -> StoreResult<Vec<PrincipalListing>> {
+        principals::listing(&self.client().await?).await
+    }
+
+    async fn auth_epoch(&self) -> StoreResult<u64> {
+        self.auth_epoch
+            .get(|| async { principals::epoch(&self.client().await?).await })
+            .await
+    }
+
+    async fn tenants(&self) -> StoreResult<Vec<TenantSummary>> {
+        reads::tenants(&self.client().await?).await
     }
 
     async fn rotate_root_key(&self, new_root: RootKey) -> StoreResult<u64> {

@@ -1,29 +1,11 @@
-//! Writes outside the commit path: caller tokens and retention. Neither carries an audit record,
-//! so neither goes through the writer; each is one statement on a pooled connection.
+//! Writes outside the commit path: retention. It carries no audit record, so it does not go
+//! through the writer; each statement runs on a pooled connection.
 
 use deadpool_postgres::GenericClient;
-use selene_kms_core::Role;
 use selene_kms_store::backend::StoreResult;
 
 use crate::codec::to_db_saturating;
 use crate::sql;
-
-/// Registers a caller token by its hash; a hash already there is `AlreadyExists`.
-pub(crate) async fn put_token(
-    client: &impl GenericClient,
-    token_hash: &[u8; 32],
-    role: Role,
-    label: &str,
-) -> StoreResult<()> {
-    sql::execute(
-        client,
-        "INSERT INTO tokens (token_hash, role, label) VALUES ($1, $2, $3)",
-        &[&&token_hash[..], &role.name(), &label],
-        "token write",
-    )
-    .await
-    .map(|_| ())
-}
 
 /// Removes idempotency records made before `idempotency_before_ms` and revocations of handles
 /// and credentials that expired before `revocations_before_ms`; returns how many.

@@ -3,11 +3,12 @@
 
 use deadpool_postgres::GenericClient;
 use selene_kms_core::{
-    AuditRecord, Checkpoint, PolicyDocument, RefId, Role, SecretKind, SecretName, SecretSnapshot,
+    AuditRecord, Checkpoint, PolicyDocument, RefId, SecretKind, SecretName, SecretSnapshot,
     TenantId, TtlBounds, VersionState, state::mark_revoked,
 };
 use selene_kms_store::backend::{
-    ErrorKind, IdempotencyScope, SecretListing, StoreError, StoreResult, VersionListing,
+    ErrorKind, IdempotencyScope, SecretListing, StoreError, StoreResult, TenantSummary,
+    VersionListing,
 };
 use tokio_postgres::Row;
 
@@ -269,9 +270,7 @@ pub(crate) async fn audit_tenants(client: &impl GenericClient) -> StoreResult<Ve
     )
     .await?;
     rows.iter()
-        .map(|row| {
-            TenantId::try_from(col::<String>(row, 0, WHAT)?).map_err(|_| corrupt("a tenant id"))
-        })
+        .map(|row| TenantId::chain(col(row, 0, WHAT)?).map_err(|_| corrupt("a tenant id")))
         .collect()
 }
 
@@ -293,20 +292,30 @@ pub(crate) async fn checkpoints(
         .collect()
 }
 
-/// The role and label of a token, by its hash.
-pub(crate) async fn token_role(
-    client: &impl GenericClient,
-    token_hash: &[u8; 32],
-) -> StoreResult<Option<(Role, String)>> {
-    const WHAT: &str = "token read";
-    let row = sql::row(
+/// Every tenant with a chain, the system chain aside, by id. A tenant's row is made when a
+/// batch first locks it, even if every unit was refused; only one that has a record counts,
+/// as in the embedded store, which makes the row with the first record.
+pub(crate) async fn tenants(client: &impl GenericClient) -> StoreResult<Vec<TenantSummary>> {
+    const WHAT: &str = "tenant listing";
+    let rows = sql::rows(
         client,
-        "SELECT role, label FROM tokens WHERE token_hash = $1",
-        &[&&token_hash[..]],
+        "SELECT t.tenant_id, t.policy_json, t.policy_version,
+                (SELECT count(*) FROM secrets s WHERE s.tenant_id = t.tenant_id)
+         FROM tenants t WHERE t.audit_seq > 0 AND t.tenant_id <> $1 ORDER BY t.tenant_id",
+        &[&TenantId::SYSTEM],
         WHAT,
     )
     .await?;
-    let Some(row) = row else { return Ok(None) };
-    let label: String = col(&row, 1, WHAT)?;
-    Ok(Role::from_name(col(&row, 0, WHAT)?).map(|role| (role, label)))
+    rows.iter()
+        .map(|row| {
+            let tenant = TenantId::try_from(col::<String>(row, 0, WHAT)?)
+                .map_err(|_| corrupt("a tenant id"))?;
+            TenantSummary::from_stored(
+                tenant,
+                col::<Option<&str>>(row, 1, WHAT)?,
+                col_u64(row, 2, WHAT)?,
+                col_u64(row, 3, WHAT)?,
+            )
+        })
+        .collect()
 }

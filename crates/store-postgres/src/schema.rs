@@ -102,6 +102,44 @@ CREATE TABLE tokens (
     // clear (they can hold redeemable refs) are dropped rather than kept readable: a retry of a
     // request made before the upgrade is then decided anew (a mutation's plan is stale by then).
     "DELETE FROM idempotency;",
+    // Callers are principals with tokens of their own. The legacy `tokens` table is dropped, not
+    // converted: its verifiers were unkeyed SHA-256 hashes, so a row anyone could write would
+    // authenticate. Re-running `init` on a store without principals creates the bootstrap ones.
+    // Names and SPIFFE ids are unique among unrevoked principals: the plan checks it (under the
+    // system chain's row lock), the indexes are the backstop. The authentication epoch, one row,
+    // advances with every revocation, in the revoking transaction.
+    r#"
+DROP TABLE tokens;
+
+CREATE TABLE principals (
+    principal_id  TEXT COLLATE "C" PRIMARY KEY,
+    name          TEXT COLLATE "C" NOT NULL,
+    role          TEXT NOT NULL,
+    tenants       TEXT NOT NULL,
+    spiffe_id     TEXT COLLATE "C",
+    created_at_ms BIGINT NOT NULL,
+    expires_at_ms BIGINT,
+    revoked_at_ms BIGINT
+);
+CREATE UNIQUE INDEX principals_live_name ON principals (name) WHERE revoked_at_ms IS NULL;
+CREATE UNIQUE INDEX principals_live_spiffe ON principals (spiffe_id) WHERE revoked_at_ms IS NULL;
+
+CREATE TABLE principal_tokens (
+    token_id      TEXT COLLATE "C" PRIMARY KEY,
+    principal_id  TEXT COLLATE "C" NOT NULL REFERENCES principals (principal_id),
+    verifier      BYTEA NOT NULL UNIQUE,
+    created_at_ms BIGINT NOT NULL,
+    expires_at_ms BIGINT,
+    revoked_at_ms BIGINT
+);
+CREATE INDEX principal_tokens_principal ON principal_tokens (principal_id);
+
+CREATE TABLE auth_epoch (
+    id    INTEGER PRIMARY KEY CHECK (id = 0),
+    epoch BIGINT NOT NULL
+);
+INSERT INTO auth_epoch (id, epoch) VALUES (0, 0);
+"#,
 ];
 
 /// Brings the database to the newest schema; refuses a database from a newer build.

@@ -7,7 +7,7 @@ mod pg_cluster;
 use std::sync::Arc;
 
 use pg_cluster::Cluster;
-use selene_kms_core::{AuditAction, RefId, SecretKind, StateChange, VersionState};
+use selene_kms_core::{AuditAction, RefId, Role, SecretKind, StateChange, TenantId, VersionState};
 use selene_kms_store::conformance::*;
 use selene_kms_store::verify::verify_tenant;
 use selene_kms_store::{
@@ -40,7 +40,7 @@ async fn fresh() -> (Cluster, Arc<dyn Store>) {
 
 selene_kms_store::conformance_suite!(fresh);
 
-async fn audit_only(store: &dyn Store, t: &selene_kms_core::TenantId) -> StoreResult<Receipt> {
+async fn audit_only(store: &dyn Store, t: &TenantId) -> StoreResult<Receipt> {
     store
         .commit(CommitUnit {
             tenant: t.clone(),
@@ -168,6 +168,53 @@ async fn a_revocation_through_one_node_is_seen_by_the_other_at_once() {
         assert_eq!(seen.version, version);
         assert_eq!(seen.policy.document(), &doc(engine));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_revoked_through_one_node_is_revoked_on_the_other_at_once() {
+    let (_cluster, a, b) = two_nodes().await;
+    create_principal(&*a, new_principal(1, "ci", Role::Os, &["acme"], None))
+        .await
+        .expect("create");
+    issue_token(&*a, 1, 2).await.expect("second token");
+    // Node b reads first: nothing it remembers may outlive the revocation.
+    let before = b.auth_epoch().await.expect("epoch");
+    let live = b.credential(&[1; 32]).await.expect("read").expect("found");
+    assert_eq!(live.token.revoked_at_ms, None);
+
+    revoke_token(&*a, 1, 1).await.expect("revoke");
+    assert!(
+        b.auth_epoch().await.expect("epoch") > before,
+        "seen at once"
+    );
+    let revoked = b.credential(&[1; 32]).await.expect("read").expect("kept");
+    assert_eq!(revoked.token.revoked_at_ms, Some(NOW_MS));
+    let other = b.credential(&[2; 32]).await.expect("read").expect("kept");
+    assert_eq!(other.token.revoked_at_ms, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn principal_changes_from_two_nodes_are_decided_one_after_the_other() {
+    let (_cluster, a, b) = two_nodes().await;
+    let creations: Vec<_> = (10..30u8)
+        .map(|n| {
+            let node = if n % 2 == 0 { a.clone() } else { b.clone() };
+            let new = new_principal(n, "racer", Role::Executor, &["acme"], None);
+            tokio::spawn(async move { create_principal(&*node, new).await })
+        })
+        .collect();
+    let mut won = 0;
+    for creation in creations {
+        match creation.await.expect("task") {
+            Ok(_) => won += 1,
+            Err(e) => assert_eq!(e.kind, ErrorKind::AlreadyExists, "{e}"),
+        }
+    }
+    assert_eq!(won, 1, "one live principal per name across nodes");
+    let report = verify_tenant(&*a, &TenantId::system())
+        .await
+        .expect("verify");
+    assert_eq!((report.broken, report.records), (None, 1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -318,15 +365,6 @@ async fn opening_refuses_a_second_init_a_wrong_root_key_and_a_missing_store() {
         redeem(&store, &t, "k", 1).await.expect("material").expose(),
         CANARY
     );
-    let dup = store
-        .put_token([5; 32], selene_kms_core::Role::Os, "os")
-        .await
-        .and(
-            store
-                .put_token([5; 32], selene_kms_core::Role::Os, "os")
-                .await,
-        );
-    assert_eq!(dup.map_err(|e| e.kind), Err(ErrorKind::AlreadyExists));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

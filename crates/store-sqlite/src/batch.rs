@@ -116,6 +116,7 @@ pub(crate) fn read_committed(
             Err(e) => return Err(e),
         }
     }
+    crate::principals::read_committed(conn, needs, &mut committed)?;
     for scope in &needs.idempotency {
         let taken = conn
             .prepare_cached(
@@ -180,7 +181,7 @@ fn last_head(conn: &Connection, tenant: &TenantId) -> StoreResult<Option<Head>> 
 }
 
 /// Runs one prepared statement, naming what failed.
-fn exec(
+pub(crate) fn exec(
     conn: &Connection,
     sql: &'static str,
     params: impl rusqlite::Params,
@@ -195,12 +196,13 @@ fn exec(
 }
 
 /// Writes every row of a decided batch. `new_tenants` are the batch's tenants that had no
-/// chain yet (their rows may not exist).
+/// chain yet (their rows may not exist). Returns the authentication epoch the batch advanced
+/// to, if it revoked a principal or token.
 pub(crate) fn write(
     conn: &Connection,
     writes: &Writes,
     new_tenants: &[TenantId],
-) -> StoreResult<()> {
+) -> StoreResult<Option<u64>> {
     for tenant in new_tenants {
         exec(
             conn,
@@ -311,6 +313,7 @@ pub(crate) fn write(
             "policy write",
         )?;
     }
+    let epoch = crate::principals::write(conn, writes)?;
     for i in &writes.idempotency {
         exec(
             conn,
@@ -343,5 +346,5 @@ pub(crate) fn write(
             "checkpoint write",
         )?;
     }
-    Ok(())
+    Ok(epoch)
 }

@@ -16,11 +16,13 @@ mod cache;
 mod checkpointer;
 mod error;
 mod identity;
+mod principals;
 mod schema;
 mod syncer;
 mod writer;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,15 +34,15 @@ use cache::Cache;
 use checkpointer::Checkpointer;
 pub(crate) use error::db_err;
 use selene_kms_core::{
-    AuditRecord, Checkpoint, MaterialGrant, PolicyDocument, RefId, Role, SecretKind,
-    SecretMaterial, SecretName, SecretSnapshot, ServiceKeys, ServiceSecret, TenantId, TtlBounds,
+    AuditRecord, Checkpoint, MaterialGrant, PolicyDocument, RefId, SecretKind, SecretMaterial,
+    SecretName, SecretSnapshot, ServiceKeys, ServiceSecret, SpiffeId, TenantId, TtlBounds,
     VersionState,
 };
 use selene_kms_store::backend::{
-    BatchHistogram, CommitUnit, DataKey, ErrorKind, IdempotencyRecord, IdempotencyScope, Receipt,
-    RootKey, SecretListing, SharedRoot, Store, StoreError, StoreResult, StoredPolicy,
-    VersionListing, WriteHealth, from_db, new_service_secret, open_service_secret, to_db,
-    to_db_saturating,
+    BatchHistogram, CommitUnit, Credential, DataKey, ErrorKind, IdempotencyRecord,
+    IdempotencyScope, PrincipalListing, PrincipalRecord, Receipt, RootKey, SecretListing,
+    SharedRoot, Store, StoreError, StoreResult, StoredPolicy, TenantSummary, VersionListing,
+    WriteHealth, from_db, new_service_secret, open_service_secret, to_db, to_db_saturating,
 };
 use writer::{Job, Maintenance, Writer};
 
@@ -106,6 +108,9 @@ pub struct SqliteStore {
     readers: Mutex<Vec<Connection>>,
     jobs: mpsc::UnboundedSender<Job>,
     health: Arc<WriteHealth>,
+    /// The authentication epoch: this process alone writes the database, so the epoch it
+    /// published (see `syncer`) is the store's, and reading it costs no I/O.
+    auth_epoch: Arc<AtomicU64>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     // Dropped after the writer is joined (fields drop in order after `Drop::drop`).
     _checkpointer: Checkpointer,
@@ -147,7 +152,8 @@ impl SqliteStore {
         )
             .map_err(db_err)?;
         let health = Arc::new(WriteHealth::default());
-        let syncer = syncer::Syncer::start(&options.path, health.clone())?;
+        let auth_epoch = Arc::new(AtomicU64::new(principals::stored_epoch(&conn)?));
+        let syncer = syncer::Syncer::start(&options.path, health.clone(), auth_epoch.clone())?;
         let checkpointer = Checkpointer::start(&options.path)?;
         let service = load_or_create_service_secret(&conn, &root, options.create)?;
         let keys = Arc::new(ServiceKeys::derive(&service));
@@ -178,6 +184,7 @@ impl SqliteStore {
             readers: Mutex::new(Vec::new()),
             jobs,
             health,
+            auth_epoch,
             writer: Mutex::new(Some(handle)),
             _checkpointer: checkpointer,
             _lock: lock,
@@ -354,6 +361,39 @@ fn load_policy(conn: &Connection, tenant: &TenantId) -> StoreResult<Option<(Poli
         }
         _ => Ok(None),
     }
+}
+
+/// Every tenant with a chain (a row is made with its first record), the system chain aside.
+fn list_tenants(conn: &Connection) -> StoreResult<Vec<TenantSummary>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT t.tenant_id, t.policy_json, t.policy_version,
+                    (SELECT COUNT(*) FROM secrets s WHERE s.tenant_id = t.tenant_id)
+             FROM tenants t WHERE t.tenant_id <> ?1 ORDER BY t.tenant_id",
+        )
+        .map_err(db_err)?;
+    let rows = stmt
+        .query_map([TenantId::SYSTEM], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Option<String>>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })
+        .map_err(db_err)?;
+    rows.map(|row| {
+        let (tenant, policy, version, secrets) = row.map_err(db_err)?;
+        let tenant = TenantId::try_from(tenant)
+            .map_err(|_| StoreError::new(ErrorKind::Corrupt, "a tenant id is invalid"))?;
+        TenantSummary::from_stored(
+            tenant,
+            policy.as_deref(),
+            from_db(version)?,
+            from_db(secrets)?,
+        )
+    })
+    .collect()
 }
 
 #[async_trait]
@@ -566,7 +606,7 @@ impl Store for SqliteStore {
                 .query_map([], |r| r.get::<_, String>(0))
                 .map_err(db_err)?;
             rows.map(|r| {
-                TenantId::try_from(r.map_err(db_err)?)
+                TenantId::chain(&r.map_err(db_err)?)
                     .map_err(|_| StoreError::new(ErrorKind::Corrupt, "a tenant id is invalid"))
             })
             .collect()
@@ -591,30 +631,27 @@ impl Store for SqliteStore {
         })
     }
 
-    async fn put_token(&self, token_hash: [u8; 32], role: Role, label: &str) -> StoreResult<()> {
-        let label = label.to_owned();
-        self.submit(|reply| Job::Maintenance {
-            task: Maintenance::PutToken {
-                token_hash,
-                role,
-                label,
-            },
-            reply,
-        })
-        .await
-        .map(|_| ())
+    async fn credential(&self, verifier: &[u8; 32]) -> StoreResult<Option<Credential>> {
+        self.read(|c| principals::credential(c, verifier))
     }
 
-    async fn token_role(&self, token_hash: &[u8; 32]) -> StoreResult<Option<(Role, String)>> {
-        self.read(|c| {
-            let row: Option<(String, String)> = c
-                .prepare_cached("SELECT role, label FROM tokens WHERE token_hash = ?1")
-                .map_err(db_err)?
-                .query_row([&token_hash[..]], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()
-                .map_err(db_err)?;
-            Ok(row.and_then(|(role, label)| Role::from_name(&role).map(|r| (r, label))))
-        })
+    async fn principal_by_spiffe(
+        &self,
+        spiffe_id: &SpiffeId,
+    ) -> StoreResult<Option<PrincipalRecord>> {
+        self.read(|c| principals::by_spiffe(c, spiffe_id))
+    }
+
+    async fn principals(&self) -> StoreResult<Vec<PrincipalListing>> {
+        self.read(principals::listing)
+    }
+
+    async fn auth_epoch(&self) -> StoreResult<u64> {
+        Ok(self.auth_epoch.load(Ordering::Acquire))
+    }
+
+    async fn tenants(&self) -> StoreResult<Vec<TenantSummary>> {
+        self.read(list_tenants)
     }
 
     async fn rotate_root_key(&self, new_root: RootKey) -> StoreResult<u64> {

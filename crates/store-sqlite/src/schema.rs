@@ -126,6 +126,43 @@ ALTER TABLE tenants DROP COLUMN audit_head;
     // clear (they can hold redeemable refs) are dropped rather than kept readable: a retry of a
     // request made before the upgrade is then decided anew (a mutation's plan is stale by then).
     "DELETE FROM idempotency;",
+    // Callers are principals with tokens of their own. The legacy `tokens` table is dropped, not
+    // converted: its verifiers were unkeyed SHA-256 hashes, so a row anyone could write would
+    // authenticate. Re-running `init` on a store without principals creates the bootstrap ones.
+    // Names and SPIFFE ids are unique among unrevoked principals: the plan checks it, the
+    // indexes are the backstop. The authentication epoch advances with every revocation.
+    r"
+DROP TABLE tokens;
+
+CREATE TABLE principals (
+    principal_id  TEXT PRIMARY KEY,
+    name          TEXT NOT NULL,
+    role          TEXT NOT NULL,
+    tenants       TEXT NOT NULL,
+    spiffe_id     TEXT,
+    created_at_ms INTEGER NOT NULL,
+    expires_at_ms INTEGER,
+    revoked_at_ms INTEGER
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX principals_live_name ON principals (name) WHERE revoked_at_ms IS NULL;
+CREATE UNIQUE INDEX principals_live_spiffe ON principals (spiffe_id) WHERE revoked_at_ms IS NULL;
+
+CREATE TABLE principal_tokens (
+    token_id      TEXT PRIMARY KEY,
+    principal_id  TEXT NOT NULL REFERENCES principals (principal_id),
+    verifier      BLOB NOT NULL UNIQUE,
+    created_at_ms INTEGER NOT NULL,
+    expires_at_ms INTEGER,
+    revoked_at_ms INTEGER
+) WITHOUT ROWID;
+CREATE INDEX principal_tokens_principal ON principal_tokens (principal_id);
+
+CREATE TABLE auth_epoch (
+    id    INTEGER PRIMARY KEY CHECK (id = 0),
+    epoch INTEGER NOT NULL
+);
+INSERT INTO auth_epoch (id, epoch) VALUES (0, 0);
+",
 ];
 
 /// The schema version this build writes.
@@ -197,7 +234,8 @@ mod tests {
             "INSERT INTO schema_migrations VALUES (1, 0);
              INSERT INTO tenants (tenant_id, audit_seq, audit_head) VALUES ('a', 2, 'h2'), ('b', 1, 'h1');
              INSERT INTO audit VALUES ('b', 1, 'b1'), ('a', 2, 'a2'), ('a', 1, 'a1');
-             INSERT INTO idempotency VALUES ('a', 'os', 'k1', x'01', x'02', 5), ('b', 'os', 'k1', x'03', x'04', 3);",
+             INSERT INTO idempotency VALUES ('a', 'os', 'k1', x'01', x'02', 5), ('b', 'os', 'k1', x'03', x'04', 3);
+             INSERT INTO tokens VALUES (x'0101', 'admin', 'root');",
         )
         .expect("version 1 rows");
 
@@ -252,5 +290,63 @@ mod tests {
         // Migrating again is a no-op.
         migrate(&mut conn).expect("idempotent");
         assert_eq!(count(&conn, "SELECT COUNT(*) FROM audit"), 3);
+    }
+
+    #[test]
+    fn the_legacy_token_table_is_dropped_for_principals() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        conn.execute_batch(
+            "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at_ms INTEGER NOT NULL);",
+        )
+        .expect("table");
+        for (version, sql) in (1_i64..).zip(&MIGRATIONS[..3]) {
+            conn.execute_batch(sql).expect("an older version");
+            conn.execute("INSERT INTO schema_migrations VALUES (?1, 0)", [version])
+                .expect("recorded");
+        }
+        conn.execute_batch(
+            "INSERT INTO tenants (tenant_id, wrapped_dek) VALUES ('a', x'07');
+             INSERT INTO tokens VALUES (x'0101', 'admin', 'root');",
+        )
+        .expect("older rows");
+
+        migrate(&mut conn).expect("migrates");
+
+        assert!(
+            conn.prepare("SELECT * FROM tokens").is_err(),
+            "unkeyed verifiers are not kept"
+        );
+        assert_eq!(
+            count(
+                &conn,
+                "SELECT COUNT(*) FROM tenants WHERE wrapped_dek IS NOT NULL"
+            ),
+            1
+        );
+        assert_eq!(count(&conn, "SELECT epoch FROM auth_epoch"), 0);
+        let principal = |id: &str, name: &str, revoked: Option<i64>| {
+            conn.execute(
+                "INSERT INTO principals (principal_id, name, role, tenants, spiffe_id,
+                                         created_at_ms, revoked_at_ms)
+                 VALUES (?1, ?2, 'admin', '[\"*\"]', 'spiffe://e/x', 0, ?3)",
+                (id, name, revoked),
+            )
+        };
+        principal("kp_1", "root", Some(5)).expect("a revoked principal");
+        principal("kp_2", "root", None).expect("its name and SPIFFE id are free");
+        assert!(principal("kp_3", "root", None).is_err(), "one live name");
+        assert!(
+            principal("kp_4", "other", None).is_err(),
+            "one live SPIFFE id"
+        );
+        let token = |id: &str, verifier: &[u8]| {
+            conn.execute(
+                "INSERT INTO principal_tokens (token_id, principal_id, verifier, created_at_ms)
+                 VALUES (?1, 'kp_2', ?2, 0)",
+                (id, verifier),
+            )
+        };
+        token("kt_1", b"v").expect("a token");
+        assert!(token("kt_2", b"v").is_err(), "one token per verifier");
     }
 }

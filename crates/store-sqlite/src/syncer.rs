@@ -11,12 +11,18 @@
 //! record *after* the state it read, in the same append-only WAL: the flush that acknowledges it
 //! covers what it read. If a flush fails, nothing in flight is acknowledged and the store refuses
 //! every later commit: after a failed `fsync` the kernel may have dropped the dirty pages.
+//!
+//! A batch that revoked a principal or token comes with the authentication epoch it advanced
+//! to. The syncer publishes it after the flush and before answering the batch, so a revocation's
+//! answer happens after every later [`Store::auth_epoch`](selene_kms_store::Store::auth_epoch)
+//! shows the advance. It is published even when the flush failed: the revocation is committed
+//! and readers see it, and a higher epoch only makes the host authenticate afresh.
 
 use selene_kms_store::backend::{ErrorKind, Receipt, StoreError, StoreResult, WriteHealth};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::thread::JoinHandle;
 
@@ -26,13 +32,19 @@ pub(crate) type Answers = Vec<(
     StoreResult<Receipt>,
 )>;
 
+/// A committed batch waiting for the flush: its answers, and the authentication epoch it
+/// advanced to, if any.
+type Flush = (Answers, Option<u64>);
+
 /// The sending side, held by the writer.
 pub(crate) struct Syncer {
-    queue: Option<Sender<Answers>>,
+    queue: Option<Sender<Flush>>,
     thread: Option<JoinHandle<()>>,
     health: Arc<WriteHealth>,
     /// Batches submitted and not yet answered.
     in_flight: Arc<AtomicUsize>,
+    /// The published authentication epoch.
+    epoch: Arc<AtomicU64>,
 }
 
 fn flush_failed() -> StoreError {
@@ -43,22 +55,37 @@ fn flush_failed() -> StoreError {
 }
 
 impl Syncer {
-    pub(crate) fn start(db_path: &Path, health: Arc<WriteHealth>) -> StoreResult<Self> {
+    /// Starts the thread; it publishes authentication epochs to `epoch`.
+    pub(crate) fn start(
+        db_path: &Path,
+        health: Arc<WriteHealth>,
+        epoch: Arc<AtomicU64>,
+    ) -> StoreResult<Self> {
         let mut wal = db_path.as_os_str().to_owned();
         wal.push("-wal");
         let wal = PathBuf::from(wal);
-        let (queue, batches) = channel::<Answers>();
+        let (queue, batches) = channel::<Flush>();
         let in_flight = Arc::new(AtomicUsize::new(0));
-        let (thread_health, thread_in_flight) = (health.clone(), in_flight.clone());
+        let (thread_health, thread_in_flight, thread_epoch) =
+            (health.clone(), in_flight.clone(), epoch.clone());
         let thread = std::thread::Builder::new()
             .name("kms-sync".into())
-            .spawn(move || run(&wal, &batches, &thread_health, &thread_in_flight))
+            .spawn(move || {
+                run(
+                    &wal,
+                    &batches,
+                    &thread_health,
+                    &thread_in_flight,
+                    &thread_epoch,
+                )
+            })
             .map_err(|_| StoreError::new(ErrorKind::Unavailable, "cannot start the syncer"))?;
         Ok(Self {
             queue: Some(queue),
             thread: Some(thread),
             health,
             in_flight,
+            epoch,
         })
     }
 
@@ -72,17 +99,20 @@ impl Syncer {
         self.in_flight.load(Ordering::Acquire) > 0
     }
 
-    /// Queues a committed batch's answers for the next flush.
-    pub(crate) fn submit(&self, answers: Answers) {
+    /// Queues a committed batch's answers, and the epoch it advanced to, for the next flush.
+    pub(crate) fn submit(&self, answers: Answers, epoch: Option<u64>) {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         let unsent = match &self.queue {
-            Some(q) => q.send(answers).err().map(|e| e.0),
+            Some(q) => q.send((answers, epoch)).err().map(|e| e.0.0),
             None => Some(answers),
         };
         if unsent.is_some() {
             // The syncer is gone: nothing will be flushed again.
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
             self.health.stop();
+            if let Some(advanced) = epoch {
+                self.epoch.fetch_max(advanced, Ordering::AcqRel);
+            }
         }
         for (reply, _) in unsent.into_iter().flatten() {
             let _ = reply.send(Err(flush_failed()));
@@ -108,7 +138,13 @@ fn flush(wal: &Path, file: &mut Option<File>) -> std::io::Result<()> {
     f.sync_data()
 }
 
-fn run(wal: &Path, batches: &Receiver<Answers>, health: &WriteHealth, in_flight: &AtomicUsize) {
+fn run(
+    wal: &Path,
+    batches: &Receiver<Flush>,
+    health: &WriteHealth,
+    in_flight: &AtomicUsize,
+    epoch: &AtomicU64,
+) {
     let mut file: Option<File> = None;
     while let Ok(first) = batches.recv() {
         let mut pending = vec![first];
@@ -118,7 +154,10 @@ fn run(wal: &Path, batches: &Receiver<Answers>, health: &WriteHealth, in_flight:
         if !flushed {
             health.stop();
         }
-        for (reply, outcome) in pending.into_iter().flatten() {
+        if let Some(advanced) = pending.iter().filter_map(|(_, e)| *e).max() {
+            epoch.fetch_max(advanced, Ordering::AcqRel);
+        }
+        for (reply, outcome) in pending.into_iter().flat_map(|(answers, _)| answers) {
             let outcome = if flushed {
                 outcome
             } else {

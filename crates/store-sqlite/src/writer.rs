@@ -9,8 +9,9 @@
 //! publishes cache updates, and hands the answers to the syncer, which answers them after the
 //! flush (one `fdatasync` for every batch queued by then). A failed write (disk full, read-only,
 //! database gone) rolls the whole batch back and refuses every unit in it, as does a failed final
-//! commit. Nothing is published unless the batch committed. Maintenance (tokens, pruning,
-//! root-key rotation) runs after the batch, each task in a transaction of its own; a root-key
+//! commit. Nothing is published unless the batch committed; a batch that revoked a principal or
+//! token hands its new authentication epoch to the syncer, which publishes it once the batch is
+//! durable and before answering it. Maintenance (pruning, root-key rotation) runs after the batch, each task in a transaction of its own; a root-key
 //! rotation replaces the store's key together with its commit, so readers never meet a data key
 //! wrapped under a root the store does not hold yet.
 
@@ -18,7 +19,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use rusqlite::{Connection, TransactionBehavior};
-use selene_kms_core::{Role, ServiceKeys, TenantId};
+use selene_kms_core::{ServiceKeys, TenantId};
 use selene_kms_store::backend::{
     BatchHistogram, CommitUnit, ErrorKind, Head, MAX_BATCH, Needs, Receipt, RootKey, SharedRoot,
     StoreError, StoreResult, Writes, drain, plan, rewrap_all, take_queued, to_db_saturating,
@@ -43,11 +44,6 @@ pub(crate) enum Job {
 
 /// Maintenance work for the writer.
 pub(crate) enum Maintenance {
-    PutToken {
-        token_hash: [u8; 32],
-        role: Role,
-        label: String,
-    },
     Prune {
         idempotency_before_ms: u64,
         revocations_before_ms: u64,
@@ -165,6 +161,8 @@ impl Writer {
         };
         let mut answers: Answers = Vec::new();
         let mut published: Vec<Writes> = Vec::new();
+        // The authentication epoch the last revoking round advanced to.
+        let mut epoch = None;
         // What earlier rounds of this transaction wrote, over what is committed.
         let mut pending = Pending {
             heads: self.heads.clone(),
@@ -175,7 +173,8 @@ impl Writer {
             let (batch, replies): (Vec<_>, Vec<_>) =
                 units.drain(..).map(|(unit, reply)| (*unit, reply)).unzip();
             match round(&tx, &self.keys, &self.root, &self.cache, &pending, batch) {
-                Ok((outcomes, writes)) => {
+                Ok((outcomes, writes, advanced)) => {
+                    epoch = advanced.or(epoch);
                     pending.extend(&writes);
                     answers.extend(replies.into_iter().zip(outcomes));
                     published.push(writes);
@@ -225,7 +224,7 @@ impl Writer {
                 for writes in published {
                     self.publish(writes);
                 }
-                self.syncer.submit(answers);
+                self.syncer.submit(answers, epoch);
             }
             Err(err) => {
                 // Nothing of this batch was committed: refuse every unit.
@@ -256,7 +255,7 @@ impl Writer {
         match outcome {
             Ok(receipt) => {
                 self.syncer.health().succeeded();
-                self.syncer.submit(vec![(reply, Ok(receipt))]);
+                self.syncer.submit(vec![(reply, Ok(receipt))], None);
             }
             Err(e) => {
                 if e.kind == ErrorKind::Unavailable {
@@ -273,19 +272,6 @@ impl Writer {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(unavailable("begin"))?;
         match task {
-            Maintenance::PutToken {
-                token_hash,
-                role,
-                label,
-            } => {
-                tx.execute(
-                    "INSERT INTO tokens (token_hash, role, label) VALUES (?1, ?2, ?3)",
-                    (&token_hash[..], role.name(), label.as_str()),
-                )
-                .map_err(db_err)?;
-                tx.commit().map_err(unavailable("commit"))?;
-                Ok(receipt(0))
-            }
             Maintenance::Prune {
                 idempotency_before_ms,
                 revocations_before_ms,
@@ -321,6 +307,10 @@ impl Writer {
     }
 }
 
+/// What a round decided: each unit's outcome, its writes, and the authentication epoch it
+/// advanced to, if it revoked a principal or token.
+type Round = (Vec<StoreResult<Receipt>>, Writes, Option<u64>);
+
 /// One round of a batch: read, plan, write. An error faults the whole transaction.
 fn round(
     conn: &Connection,
@@ -329,7 +319,7 @@ fn round(
     cache: &Cache,
     pending: &Pending,
     units: Vec<CommitUnit>,
-) -> StoreResult<(Vec<StoreResult<Receipt>>, Writes)> {
+) -> StoreResult<Round> {
     let needs = Needs::of(&units);
     let committed = read_committed(conn, &needs, cache, pending, root)?;
     let chained: std::collections::HashSet<TenantId> = committed.heads.keys().cloned().collect();
@@ -342,8 +332,8 @@ fn round(
         .filter(|t| !chained.contains(*t))
         .cloned()
         .collect();
-    write(conn, &decided.writes, &new_tenants)?;
-    Ok((decided.outcomes, decided.writes))
+    let epoch = write(conn, &decided.writes, &new_tenants)?;
+    Ok((decided.outcomes, decided.writes, epoch))
 }
 
 /// Splits jobs into commit units and maintenance tasks, keeping their order.

@@ -1,7 +1,11 @@
 //! The conformance suite every [`Store`] backend must pass, run by each backend crate's tests
 //! (feature `conformance`). Each check takes a fresh, empty store and panics on a violation.
 
+mod principals;
+
 use std::sync::Arc;
+
+pub use principals::*;
 
 use crate::verify::verify_tenant;
 use crate::{
@@ -11,8 +15,8 @@ use crate::{
 use selene_kms_core::audit::GENESIS_DIGEST;
 use selene_kms_core::{
     AuditAction, AuditRecord, KmsRequest, MaterialBundle, Policy, PolicyDocument, ReasonCode,
-    RefId, RefKind, Role, SecretKind, SecretMaterial, SecretName, SecretSnapshot, StateChange,
-    TenantId, TtlBounds, VersionState, evaluate, issue, redeem, refs,
+    RefId, RefKind, SecretKind, SecretMaterial, SecretName, SecretSnapshot, StateChange, TenantId,
+    TtlBounds, VersionState, evaluate, issue, redeem, refs,
 };
 
 /// A secret value that must never appear anywhere but in redeemed material.
@@ -578,8 +582,8 @@ pub async fn concurrent_rotations(store: Arc<dyn Store>, writers: usize) {
     }
 }
 
-/// Policies advance their version on every change; tokens map to their role.
-pub async fn policies_and_tokens(store: Arc<dyn Store>) {
+/// Policies advance their version on every change.
+pub async fn policies(store: Arc<dyn Store>) {
     let t = tenant("acme");
     assert!(store.policy(&t).await.expect("read").is_none());
     let doc: PolicyDocument = serde_json::from_str(
@@ -607,16 +611,6 @@ pub async fn policies_and_tokens(store: Arc<dyn Store>) {
         Some((doc, 2))
     );
 
-    store
-        .put_token([5; 32], Role::Executor, "executor-1")
-        .await
-        .expect("token");
-    assert_eq!(
-        store.token_role(&[5; 32]).await.expect("read"),
-        Some((Role::Executor, "executor-1".into()))
-    );
-    assert_eq!(store.token_role(&[6; 32]).await.expect("read"), None);
-    assert!(store.put_token([5; 32], Role::Admin, "dup").await.is_err());
     assert!(store.ready().await);
 }
 
@@ -886,7 +880,18 @@ macro_rules! conformance_suite {
             conformance_revocation => $crate::conformance::revocation;
             conformance_idempotency => $crate::conformance::idempotency;
             conformance_audit_chain => $crate::conformance::audit_chain;
-            conformance_policies_and_tokens => $crate::conformance::policies_and_tokens;
+            conformance_policies => $crate::conformance::policies;
+            conformance_principals_and_tokens => $crate::conformance::principals_and_tokens;
+            conformance_live_names_and_spiffe_ids_are_unique =>
+                $crate::conformance::live_names_and_spiffe_ids_are_unique;
+            conformance_revocations_advance_the_auth_epoch =>
+                $crate::conformance::revocations_advance_the_auth_epoch;
+            conformance_the_last_global_admin_stays =>
+                $crate::conformance::the_last_global_admin_stays;
+            conformance_principal_changes_go_to_the_system_chain =>
+                $crate::conformance::principal_changes_go_to_the_system_chain;
+            conformance_tenants_are_listed_without_the_system_chain =>
+                $crate::conformance::tenants_are_listed_without_the_system_chain;
             conformance_concurrent_rotations =>
                 |s| $crate::conformance::concurrent_rotations(s, 64);
             conformance_check_order_key_before_compare_and_set =>

@@ -17,6 +17,7 @@ mod health;
 mod model;
 mod stats;
 mod store;
+mod stored_principals;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -63,4 +64,5 @@ pub mod backend {
     pub use crate::model::*;
     pub use crate::stats::*;
     pub use crate::store::*;
+    pub use crate::stored_principals::*;
 }

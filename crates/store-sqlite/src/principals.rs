@@ -1,0 +1,289 @@
+//! Principals and tokens in the embedded store: the rows a batch needs, the rows it writes, and
+//! the reads the host authenticates and lists with. Rows are decoded by the shared
+//! [`PrincipalRecord::from_stored`] and [`TokenRecord::from_stored`].
+
+use rusqlite::{Connection, Row};
+use selene_kms_core::SpiffeId;
+use selene_kms_store::backend::{
+    Committed, Credential, ErrorKind, Needs, PrincipalListing, PrincipalRecord, StoreError,
+    StoreResult, StoredPrincipal, StoredToken, TokenRecord, Writes, from_db, global_admin_columns,
+    tenants_column, to_db_saturating,
+};
+
+use crate::batch::exec;
+use crate::db_err;
+
+/// A principal's columns at `at..at + 8`, in the order every query here selects them:
+/// `principal_id, name, role, tenants, spiffe_id, created_at_ms, expires_at_ms, revoked_at_ms`.
+fn principal_at(r: &Row<'_>, at: usize) -> StoreResult<PrincipalRecord> {
+    let text = |i: usize| r.get::<_, String>(at + i).map_err(db_err);
+    let time = |i: usize| r.get::<_, Option<i64>>(at + i).map_err(db_err);
+    PrincipalRecord::from_stored(&StoredPrincipal {
+        principal_id: &text(0)?,
+        name: &text(1)?,
+        role: &text(2)?,
+        tenants: &text(3)?,
+        spiffe_id: r
+            .get::<_, Option<String>>(at + 4)
+            .map_err(db_err)?
+            .as_deref(),
+        created_at_ms: r.get(at + 5).map_err(db_err)?,
+        expires_at_ms: time(6)?,
+        revoked_at_ms: time(7)?,
+    })
+}
+
+/// A token's columns at `at..at + 5`: `token_id, principal_id, created_at_ms, expires_at_ms,
+/// revoked_at_ms`.
+fn token_at(r: &Row<'_>, at: usize) -> StoreResult<TokenRecord> {
+    let text = |i: usize| r.get::<_, String>(at + i).map_err(db_err);
+    let time = |i: usize| r.get::<_, Option<i64>>(at + i).map_err(db_err);
+    TokenRecord::from_stored(&StoredToken {
+        token_id: &text(0)?,
+        principal_id: &text(1)?,
+        created_at_ms: r.get(at + 2).map_err(db_err)?,
+        expires_at_ms: time(3)?,
+        revoked_at_ms: time(4)?,
+    })
+}
+
+/// Every row of `sql` decoded by `decode`.
+fn collect<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    decode: impl Fn(&Row<'_>) -> StoreResult<T>,
+) -> StoreResult<Vec<T>> {
+    let mut stmt = conn.prepare_cached(sql).map_err(db_err)?;
+    let mut rows = stmt.query(params).map_err(db_err)?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().map_err(db_err)? {
+        out.push(decode(row)?);
+    }
+    Ok(out)
+}
+
+/// A list as the JSON array `json_each` reads: SQLite has no array parameters.
+fn json_list<'a>(items: impl Iterator<Item = &'a str>) -> String {
+    serde_json::Value::from(items.collect::<Vec<_>>()).to_string()
+}
+
+/// Reads the principals and tokens `needs` asks for into `committed` (see
+/// [`Committed::principals`]), in the writer's transaction.
+pub(crate) fn read_committed(
+    conn: &Connection,
+    needs: &Needs,
+    committed: &mut Committed,
+) -> StoreResult<()> {
+    let any_principal = !needs.principals.is_empty()
+        || !needs.principal_names.is_empty()
+        || !needs.spiffe_ids.is_empty()
+        || needs.global_admins;
+    if any_principal {
+        let (admin_role, all_tenants) = global_admin_columns();
+        let principals = collect(
+            conn,
+            "SELECT principal_id, name, role, tenants, spiffe_id, created_at_ms, expires_at_ms,
+                    revoked_at_ms
+             FROM principals
+             WHERE principal_id IN (SELECT value FROM json_each(?1))
+                OR (revoked_at_ms IS NULL
+                    AND (name IN (SELECT value FROM json_each(?2))
+                         OR spiffe_id IN (SELECT value FROM json_each(?3))
+                         OR (?4 AND role = ?5 AND tenants = ?6)))",
+            (
+                json_list(needs.principals.iter().map(|p| p.as_str())),
+                json_list(needs.principal_names.iter().map(|n| n.as_str())),
+                json_list(needs.spiffe_ids.iter().map(SpiffeId::as_str)),
+                needs.global_admins,
+                admin_role,
+                all_tenants,
+            ),
+            |r| principal_at(r, 0),
+        )?;
+        for p in principals {
+            committed.principals.insert(p.principal_id.clone(), p);
+        }
+    }
+    if !needs.tokens.is_empty() {
+        let tokens = collect(
+            conn,
+            "SELECT token_id, principal_id, created_at_ms, expires_at_ms, revoked_at_ms
+             FROM principal_tokens WHERE token_id IN (SELECT value FROM json_each(?1))",
+            [json_list(needs.tokens.iter().map(|t| t.as_str()))],
+            |r| token_at(r, 0),
+        )?;
+        for t in tokens {
+            committed.tokens.insert(t.token_id.clone(), t);
+        }
+    }
+    Ok(())
+}
+
+/// Writes the principal and token rows of a decided batch: new principals, new tokens, then
+/// revocations (a batch may revoke what it created). Returns the authentication epoch the
+/// batch advanced to, if it revoked anything.
+pub(crate) fn write(conn: &Connection, writes: &Writes) -> StoreResult<Option<u64>> {
+    for p in &writes.principals {
+        exec(
+            conn,
+            "INSERT INTO principals (principal_id, name, role, tenants, spiffe_id, created_at_ms,
+                                     expires_at_ms, revoked_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL)",
+            (
+                p.principal_id.as_str(),
+                p.name.as_str(),
+                p.role.name(),
+                tenants_column(&p.tenants),
+                p.spiffe_id.as_ref().map(SpiffeId::as_str),
+                to_db_saturating(p.created_at_ms),
+                p.expires_at_ms.map(to_db_saturating),
+            ),
+            "principal write",
+        )?;
+    }
+    for t in &writes.tokens {
+        let r = &t.record;
+        exec(
+            conn,
+            "INSERT INTO principal_tokens (token_id, principal_id, verifier, created_at_ms,
+                                           expires_at_ms, revoked_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, NULL)",
+            (
+                r.token_id.as_str(),
+                r.principal_id.as_str(),
+                &t.verifier[..],
+                to_db_saturating(r.created_at_ms),
+                r.expires_at_ms.map(to_db_saturating),
+            ),
+            "token write",
+        )?;
+    }
+    for (principal, at_ms) in &writes.revoked_principals {
+        let params = (principal.as_str(), to_db_saturating(*at_ms));
+        exec(
+            conn,
+            "UPDATE principals SET revoked_at_ms = ?2
+             WHERE principal_id = ?1 AND revoked_at_ms IS NULL",
+            params,
+            "principal revocation",
+        )?;
+        exec(
+            conn,
+            "UPDATE principal_tokens SET revoked_at_ms = ?2
+             WHERE principal_id = ?1 AND revoked_at_ms IS NULL",
+            params,
+            "principal revocation",
+        )?;
+    }
+    for (token, at_ms) in &writes.revoked_tokens {
+        exec(
+            conn,
+            "UPDATE principal_tokens SET revoked_at_ms = ?2
+             WHERE token_id = ?1 AND revoked_at_ms IS NULL",
+            (token.as_str(), to_db_saturating(*at_ms)),
+            "token revocation",
+        )?;
+    }
+    if !writes.revokes_credentials() {
+        return Ok(None);
+    }
+    let epoch: i64 = conn
+        .prepare_cached("UPDATE auth_epoch SET epoch = epoch + 1 WHERE id = 0 RETURNING epoch")
+        .and_then(|mut stmt| stmt.query_row([], |r| r.get(0)))
+        .map_err(|e| {
+            let inner = db_err(e);
+            StoreError::new(
+                ErrorKind::Unavailable,
+                format!("auth epoch: {}", inner.message),
+            )
+        })?;
+    from_db(epoch).map(Some)
+}
+
+/// The authentication epoch as stored.
+pub(crate) fn stored_epoch(conn: &Connection) -> StoreResult<u64> {
+    let epoch: i64 = conn
+        .query_row("SELECT epoch FROM auth_epoch WHERE id = 0", [], |r| {
+            r.get(0)
+        })
+        .map_err(db_err)?;
+    from_db(epoch)
+}
+
+/// The token stored under `verifier` and its principal, live or not.
+pub(crate) fn credential(
+    conn: &Connection,
+    verifier: &[u8; 32],
+) -> StoreResult<Option<Credential>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT p.principal_id, p.name, p.role, p.tenants, p.spiffe_id, p.created_at_ms,
+                    p.expires_at_ms, p.revoked_at_ms,
+                    t.token_id, t.principal_id, t.created_at_ms, t.expires_at_ms, t.revoked_at_ms
+             FROM principal_tokens t JOIN principals p ON p.principal_id = t.principal_id
+             WHERE t.verifier = ?1",
+        )
+        .map_err(db_err)?;
+    let mut rows = stmt.query([&verifier[..]]).map_err(db_err)?;
+    rows.next()
+        .map_err(db_err)?
+        .map(|r| {
+            Ok(Credential {
+                principal: principal_at(r, 0)?,
+                token: token_at(r, 8)?,
+            })
+        })
+        .transpose()
+}
+
+/// The unrevoked principal bound to `spiffe_id`.
+pub(crate) fn by_spiffe(
+    conn: &Connection,
+    spiffe_id: &SpiffeId,
+) -> StoreResult<Option<PrincipalRecord>> {
+    let found = collect(
+        conn,
+        "SELECT principal_id, name, role, tenants, spiffe_id, created_at_ms, expires_at_ms,
+                revoked_at_ms
+         FROM principals WHERE spiffe_id = ?1 AND revoked_at_ms IS NULL",
+        [spiffe_id.as_str()],
+        |r| principal_at(r, 0),
+    )?;
+    Ok(found.into_iter().next())
+}
+
+/// Every principal with its tokens: principals by creation time then id, tokens oldest first.
+/// One statement, so one consistent view of both tables.
+pub(crate) fn listing(conn: &Connection) -> StoreResult<Vec<PrincipalListing>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT p.principal_id, p.name, p.role, p.tenants, p.spiffe_id, p.created_at_ms,
+                    p.expires_at_ms, p.revoked_at_ms,
+                    t.token_id, t.principal_id, t.created_at_ms, t.expires_at_ms, t.revoked_at_ms
+             FROM principals p LEFT JOIN principal_tokens t ON t.principal_id = p.principal_id
+             ORDER BY p.created_at_ms, p.principal_id, t.created_at_ms, t.token_id",
+        )
+        .map_err(db_err)?;
+    let mut rows = stmt.query([]).map_err(db_err)?;
+    let mut out: Vec<PrincipalListing> = Vec::new();
+    while let Some(row) = rows.next().map_err(db_err)? {
+        // A principal's rows are adjacent: one per token, or one without a token.
+        let id: String = row.get(0).map_err(db_err)?;
+        let is_new = out
+            .last()
+            .is_none_or(|last| last.principal.principal_id.as_str() != id);
+        if is_new {
+            out.push(PrincipalListing {
+                principal: principal_at(row, 0)?,
+                tokens: Vec::new(),
+            });
+        }
+        if let Some(last) = out.last_mut()
+            && row.get::<_, Option<String>>(8).map_err(db_err)?.is_some()
+        {
+            last.tokens.push(token_at(row, 8)?);
+        }
+    }
+    Ok(out)
+}
