@@ -52,11 +52,7 @@ pub(crate) async fn read_committed(
     needs: &Needs,
     committed: &mut Committed,
 ) -> StoreResult<()> {
-    let any_principal = !needs.principals.is_empty()
-        || !needs.principal_names.is_empty()
-        || !needs.spiffe_ids.is_empty()
-        || needs.global_admins;
-    if any_principal {
+    if needs.reads_principals() {
         let (admin_role, all_tenants) = global_admin_columns();
         let ids: Vec<&str> = needs.principals.iter().map(PrincipalId::as_str).collect();
         let names: Vec<&str> = needs.principal_names.iter().map(|n| n.as_str()).collect();

@@ -75,11 +75,7 @@ pub(crate) fn read_committed(
     needs: &Needs,
     committed: &mut Committed,
 ) -> StoreResult<()> {
-    let any_principal = !needs.principals.is_empty()
-        || !needs.principal_names.is_empty()
-        || !needs.spiffe_ids.is_empty()
-        || needs.global_admins;
-    if any_principal {
+    if needs.reads_principals() {
         let (admin_role, all_tenants) = global_admin_columns();
         let principals = collect(
             conn,

@@ -66,6 +66,14 @@ pub struct Needs {
 }
 
 impl Needs {
+    /// Whether the batch reads any principal (a principal or token change).
+    pub fn reads_principals(&self) -> bool {
+        !self.principals.is_empty()
+            || !self.principal_names.is_empty()
+            || !self.spiffe_ids.is_empty()
+            || self.global_admins
+    }
+
     /// What `units` need.
     pub fn of(units: &[CommitUnit]) -> Self {
         let mut needs = Self::default();

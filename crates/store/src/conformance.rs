@@ -892,6 +892,8 @@ macro_rules! conformance_suite {
                 $crate::conformance::principal_changes_go_to_the_system_chain;
             conformance_tenants_are_listed_without_the_system_chain =>
                 $crate::conformance::tenants_are_listed_without_the_system_chain;
+            conformance_the_system_chain_data_key_survives_a_root_rotation =>
+                $crate::conformance::the_system_chain_data_key_survives_a_root_rotation;
             conformance_concurrent_rotations =>
                 |s| $crate::conformance::concurrent_rotations(s, 64);
             conformance_check_order_key_before_compare_and_set =>

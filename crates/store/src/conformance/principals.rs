@@ -10,8 +10,8 @@ use selene_kms_core::{
 
 use super::{NOW_MS, create, record, tenant};
 use crate::{
-    Change, CommitUnit, ErrorKind, NewPrincipal, NewToken, Receipt, Store, StoreResult,
-    TenantSummary,
+    Change, CommitUnit, ErrorKind, IdempotencyScope, IdempotencyWrite, NewPrincipal, NewToken,
+    Receipt, RootKey, Store, StoreResult, TenantSummary,
 };
 
 /// Principal number `n`'s id.
@@ -473,4 +473,52 @@ pub async fn tenants_are_listed_without_the_system_chain(store: Arc<dyn Store>) 
             },
         ]
     );
+}
+
+/// Regression: root-key rotation parsed every stored tenant id as a tenant's, so once a
+/// principal change stored an answer under the system chain's data key, no rotation could
+/// run. The system chain's key is rewrapped like any other and its answers stay readable.
+pub async fn the_system_chain_data_key_survives_a_root_rotation(store: Arc<dyn Store>) {
+    let system = TenantId::system();
+    let scope = IdempotencyScope {
+        tenant: system.clone(),
+        caller: principal_id(9).to_string(),
+        key: "create-ci".into(),
+    };
+    let receipt = store
+        .commit(CommitUnit {
+            tenant: system.clone(),
+            change: Change::CreatePrincipal(Box::new(new_principal(
+                1,
+                "ci",
+                Role::Os,
+                &["acme"],
+                None,
+            ))),
+            audit: record(&system, AuditAction::PrincipalCreate),
+            idempotency: Some(IdempotencyWrite {
+                scope: scope.clone(),
+                fingerprint: [3; 32],
+            }),
+            bundle: None,
+        })
+        .await
+        .expect("create");
+    assert_eq!(
+        store
+            .rotate_root_key(RootKey::from_bytes(&[9; 32]))
+            .await
+            .map_err(|e| e.kind),
+        Ok(1),
+        "the system chain's data key is rewrapped"
+    );
+    let stored = store
+        .idempotency(&scope)
+        .await
+        .expect("read")
+        .expect("stored");
+    assert_eq!(stored.fingerprint, [3; 32]);
+    let answered = receipt.audit_seq;
+    let records = store.audit_records(&system, 0, 10).await.expect("read");
+    assert_eq!(records.last().map(|r| r.seq), Some(answered));
 }
