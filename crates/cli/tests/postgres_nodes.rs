@@ -57,6 +57,13 @@ impl Deployment {
         );
         assert!(!data.path().join("kms.db").exists(), "no embedded store");
         let out: Value = serde_json::from_slice(&init.stdout).expect("init JSON");
+        for role in ["admin", "os", "executor"] {
+            let id = out["principals"][role].as_str().unwrap_or_default();
+            assert!(
+                id.starts_with("kp_"),
+                "init names the {role} principal: {out}"
+            );
+        }
         let again = selene_kms()
             .args(["init", "--store", &store, "--data-dir"])
             .arg(tempfile::tempdir().expect("tempdir").path())
@@ -260,4 +267,119 @@ async fn killing_a_node_mid_load_loses_nothing_acknowledged() {
         .expect("survivor reachable");
     assert_eq!(next, current + 1);
     assert!(d.api.verify_audit(b).await > 2 * total as u64);
+}
+
+/// `selene-kms` as a client of `node` with the bootstrap admin's token; answers its JSON.
+fn cli_json(api: &Api, node: &str, args: &[&str]) -> Value {
+    let out = selene_kms()
+        .arg("--json")
+        .args(args)
+        .env("SELENE_KMS_URL", node)
+        .env("SELENE_KMS_ADMIN_TOKEN", &api.admin)
+        .env("SELENE_KMS_OS_TOKEN", &api.os)
+        .output()
+        .expect("the command runs");
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON output")
+}
+
+async fn whoami(api: &Api, node: &str, token: &str) -> StatusCode {
+    api.call(
+        node,
+        reqwest::Method::GET,
+        "/v1/auth/whoami",
+        Some(token),
+        None,
+    )
+    .await
+    .expect("sent")
+    .0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_revocation_through_one_node_holds_on_the_other_at_once() {
+    let d = Deployment::start().await;
+    let (a, b) = (d.url(0), d.url(1));
+    let me = cli_json(&d.api, &a, &["whoami", "--role", "os"]);
+    assert_eq!(me["name"], "bootstrap-os");
+
+    // A principal made through node a with the command line, and a second token for it.
+    let created = cli_json(
+        &d.api,
+        &a,
+        &[
+            "principal",
+            "create",
+            "payments-os",
+            "--role",
+            "os",
+            "--tenant",
+            "acme",
+            "--ttl",
+            "30d",
+        ],
+    );
+    let id = created["principal_id"].as_str().expect("id").to_owned();
+    let first = created["token"].as_str().expect("token").to_owned();
+    let first_id = created["token_id"].as_str().expect("token id").to_owned();
+    let issued = cli_json(&d.api, &a, &["principal", "token", "create", &id]);
+    let second = issued["token"].as_str().expect("token").to_owned();
+    let listed = cli_json(&d.api, &a, &["principal", "list"]);
+    let listed_text = listed.to_string();
+    assert!(listed_text.contains(&id) && !listed_text.contains(&first));
+
+    // Node b remembers both tokens (its authentication memory is warm).
+    for token in [&first, &second, &first, &second] {
+        assert_eq!(whoami(&d.api, &b, token).await, StatusCode::OK);
+    }
+    let mut get = request("GET_HANDLE", false);
+    get["idempotency_key"] = json!("scoped-handle");
+    let sent = d
+        .api
+        .call(
+            &b,
+            reqwest::Method::POST,
+            "/v1/kms/requests",
+            Some(&second),
+            Some(&get),
+        )
+        .await
+        .expect("sent");
+    assert_eq!(sent.0, StatusCode::OK, "{}", describe(&sent));
+
+    // Revoked through node a: the very next request on node b is refused.
+    cli_json(
+        &d.api,
+        &a,
+        &["principal", "token", "revoke", &id, &first_id],
+    );
+    assert_eq!(whoami(&d.api, &b, &first).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(whoami(&d.api, &b, &second).await, StatusCode::OK);
+    cli_json(&d.api, &a, &["principal", "revoke", &id]);
+    assert_eq!(whoami(&d.api, &b, &second).await, StatusCode::UNAUTHORIZED);
+    let refused = d
+        .api
+        .call(
+            &b,
+            reqwest::Method::POST,
+            "/v1/kms/requests",
+            Some(&second),
+            Some(&get),
+        )
+        .await
+        .expect("sent");
+    assert_eq!(
+        refused.0,
+        StatusCode::UNAUTHORIZED,
+        "{}",
+        describe(&refused)
+    );
+    // Everything else still works on both nodes.
+    for node in [&a, &b] {
+        assert_eq!(whoami(&d.api, node, &d.api.os).await, StatusCode::OK);
+    }
 }

@@ -159,6 +159,7 @@ async fn admin_creates_secrets_and_sets_the_policy() {
     let bad = e
         .engine
         .create_secret(
+            &admin(),
             &e.tenant,
             new_secret("payments/x", Some("not base64!")),
             NOW,

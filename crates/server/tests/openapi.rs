@@ -115,7 +115,10 @@ fn operations(doc: &Value) -> Vec<(Method, String, String, Value)> {
     for (template, item) in doc["paths"].as_object().expect("paths") {
         for (verb, op) in item.as_object().expect("path item") {
             let method = Method::from_bytes(verb.to_uppercase().as_bytes()).expect("method");
-            let path = template.replace("{tenant_id}", TENANT);
+            let path = template
+                .replace("{tenant_id}", TENANT)
+                .replace("{principal_id}", &format!("kp_{}", "0".repeat(32)))
+                .replace("{token_id}", &format!("kt_{}", "0".repeat(32)));
             assert!(!path.contains('{'), "an unfilled parameter in {template}");
             out.push((method, template.clone(), path, op.clone()));
         }
@@ -287,6 +290,8 @@ struct Conformance {
     doc: Value,
     /// (method, template) of every operation seen answering its success status.
     succeeded: BTreeSet<(String, String)>,
+    /// Values for the path parameters other than `{tenant_id}`.
+    ids: Vec<(&'static str, String)>,
 }
 
 impl Conformance {
@@ -299,7 +304,12 @@ impl Conformance {
         token: Option<&str>,
         body: Option<&Value>,
     ) -> Value {
-        let path = template.replace("{tenant_id}", TENANT);
+        let path = self
+            .ids
+            .iter()
+            .fold(template.replace("{tenant_id}", TENANT), |p, (k, v)| {
+                p.replace(k, v)
+            });
         let mut req = s
             .http
             .request(method.clone(), format!("{}{path}{query}", s.url));
@@ -365,6 +375,7 @@ async fn answers_have_the_statuses_and_shapes_the_document_gives() {
     let mut c = Conformance {
         doc: doc.clone(),
         succeeded: BTreeSet::new(),
+        ids: Vec::new(),
     };
     let (admin, os, executor) = (s.admin.clone(), s.os.clone(), s.executor.clone());
     let (a, o, e) = (
@@ -545,6 +556,75 @@ async fn answers_have_the_statuses_and_shapes_the_document_gives() {
     c.send(&s, Method::GET, "/v1/audit", "", a, None).await;
     c.send(&s, Method::POST, redeem, "", None, Some(&json!({})))
         .await;
+
+    // Identity: principals, tokens, whoami, the tenant listing, and their refusals.
+    let principals = "/v1/admin/principals";
+    let principal = "/v1/admin/principals/{principal_id}";
+    let new = json!({"name": "doc-os", "role": "os", "tenants": [TENANT],
+                     "spiffe_id": "spiffe://example.org/os"});
+    let made = c
+        .send(&s, Method::POST, principals, "", a, Some(&new))
+        .await;
+    assert!(made["token"].is_string());
+    let exists = c
+        .send(&s, Method::POST, principals, "", a, Some(&new))
+        .await;
+    assert_eq!(exists["reason_code"], "KMS_PRINCIPAL_EXISTS");
+    let bad = json!({"name": "Doc", "role": "os", "tenants": ["*"]});
+    let bad = c
+        .send(&s, Method::POST, principals, "", a, Some(&bad))
+        .await;
+    assert_eq!(bad["diagnostics"], json!(["name:bad_character"]));
+    c.send(&s, Method::GET, principals, "", a, None).await;
+    c.ids.push((
+        "{principal_id}",
+        made["principal_id"].as_str().unwrap_or_default().to_owned(),
+    ));
+    let tokens = "/v1/admin/principals/{principal_id}/tokens";
+    let issued = c
+        .send(
+            &s,
+            Method::POST,
+            tokens,
+            "",
+            a,
+            Some(&json!({"ttl_ms": 60_000})),
+        )
+        .await;
+    c.ids.push((
+        "{token_id}",
+        issued["token_id"].as_str().unwrap_or_default().to_owned(),
+    ));
+    c.send(
+        &s,
+        Method::DELETE,
+        "/v1/admin/principals/{principal_id}/tokens/{token_id}",
+        "",
+        a,
+        None,
+    )
+    .await;
+    let me = c
+        .send(&s, Method::GET, "/v1/auth/whoami", "", o, None)
+        .await;
+    c.send(&s, Method::GET, "/v1/admin/tenants", "", a, None)
+        .await;
+    c.send(&s, Method::GET, "/v1/audit", "?tenant_id=_system", a, None)
+        .await;
+    c.send(&s, Method::DELETE, principal, "", a, None).await;
+    let admin_id = c
+        .send(&s, Method::GET, "/v1/auth/whoami", "", a, None)
+        .await;
+    c.ids[0].1 = admin_id["principal_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let last = c.send(&s, Method::DELETE, principal, "", a, None).await;
+    assert_eq!(last["reason_code"], "KMS_LAST_ADMIN");
+    c.ids[0].1 = format!("kp_{}", "0".repeat(32));
+    let missing = c.send(&s, Method::DELETE, principal, "", a, None).await;
+    assert_eq!(missing["reason_code"], "KMS_PRINCIPAL_NOT_FOUND");
+    assert_eq!(me["role"], "os");
 
     let documented: BTreeSet<(String, String)> = operations(&doc)
         .into_iter()
