@@ -122,8 +122,10 @@ impl Authenticator {
             Some(token) => Some(self.by_token(token, epoch, now_ms).await?),
             None => None,
         };
+        // A certificate bound to no live principal proves nothing, and takes nothing away from
+        // a token presented with it: under mandatory mTLS every client has a certificate.
         let by_certificate = match presented.spiffe_id {
-            Some(id) => Some(self.by_certificate(id, epoch, now_ms).await?),
+            Some(id) => self.by_certificate(id, epoch, now_ms).await?,
             None => None,
         };
         match (by_token, by_certificate) {
@@ -157,28 +159,31 @@ impl Authenticator {
         Ok(self.remember(verifier, principal, expires_at_ms, epoch))
     }
 
+    /// The live principal bound to a certificate's SPIFFE id, if there is one.
     async fn by_certificate(
         &self,
         spiffe_id: &SpiffeId,
         epoch: u64,
         now_ms: u64,
-    ) -> Result<Arc<Caller>, AuthError> {
+    ) -> Result<Option<Arc<Caller>>, AuthError> {
         let key: [u8; 32] = Sha256::new()
             .chain_update(b"selene-kms/spiffe-id\0")
             .chain_update(spiffe_id.as_str())
             .finalize()
             .into();
         if let Some(caller) = self.recall(&key, epoch, now_ms) {
-            return Ok(caller);
+            return Ok(Some(caller));
         }
-        let principal = self
+        let Some(principal) = self
             .store
             .principal_by_spiffe(spiffe_id)
             .await?
             .filter(|p| p.live_at(now_ms))
-            .ok_or(AuthError::Unauthenticated)?;
+        else {
+            return Ok(None);
+        };
         let expires_at_ms = principal.expires_at_ms;
-        Ok(self.remember(key, principal, expires_at_ms, epoch))
+        Ok(Some(self.remember(key, principal, expires_at_ms, epoch)))
     }
 
     fn recall(&self, key: &[u8; 32], epoch: u64, now_ms: u64) -> Option<Arc<Caller>> {
