@@ -287,6 +287,19 @@ fn cli_json(api: &Api, node: &str, args: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).expect("JSON output")
 }
 
+/// A KMS request to `node` with `token`.
+async fn kms_as(api: &Api, node: &str, token: &str, body: &Value) -> (StatusCode, Vec<u8>) {
+    api.call(
+        node,
+        reqwest::Method::POST,
+        "/v1/kms/requests",
+        Some(token),
+        Some(body),
+    )
+    .await
+    .expect("sent")
+}
+
 async fn whoami(api: &Api, node: &str, token: &str) -> StatusCode {
     api.call(
         node,
@@ -338,17 +351,7 @@ async fn a_revocation_through_one_node_holds_on_the_other_at_once() {
     }
     let mut get = request("GET_HANDLE", false);
     get["idempotency_key"] = json!("scoped-handle");
-    let sent = d
-        .api
-        .call(
-            &b,
-            reqwest::Method::POST,
-            "/v1/kms/requests",
-            Some(&second),
-            Some(&get),
-        )
-        .await
-        .expect("sent");
+    let sent = kms_as(&d.api, &b, &second, &get).await;
     assert_eq!(sent.0, StatusCode::OK, "{}", describe(&sent));
 
     // Revoked through node a: the very next request on node b is refused.
@@ -361,17 +364,7 @@ async fn a_revocation_through_one_node_holds_on_the_other_at_once() {
     assert_eq!(whoami(&d.api, &b, &second).await, StatusCode::OK);
     cli_json(&d.api, &a, &["principal", "revoke", &id]);
     assert_eq!(whoami(&d.api, &b, &second).await, StatusCode::UNAUTHORIZED);
-    let refused = d
-        .api
-        .call(
-            &b,
-            reqwest::Method::POST,
-            "/v1/kms/requests",
-            Some(&second),
-            Some(&get),
-        )
-        .await
-        .expect("sent");
+    let refused = kms_as(&d.api, &b, &second, &get).await;
     assert_eq!(
         refused.0,
         StatusCode::UNAUTHORIZED,

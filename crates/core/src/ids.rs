@@ -4,9 +4,40 @@
 //! wire form. A failed validation reports *which rule* failed, never the offending value, so a
 //! caller that puts a secret into an id field never sees it echoed back.
 
-use std::fmt;
-
 use crate::diagnostics::Problem;
+
+/// The text accessors every string id shares: `as_str`, `Borrow<str>` (maps keyed by the id can
+/// be queried with a `&str`; `Hash` and `Eq` agree with `str`'s), and `Debug`/`Display` that
+/// name the type and show the text.
+macro_rules! text_id_impls {
+    ($name:ident) => {
+        impl $name {
+            /// The validated text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "{}({:?})", stringify!($name), self.0)
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+pub(crate) use text_id_impls;
 
 /// Declares a validated string newtype with its validation function.
 macro_rules! validated_id {
@@ -15,12 +46,7 @@ macro_rules! validated_id {
         #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub struct $name(String);
 
-        impl $name {
-            /// The validated text.
-            pub fn as_str(&self) -> &str {
-                &self.0
-            }
-        }
+        text_id_impls!($name);
 
         impl TryFrom<String> for $name {
             type Error = Problem;
@@ -37,25 +63,6 @@ macro_rules! validated_id {
             fn try_from(value: &str) -> Result<Self, Problem> {
                 $check(value)?;
                 Ok(Self(value.to_owned()))
-            }
-        }
-
-        // Lets maps keyed by the id be queried with a `&str`; Hash and Eq agree with `str`'s.
-        impl std::borrow::Borrow<str> for $name {
-            fn borrow(&self) -> &str {
-                &self.0
-            }
-        }
-
-        impl fmt::Debug for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, "{}({:?})", stringify!($name), self.0)
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
             }
         }
 

@@ -5,12 +5,11 @@
 //! validation names the rule that failed, never the value.
 
 use std::collections::BTreeSet;
-use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
 use crate::diagnostics::Problem;
-use crate::ids::TenantId;
+use crate::ids::{TenantId, text_id_impls};
 use crate::refs::push_hex;
 
 /// A principal's name: `[a-z0-9][a-z0-9._-]{0,63}`, unique in the store.
@@ -20,12 +19,7 @@ pub struct PrincipalName(String);
 /// Longest principal name.
 pub const MAX_PRINCIPAL_NAME_LEN: usize = 64;
 
-impl PrincipalName {
-    /// The validated text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
+text_id_impls!(PrincipalName);
 
 impl TryFrom<&str> for PrincipalName {
     type Error = Problem;
@@ -34,18 +28,6 @@ impl TryFrom<&str> for PrincipalName {
         // The same alphabet and length as a tenant id.
         TenantId::try_from(value)?;
         Ok(Self(value.to_owned()))
-    }
-}
-
-impl fmt::Debug for PrincipalName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PrincipalName({:?})", self.0)
-    }
-}
-
-impl fmt::Display for PrincipalName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
     }
 }
 
@@ -117,12 +99,7 @@ pub struct SpiffeId(String);
 /// Longest SPIFFE id.
 pub const MAX_SPIFFE_ID_LEN: usize = 2048;
 
-impl SpiffeId {
-    /// The validated text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
+text_id_impls!(SpiffeId);
 
 impl TryFrom<&str> for SpiffeId {
     type Error = Problem;
@@ -159,12 +136,6 @@ impl TryFrom<&str> for SpiffeId {
     }
 }
 
-impl fmt::Debug for SpiffeId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SpiffeId({:?})", self.0)
-    }
-}
-
 /// Declares a KMS-assigned id: a prefix and 32 lowercase hex digits (128 random bits).
 macro_rules! assigned_id {
     ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
@@ -185,12 +156,9 @@ macro_rules! assigned_id {
                 }
                 Self(s)
             }
-
-            /// The text.
-            pub fn as_str(&self) -> &str {
-                &self.0
-            }
         }
+
+        text_id_impls!($name);
 
         impl TryFrom<&str> for $name {
             type Error = Problem;
@@ -200,24 +168,6 @@ macro_rules! assigned_id {
                 let ok = hex.len() == 32
                     && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
                 if ok { Ok(Self(value.to_owned())) } else { Err(Problem::BadShape) }
-            }
-        }
-
-        impl std::borrow::Borrow<str> for $name {
-            fn borrow(&self) -> &str {
-                &self.0
-            }
-        }
-
-        impl fmt::Debug for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, "{}({:?})", stringify!($name), self.0)
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
             }
         }
     };

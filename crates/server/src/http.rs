@@ -33,6 +33,7 @@ use crate::now_ms;
 use crate::openapi::{self, Endpoint};
 use crate::store_error::reason_for;
 use credentials::Credentials;
+use principals::Listing;
 
 /// Largest request body accepted (a KMS request is well under 4 KiB; imported material ≤ 8 KiB).
 pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
@@ -573,6 +574,9 @@ pub(crate) fn routes() -> Vec<Route> {
               headers: HeaderMap,
               body: Body| { admin_write(state, path, credentials, headers, body, what) }
     };
+    let list = |what: Listing| {
+        move |state: Shared, credentials: Credentials| principals::listing(state, credentials, what)
+    };
     let read = |what: AdminRead| {
         move |state: Shared, path: Path<String>, credentials: Credentials| {
             admin_read(state, path, credentials, what)
@@ -587,12 +591,12 @@ pub(crate) fn routes() -> Vec<Route> {
         at(&openapi::PUT_POLICY, write(AdminWrite::PutPolicy)),
         at(&openapi::GET_POLICY, read(AdminRead::Policy)),
         at(&openapi::CREATE_PRINCIPAL, principals::create),
-        at(&openapi::LIST_PRINCIPALS, principals::list),
+        at(&openapi::LIST_PRINCIPALS, list(Listing::Principals)),
         at(&openapi::ISSUE_TOKEN, principals::issue_token),
         at(&openapi::REVOKE_TOKEN, principals::revoke_token),
         at(&openapi::REVOKE_PRINCIPAL, principals::revoke),
         at(&openapi::WHOAMI, principals::whoami),
-        at(&openapi::LIST_TENANTS, principals::tenants),
+        at(&openapi::LIST_TENANTS, list(Listing::Tenants)),
         at(&openapi::AUDIT, audit),
         at(&openapi::AUDIT_EXPORT, audit_export),
         at(&openapi::PUBLIC_KEY, public_key),

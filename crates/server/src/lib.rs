@@ -34,7 +34,6 @@
 //!
 //! use selene_kms_core::{
 //!     KmsRequest, Policy, PolicyDocument, PrincipalId, PrincipalName, ReasonCode, Role, TenantId,
-//!     TenantScope,
 //! };
 //! use selene_kms_server::{Caller, Engine, NewSecretRequest, now_ms};
 //! use selene_kms_store::RootKey;
@@ -47,12 +46,9 @@
 //! let engine = Engine::new(Arc::new(SqliteStore::open(&options, root)?));
 //!
 //! // In process, the embedder asserts who acts; each principal is named in the audit records.
-//! let caller = |name: &str, role| Caller {
-//!     principal_id: PrincipalId::from_random(*selene_kms_server::random_bytes::<16>().unwrap()),
-//!     name: PrincipalName::try_from(name).expect("a valid name"),
-//!     role,
-//!     tenants: TenantScope::All,
-//!     expires_at_ms: None,
+//! let caller = |name: &str, role| {
+//!     let id = PrincipalId::from_random(*selene_kms_server::random_bytes::<16>().unwrap());
+//!     Caller::asserted(id, PrincipalName::try_from(name).expect("a valid name"), role)
 //! };
 //! let (admin, os) = (caller("operator", Role::Admin), caller("selene-os", Role::Os));
 //!

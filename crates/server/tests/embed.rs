@@ -7,7 +7,7 @@ use selene_kms_core::policy::RuleDocument;
 use selene_kms_core::redeem::{RawRedeemRequest, RedeemRequest};
 use selene_kms_core::{
     KmsRequest, Operation, Policy, PolicyDocument, PrincipalId, PrincipalName, RawKmsRequest,
-    ReasonCode, Role, TenantId, TenantScope,
+    ReasonCode, Role, TenantId,
 };
 use selene_kms_server::{Caller, Engine, NewSecretRequest, Redeemed};
 use selene_kms_store::RootKey;
@@ -22,13 +22,8 @@ struct Embedded {
 }
 
 fn caller(name: &str, role: Role) -> Caller {
-    Caller {
-        principal_id: PrincipalId::from_random([name.len() as u8; 16]),
-        name: PrincipalName::try_from(name).expect("name"),
-        role,
-        tenants: TenantScope::All,
-        expires_at_ms: None,
-    }
+    let id = PrincipalId::from_random([name.len() as u8; 16]);
+    Caller::asserted(id, PrincipalName::try_from(name).expect("name"), role)
 }
 
 fn os() -> Caller {

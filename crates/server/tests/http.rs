@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use common::*;
 use reqwest::{Method, StatusCode};
-use selene_kms_server::{ServeOptions, TlsOptions};
+use selene_kms_server::ServeOptions;
 use serde_json::json;
 
 /// What is sent, with which content type, and the status and reason expected.
@@ -404,34 +404,8 @@ async fn revocation_and_redemption_rules_hold_over_http() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_tls_and_requires_client_certificates_with_a_client_ca() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ca_key = rcgen::KeyPair::generate().expect("key");
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).expect("ca");
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let server_key = rcgen::KeyPair::generate().expect("key");
-    let server_cert = rcgen::CertificateParams::new(vec!["localhost".into()])
-        .expect("params")
-        .signed_by(&server_key, &issuer)
-        .expect("server cert");
-    let client_key = rcgen::KeyPair::generate().expect("key");
-    let client_cert = rcgen::CertificateParams::new(vec!["executor".into()])
-        .expect("params")
-        .signed_by(&client_key, &issuer)
-        .expect("client cert");
-    let write = |name: &str, text: String| {
-        let p = dir.path().join(name);
-        std::fs::write(&p, text).expect("write");
-        p
-    };
-    let ca_pem = write("ca.pem", ca.pem());
-    let tls = TlsOptions {
-        cert: write("server.pem", server_cert.pem()),
-        key: write("server.key", server_key.serialize_pem()),
-        client_ca: Some(ca_pem.clone()),
-    };
+    let pki = Pki::new();
+    let tls = pki.server(true);
     let s = Server::start_with(ServeOptions {
         listen: "127.0.0.1:0".parse().expect("addr"),
         tls: Some(tls),
@@ -439,12 +413,8 @@ async fn serves_tls_and_requires_client_certificates_with_a_client_ca() {
     })
     .await;
     let url = s.url.replace("127.0.0.1", "localhost");
-    let ca_cert = reqwest::Certificate::from_pem(ca.pem().as_bytes()).expect("ca");
     // Without a client certificate the handshake fails.
-    let anonymous = reqwest::Client::builder()
-        .add_root_certificate(ca_cert.clone())
-        .build()
-        .expect("client");
+    let anonymous = pki.http(None);
     assert!(
         anonymous
             .get(format!("{url}/healthz"))
@@ -453,15 +423,8 @@ async fn serves_tls_and_requires_client_certificates_with_a_client_ca() {
             .is_err()
     );
     // With one, HTTPS works.
-    let identity = reqwest::Identity::from_pem(
-        format!("{}{}", client_cert.pem(), client_key.serialize_pem()).as_bytes(),
-    )
-    .expect("identity");
-    let mutual = reqwest::Client::builder()
-        .add_root_certificate(ca_cert)
-        .identity(identity)
-        .build()
-        .expect("client");
+    let name = rcgen::SanType::DnsName("executor".try_into().expect("name"));
+    let mutual = pki.http(Some(pki.client(vec![name])));
     let r = mutual
         .get(format!("{url}/healthz"))
         .send()

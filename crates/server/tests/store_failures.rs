@@ -15,7 +15,7 @@ use selene_kms_core::redeem::RedeemRequest;
 use selene_kms_core::{
     AuditRecord, Checkpoint, KmsRequest, MaterialGrant, Policy, PolicyDocument, PrincipalId,
     PrincipalName, ReasonCode, RefId, Refusal, Role, SecretMaterial, SecretName, SecretSnapshot,
-    ServiceKeys, SpiffeId, TenantId, TenantScope,
+    ServiceKeys, SpiffeId, TenantId,
 };
 use selene_kms_server::{
     AdminError, Caller, Engine, KmsAnswer, NewSecretRequest, Redeemed, ServeOptions, StageRequest,
@@ -178,13 +178,8 @@ struct Setup {
 }
 
 fn caller(name: &str, role: Role) -> Caller {
-    Caller {
-        principal_id: PrincipalId::from_random([name.len() as u8; 16]),
-        name: PrincipalName::try_from(name).expect("name"),
-        role,
-        tenants: TenantScope::All,
-        expires_at_ms: None,
-    }
+    let id = PrincipalId::from_random([name.len() as u8; 16]);
+    Caller::asserted(id, PrincipalName::try_from(name).expect("name"), role)
 }
 
 fn os() -> Caller {

@@ -4,61 +4,28 @@
 
 mod common;
 
-use common::Server;
-use rcgen::{CertificateParams, Issuer, KeyPair, SanType, string::Ia5String};
+use common::{Pki, Server};
+use rcgen::SanType;
+use rcgen::string::Ia5String;
 use reqwest::StatusCode;
-use selene_kms_server::{ServeOptions, TlsOptions};
+use selene_kms_server::ServeOptions;
 use serde_json::{Value, json};
 
 const WORKLOAD: &str = "spiffe://example.org/ns/prod/sa/executor";
 
-/// A client certificate and key (one PEM) for `uri`, signed by `issuer`.
-fn client_identity(issuer: &Issuer<'_, KeyPair>, uri: &str) -> reqwest::Identity {
-    let key = KeyPair::generate().expect("key");
-    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    params.subject_alt_names = vec![SanType::URI(Ia5String::try_from(uri).expect("uri"))];
-    let cert = params.signed_by(&key, issuer).expect("client cert");
-    reqwest::Identity::from_pem(format!("{}{}", cert.pem(), key.serialize_pem()).as_bytes())
-        .expect("identity")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_bound_to_a_principal_authenticates_as_it() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ca_key = KeyPair::generate().expect("key");
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).expect("ca");
-    let issuer = Issuer::new(ca_params, ca_key);
-    let server_key = KeyPair::generate().expect("key");
-    let server_cert = CertificateParams::new(vec!["localhost".into()])
-        .expect("params")
-        .signed_by(&server_key, &issuer)
-        .expect("server cert");
-    let write = |name: &str, text: String| {
-        let p = dir.path().join(name);
-        std::fs::write(&p, text).expect("write");
-        p
-    };
-    let tls = TlsOptions {
-        cert: write("server.pem", server_cert.pem()),
-        key: write("server.key", server_key.serialize_pem()),
-        client_ca: Some(write("ca.pem", ca.pem())),
-    };
+    let pki = Pki::new();
     let s = Server::start_with(ServeOptions {
         listen: "127.0.0.1:0".parse().expect("addr"),
-        tls: Some(tls),
+        tls: Some(pki.server(true)),
         ..ServeOptions::default()
     })
     .await;
     let url = s.url.replace("127.0.0.1", "localhost");
     let client = |uri: &str| {
-        reqwest::Client::builder()
-            .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).expect("ca"))
-            .identity(client_identity(&issuer, uri))
-            .build()
-            .expect("client")
+        let san = SanType::URI(Ia5String::try_from(uri).expect("uri"));
+        pki.http(Some(pki.client(vec![san])))
     };
     let workload = client(WORKLOAD);
     let stranger = client("spiffe://example.org/ns/prod/sa/unknown");

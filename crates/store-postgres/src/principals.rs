@@ -7,8 +7,9 @@
 use deadpool_postgres::GenericClient;
 use selene_kms_core::{PrincipalId, SpiffeId, TokenId};
 use selene_kms_store::backend::{
-    Committed, Credential, Needs, PrincipalListing, PrincipalRecord, StoreResult, StoredPrincipal,
-    StoredToken, TokenRecord, Writes, global_admin_columns, tenants_column,
+    Committed, Credential, LISTING_SQL, Needs, PrincipalListing, PrincipalRecord, StoreResult,
+    StoredPrincipal, StoredToken, TokenRecord, Writes, global_admin_columns, group_listing,
+    tenants_column,
 };
 use tokio_postgres::Row;
 
@@ -268,38 +269,16 @@ pub(crate) async fn by_spiffe(
     row.map(|row| principal_at(&row, 0)).transpose()
 }
 
-/// Every principal with its tokens: principals by creation time then id, tokens oldest first.
-/// One consistent view: both reads run in one statement.
+/// Every principal with its tokens, in one statement ([`LISTING_SQL`]).
 pub(crate) async fn listing(client: &impl GenericClient) -> StoreResult<Vec<PrincipalListing>> {
-    let rows = sql::rows(
-        client,
-        "SELECT p.principal_id, p.name, p.role, p.tenants, p.spiffe_id, p.created_at_ms,
-                p.expires_at_ms, p.revoked_at_ms,
-                t.token_id, t.principal_id, t.created_at_ms, t.expires_at_ms, t.revoked_at_ms
-         FROM principals p LEFT JOIN principal_tokens t ON t.principal_id = p.principal_id
-         ORDER BY p.created_at_ms, p.principal_id, t.created_at_ms, t.token_id",
-        &[],
-        WHAT,
-    )
-    .await?;
-    let mut out: Vec<PrincipalListing> = Vec::new();
-    for row in &rows {
-        // A principal's rows are adjacent: one per token, or one without a token.
-        let id: &str = col(row, 0, WHAT)?;
-        let is_new = out
-            .last()
-            .is_none_or(|last| last.principal.principal_id.as_str() != id);
-        if is_new {
-            out.push(PrincipalListing {
-                principal: principal_at(row, 0)?,
-                tokens: Vec::new(),
-            });
-        }
-        if let Some(last) = out.last_mut()
-            && col::<Option<&str>>(row, 8, WHAT)?.is_some()
-        {
-            last.tokens.push(token_at(row, 8)?);
-        }
-    }
-    Ok(out)
+    let rows = sql::rows(client, LISTING_SQL, &[], WHAT).await?;
+    group_listing(rows.iter().map(|row| {
+        let has_token = col::<Option<&str>>(row, 8, WHAT)?.is_some();
+        let token = if has_token {
+            Some(token_at(row, 8)?)
+        } else {
+            None
+        };
+        Ok((principal_at(row, 0)?, token))
+    }))
 }

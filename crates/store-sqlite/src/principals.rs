@@ -5,9 +5,9 @@
 use rusqlite::{Connection, Row};
 use selene_kms_core::SpiffeId;
 use selene_kms_store::backend::{
-    Committed, Credential, ErrorKind, Needs, PrincipalListing, PrincipalRecord, StoreError,
-    StoreResult, StoredPrincipal, StoredToken, TokenRecord, Writes, from_db, global_admin_columns,
-    tenants_column, to_db_saturating,
+    Committed, Credential, ErrorKind, LISTING_SQL, Needs, PrincipalListing, PrincipalRecord,
+    StoreError, StoreResult, StoredPrincipal, StoredToken, TokenRecord, Writes, from_db,
+    global_admin_columns, group_listing, tenants_column, to_db_saturating,
 };
 
 use crate::batch::exec;
@@ -249,37 +249,19 @@ pub(crate) fn by_spiffe(
     Ok(found.into_iter().next())
 }
 
-/// Every principal with its tokens: principals by creation time then id, tokens oldest first.
-/// One statement, so one consistent view of both tables.
+/// Every principal with its tokens, in one statement ([`LISTING_SQL`]).
 pub(crate) fn listing(conn: &Connection) -> StoreResult<Vec<PrincipalListing>> {
-    let mut stmt = conn
-        .prepare_cached(
-            "SELECT p.principal_id, p.name, p.role, p.tenants, p.spiffe_id, p.created_at_ms,
-                    p.expires_at_ms, p.revoked_at_ms,
-                    t.token_id, t.principal_id, t.created_at_ms, t.expires_at_ms, t.revoked_at_ms
-             FROM principals p LEFT JOIN principal_tokens t ON t.principal_id = p.principal_id
-             ORDER BY p.created_at_ms, p.principal_id, t.created_at_ms, t.token_id",
-        )
-        .map_err(db_err)?;
+    let mut stmt = conn.prepare_cached(LISTING_SQL).map_err(db_err)?;
     let mut rows = stmt.query([]).map_err(db_err)?;
-    let mut out: Vec<PrincipalListing> = Vec::new();
+    let mut decoded = Vec::new();
     while let Some(row) = rows.next().map_err(db_err)? {
-        // A principal's rows are adjacent: one per token, or one without a token.
-        let id: String = row.get(0).map_err(db_err)?;
-        let is_new = out
-            .last()
-            .is_none_or(|last| last.principal.principal_id.as_str() != id);
-        if is_new {
-            out.push(PrincipalListing {
-                principal: principal_at(row, 0)?,
-                tokens: Vec::new(),
-            });
-        }
-        if let Some(last) = out.last_mut()
-            && row.get::<_, Option<String>>(8).map_err(db_err)?.is_some()
-        {
-            last.tokens.push(token_at(row, 8)?);
-        }
+        let has_token = row.get::<_, Option<String>>(8).map_err(db_err)?.is_some();
+        let token = if has_token {
+            Some(token_at(row, 8)?)
+        } else {
+            None
+        };
+        decoded.push(Ok((principal_at(row, 0)?, token)));
     }
-    Ok(out)
+    group_listing(decoded)
 }

@@ -6,7 +6,7 @@ use selene_kms_core::{PrincipalId, PrincipalName, Role, SpiffeId, TenantScope, T
 
 use crate::codec::from_db;
 use crate::error::{ErrorKind, StoreError, StoreResult};
-use crate::model::{PrincipalRecord, TokenRecord};
+use crate::model::{PrincipalListing, PrincipalRecord, TokenRecord};
 
 /// The columns of a `principals` row, as read.
 pub struct StoredPrincipal<'a> {
@@ -99,6 +99,37 @@ pub fn tenants_column(scope: &TenantScope) -> String {
 /// reads when [`Needs::global_admins`](crate::backend::Needs::global_admins) is set.
 pub fn global_admin_columns() -> (&'static str, String) {
     (Role::Admin.name(), tenants_column(&TenantScope::All))
+}
+
+/// The one statement both backends list principals with: each principal's columns then its
+/// token's (none for a principal without tokens), principals by creation time then id, tokens
+/// oldest first; one statement, so one consistent view of both tables.
+pub const LISTING_SQL: &str = "SELECT p.principal_id, p.name, p.role, p.tenants, p.spiffe_id,
+        p.created_at_ms, p.expires_at_ms, p.revoked_at_ms,
+        t.token_id, t.principal_id, t.created_at_ms, t.expires_at_ms, t.revoked_at_ms
+    FROM principals p LEFT JOIN principal_tokens t ON t.principal_id = p.principal_id
+    ORDER BY p.created_at_ms, p.principal_id, t.created_at_ms, t.token_id";
+
+/// Groups the decoded rows of [`LISTING_SQL`] into one listing per principal: a principal's rows
+/// are adjacent, one per token or one without a token.
+pub fn group_listing(
+    rows: impl IntoIterator<Item = StoreResult<(PrincipalRecord, Option<TokenRecord>)>>,
+) -> StoreResult<Vec<PrincipalListing>> {
+    let mut out: Vec<PrincipalListing> = Vec::new();
+    for row in rows {
+        let (principal, token) = row?;
+        match out.last_mut() {
+            Some(last) if last.principal.principal_id == principal.principal_id => {}
+            _ => out.push(PrincipalListing {
+                principal,
+                tokens: Vec::new(),
+            }),
+        }
+        if let (Some(last), Some(token)) = (out.last_mut(), token) {
+            last.tokens.push(token);
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

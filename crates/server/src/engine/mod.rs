@@ -56,6 +56,18 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// A principal an embedder asserts in process (no credential to check): every tenant, no
+    /// expiry.
+    pub fn asserted(principal_id: PrincipalId, name: PrincipalName, role: Role) -> Self {
+        Self {
+            principal_id,
+            name,
+            role,
+            tenants: TenantScope::All,
+            expires_at_ms: None,
+        }
+    }
+
     /// Refuses a tenant (or the system chain) outside the caller's scope, with the same
     /// answer whether or not that tenant exists.
     pub fn may_name(&self, tenant: &TenantId) -> Result<(), ReasonCode> {

@@ -42,18 +42,30 @@ pub(super) async fn create(
     Ok(admin_reply(&state, ADMIN, outcome))
 }
 
-/// `GET /v1/admin/principals`.
-pub(super) async fn list(
+/// The identity listings.
+#[derive(Clone, Copy)]
+pub(super) enum Listing {
+    /// `GET /v1/admin/principals`: every principal (admins of every tenant).
+    Principals,
+    /// `GET /v1/admin/tenants`: the caller's tenants.
+    Tenants,
+}
+
+pub(super) async fn listing(
     State(state): Shared,
     credentials: Credentials,
+    what: Listing,
 ) -> Result<Response, Response> {
     let caller = admin(&state, &credentials).await?;
-    let outcome = state
-        .engine
-        .list_principals(&caller)
-        .await
-        .map(|principals| (200, bodies::principals(principals)));
-    Ok(admin_reply(&state, ADMIN, outcome))
+    let engine = &state.engine;
+    let outcome = match what {
+        Listing::Principals => engine
+            .list_principals(&caller)
+            .await
+            .map(bodies::principals),
+        Listing::Tenants => engine.list_tenants(&caller).await.map(bodies::tenants),
+    };
+    Ok(admin_reply(&state, ADMIN, outcome.map(|body| (200, body))))
 }
 
 /// `POST /v1/admin/principals/{principal_id}/tokens`. The body may be empty (no expiry).
@@ -127,18 +139,4 @@ pub(super) async fn whoami(
         None,
         Ok((200, bodies::json(&caller.whoami()))),
     ))
-}
-
-/// `GET /v1/admin/tenants`.
-pub(super) async fn tenants(
-    State(state): Shared,
-    credentials: Credentials,
-) -> Result<Response, Response> {
-    let caller = admin(&state, &credentials).await?;
-    let outcome = state
-        .engine
-        .list_tenants(&caller)
-        .await
-        .map(|tenants| (200, bodies::tenants(tenants)));
-    Ok(admin_reply(&state, ADMIN, outcome))
 }

@@ -273,3 +273,65 @@ pub(crate) fn admin_request(op: &str, key: &str) -> Value {
     v["requester_user_id"] = json!("u-admin");
     v
 }
+
+/// A test PKI: a CA, a server certificate for `localhost`, and client certificates it signs.
+pub(crate) struct Pki {
+    dir: tempfile::TempDir,
+    ca: rcgen::Certificate,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl Pki {
+    pub(crate) fn new() -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = params.self_signed(&key).expect("ca");
+        Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+            ca,
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    fn write(&self, name: &str, text: String) -> std::path::PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, text).expect("write");
+        p
+    }
+
+    /// The server's TLS options, with client certificates required when `mutual`.
+    pub(crate) fn server(&self, mutual: bool) -> selene_kms_server::TlsOptions {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+            .expect("params")
+            .signed_by(&key, &self.issuer)
+            .expect("server cert");
+        selene_kms_server::TlsOptions {
+            cert: self.write("server.pem", cert.pem()),
+            key: self.write("server.key", key.serialize_pem()),
+            client_ca: mutual.then(|| self.write("ca.pem", self.ca.pem())),
+        }
+    }
+
+    /// A client certificate with these subject alternative names, and its key, as one PEM.
+    pub(crate) fn client(&self, names: Vec<rcgen::SanType>) -> reqwest::Identity {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.subject_alt_names = names;
+        let cert = params.signed_by(&key, &self.issuer).expect("client cert");
+        reqwest::Identity::from_pem(format!("{}{}", cert.pem(), key.serialize_pem()).as_bytes())
+            .expect("identity")
+    }
+
+    /// An HTTPS client trusting the CA, with `identity` when given.
+    pub(crate) fn http(&self, identity: Option<reqwest::Identity>) -> reqwest::Client {
+        let ca = reqwest::Certificate::from_pem(self.ca.pem().as_bytes()).expect("ca");
+        let mut builder = reqwest::Client::builder().add_root_certificate(ca);
+        if let Some(id) = identity {
+            builder = builder.identity(id);
+        }
+        builder.build().expect("client")
+    }
+}
