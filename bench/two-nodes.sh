@@ -4,6 +4,7 @@
 # worse p99 of the two, into results/<run>/two-nodes.tsv and the two-node table of BENCHMARKS.md.
 #
 #   bench/two-nodes.sh                    # DUR=15 CONNS=64 TESTS="get_handle issue rotate revoke"
+#   KMS_BIN=path bench/two-nodes.sh       # a prebuilt server instead of this tree's
 # Only loopback traffic and a unix socket; every process is stopped by the PID this script started.
 set -euo pipefail
 
@@ -24,8 +25,10 @@ for tool in wrk jq curl python3; do
   command -v "$tool" >/dev/null || { apt-get update -qq && apt-get install -y -qq "$tool" >/dev/null; }
 done
 [ -x "$PG_BIN/initdb" ] || { apt-get update -qq && apt-get install -y -qq postgresql-15 >/dev/null; }
-(cd "$ROOT" && cargo build --release --locked -q -p selene-kms)
-KMS_BIN=$ROOT/target/release/selene-kms
+if [ -z "${KMS_BIN:-}" ]; then
+  (cd "$ROOT" && cargo build --release --locked -q -p selene-kms)
+  KMS_BIN=$ROOT/target/release/selene-kms
+fi
 
 mkdir -p "$OUTDIR"
 WORK=$(mktemp -d /tmp/skb2.XXXXXX)
