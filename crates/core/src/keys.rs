@@ -8,7 +8,10 @@ use ed25519_dalek::{SigningKey, VerifyingKey};
 use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, Zeroizing};
+
+use crate::encode::Encoder;
 
 /// Length of every symmetric key here.
 pub const KEY_LEN: usize = 32;
@@ -34,6 +37,22 @@ pub struct ServiceKeys {
     pub(crate) simulation: Hmac<Sha256>,
     pub(crate) audit_signing: SigningKey,
     token_verifiers: Hmac<Sha256>,
+    row_macs: Hmac<Sha256>,
+}
+
+/// One column of a stored row, as [`ServiceKeys::row_mac`] encodes it.
+#[derive(Clone, Copy, Debug)]
+pub enum Column<'a> {
+    /// Text.
+    Text(&'a str),
+    /// Text or NULL.
+    OptText(Option<&'a str>),
+    /// A number.
+    Number(u64),
+    /// A number or NULL.
+    OptNumber(Option<u64>),
+    /// Bytes.
+    Bytes(&'a [u8]),
 }
 
 fn derive(hk: &Hkdf<Sha256>, label: &str) -> Zeroizing<[u8; KEY_LEN]> {
@@ -50,6 +69,7 @@ impl ServiceKeys {
         let refs_key = derive(&hk, "opaque-refs/aes-256-gcm-siv");
         let sim_key = derive(&hk, "simulation-id/hmac-sha256");
         let verifier_key = derive(&hk, "caller-token-verifiers/hmac-sha256");
+        let row_key = derive(&hk, "state-rows/hmac-sha256");
         let mut sign_seed = derive(&hk, "audit-checkpoints/ed25519");
         let audit_signing = SigningKey::from_bytes(&sign_seed);
         sign_seed.zeroize();
@@ -58,7 +78,34 @@ impl ServiceKeys {
             simulation: hmac_key(&sim_key),
             audit_signing,
             token_verifiers: hmac_key(&verifier_key),
+            row_macs: hmac_key(&row_key),
         }
+    }
+
+    /// A MAC over a stored row of `table`: its columns, in a canonical length-prefixed encoding,
+    /// under a key only the KMS holds. Whoever can write the database but lacks the root key
+    /// cannot forge, edit or swap such a row without failing [`ServiceKeys::row_mac_holds`].
+    pub fn row_mac(&self, table: &str, columns: &[Column<'_>]) -> [u8; KEY_LEN] {
+        let mut e = Encoder::with_domain("selene-kms/state-row/v1");
+        e.str(table);
+        for column in columns {
+            match *column {
+                Column::Text(t) => e.str(t),
+                Column::OptText(t) => e.opt_str(t),
+                Column::Number(n) => e.u64(n),
+                Column::OptNumber(n) => e.opt_u64(n),
+                Column::Bytes(b) => e.bytes(b),
+            };
+        }
+        let mut mac = self.row_macs.clone();
+        mac.update(e.as_slice());
+        mac.finalize().into_bytes().into()
+    }
+
+    /// Whether `stored` is the row's MAC, compared in constant time.
+    pub fn row_mac_holds(&self, table: &str, columns: &[Column<'_>], stored: &[u8]) -> bool {
+        let expected = self.row_mac(table, columns);
+        bool::from(expected.as_slice().ct_eq(stored))
     }
 
     /// What a caller token is stored and looked up as: HMAC-SHA256 under a key derived from the
@@ -88,4 +135,56 @@ fn hmac_key(key: &[u8; KEY_LEN]) -> Hmac<Sha256> {
         *b = *k;
     }
     <Hmac<Sha256> as KeyInit>::new((&*block).into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(byte: u8) -> ServiceKeys {
+        ServiceKeys::derive(&ServiceSecret::from_bytes([byte; KEY_LEN]))
+    }
+
+    #[test]
+    fn a_row_mac_holds_only_for_its_own_row_table_and_store() {
+        let k = keys(1);
+        let row = [
+            Column::Text("kp_1"),
+            Column::OptNumber(None),
+            Column::Bytes(b"v"),
+        ];
+        let mac = k.row_mac("principals", &row);
+        assert!(k.row_mac_holds("principals", &row, &mac));
+        assert!(
+            !k.row_mac_holds("principal_tokens", &row, &mac),
+            "another table"
+        );
+        assert!(
+            !keys(2).row_mac_holds("principals", &row, &mac),
+            "another store"
+        );
+        let edited = [
+            Column::Text("kp_1"),
+            Column::OptNumber(Some(0)),
+            Column::Bytes(b"v"),
+        ];
+        assert!(
+            !k.row_mac_holds("principals", &edited, &mac),
+            "NULL is not 0"
+        );
+        let empty = [Column::OptText(Some("")), Column::Bytes(b"")];
+        let null = [Column::OptText(None), Column::Bytes(b"")];
+        assert_ne!(k.row_mac("t", &empty), k.row_mac("t", &null));
+        assert!(
+            !k.row_mac_holds("principals", &row, &mac[..31]),
+            "a short tag"
+        );
+    }
+
+    #[test]
+    fn token_verifiers_are_keyed_per_store() {
+        assert_eq!(keys(1).token_verifier("t"), keys(1).token_verifier("t"));
+        assert_ne!(keys(1).token_verifier("t"), keys(2).token_verifier("t"));
+        assert_ne!(keys(1).token_verifier("t"), keys(1).token_verifier("u"));
+    }
 }

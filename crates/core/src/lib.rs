@@ -52,7 +52,7 @@ pub mod wire;
 pub use audit::{AuditAction, AuditRecord, ChainBreak, ChainVerifier, Checkpoint, ExportLine};
 pub use diagnostics::{Diagnostic, Problem, Subject};
 pub use ids::{CorrelationId, EngineId, IdempotencyKey, SecretName, TenantId, TurnId, UserId};
-pub use keys::{ServiceKeys, ServiceSecret};
+pub use keys::{Column, ServiceKeys, ServiceSecret};
 pub use material::SecretMaterial;
 pub use pipeline::{Issued, issue};
 pub use policy::{AccessGrant, Policy, PolicyDocument, evaluate};

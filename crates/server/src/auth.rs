@@ -7,7 +7,8 @@
 //! a remembered authentication never outlives a revocation. Expiry is checked at every request
 //! against the request's own clock reading.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use base64::Engine as _;
@@ -93,6 +94,44 @@ pub struct Authenticator {
     store: Arc<dyn Store>,
     /// By token verifier, or by a digest of the SPIFFE id for certificates.
     remembered: RwLock<HashMap<[u8; 32], Remembered>>,
+    /// Verifiers of tokens the store does not hold, so that a flood of bad tokens costs no
+    /// query each. A token is 256 random bits, so none of these can become valid later.
+    unknown: RwLock<HashSet<[u8; 32]>>,
+    /// The highest authentication epoch read so far: an epoch lower than this means the stored
+    /// counter was set back, and nothing remembered is trusted until it is passed again.
+    highest_epoch: AtomicU64,
+}
+
+/// The authentication epoch of one request, and whether what was remembered may be used.
+#[derive(Clone, Copy)]
+struct Epoch {
+    value: u64,
+    trusted: bool,
+}
+
+/// What a certificate's SPIFFE id is bound to.
+enum Bound {
+    /// No principal: the certificate proves nothing and takes nothing away from a token.
+    Nobody,
+    /// A live principal.
+    Live(Arc<Caller>),
+    /// A principal that expired: it speaks for no request.
+    Expired,
+}
+
+/// A stored credential that fails its check was written without the root key: it proves
+/// nobody, and says so loudly.
+fn forged(e: &StoreError) -> AuthError {
+    tracing::error!(error = %e.message, "a stored credential fails its check; refused");
+    AuthError::Unauthenticated
+}
+
+/// A read of the store's credentials: a row that fails its check refuses the request.
+fn checked<T>(read: Result<T, StoreError>) -> Result<T, AuthError> {
+    read.map_err(|e| match e.kind {
+        ErrorKind::Corrupt => forged(&e),
+        _ => AuthError::from(e),
+    })
 }
 
 impl Authenticator {
@@ -101,7 +140,24 @@ impl Authenticator {
         Self {
             store,
             remembered: RwLock::new(HashMap::new()),
+            unknown: RwLock::new(HashSet::new()),
+            highest_epoch: AtomicU64::new(0),
         }
+    }
+
+    /// The store's epoch now, checked against the highest seen.
+    async fn epoch(&self) -> Result<Epoch, AuthError> {
+        let value = self.store.auth_epoch().await?;
+        let highest = self.highest_epoch.fetch_max(value, Ordering::SeqCst);
+        let trusted = value >= highest;
+        if !trusted {
+            tracing::error!(
+                stored = value,
+                seen = highest,
+                "the stored authentication epoch went backwards; remembered authentications are not used"
+            );
+        }
+        Ok(Epoch { value, trusted })
     }
 
     /// The caller behind what a request presents, at `now_ms`.
@@ -117,41 +173,51 @@ impl Authenticator {
         if token.is_none() && presented.spiffe_id.is_none() {
             return Err(AuthError::Unauthenticated);
         }
-        let epoch = self.store.auth_epoch().await?;
+        let epoch = self.epoch().await?;
         let by_token = match token {
             Some(token) => Some(self.by_token(token, epoch, now_ms).await?),
             None => None,
         };
-        // A certificate bound to no live principal proves nothing, and takes nothing away from
-        // a token presented with it: under mandatory mTLS every client has a certificate.
+        // Under mandatory mTLS every client has a certificate: one bound to no principal proves
+        // nothing and takes nothing away from a token presented with it.
         let by_certificate = match presented.spiffe_id {
             Some(id) => self.by_certificate(id, epoch, now_ms).await?,
-            None => None,
+            None => Bound::Nobody,
         };
         match (by_token, by_certificate) {
-            (Some(a), Some(b)) if a.principal_id != b.principal_id => {
+            (Some(caller), Bound::Nobody) | (None, Bound::Live(caller)) => Ok(caller),
+            (Some(a), Bound::Live(b)) if a.principal_id == b.principal_id => Ok(a),
+            // Two different principals, or a certificate of one that expired.
+            (_, Bound::Live(_) | Bound::Expired) | (None, Bound::Nobody) => {
                 Err(AuthError::Unauthenticated)
             }
-            (Some(caller), _) | (None, Some(caller)) => Ok(caller),
-            (None, None) => Err(AuthError::Unauthenticated),
         }
     }
 
     async fn by_token(
         &self,
         token: &str,
-        epoch: u64,
+        epoch: Epoch,
         now_ms: u64,
     ) -> Result<Arc<Caller>, AuthError> {
         let verifier = self.store.keys().token_verifier(token);
         if let Some(caller) = self.recall(&verifier, epoch, now_ms) {
             return Ok(caller);
         }
-        let Credential { principal, token } = self
-            .store
-            .credential(&verifier)
-            .await?
-            .ok_or(AuthError::Unauthenticated)?;
+        if self.unknown.read().is_ok_and(|u| u.contains(&verifier)) {
+            return Err(AuthError::Unauthenticated);
+        }
+        let Some(Credential { principal, token }) =
+            checked(self.store.credential(&verifier).await)?
+        else {
+            if let Ok(mut unknown) = self.unknown.write() {
+                if unknown.len() >= MAX_REMEMBERED {
+                    unknown.clear();
+                }
+                unknown.insert(verifier);
+            }
+            return Err(AuthError::Unauthenticated);
+        };
         if !(principal.live_at(now_ms) && token.live_at(now_ms)) {
             return Err(AuthError::Unauthenticated);
         }
@@ -159,38 +225,41 @@ impl Authenticator {
         Ok(self.remember(verifier, principal, expires_at_ms, epoch))
     }
 
-    /// The live principal bound to a certificate's SPIFFE id, if there is one.
+    /// The principal a certificate's SPIFFE id is bound to, if any.
     async fn by_certificate(
         &self,
         spiffe_id: &SpiffeId,
-        epoch: u64,
+        epoch: Epoch,
         now_ms: u64,
-    ) -> Result<Option<Arc<Caller>>, AuthError> {
+    ) -> Result<Bound, AuthError> {
         let key: [u8; 32] = Sha256::new()
             .chain_update(b"selene-kms/spiffe-id\0")
             .chain_update(spiffe_id.as_str())
             .finalize()
             .into();
         if let Some(caller) = self.recall(&key, epoch, now_ms) {
-            return Ok(Some(caller));
+            return Ok(Bound::Live(caller));
         }
-        let Some(principal) = self
-            .store
-            .principal_by_spiffe(spiffe_id)
-            .await?
-            .filter(|p| p.live_at(now_ms))
-        else {
-            return Ok(None);
-        };
-        let expires_at_ms = principal.expires_at_ms;
-        Ok(Some(self.remember(key, principal, expires_at_ms, epoch)))
+        Ok(
+            match checked(self.store.principal_by_spiffe(spiffe_id).await)? {
+                None => Bound::Nobody,
+                Some(p) if !p.live_at(now_ms) => Bound::Expired,
+                Some(p) => {
+                    let expires_at_ms = p.expires_at_ms;
+                    Bound::Live(self.remember(key, p, expires_at_ms, epoch))
+                }
+            },
+        )
     }
 
-    fn recall(&self, key: &[u8; 32], epoch: u64, now_ms: u64) -> Option<Arc<Caller>> {
+    fn recall(&self, key: &[u8; 32], epoch: Epoch, now_ms: u64) -> Option<Arc<Caller>> {
+        if !epoch.trusted {
+            return None;
+        }
         let remembered = self.remembered.read().ok()?;
         remembered
             .get(key)
-            .filter(|r| r.good_at(epoch, now_ms))
+            .filter(|r| r.good_at(epoch.value, now_ms))
             .map(|r| r.caller.clone())
     }
 
@@ -199,9 +268,12 @@ impl Authenticator {
         key: [u8; 32],
         principal: PrincipalRecord,
         expires_at_ms: Option<u64>,
-        epoch: u64,
+        epoch: Epoch,
     ) -> Arc<Caller> {
         let caller = Arc::new(Caller::from(principal));
+        if !epoch.trusted {
+            return caller;
+        }
         if let Ok(mut remembered) = self.remembered.write() {
             if remembered.len() >= MAX_REMEMBERED {
                 remembered.clear();
@@ -211,7 +283,7 @@ impl Authenticator {
                 Remembered {
                     caller: caller.clone(),
                     expires_at_ms,
-                    epoch,
+                    epoch: epoch.value,
                 },
             );
         }

@@ -153,8 +153,20 @@ fn admin_reply(
     }
 }
 
-/// Authenticates and checks the role (any role when `None`); a refusal comes in `shape`. A
-/// failed authentication is counted and logged with its source address, never its credential.
+/// A failed authentication: counted, logged with its source address (never its credential),
+/// refused in `shape`.
+fn unauthenticated(
+    state: &AppState,
+    credentials: &Credentials,
+    operation: Option<&'static str>,
+    shape: Shape,
+) -> Response {
+    state.metrics.auth_failure();
+    tracing::warn!(source = ?credentials.source, "authentication failed");
+    refused(state, operation, ReasonCode::Unauthenticated, shape)
+}
+
+/// Authenticates and checks the role (any role when `None`); a refusal comes in `shape`.
 async fn authorize(
     state: &AppState,
     credentials: &Credentials,
@@ -170,13 +182,50 @@ async fn authorize(
         Ok(c) if role.is_none_or(|r| c.role == r) => return Ok(c),
         Ok(_) => ReasonCode::ForbiddenRole,
         Err(AuthError::Unauthenticated) => {
-            state.metrics.auth_failure();
-            tracing::warn!(source = ?credentials.source, "authentication failed");
-            ReasonCode::Unauthenticated
+            return Err(unauthenticated(state, credentials, operation, shape));
         }
         Err(AuthError::Store(kind)) => reason_for(kind),
     };
     Err(refused(state, operation, reason, shape))
+}
+
+/// Reads the body, then authenticates. The credential is checked once the request is whole,
+/// as close to the work it authorises as possible: a body trickled in after a revocation has
+/// answered meets the revocation. A request with no credential at all is refused unread.
+async fn authorized_body(
+    state: &AppState,
+    credentials: &Credentials,
+    headers: &HeaderMap,
+    body: Body,
+    role: Role,
+    operation: Option<&'static str>,
+    shape: Shape,
+) -> Result<(Arc<Caller>, Bytes), Response> {
+    if !credentials.presented() {
+        return Err(unauthenticated(state, credentials, operation, shape));
+    }
+    let bytes = json_body(state, headers, body, operation, shape).await?;
+    let caller = authorize(state, credentials, Some(role), operation, shape).await?;
+    Ok((caller, bytes))
+}
+
+/// [`authorized_body`] for the admin routes.
+async fn admin_body(
+    state: &AppState,
+    credentials: &Credentials,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(Arc<Caller>, Bytes), Response> {
+    authorized_body(
+        state,
+        credentials,
+        headers,
+        body,
+        Role::Admin,
+        ADMIN,
+        Shape::Admin,
+    )
+    .await
 }
 
 /// Checks the content type and reads the body within the limit; a refusal comes in `shape`.
@@ -209,6 +258,16 @@ fn tenant(state: &AppState, raw: &str) -> Result<TenantId, Response> {
     TenantId::try_from(raw).map_err(|_| error(state, None, ReasonCode::InputSchemaInvalid))
 }
 
+/// A tenant of a route's path, refused before its body is parsed when it lies outside the
+/// caller's scope (the engine checks it again, for embedders).
+fn scoped_tenant(state: &AppState, caller: &Caller, raw: &str) -> Result<TenantId, Response> {
+    let tenant = tenant(state, raw)?;
+    caller
+        .may_name(&tenant)
+        .map_err(|reason| error(state, ADMIN, reason))?;
+    Ok(tenant)
+}
+
 /// A chain's id in an audit query: a tenant's, or the system chain's.
 fn chain(state: &AppState, raw: &str) -> Result<TenantId, Response> {
     TenantId::chain(raw).map_err(|_| error(state, None, ReasonCode::InputSchemaInvalid))
@@ -221,12 +280,18 @@ async fn kms_request(
     body: Body,
 ) -> Response {
     const OP: Option<&str> = Some("UNPARSED");
-    let caller = match authorize(&state, &credentials, Some(Role::Os), OP, Shape::Bundle).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    let bytes = match json_body(&state, &headers, body, OP, Shape::Bundle).await {
-        Ok(b) => b,
+    let (caller, bytes) = match authorized_body(
+        &state,
+        &credentials,
+        &headers,
+        body,
+        Role::Os,
+        OP,
+        Shape::Bundle,
+    )
+    .await
+    {
+        Ok(authorized) => authorized,
         Err(r) => return r,
     };
     let answer = match KmsRequest::from_json(&bytes) {
@@ -256,13 +321,18 @@ async fn redeem(
     body: Body,
 ) -> Response {
     const OP: Option<&str> = Some("REDEEM");
-    let role = Some(Role::Executor);
-    let caller = match authorize(&state, &credentials, role, OP, Shape::Admin).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    let bytes = match json_body(&state, &headers, body, OP, Shape::Admin).await {
-        Ok(b) => b,
+    let (caller, bytes) = match authorized_body(
+        &state,
+        &credentials,
+        &headers,
+        body,
+        Role::Executor,
+        OP,
+        Shape::Admin,
+    )
+    .await
+    {
+        Ok(authorized) => authorized,
         Err(r) => return r,
     };
     let outcome = match RedeemRequest::from_json(&bytes) {
@@ -304,17 +374,12 @@ async fn admin_write(
     body: Body,
     what: AdminWrite,
 ) -> Response {
-    let caller = match authorize(&state, &credentials, Some(Role::Admin), ADMIN, Shape::Admin).await
-    {
-        Ok(c) => c,
+    let (caller, bytes) = match admin_body(&state, &credentials, &headers, body).await {
+        Ok(authorized) => authorized,
         Err(r) => return r,
     };
-    let tenant = match tenant(&state, &tenant_id) {
+    let tenant = match scoped_tenant(&state, &caller, &tenant_id) {
         Ok(t) => t,
-        Err(r) => return r,
-    };
-    let bytes = match json_body(&state, &headers, body, ADMIN, Shape::Admin).await {
-        Ok(b) => b,
         Err(r) => return r,
     };
     let engine = &state.engine;

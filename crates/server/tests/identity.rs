@@ -576,3 +576,81 @@ async fn an_expired_principal_or_token_stops_authenticating() {
     assert_eq!(s.whoami(&text(&long["token"])).await.status, StatusCode::OK);
     s.stop().await;
 }
+
+/// The database's writer sets the stored revocation epoch back to what it was when a node
+/// remembered a token: the node must not take its memory for the truth again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_epoch_set_back_in_the_database_revives_nothing() {
+    let s = Server::start_on(Backend::Postgres).await;
+    let created = s
+        .create_principal(&json!({"name": "ci-os", "role": "os", "tenants": [TENANT]}))
+        .await
+        .json();
+    let (id, token) = (text(&created["principal_id"]), text(&created["token"]));
+    let token_id = text(&created["token_id"]);
+    let cluster = s.cluster.as_ref().expect("a PostgreSQL cluster");
+    let epoch = cluster.sql("kms", "SELECT epoch FROM auth_epoch");
+    assert_eq!(s.whoami(&token).await.status, StatusCode::OK, "remembered");
+    let revoke = format!("/v1/admin/principals/{id}/tokens/{token_id}");
+    let r = s.call(Method::DELETE, &revoke, &s.admin, None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(s.whoami(&token).await.status, StatusCode::UNAUTHORIZED);
+    cluster.sql("kms", &format!("UPDATE auth_epoch SET epoch = {epoch}"));
+    assert_eq!(
+        s.whoami(&token).await.status,
+        StatusCode::UNAUTHORIZED,
+        "the remembered authentication is not trusted again"
+    );
+    assert_eq!(
+        s.whoami(&s.os).await.status,
+        StatusCode::OK,
+        "the rows still decide"
+    );
+    s.stop().await;
+}
+
+/// A request whose body arrives after its token was revoked is refused: the credential is
+/// checked once the request is whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_sent_after_the_revocation_meets_it() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = Server::start().await;
+    s.provision("payments/stripe", None).await;
+    let created = s
+        .create_principal(&json!({"name": "slow-os", "role": "os", "tenants": [TENANT]}))
+        .await
+        .json();
+    let (id, token) = (text(&created["principal_id"]), text(&created["token"]));
+    let mut get = request("GET_HANDLE", "k-slow");
+    get["requester_engine_id"] = json!("PH1.CONNECTOR");
+    let body = serde_json::to_vec(&get).expect("json");
+    let addr = s.url.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /v1/kms/requests HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.expect("head sent");
+    let r = s
+        .call(
+            Method::DELETE,
+            &format!("/v1/admin/principals/{id}"),
+            &s.admin,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    stream.write_all(&body).await.expect("body sent");
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.expect("answer");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert!(
+        !answer.contains("secret_handle\":\"ksh"),
+        "no handle issued"
+    );
+    s.stop().await;
+}

@@ -482,7 +482,7 @@ async fn admin_calls_answer_store_failures_by_the_one_mapping() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_corrupt_token_store_is_an_internal_error_not_an_outage() {
+async fn a_failing_credential_store_is_an_outage_and_a_corrupt_row_proves_nobody() {
     let s = Setup::new().await;
     let made = s.engine.bootstrap(NOW).await.expect("bootstrap");
     let admin_token = made.0[0].1.token.expose().to_owned();
@@ -497,10 +497,11 @@ async fn a_corrupt_token_store_is_an_internal_error_not_an_outage() {
     .expect("serves");
     let url = format!("http://{}/v1/admin/tenants/acme/secrets", listening.addr);
     let http = reqwest::Client::new();
-    // Corruption was 503 KMS_AUDIT_UNAVAILABLE.
+    // A store that cannot answer is an outage; a credential row that fails its check was
+    // written without the root key, and authenticates nobody.
     for (kind, status, reason) in [
         (ErrorKind::Unavailable, 503, "KMS_AUDIT_UNAVAILABLE"),
-        (ErrorKind::Corrupt, 500, "PH1_KMS_INTERNAL_PIPELINE_ERROR"),
+        (ErrorKind::Corrupt, 401, "KMS_UNAUTHENTICATED"),
     ] {
         s.store.fail(Call::Credential, kind, usize::MAX);
         let r = http

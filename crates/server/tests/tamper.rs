@@ -1,5 +1,6 @@
 //! The storage boundary for credentials: someone who can write the database but lacks the root
-//! key cannot make a token authenticate by writing a verifier row, whatever they hash it with.
+//! key cannot make a token authenticate by writing a verifier row, whatever they hash it with,
+//! nor widen a credential by editing, moving or inserting the rows that say what it may do.
 
 mod common;
 
@@ -8,8 +9,9 @@ use std::sync::Arc;
 use common::Server;
 use reqwest::{Method, StatusCode};
 use selene_kms_backends::{StoreLocation, open_store};
+use selene_kms_core::SpiffeId;
 use selene_kms_server::{Engine, ServeOptions, serve};
-use selene_kms_store::RootKey;
+use selene_kms_store::{ErrorKind, RootKey};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -17,14 +19,20 @@ use sha2::{Digest, Sha256};
 const FORGED: &str = "skms_attacker-chosen-token-value-0123456789abcdef";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_verifier_row_written_without_the_root_key_never_authenticates() {
+async fn credential_rows_written_edited_or_moved_without_the_root_key_authenticate_nobody() {
     let s = Server::start().await;
     let me: Value = s
         .call(Method::GET, "/v1/auth/whoami", &s.admin, None)
         .await
         .json();
     let admin_id = me["principal_id"].as_str().expect("id").to_owned();
-    let admin_token = s.admin.clone();
+    let os_me: Value = s
+        .call(Method::GET, "/v1/auth/whoami", &s.os, None)
+        .await
+        .json();
+    let os_id = os_me["principal_id"].as_str().expect("id").to_owned();
+    let (admin_token, os_token, executor_token) =
+        (s.admin.clone(), s.os.clone(), s.executor.clone());
     let remains = s.stop().await;
     let db = remains.dir.path().join("kms.db");
 
@@ -45,18 +53,73 @@ async fn a_verifier_row_written_without_the_root_key_never_authenticates() {
     let conn = rusqlite::Connection::open(&db).expect("the attacker opens the file");
     for (i, verifier) in [legacy, plain, own_key].iter().enumerate() {
         conn.execute(
-            "INSERT INTO principal_tokens (token_id, principal_id, verifier, created_at_ms)
-             VALUES (?1, ?2, ?3, 0)",
-            (format!("kt_{i:032}"), &admin_id, &verifier[..]),
+            "INSERT INTO principal_tokens (token_id, principal_id, verifier, created_at_ms, mac)
+             VALUES (?1, ?2, ?3, 0, ?4)",
+            (
+                format!("kt_{i:032}"),
+                &admin_id,
+                &verifier[..],
+                &verifier[..],
+            ),
         )
         .expect("rows written");
     }
+    // The os principal made an admin of every tenant, under its old MAC.
+    conn.execute(
+        "UPDATE principals SET role = 'admin', tenants = '[\"*\"]' WHERE principal_id = ?1",
+        [&os_id],
+    )
+    .expect("row edited");
+    // The executor's verifier moved onto the admin's token row (and its own row given another).
+    let verifier_of = |principal: &str| -> Vec<u8> {
+        conn.query_row(
+            "SELECT verifier FROM principal_tokens WHERE principal_id = ?1",
+            [principal],
+            |r| r.get(0),
+        )
+        .expect("a token row")
+    };
+    let executor_id: String = conn
+        .query_row(
+            "SELECT principal_id FROM principals WHERE name = 'bootstrap-executor'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("executor");
+    let executor_verifier = verifier_of(&executor_id);
+    conn.execute(
+        "UPDATE principal_tokens SET verifier = x'00' WHERE principal_id = ?1",
+        [&executor_id],
+    )
+    .expect("moved away");
+    conn.execute(
+        "UPDATE principal_tokens SET verifier = ?1 WHERE principal_id = ?2 AND created_at_ms > 0",
+        (&executor_verifier, &admin_id),
+    )
+    .expect("moved onto the admin's row");
+    // A principal bound to a SPIFFE id the attacker holds a certificate for.
+    conn.execute(
+        "INSERT INTO principals (principal_id, name, role, tenants, spiffe_id, created_at_ms, mac)
+         VALUES (?1, 'intruder', 'admin', '[\"*\"]', 'spiffe://example.org/intruder', 0, ?2)",
+        (format!("kp_{}", "1".repeat(32)), &[0u8; 32][..]),
+    )
+    .expect("row inserted");
     drop(conn);
 
     let root = RootKey::load_file(&remains.dir.path().join("root.key")).expect("root key");
     let store = open_store(&StoreLocation::Embedded(db), root, false)
         .await
         .expect("reopened");
+    let spiffe = SpiffeId::try_from("spiffe://example.org/intruder").expect("spiffe id");
+    let bound = store
+        .principal_by_spiffe(&spiffe)
+        .await
+        .expect_err("refused");
+    assert_eq!(
+        bound.kind,
+        ErrorKind::Corrupt,
+        "an inserted binding fails its MAC"
+    );
     let listening = serve(
         Arc::new(Engine::new(store)),
         ServeOptions {
@@ -80,10 +143,27 @@ async fn a_verifier_row_written_without_the_root_key_never_authenticates() {
         json!({"reason_code": "KMS_UNAUTHENTICATED",
         "message": "No credential, or one that is unknown, expired or revoked."})
     );
-    // The store itself is intact: the real token still authenticates.
-    assert_eq!(
-        whoami(&admin_token).await.expect("sent").status(),
-        StatusCode::OK
+    // Neither the widened os principal nor the moved verifier speaks for anyone now: the rows
+    // fail their MACs (and the admin's real token no longer finds its row).
+    for token in [&os_token, &executor_token, &admin_token] {
+        let r = whoami(token).await.expect("sent");
+        assert_eq!(
+            r.status(),
+            StatusCode::UNAUTHORIZED,
+            "a tampered credential"
+        );
+    }
+    let metrics = http
+        .get(format!("http://{}/metrics", listening.addr))
+        .send()
+        .await
+        .expect("sent")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("selene_kms_auth_failures_total 4"),
+        "{metrics}"
     );
     listening.shutdown().await.expect("clean shutdown");
 }

@@ -75,6 +75,33 @@ async fn a_certificate_bound_to_a_principal_authenticates_as_it() {
         "bootstrap-admin"
     );
 
+    // A certificate of a principal that expired speaks for nobody, not even beside a token.
+    let brief = "spiffe://example.org/ns/prod/sa/brief";
+    let made = stranger
+        .post(format!("{url}/v1/admin/principals"))
+        .bearer_auth(&s.admin)
+        .json(
+            &json!({"name": "brief", "role": "os", "tenants": ["acme"], "spiffe_id": brief,
+                      "ttl_ms": 1}),
+        )
+        .send()
+        .await
+        .expect("https");
+    assert_eq!(made.status(), StatusCode::CREATED);
+    let expires = made.json::<Value>().await.expect("json")["expires_at_ms"]
+        .as_u64()
+        .expect("expiry");
+    // Wait for the clock, not for the server.
+    while selene_kms_server::now_ms() <= expires {
+        std::hint::spin_loop();
+    }
+    let expired = client(brief);
+    assert_eq!(whoami(&expired, None).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        whoami(&expired, Some(&s.admin)).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+
     // Revoking the principal revokes the certificate's access at once.
     let id = created["principal_id"].as_str().expect("id");
     let revoked = stranger

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use deadpool_postgres::GenericClient;
-use selene_kms_core::{SecretName, TenantId, audit::GENESIS_DIGEST};
+use selene_kms_core::{SecretName, ServiceKeys, TenantId, audit::GENESIS_DIGEST};
 use selene_kms_store::backend::{
     Committed, ErrorKind, Head, IdempotencyScope, Item, Needs, SharedRoot, StoreError, StoreResult,
     StoredSecret, Writes,
@@ -28,6 +28,7 @@ use crate::sql;
 pub(crate) async fn read_committed(
     client: &impl GenericClient,
     needs: &Needs,
+    keys: &ServiceKeys,
     root: &SharedRoot,
     data_keys: &DataKeys,
 ) -> StoreResult<Committed> {
@@ -102,7 +103,7 @@ pub(crate) async fn read_committed(
         }
     }
     read_secrets(client, &needs.secrets, &mut committed).await?;
-    crate::principals::read_committed(client, needs, &mut committed).await?;
+    crate::principals::read_committed(client, keys, needs, &mut committed).await?;
     committed.taken = read_taken(client, &needs.idempotency).await?;
     Ok(committed)
 }
@@ -205,7 +206,11 @@ fn numbers<T>(rows: &[T], f: impl Fn(&T) -> u64) -> StoreResult<Vec<i64>> {
 }
 
 /// Writes every row of a decided batch, one statement per non-empty group.
-pub(crate) async fn write(client: &impl GenericClient, writes: &Writes) -> StoreResult<()> {
+pub(crate) async fn write(
+    client: &impl GenericClient,
+    keys: &ServiceKeys,
+    writes: &Writes,
+) -> StoreResult<()> {
     if !writes.data_keys.is_empty() {
         let rows = &writes.data_keys;
         let updated = sql::execute(
@@ -341,7 +346,7 @@ pub(crate) async fn write(client: &impl GenericClient, writes: &Writes) -> Store
         )
         .await?;
     }
-    crate::principals::write(client, writes).await?;
+    crate::principals::write(client, keys, writes).await?;
     if !writes.idempotency.is_empty() {
         let rows = &writes.idempotency;
         sql::execute(

@@ -287,18 +287,18 @@ impl Store for PostgresStore {
     }
 
     async fn credential(&self, verifier: &[u8; 32]) -> StoreResult<Option<Credential>> {
-        principals::credential(&self.client().await?, verifier).await
+        principals::credential(&self.client().await?, &self.keys, verifier).await
     }
 
     async fn principal_by_spiffe(
         &self,
         spiffe_id: &SpiffeId,
     ) -> StoreResult<Option<PrincipalRecord>> {
-        principals::by_spiffe(&self.client().await?, spiffe_id).await
+        principals::by_spiffe(&self.client().await?, &self.keys, spiffe_id).await
     }
 
     async fn principals(&self) -> StoreResult<Vec<PrincipalListing>> {
-        principals::listing(&self.client().await?).await
+        principals::listing(&self.client().await?, &self.keys).await
     }
 
     async fn auth_epoch(&self) -> StoreResult<u64> {

@@ -5,12 +5,13 @@
 //! [`PrincipalRecord::from_stored`] and [`TokenRecord::from_stored`].
 
 use deadpool_postgres::GenericClient;
-use selene_kms_core::{PrincipalId, SpiffeId, TokenId};
+use selene_kms_core::{PrincipalId, ServiceKeys, SpiffeId, TokenId};
 use selene_kms_store::backend::{
-    Committed, Credential, LISTING_SQL, Needs, PrincipalListing, PrincipalRecord, StoreResult,
-    StoredPrincipal, StoredToken, TokenRecord, Writes, global_admin_columns, group_listing,
-    tenants_column,
+    Committed, Credential, LISTING_SQL, Needs, PRINCIPAL_COLUMN_COUNT, PrincipalListing,
+    PrincipalRecord, StoreResult, StoredPrincipal, StoredToken, TokenRecord, TokenRow, Writes,
+    global_admin_columns, group_listing, principal_mac, tenants_column, token_mac,
 };
+use selene_kms_store::{principal_columns, token_columns};
 use tokio_postgres::Row;
 
 use crate::codec::{col, col_u64, to_db_saturating};
@@ -19,37 +20,50 @@ use crate::sql;
 
 const WHAT: &str = "principal read";
 
-/// A principal's columns at `at..at + 8`, in the order every query here selects them:
-/// `principal_id, name, role, tenants, spiffe_id, created_at_ms, expires_at_ms, revoked_at_ms`.
-fn principal_at(row: &Row, at: usize) -> StoreResult<PrincipalRecord> {
-    PrincipalRecord::from_stored(&StoredPrincipal {
-        principal_id: col(row, at, WHAT)?,
-        name: col(row, at + 1, WHAT)?,
-        role: col(row, at + 2, WHAT)?,
-        tenants: col(row, at + 3, WHAT)?,
-        spiffe_id: col(row, at + 4, WHAT)?,
-        created_at_ms: col(row, at + 5, WHAT)?,
-        expires_at_ms: col(row, at + 6, WHAT)?,
-        revoked_at_ms: col(row, at + 7, WHAT)?,
-    })
+/// A principal's columns at `at..at + 9` ([`principal_columns!`]).
+fn principal_at(keys: &ServiceKeys, row: &Row, at: usize) -> StoreResult<PrincipalRecord> {
+    PrincipalRecord::from_stored(
+        keys,
+        &StoredPrincipal {
+            principal_id: col(row, at, WHAT)?,
+            name: col(row, at + 1, WHAT)?,
+            role: col(row, at + 2, WHAT)?,
+            tenants: col(row, at + 3, WHAT)?,
+            spiffe_id: col(row, at + 4, WHAT)?,
+            created_at_ms: col(row, at + 5, WHAT)?,
+            expires_at_ms: col(row, at + 6, WHAT)?,
+            revoked_at_ms: col(row, at + 7, WHAT)?,
+            mac: col(row, at + 8, WHAT)?,
+        },
+    )
 }
 
-/// A token's columns at `at..at + 5`: `token_id, principal_id, created_at_ms, expires_at_ms,
-/// revoked_at_ms`.
-fn token_at(row: &Row, at: usize) -> StoreResult<TokenRecord> {
-    TokenRecord::from_stored(&StoredToken {
-        token_id: col(row, at, WHAT)?,
-        principal_id: col(row, at + 1, WHAT)?,
-        created_at_ms: col(row, at + 2, WHAT)?,
-        expires_at_ms: col(row, at + 3, WHAT)?,
-        revoked_at_ms: col(row, at + 4, WHAT)?,
-    })
+/// A token's columns at `at..at + 7` ([`token_columns!`]), with its verifier.
+fn token_at(keys: &ServiceKeys, row: &Row, at: usize) -> StoreResult<TokenRow> {
+    let verifier: &[u8] = col(row, at + 2, WHAT)?;
+    let record = TokenRecord::from_stored(
+        keys,
+        &StoredToken {
+            token_id: col(row, at, WHAT)?,
+            principal_id: col(row, at + 1, WHAT)?,
+            verifier,
+            created_at_ms: col(row, at + 3, WHAT)?,
+            expires_at_ms: col(row, at + 4, WHAT)?,
+            revoked_at_ms: col(row, at + 5, WHAT)?,
+            mac: col(row, at + 6, WHAT)?,
+        },
+    )?;
+    let verifier = verifier
+        .try_into()
+        .map_err(|_| corrupt("a token verifier"))?;
+    Ok(TokenRow { record, verifier })
 }
 
 /// Reads the principals and tokens `needs` asks for into `committed` (see
 /// [`Committed::principals`]), one statement each.
 pub(crate) async fn read_committed(
     client: &impl GenericClient,
+    keys: &ServiceKeys,
     needs: &Needs,
     committed: &mut Committed,
 ) -> StoreResult<()> {
@@ -60,13 +74,15 @@ pub(crate) async fn read_committed(
         let spiffe_ids: Vec<&str> = needs.spiffe_ids.iter().map(SpiffeId::as_str).collect();
         let rows = sql::rows(
             client,
-            "SELECT principal_id, name, role, tenants, spiffe_id, created_at_ms, expires_at_ms,
-                    revoked_at_ms
-             FROM principals
+            concat!(
+                "SELECT ",
+                principal_columns!(),
+                " FROM principals
              WHERE principal_id = ANY($1)
                 OR (revoked_at_ms IS NULL
                     AND (name = ANY($2) OR spiffe_id = ANY($3)
-                         OR ($4 AND role = $5 AND tenants = $6)))",
+                         OR ($4 AND role = $5 AND tenants = $6)))"
+            ),
             &[
                 &ids,
                 &names,
@@ -79,23 +95,21 @@ pub(crate) async fn read_committed(
         )
         .await?;
         for row in &rows {
-            let p = principal_at(row, 0)?;
+            let p = principal_at(keys, row, 0)?;
             committed.principals.insert(p.principal_id.clone(), p);
         }
     }
     if !needs.tokens.is_empty() {
         let ids: Vec<&str> = needs.tokens.iter().map(TokenId::as_str).collect();
-        let rows = sql::rows(
-            client,
-            "SELECT token_id, principal_id, created_at_ms, expires_at_ms, revoked_at_ms
-             FROM principal_tokens WHERE token_id = ANY($1)",
-            &[&ids],
-            WHAT,
-        )
-        .await?;
+        let statement = concat!(
+            "SELECT ",
+            token_columns!(),
+            " FROM principal_tokens WHERE token_id = ANY($1)"
+        );
+        let rows = sql::rows(client, statement, &[&ids], WHAT).await?;
         for row in &rows {
-            let t = token_at(row, 0)?;
-            committed.tokens.insert(t.token_id.clone(), t);
+            let t = token_at(keys, row, 0)?;
+            committed.tokens.insert(t.record.token_id.clone(), t);
         }
     }
     Ok(())
@@ -104,7 +118,11 @@ pub(crate) async fn read_committed(
 /// Writes the principal and token rows of a decided batch, one statement per non-empty group:
 /// new principals, new tokens, then revocations (a batch may revoke what it created), and
 /// advances the authentication epoch in the same transaction when it revoked anything.
-pub(crate) async fn write(client: &impl GenericClient, writes: &Writes) -> StoreResult<()> {
+pub(crate) async fn write(
+    client: &impl GenericClient,
+    keys: &ServiceKeys,
+    writes: &Writes,
+) -> StoreResult<()> {
     if !writes.principals.is_empty() {
         let rows = &writes.principals;
         let ids: Vec<&str> = rows.iter().map(|p| p.principal_id.as_str()).collect();
@@ -123,12 +141,14 @@ pub(crate) async fn write(client: &impl GenericClient, writes: &Writes) -> Store
             .iter()
             .map(|p| p.expires_at_ms.map(to_db_saturating))
             .collect();
+        let macs: Vec<[u8; 32]> = rows.iter().map(|p| principal_mac(keys, p)).collect();
+        let macs: Vec<&[u8]> = macs.iter().map(|m| &m[..]).collect();
         sql::execute(
             client,
             "INSERT INTO principals (principal_id, name, role, tenants, spiffe_id, created_at_ms,
-                                     expires_at_ms)
+                                     expires_at_ms, mac)
              SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                                  $6::bigint[], $7::bigint[])",
+                                  $6::bigint[], $7::bigint[], $8::bytea[])",
             &[
                 &ids,
                 &names,
@@ -137,6 +157,7 @@ pub(crate) async fn write(client: &impl GenericClient, writes: &Writes) -> Store
                 &spiffe_ids,
                 &created,
                 &expires,
+                &macs,
             ],
             "principal write",
         )
@@ -158,46 +179,59 @@ pub(crate) async fn write(client: &impl GenericClient, writes: &Writes) -> Store
             .iter()
             .map(|t| t.record.expires_at_ms.map(to_db_saturating))
             .collect();
+        let macs: Vec<[u8; 32]> = rows
+            .iter()
+            .map(|t| token_mac(keys, &t.record, &t.verifier))
+            .collect();
+        let macs: Vec<&[u8]> = macs.iter().map(|m| &m[..]).collect();
         sql::execute(
             client,
             "INSERT INTO principal_tokens (token_id, principal_id, verifier, created_at_ms,
-                                           expires_at_ms)
+                                           expires_at_ms, mac)
              SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bigint[],
-                                  $5::bigint[])",
-            &[&ids, &owners, &verifiers, &created, &expires],
+                                  $5::bigint[], $6::bytea[])",
+            &[&ids, &owners, &verifiers, &created, &expires, &macs],
             "token write",
         )
         .await?;
     }
     if !writes.revoked_principals.is_empty() {
-        let (ids, at): (Vec<&str>, Vec<i64>) = writes
-            .revoked_principals
+        let rows = &writes.revoked_principals;
+        let ids: Vec<&str> = rows.iter().map(|p| p.principal_id.as_str()).collect();
+        let at: Vec<Option<i64>> = rows
             .iter()
-            .map(|(p, at_ms)| (p.as_str(), to_db_saturating(*at_ms)))
-            .unzip();
-        for statement in [
-            "UPDATE principals SET revoked_at_ms = r.at
-             FROM unnest($1::text[], $2::bigint[]) AS r(id, at)
-             WHERE principals.principal_id = r.id AND principals.revoked_at_ms IS NULL",
-            "UPDATE principal_tokens SET revoked_at_ms = r.at
-             FROM unnest($1::text[], $2::bigint[]) AS r(id, at)
-             WHERE principal_tokens.principal_id = r.id AND principal_tokens.revoked_at_ms IS NULL",
-        ] {
-            sql::execute(client, statement, &[&ids, &at], "principal revocation").await?;
-        }
-    }
-    if !writes.revoked_tokens.is_empty() {
-        let (ids, at): (Vec<&str>, Vec<i64>) = writes
-            .revoked_tokens
-            .iter()
-            .map(|(t, at_ms)| (t.as_str(), to_db_saturating(*at_ms)))
-            .unzip();
+            .map(|p| p.revoked_at_ms.map(to_db_saturating))
+            .collect();
+        let macs: Vec<[u8; 32]> = rows.iter().map(|p| principal_mac(keys, p)).collect();
+        let macs: Vec<&[u8]> = macs.iter().map(|m| &m[..]).collect();
         sql::execute(
             client,
-            "UPDATE principal_tokens SET revoked_at_ms = r.at
-             FROM unnest($1::text[], $2::bigint[]) AS r(id, at)
+            "UPDATE principals SET revoked_at_ms = r.at, mac = r.mac
+             FROM unnest($1::text[], $2::bigint[], $3::bytea[]) AS r(id, at, mac)
+             WHERE principals.principal_id = r.id AND principals.revoked_at_ms IS NULL",
+            &[&ids, &at, &macs],
+            "principal revocation",
+        )
+        .await?;
+    }
+    if !writes.revoked_tokens.is_empty() {
+        let rows = &writes.revoked_tokens;
+        let ids: Vec<&str> = rows.iter().map(|t| t.record.token_id.as_str()).collect();
+        let at: Vec<Option<i64>> = rows
+            .iter()
+            .map(|t| t.record.revoked_at_ms.map(to_db_saturating))
+            .collect();
+        let macs: Vec<[u8; 32]> = rows
+            .iter()
+            .map(|t| token_mac(keys, &t.record, &t.verifier))
+            .collect();
+        let macs: Vec<&[u8]> = macs.iter().map(|m| &m[..]).collect();
+        sql::execute(
+            client,
+            "UPDATE principal_tokens SET revoked_at_ms = r.at, mac = r.mac
+             FROM unnest($1::text[], $2::bigint[], $3::bytea[]) AS r(id, at, mac)
              WHERE principal_tokens.token_id = r.id AND principal_tokens.revoked_at_ms IS NULL",
-            &[&ids, &at],
+            &[&ids, &at, &macs],
             "token revocation",
         )
         .await?;
@@ -230,13 +264,15 @@ pub(crate) async fn epoch(client: &impl GenericClient) -> StoreResult<u64> {
 /// The token stored under `verifier` and its principal, live or not.
 pub(crate) async fn credential(
     client: &impl GenericClient,
+    keys: &ServiceKeys,
     verifier: &[u8; 32],
 ) -> StoreResult<Option<Credential>> {
     let row = sql::row(
         client,
         "SELECT p.principal_id, p.name, p.role, p.tenants, p.spiffe_id, p.created_at_ms,
-                p.expires_at_ms, p.revoked_at_ms,
-                t.token_id, t.principal_id, t.created_at_ms, t.expires_at_ms, t.revoked_at_ms
+                p.expires_at_ms, p.revoked_at_ms, p.mac,
+                t.token_id, t.principal_id, t.verifier, t.created_at_ms, t.expires_at_ms,
+                t.revoked_at_ms, t.mac
          FROM principal_tokens t JOIN principals p ON p.principal_id = t.principal_id
          WHERE t.verifier = $1",
         &[&&verifier[..]],
@@ -244,10 +280,10 @@ pub(crate) async fn credential(
     )
     .await?;
     row.map(|row| {
-        Ok(Credential {
-            principal: principal_at(&row, 0)?,
-            token: token_at(&row, 8)?,
-        })
+        Ok(Credential::new(
+            principal_at(keys, &row, 0)?,
+            token_at(keys, &row, PRINCIPAL_COLUMN_COUNT)?.record,
+        ))
     })
     .transpose()
 }
@@ -255,30 +291,33 @@ pub(crate) async fn credential(
 /// The unrevoked principal bound to `spiffe_id`.
 pub(crate) async fn by_spiffe(
     client: &impl GenericClient,
+    keys: &ServiceKeys,
     spiffe_id: &SpiffeId,
 ) -> StoreResult<Option<PrincipalRecord>> {
     let row = sql::row(
         client,
         "SELECT principal_id, name, role, tenants, spiffe_id, created_at_ms, expires_at_ms,
-                revoked_at_ms
+                revoked_at_ms, mac
          FROM principals WHERE spiffe_id = $1 AND revoked_at_ms IS NULL",
         &[&spiffe_id.as_str()],
         WHAT,
     )
     .await?;
-    row.map(|row| principal_at(&row, 0)).transpose()
+    row.map(|row| principal_at(keys, &row, 0)).transpose()
 }
 
 /// Every principal with its tokens, in one statement ([`LISTING_SQL`]).
-pub(crate) async fn listing(client: &impl GenericClient) -> StoreResult<Vec<PrincipalListing>> {
+pub(crate) async fn listing(
+    client: &impl GenericClient,
+    keys: &ServiceKeys,
+) -> StoreResult<Vec<PrincipalListing>> {
     let rows = sql::rows(client, LISTING_SQL, &[], WHAT).await?;
     group_listing(rows.iter().map(|row| {
-        let has_token = col::<Option<&str>>(row, 8, WHAT)?.is_some();
-        let token = if has_token {
-            Some(token_at(row, 8)?)
-        } else {
-            None
+        let at = PRINCIPAL_COLUMN_COUNT;
+        let token = match col::<Option<&str>>(row, at, WHAT)? {
+            Some(_) => Some(token_at(keys, row, at)?.record),
+            None => None,
         };
-        Ok((principal_at(row, 0)?, token))
+        Ok((principal_at(keys, row, 0)?, token))
     }))
 }

@@ -119,7 +119,9 @@ CREATE TABLE principals (
     spiffe_id     TEXT COLLATE "C",
     created_at_ms BIGINT NOT NULL,
     expires_at_ms BIGINT,
-    revoked_at_ms BIGINT
+    revoked_at_ms BIGINT,
+    -- What the row says, MACed under a key derived from the root key (see stored_principals).
+    mac           BYTEA NOT NULL
 );
 CREATE UNIQUE INDEX principals_live_name ON principals (name) WHERE revoked_at_ms IS NULL;
 CREATE UNIQUE INDEX principals_live_spiffe ON principals (spiffe_id) WHERE revoked_at_ms IS NULL;
@@ -130,7 +132,8 @@ CREATE TABLE principal_tokens (
     verifier      BYTEA NOT NULL UNIQUE,
     created_at_ms BIGINT NOT NULL,
     expires_at_ms BIGINT,
-    revoked_at_ms BIGINT
+    revoked_at_ms BIGINT,
+    mac           BYTEA NOT NULL
 );
 CREATE INDEX principal_tokens_principal ON principal_tokens (principal_id);
 

@@ -126,13 +126,14 @@ impl Writer {
     ) -> StoreResult<Vec<StoreResult<Receipt>>> {
         let tx = client.transaction().await.map_err(pg("begin"))?;
         let needs = Needs::of(&units);
-        let committed = read_committed(&tx, &needs, &self.root, &self.data_keys).await?;
+        let committed =
+            read_committed(&tx, &needs, &self.keys, &self.root, &self.data_keys).await?;
         let decided = self
             .root
             .with(|root| plan(&self.keys, root, committed, units));
         // A failed write refuses the batch as "cannot write now", unless it lost a race to
         // another node (serialization failure, deadlock), which the host runs again.
-        write(&tx, &decided.writes)
+        write(&tx, &self.keys, &decided.writes)
             .await
             .map_err(|e| match e.kind {
                 ErrorKind::StateConflict => e,

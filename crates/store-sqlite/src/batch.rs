@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension};
-use selene_kms_core::{AuditRecord, SecretSnapshot, TenantId};
+use selene_kms_core::{AuditRecord, SecretSnapshot, ServiceKeys, TenantId};
 use selene_kms_store::backend::{
     Committed, ErrorKind, Head, Item, Needs, SecretKey, SharedRoot, StoreError, StoreResult,
     StoredSecret, Writes, from_db, to_db, to_db_saturating,
@@ -37,6 +37,7 @@ impl Pending {
 /// Reads what `needs` asks for, as the open transaction sees it.
 pub(crate) fn read_committed(
     conn: &Connection,
+    keys: &ServiceKeys,
     needs: &Needs,
     cache: &Cache,
     pending: &Pending,
@@ -116,7 +117,7 @@ pub(crate) fn read_committed(
             Err(e) => return Err(e),
         }
     }
-    crate::principals::read_committed(conn, needs, &mut committed)?;
+    crate::principals::read_committed(conn, keys, needs, &mut committed)?;
     for scope in &needs.idempotency {
         let taken = conn
             .prepare_cached(
@@ -200,6 +201,7 @@ pub(crate) fn exec(
 /// to, if it revoked a principal or token.
 pub(crate) fn write(
     conn: &Connection,
+    keys: &ServiceKeys,
     writes: &Writes,
     new_tenants: &[TenantId],
 ) -> StoreResult<Option<u64>> {
@@ -313,7 +315,7 @@ pub(crate) fn write(
             "policy write",
         )?;
     }
-    let epoch = crate::principals::write(conn, writes)?;
+    let epoch = crate::principals::write(conn, keys, writes)?;
     for i in &writes.idempotency {
         exec(
             conn,

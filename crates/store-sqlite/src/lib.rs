@@ -632,18 +632,18 @@ impl Store for SqliteStore {
     }
 
     async fn credential(&self, verifier: &[u8; 32]) -> StoreResult<Option<Credential>> {
-        self.read(|c| principals::credential(c, verifier))
+        self.read(|c| principals::credential(c, &self.keys, verifier))
     }
 
     async fn principal_by_spiffe(
         &self,
         spiffe_id: &SpiffeId,
     ) -> StoreResult<Option<PrincipalRecord>> {
-        self.read(|c| principals::by_spiffe(c, spiffe_id))
+        self.read(|c| principals::by_spiffe(c, &self.keys, spiffe_id))
     }
 
     async fn principals(&self) -> StoreResult<Vec<PrincipalListing>> {
-        self.read(principals::listing)
+        self.read(|c| principals::listing(c, &self.keys))
     }
 
     async fn auth_epoch(&self) -> StoreResult<u64> {

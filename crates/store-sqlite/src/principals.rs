@@ -3,48 +3,63 @@
 //! [`PrincipalRecord::from_stored`] and [`TokenRecord::from_stored`].
 
 use rusqlite::{Connection, Row};
-use selene_kms_core::SpiffeId;
+use selene_kms_core::{ServiceKeys, SpiffeId};
 use selene_kms_store::backend::{
-    Committed, Credential, ErrorKind, LISTING_SQL, Needs, PrincipalListing, PrincipalRecord,
-    StoreError, StoreResult, StoredPrincipal, StoredToken, TokenRecord, Writes, from_db,
-    global_admin_columns, group_listing, tenants_column, to_db_saturating,
+    Committed, Credential, ErrorKind, LISTING_SQL, Needs, PRINCIPAL_COLUMN_COUNT, PrincipalListing,
+    PrincipalRecord, StoreError, StoreResult, StoredPrincipal, StoredToken, TokenRecord, TokenRow,
+    Writes, from_db, global_admin_columns, group_listing, principal_mac, tenants_column,
+    to_db_saturating, token_mac,
 };
+
+use selene_kms_store::{principal_columns, token_columns};
 
 use crate::batch::exec;
 use crate::db_err;
 
-/// A principal's columns at `at..at + 8`, in the order every query here selects them:
-/// `principal_id, name, role, tenants, spiffe_id, created_at_ms, expires_at_ms, revoked_at_ms`.
-fn principal_at(r: &Row<'_>, at: usize) -> StoreResult<PrincipalRecord> {
+/// A principal's columns at `at..at + 9` ([`principal_columns!`]).
+fn principal_at(keys: &ServiceKeys, r: &Row<'_>, at: usize) -> StoreResult<PrincipalRecord> {
     let text = |i: usize| r.get::<_, String>(at + i).map_err(db_err);
     let time = |i: usize| r.get::<_, Option<i64>>(at + i).map_err(db_err);
-    PrincipalRecord::from_stored(&StoredPrincipal {
-        principal_id: &text(0)?,
-        name: &text(1)?,
-        role: &text(2)?,
-        tenants: &text(3)?,
-        spiffe_id: r
-            .get::<_, Option<String>>(at + 4)
-            .map_err(db_err)?
-            .as_deref(),
-        created_at_ms: r.get(at + 5).map_err(db_err)?,
-        expires_at_ms: time(6)?,
-        revoked_at_ms: time(7)?,
-    })
+    PrincipalRecord::from_stored(
+        keys,
+        &StoredPrincipal {
+            principal_id: &text(0)?,
+            name: &text(1)?,
+            role: &text(2)?,
+            tenants: &text(3)?,
+            spiffe_id: r
+                .get::<_, Option<String>>(at + 4)
+                .map_err(db_err)?
+                .as_deref(),
+            created_at_ms: r.get(at + 5).map_err(db_err)?,
+            expires_at_ms: time(6)?,
+            revoked_at_ms: time(7)?,
+            mac: &r.get::<_, Vec<u8>>(at + 8).map_err(db_err)?,
+        },
+    )
 }
 
-/// A token's columns at `at..at + 5`: `token_id, principal_id, created_at_ms, expires_at_ms,
-/// revoked_at_ms`.
-fn token_at(r: &Row<'_>, at: usize) -> StoreResult<TokenRecord> {
+/// A token's columns at `at..at + 7` ([`token_columns!`]), with its verifier.
+fn token_at(keys: &ServiceKeys, r: &Row<'_>, at: usize) -> StoreResult<TokenRow> {
     let text = |i: usize| r.get::<_, String>(at + i).map_err(db_err);
     let time = |i: usize| r.get::<_, Option<i64>>(at + i).map_err(db_err);
-    TokenRecord::from_stored(&StoredToken {
-        token_id: &text(0)?,
-        principal_id: &text(1)?,
-        created_at_ms: r.get(at + 2).map_err(db_err)?,
-        expires_at_ms: time(3)?,
-        revoked_at_ms: time(4)?,
-    })
+    let verifier: Vec<u8> = r.get(at + 2).map_err(db_err)?;
+    let record = TokenRecord::from_stored(
+        keys,
+        &StoredToken {
+            token_id: &text(0)?,
+            principal_id: &text(1)?,
+            verifier: &verifier,
+            created_at_ms: r.get(at + 3).map_err(db_err)?,
+            expires_at_ms: time(4)?,
+            revoked_at_ms: time(5)?,
+            mac: &r.get::<_, Vec<u8>>(at + 6).map_err(db_err)?,
+        },
+    )?;
+    let verifier = verifier
+        .try_into()
+        .map_err(|_| StoreError::new(ErrorKind::Corrupt, "a stored token verifier is malformed"))?;
+    Ok(TokenRow { record, verifier })
 }
 
 /// Every row of `sql` decoded by `decode`.
@@ -72,6 +87,7 @@ fn json_list<'a>(items: impl Iterator<Item = &'a str>) -> String {
 /// [`Committed::principals`]), in the writer's transaction.
 pub(crate) fn read_committed(
     conn: &Connection,
+    keys: &ServiceKeys,
     needs: &Needs,
     committed: &mut Committed,
 ) -> StoreResult<()> {
@@ -79,14 +95,16 @@ pub(crate) fn read_committed(
         let (admin_role, all_tenants) = global_admin_columns();
         let principals = collect(
             conn,
-            "SELECT principal_id, name, role, tenants, spiffe_id, created_at_ms, expires_at_ms,
-                    revoked_at_ms
-             FROM principals
+            concat!(
+                "SELECT ",
+                principal_columns!(),
+                " FROM principals
              WHERE principal_id IN (SELECT value FROM json_each(?1))
                 OR (revoked_at_ms IS NULL
                     AND (name IN (SELECT value FROM json_each(?2))
                          OR spiffe_id IN (SELECT value FROM json_each(?3))
-                         OR (?4 AND role = ?5 AND tenants = ?6)))",
+                         OR (?4 AND role = ?5 AND tenants = ?6)))"
+            ),
             (
                 json_list(needs.principals.iter().map(|p| p.as_str())),
                 json_list(needs.principal_names.iter().map(|n| n.as_str())),
@@ -95,7 +113,7 @@ pub(crate) fn read_committed(
                 admin_role,
                 all_tenants,
             ),
-            |r| principal_at(r, 0),
+            |r| principal_at(keys, r, 0),
         )?;
         for p in principals {
             committed.principals.insert(p.principal_id.clone(), p);
@@ -104,13 +122,16 @@ pub(crate) fn read_committed(
     if !needs.tokens.is_empty() {
         let tokens = collect(
             conn,
-            "SELECT token_id, principal_id, created_at_ms, expires_at_ms, revoked_at_ms
-             FROM principal_tokens WHERE token_id IN (SELECT value FROM json_each(?1))",
+            concat!(
+                "SELECT ",
+                token_columns!(),
+                " FROM principal_tokens WHERE token_id IN (SELECT value FROM json_each(?1))"
+            ),
             [json_list(needs.tokens.iter().map(|t| t.as_str()))],
-            |r| token_at(r, 0),
+            |r| token_at(keys, r, 0),
         )?;
         for t in tokens {
-            committed.tokens.insert(t.token_id.clone(), t);
+            committed.tokens.insert(t.record.token_id.clone(), t);
         }
     }
     Ok(())
@@ -119,13 +140,17 @@ pub(crate) fn read_committed(
 /// Writes the principal and token rows of a decided batch: new principals, new tokens, then
 /// revocations (a batch may revoke what it created). Returns the authentication epoch the
 /// batch advanced to, if it revoked anything.
-pub(crate) fn write(conn: &Connection, writes: &Writes) -> StoreResult<Option<u64>> {
+pub(crate) fn write(
+    conn: &Connection,
+    keys: &ServiceKeys,
+    writes: &Writes,
+) -> StoreResult<Option<u64>> {
     for p in &writes.principals {
         exec(
             conn,
             "INSERT INTO principals (principal_id, name, role, tenants, spiffe_id, created_at_ms,
-                                     expires_at_ms, revoked_at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL)",
+                                     expires_at_ms, revoked_at_ms, mac)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, ?8)",
             (
                 p.principal_id.as_str(),
                 p.name.as_str(),
@@ -134,6 +159,7 @@ pub(crate) fn write(conn: &Connection, writes: &Writes) -> StoreResult<Option<u6
                 p.spiffe_id.as_ref().map(SpiffeId::as_str),
                 to_db_saturating(p.created_at_ms),
                 p.expires_at_ms.map(to_db_saturating),
+                &principal_mac(keys, p)[..],
             ),
             "principal write",
         )?;
@@ -143,41 +169,43 @@ pub(crate) fn write(conn: &Connection, writes: &Writes) -> StoreResult<Option<u6
         exec(
             conn,
             "INSERT INTO principal_tokens (token_id, principal_id, verifier, created_at_ms,
-                                           expires_at_ms, revoked_at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, NULL)",
+                                           expires_at_ms, revoked_at_ms, mac)
+             VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6)",
             (
                 r.token_id.as_str(),
                 r.principal_id.as_str(),
                 &t.verifier[..],
                 to_db_saturating(r.created_at_ms),
                 r.expires_at_ms.map(to_db_saturating),
+                &token_mac(keys, r, &t.verifier)[..],
             ),
             "token write",
         )?;
     }
-    for (principal, at_ms) in &writes.revoked_principals {
-        let params = (principal.as_str(), to_db_saturating(*at_ms));
+    for p in &writes.revoked_principals {
         exec(
             conn,
-            "UPDATE principals SET revoked_at_ms = ?2
+            "UPDATE principals SET revoked_at_ms = ?2, mac = ?3
              WHERE principal_id = ?1 AND revoked_at_ms IS NULL",
-            params,
-            "principal revocation",
-        )?;
-        exec(
-            conn,
-            "UPDATE principal_tokens SET revoked_at_ms = ?2
-             WHERE principal_id = ?1 AND revoked_at_ms IS NULL",
-            params,
+            (
+                p.principal_id.as_str(),
+                p.revoked_at_ms.map(to_db_saturating),
+                &principal_mac(keys, p)[..],
+            ),
             "principal revocation",
         )?;
     }
-    for (token, at_ms) in &writes.revoked_tokens {
+    for t in &writes.revoked_tokens {
+        let r = &t.record;
         exec(
             conn,
-            "UPDATE principal_tokens SET revoked_at_ms = ?2
+            "UPDATE principal_tokens SET revoked_at_ms = ?2, mac = ?3
              WHERE token_id = ?1 AND revoked_at_ms IS NULL",
-            (token.as_str(), to_db_saturating(*at_ms)),
+            (
+                r.token_id.as_str(),
+                r.revoked_at_ms.map(to_db_saturating),
+                &token_mac(keys, r, &t.verifier)[..],
+            ),
             "token revocation",
         )?;
     }
@@ -210,13 +238,15 @@ pub(crate) fn stored_epoch(conn: &Connection) -> StoreResult<u64> {
 /// The token stored under `verifier` and its principal, live or not.
 pub(crate) fn credential(
     conn: &Connection,
+    keys: &ServiceKeys,
     verifier: &[u8; 32],
 ) -> StoreResult<Option<Credential>> {
     let mut stmt = conn
         .prepare_cached(
             "SELECT p.principal_id, p.name, p.role, p.tenants, p.spiffe_id, p.created_at_ms,
-                    p.expires_at_ms, p.revoked_at_ms,
-                    t.token_id, t.principal_id, t.created_at_ms, t.expires_at_ms, t.revoked_at_ms
+                    p.expires_at_ms, p.revoked_at_ms, p.mac,
+                    t.token_id, t.principal_id, t.verifier, t.created_at_ms, t.expires_at_ms,
+                    t.revoked_at_ms, t.mac
              FROM principal_tokens t JOIN principals p ON p.principal_id = t.principal_id
              WHERE t.verifier = ?1",
         )
@@ -225,10 +255,10 @@ pub(crate) fn credential(
     rows.next()
         .map_err(db_err)?
         .map(|r| {
-            Ok(Credential {
-                principal: principal_at(r, 0)?,
-                token: token_at(r, 8)?,
-            })
+            Ok(Credential::new(
+                principal_at(keys, r, 0)?,
+                token_at(keys, r, PRINCIPAL_COLUMN_COUNT)?.record,
+            ))
         })
         .transpose()
 }
@@ -236,32 +266,34 @@ pub(crate) fn credential(
 /// The unrevoked principal bound to `spiffe_id`.
 pub(crate) fn by_spiffe(
     conn: &Connection,
+    keys: &ServiceKeys,
     spiffe_id: &SpiffeId,
 ) -> StoreResult<Option<PrincipalRecord>> {
     let found = collect(
         conn,
         "SELECT principal_id, name, role, tenants, spiffe_id, created_at_ms, expires_at_ms,
-                revoked_at_ms
+                revoked_at_ms, mac
          FROM principals WHERE spiffe_id = ?1 AND revoked_at_ms IS NULL",
         [spiffe_id.as_str()],
-        |r| principal_at(r, 0),
+        |r| principal_at(keys, r, 0),
     )?;
     Ok(found.into_iter().next())
 }
 
 /// Every principal with its tokens, in one statement ([`LISTING_SQL`]).
-pub(crate) fn listing(conn: &Connection) -> StoreResult<Vec<PrincipalListing>> {
+pub(crate) fn listing(conn: &Connection, keys: &ServiceKeys) -> StoreResult<Vec<PrincipalListing>> {
     let mut stmt = conn.prepare_cached(LISTING_SQL).map_err(db_err)?;
     let mut rows = stmt.query([]).map_err(db_err)?;
     let mut decoded = Vec::new();
     while let Some(row) = rows.next().map_err(db_err)? {
-        let has_token = row.get::<_, Option<String>>(8).map_err(db_err)?.is_some();
+        let at = PRINCIPAL_COLUMN_COUNT;
+        let has_token = row.get::<_, Option<String>>(at).map_err(db_err)?.is_some();
         let token = if has_token {
-            Some(token_at(row, 8)?)
+            Some(token_at(keys, row, at)?.record)
         } else {
             None
         };
-        decoded.push(Ok((principal_at(row, 0)?, token)));
+        decoded.push(Ok((principal_at(keys, row, 0)?, token)));
     }
     group_listing(decoded)
 }

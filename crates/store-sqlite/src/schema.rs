@@ -142,7 +142,9 @@ CREATE TABLE principals (
     spiffe_id     TEXT,
     created_at_ms INTEGER NOT NULL,
     expires_at_ms INTEGER,
-    revoked_at_ms INTEGER
+    revoked_at_ms INTEGER,
+    -- What the row says, MACed under a key derived from the root key (see stored_principals).
+    mac           BLOB NOT NULL
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX principals_live_name ON principals (name) WHERE revoked_at_ms IS NULL;
 CREATE UNIQUE INDEX principals_live_spiffe ON principals (spiffe_id) WHERE revoked_at_ms IS NULL;
@@ -153,7 +155,9 @@ CREATE TABLE principal_tokens (
     verifier      BLOB NOT NULL UNIQUE,
     created_at_ms INTEGER NOT NULL,
     expires_at_ms INTEGER,
-    revoked_at_ms INTEGER
+    revoked_at_ms INTEGER,
+    -- What the row says, MACed under a key derived from the root key (see stored_principals).
+    mac           BLOB NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX principal_tokens_principal ON principal_tokens (principal_id);
 
@@ -327,8 +331,8 @@ mod tests {
         let principal = |id: &str, name: &str, revoked: Option<i64>| {
             conn.execute(
                 "INSERT INTO principals (principal_id, name, role, tenants, spiffe_id,
-                                         created_at_ms, revoked_at_ms)
-                 VALUES (?1, ?2, 'admin', '[\"*\"]', 'spiffe://e/x', 0, ?3)",
+                                         created_at_ms, revoked_at_ms, mac)
+                 VALUES (?1, ?2, 'admin', '[\"*\"]', 'spiffe://e/x', 0, ?3, x'00')",
                 (id, name, revoked),
             )
         };
@@ -341,8 +345,9 @@ mod tests {
         );
         let token = |id: &str, verifier: &[u8]| {
             conn.execute(
-                "INSERT INTO principal_tokens (token_id, principal_id, verifier, created_at_ms)
-                 VALUES (?1, 'kp_2', ?2, 0)",
+                "INSERT INTO principal_tokens (token_id, principal_id, verifier, created_at_ms,
+                                               mac)
+                 VALUES (?1, 'kp_2', ?2, 0, x'00')",
                 (id, verifier),
             )
         };

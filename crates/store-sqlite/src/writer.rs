@@ -321,7 +321,7 @@ fn round(
     units: Vec<CommitUnit>,
 ) -> StoreResult<Round> {
     let needs = Needs::of(&units);
-    let committed = read_committed(conn, &needs, cache, pending, root)?;
+    let committed = read_committed(conn, keys, &needs, cache, pending, root)?;
     let chained: std::collections::HashSet<TenantId> = committed.heads.keys().cloned().collect();
     let decided = root.with(|root| plan(keys, root, committed, units));
     // Rows for tenants whose first record this batch writes; a refused unit creates none.
@@ -332,7 +332,7 @@ fn round(
         .filter(|t| !chained.contains(*t))
         .cloned()
         .collect();
-    let epoch = write(conn, &decided.writes, &new_tenants)?;
+    let epoch = write(conn, keys, &decided.writes, &new_tenants)?;
     Ok((decided.outcomes, decided.writes, epoch))
 }
 

@@ -171,7 +171,7 @@ pub struct Committed {
     /// unrevoked admin principal scoped to every tenant.
     pub principals: HashMap<PrincipalId, PrincipalRecord>,
     /// The tokens the batch names that exist.
-    pub tokens: HashMap<TokenId, crate::model::TokenRecord>,
+    pub tokens: HashMap<TokenId, TokenRow>,
     /// Items whose stored form could not be read (a data key that does not open, a secret row
     /// that does not parse): only the units that need them are refused, with this error.
     pub unreadable: HashMap<Item, StoreError>,
@@ -318,11 +318,12 @@ pub struct Writes {
     pub principals: Vec<PrincipalRecord>,
     /// New tokens (after the principals: a token names its principal).
     pub tokens: Vec<TokenRow>,
-    /// Principals revoked, with every token of theirs, and when (after new principals and
-    /// tokens: a batch may revoke what it created).
-    pub revoked_principals: Vec<(PrincipalId, u64)>,
-    /// Tokens revoked, and when (after new tokens).
-    pub revoked_tokens: Vec<(TokenId, u64)>,
+    /// Principals revoked, in their new state (after new principals and tokens: a batch may
+    /// revoke what it created). Their tokens' rows stay as they are: a token authenticates only
+    /// for a live principal.
+    pub revoked_principals: Vec<PrincipalRecord>,
+    /// Tokens revoked, in their new state (after new tokens).
+    pub revoked_tokens: Vec<TokenRow>,
     /// Audit records.
     pub audit: Vec<ChainRow>,
     /// Signed checkpoints.

@@ -213,9 +213,16 @@ impl PrincipalRecord {
         self.revoked_at_ms.is_none() && self.expires_at_ms.is_none_or(|t| now_ms < t)
     }
 
-    /// Whether it may administer every tenant (what the last-admin rule counts) at `now_ms`.
+    /// Whether it may administer every tenant at `now_ms`.
     pub fn is_global_admin_at(&self, now_ms: u64) -> bool {
         self.role == Role::Admin && self.tenants == TenantScope::All && self.live_at(now_ms)
+    }
+
+    /// Whether it keeps the store administrable after `now_ms`: an admin of every tenant that
+    /// never expires. The last-admin rule counts only these, so that revoking the last one in
+    /// favour of an admin about to expire cannot leave the store without an administrator.
+    pub fn administers_for_good(&self, now_ms: u64) -> bool {
+        self.is_global_admin_at(now_ms) && self.expires_at_ms.is_none()
     }
 }
 

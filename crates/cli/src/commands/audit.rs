@@ -224,7 +224,7 @@ async fn verify_offline(
 ) -> Result<ExitCode, String> {
     let store = open_at(location, dir).await?;
     let tenants = match tenant {
-        Some(t) => vec![TenantId::try_from(t).map_err(|_| "invalid tenant id".to_owned())?],
+        Some(t) => vec![TenantId::chain(t).map_err(|_| "invalid tenant id".to_owned())?],
         None => store.audit_tenants().await.map_err(|e| e.message)?,
     };
     let mut reports = Vec::new();

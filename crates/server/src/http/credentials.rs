@@ -25,6 +25,13 @@ pub(crate) struct Credentials {
     pub(crate) source: Option<SocketAddr>,
 }
 
+impl Credentials {
+    /// Whether the request presents any credential at all.
+    pub(crate) fn presented(&self) -> bool {
+        self.authorization.is_some() || self.spiffe_id.is_some()
+    }
+}
+
 impl<S: Send + Sync> FromRequestParts<S> for Credentials {
     type Rejection = Infallible;
 

@@ -11,7 +11,7 @@ use selene_kms_core::Role;
 
 use super::credentials::Credentials;
 use super::{
-    ADMIN, AdminOutcome, AppState, Shape, Shared, admin_reply, authorize, bodies, json_body,
+    ADMIN, AdminOutcome, AppState, Shape, Shared, admin_body, admin_reply, authorize, bodies,
 };
 use crate::engine::{Caller, NewTokenRequest};
 use crate::now_ms;
@@ -28,8 +28,7 @@ pub(super) async fn create(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Response> {
-    let caller = admin(&state, &credentials).await?;
-    let bytes = json_body(&state, &headers, body, ADMIN, Shape::Admin).await?;
+    let (caller, bytes) = admin_body(&state, &credentials, &headers, body).await?;
     let outcome: AdminOutcome = async {
         let req = bodies::parse(&bytes)?;
         let created = state
@@ -76,11 +75,10 @@ pub(super) async fn issue_token(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Response> {
-    let caller = admin(&state, &credentials).await?;
-    let bytes = if headers.contains_key(axum::http::header::CONTENT_TYPE) {
-        json_body(&state, &headers, body, ADMIN, Shape::Admin).await?
+    let (caller, bytes) = if headers.contains_key(axum::http::header::CONTENT_TYPE) {
+        admin_body(&state, &credentials, &headers, body).await?
     } else {
-        axum::body::Bytes::new()
+        (admin(&state, &credentials).await?, axum::body::Bytes::new())
     };
     let outcome: AdminOutcome = async {
         let req = if bytes.is_empty() {

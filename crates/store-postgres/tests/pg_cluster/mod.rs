@@ -389,6 +389,21 @@ impl Cluster {
         self.url(name)
     }
 
+    /// Runs `statement` in database `name` with `psql`, as whoever can write the database
+    /// would; returns its unaligned output.
+    pub(crate) fn sql(&self, name: &str, statement: &str) -> String {
+        let out = checked(
+            "psql",
+            Command::new(bin("psql"))
+                .arg("-h")
+                .arg(self.socket_dir())
+                .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", name])
+                .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-c", statement])
+                .output(),
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
     /// The connection string of database `name` (as user `postgres`, over the socket).
     pub(crate) fn url(&self, name: &str) -> String {
         format!(

@@ -9,7 +9,8 @@ use super::{Committed, Writes, refused};
 use crate::error::{ErrorKind, StoreResult};
 use crate::model::{NewPrincipal, NewToken, PrincipalRecord, TokenRecord};
 
-/// A token row to insert: its metadata and its verifier.
+/// A token row: its metadata and its verifier.
+#[derive(Clone, Debug)]
 pub struct TokenRow {
     /// The token.
     pub record: TokenRecord,
@@ -21,7 +22,7 @@ pub struct TokenRow {
 pub(super) enum AuthEffect {
     Create(PrincipalRecord, TokenRow),
     Issue(TokenRow),
-    RevokeToken(TokenRecord),
+    RevokeToken(TokenRow),
     RevokePrincipal(PrincipalRecord),
     /// Revoking what is already revoked: audited, changes nothing.
     Unchanged,
@@ -31,7 +32,7 @@ pub(super) enum AuthEffect {
 #[derive(Default)]
 pub(super) struct Credentials {
     principals: HashMap<PrincipalId, PrincipalRecord>,
-    tokens: HashMap<TokenId, TokenRecord>,
+    tokens: HashMap<TokenId, TokenRow>,
 }
 
 impl Credentials {
@@ -45,7 +46,7 @@ impl Credentials {
             .or_else(|| committed.principals.get(id))
     }
 
-    fn token<'a>(&'a self, committed: &'a Committed, id: &TokenId) -> Option<&'a TokenRecord> {
+    fn token<'a>(&'a self, committed: &'a Committed, id: &TokenId) -> Option<&'a TokenRow> {
         self.tokens.get(id).or_else(|| committed.tokens.get(id))
     }
 
@@ -113,12 +114,20 @@ impl Credentials {
         token: &TokenId,
         at_ms: u64,
     ) -> StoreResult<AuthEffect> {
+        let principal_revoked = self
+            .principal(committed, principal)
+            .is_some_and(|p| p.revoked_at_ms.is_some());
         match self.token(committed, token) {
-            Some(t) if &t.principal_id == principal => Ok(match t.revoked_at_ms {
+            Some(t) if &t.record.principal_id == principal => Ok(match t.record.revoked_at_ms {
+                // Revoked itself, or with its principal: nothing to write.
                 Some(_) => AuthEffect::Unchanged,
-                None => AuthEffect::RevokeToken(TokenRecord {
-                    revoked_at_ms: Some(at_ms),
-                    ..t.clone()
+                None if principal_revoked => AuthEffect::Unchanged,
+                None => AuthEffect::RevokeToken(TokenRow {
+                    record: TokenRecord {
+                        revoked_at_ms: Some(at_ms),
+                        ..t.record.clone()
+                    },
+                    verifier: t.verifier,
                 }),
             }),
             _ => Err(not_found()),
@@ -139,7 +148,7 @@ impl Credentials {
         if target.is_global_admin_at(at_ms) {
             let others = self
                 .view(committed)
-                .any(|p| &p.principal_id != principal && p.is_global_admin_at(at_ms));
+                .any(|p| &p.principal_id != principal && p.administers_for_good(at_ms));
             if !others {
                 return Err(refused(
                     ErrorKind::LastAdmin,
@@ -158,7 +167,7 @@ impl Credentials {
         match effect {
             AuthEffect::Create(principal, token) => {
                 self.tokens
-                    .insert(token.record.token_id.clone(), token.record.clone());
+                    .insert(token.record.token_id.clone(), token.clone());
                 self.principals
                     .insert(principal.principal_id.clone(), principal.clone());
                 writes.principals.push(principal);
@@ -166,23 +175,18 @@ impl Credentials {
             }
             AuthEffect::Issue(token) => {
                 self.tokens
-                    .insert(token.record.token_id.clone(), token.record.clone());
+                    .insert(token.record.token_id.clone(), token.clone());
                 writes.tokens.push(token);
             }
             AuthEffect::RevokeToken(token) => {
-                writes.revoked_tokens.push((
-                    token.token_id.clone(),
-                    token.revoked_at_ms.unwrap_or_default(),
-                ));
-                self.tokens.insert(token.token_id.clone(), token);
+                self.tokens
+                    .insert(token.record.token_id.clone(), token.clone());
+                writes.revoked_tokens.push(token);
             }
             AuthEffect::RevokePrincipal(principal) => {
-                writes.revoked_principals.push((
-                    principal.principal_id.clone(),
-                    principal.revoked_at_ms.unwrap_or_default(),
-                ));
                 self.principals
-                    .insert(principal.principal_id.clone(), principal);
+                    .insert(principal.principal_id.clone(), principal.clone());
+                writes.revoked_principals.push(principal);
             }
             AuthEffect::Unchanged => {}
         }
