@@ -16,7 +16,7 @@ fuzz_target!(|body: &[u8]| {
     .expect("fixture policy");
     let Ok(req) = KmsRequest::from_json(body) else { return };
     let snapshot = SecretSnapshot {
-        secret_ref: "ksr1_fixture".into(),
+        secret_ref: "ksr2_fixture".into(),
         state_version: 3,
         kind: SecretKind::Imported,
         versions: vec![VersionState::Active, VersionState::Revoked, VersionState::Active],

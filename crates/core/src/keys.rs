@@ -38,6 +38,8 @@ pub struct ServiceKeys {
     pub(crate) audit_signing: SigningKey,
     token_verifiers: Hmac<Sha256>,
     row_macs: Hmac<Sha256>,
+    pub(crate) ref_nonces: Hmac<Sha256>,
+    pub(crate) ephemeral: Hmac<Sha256>,
 }
 
 /// One column of a stored row, as [`ServiceKeys::row_mac`] encodes it.
@@ -70,6 +72,8 @@ impl ServiceKeys {
         let sim_key = derive(&hk, "simulation-id/hmac-sha256");
         let verifier_key = derive(&hk, "caller-token-verifiers/hmac-sha256");
         let row_key = derive(&hk, "state-rows/hmac-sha256");
+        let nonce_key = derive(&hk, "ref-nonces/hmac-sha256");
+        let ephemeral_key = derive(&hk, "ephemeral-credentials/hmac-sha256");
         let mut sign_seed = derive(&hk, "audit-checkpoints/ed25519");
         let audit_signing = SigningKey::from_bytes(&sign_seed);
         sign_seed.zeroize();
@@ -79,6 +83,8 @@ impl ServiceKeys {
             audit_signing,
             token_verifiers: hmac_key(&verifier_key),
             row_macs: hmac_key(&row_key),
+            ref_nonces: hmac_key(&nonce_key),
+            ephemeral: hmac_key(&ephemeral_key),
         }
     }
 

@@ -59,7 +59,7 @@ pub use policy::{AccessGrant, Policy, PolicyDocument, evaluate};
 pub use principal::{PrincipalId, PrincipalName, SpiffeId, TenantScope, TokenId};
 pub use reason::{REGISTRY, ReasonCode, ReasonInfo};
 pub use redeem::MaterialGrant;
-pub use refs::{GrantClaims, OpenedGrant, RefId, RefKind};
+pub use refs::{GrantClaims, OpenedGrant, RefGeneration, RefId, RefKind};
 pub use refusal::Refusal;
 pub use request::{KmsRequest, RejectedRequest, RequestContext, Requester, RevokeTarget};
 pub use role::Role;

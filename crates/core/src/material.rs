@@ -7,7 +7,10 @@ use hkdf::Hkdf;
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
-use crate::refs::RefId;
+use hmac::Mac;
+
+use crate::keys::ServiceKeys;
+use crate::refs::{RefGeneration, RefId};
 
 /// Length of generated material and of derived ephemeral credentials.
 pub const MATERIAL_LEN: usize = 32;
@@ -45,10 +48,26 @@ impl SecretMaterial {
     }
 
     /// The ephemeral credential value for one issued credential: HKDF-SHA256 of this version's
-    /// material, salted with the credential's id, so every issuance yields a distinct value and
-    /// none reveals the parent.
-    pub fn derive_ephemeral(&self, credential: &RefId) -> Self {
-        let hk = Hkdf::<Sha256>::new(Some(credential.as_str().as_bytes()), self.expose());
+    /// material, so every issuance yields a distinct value and none reveals the parent. The salt
+    /// is a keyed PRF of the credential's id under a key of the store, so a redeemed value and
+    /// its id give no offline test of a guessed parent. Credentials of the first ref generation
+    /// were salted with the bare id; they keep their values until they expire.
+    pub fn derive_ephemeral(
+        &self,
+        keys: &ServiceKeys,
+        credential: &RefId,
+        generation: RefGeneration,
+    ) -> Self {
+        let salt = match generation {
+            RefGeneration::First => credential.as_str().as_bytes().to_vec(),
+            RefGeneration::Second => {
+                let mut mac = keys.ephemeral.clone();
+                mac.update(b"selene-kms/ephemeral-salt/v2");
+                mac.update(credential.as_str().as_bytes());
+                mac.finalize().into_bytes().to_vec()
+            }
+        };
+        let hk = Hkdf::<Sha256>::new(Some(&salt), self.expose());
         let mut out = Zeroizing::new(vec![0u8; MATERIAL_LEN]);
         // 32 bytes is far below HKDF-SHA256's 8160-byte output limit, so expand cannot fail.
         let _ = hk.expand(b"selene-kms/ephemeral-credential/v1", &mut out);

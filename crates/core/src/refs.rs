@@ -7,6 +7,13 @@
 //! request (its idempotency key) makes sealing deterministic: the same request, state and keys
 //! give the same ref, byte for byte. The tag is checked in constant time by the AEAD.
 //!
+//! The nonce is a keyed PRF (HMAC-SHA256 under a key of the store) of the kind, the tenant and
+//! the seed, so nothing in a ref can be tested offline against a guessed name, and refs of one
+//! name in two tenants or two stores share nothing but their prefix. That is the second
+//! generation of refs (`ksr2_`, `ksh2_`, `kse2_`, `kst2_`). The first (`…1_`) derived the nonce
+//! from an unkeyed hash; refs of it already issued are honoured until they expire (they open
+//! under the same key, and their ids are unchanged), and nothing seals one any more.
+//!
 //! Anyone may open a ref; only the core seals a handle or credential, because a sealed one is
 //! redeemable. Sealing is not part of the public interface:
 //!
@@ -17,6 +24,7 @@
 use aes_gcm_siv::aead::{Aead, Payload};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::Mac;
 use sha2::{Digest, Sha256};
 
 use crate::encode::{Decoder, Encoder};
@@ -43,14 +51,39 @@ pub enum RefKind {
     Tombstone,
 }
 
+/// A generation of the ref format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RefGeneration {
+    /// `…1_`: the nonce was an unkeyed hash of the seed. Opened, never sealed.
+    First,
+    /// `…2_`: the nonce is a keyed PRF of kind, tenant and seed.
+    Second,
+}
+
 impl RefKind {
+    /// The prefix of refs this build seals.
     const fn prefix(self) -> &'static str {
-        match self {
-            Self::Secret => "ksr1_",
-            Self::Handle => "ksh1_",
-            Self::Credential => "kse1_",
-            Self::Tombstone => "kst1_",
+        self.prefix_of(RefGeneration::Second)
+    }
+
+    const fn prefix_of(self, generation: RefGeneration) -> &'static str {
+        match (self, generation) {
+            (Self::Secret, RefGeneration::First) => "ksr1_",
+            (Self::Handle, RefGeneration::First) => "ksh1_",
+            (Self::Credential, RefGeneration::First) => "kse1_",
+            (Self::Tombstone, RefGeneration::First) => "kst1_",
+            (Self::Secret, RefGeneration::Second) => "ksr2_",
+            (Self::Handle, RefGeneration::Second) => "ksh2_",
+            (Self::Credential, RefGeneration::Second) => "kse2_",
+            (Self::Tombstone, RefGeneration::Second) => "kst2_",
         }
+    }
+
+    /// The body of a ref of this kind, and its generation.
+    fn strip(self, text: &str) -> Option<(&str, RefGeneration)> {
+        [RefGeneration::Second, RefGeneration::First]
+            .into_iter()
+            .find_map(|g| text.strip_prefix(self.prefix_of(g)).map(|body| (body, g)))
     }
 
     const fn tag(self) -> u8 {
@@ -107,11 +140,11 @@ impl RefId {
         Self(s)
     }
 
-    /// The id of a ref given in text form, if it has the shape of `kind`.
+    /// The id of a ref given in text form, if it has the shape of `kind` (of either
+    /// generation: an id depends on the ref's bytes, not on its prefix).
     pub fn of_ref(kind: RefKind, text: &str) -> Option<Self> {
-        let raw = URL_SAFE_NO_PAD
-            .decode(text.strip_prefix(kind.prefix())?)
-            .ok()?;
+        let (body, _) = kind.strip(text)?;
+        let raw = URL_SAFE_NO_PAD.decode(body).ok()?;
         Some(Self::of(kind, &raw))
     }
 }
@@ -180,6 +213,7 @@ impl GrantClaims {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OpenedGrant {
     pub(crate) kind: RefKind,
+    pub(crate) generation: RefGeneration,
     pub(crate) tenant: TenantId,
     pub(crate) claims: GrantClaims,
     pub(crate) id: RefId,
@@ -205,6 +239,11 @@ impl OpenedGrant {
     pub fn id(&self) -> &RefId {
         &self.id
     }
+
+    /// The generation of the ref format it was sealed in.
+    pub fn generation(&self) -> RefGeneration {
+        self.generation
+    }
 }
 
 fn aad(kind: RefKind, tenant: &TenantId) -> Vec<u8> {
@@ -215,12 +254,14 @@ fn aad(kind: RefKind, tenant: &TenantId) -> Vec<u8> {
     a
 }
 
-fn nonce_for(kind: RefKind, seed: &[u8]) -> [u8; NONCE_LEN] {
-    let mut h = Sha256::new();
-    h.update(b"selene-kms/ref-nonce/v1");
-    h.update([kind.tag()]);
-    h.update(seed);
-    let digest = h.finalize();
+/// The nonce of a ref: a keyed PRF of its kind, tenant and seed, so that it reveals nothing
+/// about the seed (a secret's name, an idempotency key) to whoever lacks the store's keys.
+fn nonce_for(keys: &ServiceKeys, kind: RefKind, tenant: &TenantId, seed: &[u8]) -> [u8; NONCE_LEN] {
+    let mut e = Encoder::with_domain("selene-kms/ref-nonce/v2");
+    e.u8(kind.tag()).str(tenant.as_str()).bytes(seed);
+    let mut mac = keys.ref_nonces.clone();
+    mac.update(e.as_slice());
+    let digest = mac.finalize().into_bytes();
     let mut nonce = [0u8; NONCE_LEN];
     for (n, d) in nonce.iter_mut().zip(digest.iter()) {
         *n = *d;
@@ -239,7 +280,7 @@ fn seal(
     let mut plaintext = claims.finish();
     let padded = plaintext.len().div_ceil(PAD_BLOCK).max(1) * PAD_BLOCK;
     plaintext.resize(padded, 0);
-    let nonce = nonce_for(kind, seed);
+    let nonce = nonce_for(keys, kind, tenant, seed);
     let aad = aad(kind, tenant);
     let sealed = keys.refs.encrypt(
         (&nonce).into(),
@@ -259,17 +300,24 @@ fn seal(
     out
 }
 
-/// Opens a ref of `kind` for `tenant`, returning the claims bytes and the raw ref bytes.
+/// What opening a ref gives: its claims' bytes, its raw bytes, and its generation.
+struct Opened {
+    plaintext: Vec<u8>,
+    raw: Vec<u8>,
+    generation: RefGeneration,
+}
+
+/// Opens a ref of `kind` for `tenant`, of either generation.
 fn open(
     keys: &ServiceKeys,
     kind: RefKind,
     tenant: &TenantId,
     text: &str,
-) -> Result<(Vec<u8>, Vec<u8>), RefError> {
+) -> Result<Opened, RefError> {
     if text.len() > MAX_REF_LEN {
         return Err(RefError);
     }
-    let body = text.strip_prefix(kind.prefix()).ok_or(RefError)?;
+    let (body, generation) = kind.strip(text).ok_or(RefError)?;
     let raw = URL_SAFE_NO_PAD.decode(body).map_err(|_| RefError)?;
     if raw.len() < NONCE_LEN + TAG_LEN + PAD_BLOCK {
         return Err(RefError);
@@ -287,7 +335,11 @@ fn open(
             },
         )
         .map_err(|_| RefError)?;
-    Ok((plaintext, raw))
+    Ok(Opened {
+        plaintext,
+        raw,
+        generation,
+    })
 }
 
 fn finish_decode<T>(d: &Decoder<'_>, value: Option<T>) -> Result<T, RefError> {
@@ -318,8 +370,8 @@ pub fn open_secret_ref(
     tenant: &TenantId,
     text: &str,
 ) -> Result<SecretName, RefError> {
-    let (plaintext, _) = open(keys, RefKind::Secret, tenant, text)?;
-    let mut d = Decoder::new(&plaintext);
+    let opened = open(keys, RefKind::Secret, tenant, text)?;
+    let mut d = Decoder::new(&opened.plaintext);
     let name = d.str().and_then(|s| SecretName::try_from(s).ok());
     finish_decode(&d, name)
 }
@@ -355,15 +407,16 @@ pub fn open_grant(
     if !matches!(kind, RefKind::Handle | RefKind::Credential) {
         return Err(RefError);
     }
-    let (plaintext, raw) = open(keys, kind, tenant, text)?;
-    let mut d = Decoder::new(&plaintext);
+    let opened = open(keys, kind, tenant, text)?;
+    let mut d = Decoder::new(&opened.plaintext);
     let claims = GrantClaims::decode(&mut d);
     let claims = finish_decode(&d, claims)?;
     Ok(OpenedGrant {
         kind,
+        generation: opened.generation,
         tenant: tenant.clone(),
         claims,
-        id: RefId::of(kind, &raw),
+        id: RefId::of(kind, &opened.raw),
     })
 }
 

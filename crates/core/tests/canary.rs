@@ -6,7 +6,8 @@ mod common;
 use base64::Engine;
 use common::*;
 use selene_kms_core::{
-    AuditRecord, KmsRequest, Policy, RefId, SecretMaterial, redeem::RedeemRequest,
+    AuditRecord, KmsRequest, Policy, RefGeneration, RefId, SecretMaterial, ServiceKeys,
+    ServiceSecret, redeem::RedeemRequest,
 };
 use serde_json::{Value, json};
 
@@ -160,17 +161,33 @@ fn canary_never_appears_in_policy_or_redeem_refusals() {
 #[test]
 fn derived_ephemeral_material_does_not_contain_its_parent() {
     let parent = SecretMaterial::from_slice(CANARY_NAME.as_bytes());
+    let keys = ServiceKeys::derive(&ServiceSecret::from_bytes([7; 32]));
     let id = RefId::from_stored("cid_0123".to_owned());
-    let derived = parent.derive_ephemeral(&id);
+    let second = RefGeneration::Second;
+    let derived = parent.derive_ephemeral(&keys, &id, second);
     assert_eq!(derived.len(), 32);
-    let again = parent.derive_ephemeral(&id);
+    let again = parent.derive_ephemeral(&keys, &id, second);
     assert_eq!(
         derived.expose(),
         again.expose(),
         "derivation is deterministic"
     );
-    let other = parent.derive_ephemeral(&RefId::from_stored("cid_4567".to_owned()));
+    let other_id = RefId::from_stored("cid_4567".to_owned());
+    let other = parent.derive_ephemeral(&keys, &other_id, second);
     assert_ne!(derived.expose(), other.expose());
+    // Without the store's key, the id and the parent do not give the value: another store's
+    // keys, or the first generation's bare salt, derive something else.
+    let elsewhere = ServiceKeys::derive(&ServiceSecret::from_bytes([8; 32]));
+    assert_ne!(
+        derived.expose(),
+        parent.derive_ephemeral(&elsewhere, &id, second).expose()
+    );
+    assert_ne!(
+        derived.expose(),
+        parent
+            .derive_ephemeral(&keys, &id, RefGeneration::First)
+            .expose()
+    );
     assert!(
         !derived
             .expose()

@@ -2,15 +2,19 @@
 
 mod common;
 
+use base64::Engine as _;
 use common::*;
 use selene_kms_core::{
-    EngineId, GrantClaims, MaterialBundle, Policy, RefKind, SecretName, ServiceKeys, ServiceSecret,
-    TenantId, UserId, refs,
+    EngineId, GrantClaims, MaterialBundle, Policy, RefGeneration, RefKind, SecretName, ServiceKeys,
+    ServiceSecret, TenantId, UserId, refs,
 };
 use serde::Deserialize;
 use serde_json::json;
+use sha2::Digest as _;
 
 const VECTORS: &str = include_str!("../testdata/ref_vectors.json");
+/// Refs of the first generation, as that build sealed them.
+const FIRST_GENERATION: &str = include_str!("../testdata/ref_vectors_v1.json");
 
 #[derive(Deserialize)]
 struct Vector {
@@ -172,20 +176,86 @@ fn altered_truncated_and_foreign_refs_are_refused() {
     }
     // Another tenant, another kind, another store's keys: all refused.
     assert!(refs::open_grant(&keys, RefKind::Handle, &globex, &handle).is_err());
-    let as_credential = handle.replacen("ksh1_", "kse1_", 1);
+    let as_credential = handle.replacen("ksh2_", "kse2_", 1);
     assert!(refs::open_grant(&keys, RefKind::Credential, &acme, &as_credential).is_err());
     assert!(refs::open_grant(&other_keys(), RefKind::Handle, &acme, &handle).is_err());
     // Garbage of every shape.
+    let first_generation = handle.replacen("ksh2_", "ksh1_", 1);
     for junk in [
         "",
-        "ksh1_",
-        "ksh1_!!!!",
-        "ksh1_AAAA",
-        &"ksh1_".repeat(300),
-        "ksr1_AAAA",
+        "ksh2_",
+        "ksh2_!!!!",
+        "ksh2_AAAA",
+        &"ksh2_".repeat(300),
+        "ksr2_AAAA",
+        "ksh3_AAAA",
+        &handle.replacen("ksh2_", "ksh3_", 1),
     ] {
         assert!(refs::open_grant(&keys, RefKind::Handle, &acme, junk).is_err());
     }
+    // The same bytes under the first generation's prefix open (the prefix names the nonce's
+    // derivation, which opening does not need), as the same handle.
+    let opened = refs::open_grant(&keys, RefKind::Handle, &acme, &first_generation).expect("opens");
+    assert_eq!(opened.generation(), RefGeneration::First);
+}
+
+/// Refs sealed before the nonce was keyed (the first generation, recorded by that build) are
+/// honoured until they expire: they open with the same claims and the same ids, so revocations
+/// recorded against them still hold.
+#[test]
+fn first_generation_refs_still_open_as_they_did() {
+    let vectors: Vec<Vector> = serde_json::from_str(FIRST_GENERATION).expect("vector file parses");
+    assert!(vectors.len() >= 4);
+    for v in &vectors {
+        assert!(v.expected_ref.starts_with("ksh1_") || v.expected_ref.starts_with("kse1_"));
+        let keys = keys_from_hex(&v.service_secret_hex);
+        let tenant = TenantId::try_from(v.tenant_id.as_str()).expect("valid");
+        let opened =
+            refs::open_grant(&keys, kind(&v.kind), &tenant, &v.expected_ref).expect("opens");
+        assert_eq!(opened.claims(), &claims(v));
+        assert_eq!(opened.generation(), RefGeneration::First);
+        assert_eq!(opened.id().as_str(), v.expected_ref_id);
+        let name = SecretName::try_from(v.secret_name.as_str()).expect("valid");
+        assert_eq!(
+            refs::open_secret_ref(&keys, &tenant, &v.expected_secret_ref).expect("opens"),
+            name
+        );
+    }
+}
+
+/// The nonce is a keyed PRF of kind, tenant and seed: one name's refs in two tenants, or in two
+/// stores, share nothing but the prefix, and a guessed name cannot be tested against a ref
+/// without the store's keys (the first generation's unkeyed nonce let it).
+#[test]
+fn refs_of_one_name_are_unlinkable_across_tenants_and_stores() {
+    let name = SecretName::try_from("payments/stripe").expect("valid");
+    let acme = TenantId::try_from("acme").expect("valid");
+    let globex = TenantId::try_from("globex").expect("valid");
+    let raw = |r: &str| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(r.strip_prefix("ksr2_").expect("second generation"))
+            .expect("base64")
+    };
+    let refs = [
+        refs::secret_ref(&keys(), &acme, &name),
+        refs::secret_ref(&keys(), &globex, &name),
+        refs::secret_ref(&other_keys(), &acme, &name),
+    ];
+    for (i, a) in refs.iter().enumerate() {
+        for b in &refs[i + 1..] {
+            let (a, b) = (raw(a), raw(b));
+            let shared = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+            assert!(shared < 4, "refs share a {shared}-byte prefix");
+        }
+    }
+    // The first generation's nonce was SHA-256 of a domain, the kind and the name: from the
+    // name alone, anyone could recompute it. The second generation's is not that value.
+    let unkeyed = sha2::Sha256::new()
+        .chain_update(b"selene-kms/ref-nonce/v1")
+        .chain_update([1u8])
+        .chain_update(name.as_str())
+        .finalize();
+    assert_ne!(&raw(&refs[0])[..12], &unkeyed[..12]);
 }
 
 #[test]

@@ -345,7 +345,7 @@ async fn redeem(
             200,
             OP,
             ReasonCode::OkMaterialIssue,
-            Bytes::from_owner(ArcBytes(bodies::redeemed(&redeemed))),
+            Bytes::from_owner(bodies::redeemed(&redeemed)),
         ),
         Err(refusal) => {
             let reason = refusal.reason;
@@ -564,7 +564,7 @@ async fn readyz(State(state): Shared) -> Response {
 async fn noop() -> Response {
     respond(
         200,
-        &br#"{"validation_status":"OK","reason_code":"PH1_KMS_OK_MATERIAL_ISSUE","diagnostics":[],"operation":"GET_HANDLE","secret_ref":"ksr1_noop","secret_handle":"ksh1_noop","ephemeral_credential_ref":null,"expires_at_ms":0,"rotated_version":null,"revoked":null,"dry_run":false,"simulation_id":null,"audit_seq":0}"#[..],
+        &br#"{"validation_status":"OK","reason_code":"PH1_KMS_OK_MATERIAL_ISSUE","diagnostics":[],"operation":"GET_HANDLE","secret_ref":"ksr2_noop","secret_handle":"ksh2_noop","ephemeral_credential_ref":null,"expires_at_ms":0,"rotated_version":null,"revoked":null,"dry_run":false,"simulation_id":null,"audit_seq":0}"#[..],
     )
 }
 

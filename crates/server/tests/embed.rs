@@ -111,7 +111,7 @@ impl Embedded {
                 .await
                 .expect("created");
             assert_eq!(created.version, 1);
-            assert!(created.secret_ref.starts_with("ksr1_"), "an opaque ref");
+            assert!(created.secret_ref.starts_with("ksr2_"), "an opaque ref");
         }
         e
     }

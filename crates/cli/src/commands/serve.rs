@@ -46,6 +46,10 @@ pub(crate) struct ServeArgs {
     /// Log format [default: text].
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
+    /// Let the process dump core: off by default, since its memory holds the root key, caller
+    /// credentials and material in use.
+    #[arg(long)]
+    allow_core_dumps: bool,
 }
 
 fn init_logging(format: LogFormat) {
@@ -102,7 +106,30 @@ fn survive_file_size_limit() {
     }
 }
 
+/// Keeps the process's memory out of core files and away from other processes of its user: a
+/// core limit of zero (no core file on a crash) and not dumpable (no `ptrace` attach, no
+/// `/proc/PID/mem` for anyone but root). Done before the root key is read.
+#[cfg(target_os = "linux")]
+fn forbid_core_dumps() -> Result<(), String> {
+    use rustix::process::{DumpableBehavior, Resource, Rlimit, set_dumpable_behavior, setrlimit};
+    let none = Rlimit {
+        current: Some(0),
+        maximum: Some(0),
+    };
+    setrlimit(Resource::Core, none).map_err(|e| format!("cannot turn core dumps off: {e}"))?;
+    set_dumpable_behavior(DumpableBehavior::NotDumpable)
+        .map_err(|e| format!("cannot make the process undumpable: {e}"))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn forbid_core_dumps() -> Result<(), String> {
+    Err("core dumps can be turned off only on Linux: pass --allow-core-dumps".to_owned())
+}
+
 pub(crate) async fn run(config: &Config, args: ServeArgs) -> Result<ExitCode, String> {
+    if !args.allow_core_dumps {
+        forbid_core_dumps()?;
+    }
     let s = &config.server;
     let format = args.log_format.unwrap_or(match s.log_format.as_deref() {
         Some("json") => LogFormat::Json,

@@ -60,7 +60,13 @@ impl Node {
     /// Starts a node on a free loopback port and waits until it serves.
     /// `store` is a `postgres://` URL, or `None` for the embedded store in `data_dir`.
     pub(crate) fn start(data_dir: &Path, store: Option<&str>) -> Self {
+        Self::start_with(data_dir, store, &[])
+    }
+
+    /// [`Node::start`] with more arguments to `serve`.
+    pub(crate) fn start_with(data_dir: &Path, store: Option<&str>, args: &[&str]) -> Self {
         let mut child = serve_command(data_dir, store)
+            .args(args)
             .stderr(Stdio::piped())
             .spawn()
             .expect("serve starts");

@@ -80,7 +80,9 @@ impl Engine {
         };
         let material = self.store.material(grant).await.map_err(store_refusal)?;
         let material = match req.kind {
-            RefKind::Credential => material.derive_ephemeral(opened.id()),
+            RefKind::Credential => {
+                material.derive_ephemeral(&keys, opened.id(), opened.generation())
+            }
             _ => material,
         };
         let audit = record(

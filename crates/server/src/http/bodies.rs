@@ -3,8 +3,6 @@
 //! The wire form is the contract DESIGN.md and the OpenAPI document describe; keeping it here
 //! lets the engine answer in types while the bytes stay exactly what clients already parse.
 
-use std::sync::Arc;
-
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use selene_kms_core::{AuditRecord, Diagnostic, ReasonCode, Refusal, ValidationStatus};
@@ -250,7 +248,17 @@ pub(super) fn redeem_refusal(refusal: &Refusal) -> Vec<u8> {
 
 /// The redemption answer. The base64 text lives in zeroizing buffers until it is handed to the
 /// transport.
-pub(super) fn redeemed(redeemed: &Redeemed) -> Arc<[u8]> {
+/// A body that held material: wiped when the last holder (the connection, once it has written
+/// it) drops it.
+pub(super) struct Wiped(Zeroizing<Vec<u8>>);
+
+impl AsRef<[u8]> for Wiped {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+pub(super) fn redeemed(redeemed: &Redeemed) -> Wiped {
     let encoded = Zeroizing::new(STANDARD.encode(redeemed.material.expose()));
     let mut out = Zeroizing::new(Vec::with_capacity(encoded.len() + 96));
     out.extend_from_slice(b"{\"validation_status\":\"OK\",\"reason_code\":\"PH1_KMS_OK_MATERIAL_ISSUE\",\"material_b64\":\"");
@@ -262,5 +270,5 @@ pub(super) fn redeemed(redeemed: &Redeemed) -> Arc<[u8]> {
         )
         .as_bytes(),
     );
-    Arc::from(&out[..])
+    Wiped(out)
 }
