@@ -32,6 +32,7 @@ pub(crate) struct ServerSection {
     pub(crate) body_limit_bytes: Option<usize>,
     pub(crate) request_timeout_ms: Option<u64>,
     pub(crate) idempotency_retention_hours: Option<u64>,
+    pub(crate) max_connections: Option<usize>,
 }
 
 /// `[client]`: how client commands reach a server.

@@ -88,6 +88,7 @@
 
 mod auth;
 mod clock;
+mod connections;
 mod engine;
 mod http;
 mod metrics;
@@ -99,6 +100,7 @@ mod tls;
 
 pub use auth::{AuthError, Authenticator, IssuedToken, Presented, new_token};
 pub use clock::now_ms;
+pub use connections::ConnectionLimits;
 pub use engine::{
     AdminError, Bootstrapped, Caller, CreatedPrincipal, CreatedSecret,
     DEFAULT_IDEMPOTENCY_RETENTION_MS, Engine, IssuedTokenAnswer, KmsAnswer, MAX_CREDENTIAL_TTL_MS,

@@ -10,6 +10,7 @@ use axum_server::Handle;
 use tokio::task::JoinHandle;
 use tower_http::timeout::TimeoutLayer;
 
+use crate::connections::{ConnectionLimits, Guard};
 use crate::engine::{DEFAULT_IDEMPOTENCY_RETENTION_MS, Engine};
 use crate::http::{AppState, DEFAULT_BODY_LIMIT, router};
 use crate::metrics::Metrics;
@@ -34,6 +35,8 @@ pub struct ServeOptions {
     pub shutdown_grace: Duration,
     /// How long idempotency records are kept.
     pub idempotency_retention_ms: u64,
+    /// How many connections may be open, and how long one may stay silent.
+    pub connections: ConnectionLimits,
 }
 
 impl Default for ServeOptions {
@@ -47,6 +50,7 @@ impl Default for ServeOptions {
             header_read_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(30),
             idempotency_retention_ms: DEFAULT_IDEMPOTENCY_RETENTION_MS,
+            connections: ConnectionLimits::default(),
         }
     }
 }
@@ -118,16 +122,21 @@ pub async fn serve(engine: Arc<Engine>, options: ServeOptions) -> std::io::Resul
     let addr = listener.local_addr()?;
     let handle = Handle::new();
     let header_timeout = options.header_read_timeout;
+    let guard = Guard::new(options.connections);
     let server = match &options.tls {
         None => {
-            let mut server = axum_server::from_tcp(listener)?.handle(handle.clone());
+            let mut server = axum_server::from_tcp(listener)?
+                .acceptor(guard)
+                .handle(handle.clone());
             limit_http1(server.http_builder(), header_timeout);
             let app = app.into_make_service_with_connect_info::<SocketAddr>();
             tokio::spawn(async move { server.serve(app).await })
         }
         Some(tls) => {
             let config = axum_server::tls_rustls::RustlsConfig::from_config(tls.server_config()?);
-            let mut server = axum_server::from_tcp_rustls(listener, config)?.handle(handle.clone());
+            let mut server = axum_server::from_tcp_rustls(listener, config)?
+                .map(|tls| tls.acceptor(guard))
+                .handle(handle.clone());
             limit_http1(server.http_builder(), header_timeout);
             let app = app.into_make_service_with_connect_info::<SocketAddr>();
             tokio::spawn(async move { server.serve(app).await })

@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use common::*;
-use selene_kms_server::ServeOptions;
+use selene_kms_server::{ConnectionLimits, ServeOptions};
 
 fn addr(s: &Server) -> String {
     s.url.trim_start_matches("http://").to_owned()
@@ -104,5 +104,137 @@ async fn many_idle_connections_do_not_stop_service() {
         assert!(s.healthy().await);
     }
     drop(idle);
+    s.stop().await;
+}
+
+/// Limits short enough for a test: silent connections are closed after 300 ms.
+fn brief_limits(max_connections: usize) -> ServeOptions {
+    ServeOptions {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        connections: ConnectionLimits {
+            max_connections,
+            first_byte: Duration::from_millis(300),
+            idle: Duration::from_millis(300),
+        },
+        ..ServeOptions::default()
+    }
+}
+
+/// Whether the server ends `c` (end of stream or reset) rather than the client's 60 s guard,
+/// which only bounds a failing run.
+fn closed_by_server(c: &mut TcpStream) -> bool {
+    c.set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    let mut buf = [0u8; 64];
+    loop {
+        match c.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return false;
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_are_closed_whatever_their_protocol() {
+    let s = Server::start_with(brief_limits(64)).await;
+    let target = addr(&s);
+    let ended = tokio::task::spawn_blocking(move || {
+        // Connected, nothing sent; an h2c preface and nothing after it; one request, then
+        // silence on the kept-alive connection.
+        let mut silent = TcpStream::connect(&target).expect("connect");
+        let mut h2c = TcpStream::connect(&target).expect("connect");
+        h2c.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .expect("preface");
+        let mut kept = TcpStream::connect(&target).expect("connect");
+        kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .expect("request");
+        [
+            closed_by_server(&mut silent),
+            closed_by_server(&mut h2c),
+            closed_by_server(&mut kept),
+        ]
+    })
+    .await
+    .expect("task");
+    assert_eq!(ended, [true, true, true], "silent, h2c, kept alive");
+    assert!(healthy_fresh(&s).await);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connection_after_the_tls_handshake_is_closed() {
+    let pki = Pki::new();
+    let s = Server::start_with(ServeOptions {
+        tls: Some(pki.server(false)),
+        ..brief_limits(64)
+    })
+    .await;
+    // A client that completes the handshake and then says nothing.
+    let target = s.url.trim_start_matches("https://").to_owned();
+    let config = pki.rustls_client();
+    let ended = tokio::task::spawn_blocking(move || {
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let mut conn = rustls::ClientConnection::new(config, name).expect("tls");
+        let mut tcp = TcpStream::connect(target).expect("connect");
+        while conn.is_handshaking() {
+            conn.complete_io(&mut tcp).expect("handshake");
+        }
+        closed_by_server(&mut tcp)
+    })
+    .await
+    .expect("task");
+    assert!(ended, "the server held a silent TLS connection");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_limit_are_closed_at_accept() {
+    let s = Server::start_with(ServeOptions {
+        connections: ConnectionLimits {
+            max_connections: 2,
+            ..ConnectionLimits::default()
+        },
+        ..brief_limits(2)
+    })
+    .await;
+    let target = addr(&s);
+    let (held, refused) = tokio::task::spawn_blocking(move || {
+        let held: Vec<TcpStream> = (0..2)
+            .map(|_| TcpStream::connect(&target).expect("connect"))
+            .collect();
+        // Let the server accept both before the third arrives: a request on each answers.
+        let mut held = held;
+        for c in &mut held {
+            c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                .expect("request");
+            let mut buf = [0u8; 12];
+            c.read_exact(&mut buf).expect("answer");
+            assert_eq!(&buf, b"HTTP/1.1 200");
+        }
+        let mut third = TcpStream::connect(&target).expect("the kernel accepts");
+        (held, closed_by_server(&mut third))
+    })
+    .await
+    .expect("task");
+    assert!(refused, "a third connection was kept");
+    // Close the held connections and wait for the server's end of each: a place is given back
+    // before the server closes its side, so then both are free.
+    let closed = tokio::task::spawn_blocking(move || {
+        held.into_iter().all(|mut c| {
+            c.shutdown(std::net::Shutdown::Write).expect("shutdown");
+            closed_by_server(&mut c)
+        })
+    })
+    .await
+    .expect("task");
+    assert!(closed);
+    assert!(
+        healthy_fresh(&s).await,
+        "served again once connections close"
+    );
     s.stop().await;
 }

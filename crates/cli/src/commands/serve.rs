@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use selene_kms_server::{Engine, ServeOptions, TlsOptions, serve};
+use selene_kms_server::{ConnectionLimits, Engine, ServeOptions, TlsOptions, serve};
 
 use super::{data_dir, open_at, store_location};
 use crate::config::Config;
@@ -46,6 +46,9 @@ pub(crate) struct ServeArgs {
     /// Log format [default: text].
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
+    /// Most connections open at once; the excess is closed at accept [default: 4096].
+    #[arg(long, env = "SELENE_KMS_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
     /// Let the process dump core: off by default, since its memory holds the root key, caller
     /// credentials and material in use.
     #[arg(long)]
@@ -173,7 +176,17 @@ pub(crate) async fn run(config: &Config, args: ServeArgs) -> Result<ExitCode, St
         idempotency_retention_ms: s
             .idempotency_retention_hours
             .map_or(defaults.idempotency_retention_ms, |h| h * 3_600_000),
+        connections: ConnectionLimits {
+            max_connections: args
+                .max_connections
+                .or(s.max_connections)
+                .unwrap_or(defaults.connections.max_connections),
+            ..defaults.connections
+        },
     };
+    if options.connections.max_connections == 0 {
+        return Err("--max-connections must be at least 1".to_owned());
+    }
     let location = store_location(args.store, config, &dir)?;
     let store = open_at(&location, &dir).await?;
     tracing::info!(store = %location.describe(), "store open");

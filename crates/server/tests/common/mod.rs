@@ -325,6 +325,17 @@ impl Pki {
             .expect("identity")
     }
 
+    /// A rustls client configuration trusting the CA, for tests below HTTP.
+    pub(crate) fn rustls_client(&self) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.der().clone()).expect("the CA");
+        Arc::new(
+            rustls::ClientConfig::builder()
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        )
+    }
+
     /// An HTTPS client trusting the CA, with `identity` when given.
     pub(crate) fn http(&self, identity: Option<reqwest::Identity>) -> reqwest::Client {
         let ca = reqwest::Certificate::from_pem(self.ca.pem().as_bytes()).expect("ca");
