@@ -36,7 +36,14 @@ use crate::wire::TombstoneTarget;
 const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
 const PAD_BLOCK: usize = 64;
-const AAD_DOMAIN: &[u8] = b"selene-kms/ref/v1";
+/// The associated data's domain, per generation: a body of one generation under the other's
+/// prefix fails authentication, so what opens is what was sealed, as it was sealed.
+const fn aad_domain(generation: RefGeneration) -> &'static [u8] {
+    match generation {
+        RefGeneration::First => b"selene-kms/ref/v1",
+        RefGeneration::Second => b"selene-kms/ref/v2",
+    }
+}
 
 /// The kinds of ref, each with its own prefix so that a ref of one kind never opens as another.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -246,9 +253,10 @@ impl OpenedGrant {
     }
 }
 
-fn aad(kind: RefKind, tenant: &TenantId) -> Vec<u8> {
-    let mut a = Vec::with_capacity(AAD_DOMAIN.len() + 1 + tenant.as_str().len());
-    a.extend_from_slice(AAD_DOMAIN);
+fn aad(kind: RefKind, tenant: &TenantId, generation: RefGeneration) -> Vec<u8> {
+    let domain = aad_domain(generation);
+    let mut a = Vec::with_capacity(domain.len() + 1 + tenant.as_str().len());
+    a.extend_from_slice(domain);
     a.push(kind.tag());
     a.extend_from_slice(tenant.as_str().as_bytes());
     a
@@ -281,7 +289,7 @@ fn seal(
     let padded = plaintext.len().div_ceil(PAD_BLOCK).max(1) * PAD_BLOCK;
     plaintext.resize(padded, 0);
     let nonce = nonce_for(keys, kind, tenant, seed);
-    let aad = aad(kind, tenant);
+    let aad = aad(kind, tenant, RefGeneration::Second);
     let sealed = keys.refs.encrypt(
         (&nonce).into(),
         Payload {
@@ -324,7 +332,7 @@ fn open(
     }
     let (nonce, ciphertext) = raw.split_at(NONCE_LEN);
     let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| RefError)?;
-    let aad = aad(kind, tenant);
+    let aad = aad(kind, tenant, generation);
     let plaintext = keys
         .refs
         .decrypt(
