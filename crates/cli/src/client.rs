@@ -13,7 +13,6 @@ pub(crate) enum As {
     Admin,
     Os,
     Executor,
-    Nobody,
 }
 
 /// A response: status and body.
@@ -104,27 +103,23 @@ impl Client {
         body: Option<&serde_json::Value>,
     ) -> Result<Answer, String> {
         let token = match who {
-            As::Admin => Some(
-                self.admin
-                    .as_ref()
-                    .ok_or("no admin token: set SELENE_KMS_ADMIN_TOKEN or [client].admin_token")?,
-            ),
-            As::Os => Some(
-                self.os
-                    .as_ref()
-                    .ok_or("no os token: set SELENE_KMS_OS_TOKEN or [client].os_token")?,
-            ),
-            As::Executor => Some(
-                self.executor
-                    .as_ref()
-                    .ok_or("no executor token: set SELENE_KMS_EXECUTOR_TOKEN")?,
-            ),
-            As::Nobody => None,
+            As::Admin => self
+                .admin
+                .as_ref()
+                .ok_or("no admin token: set SELENE_KMS_ADMIN_TOKEN or [client].admin_token")?,
+            As::Os => self
+                .os
+                .as_ref()
+                .ok_or("no os token: set SELENE_KMS_OS_TOKEN or [client].os_token")?,
+            As::Executor => self
+                .executor
+                .as_ref()
+                .ok_or("no executor token: set SELENE_KMS_EXECUTOR_TOKEN")?,
         };
-        let mut request = self.http.request(method, format!("{}{path}", self.url));
-        if let Some(t) = token {
-            request = request.bearer_auth(t);
-        }
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(token);
         if let Some(b) = body {
             request = request.json(b);
         }

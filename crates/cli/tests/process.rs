@@ -97,3 +97,58 @@ fn init_gives_a_store_without_principals_its_bootstrap_principals_once() {
     );
     assert!(String::from_utf8_lossy(&again.stderr).contains("already initialised"));
 }
+
+/// `selene-kms audit verify` against a node, with these extra arguments.
+fn verify(node: &Node, admin: &str, args: &[&str]) -> std::process::Output {
+    selene_kms()
+        .args(["audit", "verify"])
+        .args(args)
+        .env("SELENE_KMS_URL", &node.url)
+        .env("SELENE_KMS_ADMIN_TOKEN", admin)
+        .env_remove("SELENE_KMS_AUDIT_PUBLIC_KEY")
+        .output()
+        .expect("verify runs")
+}
+
+#[test]
+fn audit_verify_trusts_the_pinned_key_never_the_servers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = selene_kms()
+        .args(["init", "--json", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .expect("init runs");
+    let init: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let pinned = dir.path().join("audit-public-key");
+    let written = std::fs::read_to_string(&pinned).expect("init pins the key");
+    assert_eq!(
+        written.trim(),
+        init["audit_public_key"].as_str().expect("printed")
+    );
+    let admin = init["tokens"]["admin"].as_str().expect("token").to_owned();
+    let node = Node::start(dir.path(), None);
+
+    let unpinned = verify(&node, &admin, &[]);
+    assert!(!unpinned.status.success(), "no key, no verification");
+    assert!(String::from_utf8_lossy(&unpinned.stderr).contains("--public-key-file"));
+
+    let path = pinned.to_str().expect("utf-8 path");
+    let ok = verify(&node, &admin, &["--public-key-file", path]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
+
+    // The key of another store: its checkpoints do not verify (the system chain holds the
+    // bootstrap principals' records).
+    let other = initialised();
+    let other_key = std::fs::read_to_string(other.path().join("audit-public-key")).expect("key");
+    let wrong = verify(&node, &admin, &["--public-key", other_key.trim()]);
+    assert_eq!(
+        wrong.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&wrong.stdout)
+    );
+}

@@ -19,8 +19,10 @@ use crate::{Connection, output};
 #[derive(Subcommand)]
 pub(crate) enum AuditCommand {
     /// Verify the audit chain: digests, links and signed checkpoints; names the first bad record.
+    /// The key is the pinned one (`init` wrote it to DATA_DIR/audit-public-key), never one the
+    /// server being verified serves.
     #[command(
-        after_help = "Examples:\n  selene-kms audit verify                          # every tenant, through the server\n  selene-kms audit verify --tenant acme\n  selene-kms audit verify --data-dir ./kms         # offline, on a stopped store\n  selene-kms audit verify --export audit.jsonl --public-key HEX   # a third party"
+        after_help = "Examples:\n  selene-kms audit verify --public-key-file ./kms/audit-public-key   # through the server\n  selene-kms audit verify --public-key HEX --tenant acme\n  selene-kms audit verify --data-dir ./kms         # offline, on a stopped store\n  selene-kms audit verify --export audit.jsonl --public-key HEX   # a third party"
     )]
     Verify {
         /// One tenant (default: every tenant).
@@ -39,11 +41,18 @@ pub(crate) enum AuditCommand {
         )]
         store: Option<String>,
         /// Verify an export file instead of a live store.
-        #[arg(long, requires = "public_key")]
-        export: Option<PathBuf>,
-        /// The audit public key (hex) to trust for --export.
         #[arg(long)]
+        export: Option<PathBuf>,
+        /// The audit public key to trust (64 hex characters).
+        #[arg(
+            long,
+            env = "SELENE_KMS_AUDIT_PUBLIC_KEY",
+            conflicts_with = "public_key_file"
+        )]
         public_key: Option<String>,
+        /// A file holding the audit public key to trust (`init` wrote DATA_DIR/audit-public-key).
+        #[arg(long)]
+        public_key_file: Option<PathBuf>,
         #[command(flatten)]
         conn: Connection,
     },
@@ -90,28 +99,20 @@ pub(crate) async fn run(
             store,
             export,
             public_key,
+            public_key_file,
             conn,
         } => {
             if let Some(dir) = data_dir {
                 let location = store_location(store, config, &dir)?;
                 return verify_offline(&location, &dir, tenant.as_deref(), json).await;
             }
-            let (text, key) = match export {
-                Some(path) => (
-                    std::fs::read_to_string(&path)
-                        .map_err(|e| format!("{}: {e}", path.display()))?,
-                    public_key.unwrap_or_default(),
-                ),
-                None => {
-                    let client = Client::new(&conn, config)?;
-                    let key = match public_key {
-                        Some(k) => k,
-                        None => fetch_public_key(&client).await?,
-                    };
-                    (fetch_export(&client, tenant.as_deref()).await?, key)
-                }
+            let key = parse_public_key(&pinned_key(public_key, public_key_file)?)
+                .ok_or("the public key is not 64 hex characters")?;
+            let text = match export {
+                Some(path) => std::fs::read_to_string(&path)
+                    .map_err(|e| format!("{}: {e}", path.display()))?,
+                None => fetch_export(&Client::new(&conn, config)?, tenant.as_deref()).await?,
             };
-            let key = parse_public_key(&key).ok_or("the public key is not 64 hex characters")?;
             match verify_export(&text, &key) {
                 Ok(summary) => {
                     if json {
@@ -194,14 +195,20 @@ pub(crate) async fn run(
     }
 }
 
-async fn fetch_public_key(client: &Client) -> Result<String, String> {
-    let answer = client
-        .send(Method::GET, "/v1/audit/public-key", As::Nobody, None)
-        .await?;
-    answer.json()["audit_public_key"]
-        .as_str()
-        .map(str::to_owned)
-        .ok_or_else(|| format!("no public key: {}", answer.describe()))
+/// The key to verify with: given, or read from a pinned file. Never fetched from the server
+/// being verified, which would sign whatever head it holds.
+fn pinned_key(hex: Option<String>, file: Option<PathBuf>) -> Result<String, String> {
+    match (hex, file) {
+        (Some(hex), _) => Ok(hex),
+        (None, Some(path)) => {
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))
+        }
+        (None, None) => Err(
+            "give the pinned audit key: --public-key HEX or --public-key-file \
+             DATA_DIR/audit-public-key (a key the verified server serves proves nothing)"
+                .to_owned(),
+        ),
+    }
 }
 
 async fn fetch_export(client: &Client, tenant: Option<&str>) -> Result<String, String> {

@@ -31,6 +31,23 @@ pub(crate) struct InitArgs {
     store: Option<String>,
 }
 
+/// The file in a data directory that pins the audit public key: `audit verify` trusts it (or a
+/// key given on the command line), never a key served by the server it verifies.
+pub(crate) fn public_key_path(dir: &Path) -> PathBuf {
+    dir.join("audit-public-key")
+}
+
+/// Writes the store's audit public key into the data directory, unless it is already there.
+fn pin_public_key(dir: &Path, store: &dyn Store) -> Result<String, String> {
+    let key = selene_kms_core::audit::public_key_hex(store.keys());
+    let path = public_key_path(dir);
+    if !path.exists() {
+        std::fs::write(&path, format!("{key}\n"))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    Ok(key)
+}
+
 /// A bootstrap principal: its role, its token (shown once) and its id.
 pub(crate) struct Bootstrap {
     pub(crate) role: String,
@@ -78,15 +95,20 @@ async fn bootstrap(store: Arc<dyn Store>) -> Result<Vec<Bootstrap>, String> {
 }
 
 /// A store from before principals (its unkeyed caller tokens were dropped when it was
-/// migrated) gets its bootstrap principals; any other initialised store is refused.
-async fn upgrade(dir: &Path, location: &StoreLocation) -> Result<Vec<Bootstrap>, String> {
+/// migrated) gets its bootstrap principals and its pinned key; any other initialised store is
+/// refused.
+async fn upgrade(
+    dir: &Path,
+    location: &StoreLocation,
+) -> Result<(Arc<dyn Store>, Vec<Bootstrap>), String> {
     let refused = || format!("{} is already initialised", dir.display());
     let store = open_at(location, dir).await.map_err(|_| refused())?;
     let principals = store.principals().await.map_err(|e| e.message)?;
     if !principals.is_empty() {
         return Err(refused());
     }
-    bootstrap(store).await
+    let made = bootstrap(store.clone()).await?;
+    Ok((store, made))
 }
 
 /// Initialises a store at `location`, with its root key in `dir`, and returns it with its
@@ -115,6 +137,7 @@ pub(crate) async fn init_store(
             });
         }
     };
+    pin_public_key(dir, &*store)?;
     let made = bootstrap(store.clone()).await?;
     Ok((store, made))
 }
@@ -122,14 +145,16 @@ pub(crate) async fn init_store(
 pub(crate) async fn run(config: &Config, args: InitArgs, json: bool) -> Result<ExitCode, String> {
     let dir = data_dir(args.data_dir, config)?;
     let location = store_location(args.store, config, &dir)?;
-    let (made, verb) = match init_store(&dir, &location).await {
-        Ok((_, made)) => (made, "Initialised"),
+    let (opened, made, verb) = match init_store(&dir, &location).await {
+        Ok((opened, made)) => (opened, made, "Initialised"),
         // Re-running `init` is how a store from before principals gets its first ones.
         Err(e) if key_path(&dir).exists() => {
-            (upgrade(&dir, &location).await.map_err(|_| e)?, "Upgraded")
+            let (opened, made) = upgrade(&dir, &location).await.map_err(|_| e)?;
+            (opened, made, "Upgraded")
         }
         Err(e) => return Err(e),
     };
+    let public_key = pin_public_key(&dir, &*opened)?;
     let store = location.describe();
     if json {
         let map = |f: &dyn Fn(&Bootstrap) -> &str| {
@@ -142,6 +167,7 @@ pub(crate) async fn run(config: &Config, args: InitArgs, json: bool) -> Result<E
             "store": store,
             "tokens": map(&|b| b.token.as_str()),
             "principals": map(&|b| b.principal_id.as_str()),
+            "audit_public_key": public_key,
         }));
     } else {
         println!("{verb} {store}, data directory {}.", dir.display());
@@ -153,6 +179,10 @@ pub(crate) async fn run(config: &Config, args: InitArgs, json: bool) -> Result<E
             .map(|b| vec![b.role.clone(), b.principal_id.clone(), b.token.to_string()])
             .collect();
         output::table(&["role", "principal_id", "token"], &rows);
+        println!(
+            "Audit public key, pinned in {} (give it to whoever verifies the audit):\n{public_key}",
+            public_key_path(&dir).display()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

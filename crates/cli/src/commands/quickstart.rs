@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use selene_kms_backends::StoreLocation;
 
 use super::db_path;
-use super::init::init_store;
+use super::init::{init_store, public_key_path};
 use crate::client::{Answer, As, Client};
 use crate::output;
 use selene_kms_server::{Engine, ServeOptions, serve};
@@ -136,7 +136,7 @@ pub(crate) async fn run(json_out: bool) -> Result<ExitCode, String> {
     ));
     let client = Client::with_tokens(url, token("admin"), token("os"), token("executor"));
 
-    let outcome = walk(&client, &mut report).await;
+    let outcome = walk(&client, &public_key_path(dir.path()), &mut report).await;
     listening.shutdown().await.map_err(|e| e.to_string())?;
     drop(store);
     outcome?;
@@ -148,7 +148,11 @@ pub(crate) async fn run(json_out: bool) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn walk(client: &Client, report: &mut Report) -> Result<(), String> {
+async fn walk(
+    client: &Client,
+    pinned_key: &std::path::Path,
+    report: &mut Report,
+) -> Result<(), String> {
     report.note("Provisioning (admin):");
     let policy = json!({
         "rules": [
@@ -303,10 +307,9 @@ async fn walk(client: &Client, report: &mut Report) -> Result<(), String> {
     );
 
     report.note("\nAudit (admin):");
-    let key = client
-        .send(Method::GET, "/v1/audit/public-key", As::Nobody, None)
-        .await?
-        .json();
+    // The key `init` pinned in the data directory, not one the server serves.
+    let key =
+        std::fs::read_to_string(pinned_key).map_err(|e| format!("the pinned audit key: {e}"))?;
     let export = client
         .send(
             Method::GET,
@@ -316,13 +319,11 @@ async fn walk(client: &Client, report: &mut Report) -> Result<(), String> {
         )
         .await?;
     let text = String::from_utf8(export.body.clone()).map_err(|_| "export is not UTF-8")?;
-    let public =
-        selene_kms_core::audit::parse_public_key(key["audit_public_key"].as_str().unwrap_or(""))
-            .ok_or("no public key")?;
+    let public = selene_kms_core::audit::parse_public_key(&key).ok_or("no public key")?;
     let summary = selene_kms_core::audit::verify_export(&text, &public)
         .map_err(|e| format!("audit chain broken: {e}"))?;
     report.step(
-        "verify the exported chain with the public key",
+        "verify the exported chain with the pinned public key",
         &export,
         format!(
             "{} records, {} checkpoints: verified",

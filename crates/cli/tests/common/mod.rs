@@ -153,6 +153,8 @@ pub(crate) struct Api {
     pub(crate) admin: String,
     pub(crate) os: String,
     pub(crate) executor: String,
+    /// The audit public key `init` pinned: what exports are verified with.
+    pub(crate) audit_public_key: String,
 }
 
 pub(crate) type Answer = (StatusCode, Vec<u8>);
@@ -177,6 +179,10 @@ impl Api {
             admin: token("admin"),
             os: token("os"),
             executor: token("executor"),
+            audit_public_key: init["audit_public_key"]
+                .as_str()
+                .expect("init prints the audit public key")
+                .to_owned(),
         }
     }
 
@@ -317,16 +323,10 @@ impl Api {
             .collect()
     }
 
-    /// Exports the tenant's chain through `node` and verifies it with the public key alone.
+    /// Exports the tenant's chain through `node` and verifies it with the pinned public key.
     pub(crate) async fn verify_audit(&self, node: &str) -> u64 {
-        let key = self
-            .call(node, Method::GET, "/v1/audit/public-key", None, None)
-            .await
-            .expect("public key");
-        let public = selene_kms_core::audit::parse_public_key(
-            json_of(&key)["audit_public_key"].as_str().expect("key"),
-        )
-        .expect("public key parses");
+        let public = selene_kms_core::audit::parse_public_key(&self.audit_public_key)
+            .expect("public key parses");
         let export = self
             .call(
                 node,
