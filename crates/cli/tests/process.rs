@@ -5,8 +5,8 @@ mod common;
 
 use common::{Node, selene_kms};
 
-/// An initialised embedded store in a fresh directory.
-fn initialised() -> tempfile::TempDir {
+/// An initialised embedded store in a fresh directory, and what `init --json` printed.
+fn initialised() -> (tempfile::TempDir, serde_json::Value) {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = selene_kms()
         .args(["init", "--json", "--data-dir"])
@@ -18,7 +18,8 @@ fn initialised() -> tempfile::TempDir {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    dir
+    let printed = serde_json::from_slice(&out.stdout).expect("json");
+    (dir, printed)
 }
 
 /// The "Max core file size" line of a process's limits.
@@ -33,7 +34,7 @@ fn core_limit(pid: &str) -> Option<String> {
 #[cfg(target_os = "linux")]
 #[test]
 fn a_serving_process_dumps_no_core_unless_allowed() {
-    let dir = initialised();
+    let (dir, _) = initialised();
     let guarded = Node::start(dir.path(), None);
     let pid = guarded.child.id().to_string();
     // An undumpable process's /proc files belong to root: when the test runs as another user,
@@ -56,7 +57,7 @@ fn a_serving_process_dumps_no_core_unless_allowed() {
 
 #[test]
 fn init_gives_a_store_without_principals_its_bootstrap_principals_once() {
-    let dir = initialised();
+    let (dir, _) = initialised();
     // A store from before principals: its unkeyed tokens were dropped by the migration, so it
     // has no principal at all.
     let conn = rusqlite::Connection::open(dir.path().join("kms.db")).expect("opens");
@@ -112,13 +113,7 @@ fn verify(node: &Node, admin: &str, args: &[&str]) -> std::process::Output {
 
 #[test]
 fn audit_verify_trusts_the_pinned_key_never_the_servers() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let out = selene_kms()
-        .args(["init", "--json", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .expect("init runs");
-    let init: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let (dir, init) = initialised();
     let pinned = dir.path().join("audit-public-key");
     let written = std::fs::read_to_string(&pinned).expect("init pins the key");
     assert_eq!(
@@ -142,7 +137,7 @@ fn audit_verify_trusts_the_pinned_key_never_the_servers() {
 
     // The key of another store: its checkpoints do not verify (the system chain holds the
     // bootstrap principals' records).
-    let other = initialised();
+    let (other, _) = initialised();
     let other_key = std::fs::read_to_string(other.path().join("audit-public-key")).expect("key");
     let wrong = verify(&node, &admin, &["--public-key", other_key.trim()]);
     assert_eq!(

@@ -59,6 +59,13 @@ fn token_at(keys: &ServiceKeys, row: &Row, at: usize) -> StoreResult<TokenRow> {
     Ok(TokenRow { record, verifier })
 }
 
+/// The MACs of token rows, as a statement binds them.
+fn token_macs(keys: &ServiceKeys, rows: &[TokenRow]) -> Vec<Vec<u8>> {
+    rows.iter()
+        .map(|t| token_mac(keys, &t.record, &t.verifier).to_vec())
+        .collect()
+}
+
 /// Reads the principals and tokens `needs` asks for into `committed` (see
 /// [`Committed::principals`]), one statement each.
 pub(crate) async fn read_committed(
@@ -141,8 +148,10 @@ pub(crate) async fn write(
             .iter()
             .map(|p| p.expires_at_ms.map(to_db_saturating))
             .collect();
-        let macs: Vec<[u8; 32]> = rows.iter().map(|p| principal_mac(keys, p)).collect();
-        let macs: Vec<&[u8]> = macs.iter().map(|m| &m[..]).collect();
+        let macs: Vec<Vec<u8>> = rows
+            .iter()
+            .map(|p| principal_mac(keys, p).to_vec())
+            .collect();
         sql::execute(
             client,
             "INSERT INTO principals (principal_id, name, role, tenants, spiffe_id, created_at_ms,
@@ -179,11 +188,7 @@ pub(crate) async fn write(
             .iter()
             .map(|t| t.record.expires_at_ms.map(to_db_saturating))
             .collect();
-        let macs: Vec<[u8; 32]> = rows
-            .iter()
-            .map(|t| token_mac(keys, &t.record, &t.verifier))
-            .collect();
-        let macs: Vec<&[u8]> = macs.iter().map(|m| &m[..]).collect();
+        let macs = token_macs(keys, rows);
         sql::execute(
             client,
             "INSERT INTO principal_tokens (token_id, principal_id, verifier, created_at_ms,
@@ -202,8 +207,10 @@ pub(crate) async fn write(
             .iter()
             .map(|p| p.revoked_at_ms.map(to_db_saturating))
             .collect();
-        let macs: Vec<[u8; 32]> = rows.iter().map(|p| principal_mac(keys, p)).collect();
-        let macs: Vec<&[u8]> = macs.iter().map(|m| &m[..]).collect();
+        let macs: Vec<Vec<u8>> = rows
+            .iter()
+            .map(|p| principal_mac(keys, p).to_vec())
+            .collect();
         sql::execute(
             client,
             "UPDATE principals SET revoked_at_ms = r.at, mac = r.mac
@@ -221,11 +228,7 @@ pub(crate) async fn write(
             .iter()
             .map(|t| t.record.revoked_at_ms.map(to_db_saturating))
             .collect();
-        let macs: Vec<[u8; 32]> = rows
-            .iter()
-            .map(|t| token_mac(keys, &t.record, &t.verifier))
-            .collect();
-        let macs: Vec<&[u8]> = macs.iter().map(|m| &m[..]).collect();
+        let macs = token_macs(keys, rows);
         sql::execute(
             client,
             "UPDATE principal_tokens SET revoked_at_ms = r.at, mac = r.mac
