@@ -64,6 +64,20 @@ fn init_gives_a_store_without_principals_its_bootstrap_principals_once() {
     conn.execute_batch("DELETE FROM principal_tokens; DELETE FROM principals;")
         .expect("emptied");
     drop(conn);
+    // A pinned key that is not the store's is refused, never kept.
+    let pinned = dir.path().join("audit-public-key");
+    let genuine = std::fs::read_to_string(&pinned).expect("pinned at init");
+    std::fs::write(&pinned, format!("{}\n", "ab".repeat(32))).expect("planted");
+    let planted = selene_kms()
+        .args(["init", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .expect("init runs");
+    assert!(!planted.status.success());
+    assert!(
+        String::from_utf8_lossy(&planted.stderr).contains("does not hold this store's audit key")
+    );
+    std::fs::write(&pinned, &genuine).expect("restored");
     let upgrade = selene_kms()
         .args(["init", "--json", "--data-dir"])
         .arg(dir.path())

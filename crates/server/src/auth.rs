@@ -292,7 +292,7 @@ impl Authenticator {
 }
 
 /// The token of an `Authorization: Bearer …` value.
-fn bearer(header: &str) -> Option<&str> {
+pub(crate) fn bearer(header: &str) -> Option<&str> {
     header
         .strip_prefix("Bearer ")
         .map(str::trim)

@@ -4,9 +4,11 @@
 //! HTTP/1's header timeout starts only once hyper knows the protocol, so a client that connects
 //! and sends nothing (or completes a TLS handshake, or opens an h2c connection, and then goes
 //! quiet) would be held for ever. The guard works below every protocol, on the TCP stream: a
-//! connection over the limit is closed at accept, and one that reads nothing for its deadline
-//! (the first bytes within `first_byte`, later ones within `idle`) fails its next read, which
-//! makes hyper close it.
+//! connection over the limit is closed at accept, and one that makes no progress for its
+//! deadline (its first bytes within `first_byte`; later, no byte read or written within `idle`)
+//! fails its next read or write, which makes hyper close it. Writes count as progress, so a
+//! long answer to a client that reads it is not cut; a client that stops reading its answers
+//! stalls the writes, and is cut like a silent one.
 
 use std::future::{Future, Ready};
 use std::io;
@@ -95,6 +97,25 @@ pub(crate) struct Guarded<I> {
     deadline: Pin<Box<Sleep>>,
 }
 
+impl<I> Guarded<I> {
+    /// Bytes moved: the connection has `idle` again from now.
+    fn progressed(&mut self) {
+        let next = Instant::now() + self.idle;
+        self.deadline.as_mut().reset(next);
+    }
+
+    /// An operation that could not proceed: pending until the deadline, then an error.
+    fn stalled<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        match self.deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the connection made no progress past its deadline",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
 impl<I: AsyncRead + Unpin> AsyncRead for Guarded<I> {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -105,18 +126,11 @@ impl<I: AsyncRead + Unpin> AsyncRead for Guarded<I> {
         match Pin::new(&mut self.inner).poll_read(cx, buf) {
             Poll::Ready(outcome) => {
                 if buf.filled().len() > before {
-                    let next = Instant::now() + self.idle;
-                    self.deadline.as_mut().reset(next);
+                    self.progressed();
                 }
                 Poll::Ready(outcome)
             }
-            Poll::Pending => match self.deadline.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "the connection stayed silent past its deadline",
-                ))),
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => self.stalled(cx),
         }
     }
 }
@@ -127,7 +141,14 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Guarded<I> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        match Pin::new(&mut self.inner).poll_write(cx, buf) {
+            Poll::Ready(Ok(n)) if n > 0 => {
+                self.progressed();
+                Poll::Ready(Ok(n))
+            }
+            Poll::Pending => self.stalled(cx),
+            other => other,
+        }
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -144,7 +165,14 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Guarded<I> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        match Pin::new(&mut self.inner).poll_write_vectored(cx, bufs) {
+            Poll::Ready(Ok(n)) if n > 0 => {
+                self.progressed();
+                Poll::Ready(Ok(n))
+            }
+            Poll::Pending => self.stalled(cx),
+            other => other,
+        }
     }
 
     fn is_write_vectored(&self) -> bool {

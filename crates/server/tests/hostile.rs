@@ -238,3 +238,34 @@ async fn connections_over_the_limit_are_closed_at_accept() {
     );
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_its_answers_loses_its_place() {
+    let s = Server::start_with(brief_limits(1)).await;
+    let target = addr(&s);
+    let cut = tokio::task::spawn_blocking(move || {
+        let mut greedy = TcpStream::connect(&target).expect("connect");
+        greedy
+            .set_write_timeout(Some(Duration::from_secs(60)))
+            .expect("timeout");
+        let burst = "GET /v1/noop HTTP/1.1\r\nHost: x\r\n\r\n".repeat(2048);
+        // Pipelined requests, answers never read: the server's writes stall, then its reads,
+        // then ours. Only the server closing the connection ends this loop early.
+        loop {
+            match greedy.write_all(burst.as_bytes()) {
+                Ok(()) => {}
+                Err(e) => {
+                    return !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut);
+                }
+            }
+        }
+    })
+    .await
+    .expect("task");
+    assert!(cut, "the server kept a client that never read");
+    assert!(
+        healthy_fresh(&s).await,
+        "its place is free again (the limit is one connection)"
+    );
+    s.stop().await;
+}

@@ -609,6 +609,55 @@ async fn a_revocation_epoch_set_back_in_the_database_revives_nothing() {
     s.stop().await;
 }
 
+/// The epoch set back by one *before* a revocation: had the revocation added one, it would land
+/// on the very epoch the node remembers the token at.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_epoch_set_back_before_a_revocation_revives_nothing() {
+    let s = Server::start_on(Backend::Postgres).await;
+    let cluster = s.cluster.as_ref().expect("a PostgreSQL cluster");
+    // Move the epoch off zero with one revocation, so that it can be set back.
+    let first = s
+        .create_principal(&json!({"name": "ci-os-1", "role": "os", "tenants": [TENANT]}))
+        .await
+        .json();
+    let first_id = text(&first["principal_id"]);
+    let r = s
+        .call(
+            Method::DELETE,
+            &format!("/v1/admin/principals/{first_id}"),
+            &s.admin,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let second = s
+        .create_principal(&json!({"name": "ci-os-2", "role": "os", "tenants": [TENANT]}))
+        .await
+        .json();
+    let (id2, token2) = (text(&second["principal_id"]), text(&second["token"]));
+    assert_eq!(s.whoami(&token2).await.status, StatusCode::OK, "remembered");
+    let now: u64 = cluster
+        .sql("kms", "SELECT epoch FROM auth_epoch")
+        .parse()
+        .expect("a number");
+    cluster.sql("kms", &format!("UPDATE auth_epoch SET epoch = {}", now - 1));
+    let r = s
+        .call(
+            Method::DELETE,
+            &format!("/v1/admin/principals/{id2}"),
+            &s.admin,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        s.whoami(&token2).await.status,
+        StatusCode::UNAUTHORIZED,
+        "the revocation holds"
+    );
+    s.stop().await;
+}
+
 /// A request whose body arrives after its token was revoked is refused: the credential is
 /// checked once the request is whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,6 +6,7 @@
 
 use deadpool_postgres::GenericClient;
 use selene_kms_core::{PrincipalId, ServiceKeys, SpiffeId, TokenId};
+use selene_kms_store::backend::revocation_step;
 use selene_kms_store::backend::{
     Committed, Credential, LISTING_SQL, Needs, PRINCIPAL_COLUMN_COUNT, PrincipalListing,
     PrincipalRecord, StoreResult, StoredPrincipal, StoredToken, TokenRecord, TokenRow, Writes,
@@ -242,8 +243,8 @@ pub(crate) async fn write(
     if writes.revokes_credentials() {
         sql::execute(
             client,
-            "UPDATE auth_epoch SET epoch = epoch + 1 WHERE id = 0",
-            &[],
+            "UPDATE auth_epoch SET epoch = epoch + $1 WHERE id = 0",
+            &[&revocation_step()?],
             "auth epoch",
         )
         .await?;

@@ -11,6 +11,7 @@ use selene_kms_store::backend::{
     to_db_saturating, token_mac,
 };
 
+use selene_kms_store::backend::revocation_step;
 use selene_kms_store::{principal_columns, token_columns};
 
 use crate::batch::exec;
@@ -212,9 +213,10 @@ pub(crate) fn write(
     if !writes.revokes_credentials() {
         return Ok(None);
     }
+    let step = revocation_step()?;
     let epoch: i64 = conn
-        .prepare_cached("UPDATE auth_epoch SET epoch = epoch + 1 WHERE id = 0 RETURNING epoch")
-        .and_then(|mut stmt| stmt.query_row([], |r| r.get(0)))
+        .prepare_cached("UPDATE auth_epoch SET epoch = epoch + ?1 WHERE id = 0 RETURNING epoch")
+        .and_then(|mut stmt| stmt.query_row([step], |r| r.get(0)))
         .map_err(|e| {
             let inner = db_err(e);
             StoreError::new(

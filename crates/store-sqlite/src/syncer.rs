@@ -111,7 +111,7 @@ impl Syncer {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
             self.health.stop();
             if let Some(advanced) = epoch {
-                self.epoch.fetch_max(advanced, Ordering::AcqRel);
+                advance(&self.epoch, advanced);
             }
         }
         for (reply, _) in unsent.into_iter().flatten() {
@@ -128,6 +128,16 @@ impl Drop for Syncer {
             let _ = t.join();
         }
     }
+}
+
+/// Publishes a revocation: the published epoch always moves forward, past what it was and to at
+/// least what the database returned. The database's value alone is not trusted: whoever can
+/// write the file could have set it back, so that a revocation would land on an epoch a
+/// remembered authentication already carries.
+fn advance(epoch: &AtomicU64, stored: u64) {
+    let _ = epoch.fetch_update(Ordering::AcqRel, Ordering::Acquire, |current| {
+        Some(current.saturating_add(1).max(stored))
+    });
 }
 
 fn flush(wal: &Path, file: &mut Option<File>) -> std::io::Result<()> {
@@ -154,8 +164,8 @@ fn run(
         if !flushed {
             health.stop();
         }
-        if let Some(advanced) = pending.iter().filter_map(|(_, e)| *e).max() {
-            epoch.fetch_max(advanced, Ordering::AcqRel);
+        for advanced in pending.iter().filter_map(|(_, e)| *e) {
+            advance(epoch, advanced);
         }
         for (reply, outcome) in pending.into_iter().flat_map(|(answers, _)| answers) {
             let outcome = if flushed {
@@ -166,5 +176,22 @@ fn run(
             let _ = reply.send(outcome);
         }
         in_flight.fetch_sub(taken, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_revocation_moves_the_published_epoch_forward() {
+        let epoch = AtomicU64::new(10);
+        advance(&epoch, 11);
+        assert_eq!(epoch.load(Ordering::Acquire), 11);
+        // The stored counter was set back: the revocation still moves the epoch on.
+        advance(&epoch, 5);
+        assert_eq!(epoch.load(Ordering::Acquire), 12);
+        advance(&epoch, 40);
+        assert_eq!(epoch.load(Ordering::Acquire), 40);
     }
 }

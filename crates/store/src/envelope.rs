@@ -28,6 +28,16 @@ fn random<const N: usize>() -> StoreResult<Zeroizing<[u8; N]>> {
     Ok(out)
 }
 
+/// How far a revocation moves the stored authentication epoch: 1 plus a random 32-bit number.
+/// Whoever can write the database could set the counter back by one before a revocation, so
+/// that the revocation would land on an epoch a node already remembers authentications at; a
+/// random step makes the epoch after a revocation one nobody could have set up. (2^31
+/// revocations still fit a 63-bit counter.)
+pub fn revocation_step() -> StoreResult<i64> {
+    let bytes = random::<4>()?;
+    Ok(1 + i64::from(u32::from_le_bytes(*bytes)))
+}
+
 /// Fresh random 32 bytes (data keys, the service secret, root keys).
 pub(crate) fn random_key() -> StoreResult<Zeroizing<[u8; 32]>> {
     random::<32>()

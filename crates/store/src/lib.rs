@@ -57,7 +57,7 @@ pub mod backend {
     pub use crate::commit::*;
     pub use crate::envelope::{
         DataKey, Rewrapped, RootKey, RootKeys, SharedRoot, new_service_secret, open_service_secret,
-        opens_service_secret, rewrap_all,
+        opens_service_secret, revocation_step, rewrap_all,
     };
     pub use crate::error::*;
     pub use crate::health::*;

@@ -37,13 +37,22 @@ pub(crate) fn public_key_path(dir: &Path) -> PathBuf {
     dir.join("audit-public-key")
 }
 
-/// Writes the store's audit public key into the data directory, unless it is already there.
+/// Writes the store's audit public key into the data directory; a pinned key already there
+/// must be the store's (a stale or planted file is refused, not kept).
 fn pin_public_key(dir: &Path, store: &dyn Store) -> Result<String, String> {
     let key = selene_kms_core::audit::public_key_hex(store.keys());
     let path = public_key_path(dir);
-    if !path.exists() {
-        std::fs::write(&path, format!("{key}\n"))
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    match std::fs::read_to_string(&path) {
+        Ok(pinned) if pinned.trim() == key => {}
+        Ok(_) => {
+            return Err(format!(
+                "{} does not hold this store's audit key: remove it, or verify against the key \
+                 you trust",
+                path.display()
+            ));
+        }
+        Err(_) => std::fs::write(&path, format!("{key}\n"))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?,
     }
     Ok(key)
 }
@@ -107,6 +116,7 @@ async fn upgrade(
     if !principals.is_empty() {
         return Err(refused());
     }
+    pin_public_key(dir, &*store)?;
     let made = bootstrap(store.clone()).await?;
     Ok((store, made))
 }
@@ -148,8 +158,8 @@ pub(crate) async fn run(config: &Config, args: InitArgs, json: bool) -> Result<E
     let (opened, made, verb) = match init_store(&dir, &location).await {
         Ok((opened, made)) => (opened, made, "Initialised"),
         // Re-running `init` is how a store from before principals gets its first ones.
-        Err(e) if key_path(&dir).exists() => {
-            let (opened, made) = upgrade(&dir, &location).await.map_err(|_| e)?;
+        Err(_) if key_path(&dir).exists() => {
+            let (opened, made) = upgrade(&dir, &location).await?;
             (opened, made, "Upgraded")
         }
         Err(e) => return Err(e),

@@ -259,16 +259,21 @@ impl AsRef<[u8]> for Wiped {
 }
 
 pub(super) fn redeemed(redeemed: &Redeemed) -> Wiped {
+    const PREFIX: &[u8] =
+        b"{\"validation_status\":\"OK\",\"reason_code\":\"PH1_KMS_OK_MATERIAL_ISSUE\",\"material_b64\":\"";
     let encoded = Zeroizing::new(STANDARD.encode(redeemed.material.expose()));
-    let mut out = Zeroizing::new(Vec::with_capacity(encoded.len() + 96));
-    out.extend_from_slice(b"{\"validation_status\":\"OK\",\"reason_code\":\"PH1_KMS_OK_MATERIAL_ISSUE\",\"material_b64\":\"");
-    out.extend_from_slice(encoded.as_bytes());
-    out.extend_from_slice(
-        format!(
-            "\",\"version\":{},\"expires_at_ms\":{}}}",
-            redeemed.version, redeemed.expires_at_ms
-        )
-        .as_bytes(),
+    let suffix = format!(
+        "\",\"version\":{},\"expires_at_ms\":{}}}",
+        redeemed.version, redeemed.expires_at_ms
     );
+    // Exactly the size it ends with: a buffer that grew would leave a copy of the material
+    // behind, unwiped, in the allocation it outgrew.
+    let mut out = Zeroizing::new(Vec::with_capacity(
+        PREFIX.len() + encoded.len() + suffix.len(),
+    ));
+    out.extend_from_slice(PREFIX);
+    out.extend_from_slice(encoded.as_bytes());
+    out.extend_from_slice(suffix.as_bytes());
+    debug_assert_eq!(out.len(), out.capacity());
     Wiped(out)
 }

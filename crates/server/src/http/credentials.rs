@@ -13,6 +13,7 @@ use selene_kms_core::SpiffeId;
 
 use axum_server::tls::TlsInfo;
 
+use crate::auth::bearer;
 use crate::tls::peer_spiffe_id;
 
 /// A request's credentials, not yet checked.
@@ -26,9 +27,10 @@ pub(crate) struct Credentials {
 }
 
 impl Credentials {
-    /// Whether the request presents any credential at all.
+    /// Whether the request presents a credential of a usable shape: a bearer token, or a
+    /// certificate with a SPIFFE id. A request without one is refused before anything else.
     pub(crate) fn presented(&self) -> bool {
-        self.authorization.is_some() || self.spiffe_id.is_some()
+        self.authorization.as_deref().and_then(bearer).is_some() || self.spiffe_id.is_some()
     }
 }
 
