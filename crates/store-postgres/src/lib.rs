@@ -115,8 +115,9 @@ impl PostgresStore {
         })?;
         schema::migrate(&mut client).await?;
         let service = keys::service_secret(&client, &root, create).await?;
-        drop(client);
         let keys = Arc::new(ServiceKeys::derive(&service));
+        reads::reseal_secret_refs(&client, &keys).await?;
+        drop(client);
         let root = SharedRoot::new(root);
         let data_keys = Arc::new(DataKeys::default());
         let policies = Arc::new(PolicyCache::default());

@@ -4,11 +4,11 @@
 use deadpool_postgres::GenericClient;
 use selene_kms_core::{
     AuditRecord, Checkpoint, PolicyDocument, RefId, SecretKind, SecretName, SecretSnapshot,
-    TenantId, TtlBounds, VersionState, state::mark_revoked,
+    ServiceKeys, TenantId, TtlBounds, VersionState, state::mark_revoked,
 };
 use selene_kms_store::backend::{
-    ErrorKind, IdempotencyScope, SecretListing, StoreError, StoreResult, TenantSummary,
-    VersionListing,
+    ErrorKind, FIRST_GENERATION_SECRETS, IdempotencyScope, SecretListing, StoreError, StoreResult,
+    TenantSummary, VersionListing, resealed_secret_ref,
 };
 use tokio_postgres::Row;
 
@@ -318,4 +318,26 @@ pub(crate) async fn tenants(client: &impl GenericClient) -> StoreResult<Vec<Tena
             )
         })
         .collect()
+}
+
+/// Gives every secret whose stored ref is of the first generation its second-generation ref
+/// (see [`resealed_secret_ref`]). Nodes opening at once write the same values.
+pub(crate) async fn reseal_secret_refs(
+    client: &impl GenericClient,
+    keys: &ServiceKeys,
+) -> StoreResult<()> {
+    const WHAT: &str = "secret ref reseal";
+    let stale = sql::rows(client, FIRST_GENERATION_SECRETS, &[], WHAT).await?;
+    for row in &stale {
+        let (tenant, name): (&str, &str) = (col(row, 0, WHAT)?, col(row, 1, WHAT)?);
+        let secret_ref = resealed_secret_ref(keys, tenant, name)?;
+        sql::execute(
+            client,
+            "UPDATE secrets SET secret_ref = $3 WHERE tenant_id = $1 AND secret_name = $2",
+            &[&tenant, &name, &secret_ref],
+            WHAT,
+        )
+        .await?;
+    }
+    Ok(())
 }

@@ -574,3 +574,26 @@ async fn an_altered_data_key_refuses_only_its_own_tenant() {
         "a corrupt tenant is not a failing store"
     );
 }
+
+/// A secret whose stored ref an earlier build sealed in the first generation is handed out with
+/// its second-generation ref once a node of this build opens the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_generation_secret_refs_are_resealed_on_open() {
+    let cluster = Cluster::start();
+    let url = cluster.create_database("kms");
+    let t = tenant("acme");
+    let current = {
+        let store = open(&url, ROOT, true).await.expect("store");
+        create(&store, &t, "k", SecretKind::Generated, None)
+            .await
+            .expect("create");
+        snapshot(&store, &t, "k").await.secret_ref.clone()
+    };
+    assert!(current.starts_with("ksr2_"), "{current}");
+    cluster.sql(
+        "kms",
+        "UPDATE secrets SET secret_ref = 'ksr1_sealed-by-an-earlier-build'",
+    );
+    let store = open(&url, ROOT, false).await.expect("reopen");
+    assert_eq!(snapshot(&store, &t, "k").await.secret_ref, current);
+}

@@ -39,10 +39,11 @@ use selene_kms_core::{
     VersionState,
 };
 use selene_kms_store::backend::{
-    BatchHistogram, CommitUnit, Credential, DataKey, ErrorKind, IdempotencyRecord,
-    IdempotencyScope, PrincipalListing, PrincipalRecord, Receipt, RootKey, SecretListing,
-    SharedRoot, Store, StoreError, StoreResult, StoredPolicy, TenantSummary, VersionListing,
-    WriteHealth, from_db, new_service_secret, open_service_secret, to_db, to_db_saturating,
+    BatchHistogram, CommitUnit, Credential, DataKey, ErrorKind, FIRST_GENERATION_SECRETS,
+    IdempotencyRecord, IdempotencyScope, PrincipalListing, PrincipalRecord, Receipt, RootKey,
+    SecretListing, SharedRoot, Store, StoreError, StoreResult, StoredPolicy, TenantSummary,
+    VersionListing, WriteHealth, from_db, new_service_secret, open_service_secret,
+    resealed_secret_ref, to_db, to_db_saturating,
 };
 use writer::{Job, Maintenance, Writer};
 
@@ -157,6 +158,7 @@ impl SqliteStore {
         let checkpointer = Checkpointer::start(&options.path)?;
         let service = load_or_create_service_secret(&conn, &root, options.create)?;
         let keys = Arc::new(ServiceKeys::derive(&service));
+        reseal_secret_refs(&conn, &keys)?;
         let root = SharedRoot::new(root);
         let cache = Arc::new(Cache::default());
         let (jobs, rx) = mpsc::unbounded_channel();
@@ -284,6 +286,27 @@ fn load_or_create_service_secret(
             "the store is not initialised: run `selene-kms init`",
         )),
     }
+}
+
+/// Gives every secret whose stored ref is of the first generation its second-generation ref
+/// (see [`resealed_secret_ref`]).
+fn reseal_secret_refs(conn: &Connection, keys: &ServiceKeys) -> StoreResult<()> {
+    let stale: Vec<(String, String)> = conn
+        .prepare(FIRST_GENERATION_SECRETS)
+        .and_then(|mut stmt| {
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()
+        })
+        .map_err(db_err)?;
+    for (tenant, name) in stale {
+        let secret_ref = resealed_secret_ref(keys, &tenant, &name)?;
+        conn.execute(
+            "UPDATE secrets SET secret_ref = ?3 WHERE tenant_id = ?1 AND secret_name = ?2",
+            (&tenant, &name, &secret_ref),
+        )
+        .map_err(db_err)?;
+    }
+    Ok(())
 }
 
 /// Reads one secret's snapshot.

@@ -427,3 +427,28 @@ async fn revoking_every_version_covers_one_reactivated_behind_the_store() {
         .expect("count");
     assert_eq!(active, 0, "no version is left active");
 }
+
+/// A secret whose stored ref an earlier build sealed in the first generation (its nonce an
+/// unkeyed hash of the name) is handed out with its second-generation ref once the store is
+/// opened by this build.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_generation_secret_refs_are_resealed_on_open() {
+    let (dir, store) = fresh();
+    let t = tenant("acme");
+    create(&*store, &t, "k", SecretKind::Generated, None)
+        .await
+        .expect("create");
+    let current = snapshot(&*store, &t, "k").await.secret_ref.clone();
+    assert!(current.starts_with("ksr2_"), "{current}");
+    drop(store);
+    let path = dir.path().join("kms.db");
+    let side = rusqlite::Connection::open(&path).expect("side connection");
+    side.execute(
+        "UPDATE secrets SET secret_ref = 'ksr1_sealed-by-an-earlier-build'",
+        [],
+    )
+    .expect("an earlier build's ref");
+    drop(side);
+    let store = open_at(&path, [1; 32], false);
+    assert_eq!(snapshot(&*store, &t, "k").await.secret_ref, current);
+}

@@ -15,6 +15,7 @@ mod envelope;
 mod error;
 mod health;
 mod model;
+mod resealed;
 mod stats;
 mod store;
 mod stored_principals;
@@ -62,6 +63,7 @@ pub mod backend {
     pub use crate::error::*;
     pub use crate::health::*;
     pub use crate::model::*;
+    pub use crate::resealed::*;
     pub use crate::stats::*;
     pub use crate::store::*;
     pub use crate::stored_principals::*;
