@@ -1,19 +1,19 @@
 //! Bounds on connections, whatever protocol they speak: how many may be open at once, and how
-//! long one may stay silent.
+//! long one may go without a request.
 //!
 //! HTTP/1's header timeout starts only once hyper knows the protocol, so a client that connects
 //! and sends nothing (or completes a TLS handshake, or opens an h2c connection, and then goes
-//! quiet) would be held for ever. The guard works below every protocol, on the TCP stream: a
-//! connection over the limit is closed at accept, and one that makes no progress for its
-//! deadline (its first bytes within `first_byte`; later, no byte read or written within `idle`)
-//! fails its next read or write, which makes hyper close it. Writes count as progress, so a
-//! long answer to a client that reads it is not cut; a client that stops reading its answers
-//! stalls the writes, and is cut like a silent one.
+//! quiet) would be held for ever, and an HTTP/2 client could keep a connection open with pings
+//! alone. The guard works below every protocol: a connection over the limit is closed at accept;
+//! the connection's service marks each request it is handed; and a read or write of the
+//! connection that cannot proceed fails once the connection has gone without a request for its
+//! deadline (`first_request` after opening, `idle` after the last request), which makes hyper
+//! close it. Bytes alone (a ping, a trickle) do not keep a connection open; a request does.
 
 use std::future::{Future, Ready};
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -27,10 +27,10 @@ use tokio::time::{Instant, Sleep, sleep};
 pub struct ConnectionLimits {
     /// Most connections open at once; the excess is closed at accept.
     pub max_connections: usize,
-    /// How long a new connection may take to send its first bytes (a TLS handshake or a
-    /// request head).
-    pub first_byte: Duration,
-    /// How long an open connection may stay silent between requests.
+    /// How long a new connection may take to deliver its first request (a TLS handshake and
+    /// a request head).
+    pub first_request: Duration,
+    /// How long a connection may go without a request after its last one.
     pub idle: Duration,
 }
 
@@ -38,7 +38,7 @@ impl Default for ConnectionLimits {
     fn default() -> Self {
         Self {
             max_connections: 4096,
-            first_byte: Duration::from_secs(10),
+            first_request: Duration::from_secs(10),
             idle: Duration::from_secs(60),
         }
     }
@@ -62,8 +62,8 @@ impl Guard {
 
 impl<I, S> Accept<I, S> for Guard {
     type Stream = Guarded<I>;
-    type Service = S;
-    type Future = Ready<io::Result<(Guarded<I>, S)>>;
+    type Service = Marked<S>;
+    type Future = Ready<io::Result<(Guarded<I>, Marked<S>)>>;
 
     fn accept(&self, stream: I, service: S) -> Self::Future {
         let Ok(permit) = self.open.clone().try_acquire_owned() else {
@@ -73,45 +73,100 @@ impl<I, S> Accept<I, S> for Guard {
             );
             return std::future::ready(Err(io::Error::other("connection limit reached")));
         };
+        let requests = Arc::new(Requests::default());
+        let opened = Instant::now();
         std::future::ready(Ok((
             Guarded {
                 place: Some(permit),
                 inner: stream,
-                idle: self.limits.idle,
-                deadline: Box::pin(sleep(self.limits.first_byte)),
+                limits: self.limits,
+                opened,
+                requests: requests.clone(),
+                deadline: Box::pin(sleep(self.limits.first_request)),
             },
-            service,
+            Marked {
+                inner: service,
+                requests,
+            },
         )))
     }
 }
 
-/// A stream counted against the limit while it lives, whose reads fail once it has been silent
-/// past its deadline.
+/// When a connection's last request was handed to its service.
+#[derive(Default)]
+pub(crate) struct Requests(Mutex<Option<Instant>>);
+
+impl Requests {
+    fn mark(&self) {
+        if let Ok(mut last) = self.0.lock() {
+            *last = Some(Instant::now());
+        }
+    }
+
+    fn last(&self) -> Option<Instant> {
+        self.0.lock().ok().and_then(|last| *last)
+    }
+}
+
+/// A connection's service, marking every request it is handed.
+#[derive(Clone)]
+pub(crate) struct Marked<S> {
+    inner: S,
+    requests: Arc<Requests>,
+}
+
+impl<S: tower::Service<R>, R> tower::Service<R> for Marked<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: R) -> S::Future {
+        self.requests.mark();
+        self.inner.call(request)
+    }
+}
+
+/// A stream counted against the limit while it lives, whose reads and writes fail once it has
+/// gone without a request past its deadline.
 pub(crate) struct Guarded<I> {
     /// The connection's place: given back when the server shuts its side, before the peer can
     /// see the close (and, declared before the stream, first on drop), so that a peer that saw
     /// its connection end can open another.
     place: Option<OwnedSemaphorePermit>,
     inner: I,
-    idle: Duration,
+    limits: ConnectionLimits,
+    opened: Instant,
+    requests: Arc<Requests>,
     deadline: Pin<Box<Sleep>>,
 }
 
 impl<I> Guarded<I> {
-    /// Bytes moved: the connection has `idle` again from now.
-    fn progressed(&mut self) {
-        let next = Instant::now() + self.idle;
-        self.deadline.as_mut().reset(next);
+    /// When the connection must have had its next request.
+    fn due(&self) -> Instant {
+        match self.requests.last() {
+            None => self.opened + self.limits.first_request,
+            Some(last) => last + self.limits.idle,
+        }
     }
 
-    /// An operation that could not proceed: pending until the deadline, then an error.
+    /// An operation that cannot proceed: pending until the connection is due, then an error.
     fn stalled<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
-        match self.deadline.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the connection made no progress past its deadline",
-            ))),
-            Poll::Pending => Poll::Pending,
+        loop {
+            if self.deadline.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let due = self.due();
+            if due <= Instant::now() {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the connection went without a request past its deadline",
+                )));
+            }
+            self.deadline.as_mut().reset(due);
         }
     }
 }
@@ -122,15 +177,9 @@ impl<I: AsyncRead + Unpin> AsyncRead for Guarded<I> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
         match Pin::new(&mut self.inner).poll_read(cx, buf) {
-            Poll::Ready(outcome) => {
-                if buf.filled().len() > before {
-                    self.progressed();
-                }
-                Poll::Ready(outcome)
-            }
             Poll::Pending => self.stalled(cx),
+            ready => ready,
         }
     }
 }
@@ -142,12 +191,8 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Guarded<I> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         match Pin::new(&mut self.inner).poll_write(cx, buf) {
-            Poll::Ready(Ok(n)) if n > 0 => {
-                self.progressed();
-                Poll::Ready(Ok(n))
-            }
             Poll::Pending => self.stalled(cx),
-            other => other,
+            ready => ready,
         }
     }
 
@@ -166,12 +211,8 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Guarded<I> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         match Pin::new(&mut self.inner).poll_write_vectored(cx, bufs) {
-            Poll::Ready(Ok(n)) if n > 0 => {
-                self.progressed();
-                Poll::Ready(Ok(n))
-            }
             Poll::Pending => self.stalled(cx),
-            other => other,
+            ready => ready,
         }
     }
 

@@ -113,7 +113,7 @@ fn brief_limits(max_connections: usize) -> ServeOptions {
         listen: "127.0.0.1:0".parse().expect("addr"),
         connections: ConnectionLimits {
             max_connections,
-            first_byte: Duration::from_millis(300),
+            first_request: Duration::from_millis(300),
             idle: Duration::from_millis(300),
         },
         ..ServeOptions::default()
@@ -267,5 +267,38 @@ async fn a_client_that_never_reads_its_answers_loses_its_place() {
         healthy_fresh(&s).await,
         "its place is free again (the limit is one connection)"
     );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickle_of_bytes_that_never_makes_a_request_is_cut() {
+    let s = Server::start_with(brief_limits(64)).await;
+    let target = addr(&s);
+    let cut = tokio::task::spawn_blocking(move || {
+        let mut c = TcpStream::connect(&target).expect("connect");
+        // One byte of a request head at a time: progress for ever, a request never. The read
+        // timeout paces the trickle; the 300 ms deadline is what ends it.
+        c.set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("timeout");
+        let head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Trickle: ";
+        let mut buf = [0u8; 64];
+        for byte in head.iter().chain(std::iter::repeat(&b'a')).take(2000) {
+            if c.write_all(&[*byte]).is_err() {
+                return true;
+            }
+            match c.read(&mut buf) {
+                Ok(0) => return true,
+                Err(e) if !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    return true;
+                }
+                _ => {}
+            }
+        }
+        false
+    })
+    .await
+    .expect("task");
+    assert!(cut, "a connection that trickled bytes for 100 s was kept");
+    assert!(healthy_fresh(&s).await);
     s.stop().await;
 }
