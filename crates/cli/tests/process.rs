@@ -161,3 +161,79 @@ fn audit_verify_trusts_the_pinned_key_never_the_servers() {
         String::from_utf8_lossy(&wrong.stdout)
     );
 }
+
+/// The command line as a client of `node` with `admin` as the admin token.
+fn client(node: &Node, admin: &str, args: &[&str]) -> std::process::Output {
+    selene_kms()
+        .arg("--json")
+        .args(args)
+        .env("SELENE_KMS_URL", &node.url)
+        .env("SELENE_KMS_ADMIN_TOKEN", admin)
+        .output()
+        .expect("the command runs")
+}
+
+#[test]
+fn the_root_key_holder_recovers_an_admin_when_none_is_left() {
+    let (dir, init) = initialised();
+    let admin = init["tokens"]["admin"].as_str().expect("token").to_owned();
+    let admin_id = init["principals"]["admin"].as_str().expect("id").to_owned();
+    let node = Node::start(dir.path(), None);
+    // The last admin's last token revoked: nobody can administer the store any more.
+    let listed: serde_json::Value =
+        serde_json::from_slice(&client(&node, &admin, &["principal", "list"]).stdout)
+            .expect("json");
+    let token_id = listed["principals"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["principal_id"] == admin_id.as_str())
+        .and_then(|p| p["tokens"][0]["token_id"].as_str())
+        .expect("the admin's token")
+        .to_owned();
+    let revoked = client(
+        &node,
+        &admin,
+        &["principal", "token", "revoke", &admin_id, &token_id],
+    );
+    assert!(
+        revoked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&revoked.stderr)
+    );
+    assert!(!client(&node, &admin, &["whoami"]).status.success());
+    drop(node);
+
+    let recovered = selene_kms()
+        .args([
+            "--json",
+            "principal",
+            "recover",
+            "ops-recovery",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .expect("recover runs");
+    assert!(
+        recovered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&recovered.stderr)
+    );
+    let recovered: serde_json::Value = serde_json::from_slice(&recovered.stdout).expect("json");
+    let token = recovered["token"]
+        .as_str()
+        .expect("a token, shown once")
+        .to_owned();
+    let node = Node::start(dir.path(), None);
+    let me = client(&node, &token, &["whoami"]);
+    assert!(
+        me.status.success(),
+        "{}",
+        String::from_utf8_lossy(&me.stderr)
+    );
+    let me: serde_json::Value = serde_json::from_slice(&me.stdout).expect("json");
+    assert_eq!(me["role"], "admin");
+    assert_eq!(me["tenants"], serde_json::json!(["*"]));
+    assert_eq!(me["name"], "ops-recovery");
+}

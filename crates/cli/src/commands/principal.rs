@@ -1,11 +1,15 @@
 //! `selene-kms principal` and `selene-kms whoami`: who may call, with which tokens.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 use reqwest::Method;
 use serde_json::{Value, json};
 
+use selene_kms_server::{Engine, now_ms};
+
+use super::{data_dir, open_at, store_location};
 use crate::client::{As, Client};
 use crate::config::Config;
 use crate::{Connection, output};
@@ -51,6 +55,21 @@ pub(crate) enum PrincipalCommand {
     /// Issue or revoke a principal's tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Offline, with the root key: create an admin of every tenant when no admin credential is
+    /// left; its token is printed once (the embedded store's server must be stopped).
+    #[command(
+        after_help = "Example:\n  selene-kms principal recover ops-recovery --data-dir ./kms"
+    )]
+    Recover {
+        /// The new admin's name.
+        name: String,
+        /// Data directory holding the root key (and the embedded store).
+        #[arg(long, env = "SELENE_KMS_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// A PostgreSQL store (postgres://…) instead of the embedded one.
+        #[arg(long, env = "SELENE_KMS_STORE", hide_env_values = true)]
+        store: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -250,6 +269,28 @@ pub(crate) async fn run(
                 "Token {} of {id} (shown once): {}",
                 text(&v["token_id"]),
                 text(&v["token"])
+            );
+            (v, say)
+        }
+        PrincipalCommand::Recover {
+            name,
+            data_dir: dir,
+            store,
+        } => {
+            let dir = data_dir(dir, config)?;
+            let location = store_location(store, config, &dir)?;
+            let opened = open_at(&location, &dir).await?;
+            let created = Engine::new(opened)
+                .recover_admin(&name, now_ms())
+                .await
+                .map_err(|e| format!("principal recover refused: {e}"))?;
+            let v = serde_json::to_value(&created).map_err(|e| e.to_string())?;
+            let say = format!(
+                "Admin {} ({}) created for every tenant.\nToken {} (shown once): {}",
+                text(&v["name"]),
+                text(&v["principal_id"]),
+                text(&v["token_id"]),
+                text(&v["token"]),
             );
             (v, say)
         }

@@ -450,6 +450,25 @@ impl Engine {
         Ok(Bootstrapped(made))
     }
 
+    /// Creates an admin of every tenant for nobody: the way back in for whoever holds the root
+    /// key (offline, `principal recover`) when no admin credential is left. Its record names no
+    /// caller, like the bootstrap principals'.
+    pub async fn recover_admin(
+        &self,
+        name: &str,
+        now_ms: u64,
+    ) -> Result<CreatedPrincipal, AdminError> {
+        let req = NewPrincipalRequest {
+            name: name.to_owned(),
+            role: Role::Admin.name().to_owned(),
+            tenants: vec!["*".to_owned()],
+            ttl_ms: None,
+            spiffe_id: None,
+        };
+        self.create(None, validate(self, req, now_ms)?, now_ms)
+            .await
+    }
+
     /// Commits a principal or token event, with the principal routes' reason codes.
     async fn commit_event(&self, unit: impl Fn() -> CommitUnit) -> Result<(), AdminError> {
         self.commit_unchanging(unit)
