@@ -8,9 +8,10 @@ use deadpool_postgres::GenericClient;
 use selene_kms_core::{PrincipalId, ServiceKeys, SpiffeId, TokenId};
 use selene_kms_store::backend::revocation_step;
 use selene_kms_store::backend::{
-    Committed, Credential, LISTING_SQL, Needs, PRINCIPAL_COLUMN_COUNT, PrincipalListing,
-    PrincipalRecord, StoreResult, StoredPrincipal, StoredToken, TokenRecord, TokenRow, Writes,
-    global_admin_columns, group_listing, principal_mac, tenants_column, token_mac,
+    CREDENTIAL_SQL, Committed, Credential, LISTING_SQL, Needs, PRINCIPAL_COLUMN_COUNT,
+    PrincipalListing, PrincipalRecord, StoreResult, StoredPrincipal, StoredToken, TokenRecord,
+    TokenRow, Writes, global_admin_columns, group_listing, principal_mac, tenants_column,
+    token_mac,
 };
 use selene_kms_store::{principal_columns, token_columns};
 use tokio_postgres::Row;
@@ -58,6 +59,13 @@ fn token_at(keys: &ServiceKeys, row: &Row, at: usize) -> StoreResult<TokenRow> {
         .try_into()
         .map_err(|_| corrupt("a token verifier"))?;
     Ok(TokenRow { record, verifier })
+}
+
+/// The MACs of principal rows, as a statement binds them.
+fn principal_macs(keys: &ServiceKeys, rows: &[PrincipalRecord]) -> Vec<Vec<u8>> {
+    rows.iter()
+        .map(|p| principal_mac(keys, p).to_vec())
+        .collect()
 }
 
 /// The MACs of token rows, as a statement binds them.
@@ -149,10 +157,7 @@ pub(crate) async fn write(
             .iter()
             .map(|p| p.expires_at_ms.map(to_db_saturating))
             .collect();
-        let macs: Vec<Vec<u8>> = rows
-            .iter()
-            .map(|p| principal_mac(keys, p).to_vec())
-            .collect();
+        let macs = principal_macs(keys, rows);
         sql::execute(
             client,
             "INSERT INTO principals (principal_id, name, role, tenants, spiffe_id, created_at_ms,
@@ -208,10 +213,7 @@ pub(crate) async fn write(
             .iter()
             .map(|p| p.revoked_at_ms.map(to_db_saturating))
             .collect();
-        let macs: Vec<Vec<u8>> = rows
-            .iter()
-            .map(|p| principal_mac(keys, p).to_vec())
-            .collect();
+        let macs = principal_macs(keys, rows);
         sql::execute(
             client,
             "UPDATE principals SET revoked_at_ms = r.at, mac = r.mac
@@ -271,18 +273,7 @@ pub(crate) async fn credential(
     keys: &ServiceKeys,
     verifier: &[u8; 32],
 ) -> StoreResult<Option<Credential>> {
-    let row = sql::row(
-        client,
-        "SELECT p.principal_id, p.name, p.role, p.tenants, p.spiffe_id, p.created_at_ms,
-                p.expires_at_ms, p.revoked_at_ms, p.mac,
-                t.token_id, t.principal_id, t.verifier, t.created_at_ms, t.expires_at_ms,
-                t.revoked_at_ms, t.mac
-         FROM principal_tokens t JOIN principals p ON p.principal_id = t.principal_id
-         WHERE t.verifier = $1",
-        &[&&verifier[..]],
-        WHAT,
-    )
-    .await?;
+    let row = sql::row(client, CREDENTIAL_SQL, &[&&verifier[..]], WHAT).await?;
     row.map(|row| {
         Ok(Credential::new(
             principal_at(keys, &row, 0)?,

@@ -5,10 +5,10 @@
 use rusqlite::{Connection, Row};
 use selene_kms_core::{ServiceKeys, SpiffeId};
 use selene_kms_store::backend::{
-    Committed, Credential, ErrorKind, LISTING_SQL, Needs, PRINCIPAL_COLUMN_COUNT, PrincipalListing,
-    PrincipalRecord, StoreError, StoreResult, StoredPrincipal, StoredToken, TokenRecord, TokenRow,
-    Writes, from_db, global_admin_columns, group_listing, principal_mac, tenants_column,
-    to_db_saturating, token_mac,
+    CREDENTIAL_SQL, Committed, Credential, ErrorKind, LISTING_SQL, Needs, PRINCIPAL_COLUMN_COUNT,
+    PrincipalListing, PrincipalRecord, StoreError, StoreResult, StoredPrincipal, StoredToken,
+    TokenRecord, TokenRow, Writes, from_db, global_admin_columns, group_listing, principal_mac,
+    tenants_column, to_db_saturating, token_mac,
 };
 
 use selene_kms_store::backend::revocation_step;
@@ -243,16 +243,7 @@ pub(crate) fn credential(
     keys: &ServiceKeys,
     verifier: &[u8; 32],
 ) -> StoreResult<Option<Credential>> {
-    let mut stmt = conn
-        .prepare_cached(
-            "SELECT p.principal_id, p.name, p.role, p.tenants, p.spiffe_id, p.created_at_ms,
-                    p.expires_at_ms, p.revoked_at_ms, p.mac,
-                    t.token_id, t.principal_id, t.verifier, t.created_at_ms, t.expires_at_ms,
-                    t.revoked_at_ms, t.mac
-             FROM principal_tokens t JOIN principals p ON p.principal_id = t.principal_id
-             WHERE t.verifier = ?1",
-        )
-        .map_err(db_err)?;
+    let mut stmt = conn.prepare_cached(CREDENTIAL_SQL).map_err(db_err)?;
     let mut rows = stmt.query([&verifier[..]]).map_err(db_err)?;
     rows.next()
         .map_err(db_err)?

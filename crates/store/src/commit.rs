@@ -135,6 +135,8 @@ impl Needs {
         needs.principals.dedup();
         needs.principal_names.sort();
         needs.principal_names.dedup();
+        needs.spiffe_ids.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        needs.spiffe_ids.dedup();
         needs.tokens.sort();
         needs.tokens.dedup();
         needs

@@ -66,6 +66,15 @@ macro_rules! principal_columns {
          revoked_at_ms, mac"
     };
 }
+/// A principal's columns (as `p`) then its token's (as `t`), in the order the decoders read.
+macro_rules! joined_columns {
+    () => {
+        "p.principal_id, p.name, p.role, p.tenants, p.spiffe_id, p.created_at_ms, \
+         p.expires_at_ms, p.revoked_at_ms, p.mac, t.token_id, t.principal_id, t.verifier, \
+         t.created_at_ms, t.expires_at_ms, t.revoked_at_ms, t.mac"
+    };
+}
+
 /// How many columns [`principal_columns!`](crate::principal_columns) names.
 pub const PRINCIPAL_COLUMN_COUNT: usize = 9;
 /// The columns of a `principal_tokens` row in the order every query selects them, `mac` last,
@@ -196,12 +205,21 @@ pub fn global_admin_columns() -> (&'static str, String) {
 /// ([`token_columns!`](crate::token_columns); NULL for a principal without
 /// tokens), principals by creation time then id, tokens oldest first; one statement, so one
 /// consistent view of both tables.
-pub const LISTING_SQL: &str = "SELECT p.principal_id, p.name, p.role, p.tenants, p.spiffe_id,
-        p.created_at_ms, p.expires_at_ms, p.revoked_at_ms, p.mac,
-        t.token_id, t.principal_id, t.verifier, t.created_at_ms, t.expires_at_ms,
-        t.revoked_at_ms, t.mac
-    FROM principals p LEFT JOIN principal_tokens t ON t.principal_id = p.principal_id
-    ORDER BY p.created_at_ms, p.principal_id, t.created_at_ms, t.token_id";
+pub const LISTING_SQL: &str = concat!(
+    "SELECT ",
+    joined_columns!(),
+    " FROM principals p LEFT JOIN principal_tokens t ON t.principal_id = p.principal_id
+    ORDER BY p.created_at_ms, p.principal_id, t.created_at_ms, t.token_id"
+);
+
+/// The statement both backends look a token verifier up with (`$1`, which SQLite also reads as
+/// the first parameter): the principal's columns, then the token's.
+pub const CREDENTIAL_SQL: &str = concat!(
+    "SELECT ",
+    joined_columns!(),
+    " FROM principal_tokens t JOIN principals p ON p.principal_id = t.principal_id
+    WHERE t.verifier = $1"
+);
 
 /// A token as its principal leaves it: revoked when the principal was (revoking a principal
 /// ends every token of it without touching their rows).

@@ -164,7 +164,8 @@ pub(crate) async fn run(config: &Config, args: InitArgs, json: bool) -> Result<E
         }
         Err(e) => return Err(e),
     };
-    let public_key = pin_public_key(&dir, &*opened)?;
+    // Pinned by `init_store` or `upgrade`, which checked any file already there.
+    let public_key = selene_kms_core::audit::public_key_hex(opened.keys());
     let store = location.describe();
     if json {
         let map = |f: &dyn Fn(&Bootstrap) -> &str| {

@@ -378,15 +378,17 @@ impl Cluster {
 
     /// Creates a database; returns its connection string.
     pub(crate) fn create_database(&self, name: &str) -> String {
-        checked(
-            "createdb",
-            Command::new(bin("createdb"))
-                .arg("-h")
-                .arg(self.socket_dir())
-                .args(["-p", &self.port.to_string(), "-U", "postgres", name])
-                .output(),
-        );
+        checked("createdb", self.client("createdb").arg(name).output());
         self.url(name)
+    }
+
+    /// A PostgreSQL client program, connecting over the socket as user `postgres`.
+    fn client(&self, program: &str) -> Command {
+        let mut cmd = Command::new(bin(program));
+        cmd.arg("-h")
+            .arg(self.socket_dir())
+            .args(["-p", &self.port.to_string(), "-U", "postgres"]);
+        cmd
     }
 
     /// Runs `statement` in database `name` with `psql`, as whoever can write the database
@@ -394,11 +396,17 @@ impl Cluster {
     pub(crate) fn sql(&self, name: &str, statement: &str) -> String {
         let out = checked(
             "psql",
-            Command::new(bin("psql"))
-                .arg("-h")
-                .arg(self.socket_dir())
-                .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", name])
-                .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-c", statement])
+            self.client("psql")
+                .args([
+                    "-d",
+                    name,
+                    "-X",
+                    "-At",
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    "-c",
+                    statement,
+                ])
                 .output(),
         );
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
