@@ -6,13 +6,15 @@
 //! binary encoding of every other field, including the previous record's digest; signed
 //! checkpoints let a holder of the public key alone verify an export.
 
-use ed25519_dalek::{Signature, Signer, Verifier, VerifyingKey};
+/// The audit public key's type, for verifiers.
+pub use ed25519_dalek::VerifyingKey;
+use ed25519_dalek::{Signature, Signer, Verifier};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::encode::Encoder;
 use crate::ids::TenantId;
-use crate::keys::ServiceKeys;
+use crate::keys::{Column, ServiceKeys};
 use crate::principal::PrincipalId;
 use crate::reason::ReasonCode;
 use crate::refs::{RefKind, push_hex, ref_id};
@@ -112,6 +114,11 @@ pub struct AuditRecord {
     pub target_token_id: Option<String>,
     pub prev_digest: String,
     pub digest: String,
+    /// HMAC of `digest` under a key only the KMS holds (hex): whoever can write the store but
+    /// lacks the root key can neither alter nor forge nor append a record, even after the
+    /// latest signed manifest. Not part of the digest, so an export verifies without the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
 }
 
 impl AuditRecord {
@@ -160,6 +167,7 @@ impl AuditRecord {
             target_token_id: None,
             prev_digest: String::new(),
             digest: String::new(),
+            mac: None,
         }
     }
 
@@ -199,6 +207,7 @@ impl AuditRecord {
             target_token_id: None,
             prev_digest: String::new(),
             digest: String::new(),
+            mac: None,
         }
     }
 
@@ -218,7 +227,23 @@ impl AuditRecord {
         self.digest = self.compute_digest();
     }
 
-    /// The digest of every field but `digest`, over a canonical binary encoding.
+    /// Sets the record's MAC over its digest (after [`AuditRecord::chain`]).
+    pub fn seal(&mut self, keys: &ServiceKeys) {
+        self.mac = Some(hex(&record_mac(keys, &self.digest)));
+    }
+
+    /// Whether the record carries the MAC of its digest, compared in constant time. A record
+    /// whose content no longer matches its digest fails [`ChainVerifier::push`] instead.
+    pub fn mac_holds(&self, keys: &ServiceKeys) -> bool {
+        self.mac
+            .as_deref()
+            .and_then(unhex::<32>)
+            .is_some_and(|mac| {
+                keys.row_mac_holds(RECORD_MAC_TABLE, &[Column::Text(&self.digest)], &mac)
+            })
+    }
+
+    /// The digest of every field but `digest` and `mac`, over a canonical binary encoding.
     pub fn compute_digest(&self) -> String {
         let mut e = Encoder::with_domain("selene-kms/audit-record/v1");
         e.u64(self.seq)
@@ -260,7 +285,14 @@ impl AuditRecord {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// What a record's MAC is domain-separated by among the store's row MACs.
+const RECORD_MAC_TABLE: &str = "audit";
+
+fn record_mac(keys: &ServiceKeys, digest: &str) -> [u8; 32] {
+    keys.row_mac(RECORD_MAC_TABLE, &[Column::Text(digest)])
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
     let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {
         push_hex(&mut s, *b);
@@ -268,7 +300,7 @@ fn hex(bytes: &[u8]) -> String {
     s
 }
 
-fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
+pub(crate) fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
     let bytes = s.as_bytes();
     if bytes.len() != N * 2 {
         return None;
@@ -359,16 +391,35 @@ pub enum ChainBreak {
         /// The bad record.
         seq: u64,
     },
+    /// The record's MAC is missing or wrong: it was written without the KMS's key.
+    #[error("record {seq}: its MAC is missing or wrong (not written by the KMS)")]
+    Unauthenticated {
+        /// The bad record.
+        seq: u64,
+    },
+    /// The record is not the one a signed manifest (or a witness) names at this position.
+    #[error("record {seq}: differs from the head a signed manifest names")]
+    Diverges {
+        /// The bad record.
+        seq: u64,
+    },
+    /// Records a signed manifest (or a witness) names are gone: the chain was cut, or all of
+    /// it removed (`seq` 1).
+    #[error("records from {seq} on are gone, below a head a signed manifest names")]
+    Cut {
+        /// The first missing record.
+        seq: u64,
+    },
     /// A checkpoint's signature or digest does not hold.
     #[error("checkpoint at record {seq}: signature or digest does not hold")]
     BadCheckpoint {
         /// The record the checkpoint names.
         seq: u64,
     },
-    /// Records after the last checkpoint are not covered by any signature.
-    #[error("records after {seq} are not covered by a signed checkpoint")]
+    /// Records after the last signed manifest or checkpoint are not covered by any signature.
+    #[error("records after {seq} are not covered by a signed manifest")]
     Unsigned {
-        /// The last record a checkpoint covers (0 for none).
+        /// The last covered record (0 for none).
         seq: u64,
     },
 }
@@ -390,14 +441,6 @@ impl Default for ChainVerifier {
 }
 
 impl ChainVerifier {
-    /// Starts after a known head (for incremental verification).
-    pub fn after(seq: u64, digest: &str) -> Self {
-        Self {
-            next_seq: seq.saturating_add(1),
-            prev_digest: digest.to_owned(),
-        }
-    }
-
     /// Checks the next record.
     pub fn push(&mut self, record: &AuditRecord) -> Result<(), ChainBreak> {
         if record.seq != self.next_seq || record.prev_digest != self.prev_digest {
@@ -416,81 +459,4 @@ impl ChainVerifier {
     pub fn head(&self) -> (u64, &str) {
         (self.next_seq.saturating_sub(1), &self.prev_digest)
     }
-}
-
-/// One line of a JSON Lines export.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-#[allow(
-    clippy::large_enum_variant,
-    reason = "lines are parsed one at a time; boxing would only add an allocation per record"
-)]
-pub enum ExportLine {
-    /// An audit record.
-    Record(AuditRecord),
-    /// A signed checkpoint of the records before it.
-    Checkpoint(Checkpoint),
-}
-
-/// What verifying an export found.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ExportSummary {
-    /// Records checked, all tenants.
-    pub records: u64,
-    /// Checkpoints checked.
-    pub checkpoints: u64,
-}
-
-/// Verifies a JSON Lines export with the public key alone: every tenant's chain is continuous,
-/// every digest matches, every checkpoint's signature holds over the record it names, and every
-/// record is covered by a later checkpoint.
-pub fn verify_export(text: &str, key: &VerifyingKey) -> Result<ExportSummary, ExportError> {
-    use std::collections::BTreeMap;
-    let mut chains: BTreeMap<String, (ChainVerifier, u64)> = BTreeMap::new();
-    let mut summary = ExportSummary::default();
-    for (index, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let parsed: ExportLine =
-            serde_json::from_str(line).map_err(|_| ExportError::Malformed {
-                line: index.saturating_add(1),
-            })?;
-        match parsed {
-            ExportLine::Record(r) => {
-                let (chain, _) = chains.entry(r.tenant_id.clone()).or_default();
-                chain.push(&r)?;
-                summary.records += 1;
-            }
-            ExportLine::Checkpoint(c) => {
-                let (chain, signed) = chains.entry(c.tenant_id.clone()).or_default();
-                let (head_seq, head_digest) = chain.head();
-                if c.seq != head_seq || c.digest != head_digest || !c.verify(key) {
-                    return Err(ChainBreak::BadCheckpoint { seq: c.seq }.into());
-                }
-                *signed = c.seq;
-                summary.checkpoints += 1;
-            }
-        }
-    }
-    for (chain, signed) in chains.values() {
-        if chain.head().0 != *signed {
-            return Err(ChainBreak::Unsigned { seq: *signed }.into());
-        }
-    }
-    Ok(summary)
-}
-
-/// Why an export did not verify.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum ExportError {
-    /// A line is not a record or a checkpoint.
-    #[error("line {line} is not an export line")]
-    Malformed {
-        /// 1-based line number.
-        line: usize,
-    },
-    /// The chain is broken.
-    #[error(transparent)]
-    Chain(#[from] ChainBreak),
 }

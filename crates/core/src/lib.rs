@@ -34,8 +34,10 @@ mod simulation;
 
 pub mod audit;
 pub mod diagnostics;
+pub mod export;
 pub mod ids;
 pub mod keys;
+pub mod manifest;
 pub mod material;
 pub mod pipeline;
 pub mod policy;
@@ -49,10 +51,12 @@ pub mod role;
 pub mod state;
 pub mod wire;
 
-pub use audit::{AuditAction, AuditRecord, ChainBreak, ChainVerifier, Checkpoint, ExportLine};
+pub use audit::{AuditAction, AuditRecord, ChainBreak, ChainVerifier, Checkpoint};
 pub use diagnostics::{Diagnostic, Problem, Subject};
+pub use export::{ExportLine, TenantWalk};
 pub use ids::{CorrelationId, EngineId, IdempotencyKey, SecretName, TenantId, TurnId, UserId};
 pub use keys::{Column, ServiceKeys, ServiceSecret};
+pub use manifest::{ChainHead, Manifest, ManifestChain, ManifestKind};
 pub use material::SecretMaterial;
 pub use pipeline::{Issued, issue};
 pub use policy::{AccessGrant, Policy, PolicyDocument, evaluate};

@@ -6,7 +6,8 @@ mod common;
 use common::*;
 use selene_kms_core::{
     AuditRecord, ChainBreak, ChainVerifier, Checkpoint, ExportLine,
-    audit::{ExportError, GENESIS_DIGEST, parse_public_key, public_key_hex, verify_export},
+    audit::{GENESIS_DIGEST, parse_public_key, public_key_hex},
+    export::{ExportChecks, ExportError, verify_export},
 };
 
 fn chain(n: u64) -> Vec<AuditRecord> {
@@ -18,6 +19,7 @@ fn chain(n: u64) -> Vec<AuditRecord> {
             let mut r =
                 AuditRecord::for_request(&req.tenant_id, &req.context(), &bundle, NOW + seq, false);
             r.chain(seq, &prev);
+            r.seal(&keys());
             prev.clone_from(&r.digest);
             r
         })
@@ -80,31 +82,40 @@ fn export(records: &[AuditRecord]) -> String {
 fn an_export_verifies_with_the_public_key_alone() {
     let key = parse_public_key(&public_key_hex(&keys())).expect("valid key");
     let text = export(&chain(9));
-    let summary = verify_export(&text, &key).expect("verifies");
+    let summary = verify_export(&text, &key, &ExportChecks::default()).expect("verifies");
     assert_eq!((summary.records, summary.checkpoints), (9, 3));
 
     // Another store's key does not verify it.
     let other = parse_public_key(&public_key_hex(&other_keys())).expect("valid key");
     assert!(matches!(
-        verify_export(&text, &other),
-        Err(ExportError::Chain(ChainBreak::BadCheckpoint { .. }))
+        verify_export(&text, &other, &ExportChecks::default()),
+        Err(ExportError::Chain {
+            broken: ChainBreak::BadCheckpoint { .. },
+            ..
+        })
     ));
 
     // Tampering with one record inside the export is found at that record.
     let tampered = text.replacen("\"seq\":3,\"at_ms\":", "\"seq\":3,\"at_ms\":9", 1);
     assert_eq!(
-        verify_export(&tampered, &key),
-        Err(ExportError::Chain(ChainBreak::DigestMismatch { seq: 3 }))
+        verify_export(&tampered, &key, &ExportChecks::default()),
+        Err(ExportError::Chain {
+            tenant: "acme".into(),
+            broken: ChainBreak::DigestMismatch { seq: 3 }
+        })
     );
     // Dropping the tail after the last checkpoint is not silently accepted.
     let lines: Vec<&str> = text.lines().collect();
     let without_last_checkpoint = lines[..lines.len() - 1].join("\n");
     assert_eq!(
-        verify_export(&without_last_checkpoint, &key),
-        Err(ExportError::Chain(ChainBreak::Unsigned { seq: 8 }))
+        verify_export(&without_last_checkpoint, &key, &ExportChecks::default()),
+        Err(ExportError::Chain {
+            tenant: "acme".into(),
+            broken: ChainBreak::Unsigned { seq: 8 }
+        })
     );
     assert!(matches!(
-        verify_export("{nope", &key),
+        verify_export("{nope", &key, &ExportChecks::default()),
         Err(ExportError::Malformed { line: 1 })
     ));
 }

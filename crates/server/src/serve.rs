@@ -1,9 +1,14 @@
-//! Running the HTTP host: listen, serve (TLS or plain), prune retained records, shut down
-//! gracefully (in-flight requests and their commits finish).
+//! Running the HTTP host: listen, serve (TLS or plain), prune retained records, sign manifests,
+//! shut down gracefully (in-flight requests and their commits finish, a last manifest names
+//! them).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+
+use selene_kms_store::manifest::Manifester;
+use tokio::sync::Mutex;
 
 use axum::http::StatusCode;
 use axum_server::Handle;
@@ -37,6 +42,8 @@ pub struct ServeOptions {
     pub idempotency_retention_ms: u64,
     /// How many connections may be open, and how long one may stay silent.
     pub connections: ConnectionLimits,
+    /// Where each signed manifest is also appended (out of the database writer's reach).
+    pub witness_file: Option<PathBuf>,
 }
 
 impl Default for ServeOptions {
@@ -51,6 +58,7 @@ impl Default for ServeOptions {
             shutdown_grace: Duration::from_secs(30),
             idempotency_retention_ms: DEFAULT_IDEMPOTENCY_RETENTION_MS,
             connections: ConnectionLimits::default(),
+            witness_file: None,
         }
     }
 }
@@ -63,19 +71,36 @@ pub struct Listening {
     grace: Duration,
     server: JoinHandle<std::io::Result<()>>,
     pruner: JoinHandle<()>,
+    signer: JoinHandle<()>,
+    manifester: Arc<Mutex<Manifester>>,
 }
 
 impl Listening {
-    /// Stops accepting, lets in-flight requests finish (up to the grace period), and returns.
+    /// Stops accepting, lets in-flight requests finish (up to the grace period), signs a last
+    /// manifest over what they wrote, and returns.
     pub async fn shutdown(self) -> std::io::Result<()> {
         self.handle.graceful_shutdown(Some(self.grace));
         self.pruner.abort();
-        match self.server.await {
+        let served = match self.server.await {
             Ok(r) => r,
             Err(e) => Err(std::io::Error::other(e)),
-        }
+        };
+        self.signer.abort();
+        let signed = self
+            .manifester
+            .lock()
+            .await
+            .tick(crate::now_ms(), true)
+            .await;
+        served?;
+        signed
+            .map(drop)
+            .map_err(|e| std::io::Error::other(e.message))
     }
 }
+
+/// How often a manifest is due while chains move.
+const MANIFEST_EVERY: Duration = Duration::from_secs(1);
 
 /// Largest read buffer for a request head; larger headers are refused.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
@@ -117,6 +142,11 @@ pub async fn serve(engine: Arc<Engine>, options: ServeOptions) -> std::io::Resul
         StatusCode::REQUEST_TIMEOUT,
         options.request_timeout,
     ));
+    // Checked before listening: a store whose manifests do not hold is not served.
+    let manifester = engine
+        .manifester(options.witness_file.as_deref())
+        .await
+        .map_err(|e| std::io::Error::other(e.message))?;
     let listener = std::net::TcpListener::bind(options.listen)?;
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
@@ -155,6 +185,8 @@ pub async fn serve(engine: Arc<Engine>, options: ServeOptions) -> std::io::Resul
             }
         }
     });
+    let manifester = Arc::new(Mutex::new(manifester));
+    let signer = tokio::spawn(sign_manifests(manifester.clone()));
     tracing::info!(%addr, tls = options.tls.is_some(), "selene-kms serving");
     Ok(Listening {
         addr,
@@ -162,5 +194,20 @@ pub async fn serve(engine: Arc<Engine>, options: ServeOptions) -> std::io::Resul
         grace: options.shutdown_grace,
         server,
         pruner,
+        signer,
+        manifester,
     })
+}
+
+/// Signs the store's manifests while serving: each second, a manifest of the chains that
+/// moved (or, after a minute without one, of none).
+async fn sign_manifests(manifester: Arc<Mutex<Manifester>>) {
+    let mut tick = tokio::time::interval(MANIFEST_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = manifester.lock().await.tick(crate::now_ms(), false).await {
+            tracing::error!(kind = ?e.kind, error = %e.message, "signing a manifest failed");
+        }
+    }
 }

@@ -160,9 +160,10 @@ async fn mutated_requests_never_get_a_500_and_the_server_keeps_serving() {
         .await;
     let key = selene_kms_core::audit::public_key_hex(s.store.keys());
     let public = selene_kms_core::audit::parse_public_key(&key).expect("key");
-    let report = selene_kms_core::audit::verify_export(
+    let report = selene_kms_core::export::verify_export(
         &String::from_utf8(export.body).expect("UTF-8"),
         &public,
+        &Default::default(),
     )
     .expect("the chain verifies after the mutations");
     assert!(report.records > 2);

@@ -13,9 +13,9 @@ use reqwest::StatusCode;
 use selene_kms_backends::{StoreLocation, open_store};
 use selene_kms_core::redeem::RedeemRequest;
 use selene_kms_core::{
-    AuditRecord, Checkpoint, KmsRequest, MaterialGrant, Policy, PolicyDocument, PrincipalId,
-    PrincipalName, ReasonCode, RefId, Refusal, Role, SecretMaterial, SecretName, SecretSnapshot,
-    ServiceKeys, SpiffeId, TenantId,
+    AuditRecord, ChainHead, Checkpoint, KmsRequest, Manifest, MaterialGrant, Policy,
+    PolicyDocument, PrincipalId, PrincipalName, ReasonCode, RefId, Refusal, Role, SecretMaterial,
+    SecretName, SecretSnapshot, ServiceKeys, SpiffeId, TenantId,
 };
 use selene_kms_server::{
     AdminError, Caller, Engine, KmsAnswer, NewSecretRequest, Redeemed, ServeOptions, StageRequest,
@@ -160,6 +160,18 @@ impl Store for Faulty {
     }
     async fn prune(&self, now_ms: u64, idempotency_retention_ms: u64) -> StoreResult<u64> {
         self.inner.prune(now_ms, idempotency_retention_ms).await
+    }
+    async fn chain_heads(&self, moved_only: bool) -> StoreResult<Vec<ChainHead>> {
+        self.inner.chain_heads(moved_only).await
+    }
+    async fn append_manifest(&self, manifest: &Manifest) -> StoreResult<bool> {
+        self.inner.append_manifest(manifest).await
+    }
+    async fn manifests(&self, after_seq: u64, limit: usize) -> StoreResult<Vec<Manifest>> {
+        self.inner.manifests(after_seq, limit).await
+    }
+    async fn latest_full_manifest(&self) -> StoreResult<u64> {
+        self.inner.latest_full_manifest().await
     }
     fn batch_histogram(&self) -> &BatchHistogram {
         self.inner.batch_histogram()

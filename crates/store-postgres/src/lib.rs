@@ -23,6 +23,7 @@ mod epoch;
 mod error;
 mod keys;
 mod maintenance;
+mod manifests;
 mod principals;
 mod reads;
 mod schema;
@@ -43,8 +44,8 @@ use error::pool_error;
 use keys::DataKeys;
 use reads::Fresh;
 use selene_kms_core::{
-    AuditRecord, Checkpoint, MaterialGrant, PolicyDocument, RefId, SecretMaterial, SecretName,
-    SecretSnapshot, ServiceKeys, SpiffeId, TenantId,
+    AuditRecord, ChainHead, Checkpoint, Manifest, MaterialGrant, PolicyDocument, RefId,
+    SecretMaterial, SecretName, SecretSnapshot, ServiceKeys, SpiffeId, TenantId,
 };
 use selene_kms_store::backend::{
     BatchHistogram, CommitUnit, Credential, DataKey, ErrorKind, IdempotencyRecord,
@@ -324,6 +325,22 @@ impl Store for PostgresStore {
             now_ms,
         )
         .await
+    }
+
+    async fn chain_heads(&self, moved_only: bool) -> StoreResult<Vec<ChainHead>> {
+        manifests::chain_heads(&self.client().await?, moved_only).await
+    }
+
+    async fn append_manifest(&self, manifest: &Manifest) -> StoreResult<bool> {
+        manifests::append(&mut self.client().await?, manifest).await
+    }
+
+    async fn manifests(&self, after_seq: u64, limit: usize) -> StoreResult<Vec<Manifest>> {
+        manifests::after(&self.client().await?, after_seq, limit).await
+    }
+
+    async fn latest_full_manifest(&self) -> StoreResult<u64> {
+        manifests::latest_full(&self.client().await?).await
     }
 
     fn batch_histogram(&self) -> &BatchHistogram {

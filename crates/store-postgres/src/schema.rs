@@ -143,6 +143,23 @@ CREATE TABLE auth_epoch (
 );
 INSERT INTO auth_epoch (id, epoch) VALUES (0, 0);
 "#,
+    // Signed manifests of every chain's head, chained to one another (see the store's
+    // `manifest` module); verifiers start from the latest full one. `manifested` holds each
+    // chain's head as the latest manifest named it, so that a node lists only what moved
+    // without touching the chain-head rows commits lock.
+    r#"
+CREATE TABLE manifests (
+    seq      BIGINT PRIMARY KEY,
+    is_full  BOOLEAN NOT NULL,
+    manifest TEXT NOT NULL
+);
+CREATE INDEX manifests_full ON manifests (seq) WHERE is_full;
+
+CREATE TABLE manifested (
+    tenant_id TEXT COLLATE "C" PRIMARY KEY,
+    seq       BIGINT NOT NULL
+);
+"#,
 ];
 
 /// Brings the database to the newest schema; refuses a database from a newer build.

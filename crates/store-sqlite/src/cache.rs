@@ -6,6 +6,8 @@
 //! back a state the writer has already moved past.
 
 use selene_kms_core::{SecretName, SecretSnapshot, TenantId};
+
+use crate::moved::MovedHeads;
 use selene_kms_store::backend::{DataKey, StoredPolicy};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -21,6 +23,8 @@ struct TenantEntry {
 #[derive(Default)]
 pub(crate) struct Cache {
     tenants: RwLock<HashMap<TenantId, TenantEntry>>,
+    /// The chains that moved since the latest manifest.
+    pub(crate) moved: MovedHeads,
 }
 
 impl Cache {

@@ -16,6 +16,7 @@ mod cache;
 mod checkpointer;
 mod error;
 mod identity;
+mod moved;
 mod principals;
 mod schema;
 mod syncer;
@@ -34,15 +35,15 @@ use cache::Cache;
 use checkpointer::Checkpointer;
 pub(crate) use error::db_err;
 use selene_kms_core::{
-    AuditRecord, Checkpoint, MaterialGrant, PolicyDocument, RefId, SecretKind, SecretMaterial,
-    SecretName, SecretSnapshot, ServiceKeys, ServiceSecret, SpiffeId, TenantId, TtlBounds,
-    VersionState,
+    AuditRecord, ChainHead, Checkpoint, Manifest, ManifestKind, MaterialGrant, PolicyDocument,
+    RefId, SecretKind, SecretMaterial, SecretName, SecretSnapshot, ServiceKeys, ServiceSecret,
+    SpiffeId, TenantId, TtlBounds, VersionState,
 };
 use selene_kms_store::backend::{
     BatchHistogram, CommitUnit, Credential, DataKey, ErrorKind, FIRST_GENERATION_SECRETS,
     IdempotencyRecord, IdempotencyScope, PrincipalListing, PrincipalRecord, Receipt, RootKey,
     SecretListing, SharedRoot, Store, StoreError, StoreResult, StoredPolicy, TenantSummary,
-    VersionListing, WriteHealth, from_db, new_service_secret, open_service_secret,
+    VersionListing, WriteHealth, from_db, from_json, new_service_secret, open_service_secret,
     resealed_secret_ref, to_db, to_db_saturating,
 };
 use writer::{Job, Maintenance, Writer};
@@ -699,6 +700,90 @@ impl Store for SqliteStore {
         })
         .await
         .map(|r| r.audit_seq)
+    }
+
+    async fn chain_heads(&self, moved_only: bool) -> StoreResult<Vec<ChainHead>> {
+        if moved_only {
+            return Ok(self.cache.moved.list());
+        }
+        self.read(|c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT (SELECT record FROM audit a WHERE a.tenant_id = t.tenant_id
+                             ORDER BY seq DESC LIMIT 1)
+                     FROM tenants t ORDER BY t.tenant_id",
+                )
+                .map_err(db_err)?;
+            let rows = stmt
+                .query_map([], |r| r.get::<_, Option<String>>(0))
+                .map_err(db_err)?;
+            let mut heads = Vec::new();
+            for row in rows {
+                if let Some(text) = row.map_err(db_err)? {
+                    let r: AuditRecord = from_json(&text, "an audit record")?;
+                    heads.push(ChainHead {
+                        tenant_id: r.tenant_id,
+                        seq: r.seq,
+                        digest: r.digest,
+                    });
+                }
+            }
+            Ok(heads)
+        })
+    }
+
+    async fn append_manifest(&self, manifest: &Manifest) -> StoreResult<bool> {
+        let json = serde_json::to_string(manifest)
+            .map_err(|_| StoreError::new(ErrorKind::Invalid, "a manifest does not encode"))?;
+        let receipt = self
+            .submit(|reply| Job::Maintenance {
+                task: Maintenance::AppendManifest {
+                    seq: manifest.seq,
+                    full: manifest.kind == ManifestKind::Full,
+                    json,
+                },
+                reply,
+            })
+            .await?;
+        let appended = receipt.audit_seq == 1;
+        if appended {
+            self.cache.moved.manifested(&manifest.heads);
+        }
+        Ok(appended)
+    }
+
+    async fn manifests(&self, after_seq: u64, limit: usize) -> StoreResult<Vec<Manifest>> {
+        self.read(|c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT manifest FROM manifests WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                )
+                .map_err(db_err)?;
+            let rows = stmt
+                .query_map(
+                    (
+                        to_db_saturating(after_seq),
+                        i64::try_from(limit).unwrap_or(i64::MAX),
+                    ),
+                    |r| r.get::<_, String>(0),
+                )
+                .map_err(db_err)?;
+            rows.map(|r| from_json(&r.map_err(db_err)?, "a manifest"))
+                .collect()
+        })
+    }
+
+    async fn latest_full_manifest(&self) -> StoreResult<u64> {
+        self.read(|c| {
+            let seq: i64 = c
+                .query_row(
+                    "SELECT COALESCE(MAX(seq), 0) FROM manifests WHERE is_full = 1",
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(db_err)?;
+            from_db(seq)
+        })
     }
 
     fn batch_histogram(&self) -> &BatchHistogram {

@@ -167,6 +167,16 @@ CREATE TABLE auth_epoch (
 );
 INSERT INTO auth_epoch (id, epoch) VALUES (0, 0);
 ",
+    // Signed manifests of every chain's head, chained to one another (see the store's
+    // `manifest` module). Verifiers start from the latest full one.
+    r"
+CREATE TABLE manifests (
+    seq      INTEGER PRIMARY KEY,
+    is_full  INTEGER NOT NULL,
+    manifest TEXT NOT NULL
+);
+CREATE INDEX manifests_full ON manifests (seq) WHERE is_full = 1;
+",
 ];
 
 /// The schema version this build writes.

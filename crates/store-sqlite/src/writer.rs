@@ -22,7 +22,7 @@ use rusqlite::{Connection, TransactionBehavior};
 use selene_kms_core::{ServiceKeys, TenantId};
 use selene_kms_store::backend::{
     BatchHistogram, CommitUnit, ErrorKind, Head, MAX_BATCH, Needs, Receipt, RootKey, SharedRoot,
-    StoreError, StoreResult, Writes, drain, plan, rewrap_all, take_queued, to_db_saturating,
+    StoreError, StoreResult, Writes, drain, plan, rewrap_all, take_queued, to_db, to_db_saturating,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -50,6 +50,13 @@ pub(crate) enum Maintenance {
     },
     RotateRoot {
         new_root: Box<RootKey>,
+    },
+    /// Appends a signed manifest unless its sequence number is taken; the receipt's
+    /// `audit_seq` is 1 when it was appended.
+    AppendManifest {
+        seq: u64,
+        full: bool,
+        json: String,
     },
 }
 
@@ -238,6 +245,7 @@ impl Writer {
 
     /// Makes a committed batch's state visible to readers.
     fn publish(&self, writes: Writes) {
+        self.cache.moved.note(&writes.heads);
         for ((tenant, name), snapshot) in writes.snapshots {
             self.cache.offer_secret(&tenant, &name, snapshot);
         }
@@ -291,6 +299,17 @@ impl Writer {
                 tx.commit().map_err(unavailable("commit"))?;
                 let pruned = records.saturating_add(revocations);
                 Ok(receipt(u64::try_from(pruned).unwrap_or(u64::MAX)))
+            }
+            Maintenance::AppendManifest { seq, full, json } => {
+                let appended = tx
+                    .execute(
+                        "INSERT INTO manifests (seq, is_full, manifest) VALUES (?1, ?2, ?3)
+                         ON CONFLICT (seq) DO NOTHING",
+                        (to_db(seq)?, full, json),
+                    )
+                    .map_err(db_err)?;
+                tx.commit().map_err(unavailable("commit"))?;
+                Ok(receipt(u64::try_from(appended).unwrap_or(0)))
             }
             Maintenance::RotateRoot { new_root } => {
                 let rewrapped = rotate_root(&tx, &self.root, &new_root)?;

@@ -54,7 +54,7 @@ fn encoding(what: &str) -> StoreError {
     StoreError::new(ErrorKind::Unavailable, format!("{what} encoding"))
 }
 
-/// Chains `audit` after `head` (sequence number, previous digest, own digest), signs a
+/// Chains `audit` after `head` (sequence number, previous digest, own digest, MAC), signs a
 /// checkpoint when one is due, and stamps the bundle with the record's sequence number.
 pub fn chain(
     keys: &ServiceKeys,
@@ -69,6 +69,7 @@ pub fn chain(
         .filter(|seq| crate::codec::to_db(*seq).is_ok())
         .ok_or_else(|| StoreError::new(ErrorKind::Invalid, "the audit chain is full"))?;
     audit.chain(seq, &head.digest);
+    audit.seal(keys);
     let record = serde_json::to_string(&audit).map_err(|_| encoding("audit record"))?;
     let checkpoint = if seq % CHECKPOINT_EVERY == 0 {
         let cp = Checkpoint::sign(keys, tenant.as_str(), seq, &audit.digest, audit.at_ms);
@@ -124,6 +125,10 @@ mod tests {
             assert_eq!(record.seq, head.seq + 1);
             assert_eq!(record.prev_digest, head.digest);
             assert_eq!(record.compute_digest(), chained.head.digest);
+            assert!(
+                record.mac_holds(&keys),
+                "every record carries the KMS's MAC"
+            );
             checkpoints += usize::from(chained.checkpoint.is_some());
             head = chained.head;
         }

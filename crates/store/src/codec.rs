@@ -21,6 +21,13 @@ pub fn from_db(value: i64) -> StoreResult<u64> {
         .map_err(|_| StoreError::new(ErrorKind::Corrupt, "a stored number is negative"))
 }
 
+/// A value both databases store as JSON text (audit records, checkpoints, manifests); one that
+/// does not parse is corrupt.
+pub fn from_json<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> StoreResult<T> {
+    serde_json::from_str(text)
+        .map_err(|_| StoreError::new(ErrorKind::Corrupt, format!("{what} does not parse")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,13 +1,15 @@
 //! The conformance suite every [`Store`] backend must pass, run by each backend crate's tests
 //! (feature `conformance`). Each check takes a fresh, empty store and panics on a violation.
 
+mod manifests;
 mod principals;
 
 use std::sync::Arc;
 
+pub use manifests::*;
 pub use principals::*;
 
-use crate::verify::verify_tenant;
+use crate::verify::verify_store;
 use crate::{
     Change, CommitUnit, ErrorKind, IdempotencyScope, IdempotencyWrite, NewSecret, Receipt, Store,
     StoreResult,
@@ -526,8 +528,11 @@ pub async fn audit_chain(store: Arc<dyn Store>) {
         task.await.expect("task");
     }
     for tn in [&t, &u] {
-        let report = verify_tenant(&*store, tn).await.expect("verify");
-        assert_eq!(report.broken, None);
+        let report = verify_store(&*store, Some(tn), &Default::default())
+            .await
+            .expect("verify");
+        assert!(report.holds(), "{report:?}");
+        let report = &report.chains[0];
         let records = store.audit_records(tn, 0, 10_000).await.expect("read");
         assert_eq!(report.records as usize, records.len());
         let seqs: Vec<u64> = records.iter().map(|r| r.seq).collect();
@@ -906,6 +911,10 @@ macro_rules! conformance_suite {
                 $crate::conformance::concurrent_policy_changes_keep_the_last;
             conformance_host_material_is_checked =>
                 $crate::conformance::host_material_is_checked;
+            conformance_manifests_name_the_chains_that_moved =>
+                $crate::conformance::manifests_name_the_chains_that_moved;
+            conformance_racing_signers_keep_one_chain_of_manifests =>
+                $crate::conformance::racing_signers_keep_one_chain_of_manifests;
         }
     };
     (@checks $setup:path; $($name:ident => $check:expr;)*) => {$(

@@ -14,6 +14,7 @@ mod commit;
 mod envelope;
 mod error;
 mod health;
+pub mod manifest;
 mod model;
 mod resealed;
 mod stats;

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use selene_kms_core::{
-    AuditRecord, Checkpoint, MaterialGrant, PolicyDocument, RefId, SecretMaterial, SecretName,
-    SecretSnapshot, ServiceKeys, SpiffeId, TenantId,
+    AuditRecord, ChainHead, Checkpoint, Manifest, MaterialGrant, PolicyDocument, RefId,
+    SecretMaterial, SecretName, SecretSnapshot, ServiceKeys, SpiffeId, TenantId,
 };
 
 use crate::envelope::RootKey;
@@ -75,6 +75,20 @@ pub trait Store: Send + Sync + 'static {
 
     /// Stored checkpoints of a tenant, in order.
     async fn checkpoints(&self, tenant: &TenantId) -> StoreResult<Vec<Checkpoint>>;
+
+    /// Chains' heads: every chain's, or (`moved_only`) those of the chains that moved since the
+    /// latest manifest this store appended, and perhaps more. Sorted by tenant.
+    async fn chain_heads(&self, moved_only: bool) -> StoreResult<Vec<ChainHead>>;
+
+    /// Appends a signed manifest at its sequence number. `false` when that number is taken
+    /// (another node signed first): nothing is written.
+    async fn append_manifest(&self, manifest: &Manifest) -> StoreResult<bool>;
+
+    /// Stored manifests with `seq > after_seq`, in order, at most `limit`.
+    async fn manifests(&self, after_seq: u64, limit: usize) -> StoreResult<Vec<Manifest>>;
+
+    /// The sequence number of the latest full manifest (0 for none): verifiers start there.
+    async fn latest_full_manifest(&self) -> StoreResult<u64>;
 
     /// The token stored under `verifier` and its principal, live or not.
     async fn credential(&self, verifier: &[u8; 32]) -> StoreResult<Option<Credential>>;

@@ -5,9 +5,11 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 use reqwest::Method;
-use selene_kms_core::audit::{parse_public_key, verify_export};
-use selene_kms_core::{AuditRecord, TenantId};
-use selene_kms_store::verify::verify_tenant;
+use selene_kms_core::audit::{VerifyingKey, parse_public_key};
+use selene_kms_core::export::{ExportChecks, NamedHeads, verify_export};
+use selene_kms_core::manifest::witnessed_heads;
+use selene_kms_core::{AuditRecord, Manifest, TenantId};
+use selene_kms_store::verify::verify_store;
 
 use selene_kms_backends::StoreLocation;
 
@@ -18,11 +20,13 @@ use crate::{Connection, output};
 
 #[derive(Subcommand)]
 pub(crate) enum AuditCommand {
-    /// Verify the audit chain: digests, links and signed checkpoints; names the first bad record.
+    /// Verify the audit chains: links, digests, signed manifests and checkpoints (and, offline
+    /// with the data directory, every record's MAC); names the tenant and the first bad record,
+    /// a chain cut below a signed head, and a chain that is gone. Exits 1 when anything fails.
     /// The key is the pinned one (`init` wrote it to DATA_DIR/audit-public-key), never one the
     /// server being verified serves.
     #[command(
-        after_help = "Examples:\n  selene-kms audit verify --public-key-file ./kms/audit-public-key   # through the server\n  selene-kms audit verify --public-key HEX --tenant acme\n  selene-kms audit verify --data-dir ./kms         # offline, on a stopped store\n  selene-kms audit verify --export audit.jsonl --public-key HEX   # a third party"
+        after_help = "Examples:\n  selene-kms audit verify --public-key-file ./kms/audit-public-key   # through the server\n  selene-kms audit verify --public-key HEX --tenant acme\n  selene-kms audit verify --data-dir ./kms --witness-file /witness/kms.jsonl   # offline, on a stopped store\n  selene-kms audit verify --export audit.jsonl --public-key HEX   # a third party"
     )]
     Verify {
         /// One tenant (default: every tenant).
@@ -53,6 +57,14 @@ pub(crate) enum AuditCommand {
         /// A file holding the audit public key to trust (`init` wrote DATA_DIR/audit-public-key).
         #[arg(long)]
         public_key_file: Option<PathBuf>,
+        /// Manifests a server appended (`serve --witness-file`): the store must still hold
+        /// every head they name, or it was rolled back.
+        #[arg(long)]
+        witness_file: Option<PathBuf>,
+        /// Report records after the latest signed manifest as not covered instead of failing
+        /// (an export made without its closing manifest).
+        #[arg(long)]
+        allow_uncovered: bool,
         #[command(flatten)]
         conn: Connection,
     },
@@ -100,29 +112,55 @@ pub(crate) async fn run(
             export,
             public_key,
             public_key_file,
+            witness_file,
+            allow_uncovered,
             conn,
         } => {
+            let witness = witness_file.as_deref().map(read_witness).transpose()?;
             if let Some(dir) = data_dir {
                 let location = store_location(store, config, &dir)?;
-                return verify_offline(&location, &dir, tenant.as_deref(), json).await;
+                let offline = Offline {
+                    tenant: tenant.as_deref(),
+                    witness: witness.as_deref(),
+                    json,
+                };
+                return verify_offline(&location, &dir, offline).await;
             }
             let key = parse_public_key(&pinned_key(public_key, public_key_file)?)
                 .ok_or("the public key is not 64 hex characters")?;
+            let checks = ExportChecks {
+                allow_uncovered,
+                witnessed: witnessed(witness.as_deref().unwrap_or_default(), &key)?,
+            };
             let text = match export {
                 Some(path) => std::fs::read_to_string(&path)
                     .map_err(|e| format!("{}: {e}", path.display()))?,
                 None => fetch_export(&Client::new(&conn, config)?, tenant.as_deref()).await?,
             };
-            match verify_export(&text, &key) {
+            match verify_export(&text, &key, &checks) {
                 Ok(summary) => {
                     if json {
-                        output::json(
-                            &serde_json::json!({"verified": true, "records": summary.records, "checkpoints": summary.checkpoints}),
-                        );
+                        output::json(&serde_json::json!({
+                            "verified": true,
+                            "records": summary.records,
+                            "manifests": summary.manifests,
+                            "checkpoints": summary.checkpoints,
+                            "uncovered": summary.uncovered,
+                        }));
                     } else {
                         println!(
-                            "Audit chain verified: {} records, {} signed checkpoints.",
-                            summary.records, summary.checkpoints
+                            "Audit chain verified: {} records, {} signed manifests, {} signed checkpoints{}.",
+                            summary.records,
+                            summary.manifests,
+                            summary.checkpoints,
+                            if summary.uncovered > 0 {
+                                format!(
+                                    "; {} records not covered by a signature",
+                                    summary.uncovered
+                                )
+                            } else {
+                                String::new()
+                            }
                         );
                     }
                     Ok(ExitCode::SUCCESS)
@@ -223,47 +261,88 @@ async fn fetch_export(client: &Client, tenant: Option<&str>) -> Result<String, S
     String::from_utf8(answer.body).map_err(|_| "the export is not UTF-8".to_owned())
 }
 
+/// The manifests of a witness file, one JSON line each.
+fn read_witness(path: &std::path::Path) -> Result<Vec<Manifest>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(i, line)| {
+            serde_json::from_str(line)
+                .map_err(|_| format!("{} line {}: not a manifest", path.display(), i + 1))
+        })
+        .collect()
+}
+
+/// The heads a witness names, each manifest's signature checked under `key`.
+fn witnessed(witness: &[Manifest], key: &VerifyingKey) -> Result<NamedHeads, String> {
+    witnessed_heads(witness, key).map_err(|e| format!("the witness file does not hold: {e}"))
+}
+
+/// What an offline verification covers.
+struct Offline<'a> {
+    tenant: Option<&'a str>,
+    witness: Option<&'a [Manifest]>,
+    json: bool,
+}
+
 async fn verify_offline(
     location: &StoreLocation,
     dir: &std::path::Path,
-    tenant: Option<&str>,
-    json: bool,
+    what: Offline<'_>,
 ) -> Result<ExitCode, String> {
     let store = open_at(location, dir).await?;
-    let tenants = match tenant {
-        Some(t) => vec![TenantId::chain(t).map_err(|_| "invalid tenant id".to_owned())?],
-        None => store.audit_tenants().await.map_err(|e| e.message)?,
-    };
-    let mut reports = Vec::new();
-    let mut broken = false;
-    for t in &tenants {
-        let r = verify_tenant(&*store, t).await.map_err(|e| e.message)?;
-        broken |= r.broken.is_some();
-        reports.push(r);
-    }
-    if json {
-        let list: Vec<_> = reports
+    let tenant = what
+        .tenant
+        .map(|t| TenantId::chain(t).map_err(|_| "invalid tenant id".to_owned()))
+        .transpose()?;
+    let key = store.keys().audit_verifying_key();
+    let witnessed = witnessed(what.witness.unwrap_or_default(), &key)?;
+    let report = verify_store(&*store, tenant.as_ref(), &witnessed)
+        .await
+        .map_err(|e| e.message)?;
+    if what.json {
+        let list: Vec<_> = report
+            .chains
             .iter()
-            .map(|r| serde_json::json!({"tenant_id": r.tenant.as_str(), "records": r.records, "checkpoints": r.checkpoints, "broken": r.broken.map(|b| b.to_string())}))
+            .map(|r| {
+                serde_json::json!({
+                    "tenant_id": r.tenant.as_str(),
+                    "records": r.records,
+                    "checkpoints": r.checkpoints,
+                    "manifested_seq": r.manifested,
+                    "broken": r.broken.map(|b| b.to_string()),
+                })
+            })
             .collect();
-        output::json(&serde_json::json!({"verified": !broken, "tenants": list}));
+        output::json(&serde_json::json!({
+            "verified": report.holds(),
+            "manifests": report.manifests,
+            "manifests_broken": report.manifests_broken.as_ref().map(ToString::to_string),
+            "tenants": list,
+        }));
     } else {
-        let rows: Vec<Vec<String>> = reports
+        let rows: Vec<Vec<String>> = report
+            .chains
             .iter()
             .map(|r| {
                 vec![
                     r.tenant.to_string(),
                     r.records.to_string(),
-                    r.checkpoints.to_string(),
+                    r.manifested.to_string(),
                     r.broken.map_or("ok".into(), |b| b.to_string()),
                 ]
             })
             .collect();
-        output::table(&["tenant", "records", "checkpoints", "status"], &rows);
+        output::table(&["tenant", "records", "manifested", "status"], &rows);
+        match &report.manifests_broken {
+            Some(e) => println!("Manifests BROKEN after {} that hold: {e}", report.manifests),
+            None => println!("{} signed manifests hold.", report.manifests),
+        }
     }
-    Ok(if broken {
-        ExitCode::from(1)
-    } else {
+    Ok(if report.holds() {
         ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     })
 }

@@ -320,14 +320,14 @@ async fn walk(
         .await?;
     let text = String::from_utf8(export.body.clone()).map_err(|_| "export is not UTF-8")?;
     let public = selene_kms_core::audit::parse_public_key(&key).ok_or("no public key")?;
-    let summary = selene_kms_core::audit::verify_export(&text, &public)
+    let summary = selene_kms_core::export::verify_export(&text, &public, &Default::default())
         .map_err(|e| format!("audit chain broken: {e}"))?;
     report.step(
         "verify the exported chain with the pinned public key",
         &export,
         format!(
-            "{} records, {} checkpoints: verified",
-            summary.records, summary.checkpoints
+            "{} records, {} signed manifests: verified",
+            summary.records, summary.manifests
         ),
     );
     Ok(())

@@ -49,6 +49,11 @@ pub(crate) struct ServeArgs {
     /// Most connections open at once; the excess is closed at accept [default: 4096].
     #[arg(long, env = "SELENE_KMS_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
+    /// Append each signed manifest to this file as a JSON line: keep it where the database's
+    /// writer cannot reach, and give it to `audit verify --witness-file` to reveal a store
+    /// rolled back to an earlier state.
+    #[arg(long, env = "SELENE_KMS_WITNESS_FILE")]
+    witness_file: Option<PathBuf>,
     /// Let the process dump core: off by default, since its memory holds the root key, caller
     /// credentials and material in use.
     #[arg(long)]
@@ -183,6 +188,7 @@ pub(crate) async fn run(config: &Config, args: ServeArgs) -> Result<ExitCode, St
                 .unwrap_or(defaults.connections.max_connections),
             ..defaults.connections
         },
+        witness_file: args.witness_file,
     };
     if options.connections.max_connections == 0 {
         return Err("--max-connections must be at least 1".to_owned());

@@ -339,7 +339,7 @@ impl Api {
             .expect("export");
         assert_eq!(export.0, StatusCode::OK);
         let text = String::from_utf8(export.1).expect("UTF-8");
-        selene_kms_core::audit::verify_export(&text, &public)
+        selene_kms_core::export::verify_export(&text, &public, &Default::default())
             .unwrap_or_else(|e| panic!("the audit chain does not verify: {e}"))
             .records
     }

@@ -285,7 +285,7 @@ impl Engine {
     }
 
     /// The JSON Lines export of one tenant's chain (or of every chain, the system chain
-    /// included, for a caller of every tenant), with signed checkpoints. The export is a file
+    /// included, for a caller of every tenant), with signed checkpoints and manifests. The export is a file
     /// format that verifiers read line by line, so its typed form is its bytes.
     pub async fn audit_export(
         &self,
@@ -299,7 +299,13 @@ impl Engine {
             None => {}
         }
         let mut out = Vec::new();
-        selene_kms_store::verify::export(&*self.store, tenant, now_ms, &mut out).await?;
+        let exported =
+            selene_kms_store::verify::export(&*self.store, tenant, now_ms, &mut out).await?;
+        if let Some((tenant, broken)) = exported.broken {
+            // Written without its closing manifest: it verifies only as far as the store's
+            // own manifests vouch, and `audit verify` names the break.
+            tracing::error!(%tenant, %broken, "audit export met a broken chain");
+        }
         Ok(out)
     }
 

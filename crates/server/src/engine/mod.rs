@@ -12,11 +12,13 @@ mod kms;
 mod principals;
 mod redeem;
 
+use std::path::Path;
 use std::sync::Arc;
 
 use selene_kms_core::{
     AuditRecord, PrincipalId, PrincipalName, ReasonCode, Role, TenantId, TenantScope,
 };
+use selene_kms_store::manifest::Manifester;
 use selene_kms_store::{
     BatchHistogram, Change, CommitUnit, ErrorKind, Receipt, Store, StoreResult,
 };
@@ -123,6 +125,12 @@ impl Engine {
     /// Sizes of the store's group commits so far (for metrics).
     pub fn batch_histogram(&self) -> &BatchHistogram {
         self.store.batch_histogram()
+    }
+
+    /// The signer of this store's manifests, copying each to `witness` when given. Refused when
+    /// the store's manifests do not hold.
+    pub async fn manifester(&self, witness: Option<&Path>) -> StoreResult<Manifester> {
+        Manifester::open(self.store.clone(), witness).await
     }
 
     /// An authenticator over this store's caller tokens, for the HTTP host.
