@@ -237,3 +237,124 @@ fn the_root_key_holder_recovers_an_admin_when_none_is_left() {
     assert_eq!(me["tenants"], serde_json::json!(["*"]));
     assert_eq!(me["name"], "ops-recovery");
 }
+
+/// The embedded store's files in `dir` (database, WAL, shared memory).
+fn store_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .expect("read dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("kms.db"))
+        })
+        .collect()
+}
+
+fn offline_verify(data: &std::path::Path, args: &[&str]) -> std::process::Output {
+    selene_kms()
+        .args(["--json", "audit", "verify", "--data-dir"])
+        .arg(data)
+        .args(args)
+        .output()
+        .expect("verify runs")
+}
+
+#[test]
+#[cfg(target_os = "linux")]
+fn a_witness_reveals_a_store_rolled_back_to_an_earlier_signed_state() {
+    let (dir, init) = initialised();
+    let admin = init["tokens"]["admin"].as_str().expect("token").to_owned();
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    let witness = elsewhere.path().join("witness.jsonl");
+    let witness_arg = witness.to_str().expect("utf-8 path");
+    let serve = ["--witness-file", witness_arg];
+
+    let mut node = Node::start_with(dir.path(), None, &serve);
+    let created = client(
+        &node,
+        &admin,
+        &[
+            "principal",
+            "create",
+            "ci-1",
+            "--role",
+            "executor",
+            "--tenant",
+            "acme",
+        ],
+    );
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    assert!(node.stop(), "a clean stop");
+    let witnessed = std::fs::read_to_string(&witness).expect("the witness file");
+    assert!(
+        witnessed.lines().count() >= 2,
+        "a manifest at start and one at the clean stop:\n{witnessed}"
+    );
+
+    // The operator's backup; then the store moves on.
+    let backup = tempfile::tempdir().expect("tempdir");
+    for file in store_files(dir.path()) {
+        std::fs::copy(&file, backup.path().join(file.file_name().expect("name"))).expect("copy");
+    }
+    let mut node = Node::start_with(dir.path(), None, &serve);
+    let created = client(
+        &node,
+        &admin,
+        &[
+            "principal",
+            "create",
+            "ci-2",
+            "--role",
+            "executor",
+            "--tenant",
+            "acme",
+        ],
+    );
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    assert!(node.stop(), "a clean stop");
+    let ok = offline_verify(dir.path(), &["--witness-file", witness_arg]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
+
+    // Whoever can write the files puts the backup back: a store consistent in itself, signed
+    // by its own manifests, but behind what the witness saw.
+    for file in store_files(dir.path()) {
+        std::fs::remove_file(file).expect("remove");
+    }
+    for file in store_files(backup.path()) {
+        std::fs::copy(&file, dir.path().join(file.file_name().expect("name"))).expect("restore");
+    }
+    let alone = offline_verify(dir.path(), &[]);
+    assert!(
+        alone.status.success(),
+        "{}",
+        String::from_utf8_lossy(&alone.stdout)
+    );
+    let revealed = offline_verify(dir.path(), &["--witness-file", witness_arg]);
+    assert_eq!(revealed.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&revealed.stdout).expect("json");
+    let system = report["tenants"]
+        .as_array()
+        .expect("tenants")
+        .iter()
+        .find(|t| t["tenant_id"] == "_system")
+        .expect("the system chain");
+    assert!(
+        system["broken"]
+            .as_str()
+            .is_some_and(|b| b.contains("gone")),
+        "{report}"
+    );
+}

@@ -116,6 +116,9 @@ pub struct ExportChecks {
     pub allow_uncovered: bool,
     /// Heads a witness named: the export must hold each.
     pub witnessed: NamedHeads,
+    /// The export is of this tenant's chain alone: no other chain is expected in it. Without
+    /// it, the export's closing manifest says; without that, every chain is expected.
+    pub tenant: Option<String>,
 }
 
 /// What verifying an export found.
@@ -241,7 +244,10 @@ pub fn verify_export(
         }
         None => BTreeMap::new(),
     };
-    let scope = closing.as_ref().and_then(|m| m.tenant_id.as_deref());
+    let scope = checks
+        .tenant
+        .as_deref()
+        .or(closing.as_ref().and_then(|m| m.tenant_id.as_deref()));
     let expected = expected.unwrap_or_else(|| expectations(&[stored.heads(), &checks.witnessed]));
     for tenant in expected.keys() {
         if scope.is_none_or(|s| s == tenant) && !chains.contains_key(tenant) {

@@ -331,6 +331,7 @@ fn a_witness_reveals_a_store_rolled_back_to_an_earlier_signed_state() {
     let checks = ExportChecks {
         allow_uncovered: true,
         witnessed,
+        tenant: None,
     };
     // The store as it was at manifest 2: itself consistent, but behind the witness.
     let rolled_back = store.export(&store.a[..8], &store.b[..2], None);

@@ -363,7 +363,7 @@ pub(crate) const AUDIT: Endpoint = Endpoint {
 pub(crate) const AUDIT_EXPORT: Endpoint = Endpoint {
     verb: Verb::Get,
     path: "/v1/audit/export",
-    summary: "Export audit chains as JSON Lines with signed checkpoints.",
+    summary: "Export audit chains as JSON Lines: the store's signed manifests, then records and checkpoints, closed by a manifest signed at export time.",
     role: Some("admin"),
     params: &[Param {
         name: "tenant_id",
@@ -381,7 +381,7 @@ pub(crate) const AUDIT_EXPORT: Endpoint = Endpoint {
 pub(crate) const PUBLIC_KEY: Endpoint = Endpoint {
     verb: Verb::Get,
     path: "/v1/audit/public-key",
-    summary: "The Ed25519 key that verifies audit checkpoints.",
+    summary: "The Ed25519 key that signs audit manifests and checkpoints.",
     role: None,
     params: &[],
     request: None,

@@ -1,6 +1,7 @@
-//! The storage boundary for credentials: someone who can write the database but lacks the root
-//! key cannot make a token authenticate by writing a verifier row, whatever they hash it with,
-//! nor widen a credential by editing, moving or inserting the rows that say what it may do.
+//! The storage boundary: someone who can write the database but lacks the root key cannot make a
+//! token authenticate by writing a verifier row, whatever they hash it with, nor widen a
+//! credential by editing, moving or inserting the rows that say what it may do; nor cut or
+//! extend an audit chain without the export a third party verifies naming it.
 
 mod common;
 
@@ -14,6 +15,24 @@ use selene_kms_server::{Engine, ServeOptions, serve};
 use selene_kms_store::{ErrorKind, RootKey};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+
+/// The embedded store left by `remains`, served again after the attacker's edits.
+async fn reopen(remains: &common::Remains) -> selene_kms_server::Listening {
+    let root = RootKey::load_file(&remains.dir.path().join("root.key")).expect("root key");
+    let db = remains.dir.path().join("kms.db");
+    let store = open_store(&StoreLocation::Embedded(db), root, false)
+        .await
+        .expect("reopened");
+    serve(
+        Arc::new(Engine::new(store)),
+        ServeOptions {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            ..ServeOptions::default()
+        },
+    )
+    .await
+    .expect("serves")
+}
 
 /// What an attacker can write: a token they choose, stored under verifiers they can compute.
 const FORGED: &str = "skms_attacker-chosen-token-value-0123456789abcdef";
@@ -166,4 +185,128 @@ async fn credential_rows_written_edited_or_moved_without_the_root_key_authentica
         "{metrics}"
     );
     listening.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audit_chain_cut_or_extended_in_the_database_fails_the_exports_verification() {
+    let s = Server::start().await;
+    s.provision("payments/stripe", None).await;
+    for i in 0..4 {
+        let answer = s
+            .kms(&common::request("GET_HANDLE", &format!("k{i}")))
+            .await;
+        assert_eq!(answer.status, StatusCode::OK);
+    }
+    let admin = s.admin.clone();
+    let key = selene_kms_core::audit::parse_public_key(&selene_kms_core::audit::public_key_hex(
+        s.store.keys(),
+    ))
+    .expect("key");
+    // A clean stop signs a last manifest naming every record.
+    let remains = s.stop().await;
+    let conn = rusqlite::Connection::open(remains.dir.path().join("kms.db")).expect("open");
+    let head: i64 = conn
+        .query_row(
+            "SELECT MAX(seq) FROM audit WHERE tenant_id = 'acme'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("head");
+    let export = |listening: &selene_kms_server::Listening| {
+        let url = format!("http://{}/v1/audit/export?tenant_id=acme", listening.addr);
+        let admin = admin.clone();
+        async move {
+            reqwest::Client::new()
+                .get(url)
+                .bearer_auth(admin)
+                .send()
+                .await
+                .expect("sent")
+                .text()
+                .await
+                .expect("text")
+        }
+    };
+
+    // Two records cut from the tail, below the head the last manifest signed.
+    let tail: Vec<(i64, String)> = conn
+        .prepare("SELECT seq, record FROM audit WHERE tenant_id = 'acme' AND seq > ?1")
+        .expect("prepare")
+        .query_map([head - 2], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("query")
+        .map(|r| r.expect("row"))
+        .collect();
+    conn.execute(
+        "DELETE FROM audit WHERE tenant_id = 'acme' AND seq > ?1",
+        [head - 2],
+    )
+    .expect("cut");
+    let listening = reopen(&remains).await;
+    let text = export(&listening).await;
+    let checks = selene_kms_core::export::ExportChecks {
+        allow_uncovered: true,
+        tenant: Some("acme".into()),
+        ..Default::default()
+    };
+    let found = selene_kms_core::export::verify_export(&text, &key, &checks);
+    assert_eq!(
+        found.map(drop),
+        Err(selene_kms_core::export::ExportError::Chain {
+            tenant: "acme".into(),
+            broken: selene_kms_core::ChainBreak::Cut {
+                seq: u64::try_from(head - 1).expect("seq")
+            },
+        })
+    );
+    // Nor does the server sign a manifest over the cut chain when it stops.
+    let refused = listening
+        .shutdown()
+        .await
+        .expect_err("no manifest over a cut chain");
+    assert!(refused.to_string().contains("acme"), "{refused}");
+
+    // Put back, then one record appended with a correct link and digest but no MAC: the server
+    // will not close the export with its signature, so the record stays uncovered.
+    for (seq, record) in &tail {
+        conn.execute(
+            "INSERT INTO audit (tenant_id, seq, record) VALUES ('acme', ?1, ?2)",
+            (seq, record),
+        )
+        .expect("put back");
+    }
+    let mut forged: selene_kms_core::AuditRecord =
+        serde_json::from_str(&tail.last().expect("a record").1).expect("record");
+    let prev = forged.digest.clone();
+    forged.chain(forged.seq + 1, &prev);
+    forged.mac = None;
+    conn.execute(
+        "INSERT INTO audit (tenant_id, seq, record) VALUES ('acme', ?1, ?2)",
+        (head + 1, serde_json::to_string(&forged).expect("json")),
+    )
+    .expect("appended");
+    let listening = reopen(&remains).await;
+    let text = export(&listening).await;
+    let checks = selene_kms_core::export::ExportChecks {
+        tenant: Some("acme".into()),
+        ..Default::default()
+    };
+    let found = selene_kms_core::export::verify_export(&text, &key, &checks);
+    assert_eq!(
+        found.map(drop),
+        Err(selene_kms_core::export::ExportError::Chain {
+            tenant: "acme".into(),
+            broken: selene_kms_core::ChainBreak::Unsigned {
+                seq: u64::try_from(head).expect("seq")
+            },
+        })
+    );
+    // The forged head is never signed over, nor chained after.
+    let refused = listening
+        .shutdown()
+        .await
+        .expect_err("no manifest over a forged head");
+    assert!(
+        refused.to_string().contains("not written by the KMS"),
+        "{refused}"
+    );
 }

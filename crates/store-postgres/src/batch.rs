@@ -15,7 +15,7 @@ use deadpool_postgres::GenericClient;
 use selene_kms_core::{SecretName, ServiceKeys, TenantId, audit::GENESIS_DIGEST};
 use selene_kms_store::backend::{
     Committed, ErrorKind, Head, IdempotencyScope, Item, Needs, SharedRoot, StoreError, StoreResult,
-    StoredSecret, Writes,
+    StoredSecret, Writes, head_mac, head_of_row,
 };
 
 use crate::codec::{col, col_u64, to_db, to_db_saturating};
@@ -44,7 +44,7 @@ pub(crate) async fn read_committed(
     .await?;
     let rows = sql::rows(
         client,
-        "SELECT tenant_id, audit_seq, audit_head, policy_version FROM tenants
+        "SELECT tenant_id, audit_seq, audit_head, policy_version, audit_head_mac FROM tenants
          WHERE tenant_id = ANY($1) ORDER BY tenant_id FOR UPDATE",
         &[&tenants],
         HEADS,
@@ -67,6 +67,8 @@ pub(crate) async fn read_committed(
             committed.policy_versions.insert(tenant.clone(), version);
         }
         if head.seq > 0 {
+            let mac = col::<Option<&[u8]>>(row, 4, HEADS)?;
+            let head = head_of_row(keys, &tenant, head, mac)?;
             committed.heads.insert(tenant, head);
         }
     }
@@ -393,12 +395,13 @@ pub(crate) async fn write(
         )
         .await?;
     }
-    write_heads(client, &writes.heads).await
+    write_heads(client, keys, &writes.heads).await
 }
 
 /// Stores the chain heads that moved, in one statement.
 async fn write_heads(
     client: &impl GenericClient,
+    keys: &ServiceKeys,
     heads: &HashMap<TenantId, Head>,
 ) -> StoreResult<()> {
     if heads.is_empty() {
@@ -407,17 +410,20 @@ async fn write_heads(
     let mut tenants = Vec::with_capacity(heads.len());
     let mut seqs = Vec::with_capacity(heads.len());
     let mut digests = Vec::with_capacity(heads.len());
+    let mut macs = Vec::with_capacity(heads.len());
     for (tenant, head) in heads {
         tenants.push(tenant.as_str());
         seqs.push(to_db(head.seq)?);
         digests.push(head.digest.as_str());
+        macs.push(head_mac(keys, tenant, head).to_vec());
     }
     sql::execute(
         client,
-        "UPDATE tenants SET audit_seq = h.seq, audit_head = h.digest
-         FROM unnest($1::text[], $2::bigint[], $3::text[]) AS h(tenant_id, seq, digest)
+        "UPDATE tenants SET audit_seq = h.seq, audit_head = h.digest, audit_head_mac = h.mac
+         FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bytea[])
+             AS h(tenant_id, seq, digest, mac)
          WHERE tenants.tenant_id = h.tenant_id",
-        &[&tenants, &seqs, &digests],
+        &[&tenants, &seqs, &digests, &macs],
         "audit head",
     )
     .await?;

@@ -328,7 +328,7 @@ impl Store for PostgresStore {
     }
 
     async fn chain_heads(&self, moved_only: bool) -> StoreResult<Vec<ChainHead>> {
-        manifests::chain_heads(&self.client().await?, moved_only).await
+        manifests::chain_heads(&self.client().await?, &self.keys, moved_only).await
     }
 
     async fn append_manifest(&self, manifest: &Manifest) -> StoreResult<bool> {

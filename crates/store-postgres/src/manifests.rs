@@ -2,8 +2,8 @@
 //! first node to take a sequence number wins it), and reading them back.
 
 use deadpool_postgres::{Client, GenericClient};
-use selene_kms_core::{ChainHead, Manifest, ManifestKind};
-use selene_kms_store::backend::{ErrorKind, StoreError, StoreResult, from_json};
+use selene_kms_core::{ChainHead, Manifest, ManifestKind, ServiceKeys, TenantId};
+use selene_kms_store::backend::{ErrorKind, Head, StoreError, StoreResult, from_json, head_of_row};
 
 use crate::codec::{col, col_u64, to_db};
 use crate::error::pg;
@@ -13,12 +13,13 @@ use crate::sql;
 /// chain-head rows without locking them, so commits never wait for a manifest.
 pub(crate) async fn chain_heads(
     client: &impl GenericClient,
+    keys: &ServiceKeys,
     moved_only: bool,
 ) -> StoreResult<Vec<ChainHead>> {
     const WHAT: &str = "chain heads";
     let rows = sql::rows(
         client,
-        "SELECT t.tenant_id, t.audit_seq, t.audit_head FROM tenants t
+        "SELECT t.tenant_id, t.audit_seq, t.audit_head, t.audit_head_mac FROM tenants t
          LEFT JOIN manifested m ON m.tenant_id = t.tenant_id
          WHERE t.audit_seq > 0 AND (NOT $1 OR t.audit_seq > COALESCE(m.seq, 0))
          ORDER BY t.tenant_id",
@@ -28,10 +29,18 @@ pub(crate) async fn chain_heads(
     .await?;
     rows.iter()
         .map(|row| {
-            Ok(ChainHead {
-                tenant_id: col::<String>(row, 0, WHAT)?,
+            let tenant = TenantId::chain(col(row, 0, WHAT)?)
+                .map_err(|_| StoreError::new(ErrorKind::Corrupt, "a tenant id is invalid"))?;
+            let head = Head {
                 seq: col_u64(row, 1, WHAT)?,
                 digest: col::<String>(row, 2, WHAT)?,
+            };
+            // Only heads the KMS wrote are signed.
+            let head = head_of_row(keys, &tenant, head, col(row, 3, WHAT)?)?;
+            Ok(ChainHead {
+                tenant_id: tenant.as_str().to_owned(),
+                seq: head.seq,
+                digest: head.digest,
             })
         })
         .collect()

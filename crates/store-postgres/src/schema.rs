@@ -159,6 +159,10 @@ CREATE TABLE manifested (
     tenant_id TEXT COLLATE "C" PRIMARY KEY,
     seq       BIGINT NOT NULL
 );
+
+-- The MAC of each chain head (see the store's `chain::head_mac`): a node chains after, and
+-- signs manifests over, only heads the KMS wrote.
+ALTER TABLE tenants ADD COLUMN audit_head_mac BYTEA;
 "#,
 ];
 

@@ -6,10 +6,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension};
-use selene_kms_core::{AuditRecord, SecretSnapshot, ServiceKeys, TenantId};
+use selene_kms_core::{SecretSnapshot, ServiceKeys, TenantId};
 use selene_kms_store::backend::{
     Committed, ErrorKind, Head, Item, Needs, SecretKey, SharedRoot, StoreError, StoreResult,
-    StoredSecret, Writes, from_db, to_db, to_db_saturating,
+    StoredSecret, Writes, from_db, from_json, head_of, to_db, to_db_saturating,
 };
 
 use crate::cache::Cache;
@@ -51,7 +51,7 @@ pub(crate) fn read_committed(
     for tenant in &needs.tenants {
         let head = match heads.get(tenant) {
             Some(head) => Some(head.clone()),
-            None => last_head(conn, tenant)?,
+            None => last_head(conn, keys, tenant)?,
         };
         if let Some(head) = head {
             committed.heads.insert(tenant.clone(), head);
@@ -163,22 +163,19 @@ fn stored_secret(
 }
 
 /// The head of a tenant's chain as stored: its last record; `None` for a tenant without one.
-fn last_head(conn: &Connection, tenant: &TenantId) -> StoreResult<Option<Head>> {
+fn last_head(
+    conn: &Connection,
+    keys: &ServiceKeys,
+    tenant: &TenantId,
+) -> StoreResult<Option<Head>> {
     let last: Option<String> = conn
         .prepare_cached("SELECT record FROM audit WHERE tenant_id = ?1 ORDER BY seq DESC LIMIT 1")
         .map_err(db_err)?
         .query_row([tenant.as_str()], |r| r.get(0))
         .optional()
         .map_err(db_err)?;
-    last.map(|json| {
-        let record: AuditRecord = serde_json::from_str(&json)
-            .map_err(|_| StoreError::new(ErrorKind::Corrupt, "the last audit record"))?;
-        Ok(Head {
-            seq: record.seq,
-            digest: record.digest,
-        })
-    })
-    .transpose()
+    last.map(|json| head_of(keys, &from_json(&json, "the last audit record")?))
+        .transpose()
 }
 
 /// Runs one prepared statement, naming what failed.

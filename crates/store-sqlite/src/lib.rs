@@ -43,8 +43,8 @@ use selene_kms_store::backend::{
     BatchHistogram, CommitUnit, Credential, DataKey, ErrorKind, FIRST_GENERATION_SECRETS,
     IdempotencyRecord, IdempotencyScope, PrincipalListing, PrincipalRecord, Receipt, RootKey,
     SecretListing, SharedRoot, Store, StoreError, StoreResult, StoredPolicy, TenantSummary,
-    VersionListing, WriteHealth, from_db, from_json, new_service_secret, open_service_secret,
-    resealed_secret_ref, to_db, to_db_saturating,
+    VersionListing, WriteHealth, from_db, from_json, head_of, new_service_secret,
+    open_service_secret, resealed_secret_ref, to_db, to_db_saturating,
 };
 use writer::{Job, Maintenance, Writer};
 
@@ -720,11 +720,12 @@ impl Store for SqliteStore {
             let mut heads = Vec::new();
             for row in rows {
                 if let Some(text) = row.map_err(db_err)? {
-                    let r: AuditRecord = from_json(&text, "an audit record")?;
+                    let record: AuditRecord = from_json(&text, "an audit record")?;
+                    let head = head_of(&self.keys, &record)?;
                     heads.push(ChainHead {
-                        tenant_id: r.tenant_id,
-                        seq: r.seq,
-                        digest: r.digest,
+                        tenant_id: record.tenant_id,
+                        seq: head.seq,
+                        digest: head.digest,
                     });
                 }
             }

@@ -153,6 +153,125 @@ async fn tampering_with_the_file_is_found_at_the_record_it_touched() {
     assert_eq!(report.broken, Some(ChainBreak::Discontinuity { seq: 4 }));
 }
 
+/// The audit rows of `tenant` as stored, by sequence number.
+fn stored_records(side: &rusqlite::Connection, tenant: &str) -> Vec<(i64, String)> {
+    let mut stmt = side
+        .prepare("SELECT seq, record FROM audit WHERE tenant_id = ?1 ORDER BY seq")
+        .expect("prepare");
+    stmt.query_map([tenant], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("query")
+        .map(|r| r.expect("row"))
+        .collect()
+}
+
+fn put_back(side: &rusqlite::Connection, tenant: &str, rows: &[(i64, String)]) {
+    for (seq, record) in rows {
+        side.execute(
+            "INSERT OR REPLACE INTO audit (tenant_id, seq, record) VALUES (?1, ?2, ?3)",
+            (tenant, seq, record),
+        )
+        .expect("put back");
+    }
+}
+
+async fn verify_all(path: &Path) -> selene_kms_store::verify::StoreReport {
+    let store = open_at(path, [1; 32], false);
+    selene_kms_store::verify::verify_store(&*store, None, &Default::default())
+        .await
+        .expect("verify")
+}
+
+fn broken_chain(
+    report: &selene_kms_store::verify::StoreReport,
+    tenant: &str,
+) -> Option<ChainBreak> {
+    report
+        .chains
+        .iter()
+        .find(|c| c.tenant.as_str() == tenant)
+        .and_then(|c| c.broken)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whoever_writes_the_file_cannot_forge_cut_or_remove_a_chain_unseen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("kms.db");
+    let (t, u) = (tenant("acme"), tenant("beta"));
+    {
+        let store = open_at(&path, [1; 32], true);
+        for _ in 0..6 {
+            append_record(&*store, &t).await;
+        }
+        append_record(&*store, &u).await;
+        let mut signer = selene_kms_store::manifest::Manifester::open(store.clone(), None)
+            .await
+            .expect("signer");
+        assert_eq!(signer.tick(NOW_MS, false).await, Ok(Some(1)));
+        // Records after the latest manifest: still covered by their MACs.
+        append_record(&*store, &t).await;
+    }
+    assert!(verify_all(&path).await.holds());
+    let side = rusqlite::Connection::open(&path).expect("side");
+    let acme = stored_records(&side, "acme");
+
+    // A record appended with a correct link and digest, but no key to MAC it.
+    let mut forged: selene_kms_core::AuditRecord =
+        serde_json::from_str(&acme[6].1).expect("record");
+    let prev = forged.digest.clone();
+    forged.chain(8, &prev);
+    forged.mac = None;
+    let forged = serde_json::to_string(&forged).expect("json");
+    put_back(&side, "acme", &[(8, forged)]);
+    assert_eq!(
+        broken_chain(&verify_all(&path).await, "acme"),
+        Some(ChainBreak::Unauthenticated { seq: 8 })
+    );
+    side.execute("DELETE FROM audit WHERE tenant_id = 'acme' AND seq = 8", [])
+        .expect("delete");
+
+    // The tail cut below the head the manifest signed (acme@6).
+    side.execute("DELETE FROM audit WHERE tenant_id = 'acme' AND seq > 3", [])
+        .expect("cut");
+    assert_eq!(
+        broken_chain(&verify_all(&path).await, "acme"),
+        Some(ChainBreak::Cut { seq: 4 })
+    );
+    // ... and the signer refuses to vouch for the cut chain.
+    {
+        let store = open_at(&path, [1; 32], false);
+        let mut signer = selene_kms_store::manifest::Manifester::open(store, None)
+            .await
+            .expect("signer");
+        let refused = signer.tick(NOW_MS + 1, true).await.expect_err("refused");
+        assert_eq!(refused.kind, ErrorKind::Corrupt);
+    }
+    put_back(&side, "acme", &acme);
+    assert!(verify_all(&path).await.holds());
+
+    // A whole chain removed, its tenant row with it.
+    side.execute_batch(
+        "DELETE FROM audit WHERE tenant_id = 'beta'; DELETE FROM tenants WHERE tenant_id = 'beta';",
+    )
+    .expect("remove");
+    let report = verify_all(&path).await;
+    assert_eq!(
+        broken_chain(&report, "beta"),
+        Some(ChainBreak::Cut { seq: 1 })
+    );
+    assert_eq!(broken_chain(&report, "acme"), None);
+
+    // A manifest altered in place no longer holds, and the store is not served.
+    side.execute(
+        "UPDATE manifests SET manifest = replace(manifest, '\"seq\":6', '\"seq\":3')",
+        [],
+    )
+    .expect("alter");
+    assert!(verify_all(&path).await.manifests_broken.is_some());
+    let store = open_at(&path, [1; 32], false);
+    let refused = selene_kms_store::manifest::Manifester::open(store, None).await;
+    assert_eq!(refused.err().map(|e| e.kind), Some(ErrorKind::Corrupt));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_survives_reopen_and_a_wrong_root_key_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");

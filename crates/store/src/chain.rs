@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use selene_kms_core::{AuditRecord, Checkpoint, MaterialBundle, ServiceKeys, TenantId};
+use selene_kms_core::{AuditRecord, Checkpoint, Column, MaterialBundle, ServiceKeys, TenantId};
 
 use crate::error::{ErrorKind, StoreError, StoreResult};
 
@@ -23,6 +23,61 @@ impl Head {
             seq: 0,
             digest: selene_kms_core::audit::GENESIS_DIGEST.to_owned(),
         }
+    }
+}
+
+fn not_the_kms(tenant: &str, seq: u64) -> StoreError {
+    StoreError::new(
+        ErrorKind::Corrupt,
+        format!(
+            "the head of {tenant}'s audit chain (record {seq}) was not written by the KMS: \
+             run `selene-kms audit verify`"
+        ),
+    )
+}
+
+/// The head a chain's last stored record gives, once the record proves to be the KMS's: its
+/// content matches its digest and it carries the KMS's MAC. The KMS never chains a record
+/// after, nor signs a manifest over, one that whoever can write the store appended.
+pub fn head_of(keys: &ServiceKeys, record: &AuditRecord) -> StoreResult<Head> {
+    if record.compute_digest() != record.digest || !record.mac_holds(keys) {
+        return Err(not_the_kms(&record.tenant_id, record.seq));
+    }
+    Ok(Head {
+        seq: record.seq,
+        digest: record.digest.clone(),
+    })
+}
+
+const HEAD_MAC_TABLE: &str = "chain-head";
+
+/// The MAC a backend that keeps chain heads in rows of their own stores beside each head.
+pub fn head_mac(keys: &ServiceKeys, tenant: &TenantId, head: &Head) -> [u8; 32] {
+    keys.row_mac(
+        HEAD_MAC_TABLE,
+        &[
+            Column::Text(tenant.as_str()),
+            Column::Number(head.seq),
+            Column::Text(&head.digest),
+        ],
+    )
+}
+
+/// A chain head read from such a row, once its MAC holds.
+pub fn head_of_row(
+    keys: &ServiceKeys,
+    tenant: &TenantId,
+    head: Head,
+    mac: Option<&[u8]>,
+) -> StoreResult<Head> {
+    let columns = [
+        Column::Text(tenant.as_str()),
+        Column::Number(head.seq),
+        Column::Text(&head.digest),
+    ];
+    match mac {
+        Some(mac) if keys.row_mac_holds(HEAD_MAC_TABLE, &columns, mac) => Ok(head),
+        _ => Err(not_the_kms(tenant.as_str(), head.seq)),
     }
 }
 

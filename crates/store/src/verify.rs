@@ -155,8 +155,8 @@ pub struct Exported {
 /// full one; each chain's records in order, its stored checkpoints after the records they
 /// cover and a fresh checkpoint at its head; and last a manifest signed now that names exactly
 /// the chains and heads written. Records are checked as they are written (MACs, links, named
-/// heads): an export that meets a break is written without its closing manifest, so that it
-/// verifies only as far as the store's own manifests vouch.
+/// heads): a chain that breaks gets no fresh checkpoint and the export no closing manifest, so
+/// that it verifies only as far as the store's own signatures vouch.
 pub async fn export(
     store: &dyn Store,
     tenant: Option<&TenantId>,
@@ -221,7 +221,8 @@ pub async fn export(
         if !intact {
             closing = None;
         }
-        if let Some(h) = head {
+        // Signatures made now vouch only for a chain that held.
+        if let Some(h) = head.filter(|_| intact) {
             let cp = Checkpoint::sign(store.keys(), tenant.as_str(), h.seq, &h.digest, at_ms);
             line(out, &ExportLine::Checkpoint(cp)).map_err(io)?;
             if let Some(heads) = &mut closing {

@@ -131,6 +131,7 @@ pub(crate) async fn run(
             let checks = ExportChecks {
                 allow_uncovered,
                 witnessed: witnessed(witness.as_deref().unwrap_or_default(), &key)?,
+                tenant: tenant.clone(),
             };
             let text = match export {
                 Some(path) => std::fs::read_to_string(&path)

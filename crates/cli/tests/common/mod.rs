@@ -133,6 +133,19 @@ impl Node {
         self.log.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
+    /// Stops this node as an operator does (SIGTERM) and waits for it to exit; `true` when it
+    /// exited cleanly.
+    #[cfg(target_os = "linux")]
+    pub(crate) fn stop(&mut self) -> bool {
+        use rustix::process::{Pid, Signal, kill_process};
+        let pid = i32::try_from(self.child.id())
+            .ok()
+            .and_then(Pid::from_raw)
+            .expect("a child's pid");
+        kill_process(pid, Signal::TERM).expect("SIGTERM");
+        self.child.wait().expect("reaped").success()
+    }
+
     /// `kill -9` of this node's process.
     pub(crate) fn kill(&mut self) {
         self.child.kill().expect("kill -9");
