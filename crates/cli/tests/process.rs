@@ -358,3 +358,67 @@ fn a_witness_reveals_a_store_rolled_back_to_an_earlier_signed_state() {
         "{report}"
     );
 }
+
+#[test]
+fn init_seals_the_records_of_a_store_from_before_record_macs_once() {
+    let (dir, _) = initialised();
+    // A store as an earlier build left it: records without MACs, and no manifest.
+    let conn = rusqlite::Connection::open(dir.path().join("kms.db")).expect("opens");
+    conn.execute_batch(
+        "UPDATE audit SET record = json_remove(record, '$.mac'); DELETE FROM manifests;",
+    )
+    .expect("made old");
+    drop(conn);
+    let before = offline_verify(dir.path(), &[]);
+    assert_eq!(
+        before.status.code(),
+        Some(1),
+        "records without MACs are not the KMS's"
+    );
+
+    let upgrade = selene_kms()
+        .args(["init", "--json", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .expect("init runs");
+    assert!(
+        upgrade.status.success(),
+        "{}",
+        String::from_utf8_lossy(&upgrade.stderr)
+    );
+    let out: serde_json::Value = serde_json::from_slice(&upgrade.stdout).expect("json");
+    assert_eq!(
+        out["sealed_records"], 3,
+        "the bootstrap principals' records"
+    );
+    assert!(
+        out["tokens"]
+            .as_object()
+            .is_some_and(serde_json::Map::is_empty),
+        "{out}"
+    );
+    let after = offline_verify(dir.path(), &[]);
+    assert!(
+        after.status.success(),
+        "{}",
+        String::from_utf8_lossy(&after.stdout)
+    );
+
+    // Once the store has a manifest, records are never sealed again: one stripped of its MAC
+    // stays unauthenticated, and `init` refuses.
+    let conn = rusqlite::Connection::open(dir.path().join("kms.db")).expect("opens");
+    conn.execute(
+        "UPDATE audit SET record = json_remove(record, '$.mac') WHERE seq = 3",
+        [],
+    )
+    .expect("stripped");
+    drop(conn);
+    let again = selene_kms()
+        .args(["init", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .expect("init runs");
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already initialised"));
+    assert_eq!(offline_verify(dir.path(), &[]).status.code(), Some(1));
+}

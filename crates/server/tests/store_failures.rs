@@ -170,6 +170,9 @@ impl Store for Faulty {
     async fn manifests(&self, after_seq: u64, limit: usize) -> StoreResult<Vec<Manifest>> {
         self.inner.manifests(after_seq, limit).await
     }
+    async fn seal_records_from_before_macs(&self) -> StoreResult<u64> {
+        self.inner.seal_records_from_before_macs().await
+    }
     async fn latest_full_manifest(&self) -> StoreResult<u64> {
         self.inner.latest_full_manifest().await
     }

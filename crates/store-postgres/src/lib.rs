@@ -335,6 +335,10 @@ impl Store for PostgresStore {
         manifests::append(&mut self.client().await?, manifest).await
     }
 
+    async fn seal_records_from_before_macs(&self) -> StoreResult<u64> {
+        manifests::seal_records_from_before_macs(&mut self.client().await?, &self.keys).await
+    }
+
     async fn manifests(&self, after_seq: u64, limit: usize) -> StoreResult<Vec<Manifest>> {
         manifests::after(&self.client().await?, after_seq, limit).await
     }

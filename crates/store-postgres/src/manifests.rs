@@ -1,9 +1,13 @@
 //! The store's signed manifests: which chains moved since the latest one, appending one (the
-//! first node to take a sequence number wins it), and reading them back.
+//! first node to take a sequence number wins it), and reading them back; and sealing the
+//! records of a store from before record MACs.
 
 use deadpool_postgres::{Client, GenericClient};
-use selene_kms_core::{ChainHead, Manifest, ManifestKind, ServiceKeys, TenantId};
-use selene_kms_store::backend::{ErrorKind, Head, StoreError, StoreResult, from_json, head_of_row};
+use selene_kms_core::{AuditRecord, ChainHead, Manifest, ManifestKind, ServiceKeys, TenantId};
+use selene_kms_store::backend::{
+    ErrorKind, Head, StoreError, StoreResult, from_json, head_mac, head_of_row, sealed_already,
+    sealed_from_before_macs,
+};
 
 use crate::codec::{col, col_u64, to_db};
 use crate::error::pg;
@@ -120,4 +124,81 @@ pub(crate) async fn latest_full(client: &impl GenericClient) -> StoreResult<u64>
     .await?
     .ok_or_else(|| StoreError::new(ErrorKind::Unavailable, "manifest read: no row"))?;
     col_u64(&row, 0, WHAT)
+}
+
+/// Seals the records written before records carried MACs, and gives each head row its MAC,
+/// in one transaction that holds commits off; only for a store without manifests.
+pub(crate) async fn seal_records_from_before_macs(
+    client: &mut Client,
+    keys: &ServiceKeys,
+) -> StoreResult<u64> {
+    const WHAT: &str = "sealing records from before MACs";
+    let tx = client.transaction().await.map_err(pg(WHAT))?;
+    // Commits update the chain-head rows: none runs while records are sealed.
+    tx.batch_execute("LOCK TABLE tenants IN SHARE ROW EXCLUSIVE MODE")
+        .await
+        .map_err(pg(WHAT))?;
+    let manifests = sql::row(&tx, "SELECT COUNT(*) FROM manifests", &[], WHAT)
+        .await?
+        .map(|row| col_u64(&row, 0, WHAT))
+        .transpose()?
+        .unwrap_or(0);
+    if manifests > 0 {
+        return Err(sealed_already());
+    }
+    let rows = sql::rows(&tx, "SELECT tenant_id, seq, record FROM audit", &[], WHAT).await?;
+    let mut sealed = 0;
+    for row in &rows {
+        let Some(record) = sealed_from_before_macs(keys, col(row, 2, WHAT)?)? else {
+            continue;
+        };
+        sql::execute(
+            &tx,
+            "UPDATE audit SET record = $3 WHERE tenant_id = $1 AND seq = $2",
+            &[
+                &col::<&str>(row, 0, WHAT)?,
+                &col::<i64>(row, 1, WHAT)?,
+                &record,
+            ],
+            WHAT,
+        )
+        .await?;
+        sealed += 1;
+    }
+    let heads = sql::rows(
+        &tx,
+        "SELECT t.tenant_id, t.audit_seq, t.audit_head, a.record FROM tenants t
+         LEFT JOIN audit a ON a.tenant_id = t.tenant_id AND a.seq = t.audit_seq
+         WHERE t.audit_seq > 0 AND t.audit_head_mac IS NULL",
+        &[],
+        WHAT,
+    )
+    .await?;
+    for row in &heads {
+        let tenant = TenantId::chain(col(row, 0, WHAT)?)
+            .map_err(|_| StoreError::new(ErrorKind::Corrupt, "a tenant id is invalid"))?;
+        let head = Head {
+            seq: col_u64(row, 1, WHAT)?,
+            digest: col::<String>(row, 2, WHAT)?,
+        };
+        // A head row is sealed only when it names the chain's record at that position.
+        let named = col::<Option<&str>>(row, 3, WHAT)?
+            .map(|text| from_json::<AuditRecord>(text, "an audit record"))
+            .transpose()?;
+        if named.is_none_or(|r| r.digest != head.digest) {
+            return Err(StoreError::new(
+                ErrorKind::Corrupt,
+                format!("the head row of {tenant}'s audit chain names no record of it"),
+            ));
+        }
+        sql::execute(
+            &tx,
+            "UPDATE tenants SET audit_head_mac = $2 WHERE tenant_id = $1",
+            &[&tenant.as_str(), &head_mac(keys, &tenant, &head).to_vec()],
+            WHAT,
+        )
+        .await?;
+    }
+    tx.commit().await.map_err(pg(WHAT))?;
+    Ok(sealed)
 }

@@ -597,3 +597,60 @@ async fn first_generation_secret_refs_are_resealed_on_open() {
     let store = open(&url, ROOT, false).await.expect("reopen");
     assert_eq!(snapshot(&store, &t, "k").await.secret_ref, current);
 }
+
+/// A store from before record MACs: no node chains after its unsealed heads, nor signs a
+/// manifest over them, until the operator seals its records, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_from_before_macs_are_sealed_once_and_never_after_a_manifest() {
+    let cluster = Cluster::start();
+    let url = cluster.create_database("kms");
+    let t = tenant("acme");
+    {
+        let store = open(&url, ROOT, true).await.expect("store");
+        for _ in 0..3 {
+            append_record(&store, &t).await;
+        }
+    }
+    let (side, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("side connection");
+    tokio::spawn(connection);
+    side.batch_execute(
+        "UPDATE audit SET record = (record::jsonb - 'mac')::text;
+         UPDATE tenants SET audit_head_mac = NULL;",
+    )
+    .await
+    .expect("made old");
+    let store: Arc<dyn Store> = Arc::new(open(&url, ROOT, false).await.expect("reopen"));
+    let refused = audit_only(&*store, &t).await.expect_err("an unsealed head");
+    assert_eq!(refused.kind, ErrorKind::Corrupt);
+    assert_eq!(
+        store.chain_heads(false).await.map_err(|e| e.kind),
+        Err(ErrorKind::Corrupt)
+    );
+
+    assert_eq!(store.seal_records_from_before_macs().await, Ok(3));
+    assert_eq!(append_record(&*store, &t).await, 4);
+    let mut signer = selene_kms_store::manifest::Manifester::open(store.clone(), None)
+        .await
+        .expect("signer");
+    assert_eq!(signer.tick(NOW_MS, false).await, Ok(Some(1)));
+    let report = verify_tenant(&*store, &t).await.expect("verify");
+    assert_eq!((report.broken, report.records), (None, 4));
+
+    side.batch_execute("UPDATE audit SET record = (record::jsonb - 'mac')::text WHERE seq = 2")
+        .await
+        .expect("stripped");
+    assert_eq!(
+        store
+            .seal_records_from_before_macs()
+            .await
+            .map_err(|e| e.kind),
+        Err(ErrorKind::Invalid)
+    );
+    let report = verify_tenant(&*store, &t).await.expect("verify");
+    assert_eq!(
+        report.broken,
+        Some(selene_kms_core::ChainBreak::Unauthenticated { seq: 2 })
+    );
+}

@@ -753,6 +753,15 @@ impl Store for SqliteStore {
         Ok(appended)
     }
 
+    async fn seal_records_from_before_macs(&self) -> StoreResult<u64> {
+        self.submit(|reply| Job::Maintenance {
+            task: Maintenance::SealRecordsFromBeforeMacs,
+            reply,
+        })
+        .await
+        .map(|r| r.audit_seq)
+    }
+
     async fn manifests(&self, after_seq: u64, limit: usize) -> StoreResult<Vec<Manifest>> {
         self.read(|c| {
             let mut stmt = c

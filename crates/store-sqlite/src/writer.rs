@@ -22,7 +22,8 @@ use rusqlite::{Connection, TransactionBehavior};
 use selene_kms_core::{ServiceKeys, TenantId};
 use selene_kms_store::backend::{
     BatchHistogram, CommitUnit, ErrorKind, Head, MAX_BATCH, Needs, Receipt, RootKey, SharedRoot,
-    StoreError, StoreResult, Writes, drain, plan, rewrap_all, take_queued, to_db, to_db_saturating,
+    StoreError, StoreResult, Writes, drain, plan, rewrap_all, sealed_already,
+    sealed_from_before_macs, take_queued, to_db, to_db_saturating,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -58,6 +59,9 @@ pub(crate) enum Maintenance {
         full: bool,
         json: String,
     },
+    /// Seals the records written before records carried MACs; the receipt's `audit_seq` is
+    /// how many.
+    SealRecordsFromBeforeMacs,
 }
 
 pub(crate) struct Writer {
@@ -311,6 +315,11 @@ impl Writer {
                 tx.commit().map_err(unavailable("commit"))?;
                 Ok(receipt(u64::try_from(appended).unwrap_or(0)))
             }
+            Maintenance::SealRecordsFromBeforeMacs => {
+                let sealed = seal_records_from_before_macs(&tx, &self.keys)?;
+                tx.commit().map_err(unavailable("commit"))?;
+                Ok(receipt(sealed))
+            }
             Maintenance::RotateRoot { new_root } => {
                 let rewrapped = rotate_root(&tx, &self.root, &new_root)?;
                 // Readers must not meet keys wrapped under the new root while the store still
@@ -324,6 +333,31 @@ impl Writer {
             }
         }
     }
+}
+
+fn seal_records_from_before_macs(conn: &Connection, keys: &ServiceKeys) -> StoreResult<u64> {
+    let manifests: i64 = conn
+        .query_row("SELECT COUNT(*) FROM manifests", [], |r| r.get(0))
+        .map_err(db_err)?;
+    if manifests > 0 {
+        return Err(sealed_already());
+    }
+    let stored: Vec<(i64, String)> = conn
+        .prepare("SELECT id, record FROM audit")
+        .and_then(|mut stmt| {
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect()
+        })
+        .map_err(db_err)?;
+    let mut sealed = 0;
+    for (id, record) in stored {
+        if let Some(record) = sealed_from_before_macs(keys, &record)? {
+            conn.execute("UPDATE audit SET record = ?2 WHERE id = ?1", (id, record))
+                .map_err(db_err)?;
+            sealed += 1;
+        }
+    }
+    Ok(sealed)
 }
 
 /// What a round decided: each unit's outcome, its writes, and the authentication epoch it

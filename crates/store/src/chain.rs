@@ -81,6 +81,36 @@ pub fn head_of_row(
     }
 }
 
+/// A stored record written before records carried MACs, sealed now; `None` for one that has
+/// its MAC. A record whose content does not match its digest is refused, never sealed.
+pub fn sealed_from_before_macs(keys: &ServiceKeys, stored: &str) -> StoreResult<Option<String>> {
+    let mut record: AuditRecord = crate::codec::from_json(stored, "an audit record")?;
+    if record.mac.is_some() {
+        return Ok(None);
+    }
+    if record.compute_digest() != record.digest {
+        return Err(StoreError::new(
+            ErrorKind::Corrupt,
+            format!(
+                "record {} of {}'s audit chain does not match its digest",
+                record.seq, record.tenant_id
+            ),
+        ));
+    }
+    record.seal(keys);
+    serde_json::to_string(&record)
+        .map(Some)
+        .map_err(|_| encoding("audit record"))
+}
+
+/// Why records are not sealed in a store that has signed manifests.
+pub fn sealed_already() -> StoreError {
+    StoreError::new(
+        ErrorKind::Invalid,
+        "this store has signed manifests: its records carry MACs already",
+    )
+}
+
 /// A record chained after a head, encoded for storage.
 pub struct Chained {
     /// The chain's head once the record is stored.

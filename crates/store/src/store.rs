@@ -90,6 +90,12 @@ pub trait Store: Send + Sync + 'static {
     /// The sequence number of the latest full manifest (0 for none): verifiers start there.
     async fn latest_full_manifest(&self) -> StoreResult<u64>;
 
+    /// Gives every audit record written before records carried MACs its MAC (and, where heads
+    /// are kept in rows of their own, each head its MAC); returns how many records. Only for a
+    /// store that has no manifest yet: the operator adopts such a store once, with `init`,
+    /// vouching for what it holds. Refused (`Invalid`) on a store with manifests.
+    async fn seal_records_from_before_macs(&self) -> StoreResult<u64>;
+
     /// The token stored under `verifier` and its principal, live or not.
     async fn credential(&self, verifier: &[u8; 32]) -> StoreResult<Option<Credential>>;
 

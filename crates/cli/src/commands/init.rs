@@ -13,6 +13,7 @@ use selene_kms_server::{Engine, now_ms};
 use std::sync::Arc;
 
 use selene_kms_backends::{StoreLocation, open_store};
+use selene_kms_store::manifest::Manifester;
 use selene_kms_store::{ErrorKind, RootKey, Store};
 use zeroize::Zeroizing;
 
@@ -106,24 +107,57 @@ async fn bootstrap(store: Arc<dyn Store>) -> Result<Vec<Bootstrap>, String> {
 /// A store from before principals (its unkeyed caller tokens were dropped when it was
 /// migrated) gets its bootstrap principals and its pinned key; any other initialised store is
 /// refused.
-async fn upgrade(
-    dir: &Path,
-    location: &StoreLocation,
-) -> Result<(Arc<dyn Store>, Vec<Bootstrap>), String> {
+/// What `init` did to a store that exists.
+struct Upgrade {
+    store: Arc<dyn Store>,
+    made: Vec<Bootstrap>,
+    sealed: u64,
+}
+
+/// Brings a store from an earlier build up to this one: bootstrap principals for one that has
+/// none, and MACs for records written before records carried them (only while the store has no
+/// manifest: the operator vouches for what it holds, once). Anything else is initialised.
+async fn upgrade(dir: &Path, location: &StoreLocation) -> Result<Upgrade, String> {
     let refused = || format!("{} is already initialised", dir.display());
     let store = open_at(location, dir).await.map_err(|_| refused())?;
-    let principals = store.principals().await.map_err(|e| e.message)?;
-    if !principals.is_empty() {
+    let has_principals = !store.principals().await.map_err(|e| e.message)?.is_empty();
+    let has_manifests = store.latest_full_manifest().await.map_err(|e| e.message)? > 0;
+    let sealed = if has_manifests {
+        0
+    } else {
+        store
+            .seal_records_from_before_macs()
+            .await
+            .map_err(|e| e.message)?
+    };
+    if has_principals && sealed == 0 {
         return Err(refused());
     }
     pin_public_key(dir, &*store)?;
-    let made = bootstrap(store.clone()).await?;
-    Ok((store, made))
+    let made = if has_principals {
+        Vec::new()
+    } else {
+        bootstrap(store.clone()).await?
+    };
+    Ok(Upgrade {
+        store,
+        made,
+        sealed,
+    })
 }
 
-/// Initialises a store at `location`, with its root key in `dir`, and returns it with its
-/// bootstrap principals in role order. A data directory that already holds a root key, or an
-/// embedded database, is refused; so is a database that already holds a store.
+/// Signs a manifest naming every chain `init` made or found.
+async fn sign_manifest(store: &Arc<dyn Store>) -> Result<(), String> {
+    let mut signer = Manifester::open(store.clone(), None)
+        .await
+        .map_err(|e| e.message)?;
+    signer
+        .tick(now_ms(), true)
+        .await
+        .map(drop)
+        .map_err(|e| format!("cannot sign a manifest: {}", e.message))
+}
+
 pub(crate) async fn init_store(
     dir: &Path,
     location: &StoreLocation,
@@ -155,15 +189,16 @@ pub(crate) async fn init_store(
 pub(crate) async fn run(config: &Config, args: InitArgs, json: bool) -> Result<ExitCode, String> {
     let dir = data_dir(args.data_dir, config)?;
     let location = store_location(args.store, config, &dir)?;
-    let (opened, made, verb) = match init_store(&dir, &location).await {
-        Ok((opened, made)) => (opened, made, "Initialised"),
-        // Re-running `init` is how a store from before principals gets its first ones.
+    let (opened, made, sealed, verb) = match init_store(&dir, &location).await {
+        Ok((opened, made)) => (opened, made, 0, "Initialised"),
+        // Re-running `init` is how a store from an earlier build is brought up to this one.
         Err(_) if key_path(&dir).exists() => {
-            let (opened, made) = upgrade(&dir, &location).await?;
-            (opened, made, "Upgraded")
+            let up = upgrade(&dir, &location).await?;
+            (up.store, up.made, up.sealed, "Upgraded")
         }
         Err(e) => return Err(e),
     };
+    sign_manifest(&opened).await?;
     // Pinned by `init_store` or `upgrade`, which checked any file already there.
     let public_key = selene_kms_core::audit::public_key_hex(opened.keys());
     let store = location.describe();
@@ -179,17 +214,26 @@ pub(crate) async fn run(config: &Config, args: InitArgs, json: bool) -> Result<E
             "tokens": map(&|b| b.token.as_str()),
             "principals": map(&|b| b.principal_id.as_str()),
             "audit_public_key": public_key,
+            "sealed_records": sealed,
         }));
     } else {
         println!("{verb} {store}, data directory {}.", dir.display());
-        println!(
-            "Bootstrap principals, each with a token (shown once, stored only as keyed MACs):"
-        );
-        let rows: Vec<Vec<String>> = made
-            .iter()
-            .map(|b| vec![b.role.clone(), b.principal_id.clone(), b.token.to_string()])
-            .collect();
-        output::table(&["role", "principal_id", "token"], &rows);
+        if sealed > 0 {
+            println!(
+                "Sealed {sealed} audit records written before records carried MACs; a signed \
+                 manifest now names every chain."
+            );
+        }
+        if !made.is_empty() {
+            println!(
+                "Bootstrap principals, each with a token (shown once, stored only as keyed MACs):"
+            );
+            let rows: Vec<Vec<String>> = made
+                .iter()
+                .map(|b| vec![b.role.clone(), b.principal_id.clone(), b.token.to_string()])
+                .collect();
+            output::table(&["role", "principal_id", "token"], &rows);
+        }
         println!(
             "Audit public key, pinned in {} (give it to whoever verifies the audit):\n{public_key}",
             public_key_path(&dir).display()
