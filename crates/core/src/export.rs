@@ -32,6 +32,7 @@ pub fn expectations(sources: &[&NamedHeads]) -> BTreeMap<String, Vec<(u64, Strin
 /// Walks one chain's records in order: each must link to the one before, match its digest,
 /// carry the KMS's MAC (when the walk holds the keys), and be the record a named head says.
 pub struct TenantWalk<'k> {
+    tenant: String,
     chain: ChainVerifier,
     keys: Option<&'k ServiceKeys>,
     expected: Vec<(u64, String)>,
@@ -40,9 +41,11 @@ pub struct TenantWalk<'k> {
 }
 
 impl<'k> TenantWalk<'k> {
-    /// A walk that expects the named heads `expected` (ascending) and checks MACs with `keys`.
-    pub fn new(expected: Vec<(u64, String)>, keys: Option<&'k ServiceKeys>) -> Self {
+    /// A walk of `tenant`'s chain that expects the named heads `expected` (ascending) and
+    /// checks MACs with `keys`.
+    pub fn new(tenant: &str, expected: Vec<(u64, String)>, keys: Option<&'k ServiceKeys>) -> Self {
         Self {
+            tenant: tenant.to_owned(),
             chain: ChainVerifier::default(),
             keys,
             expected,
@@ -53,6 +56,12 @@ impl<'k> TenantWalk<'k> {
 
     /// Checks the next record.
     pub fn push(&mut self, record: &AuditRecord) -> Result<(), ChainBreak> {
+        if record.tenant_id != self.tenant {
+            // Another chain's record, moved under this one.
+            return Err(ChainBreak::Discontinuity {
+                seq: self.chain.head().0.saturating_add(1),
+            });
+        }
         self.chain.push(record)?;
         if let Some(keys) = self.keys
             && !record.mac_holds(keys)
@@ -203,6 +212,7 @@ pub fn verify_export(
             ExportLine::Record(r) => {
                 let walked = chains.entry(r.tenant_id.clone()).or_insert_with(|| Walked {
                     walk: TenantWalk::new(
+                        &r.tenant_id,
                         expected.get(&r.tenant_id).cloned().unwrap_or_default(),
                         None,
                     ),

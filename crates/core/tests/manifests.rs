@@ -213,7 +213,7 @@ fn a_rewritten_chain_differs_from_its_signed_head() {
         broken("a", ChainBreak::Diverges { seq: 8 })
     );
     let k = keys();
-    let mut walk = TenantWalk::new(Vec::new(), Some(&k));
+    let mut walk = TenantWalk::new("a", Vec::new(), Some(&k));
     assert_eq!(
         a.iter().try_for_each(|r| walk.push(r)),
         Err(ChainBreak::Unauthenticated { seq: 3 })
@@ -369,7 +369,7 @@ fn every_record_carries_a_mac_only_the_kms_can_make() {
     assert!(!a[0].mac_holds(&other_keys()), "another store's key");
     let walk = |records: &[AuditRecord]| {
         let k = keys();
-        let mut walk = TenantWalk::new(Vec::new(), Some(&k));
+        let mut walk = TenantWalk::new("a", Vec::new(), Some(&k));
         records.iter().try_for_each(|r| walk.push(r))
     };
     assert_eq!(walk(&a), Ok(()));

@@ -327,12 +327,12 @@ impl Store for PostgresStore {
         .await
     }
 
-    async fn chain_heads(&self, moved_only: bool) -> StoreResult<Vec<ChainHead>> {
-        manifests::chain_heads(&self.client().await?, &self.keys, moved_only).await
+    async fn chain_heads(&self, _moved_only: bool) -> StoreResult<Vec<ChainHead>> {
+        manifests::chain_heads(&self.client().await?, &self.keys).await
     }
 
     async fn append_manifest(&self, manifest: &Manifest) -> StoreResult<bool> {
-        manifests::append(&mut self.client().await?, manifest).await
+        manifests::append(&self.client().await?, manifest).await
     }
 
     async fn seal_records_from_before_macs(&self) -> StoreResult<u64> {

@@ -13,21 +13,19 @@ use crate::codec::{col, col_u64, to_db};
 use crate::error::pg;
 use crate::sql;
 
-/// Every chain's head, or those past the head the latest manifest named. Read from the
-/// chain-head rows without locking them, so commits never wait for a manifest.
+/// Every chain's head. Read from the chain-head rows without locking them, so commits never
+/// wait for a manifest; each node knows what its manifests named, so it lists every chain and
+/// leaves out what did not move (nothing the database says about what moved is trusted).
 pub(crate) async fn chain_heads(
     client: &impl GenericClient,
     keys: &ServiceKeys,
-    moved_only: bool,
 ) -> StoreResult<Vec<ChainHead>> {
     const WHAT: &str = "chain heads";
     let rows = sql::rows(
         client,
-        "SELECT t.tenant_id, t.audit_seq, t.audit_head, t.audit_head_mac FROM tenants t
-         LEFT JOIN manifested m ON m.tenant_id = t.tenant_id
-         WHERE t.audit_seq > 0 AND (NOT $1 OR t.audit_seq > COALESCE(m.seq, 0))
-         ORDER BY t.tenant_id",
-        &[&moved_only],
+        "SELECT tenant_id, audit_seq, audit_head, audit_head_mac FROM tenants
+         WHERE audit_seq > 0 ORDER BY tenant_id",
+        &[],
         WHAT,
     )
     .await?;
@@ -50,15 +48,12 @@ pub(crate) async fn chain_heads(
         .collect()
 }
 
-/// Appends `manifest` and notes the heads it names, in one transaction; `false` when its
-/// sequence number is taken.
-pub(crate) async fn append(client: &mut Client, manifest: &Manifest) -> StoreResult<bool> {
-    const WHAT: &str = "manifest append";
+/// Appends `manifest`; `false` when its sequence number is taken.
+pub(crate) async fn append(client: &impl GenericClient, manifest: &Manifest) -> StoreResult<bool> {
     let json = serde_json::to_string(manifest)
         .map_err(|_| StoreError::new(ErrorKind::Invalid, "a manifest does not encode"))?;
-    let tx = client.transaction().await.map_err(pg(WHAT))?;
     let appended = sql::execute(
-        &tx,
+        client,
         "INSERT INTO manifests (seq, is_full, manifest) VALUES ($1, $2, $3)
          ON CONFLICT (seq) DO NOTHING",
         &[
@@ -66,28 +61,10 @@ pub(crate) async fn append(client: &mut Client, manifest: &Manifest) -> StoreRes
             &(manifest.kind == ManifestKind::Full),
             &json,
         ],
-        WHAT,
+        "manifest append",
     )
     .await?;
-    if appended == 0 {
-        return Ok(false);
-    }
-    let mut tenants = Vec::with_capacity(manifest.heads.len());
-    let mut seqs = Vec::with_capacity(manifest.heads.len());
-    for h in &manifest.heads {
-        tenants.push(h.tenant_id.as_str());
-        seqs.push(to_db(h.seq)?);
-    }
-    sql::execute(
-        &tx,
-        "INSERT INTO manifested (tenant_id, seq) SELECT * FROM unnest($1::text[], $2::bigint[])
-         ON CONFLICT (tenant_id) DO UPDATE SET seq = GREATEST(manifested.seq, EXCLUDED.seq)",
-        &[&tenants, &seqs],
-        WHAT,
-    )
-    .await?;
-    tx.commit().await.map_err(pg(WHAT))?;
-    Ok(true)
+    Ok(appended == 1)
 }
 
 /// Manifests after `after_seq`, in order, at most `limit`.

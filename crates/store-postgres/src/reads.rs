@@ -8,7 +8,7 @@ use selene_kms_core::{
 };
 use selene_kms_store::backend::{
     ErrorKind, FIRST_GENERATION_SECRETS, IdempotencyScope, SecretListing, StoreError, StoreResult,
-    TenantSummary, VersionListing, resealed_secret_ref,
+    TenantSummary, VersionListing, resealed_secret_ref, stored_record,
 };
 use tokio_postgres::Row;
 
@@ -245,7 +245,7 @@ pub(crate) async fn audit_records(
     const WHAT: &str = "audit read";
     let rows = sql::rows(
         client,
-        "SELECT record FROM audit WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        "SELECT seq, record FROM audit WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
         &[
             &tenant.as_str(),
             &i64::try_from(after_seq).unwrap_or(i64::MAX),
@@ -255,7 +255,7 @@ pub(crate) async fn audit_records(
     )
     .await?;
     rows.iter()
-        .map(|row| serde_json::from_str(col(row, 0, WHAT)?).map_err(|_| corrupt("an audit record")))
+        .map(|row| stored_record(tenant.as_str(), col_u64(row, 0, WHAT)?, col(row, 1, WHAT)?))
         .collect()
 }
 

@@ -144,9 +144,7 @@ CREATE TABLE auth_epoch (
 INSERT INTO auth_epoch (id, epoch) VALUES (0, 0);
 "#,
     // Signed manifests of every chain's head, chained to one another (see the store's
-    // `manifest` module); verifiers start from the latest full one. `manifested` holds each
-    // chain's head as the latest manifest named it, so that a node lists only what moved
-    // without touching the chain-head rows commits lock.
+    // `manifest` module); verifiers start from the latest full one.
     r#"
 CREATE TABLE manifests (
     seq      BIGINT PRIMARY KEY,
@@ -154,11 +152,6 @@ CREATE TABLE manifests (
     manifest TEXT NOT NULL
 );
 CREATE INDEX manifests_full ON manifests (seq) WHERE is_full;
-
-CREATE TABLE manifested (
-    tenant_id TEXT COLLATE "C" PRIMARY KEY,
-    seq       BIGINT NOT NULL
-);
 
 -- The MAC of each chain head (see the store's `chain::head_mac`): a node chains after, and
 -- signs manifests over, only heads the KMS wrote.

@@ -174,7 +174,7 @@ fn last_head(
         .query_row([tenant.as_str()], |r| r.get(0))
         .optional()
         .map_err(db_err)?;
-    last.map(|json| head_of(keys, &from_json(&json, "the last audit record")?))
+    last.map(|json| head_of(keys, tenant, &from_json(&json, "the last audit record")?))
         .transpose()
 }
 

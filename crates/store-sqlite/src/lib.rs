@@ -44,7 +44,7 @@ use selene_kms_store::backend::{
     IdempotencyRecord, IdempotencyScope, PrincipalListing, PrincipalRecord, Receipt, RootKey,
     SecretListing, SharedRoot, Store, StoreError, StoreResult, StoredPolicy, TenantSummary,
     VersionListing, WriteHealth, from_db, from_json, head_of, new_service_secret,
-    open_service_secret, resealed_secret_ref, to_db, to_db_saturating,
+    open_service_secret, resealed_secret_ref, stored_record, to_db, to_db_saturating,
 };
 use writer::{Job, Maintenance, Writer};
 
@@ -594,7 +594,7 @@ impl Store for SqliteStore {
         self.read(|c| {
             let mut stmt = c
                 .prepare_cached(
-                    "SELECT record FROM audit WHERE tenant_id = ?1 AND seq > ?2
+                    "SELECT seq, record FROM audit WHERE tenant_id = ?1 AND seq > ?2
                      ORDER BY seq LIMIT ?3",
                 )
                 .map_err(db_err)?;
@@ -605,13 +605,12 @@ impl Store for SqliteStore {
                         to_db_saturating(after_seq),
                         i64::try_from(limit).unwrap_or(i64::MAX),
                     ),
-                    |r| r.get::<_, String>(0),
+                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
                 )
                 .map_err(db_err)?;
             rows.map(|r| {
-                serde_json::from_str(&r.map_err(db_err)?).map_err(|_| {
-                    StoreError::new(ErrorKind::Corrupt, "an audit record does not parse")
-                })
+                let (seq, record) = r.map_err(db_err)?;
+                stored_record(tenant.as_str(), from_db(seq)?, &record)
             })
             .collect()
         })
@@ -709,21 +708,26 @@ impl Store for SqliteStore {
         self.read(|c| {
             let mut stmt = c
                 .prepare_cached(
-                    "SELECT (SELECT record FROM audit a WHERE a.tenant_id = t.tenant_id
+                    "SELECT t.tenant_id, (SELECT record FROM audit a WHERE a.tenant_id = t.tenant_id
                              ORDER BY seq DESC LIMIT 1)
                      FROM tenants t ORDER BY t.tenant_id",
                 )
                 .map_err(db_err)?;
             let rows = stmt
-                .query_map([], |r| r.get::<_, Option<String>>(0))
+                .query_map([], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+                })
                 .map_err(db_err)?;
             let mut heads = Vec::new();
             for row in rows {
-                if let Some(text) = row.map_err(db_err)? {
-                    let record: AuditRecord = from_json(&text, "an audit record")?;
-                    let head = head_of(&self.keys, &record)?;
+                let (tenant, last) = row.map_err(db_err)?;
+                if let Some(text) = last {
+                    let tenant = TenantId::chain(&tenant).map_err(|_| {
+                        StoreError::new(ErrorKind::Corrupt, "a tenant id is invalid")
+                    })?;
+                    let head = head_of(&self.keys, &tenant, &from_json(&text, "an audit record")?)?;
                     heads.push(ChainHead {
-                        tenant_id: record.tenant_id,
+                        tenant_id: tenant.as_str().to_owned(),
                         seq: head.seq,
                         digest: head.digest,
                     });

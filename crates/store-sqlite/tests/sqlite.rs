@@ -236,14 +236,41 @@ async fn whoever_writes_the_file_cannot_forge_cut_or_remove_a_chain_unseen() {
         broken_chain(&verify_all(&path).await, "acme"),
         Some(ChainBreak::Cut { seq: 4 })
     );
-    // ... and the signer refuses to vouch for the cut chain.
+    // ... and the signer refuses to vouch for the cut chain, even once it is written anew
+    // past the head the manifest named.
     {
         let store = open_at(&path, [1; 32], false);
-        let mut signer = selene_kms_store::manifest::Manifester::open(store, None)
+        let mut signer = selene_kms_store::manifest::Manifester::open(store.clone(), None)
             .await
             .expect("signer");
         let refused = signer.tick(NOW_MS + 1, true).await.expect_err("refused");
         assert_eq!(refused.kind, ErrorKind::Corrupt);
+        for _ in 0..5 {
+            // Records unlike the ones cut (another action), as a rewrite would be.
+            store
+                .commit(selene_kms_store::CommitUnit {
+                    tenant: t.clone(),
+                    change: selene_kms_store::Change::None,
+                    audit: record(&t, selene_kms_core::AuditAction::GetHandle),
+                    idempotency: None,
+                    bundle: None,
+                })
+                .await
+                .expect("commit");
+        }
+        let refused = signer.tick(NOW_MS + 2, true).await.expect_err("refused");
+        assert_eq!(refused.kind, ErrorKind::Corrupt, "{refused:?}");
+        let report = selene_kms_store::verify::verify_store(&*store, None, &Default::default())
+            .await
+            .expect("verify");
+        assert_eq!(
+            broken_chain(&report, "acme"),
+            Some(ChainBreak::Diverges { seq: 6 })
+        );
+        drop(signer);
+        drop(store);
+        side.execute("DELETE FROM audit WHERE tenant_id = 'acme' AND seq > 3", [])
+            .expect("cut again");
     }
     put_back(&side, "acme", &acme);
     assert!(verify_all(&path).await.holds());

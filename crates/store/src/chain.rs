@@ -31,7 +31,8 @@ fn not_the_kms(tenant: &str, seq: u64) -> StoreError {
         ErrorKind::Corrupt,
         format!(
             "the head of {tenant}'s audit chain (record {seq}) was not written by the KMS: \
-             run `selene-kms audit verify`"
+             run `selene-kms audit verify` (a store from a build before record MACs is \
+             adopted once with `selene-kms init`)"
         ),
     )
 }
@@ -39,9 +40,12 @@ fn not_the_kms(tenant: &str, seq: u64) -> StoreError {
 /// The head a chain's last stored record gives, once the record proves to be the KMS's: its
 /// content matches its digest and it carries the KMS's MAC. The KMS never chains a record
 /// after, nor signs a manifest over, one that whoever can write the store appended.
-pub fn head_of(keys: &ServiceKeys, record: &AuditRecord) -> StoreResult<Head> {
-    if record.compute_digest() != record.digest || !record.mac_holds(keys) {
-        return Err(not_the_kms(&record.tenant_id, record.seq));
+pub fn head_of(keys: &ServiceKeys, tenant: &TenantId, record: &AuditRecord) -> StoreResult<Head> {
+    if record.tenant_id != tenant.as_str()
+        || record.compute_digest() != record.digest
+        || !record.mac_holds(keys)
+    {
+        return Err(not_the_kms(tenant.as_str(), record.seq));
     }
     Ok(Head {
         seq: record.seq,
@@ -79,6 +83,19 @@ pub fn head_of_row(
         Some(mac) if keys.row_mac_holds(HEAD_MAC_TABLE, &columns, mac) => Ok(head),
         _ => Err(not_the_kms(tenant.as_str(), head.seq)),
     }
+}
+
+/// An audit record as stored under `(tenant, seq)`: one whose content names another position
+/// was moved there, and is corrupt.
+pub fn stored_record(tenant: &str, seq: u64, stored: &str) -> StoreResult<AuditRecord> {
+    let record: AuditRecord = crate::codec::from_json(stored, "an audit record")?;
+    if record.tenant_id != tenant || record.seq != seq {
+        return Err(StoreError::new(
+            ErrorKind::Corrupt,
+            format!("the audit row at {tenant}/{seq} holds another record"),
+        ));
+    }
+    Ok(record)
 }
 
 /// A stored record written before records carried MACs, sealed now; `None` for one that has

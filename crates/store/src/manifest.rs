@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use selene_kms_core::manifest::{FULL_EVERY, ManifestBreak, Unsigned};
-use selene_kms_core::{Manifest, ManifestChain, ManifestKind};
+use selene_kms_core::{ChainHead, Manifest, ManifestChain, ManifestKind, TenantId};
 
 use crate::error::{ErrorKind, StoreError, StoreResult};
 use crate::store::Store;
@@ -159,11 +159,14 @@ impl Manifester {
         if !full && !force && !idle && heads.is_empty() {
             return Ok(None);
         }
-        // Never vouch for a chain that went back under the store: that is for `audit verify`
-        // to name, not for a manifest to hide.
+        heads.sort_by(|a, b| a.tenant_id.cmp(&b.tenant_id));
+        heads.dedup_by(|a, b| a.tenant_id == b.tenant_id);
+        // Never vouch for a chain that went back or was rewritten under the store: that is for
+        // `audit verify` to name, not for a manifest to hide.
         self.chain
             .admits(seq, &heads, full)
             .map_err(|e| broken(&e))?;
+        self.still_holds_what_was_named(&heads).await?;
         let manifest = Unsigned {
             seq,
             kind: if full {
@@ -177,6 +180,12 @@ impl Manifester {
             prev_digest: prev.to_owned(),
         }
         .sign(self.store.keys());
+        if !manifest.verify(&self.store.keys().audit_verifying_key()) {
+            return Err(StoreError::new(
+                ErrorKind::Corrupt,
+                "a manifest about to be signed is malformed",
+            ));
+        }
         if !self.store.append_manifest(&manifest).await? {
             // Another node took this number; its manifest is read on the next tick.
             return Ok(None);
@@ -184,6 +193,36 @@ impl Manifester {
         self.take(vec![manifest])?;
         self.based = true;
         Ok(Some(seq))
+    }
+
+    /// Each chain that moved still holds, at the position the latest manifest named, the
+    /// record named there: a chain cut and written anew past its signed head is never signed.
+    async fn still_holds_what_was_named(&self, heads: &[ChainHead]) -> StoreResult<()> {
+        for head in heads {
+            let Some((seq, digest)) = self.chain.heads().get(&head.tenant_id) else {
+                continue;
+            };
+            if head.seq == *seq {
+                continue;
+            }
+            let tenant = TenantId::chain(&head.tenant_id)
+                .map_err(|_| StoreError::new(ErrorKind::Corrupt, "a tenant id is invalid"))?;
+            let named = self
+                .store
+                .audit_records(&tenant, seq.saturating_sub(1), 1)
+                .await?;
+            if named
+                .first()
+                .is_none_or(|r| r.seq != *seq || r.digest != *digest)
+            {
+                return Err(broken(&ManifestBreak::Regressed {
+                    seq: self.chain.next().0,
+                    tenant: head.tenant_id.clone(),
+                    head_seq: *seq,
+                }));
+            }
+        }
+        Ok(())
     }
 
     /// Takes in the manifests other nodes appended since the last one known here.

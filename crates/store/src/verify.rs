@@ -105,7 +105,7 @@ async fn verify_chain(
     let key = store.keys().audit_verifying_key();
     let checkpoints = store.checkpoints(&tenant).await?;
     let mut next_checkpoint = checkpoints.iter().peekable();
-    let mut walk = TenantWalk::new(named, Some(store.keys()));
+    let mut walk = TenantWalk::new(tenant.as_str(), named, Some(store.keys()));
     let mut report = ChainReport {
         tenant,
         records: 0,
@@ -186,7 +186,7 @@ pub async fn export(
     }
     for tenant in tenants {
         let named = expected.get(tenant.as_str()).cloned().unwrap_or_default();
-        let mut walk = TenantWalk::new(named, Some(store.keys()));
+        let mut walk = TenantWalk::new(tenant.as_str(), named, Some(store.keys()));
         let mut intact = true;
         let checkpoints = store.checkpoints(&tenant).await?;
         let mut stored = checkpoints.into_iter().peekable();
