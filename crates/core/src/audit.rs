@@ -19,7 +19,7 @@ use crate::principal::PrincipalId;
 use crate::reason::ReasonCode;
 use crate::refs::{RefKind, push_hex, ref_id};
 use crate::request::RequestContext;
-use crate::wire::{MaterialBundle, Operation, ValidationStatus};
+use crate::wire::{MaterialBundle, Operation, TombstoneTarget, ValidationStatus};
 
 /// The `prev_digest` of a tenant's first record.
 pub const GENESIS_DIGEST: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -112,6 +112,15 @@ pub struct AuditRecord {
     /// The token a token event acted on.
     #[serde(default)]
     pub target_token_id: Option<String>,
+    /// Hex SHA-256 of the canonical policy document a SET_POLICY stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_digest: Option<String>,
+    /// What a REVOKE revoked (its tombstone's target).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_target: Option<TombstoneTarget>,
+    /// The version a REVOKE of a version revoked (a handle's or credential's version for those).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_version: Option<u64>,
     pub prev_digest: String,
     pub digest: String,
     /// HMAC of `digest` under a key only the KMS holds (hex): whoever can write the store but
@@ -165,6 +174,9 @@ impl AuditRecord {
             policy_version: None,
             target_principal_id: None,
             target_token_id: None,
+            policy_digest: None,
+            revoked_target: bundle.revoked.as_ref().map(|t| t.target),
+            revoked_version: bundle.revoked.as_ref().and_then(|t| t.version),
             prev_digest: String::new(),
             digest: String::new(),
             mac: None,
@@ -205,6 +217,9 @@ impl AuditRecord {
             policy_version: None,
             target_principal_id: None,
             target_token_id: None,
+            policy_digest: None,
+            revoked_target: None,
+            revoked_version: None,
             prev_digest: String::new(),
             digest: String::new(),
             mac: None,
@@ -269,17 +284,31 @@ impl AuditRecord {
         // is set, so records written before them keep their digests. The encoding stays
         // unambiguous: every field is length- or tag-prefixed, so trailing bytes are never
         // part of `prev_digest`.
+        // A later group is encoded only with every earlier one before it, so each record has
+        // one encoding.
+        let later = [
+            self.policy_digest.is_some(),
+            self.revoked_target.is_some(),
+            self.revoked_version.is_some(),
+        ]
+        .contains(&true);
         let added = [
             self.principal_id.is_some(),
             self.policy_version.is_some(),
             self.target_principal_id.is_some(),
             self.target_token_id.is_some(),
-        ];
-        if added.contains(&true) {
+        ]
+        .contains(&true);
+        if added || later {
             e.opt_str(self.principal_id.as_deref())
                 .opt_u64(self.policy_version)
                 .opt_str(self.target_principal_id.as_deref())
                 .opt_str(self.target_token_id.as_deref());
+        }
+        if later {
+            e.opt_str(self.policy_digest.as_deref())
+                .opt_str(self.revoked_target.map(TombstoneTarget::name))
+                .opt_u64(self.revoked_version);
         }
         hex(&Sha256::digest(e.as_slice()))
     }

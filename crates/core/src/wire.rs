@@ -136,6 +136,18 @@ pub enum TombstoneTarget {
     EphemeralCredential,
 }
 
+impl TombstoneTarget {
+    /// The wire name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Version => "VERSION",
+            Self::AllVersions => "ALL_VERSIONS",
+            Self::Handle => "HANDLE",
+            Self::EphemeralCredential => "EPHEMERAL_CREDENTIAL",
+        }
+    }
+}
+
 /// The revocation tombstone returned by REVOKE.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

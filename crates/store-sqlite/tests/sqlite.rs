@@ -300,6 +300,137 @@ async fn whoever_writes_the_file_cannot_forge_cut_or_remove_a_chain_unseen() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_holds_other_than_its_chain_says_is_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("kms.db");
+    let t = tenant("acme");
+    {
+        let store = open_at(&path, [1; 32], true);
+        create(&*store, &t, "k", SecretKind::Generated, None)
+            .await
+            .expect("create");
+        rotate(&*store, &t, "k").await;
+        let snap = snapshot(&*store, &t, "k").await;
+        change(
+            &*store,
+            &t,
+            "k",
+            snap.state_version,
+            StateChange::RevokeVersion(1),
+        )
+        .await
+        .expect("revoke version 1");
+        let doc: selene_kms_core::PolicyDocument = serde_json::from_value(serde_json::json!({
+            "rules": [{"secret_names": ["*"], "engines": ["PH1.OS"], "operations": ["ROTATE"]}],
+            "admins": ["u-admin"]
+        }))
+        .expect("policy");
+        store
+            .commit(selene_kms_store::CommitUnit {
+                tenant: t.clone(),
+                change: selene_kms_store::Change::PutPolicy(doc),
+                audit: record(&t, selene_kms_core::AuditAction::SetPolicy),
+                idempotency: None,
+                bundle: None,
+            })
+            .await
+            .expect("policy set");
+        create_principal(
+            &*store,
+            new_principal(1, "ci", selene_kms_core::Role::Executor, &["acme"], None),
+        )
+        .await
+        .expect("principal");
+    }
+    assert!(verify_all(&path).await.holds());
+    let side = rusqlite::Connection::open(&path).expect("side");
+    // The principal's row as it is while live, genuine, MAC and all.
+    let live: (Option<i64>, Vec<u8>) = side
+        .query_row(
+            "SELECT revoked_at_ms, mac FROM principals WHERE name = 'ci'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .expect("row");
+    {
+        let store = open_at(&path, [1; 32], false);
+        revoke_principal(&*store, 1).await.expect("revoked");
+    }
+    assert!(verify_all(&path).await.holds());
+
+    // A revoked version made active again.
+    side.execute(
+        "UPDATE versions SET state = 'ACTIVE' WHERE tenant_id = 'acme' AND version = 1",
+        [],
+    )
+    .expect("un-revoked");
+    let report = verify_all(&path).await;
+    let acme = report
+        .chains
+        .iter()
+        .find(|c| c.tenant.as_str() == "acme")
+        .expect("acme");
+    assert!(
+        acme.differs
+            .as_deref()
+            .is_some_and(|d| d.contains("secret k")),
+        "{report:?}"
+    );
+    side.execute(
+        "UPDATE versions SET state = 'REVOKED' WHERE tenant_id = 'acme' AND version = 1",
+        [],
+    )
+    .expect("restored");
+
+    // The policy edited in place.
+    side.execute(
+        "UPDATE tenants SET policy_json = replace(policy_json, 'ROTATE', 'REVOKE')
+         WHERE tenant_id = 'acme'",
+        [],
+    )
+    .expect("edited");
+    let report = verify_all(&path).await;
+    let acme = report
+        .chains
+        .iter()
+        .find(|c| c.tenant.as_str() == "acme")
+        .expect("acme");
+    assert!(
+        acme.differs
+            .as_deref()
+            .is_some_and(|d| d.contains("policy")),
+        "{report:?}"
+    );
+    side.execute(
+        "UPDATE tenants SET policy_json = replace(policy_json, 'REVOKE', 'ROTATE')
+         WHERE tenant_id = 'acme'",
+        [],
+    )
+    .expect("restored");
+    assert!(verify_all(&path).await.holds());
+
+    // The principal's row put back as it was before its revocation: its MAC holds.
+    side.execute(
+        "UPDATE principals SET revoked_at_ms = ?1, mac = ?2 WHERE name = 'ci'",
+        (live.0, live.1),
+    )
+    .expect("rolled back");
+    let report = verify_all(&path).await;
+    let system = report
+        .chains
+        .iter()
+        .find(|c| c.tenant.as_str() == "_system")
+        .expect("the system chain");
+    assert!(
+        system
+            .differs
+            .as_deref()
+            .is_some_and(|d| d.contains("is live")),
+        "{report:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_survives_reopen_and_a_wrong_root_key_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("kms.db");

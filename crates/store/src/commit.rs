@@ -466,9 +466,11 @@ impl Working<'_> {
         }
         let (effect, mut new_key) = self.effect(&tenant, change)?;
         let mut audit = audit;
-        if let Effect::Policy(_, _, version) = &effect {
-            // The record names the version it stored, which only the plan knows.
+        if let Effect::Policy(policy, _, version) = &effect {
+            // The record names the version it stored, which only the plan knows, and the
+            // document's digest.
             audit.policy_version = Some(*version);
+            audit.policy_digest = Some(policy.document().digest());
         }
         let head = self.head(&tenant);
         let chained = chain(self.keys, &tenant, &head, audit, bundle)?;

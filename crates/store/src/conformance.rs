@@ -18,7 +18,7 @@ use selene_kms_core::audit::GENESIS_DIGEST;
 use selene_kms_core::{
     AuditAction, AuditRecord, KmsRequest, MaterialBundle, Policy, PolicyDocument, ReasonCode,
     RefId, RefKind, SecretKind, SecretMaterial, SecretName, SecretSnapshot, StateChange, TenantId,
-    TtlBounds, VersionState, evaluate, issue, redeem, refs,
+    TombstoneTarget, TtlBounds, VersionState, evaluate, issue, redeem, refs,
 };
 
 /// A secret value that must never appear anywhere but in redeemed material.
@@ -179,11 +179,50 @@ pub async fn create(
                 ttl: TtlBounds::DEFAULT,
                 handle_ttl_ms: 3_600_000,
             }),
-            audit: record(t, AuditAction::CreateSecret),
+            audit: AuditRecord {
+                secret_ref: Some(refs::secret_ref(store.keys(), t, &name(n))),
+                ..record(t, AuditAction::CreateSecret)
+            },
             idempotency: None,
             bundle: None,
         })
         .await
+}
+
+/// The record a host commits with `change` of secret `n`: what it changed, as the pipeline's
+/// bundle tells it.
+fn record_of_change(store: &dyn Store, t: &TenantId, n: &str, change: &StateChange) -> AuditRecord {
+    let (action, rotated_version, revoked) = match *change {
+        StateChange::None => (AuditAction::GetHandle, None, None),
+        StateChange::Rotate { new_version, .. } => (AuditAction::Rotate, Some(new_version), None),
+        StateChange::RevokeVersion(v) => (
+            AuditAction::Revoke,
+            None,
+            Some((TombstoneTarget::Version, Some(v))),
+        ),
+        StateChange::RevokeAllVersions => (
+            AuditAction::Revoke,
+            None,
+            Some((TombstoneTarget::AllVersions, None)),
+        ),
+        StateChange::RevokeHandle { .. } => (
+            AuditAction::Revoke,
+            None,
+            Some((TombstoneTarget::Handle, None)),
+        ),
+        StateChange::RevokeCredential { .. } => (
+            AuditAction::Revoke,
+            None,
+            Some((TombstoneTarget::EphemeralCredential, None)),
+        ),
+    };
+    AuditRecord {
+        secret_ref: Some(refs::secret_ref(store.keys(), t, &name(n))),
+        rotated_version,
+        revoked_target: revoked.map(|(target, _)| target),
+        revoked_version: revoked.and_then(|(_, v)| v),
+        ..record(t, action)
+    }
 }
 
 /// Commits a state change of secret `n` computed from state version `expected`.
@@ -194,6 +233,7 @@ pub async fn change(
     expected: u64,
     change: StateChange,
 ) -> StoreResult<Receipt> {
+    let audit = record_of_change(store, t, n, &change);
     store
         .commit(CommitUnit {
             tenant: t.clone(),
@@ -210,7 +250,7 @@ pub async fn change(
                 .then(fresh_material),
                 change,
             },
-            audit: record(t, AuditAction::Rotate),
+            audit,
             idempotency: None,
             bundle: None,
         })

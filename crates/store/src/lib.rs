@@ -17,6 +17,7 @@ mod health;
 pub mod manifest;
 mod model;
 mod resealed;
+mod state_check;
 mod stats;
 mod store;
 mod stored_principals;

@@ -11,6 +11,7 @@ use selene_kms_core::{
 
 use crate::error::{ErrorKind, StoreError, StoreResult};
 use crate::manifest::read_manifests;
+use crate::state_check::{Told, first_difference};
 use crate::store::Store;
 
 /// Records read per page while walking a chain.
@@ -29,6 +30,16 @@ pub struct ChainReport {
     pub manifested: u64,
     /// The first bad record, if any.
     pub broken: Option<ChainBreak>,
+    /// Where the store holds something other than what the chain says (checked when the
+    /// chain holds), if anywhere.
+    pub differs: Option<String>,
+}
+
+impl ChainReport {
+    /// Whether the chain and the state it describes hold.
+    pub fn holds(&self) -> bool {
+        self.broken.is_none() && self.differs.is_none()
+    }
 }
 
 /// Verifies one tenant's chain against the store's manifests (see [`verify_store`]).
@@ -55,13 +66,14 @@ pub struct StoreReport {
 impl StoreReport {
     /// Whether everything held.
     pub fn holds(&self) -> bool {
-        self.manifests_broken.is_none() && self.chains.iter().all(|c| c.broken.is_none())
+        self.manifests_broken.is_none() && self.chains.iter().all(ChainReport::holds)
     }
 }
 
-/// Verifies a store with its keys: its manifests from the latest full one; and every chain
-/// (or `tenant`'s): links, digests, record MACs, stored checkpoints, and every head the
-/// manifests or a witness (`witnessed`) name, including chains that are gone altogether.
+/// Verifies a store with its keys: its manifests from the latest full one; every chain (or
+/// `tenant`'s): links, digests, record MACs, stored checkpoints, and every head the manifests
+/// or a witness (`witnessed`) name, including chains that are gone altogether; and that the
+/// store's secrets, versions, policies and principals are what each chain says.
 pub async fn verify_store(
     store: &dyn Store,
     tenant: Option<&TenantId>,
@@ -74,6 +86,8 @@ pub async fn verify_store(
         Some(t) => BTreeSet::from([t.clone()]),
         None => {
             let mut all: BTreeSet<TenantId> = store.audit_tenants().await?.into_iter().collect();
+            // A tenant the store holds state for must have a chain that tells it.
+            all.extend(store.tenants().await?.into_iter().map(|t| t.tenant_id));
             for name in expected.keys() {
                 // A named chain whose tenant id no longer parses is reported as gone.
                 all.insert(TenantId::chain(name).map_err(|_| {
@@ -112,7 +126,9 @@ async fn verify_chain(
         checkpoints: 0,
         manifested,
         broken: None,
+        differs: None,
     };
+    let mut told = Told::default();
     let mut after = 0;
     loop {
         let page = store.audit_records(&report.tenant, after, PAGE).await?;
@@ -123,6 +139,7 @@ async fn verify_chain(
                 report.broken = Some(b);
                 return Ok(report);
             }
+            told.take(record);
             report.records += 1;
             while let Some(cp) = next_checkpoint.next_if(|cp| cp.seq <= record.seq) {
                 if cp.seq != record.seq || cp.digest != record.digest || !cp.verify(&key) {
@@ -139,6 +156,9 @@ async fn verify_chain(
             seq: report.records + 1,
         })
     });
+    if report.broken.is_none() {
+        report.differs = first_difference(store, &report.tenant, &told).await?;
+    }
     Ok(report)
 }
 

@@ -21,8 +21,10 @@ use crate::{Connection, output};
 #[derive(Subcommand)]
 pub(crate) enum AuditCommand {
     /// Verify the audit chains: links, digests, signed manifests and checkpoints (and, offline
-    /// with the data directory, every record's MAC); names the tenant and the first bad record,
-    /// a chain cut below a signed head, and a chain that is gone. Exits 1 when anything fails.
+    /// with the data directory, every record's MAC, and that the store's secrets, versions,
+    /// policies and principals are what the chains say); names the tenant and the first bad
+    /// record, a chain cut below a signed head, and a chain that is gone. Exits 1 when anything
+    /// fails.
     /// The key is the pinned one (`init` wrote it to DATA_DIR/audit-public-key), never one the
     /// server being verified serves.
     #[command(
@@ -313,6 +315,7 @@ async fn verify_offline(
                     "checkpoints": r.checkpoints,
                     "manifested_seq": r.manifested,
                     "broken": r.broken.map(|b| b.to_string()),
+                    "state_differs": r.differs,
                 })
             })
             .collect();
@@ -331,7 +334,11 @@ async fn verify_offline(
                     r.tenant.to_string(),
                     r.records.to_string(),
                     r.manifested.to_string(),
-                    r.broken.map_or("ok".into(), |b| b.to_string()),
+                    match (&r.broken, &r.differs) {
+                        (Some(b), _) => b.to_string(),
+                        (None, Some(d)) => format!("state differs: {d}"),
+                        (None, None) => "ok".into(),
+                    },
                 ]
             })
             .collect();

@@ -91,6 +91,18 @@ fn engine_pattern(text: &str) -> Result<EnginePattern, Refusal> {
         .map_err(|p| invalid(Subject::Policy, p))
 }
 
+impl PolicyDocument {
+    /// Hex SHA-256 of the document's canonical JSON (its fields in their declared order, as the
+    /// store keeps it): what a SET_POLICY record names, so that a stored policy edited under
+    /// the store shows against the chain.
+    pub fn digest(&self) -> String {
+        use sha2::{Digest, Sha256};
+        // A plain struct of strings, numbers and lists: encoding cannot fail.
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        crate::audit::hex(&Sha256::digest(&json))
+    }
+}
+
 impl TryFrom<&PolicyDocument> for Policy {
     type Error = Refusal;
 

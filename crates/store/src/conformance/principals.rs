@@ -59,11 +59,22 @@ pub async fn commit_auth(
     action: AuditAction,
 ) -> StoreResult<Receipt> {
     let system = TenantId::system();
+    // The record names what the change acted on, as the host's does.
+    let (principal, token) = match &change {
+        Change::CreatePrincipal(new) => (Some(&new.principal_id), Some(&new.token.token_id)),
+        Change::IssueToken { principal, token } => (Some(principal), Some(&token.token_id)),
+        Change::RevokeToken { principal, token } => (Some(principal), Some(token)),
+        Change::RevokePrincipal(principal) => (Some(principal), None),
+        _ => (None, None),
+    };
+    let mut audit = record(&system, action);
+    audit.target_principal_id = principal.map(ToString::to_string);
+    audit.target_token_id = token.map(ToString::to_string);
     store
         .commit(CommitUnit {
             tenant: system.clone(),
             change,
-            audit: record(&system, action),
+            audit,
             idempotency: None,
             bundle: None,
         })

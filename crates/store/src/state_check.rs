@@ -1,0 +1,254 @@
+//! State equals the chain: what a chain's verified records say about its tenant (versions and
+//! revocations of each secret, the policy) or about the principals (on the system chain), and
+//! where the store holds something else: an un-revoked version, an edited policy, a principal
+//! or token put back as it was before its revocation.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use selene_kms_core::{AuditAction, AuditRecord, TenantId, TombstoneTarget};
+
+use crate::error::StoreResult;
+use crate::store::Store;
+
+/// A secret as its chain tells it.
+#[derive(Debug, Default)]
+struct SecretTold {
+    versions: u64,
+    revoked: BTreeSet<u64>,
+    seq: u64,
+}
+
+/// A principal as the system chain tells it.
+#[derive(Debug, Default)]
+struct PrincipalTold {
+    revoked: bool,
+    tokens: BTreeMap<String, bool>,
+    seq: u64,
+}
+
+/// What one chain's records say, folded in order.
+#[derive(Debug, Default)]
+pub(crate) struct Told {
+    /// The latest policy: version, document digest (none in records of earlier builds), seq.
+    policy: Option<(u64, Option<String>, u64)>,
+    secrets: BTreeMap<String, SecretTold>,
+    principals: BTreeMap<String, PrincipalTold>,
+    /// Some secret was created under a first-generation ref, which the store has resealed
+    /// since: such secrets cannot be matched to their records.
+    first_generation_refs: bool,
+}
+
+impl Told {
+    /// Takes in the next verified record. Refusals, dry runs and idempotent replays changed
+    /// nothing.
+    pub(crate) fn take(&mut self, r: &AuditRecord) {
+        if !r.reason_code.is_ok() || r.dry_run || r.replayed {
+            return;
+        }
+        let Some(action) = r.operation else { return };
+        match action {
+            AuditAction::SetPolicy => {
+                if let Some(version) = r.policy_version {
+                    self.policy = Some((version, r.policy_digest.clone(), r.seq));
+                }
+            }
+            AuditAction::CreateSecret => {
+                if let Some(secret_ref) = &r.secret_ref {
+                    self.first_generation_refs |= secret_ref.starts_with("ksr1_");
+                    self.secrets.insert(
+                        secret_ref.clone(),
+                        SecretTold {
+                            versions: 1,
+                            revoked: BTreeSet::new(),
+                            seq: r.seq,
+                        },
+                    );
+                }
+            }
+            AuditAction::Rotate => {
+                if let (Some(s), Some(version)) = (self.secret(r), r.rotated_version) {
+                    s.versions = s.versions.max(version);
+                    s.seq = r.seq;
+                }
+            }
+            AuditAction::Revoke => {
+                let (target, version) = (r.revoked_target, r.revoked_version);
+                if let Some(s) = self.secret(r) {
+                    match (target, version) {
+                        (Some(TombstoneTarget::Version), Some(v)) => {
+                            s.revoked.insert(v);
+                        }
+                        (Some(TombstoneTarget::AllVersions), _) => {
+                            s.revoked.extend(1..=s.versions);
+                        }
+                        _ => return,
+                    }
+                    s.seq = r.seq;
+                }
+            }
+            AuditAction::PrincipalCreate => {
+                if let Some(p) = &r.target_principal_id {
+                    let told = self.principals.entry(p.clone()).or_default();
+                    told.seq = r.seq;
+                    if let Some(t) = &r.target_token_id {
+                        told.tokens.insert(t.clone(), false);
+                    }
+                }
+            }
+            AuditAction::TokenCreate | AuditAction::TokenRevoke => {
+                if let (Some(p), Some(t)) = (&r.target_principal_id, &r.target_token_id) {
+                    let told = self.principals.entry(p.clone()).or_default();
+                    told.seq = r.seq;
+                    told.tokens
+                        .insert(t.clone(), action == AuditAction::TokenRevoke);
+                }
+            }
+            AuditAction::PrincipalRevoke => {
+                if let Some(p) = &r.target_principal_id {
+                    let told = self.principals.entry(p.clone()).or_default();
+                    told.seq = r.seq;
+                    told.revoked = true;
+                    told.tokens.values_mut().for_each(|revoked| *revoked = true);
+                }
+            }
+            AuditAction::GetHandle
+            | AuditAction::IssueEphemeral
+            | AuditAction::Redeem
+            | AuditAction::StageVersion => {}
+        }
+    }
+
+    fn secret(&mut self, r: &AuditRecord) -> Option<&mut SecretTold> {
+        self.secrets.get_mut(r.secret_ref.as_deref()?)
+    }
+}
+
+/// The first place where the store holds something other than what `tenant`'s chain says.
+pub(crate) async fn first_difference(
+    store: &dyn Store,
+    tenant: &TenantId,
+    told: &Told,
+) -> StoreResult<Option<String>> {
+    if *tenant == TenantId::system() {
+        return principals_differ(store, told).await;
+    }
+    if let Some(found) = policy_differs(store, tenant, told).await? {
+        return Ok(Some(found));
+    }
+    secrets_differ(store, tenant, told).await
+}
+
+async fn policy_differs(
+    store: &dyn Store,
+    tenant: &TenantId,
+    told: &Told,
+) -> StoreResult<Option<String>> {
+    let stored = store.policy_document(tenant).await?;
+    Ok(match (&told.policy, stored) {
+        (None, None) => None,
+        (None, Some((_, version))) => Some(format!(
+            "the policy (version {version}) was set by no record"
+        )),
+        (Some((version, _, seq)), None) => {
+            Some(format!("no policy, but record {seq} set version {version}"))
+        }
+        (Some((version, digest, seq)), Some((doc, stored_version))) => {
+            let edited = digest.as_ref().is_some_and(|d| *d != doc.digest());
+            (*version != stored_version || edited)
+                .then(|| format!("the policy is not the one record {seq} set"))
+        }
+    })
+}
+
+async fn secrets_differ(
+    store: &dyn Store,
+    tenant: &TenantId,
+    told: &Told,
+) -> StoreResult<Option<String>> {
+    let stored = store.list_secrets(tenant).await?;
+    let mut seen = BTreeSet::new();
+    for listing in &stored {
+        let name = &listing.secret_name;
+        let Some(s) = told.secrets.get(&listing.secret_ref) else {
+            if told.first_generation_refs {
+                continue;
+            }
+            return Ok(Some(format!("secret {name} was created by no record")));
+        };
+        seen.insert(listing.secret_ref.as_str());
+        let versions = u64::try_from(listing.versions.len()).unwrap_or(u64::MAX);
+        if versions != s.versions {
+            return Ok(Some(format!(
+                "secret {name} has {versions} versions; record {} leaves {}",
+                s.seq, s.versions
+            )));
+        }
+        let revoked: BTreeSet<u64> = listing
+            .versions
+            .iter()
+            .filter(|v| v.state == "REVOKED")
+            .map(|v| v.version)
+            .collect();
+        if revoked != s.revoked {
+            return Ok(Some(format!(
+                "secret {name}: the revoked versions are not those record {} leaves",
+                s.seq
+            )));
+        }
+    }
+    Ok(told
+        .secrets
+        .iter()
+        .find(|(secret_ref, _)| {
+            !seen.contains(secret_ref.as_str()) && !secret_ref.starts_with("ksr1_")
+        })
+        .map(|(_, s)| format!("a secret record {} created is gone", s.seq)))
+}
+
+async fn principals_differ(store: &dyn Store, told: &Told) -> StoreResult<Option<String>> {
+    let stored = store.principals().await?;
+    for listing in &stored {
+        let id = listing.principal.principal_id.as_str();
+        let Some(p) = told.principals.get(id) else {
+            return Ok(Some(format!("principal {id} was created by no record")));
+        };
+        if listing.principal.revoked_at_ms.is_some() != p.revoked {
+            return Ok(Some(format!(
+                "principal {id} is {}; record {} leaves it {}",
+                live_or_revoked(listing.principal.revoked_at_ms.is_some()),
+                p.seq,
+                live_or_revoked(p.revoked)
+            )));
+        }
+        for token in &listing.tokens {
+            let token_id = token.token_id.as_str();
+            let revoked = token.revoked_at_ms.is_some();
+            match p.tokens.get(token_id) {
+                None => {
+                    return Ok(Some(format!("token {token_id} was created by no record")));
+                }
+                Some(told_revoked) if *told_revoked != revoked => {
+                    return Ok(Some(format!(
+                        "token {token_id} is {}; the chain leaves it {}",
+                        live_or_revoked(revoked),
+                        live_or_revoked(*told_revoked)
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    let stored: BTreeSet<&str> = stored
+        .iter()
+        .map(|l| l.principal.principal_id.as_str())
+        .collect();
+    Ok(told
+        .principals
+        .iter()
+        .find(|(id, _)| !stored.contains(id.as_str()))
+        .map(|(id, p)| format!("principal {id}, created by record {}, is gone", p.seq)))
+}
+
+const fn live_or_revoked(revoked: bool) -> &'static str {
+    if revoked { "revoked" } else { "live" }
+}
