@@ -23,9 +23,8 @@ fn request(op: &str, extra: serde_json::Value) -> KmsRequest {
     KmsRequest::from_json(v.to_string().as_bytes()).expect("valid request")
 }
 
-fn pipeline(c: &mut Criterion) {
-    let keys = ServiceKeys::derive(&ServiceSecret::from_bytes([7; 32]));
-    let policy = Policy::from_json(
+fn policy() -> Policy {
+    Policy::from_json(
         json!({"rules": [
             {"secret_names": ["billing/*"], "engines": ["PH1.BILLING"], "operations": ["GET_HANDLE"]},
             {"secret_names": ["payments/*"], "engines": ["PH1.OS"],
@@ -34,10 +33,13 @@ fn pipeline(c: &mut Criterion) {
         .to_string()
         .as_bytes(),
     )
-    .expect("valid policy");
-    let snapshot = SecretSnapshot {
+    .expect("valid policy")
+}
+
+fn snapshot(keys: &ServiceKeys) -> SecretSnapshot {
+    SecretSnapshot {
         secret_ref: selene_kms_core::refs::secret_ref(
-            &keys,
+            keys,
             &selene_kms_core::TenantId::try_from("acme").expect("valid"),
             &selene_kms_core::SecretName::try_from("payments/stripe").expect("valid"),
         ),
@@ -47,7 +49,13 @@ fn pipeline(c: &mut Criterion) {
         staged: false,
         ttl: TtlBounds::DEFAULT,
         handle_ttl_ms: DEFAULT_HANDLE_TTL_MS,
-    };
+    }
+}
+
+fn pipeline(c: &mut Criterion) {
+    let keys = ServiceKeys::derive(&ServiceSecret::from_bytes([7; 32]));
+    let policy = policy();
+    let snapshot = snapshot(&keys);
     let dry_rotate = request("ROTATE", json!({"dry_run": true}));
     let sim = {
         let grant = evaluate(&dry_rotate, Some(&policy), Some(&snapshot), &keys, NOW).expect("ok");
@@ -123,11 +131,60 @@ fn pipeline(c: &mut Criterion) {
     group.finish();
 }
 
+/// Verifying a chain of GET_HANDLE records as `audit verify --data-dir` does: links, digests and
+/// MACs, from parsed records and from their stored JSON.
+fn audit_verify(c: &mut Criterion) {
+    use selene_kms_core::{AuditRecord, TenantWalk, audit::GENESIS_DIGEST};
+    const RECORDS: u64 = 10_000;
+    let keys = ServiceKeys::derive(&ServiceSecret::from_bytes([7; 32]));
+    let req = request("GET_HANDLE", json!({}));
+    let snapshot = snapshot(&keys);
+    let grant = evaluate(&req, Some(&policy()), Some(&snapshot), &keys, NOW).expect("grant");
+    let bundle = issue(grant, Some(&snapshot), &keys).expect("ok").bundle;
+    let mut prev = GENESIS_DIGEST.to_owned();
+    let records: Vec<AuditRecord> = (1..=RECORDS)
+        .map(|seq| {
+            let mut r =
+                AuditRecord::for_request(&req.tenant_id, &req.context(), &bundle, seq, false);
+            r.chain(seq, &prev);
+            r.seal(&keys);
+            prev.clone_from(&r.digest);
+            r
+        })
+        .collect();
+    let stored: Vec<String> = records
+        .iter()
+        .map(|r| serde_json::to_string(r).expect("json"))
+        .collect();
+    let mut group = c.benchmark_group("audit_verify");
+    group.throughput(Throughput::Elements(RECORDS));
+    group.bench_function("records", |b| {
+        b.iter(|| {
+            let mut walk = TenantWalk::new("acme", Vec::new(), Some(&keys));
+            for r in &records {
+                walk.push(r).expect("holds");
+            }
+            black_box(walk.records())
+        });
+    });
+    group.bench_function("stored_json", |b| {
+        b.iter(|| {
+            let mut walk = TenantWalk::new("acme", Vec::new(), Some(&keys));
+            for text in &stored {
+                let r: AuditRecord = serde_json::from_str(text).expect("parses");
+                walk.push(&r).expect("holds");
+            }
+            black_box(walk.records())
+        });
+    });
+    group.finish();
+}
+
 #[allow(
     missing_docs,
     reason = "criterion_group! generates an undocumented function"
 )]
 mod group {
-    criterion::criterion_group!(benches, super::pipeline);
+    criterion::criterion_group!(benches, super::pipeline, super::audit_verify);
 }
 criterion_main!(group::benches);
