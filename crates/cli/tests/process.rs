@@ -421,4 +421,21 @@ fn init_seals_the_records_of_a_store_from_before_record_macs_once() {
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already initialised"));
     assert_eq!(offline_verify(dir.path(), &[]).status.code(), Some(1));
+    // Nor when the manifests are removed too: the other records' MACs show that a build with
+    // MACs wrote the store, so nothing is sealed.
+    let conn = rusqlite::Connection::open(dir.path().join("kms.db")).expect("opens");
+    conn.execute("DELETE FROM manifests", []).expect("removed");
+    drop(conn);
+    let again = selene_kms()
+        .args(["init", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .expect("init runs");
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("carry MACs"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert_eq!(offline_verify(dir.path(), &[]).status.code(), Some(1));
 }

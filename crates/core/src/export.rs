@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::audit::{AuditRecord, ChainBreak, ChainVerifier, Checkpoint};
 use crate::keys::ServiceKeys;
-use crate::manifest::{Manifest, ManifestBreak, ManifestChain, ManifestKind};
+use crate::manifest::{Manifest, ManifestBreak, ManifestChain, ManifestKind, Witnessed};
 
 /// Heads some signed statement names, latest per chain: `tenant → (seq, digest)`.
 pub type NamedHeads = BTreeMap<String, (u64, String)>;
@@ -123,8 +123,8 @@ pub enum ExportLine {
 pub struct ExportChecks {
     /// Records no signature covers are reported, not refused.
     pub allow_uncovered: bool,
-    /// Heads a witness named: the export must hold each.
-    pub witnessed: NamedHeads,
+    /// What a witness named: the export must hold each head and the latest manifest.
+    pub witnessed: Witnessed,
     /// The export is of this tenant's chain alone: no other chain is expected in it. Without
     /// it, the export's closing manifest says; without that, every chain is expected.
     pub tenant: Option<String>,
@@ -185,6 +185,7 @@ pub fn verify_export(
     let mut expected = None;
     let mut chains: BTreeMap<String, Walked<'_>> = BTreeMap::new();
     let mut closing: Option<Manifest> = None;
+    let mut held = BTreeMap::new();
     for (index, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
@@ -196,8 +197,8 @@ pub fn verify_export(
         if closing.is_some() {
             return Err(malformed);
         }
-        let expected =
-            expected.get_or_insert_with(|| expectations(&[stored.heads(), &checks.witnessed]));
+        let expected = expected
+            .get_or_insert_with(|| expectations(&[stored.heads(), &checks.witnessed.heads]));
         match parsed {
             ExportLine::Manifest(m) if m.kind == ManifestKind::Export => closing = Some(m),
             ExportLine::Manifest(m) => {
@@ -205,9 +206,10 @@ pub fn verify_export(
                     return Err(malformed);
                 }
                 stored.push(&m, key)?;
+                held.insert(m.seq, m.digest.clone());
                 summary.manifests += 1;
                 // Named heads change with every stored manifest; take them in afresh.
-                *expected = expectations(&[stored.heads(), &checks.witnessed]);
+                *expected = expectations(&[stored.heads(), &checks.witnessed.heads]);
             }
             ExportLine::Record(r) => {
                 let walked = chains.entry(r.tenant_id.clone()).or_insert_with(|| Walked {
@@ -243,6 +245,7 @@ pub fn verify_export(
             }
         }
     }
+    checks.witnessed.held_by(&held, stored.latest_seq())?;
     let closed = match &closing {
         Some(m) => {
             check_closing(m, &stored, &chains, key)?;
@@ -258,7 +261,8 @@ pub fn verify_export(
         .tenant
         .as_deref()
         .or(closing.as_ref().and_then(|m| m.tenant_id.as_deref()));
-    let expected = expected.unwrap_or_else(|| expectations(&[stored.heads(), &checks.witnessed]));
+    let expected =
+        expected.unwrap_or_else(|| expectations(&[stored.heads(), &checks.witnessed.heads]));
     for tenant in expected.keys() {
         if scope.is_none_or(|s| s == tenant) && !chains.contains_key(tenant) {
             return Err(ExportError::Chain {

@@ -283,34 +283,74 @@ impl ManifestChain {
     }
 }
 
-/// The heads a witness file names, latest per chain. A witness may start anywhere in the
-/// store's chain of manifests, so only signatures and the order of heads are checked here; the
-/// store must then hold every head named.
-pub fn witnessed_heads<'a>(
-    manifests: impl IntoIterator<Item = &'a Manifest>,
-    key: &VerifyingKey,
-) -> Result<BTreeMap<String, (u64, String)>, ManifestBreak> {
-    let mut heads: BTreeMap<String, (u64, String)> = BTreeMap::new();
-    for m in manifests {
-        if !m.verify(key) || m.kind == ManifestKind::Export {
-            return Err(ManifestBreak::BadSignature { seq: m.seq });
-        }
-        for h in &m.heads {
-            match heads.get(&h.tenant_id) {
-                Some((known, digest))
-                    if *known > h.seq || (*known == h.seq && *digest != h.digest) =>
-                {
-                    return Err(ManifestBreak::Regressed {
-                        seq: m.seq,
-                        tenant: h.tenant_id.clone(),
-                        head_seq: *known,
-                    });
-                }
-                _ => {
-                    heads.insert(h.tenant_id.clone(), (h.seq, h.digest.clone()));
+/// What a witness file names: the latest head of each chain, and its latest manifest.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Witnessed {
+    /// The latest head named per chain: `tenant → (seq, digest)`.
+    pub heads: BTreeMap<String, (u64, String)>,
+    /// The latest manifest: `(seq, digest)`. The store must still hold it.
+    pub latest: Option<(u64, String)>,
+}
+
+impl Witnessed {
+    /// Reads a witness's manifests. A witness may start anywhere in the store's chain of
+    /// manifests, so only signatures and the order of heads are checked here; the store must
+    /// then hold every head named, and the latest manifest.
+    pub fn read<'a>(
+        manifests: impl IntoIterator<Item = &'a Manifest>,
+        key: &VerifyingKey,
+    ) -> Result<Self, ManifestBreak> {
+        let mut witnessed = Self::default();
+        for m in manifests {
+            if !m.verify(key) || m.kind == ManifestKind::Export {
+                return Err(ManifestBreak::BadSignature { seq: m.seq });
+            }
+            for h in &m.heads {
+                match witnessed.heads.get(&h.tenant_id) {
+                    Some((known, digest))
+                        if *known > h.seq || (*known == h.seq && *digest != h.digest) =>
+                    {
+                        return Err(ManifestBreak::Regressed {
+                            seq: m.seq,
+                            tenant: h.tenant_id.clone(),
+                            head_seq: *known,
+                        });
+                    }
+                    _ => {
+                        witnessed
+                            .heads
+                            .insert(h.tenant_id.clone(), (h.seq, h.digest.clone()));
+                    }
                 }
             }
+            if witnessed
+                .latest
+                .as_ref()
+                .is_none_or(|(seq, _)| m.seq > *seq)
+            {
+                witnessed.latest = Some((m.seq, m.digest.clone()));
+            }
+        }
+        Ok(witnessed)
+    }
+
+    /// Whether a store whose manifests are `held` (`seq → digest`, from its latest full one to
+    /// `latest_held`) still holds the latest witnessed manifest: the same digest at its number,
+    /// or, for one older than `held` reaches back, nothing to say.
+    pub fn held_by(
+        &self,
+        held: &BTreeMap<u64, String>,
+        latest_held: u64,
+    ) -> Result<(), ManifestBreak> {
+        let Some((seq, digest)) = &self.latest else {
+            return Ok(());
+        };
+        let missing = Err(ManifestBreak::Discontinuity { seq: *seq });
+        match held.get(seq) {
+            Some(d) if d == digest => Ok(()),
+            Some(_) => missing,
+            None if *seq > latest_held => missing,
+            None => Ok(()),
         }
     }
-    Ok(heads)
 }

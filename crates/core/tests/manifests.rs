@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use selene_kms_core::audit::{GENESIS_DIGEST, VerifyingKey, parse_public_key, public_key_hex};
 use selene_kms_core::export::{ExportChecks, ExportError, verify_export};
-use selene_kms_core::manifest::{ManifestBreak, Unsigned, witnessed_heads};
+use selene_kms_core::manifest::{ManifestBreak, Unsigned, Witnessed};
 use selene_kms_core::{
     AuditAction, AuditRecord, ChainBreak, ChainHead, ExportLine, Manifest, ManifestChain,
     ManifestKind, ReasonCode, ServiceKeys, TenantId, TenantWalk,
@@ -326,31 +326,43 @@ fn a_witness_reveals_a_store_rolled_back_to_an_earlier_signed_state() {
         vec![head(&store.a[9]), head(&store.b[4])],
         &store.changes.digest,
     );
-    let witnessed = witnessed_heads([&store.full, &store.changes, &later], &key()).expect("holds");
-    assert_eq!(witnessed.get("a").map(|(seq, _)| *seq), Some(10));
-    let checks = ExportChecks {
+    let allowed = ExportChecks {
         allow_uncovered: true,
-        witnessed,
-        tenant: None,
+        ..Default::default()
     };
-    // The store as it was at manifest 2: itself consistent, but behind the witness.
+    let with_witness = |witnessed: Witnessed| ExportChecks {
+        witnessed,
+        ..allowed.clone()
+    };
+    // The store as it was at manifest 2, consistent in itself.
     let rolled_back = store.export(&store.a[..8], &store.b[..2], None);
-    assert!(
-        verify_export(
-            &rolled_back,
-            &key(),
-            &ExportChecks {
-                allow_uncovered: true,
-                ..Default::default()
-            }
-        )
-        .is_ok()
-    );
+    assert!(verify_export(&rolled_back, &key(), &allowed).is_ok());
+
+    // A witness that saw manifest 3: the store no longer holds it.
+    let witnessed = Witnessed::read([&store.full, &store.changes, &later], &key()).expect("holds");
+    assert_eq!(witnessed.heads.get("a").map(|(seq, _)| *seq), Some(10));
+    assert_eq!(witnessed.latest, Some((3, later.digest.clone())));
     assert_eq!(
-        verify_export(&rolled_back, &key(), &checks).map(drop),
-        broken("a", ChainBreak::Cut { seq: 9 })
+        verify_export(&rolled_back, &key(), &with_witness(witnessed.clone())).map(drop),
+        Err(ExportError::Manifest(ManifestBreak::Discontinuity {
+            seq: 3
+        }))
     );
-    assert!(verify_export(&store.whole(), &key(), &checks).is_ok());
+    // The store as it is, manifest 3 and all, extends the witness.
+    let text = store.export(&store.a, &store.b, None);
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let line = serde_json::to_string(&ExportLine::Manifest(later.clone())).expect("json");
+    lines.insert(2, line);
+    let current = lines.join("\n");
+    assert!(verify_export(&current, &key(), &with_witness(witnessed)).is_ok());
+
+    // A witness that saw manifest 2 only: its heads are what the rolled-back store lacks.
+    let witnessed = Witnessed::read([&store.full, &store.changes], &key()).expect("holds");
+    let cut = store.export(&store.a[..6], &store.b[..2], None);
+    assert_eq!(
+        verify_export(&cut, &key(), &with_witness(witnessed)).map(drop),
+        broken("a", ChainBreak::Cut { seq: 7 })
+    );
     // A witness line signed under another key is refused.
     let forged = manifest(
         &other_keys(),
@@ -359,7 +371,7 @@ fn a_witness_reveals_a_store_rolled_back_to_an_earlier_signed_state() {
         vec![],
         &later.digest,
     );
-    assert!(witnessed_heads([&forged], &key()).is_err());
+    assert!(Witnessed::read([&forged], &key()).is_err());
 }
 
 #[test]

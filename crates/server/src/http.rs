@@ -189,9 +189,11 @@ async fn authorize(
     Err(refused(state, operation, reason, shape))
 }
 
-/// Reads the body, then authenticates. The credential is checked once the request is whole,
-/// as close to the work it authorises as possible: a body trickled in after a revocation has
-/// answered meets the revocation. A request with no credential at all is refused unread.
+/// Authenticates, reads the body, and authenticates again. A caller that does not
+/// authenticate (or has another role) is refused before its body is read, whatever the body
+/// (DESIGN.md's order of checks: 401 first); and the credential is checked again once the
+/// request is whole, as close to the work it authorises as possible, so that a body trickled
+/// in after a revocation has answered meets the revocation.
 async fn authorized_body(
     state: &AppState,
     credentials: &Credentials,
@@ -201,9 +203,7 @@ async fn authorized_body(
     operation: Option<&'static str>,
     shape: Shape,
 ) -> Result<(Arc<Caller>, Bytes), Response> {
-    if !credentials.presented() {
-        return Err(unauthenticated(state, credentials, operation, shape));
-    }
+    authorize(state, credentials, Some(role), operation, shape).await?;
     let bytes = json_body(state, headers, body, operation, shape).await?;
     let caller = authorize(state, credentials, Some(role), operation, shape).await?;
     Ok((caller, bytes))

@@ -567,6 +567,32 @@ async fn kms_refusals_before_the_request_is_read_are_bundles_too() {
             401,
             "KMS_UNAUTHENTICATED",
         ),
+        // Authentication comes first, whatever the body: an unknown token with a body too
+        // large or of another type, and a wrong role with one, are refused unread.
+        (
+            "unknown token, oversized body",
+            Some("skms_os_forged"),
+            json_ct,
+            vec![b' '; 70 * 1024],
+            401,
+            "KMS_UNAUTHENTICATED",
+        ),
+        (
+            "unknown token, not json",
+            Some("skms_os_forged"),
+            Some("text/plain"),
+            good.clone(),
+            401,
+            "KMS_UNAUTHENTICATED",
+        ),
+        (
+            "admin token, oversized body",
+            Some(&s.admin),
+            json_ct,
+            vec![b' '; 70 * 1024],
+            403,
+            "KMS_FORBIDDEN_ROLE",
+        ),
         (
             "admin token",
             Some(&s.admin),

@@ -124,24 +124,25 @@ pub(crate) async fn seal_records_from_before_macs(
         return Err(sealed_already());
     }
     let rows = sql::rows(&tx, "SELECT tenant_id, seq, record FROM audit", &[], WHAT).await?;
-    let mut sealed = 0;
-    for row in &rows {
-        let Some(record) = sealed_from_before_macs(keys, col(row, 2, WHAT)?)? else {
-            continue;
-        };
+    let texts = rows
+        .iter()
+        .map(|row| col::<&str>(row, 2, WHAT))
+        .collect::<StoreResult<Vec<_>>>()?;
+    let sealed = sealed_from_before_macs(keys, &texts)?;
+    for (row, record) in rows.iter().zip(&sealed) {
         sql::execute(
             &tx,
             "UPDATE audit SET record = $3 WHERE tenant_id = $1 AND seq = $2",
             &[
                 &col::<&str>(row, 0, WHAT)?,
                 &col::<i64>(row, 1, WHAT)?,
-                &record,
+                record,
             ],
             WHAT,
         )
         .await?;
-        sealed += 1;
     }
+    let sealed = u64::try_from(sealed.len()).unwrap_or(u64::MAX);
     let heads = sql::rows(
         &tx,
         "SELECT t.tenant_id, t.audit_seq, t.audit_head, a.record FROM tenants t

@@ -9,7 +9,7 @@ use rusqlite::{Connection, OptionalExtension};
 use selene_kms_core::{SecretSnapshot, ServiceKeys, TenantId};
 use selene_kms_store::backend::{
     Committed, ErrorKind, Head, Item, Needs, SecretKey, SharedRoot, StoreError, StoreResult,
-    StoredSecret, Writes, from_db, from_json, head_of, to_db, to_db_saturating,
+    StoredSecret, Writes, from_db, head_of, stored_record, to_db, to_db_saturating,
 };
 
 use crate::cache::Cache;
@@ -168,14 +168,19 @@ fn last_head(
     keys: &ServiceKeys,
     tenant: &TenantId,
 ) -> StoreResult<Option<Head>> {
-    let last: Option<String> = conn
-        .prepare_cached("SELECT record FROM audit WHERE tenant_id = ?1 ORDER BY seq DESC LIMIT 1")
+    let last: Option<(i64, String)> = conn
+        .prepare_cached(
+            "SELECT seq, record FROM audit WHERE tenant_id = ?1 ORDER BY seq DESC LIMIT 1",
+        )
         .map_err(db_err)?
-        .query_row([tenant.as_str()], |r| r.get(0))
+        .query_row([tenant.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()
         .map_err(db_err)?;
-    last.map(|json| head_of(keys, tenant, &from_json(&json, "the last audit record")?))
-        .transpose()
+    last.map(|(seq, json)| {
+        let record = stored_record(tenant.as_str(), from_db(seq)?, &json)?;
+        head_of(keys, tenant, &record)
+    })
+    .transpose()
 }
 
 /// Runs one prepared statement, naming what failed.

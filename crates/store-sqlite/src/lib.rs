@@ -708,30 +708,33 @@ impl Store for SqliteStore {
         self.read(|c| {
             let mut stmt = c
                 .prepare_cached(
-                    "SELECT t.tenant_id, (SELECT record FROM audit a WHERE a.tenant_id = t.tenant_id
-                             ORDER BY seq DESC LIMIT 1)
-                     FROM tenants t ORDER BY t.tenant_id",
+                    "SELECT t.tenant_id, a.seq, a.record FROM tenants t
+                     JOIN audit a ON a.tenant_id = t.tenant_id AND a.seq =
+                         (SELECT MAX(seq) FROM audit b WHERE b.tenant_id = t.tenant_id)
+                     ORDER BY t.tenant_id",
                 )
                 .map_err(db_err)?;
             let rows = stmt
                 .query_map([], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, String>(2)?,
+                    ))
                 })
                 .map_err(db_err)?;
             let mut heads = Vec::new();
             for row in rows {
-                let (tenant, last) = row.map_err(db_err)?;
-                if let Some(text) = last {
-                    let tenant = TenantId::chain(&tenant).map_err(|_| {
-                        StoreError::new(ErrorKind::Corrupt, "a tenant id is invalid")
-                    })?;
-                    let head = head_of(&self.keys, &tenant, &from_json(&text, "an audit record")?)?;
-                    heads.push(ChainHead {
-                        tenant_id: tenant.as_str().to_owned(),
-                        seq: head.seq,
-                        digest: head.digest,
-                    });
-                }
+                let (tenant, seq, text) = row.map_err(db_err)?;
+                let tenant = TenantId::chain(&tenant)
+                    .map_err(|_| StoreError::new(ErrorKind::Corrupt, "a tenant id is invalid"))?;
+                let record = stored_record(tenant.as_str(), from_db(seq)?, &text)?;
+                let head = head_of(&self.keys, &tenant, &record)?;
+                heads.push(ChainHead {
+                    tenant_id: tenant.as_str().to_owned(),
+                    seq: head.seq,
+                    digest: head.digest,
+                });
             }
             Ok(heads)
         })

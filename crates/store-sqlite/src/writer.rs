@@ -349,15 +349,13 @@ fn seal_records_from_before_macs(conn: &Connection, keys: &ServiceKeys) -> Store
                 .collect()
         })
         .map_err(db_err)?;
-    let mut sealed = 0;
-    for (id, record) in stored {
-        if let Some(record) = sealed_from_before_macs(keys, &record)? {
-            conn.execute("UPDATE audit SET record = ?2 WHERE id = ?1", (id, record))
-                .map_err(db_err)?;
-            sealed += 1;
-        }
+    let texts: Vec<&str> = stored.iter().map(|(_, text)| text.as_str()).collect();
+    let sealed = sealed_from_before_macs(keys, &texts)?;
+    for ((id, _), record) in stored.iter().zip(&sealed) {
+        conn.execute("UPDATE audit SET record = ?2 WHERE id = ?1", (id, record))
+            .map_err(db_err)?;
     }
-    Ok(sealed)
+    Ok(u64::try_from(sealed.len()).unwrap_or(u64::MAX))
 }
 
 /// What a round decided: each unit's outcome, its writes, and the authentication epoch it

@@ -98,26 +98,37 @@ pub fn stored_record(tenant: &str, seq: u64, stored: &str) -> StoreResult<AuditR
     Ok(record)
 }
 
-/// A stored record written before records carried MACs, sealed now; `None` for one that has
-/// its MAC. A record whose content does not match its digest is refused, never sealed.
-pub fn sealed_from_before_macs(keys: &ServiceKeys, stored: &str) -> StoreResult<Option<String>> {
-    let mut record: AuditRecord = crate::codec::from_json(stored, "an audit record")?;
-    if record.mac.is_some() {
-        return Ok(None);
-    }
-    if record.compute_digest() != record.digest {
+/// The stored records of a store from before records carried MACs, each sealed now. Refused
+/// when any of them carries a MAC (the store was written by a build with MACs, and had its
+/// manifests removed) or does not match its digest: nothing is sealed then.
+pub fn sealed_from_before_macs(keys: &ServiceKeys, stored: &[&str]) -> StoreResult<Vec<String>> {
+    let records = stored
+        .iter()
+        .map(|text| crate::codec::from_json::<AuditRecord>(text, "an audit record"))
+        .collect::<StoreResult<Vec<_>>>()?;
+    if records.iter().any(|r| r.mac.is_some()) {
         return Err(StoreError::new(
-            ErrorKind::Corrupt,
-            format!(
-                "record {} of {}'s audit chain does not match its digest",
-                record.seq, record.tenant_id
-            ),
+            ErrorKind::Invalid,
+            "records of this store carry MACs: it was written by a build with manifests, and \
+             its manifests were removed; nothing is sealed",
         ));
     }
-    record.seal(keys);
-    serde_json::to_string(&record)
-        .map(Some)
-        .map_err(|_| encoding("audit record"))
+    records
+        .into_iter()
+        .map(|mut record| {
+            if record.compute_digest() != record.digest {
+                return Err(StoreError::new(
+                    ErrorKind::Corrupt,
+                    format!(
+                        "record {} of {}'s audit chain does not match its digest",
+                        record.seq, record.tenant_id
+                    ),
+                ));
+            }
+            record.seal(keys);
+            serde_json::to_string(&record).map_err(|_| encoding("audit record"))
+        })
+        .collect()
 }
 
 /// Why records are not sealed in a store that has signed manifests.

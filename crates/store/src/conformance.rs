@@ -567,6 +567,9 @@ pub async fn audit_chain(store: Arc<dyn Store>) {
     for task in tasks {
         task.await.expect("task");
     }
+    crate::manifest::Manifester::first(store.clone(), NOW_MS)
+        .await
+        .expect("a manifest");
     for tn in [&t, &u] {
         let report = verify_store(&*store, Some(tn), &Default::default())
             .await
@@ -955,6 +958,8 @@ macro_rules! conformance_suite {
                 $crate::conformance::manifests_name_the_chains_that_moved;
             conformance_racing_signers_keep_one_chain_of_manifests =>
                 $crate::conformance::racing_signers_keep_one_chain_of_manifests;
+            conformance_a_store_whose_manifests_are_gone_is_not_signed_anew =>
+                $crate::conformance::a_store_whose_manifests_are_gone_is_not_signed_anew;
         }
     };
     (@checks $setup:path; $($name:ident => $check:expr;)*) => {$(

@@ -127,7 +127,24 @@ pub struct Manifester {
 impl Manifester {
     /// Reads and checks the store's manifests. A store whose manifests do not hold is refused:
     /// signing after them would vouch for whatever was done to it.
+    ///
+    /// A store with chains but no manifest is refused too: its manifests were removed (a new
+    /// chain of them would forget what the old one named), unless it was never signed, which
+    /// [`Manifester::first`] is for.
     pub async fn open(store: Arc<dyn Store>, witness: Option<&Path>) -> StoreResult<Self> {
+        let signer = Self::unchecked(store, witness).await?;
+        if signer.chain.latest_seq() == 0 && !signer.store.chain_heads(false).await?.is_empty() {
+            return Err(StoreError::new(
+                ErrorKind::Corrupt,
+                "this store holds audit records but no signed manifest: its manifests were \
+                 removed (`selene-kms audit verify --witness-file` shows what else), or it \
+                 comes from a build before manifests (run `selene-kms init` on it once)",
+            ));
+        }
+        Ok(signer)
+    }
+
+    async fn unchecked(store: Arc<dyn Store>, witness: Option<&Path>) -> StoreResult<Self> {
         let (chain, _) = read_manifests(&*store).await?.holding()?;
         Ok(Self {
             store,
@@ -136,6 +153,16 @@ impl Manifester {
             last_signed_ms: 0,
             witness: witness.map(Witness::open).transpose()?,
         })
+    }
+
+    /// Signs a store's first manifest, naming every chain it holds, when it has none: for
+    /// whoever initialises a store (or adopts one from an earlier build). A no-op otherwise.
+    pub async fn first(store: Arc<dyn Store>, now_ms: u64) -> StoreResult<()> {
+        let mut signer = Self::unchecked(store, None).await?;
+        if signer.chain.latest_seq() == 0 {
+            signer.tick(now_ms, true).await?;
+        }
+        Ok(())
     }
 
     /// Signs a manifest if one is due at `now_ms`: when chains moved, when none was signed for

@@ -15,6 +15,9 @@ use crate::store::Store;
 struct SecretTold {
     versions: u64,
     revoked: BTreeSet<u64>,
+    /// A REVOKE from a build before records named what they revoked: the revoked set is not
+    /// known.
+    revocations_untold: bool,
     seq: u64,
 }
 
@@ -31,6 +34,8 @@ struct PrincipalTold {
 pub(crate) struct Told {
     /// The latest policy: version, document digest (none in records of earlier builds), seq.
     policy: Option<(u64, Option<String>, u64)>,
+    /// A SET_POLICY from a build before records named the version: the policy is not known.
+    policy_untold: bool,
     secrets: BTreeMap<String, SecretTold>,
     principals: BTreeMap<String, PrincipalTold>,
     /// Some secret was created under a first-generation ref, which the store has resealed
@@ -47,11 +52,13 @@ impl Told {
         }
         let Some(action) = r.operation else { return };
         match action {
-            AuditAction::SetPolicy => {
-                if let Some(version) = r.policy_version {
+            AuditAction::SetPolicy => match r.policy_version {
+                Some(version) => {
                     self.policy = Some((version, r.policy_digest.clone(), r.seq));
+                    self.policy_untold = false;
                 }
-            }
+                None => self.policy_untold = true,
+            },
             AuditAction::CreateSecret => {
                 if let Some(secret_ref) = &r.secret_ref {
                     self.first_generation_refs |= secret_ref.starts_with("ksr1_");
@@ -59,8 +66,8 @@ impl Told {
                         secret_ref.clone(),
                         SecretTold {
                             versions: 1,
-                            revoked: BTreeSet::new(),
                             seq: r.seq,
+                            ..SecretTold::default()
                         },
                     );
                 }
@@ -81,6 +88,7 @@ impl Told {
                         (Some(TombstoneTarget::AllVersions), _) => {
                             s.revoked.extend(1..=s.versions);
                         }
+                        (None, _) => s.revocations_untold = true,
                         _ => return,
                     }
                     s.seq = r.seq;
@@ -143,6 +151,9 @@ async fn policy_differs(
     tenant: &TenantId,
     told: &Told,
 ) -> StoreResult<Option<String>> {
+    if told.policy_untold {
+        return Ok(None);
+    }
     let stored = store.policy_document(tenant).await?;
     Ok(match (&told.policy, stored) {
         (None, None) => None,
@@ -176,12 +187,15 @@ async fn secrets_differ(
             return Ok(Some(format!("secret {name} was created by no record")));
         };
         seen.insert(listing.secret_ref.as_str());
-        let versions = u64::try_from(listing.versions.len()).unwrap_or(u64::MAX);
-        if versions != s.versions {
+        let numbers: Vec<u64> = listing.versions.iter().map(|v| v.version).collect();
+        if !numbers.iter().copied().eq(1..=s.versions) {
             return Ok(Some(format!(
-                "secret {name} has {versions} versions; record {} leaves {}",
+                "secret {name} has versions {numbers:?}; record {} leaves 1 to {}",
                 s.seq, s.versions
             )));
+        }
+        if s.revocations_untold {
+            continue;
         }
         let revoked: BTreeSet<u64> = listing
             .versions

@@ -3,8 +3,8 @@
 use std::collections::BTreeSet;
 use std::io::Write;
 
-use selene_kms_core::export::{NamedHeads, expectations};
-use selene_kms_core::manifest::{ManifestBreak, Unsigned};
+use selene_kms_core::export::expectations;
+use selene_kms_core::manifest::{ManifestBreak, Unsigned, Witnessed};
 use selene_kms_core::{
     AuditRecord, ChainBreak, ChainHead, Checkpoint, ExportLine, ManifestKind, TenantId, TenantWalk,
 };
@@ -44,7 +44,7 @@ impl ChainReport {
 
 /// Verifies one tenant's chain against the store's manifests (see [`verify_store`]).
 pub async fn verify_tenant(store: &dyn Store, tenant: &TenantId) -> StoreResult<ChainReport> {
-    let report = verify_store(store, Some(tenant), &NamedHeads::new()).await?;
+    let report = verify_store(store, Some(tenant), &Witnessed::default()).await?;
     report
         .chains
         .into_iter()
@@ -77,11 +77,31 @@ impl StoreReport {
 pub async fn verify_store(
     store: &dyn Store,
     tenant: Option<&TenantId>,
-    witnessed: &NamedHeads,
+    witnessed: &Witnessed,
 ) -> StoreResult<StoreReport> {
     let read = read_manifests(store).await?;
     let chain = read.chain;
-    let expected = expectations(&[chain.heads(), witnessed]);
+    let expected = expectations(&[chain.heads(), &witnessed.heads]);
+    let mut manifests_broken = read.broken;
+    if manifests_broken.is_none()
+        && let Some((seq, _)) = &witnessed.latest
+    {
+        // The store's manifest at the witness's latest number, wherever its tail starts.
+        let held: std::collections::BTreeMap<u64, String> = store
+            .manifests(seq.saturating_sub(1), 1)
+            .await?
+            .into_iter()
+            .map(|m| (m.seq, m.digest))
+            .collect();
+        manifests_broken = witnessed
+            .held_by(
+                &held,
+                chain
+                    .latest_seq()
+                    .max(held.keys().copied().max().unwrap_or(0)),
+            )
+            .err();
+    }
     let tenants: BTreeSet<TenantId> = match tenant {
         Some(t) => BTreeSet::from([t.clone()]),
         None => {
@@ -97,6 +117,10 @@ pub async fn verify_store(
             all
         }
     };
+    if manifests_broken.is_none() && chain.latest_seq() == 0 && !tenants.is_empty() {
+        // Chains no manifest names: the manifests were removed (or never signed).
+        manifests_broken = Some(ManifestBreak::Discontinuity { seq: 1 });
+    }
     let mut chains = Vec::with_capacity(tenants.len());
     for t in tenants {
         let named = expected.get(t.as_str()).cloned().unwrap_or_default();
@@ -105,7 +129,7 @@ pub async fn verify_store(
     }
     Ok(StoreReport {
         manifests: read.manifests.len() as u64,
-        manifests_broken: read.broken,
+        manifests_broken,
         chains,
     })
 }
@@ -158,6 +182,15 @@ async fn verify_chain(
     });
     if report.broken.is_none() {
         report.differs = first_difference(store, &report.tenant, &told).await?;
+        let moved = !store
+            .audit_records(&report.tenant, after, 1)
+            .await?
+            .is_empty();
+        if moved {
+            // Another node changed the tenant while it was read: the state read may be newer
+            // than the chain walked, so it says nothing either way.
+            report.differs = None;
+        }
     }
     Ok(report)
 }

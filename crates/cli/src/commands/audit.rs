@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use reqwest::Method;
 use selene_kms_core::audit::{VerifyingKey, parse_public_key};
-use selene_kms_core::export::{ExportChecks, NamedHeads, verify_export};
-use selene_kms_core::manifest::witnessed_heads;
+use selene_kms_core::export::{ExportChecks, verify_export};
+use selene_kms_core::manifest::Witnessed;
 use selene_kms_core::{AuditRecord, Manifest, TenantId};
 use selene_kms_store::verify::verify_store;
 
@@ -277,9 +277,9 @@ fn read_witness(path: &std::path::Path) -> Result<Vec<Manifest>, String> {
         .collect()
 }
 
-/// The heads a witness names, each manifest's signature checked under `key`.
-fn witnessed(witness: &[Manifest], key: &VerifyingKey) -> Result<NamedHeads, String> {
-    witnessed_heads(witness, key).map_err(|e| format!("the witness file does not hold: {e}"))
+/// What a witness names, each manifest's signature checked under `key`.
+fn witnessed(witness: &[Manifest], key: &VerifyingKey) -> Result<Witnessed, String> {
+    Witnessed::read(witness, key).map_err(|e| format!("the witness file does not hold: {e}"))
 }
 
 /// What an offline verification covers.

@@ -134,6 +134,10 @@ async fn upgrade(dir: &Path, location: &StoreLocation) -> Result<Upgrade, String
         return Err(refused());
     }
     pin_public_key(dir, &*store)?;
+    // A store adopted from a build before manifests gets its first one.
+    Manifester::first(store.clone(), now_ms())
+        .await
+        .map_err(|e| format!("cannot sign a manifest: {}", e.message))?;
     let made = if has_principals {
         Vec::new()
     } else {
@@ -144,18 +148,6 @@ async fn upgrade(dir: &Path, location: &StoreLocation) -> Result<Upgrade, String
         made,
         sealed,
     })
-}
-
-/// Signs a manifest naming every chain `init` made or found.
-async fn sign_manifest(store: &Arc<dyn Store>) -> Result<(), String> {
-    let mut signer = Manifester::open(store.clone(), None)
-        .await
-        .map_err(|e| e.message)?;
-    signer
-        .tick(now_ms(), true)
-        .await
-        .map(drop)
-        .map_err(|e| format!("cannot sign a manifest: {}", e.message))
 }
 
 pub(crate) async fn init_store(
@@ -198,7 +190,6 @@ pub(crate) async fn run(config: &Config, args: InitArgs, json: bool) -> Result<E
         }
         Err(e) => return Err(e),
     };
-    sign_manifest(&opened).await?;
     // Pinned by `init_store` or `upgrade`, which checked any file already there.
     let public_key = selene_kms_core::audit::public_key_hex(opened.keys());
     let store = location.describe();

@@ -9,6 +9,7 @@ use selene_kms_core::{
     AuditAction, AuditRecord, PrincipalId, PrincipalName, Problem, ReasonCode, Role, SpiffeId,
     Subject, TenantId, TenantScope, TokenId,
 };
+use selene_kms_store::manifest::Manifester;
 use selene_kms_store::{
     Change, CommitUnit, NewPrincipal, PrincipalListing, StoreError, TenantSummary, TokenRecord,
 };
@@ -447,6 +448,8 @@ impl Engine {
                 .await?;
             made.push((role, created));
         }
+        // A store starts its chain of manifests with its first chains.
+        Manifester::first(self.store.clone(), now_ms).await?;
         Ok(Bootstrapped(made))
     }
 

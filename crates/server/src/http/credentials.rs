@@ -13,7 +13,6 @@ use selene_kms_core::SpiffeId;
 
 use axum_server::tls::TlsInfo;
 
-use crate::auth::bearer;
 use crate::tls::peer_spiffe_id;
 
 /// A request's credentials, not yet checked.
@@ -24,14 +23,6 @@ pub(crate) struct Credentials {
     pub(crate) spiffe_id: Option<SpiffeId>,
     /// Where the request came from.
     pub(crate) source: Option<SocketAddr>,
-}
-
-impl Credentials {
-    /// Whether the request presents a credential of a usable shape: a bearer token, or a
-    /// certificate with a SPIFFE id. A request without one is refused before anything else.
-    pub(crate) fn presented(&self) -> bool {
-        self.authorization.as_deref().and_then(bearer).is_some() || self.spiffe_id.is_some()
-    }
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Credentials {
