@@ -274,6 +274,34 @@ async fn whoever_writes_the_file_cannot_forge_cut_or_remove_a_chain_unseen() {
     put_back(&side, "acme", &acme);
     assert!(verify_all(&path).await.holds());
 
+    // Record 2 deleted and the rest renumbered, links and digests recomputed: the MACs no
+    // longer hold from there.
+    let mut renumbered: Vec<selene_kms_core::AuditRecord> = acme
+        .iter()
+        .filter(|(seq, _)| *seq != 2)
+        .map(|(_, text)| serde_json::from_str(text).expect("record"))
+        .collect();
+    let mut prev = renumbered[0].digest.clone();
+    for (i, r) in renumbered.iter_mut().enumerate().skip(1) {
+        r.chain(i as u64 + 1, &prev);
+        prev.clone_from(&r.digest);
+    }
+    side.execute("DELETE FROM audit WHERE tenant_id = 'acme'", [])
+        .expect("deleted");
+    let rows: Vec<(i64, String)> = renumbered
+        .iter()
+        .map(|r| (r.seq as i64, serde_json::to_string(r).expect("json")))
+        .collect();
+    put_back(&side, "acme", &rows);
+    assert_eq!(
+        broken_chain(&verify_all(&path).await, "acme"),
+        Some(ChainBreak::Unauthenticated { seq: 2 })
+    );
+    side.execute("DELETE FROM audit WHERE tenant_id = 'acme'", [])
+        .expect("deleted");
+    put_back(&side, "acme", &acme);
+    assert!(verify_all(&path).await.holds());
+
     // A whole chain removed, its tenant row with it.
     side.execute_batch(
         "DELETE FROM audit WHERE tenant_id = 'beta'; DELETE FROM tenants WHERE tenant_id = 'beta';",
