@@ -270,26 +270,30 @@ fn a_witness_reveals_a_store_rolled_back_to_an_earlier_signed_state() {
     let witness_arg = witness.to_str().expect("utf-8 path");
     let serve = ["--witness-file", witness_arg];
 
-    let mut node = Node::start_with(dir.path(), None, &serve);
-    let created = client(
-        &node,
-        &admin,
-        &[
-            "principal",
-            "create",
-            "ci-1",
-            "--role",
-            "executor",
-            "--tenant",
-            "acme",
-        ],
-    );
-    assert!(
-        created.status.success(),
-        "{}",
-        String::from_utf8_lossy(&created.stderr)
-    );
-    assert!(node.stop(), "a clean stop");
+    // A node that serves with the witness, creates a principal and stops cleanly.
+    let serve_once = |principal: &str| {
+        let mut node = Node::start_with(dir.path(), None, &serve);
+        let created = client(
+            &node,
+            &admin,
+            &[
+                "principal",
+                "create",
+                principal,
+                "--role",
+                "executor",
+                "--tenant",
+                "acme",
+            ],
+        );
+        assert!(
+            created.status.success(),
+            "{}",
+            String::from_utf8_lossy(&created.stderr)
+        );
+        assert!(node.stop(), "a clean stop");
+    };
+    serve_once("ci-1");
     let witnessed = std::fs::read_to_string(&witness).expect("the witness file");
     assert!(
         witnessed.lines().count() >= 2,
@@ -301,26 +305,7 @@ fn a_witness_reveals_a_store_rolled_back_to_an_earlier_signed_state() {
     for file in store_files(dir.path()) {
         std::fs::copy(&file, backup.path().join(file.file_name().expect("name"))).expect("copy");
     }
-    let mut node = Node::start_with(dir.path(), None, &serve);
-    let created = client(
-        &node,
-        &admin,
-        &[
-            "principal",
-            "create",
-            "ci-2",
-            "--role",
-            "executor",
-            "--tenant",
-            "acme",
-        ],
-    );
-    assert!(
-        created.status.success(),
-        "{}",
-        String::from_utf8_lossy(&created.stderr)
-    );
-    assert!(node.stop(), "a clean stop");
+    serve_once("ci-2");
     let ok = offline_verify(dir.path(), &["--witness-file", witness_arg]);
     assert!(
         ok.status.success(),

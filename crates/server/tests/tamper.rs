@@ -10,7 +10,8 @@ use std::sync::Arc;
 use common::Server;
 use reqwest::{Method, StatusCode};
 use selene_kms_backends::{StoreLocation, open_store};
-use selene_kms_core::SpiffeId;
+use selene_kms_core::export::{ExportChecks, ExportError, verify_export};
+use selene_kms_core::{ChainBreak, SpiffeId};
 use selene_kms_server::{Engine, ServeOptions, serve};
 use selene_kms_store::{ErrorKind, RootKey};
 use serde_json::{Value, json};
@@ -228,6 +229,21 @@ async fn an_audit_chain_cut_or_extended_in_the_database_fails_the_exports_verifi
         }
     };
 
+    let verify_acme = |text: &str, allow_uncovered: bool| {
+        let checks = ExportChecks {
+            allow_uncovered,
+            tenant: Some("acme".into()),
+            ..ExportChecks::default()
+        };
+        verify_export(text, &key, &checks).map(drop)
+    };
+    let acme_broken = |broken| {
+        Err(ExportError::Chain {
+            tenant: "acme".into(),
+            broken,
+        })
+    };
+
     // Two records cut from the tail, below the head the last manifest signed.
     let tail: Vec<(i64, String)> = conn
         .prepare("SELECT seq, record FROM audit WHERE tenant_id = 'acme' AND seq > ?1")
@@ -243,19 +259,10 @@ async fn an_audit_chain_cut_or_extended_in_the_database_fails_the_exports_verifi
     .expect("cut");
     let listening = reopen(&remains).await;
     let text = export(&listening).await;
-    let checks = selene_kms_core::export::ExportChecks {
-        allow_uncovered: true,
-        tenant: Some("acme".into()),
-        ..Default::default()
-    };
-    let found = selene_kms_core::export::verify_export(&text, &key, &checks);
     assert_eq!(
-        found.map(drop),
-        Err(selene_kms_core::export::ExportError::Chain {
-            tenant: "acme".into(),
-            broken: selene_kms_core::ChainBreak::Cut {
-                seq: u64::try_from(head - 1).expect("seq")
-            },
+        verify_acme(&text, true),
+        acme_broken(ChainBreak::Cut {
+            seq: u64::try_from(head - 1).expect("seq")
         })
     );
     // Nor does the server sign a manifest over the cut chain when it stops.
@@ -286,18 +293,10 @@ async fn an_audit_chain_cut_or_extended_in_the_database_fails_the_exports_verifi
     .expect("appended");
     let listening = reopen(&remains).await;
     let text = export(&listening).await;
-    let checks = selene_kms_core::export::ExportChecks {
-        tenant: Some("acme".into()),
-        ..Default::default()
-    };
-    let found = selene_kms_core::export::verify_export(&text, &key, &checks);
     assert_eq!(
-        found.map(drop),
-        Err(selene_kms_core::export::ExportError::Chain {
-            tenant: "acme".into(),
-            broken: selene_kms_core::ChainBreak::Unsigned {
-                seq: u64::try_from(head).expect("seq")
-            },
+        verify_acme(&text, false),
+        acme_broken(ChainBreak::Unsigned {
+            seq: u64::try_from(head).expect("seq")
         })
     );
     // The forged head is never signed over, nor chained after.

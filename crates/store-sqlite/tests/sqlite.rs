@@ -192,6 +192,16 @@ fn broken_chain(
         .and_then(|c| c.broken)
 }
 
+/// Where `tenant`'s state differs from its chain, by a fresh offline verification.
+async fn state_differs(path: &Path, tenant: &str) -> Option<String> {
+    let report = verify_all(path).await;
+    report
+        .chains
+        .into_iter()
+        .find(|c| c.tenant.as_str() == tenant)
+        .and_then(|c| c.differs)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whoever_writes_the_file_cannot_forge_cut_or_remove_a_chain_unseen() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -394,17 +404,10 @@ async fn a_store_that_holds_other_than_its_chain_says_is_named() {
         [],
     )
     .expect("un-revoked");
-    let report = verify_all(&path).await;
-    let acme = report
-        .chains
-        .iter()
-        .find(|c| c.tenant.as_str() == "acme")
-        .expect("acme");
+    let found = state_differs(&path, "acme").await;
     assert!(
-        acme.differs
-            .as_deref()
-            .is_some_and(|d| d.contains("secret k")),
-        "{report:?}"
+        found.as_deref().is_some_and(|d| d.contains("secret k")),
+        "{found:?}"
     );
     side.execute(
         "UPDATE versions SET state = 'REVOKED' WHERE tenant_id = 'acme' AND version = 1",
@@ -419,17 +422,10 @@ async fn a_store_that_holds_other_than_its_chain_says_is_named() {
         [],
     )
     .expect("edited");
-    let report = verify_all(&path).await;
-    let acme = report
-        .chains
-        .iter()
-        .find(|c| c.tenant.as_str() == "acme")
-        .expect("acme");
+    let found = state_differs(&path, "acme").await;
     assert!(
-        acme.differs
-            .as_deref()
-            .is_some_and(|d| d.contains("policy")),
-        "{report:?}"
+        found.as_deref().is_some_and(|d| d.contains("policy")),
+        "{found:?}"
     );
     side.execute(
         "UPDATE tenants SET policy_json = replace(policy_json, 'REVOKE', 'ROTATE')
@@ -445,18 +441,10 @@ async fn a_store_that_holds_other_than_its_chain_says_is_named() {
         (live.0, live.1),
     )
     .expect("rolled back");
-    let report = verify_all(&path).await;
-    let system = report
-        .chains
-        .iter()
-        .find(|c| c.tenant.as_str() == "_system")
-        .expect("the system chain");
+    let found = state_differs(&path, "_system").await;
     assert!(
-        system
-            .differs
-            .as_deref()
-            .is_some_and(|d| d.contains("is live")),
-        "{report:?}"
+        found.as_deref().is_some_and(|d| d.contains("is live")),
+        "{found:?}"
     );
 }
 
