@@ -5,20 +5,30 @@ mod common;
 
 use common::{Node, selene_kms};
 
-/// An initialised embedded store in a fresh directory, and what `init --json` printed.
-fn initialised() -> (tempfile::TempDir, serde_json::Value) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let out = selene_kms()
+/// `selene-kms init --json` on `dir`.
+fn init(dir: &std::path::Path) -> std::process::Output {
+    selene_kms()
         .args(["init", "--json", "--data-dir"])
-        .arg(dir.path())
+        .arg(dir)
         .output()
-        .expect("init runs");
+        .expect("init runs")
+}
+
+/// What a successful `init --json` on `dir` printed.
+fn init_ok(dir: &std::path::Path) -> serde_json::Value {
+    let out = init(dir);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let printed = serde_json::from_slice(&out.stdout).expect("json");
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+/// An initialised embedded store in a fresh directory, and what `init --json` printed.
+fn initialised() -> (tempfile::TempDir, serde_json::Value) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let printed = init_ok(dir.path());
     (dir, printed)
 }
 
@@ -68,27 +78,13 @@ fn init_gives_a_store_without_principals_its_bootstrap_principals_once() {
     let pinned = dir.path().join("audit-public-key");
     let genuine = std::fs::read_to_string(&pinned).expect("pinned at init");
     std::fs::write(&pinned, format!("{}\n", "ab".repeat(32))).expect("planted");
-    let planted = selene_kms()
-        .args(["init", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .expect("init runs");
+    let planted = init(dir.path());
     assert!(!planted.status.success());
     assert!(
         String::from_utf8_lossy(&planted.stderr).contains("does not hold this store's audit key")
     );
     std::fs::write(&pinned, &genuine).expect("restored");
-    let upgrade = selene_kms()
-        .args(["init", "--json", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .expect("init runs");
-    assert!(
-        upgrade.status.success(),
-        "{}",
-        String::from_utf8_lossy(&upgrade.stderr)
-    );
-    let out: serde_json::Value = serde_json::from_slice(&upgrade.stdout).expect("json");
+    let out = init_ok(dir.path());
     for role in ["admin", "os", "executor"] {
         assert!(
             out["tokens"][role]
@@ -101,11 +97,7 @@ fn init_gives_a_store_without_principals_its_bootstrap_principals_once() {
                 .is_some_and(|p| p.starts_with("kp_"))
         );
     }
-    let again = selene_kms()
-        .args(["init", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .expect("init runs");
+    let again = init(dir.path());
     assert!(
         !again.status.success(),
         "a store with principals is refused"
@@ -361,17 +353,7 @@ fn init_seals_the_records_of_a_store_from_before_record_macs_once() {
         "records without MACs are not the KMS's"
     );
 
-    let upgrade = selene_kms()
-        .args(["init", "--json", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .expect("init runs");
-    assert!(
-        upgrade.status.success(),
-        "{}",
-        String::from_utf8_lossy(&upgrade.stderr)
-    );
-    let out: serde_json::Value = serde_json::from_slice(&upgrade.stdout).expect("json");
+    let out = init_ok(dir.path());
     assert_eq!(
         out["sealed_records"], 3,
         "the bootstrap principals' records"
@@ -398,11 +380,7 @@ fn init_seals_the_records_of_a_store_from_before_record_macs_once() {
     )
     .expect("stripped");
     drop(conn);
-    let again = selene_kms()
-        .args(["init", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .expect("init runs");
+    let again = init(dir.path());
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already initialised"));
     assert_eq!(offline_verify(dir.path(), &[]).status.code(), Some(1));
@@ -411,11 +389,7 @@ fn init_seals_the_records_of_a_store_from_before_record_macs_once() {
     let conn = rusqlite::Connection::open(dir.path().join("kms.db")).expect("opens");
     conn.execute("DELETE FROM manifests", []).expect("removed");
     drop(conn);
-    let again = selene_kms()
-        .args(["init", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .expect("init runs");
+    let again = init(dir.path());
     assert!(!again.status.success());
     assert!(
         String::from_utf8_lossy(&again.stderr).contains("carry MACs"),
