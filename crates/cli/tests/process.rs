@@ -346,6 +346,8 @@ fn init_seals_the_records_of_a_store_from_before_record_macs_once() {
     )
     .expect("made old");
     drop(conn);
+    // An earlier build did not mark its data directory either.
+    std::fs::remove_file(dir.path().join("records-carry-macs")).expect("unmarked");
     let before = offline_verify(dir.path(), &[]);
     assert_eq!(
         before.status.code(),
@@ -384,17 +386,22 @@ fn init_seals_the_records_of_a_store_from_before_record_macs_once() {
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already initialised"));
     assert_eq!(offline_verify(dir.path(), &[]).status.code(), Some(1));
-    // Nor when the manifests are removed too: the other records' MACs show that a build with
-    // MACs wrote the store, so nothing is sealed.
+    // Nor when the manifests are removed too: the data directory remembers that its KMS wrote
+    // MACs, and without that mark the other records' MACs show it.
     let conn = rusqlite::Connection::open(dir.path().join("kms.db")).expect("opens");
     conn.execute("DELETE FROM manifests", []).expect("removed");
     drop(conn);
-    let again = init(dir.path());
-    assert!(!again.status.success());
-    assert!(
-        String::from_utf8_lossy(&again.stderr).contains("carry MACs"),
-        "{}",
-        String::from_utf8_lossy(&again.stderr)
-    );
+    for (refusal, then_unmark) in [("has held this store", true), ("carry MACs", false)] {
+        let again = init(dir.path());
+        assert!(!again.status.success());
+        assert!(
+            String::from_utf8_lossy(&again.stderr).contains(refusal),
+            "{}",
+            String::from_utf8_lossy(&again.stderr)
+        );
+        if then_unmark {
+            std::fs::remove_file(dir.path().join("records-carry-macs")).expect("unmarked");
+        }
+    }
     assert_eq!(offline_verify(dir.path(), &[]).status.code(), Some(1));
 }

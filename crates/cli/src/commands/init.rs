@@ -17,7 +17,7 @@ use selene_kms_store::manifest::Manifester;
 use selene_kms_store::{ErrorKind, RootKey, Store};
 use zeroize::Zeroizing;
 
-use super::{data_dir, key_path, open_at, store_location};
+use super::{data_dir, key_path, mark_record_macs, open_at, record_macs_marked, store_location};
 use crate::config::Config;
 use crate::output;
 
@@ -124,6 +124,13 @@ async fn upgrade(dir: &Path, location: &StoreLocation) -> Result<Upgrade, String
     let has_manifests = store.latest_full_manifest().await.map_err(|e| e.message)? > 0;
     let sealed = if has_manifests {
         0
+    } else if record_macs_marked(dir) {
+        // Records without MACs where this directory's KMS wrote them with MACs were stripped.
+        return Err(format!(
+            "{} has held this store with record MACs, and its manifests are gone: nothing is \
+             sealed (`selene-kms audit verify --data-dir` and a witness show what changed)",
+            dir.display()
+        ));
     } else {
         store
             .seal_records_from_before_macs()
@@ -190,6 +197,7 @@ pub(crate) async fn run(config: &Config, args: InitArgs, json: bool) -> Result<E
         }
         Err(e) => return Err(e),
     };
+    mark_record_macs(&dir)?;
     // Pinned by `init_store` or `upgrade`, which checked any file already there.
     let public_key = selene_kms_core::audit::public_key_hex(opened.keys());
     let store = location.describe();

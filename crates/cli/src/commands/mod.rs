@@ -50,6 +50,28 @@ pub(crate) fn key_path(data_dir: &Path) -> PathBuf {
     data_dir.join("root.key")
 }
 
+/// A file whose presence says that this data directory has held its store with record MACs: a
+/// store it then finds with records that lack one had them stripped, and `init` seals nothing.
+/// It lives beside the root key, out of reach of whoever can only write the database.
+fn record_macs_mark(data_dir: &Path) -> PathBuf {
+    data_dir.join("records-carry-macs")
+}
+
+/// Marks the data directory (see [`record_macs_mark`]).
+pub(crate) fn mark_record_macs(data_dir: &Path) -> Result<(), String> {
+    let mark = record_macs_mark(data_dir);
+    std::fs::write(
+        &mark,
+        "the store of this data directory writes audit records with MACs\n",
+    )
+    .map_err(|e| format!("cannot write {}: {e}", mark.display()))
+}
+
+/// Whether the data directory is marked (see [`record_macs_mark`]).
+pub(crate) fn record_macs_marked(data_dir: &Path) -> bool {
+    record_macs_mark(data_dir).exists()
+}
+
 /// The data directory from the flag, else the config file.
 pub(crate) fn data_dir(flag: Option<PathBuf>, config: &Config) -> Result<PathBuf, String> {
     flag.or_else(|| config.server.data_dir.clone())

@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use selene_kms_server::{ConnectionLimits, Engine, ServeOptions, TlsOptions, serve};
 
-use super::{data_dir, open_at, store_location};
+use super::{data_dir, mark_record_macs, open_at, store_location};
 use crate::config::Config;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -200,6 +200,10 @@ pub(crate) async fn run(config: &Config, args: ServeArgs) -> Result<ExitCode, St
     let listening = serve(engine.clone(), options)
         .await
         .map_err(|e| e.to_string())?;
+    // Served: this store's records carry MACs from here on.
+    if let Err(e) = mark_record_macs(&dir) {
+        tracing::warn!(error = %e, "cannot mark the data directory");
+    }
     stop_signal().await;
     tracing::info!("shutting down: finishing in-flight requests");
     listening.shutdown().await.map_err(|e| e.to_string())?;
