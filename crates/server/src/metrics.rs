@@ -71,6 +71,9 @@ pub struct Metrics {
     requests: Vec<AtomicU64>,
     latency: [Histogram; 4],
     auth_failures: AtomicU64,
+    manifests_signed: AtomicU64,
+    manifest_failures: AtomicU64,
+    manifest_signed_at_ms: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -81,6 +84,9 @@ impl Default for Metrics {
                 .collect(),
             latency: std::array::from_fn(|_| Histogram::new()),
             auth_failures: AtomicU64::new(0),
+            manifests_signed: AtomicU64::new(0),
+            manifest_failures: AtomicU64::new(0),
+            manifest_signed_at_ms: AtomicU64::new(0),
         }
     }
 }
@@ -89,6 +95,18 @@ impl Metrics {
     /// Counts one failed authentication.
     pub fn auth_failure(&self) {
         self.auth_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a manifest this node signed at `at_ms`.
+    pub fn manifest_signed(&self, at_ms: u64) {
+        self.manifests_signed.fetch_add(1, Ordering::Relaxed);
+        self.manifest_signed_at_ms
+            .fetch_max(at_ms, Ordering::Relaxed);
+    }
+
+    /// Counts a manifest that was due and not signed.
+    pub fn manifest_failure(&self) {
+        self.manifest_failures.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts one answered request.
@@ -149,6 +167,32 @@ impl Metrics {
             "selene_kms_auth_failures_total {}",
             self.auth_failures.load(Ordering::Relaxed)
         );
+        let manifests = [
+            (
+                "selene_kms_manifests_signed_total",
+                "counter",
+                "Manifests of the chains' heads this node signed.",
+                self.manifests_signed.load(Ordering::Relaxed),
+            ),
+            (
+                "selene_kms_manifest_failures_total",
+                "counter",
+                "Manifests due and not signed: the store's manifests or chains do not hold, or the store failed (see the log).",
+                self.manifest_failures.load(Ordering::Relaxed),
+            ),
+            (
+                "selene_kms_manifest_signed_at_seconds",
+                "gauge",
+                "When this node last signed a manifest, Unix time (0: not yet).",
+                self.manifest_signed_at_ms.load(Ordering::Relaxed) / 1000,
+            ),
+        ];
+        for (name, kind, help, value) in manifests {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        }
         out.push_str("# HELP selene_kms_request_duration_seconds Request latency by route.\n");
         out.push_str("# TYPE selene_kms_request_duration_seconds histogram\n");
         for class in RouteClass::ALL {

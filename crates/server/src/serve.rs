@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use selene_kms_store::StoreError;
 use selene_kms_store::manifest::Manifester;
 use tokio::sync::Mutex;
 
@@ -73,6 +74,7 @@ pub struct Listening {
     pruner: JoinHandle<()>,
     signer: JoinHandle<()>,
     manifester: Arc<Mutex<Manifester>>,
+    state: Arc<AppState>,
 }
 
 impl Listening {
@@ -86,16 +88,9 @@ impl Listening {
             Err(e) => Err(std::io::Error::other(e)),
         };
         self.signer.abort();
-        let signed = self
-            .manifester
-            .lock()
-            .await
-            .tick(crate::now_ms(), true)
-            .await;
+        let failed = sign_due(&self.manifester, &self.state.metrics, true).await;
         served?;
-        signed
-            .map(drop)
-            .map_err(|e| std::io::Error::other(e.message))
+        failed.map_or(Ok(()), |e| Err(std::io::Error::other(e.message)))
     }
 }
 
@@ -138,7 +133,7 @@ pub async fn serve(engine: Arc<Engine>, options: ServeOptions) -> std::io::Resul
         metrics: Metrics::default(),
         body_limit: options.body_limit,
     });
-    let app = router(state).layer(TimeoutLayer::with_status_code(
+    let app = router(state.clone()).layer(TimeoutLayer::with_status_code(
         StatusCode::REQUEST_TIMEOUT,
         options.request_timeout,
     ));
@@ -186,7 +181,9 @@ pub async fn serve(engine: Arc<Engine>, options: ServeOptions) -> std::io::Resul
         }
     });
     let manifester = Arc::new(Mutex::new(manifester));
-    let signer = tokio::spawn(sign_manifests(manifester.clone()));
+    // The first manifest of this process (a full one) before anything is served.
+    sign_due(&manifester, &state.metrics, false).await;
+    let signer = tokio::spawn(sign_manifests(manifester.clone(), state.clone()));
     tracing::info!(%addr, tls = options.tls.is_some(), "selene-kms serving");
     Ok(Listening {
         addr,
@@ -196,18 +193,39 @@ pub async fn serve(engine: Arc<Engine>, options: ServeOptions) -> std::io::Resul
         pruner,
         signer,
         manifester,
+        state,
     })
 }
 
 /// Signs the store's manifests while serving: each second, a manifest of the chains that
 /// moved (or, after a minute without one, of none).
-async fn sign_manifests(manifester: Arc<Mutex<Manifester>>) {
-    let mut tick = tokio::time::interval(MANIFEST_EVERY);
+async fn sign_manifests(manifester: Arc<Mutex<Manifester>>, state: Arc<AppState>) {
+    let start = tokio::time::Instant::now() + MANIFEST_EVERY;
+    let mut tick = tokio::time::interval_at(start, MANIFEST_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if let Err(e) = manifester.lock().await.tick(crate::now_ms(), false).await {
+        sign_due(&manifester, &state.metrics, false).await;
+    }
+}
+
+/// Signs a manifest if one is due (always with `force`), counting and logging the outcome.
+async fn sign_due(
+    manifester: &Mutex<Manifester>,
+    metrics: &Metrics,
+    force: bool,
+) -> Option<StoreError> {
+    let now = crate::now_ms();
+    match manifester.lock().await.tick(now, force).await {
+        Ok(Some(_)) => {
+            metrics.manifest_signed(now);
+            None
+        }
+        Ok(None) => None,
+        Err(e) => {
+            metrics.manifest_failure();
             tracing::error!(kind = ?e.kind, error = %e.message, "signing a manifest failed");
+            Some(e)
         }
     }
 }

@@ -489,6 +489,13 @@ async fn openapi_metrics_and_health_are_served() {
     assert!(metrics.contains("selene_kms_requests_total{operation=\"GET_HANDLE\",reason_code=\"PH1_KMS_OK_MATERIAL_ISSUE\"} 1"));
     assert!(metrics.contains("selene_kms_request_duration_seconds_bucket{route=\"kms\""));
     assert!(metrics.contains("selene_kms_commit_batch_size_count"));
+    // The server signed its first manifest before it served anything.
+    assert!(metric(&metrics, "selene_kms_manifests_signed_total").is_some_and(|n| n >= 1));
+    assert_eq!(
+        metric(&metrics, "selene_kms_manifest_failures_total"),
+        Some(0)
+    );
+    assert!(metric(&metrics, "selene_kms_manifest_signed_at_seconds").is_some_and(|t| t > 0));
     let ready = s.raw(Method::GET, "/readyz", None, None, Vec::new()).await;
     assert_eq!(ready.status, StatusCode::OK);
     s.stop().await;

@@ -265,7 +265,24 @@ async fn an_audit_chain_cut_or_extended_in_the_database_fails_the_exports_verifi
             seq: u64::try_from(head - 1).expect("seq")
         })
     );
-    // Nor does the server sign a manifest over the cut chain when it stops.
+    // Nor does the server sign a manifest over the cut chain, from its start (counted) to its
+    // stop.
+    let metrics = reqwest::Client::new()
+        .get(format!("http://{}/metrics", listening.addr))
+        .send()
+        .await
+        .expect("sent")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        common::metric(&metrics, "selene_kms_manifest_failures_total").is_some_and(|n| n >= 1),
+        "{metrics}"
+    );
+    assert_eq!(
+        common::metric(&metrics, "selene_kms_manifests_signed_total"),
+        Some(0)
+    );
     let refused = listening
         .shutdown()
         .await

@@ -259,6 +259,12 @@ impl Server {
     }
 }
 
+/// The value of an unlabelled metric in a Prometheus exposition.
+pub(crate) fn metric(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
 pub(crate) fn request(op: &str, key: &str) -> Value {
     json!({
         "correlation_id": "c-1", "turn_id": "t-1", "idempotency_key": key,
