@@ -19,6 +19,7 @@ use crate::principal::PrincipalId;
 use crate::reason::ReasonCode;
 use crate::refs::{RefKind, push_hex, ref_id};
 use crate::request::RequestContext;
+use crate::state::StateChange;
 use crate::wire::{MaterialBundle, Operation, TombstoneTarget, ValidationStatus};
 
 /// The `prev_digest` of a tenant's first record.
@@ -121,6 +122,10 @@ pub struct AuditRecord {
     /// The version a REVOKE of a version revoked (a handle's or credential's version for those).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoked_version: Option<u64>,
+    /// Until when a REVOKE of a handle or credential holds (that ref's expiry); the revoked
+    /// ref's id is in `handle_id` or `credential_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_until_ms: Option<u64>,
     pub prev_digest: String,
     pub digest: String,
     /// HMAC of `digest` under a key only the KMS holds (hex): whoever can write the store but
@@ -177,6 +182,7 @@ impl AuditRecord {
             policy_digest: None,
             revoked_target: bundle.revoked.as_ref().map(|t| t.target),
             revoked_version: bundle.revoked.as_ref().and_then(|t| t.version),
+            revoked_until_ms: None,
             prev_digest: String::new(),
             digest: String::new(),
             mac: None,
@@ -220,10 +226,30 @@ impl AuditRecord {
             policy_digest: None,
             revoked_target: None,
             revoked_version: None,
+            revoked_until_ms: None,
             prev_digest: String::new(),
             digest: String::new(),
             mac: None,
         }
+    }
+
+    /// The record of a committed request that makes `change`: a revocation of one handle or
+    /// credential names the revoked ref's id and until when the revocation holds, so that the
+    /// chain tells which revocations the store must still hold.
+    #[must_use]
+    pub fn making(mut self, change: &StateChange) -> Self {
+        match change {
+            StateChange::RevokeHandle { id, expires_at_ms } => {
+                self.handle_id = Some(id.as_str().to_owned());
+                self.revoked_until_ms = Some(*expires_at_ms);
+            }
+            StateChange::RevokeCredential { id, expires_at_ms } => {
+                self.credential_id = Some(id.as_str().to_owned());
+                self.revoked_until_ms = Some(*expires_at_ms);
+            }
+            _ => {}
+        }
+        self
     }
 
     /// The record as made by `principal`.
@@ -290,6 +316,7 @@ impl AuditRecord {
             self.policy_digest.is_some(),
             self.revoked_target.is_some(),
             self.revoked_version.is_some(),
+            self.revoked_until_ms.is_some(),
         ]
         .contains(&true);
         let added = [
@@ -308,7 +335,8 @@ impl AuditRecord {
         if later {
             e.opt_str(self.policy_digest.as_deref())
                 .opt_str(self.revoked_target.map(TombstoneTarget::name))
-                .opt_u64(self.revoked_version);
+                .opt_u64(self.revoked_version)
+                .opt_u64(self.revoked_until_ms);
         }
         hex(&Sha256::digest(e.as_slice()))
     }

@@ -92,7 +92,7 @@ async fn two_nodes_rotating_one_secret_keep_versions_unique_and_gapless() {
             );
         }
     }
-    let report = verify_tenant(&*b, &t).await.expect("verify");
+    let report = verify_tenant(&*b, &t, NOW_MS).await.expect("verify");
     assert_eq!((report.broken, report.records), (None, n + 1));
 }
 
@@ -211,7 +211,7 @@ async fn principal_changes_from_two_nodes_are_decided_one_after_the_other() {
         }
     }
     assert_eq!(won, 1, "one live principal per name across nodes");
-    let report = verify_tenant(&*a, &TenantId::system())
+    let report = verify_tenant(&*a, &TenantId::system(), NOW_MS)
         .await
         .expect("verify");
     assert_eq!((report.broken, report.records), (None, 1));
@@ -248,7 +248,7 @@ async fn an_idempotency_key_used_on_one_node_is_taken_on_the_other() {
     ];
     outcomes.sort_unstable();
     assert_eq!(outcomes, vec![false, true]);
-    let report = verify_tenant(&*a, &t).await.expect("verify");
+    let report = verify_tenant(&*a, &t, NOW_MS).await.expect("verify");
     assert_eq!(
         (report.broken, report.records),
         (None, 2),
@@ -273,13 +273,13 @@ async fn one_chain_per_tenant_written_by_both_nodes_verifies_across_a_checkpoint
         task.await.expect("task");
     }
     for tn in [&t, &u] {
-        let report = verify_tenant(&*a, tn).await.expect("verify");
+        let report = verify_tenant(&*a, tn, NOW_MS).await.expect("verify");
         assert_eq!(report.broken, None);
         let records = b.audit_records(tn, 0, 100_000).await.expect("read");
         let seqs: Vec<u64> = records.iter().map(|r| r.seq).collect();
         assert_eq!(seqs, (1..=records.len() as u64).collect::<Vec<_>>());
     }
-    let report = verify_tenant(&*b, &t).await.expect("verify");
+    let report = verify_tenant(&*b, &t, NOW_MS).await.expect("verify");
     assert!(report.records > selene_kms_store::CHECKPOINT_EVERY);
     assert_eq!(
         report.checkpoints, 1,
@@ -337,7 +337,10 @@ async fn a_failed_audit_write_refuses_the_commit_and_changes_nothing() {
         .expect("drop trigger");
     rotate(&store, &t, "k").await;
     assert_eq!(
-        verify_tenant(&store, &t).await.expect("verify").broken,
+        verify_tenant(&store, &t, NOW_MS)
+            .await
+            .expect("verify")
+            .broken,
         None
     );
 }
@@ -635,7 +638,7 @@ async fn records_from_before_macs_are_sealed_once_and_never_after_a_manifest() {
         .await
         .expect("the first manifest");
     assert_eq!(store.latest_full_manifest().await, Ok(1));
-    let report = verify_tenant(&*store, &t).await.expect("verify");
+    let report = verify_tenant(&*store, &t, NOW_MS).await.expect("verify");
     assert_eq!((report.broken, report.records), (None, 4));
 
     side.batch_execute("UPDATE audit SET record = (record::jsonb - 'mac')::text WHERE seq = 2")
@@ -648,7 +651,7 @@ async fn records_from_before_macs_are_sealed_once_and_never_after_a_manifest() {
             .map_err(|e| e.kind),
         Err(ErrorKind::Invalid)
     );
-    let report = verify_tenant(&*store, &t).await.expect("verify");
+    let report = verify_tenant(&*store, &t, NOW_MS).await.expect("verify");
     assert_eq!(
         report.broken,
         Some(selene_kms_core::ChainBreak::Unauthenticated { seq: 2 })

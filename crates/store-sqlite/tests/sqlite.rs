@@ -99,7 +99,10 @@ async fn a_failed_audit_write_refuses_the_commit_and_changes_nothing() {
         .await
         .expect("rotation after recovery");
     assert_eq!(
-        verify_tenant(&*store, &t).await.expect("verify").broken,
+        verify_tenant(&*store, &t, NOW_MS)
+            .await
+            .expect("verify")
+            .broken,
         None
     );
 }
@@ -143,13 +146,13 @@ async fn tampering_with_the_file_is_found_at_the_record_it_touched() {
     )
     .expect("alter");
     let store = open_at(&path, [1; 32], false);
-    let report = verify_tenant(&*store, &t).await.expect("verify");
+    let report = verify_tenant(&*store, &t, NOW_MS).await.expect("verify");
     assert_eq!(report.broken, Some(ChainBreak::DigestMismatch { seq: 4 }));
     drop(store);
     side.execute("DELETE FROM audit WHERE seq = 4", [])
         .expect("delete");
     let store = open_at(&path, [1; 32], false);
-    let report = verify_tenant(&*store, &t).await.expect("verify");
+    let report = verify_tenant(&*store, &t, NOW_MS).await.expect("verify");
     assert_eq!(report.broken, Some(ChainBreak::Discontinuity { seq: 4 }));
 }
 
@@ -176,7 +179,7 @@ fn put_back(side: &rusqlite::Connection, tenant: &str, rows: &[(i64, String)]) {
 
 async fn verify_all(path: &Path) -> selene_kms_store::verify::StoreReport {
     let store = open_at(path, [1; 32], false);
-    selene_kms_store::verify::verify_store(&*store, None, &Default::default())
+    selene_kms_store::verify::verify_store(&*store, None, &Default::default(), NOW_MS)
         .await
         .expect("verify")
 }
@@ -269,9 +272,10 @@ async fn whoever_writes_the_file_cannot_forge_cut_or_remove_a_chain_unseen() {
         }
         let refused = signer.tick(NOW_MS + 2, true).await.expect_err("refused");
         assert_eq!(refused.kind, ErrorKind::Corrupt, "{refused:?}");
-        let report = selene_kms_store::verify::verify_store(&*store, None, &Default::default())
-            .await
-            .expect("verify");
+        let report =
+            selene_kms_store::verify::verify_store(&*store, None, &Default::default(), NOW_MS)
+                .await
+                .expect("verify");
         assert_eq!(
             broken_chain(&report, "acme"),
             Some(ChainBreak::Diverges { seq: 6 })
@@ -357,6 +361,20 @@ async fn a_store_that_holds_other_than_its_chain_says_is_named() {
         )
         .await
         .expect("revoke version 1");
+        // A handle revoked until an hour from now.
+        let snap = snapshot(&*store, &t, "k").await;
+        change(
+            &*store,
+            &t,
+            "k",
+            snap.state_version,
+            StateChange::RevokeHandle {
+                id: selene_kms_core::RefId::from_stored("h-1".into()),
+                expires_at_ms: NOW_MS + 3_600_000,
+            },
+        )
+        .await
+        .expect("revoke a handle");
         let doc: selene_kms_core::PolicyDocument = serde_json::from_value(serde_json::json!({
             "rules": [{"secret_names": ["*"], "engines": ["PH1.OS"], "operations": ["ROTATE"]}],
             "admins": ["u-admin"]
@@ -414,6 +432,35 @@ async fn a_store_that_holds_other_than_its_chain_says_is_named() {
         [],
     )
     .expect("restored");
+
+    // A handle's revocation deleted before the handle expires.
+    side.execute("DELETE FROM revoked_refs WHERE tenant_id = 'acme'", [])
+        .expect("deleted");
+    let found = state_differs(&path, "acme").await;
+    assert!(
+        found
+            .as_deref()
+            .is_some_and(|d| d.contains("no longer revoked")),
+        "{found:?}"
+    );
+    {
+        // Put back as the KMS wrote it.
+        let store = open_at(&path, [1; 32], false);
+        let snap = snapshot(&*store, &t, "k").await;
+        change(
+            &*store,
+            &t,
+            "k",
+            snap.state_version,
+            StateChange::RevokeHandle {
+                id: selene_kms_core::RefId::from_stored("h-1".into()),
+                expires_at_ms: NOW_MS + 3_600_000,
+            },
+        )
+        .await
+        .expect("revoked again");
+    }
+    assert!(verify_all(&path).await.holds());
 
     // The policy edited in place.
     side.execute(
@@ -668,7 +715,7 @@ fn acknowledged_rotations_survive_kill_9() {
         for v in &acked {
             assert!(versions.contains(v));
         }
-        let report = verify_tenant(&*store, &t).await.expect("verify");
+        let report = verify_tenant(&*store, &t, NOW_MS).await.expect("verify");
         assert_eq!(report.broken, None);
         assert!(report.records >= acked.len() as u64);
     });

@@ -223,6 +223,7 @@ fn record_of_change(store: &dyn Store, t: &TenantId, n: &str, change: &StateChan
         revoked_version: revoked.and_then(|(_, v)| v),
         ..record(t, action)
     }
+    .making(change)
 }
 
 /// Commits a state change of secret `n` computed from state version `expected`.
@@ -571,7 +572,7 @@ pub async fn audit_chain(store: Arc<dyn Store>) {
         .await
         .expect("a manifest");
     for tn in [&t, &u] {
-        let report = verify_store(&*store, Some(tn), &Default::default())
+        let report = verify_store(&*store, Some(tn), &Default::default(), NOW_MS)
             .await
             .expect("verify");
         assert!(report.holds(), "{report:?}");

@@ -1,11 +1,12 @@
 //! State equals the chain: what a chain's verified records say about its tenant (versions and
-//! revocations of each secret, the policy) or about the principals (on the system chain), and
-//! where the store holds something else: an un-revoked version, an edited policy, a principal
-//! or token put back as it was before its revocation.
+//! revocations of each secret, the policy, revoked handles and credentials) or about the
+//! principals (on the system chain), and where the store holds something else: an un-revoked
+//! version or handle, an edited policy, a principal or token put back as it was before its
+//! revocation.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use selene_kms_core::{AuditAction, AuditRecord, TenantId, TombstoneTarget};
+use selene_kms_core::{AuditAction, AuditRecord, RefId, TenantId, TombstoneTarget};
 
 use crate::error::StoreResult;
 use crate::store::Store;
@@ -38,6 +39,8 @@ pub(crate) struct Told {
     policy_untold: bool,
     secrets: BTreeMap<String, SecretTold>,
     principals: BTreeMap<String, PrincipalTold>,
+    /// Revocations of single handles and credentials: the ref's id, until when, the record.
+    revoked_refs: Vec<(String, u64, u64)>,
     /// Some secret was created under a first-generation ref, which the store has resealed
     /// since: such secrets cannot be matched to their records.
     first_generation_refs: bool,
@@ -80,6 +83,15 @@ impl Told {
             }
             AuditAction::Revoke => {
                 let (target, version) = (r.revoked_target, r.revoked_version);
+                let revoked_ref = match target {
+                    Some(TombstoneTarget::Handle) => r.handle_id.as_ref(),
+                    Some(TombstoneTarget::EphemeralCredential) => r.credential_id.as_ref(),
+                    _ => None,
+                };
+                if let (Some(id), Some(until)) = (revoked_ref, r.revoked_until_ms) {
+                    self.revoked_refs.push((id.clone(), until, r.seq));
+                    return;
+                }
                 if let Some(s) = self.secret(r) {
                     match (target, version) {
                         (Some(TombstoneTarget::Version), Some(v)) => {
@@ -136,6 +148,7 @@ pub(crate) async fn first_difference(
     store: &dyn Store,
     tenant: &TenantId,
     told: &Told,
+    now_ms: u64,
 ) -> StoreResult<Option<String>> {
     if *tenant == TenantId::system() {
         return principals_differ(store, told).await;
@@ -143,7 +156,32 @@ pub(crate) async fn first_difference(
     if let Some(found) = policy_differs(store, tenant, told).await? {
         return Ok(Some(found));
     }
-    secrets_differ(store, tenant, told).await
+    if let Some(found) = secrets_differ(store, tenant, told).await? {
+        return Ok(Some(found));
+    }
+    revocations_differ(store, tenant, told, now_ms).await
+}
+
+/// Every revocation of a handle or credential the chain tells is still held until it expires
+/// (then it may be pruned).
+async fn revocations_differ(
+    store: &dyn Store,
+    tenant: &TenantId,
+    told: &Told,
+    now_ms: u64,
+) -> StoreResult<Option<String>> {
+    for (id, until, seq) in &told.revoked_refs {
+        if *until > now_ms
+            && !store
+                .is_revoked(tenant, &RefId::from_stored(id.clone()))
+                .await?
+        {
+            return Ok(Some(format!(
+                "the handle or credential {id} that record {seq} revoked is no longer revoked"
+            )));
+        }
+    }
+    Ok(None)
 }
 
 async fn policy_differs(

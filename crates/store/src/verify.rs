@@ -42,9 +42,14 @@ impl ChainReport {
     }
 }
 
-/// Verifies one tenant's chain against the store's manifests (see [`verify_store`]).
-pub async fn verify_tenant(store: &dyn Store, tenant: &TenantId) -> StoreResult<ChainReport> {
-    let report = verify_store(store, Some(tenant), &Witnessed::default()).await?;
+/// Verifies one tenant's chain against the store's manifests, at `now_ms` (see
+/// [`verify_store`]).
+pub async fn verify_tenant(
+    store: &dyn Store,
+    tenant: &TenantId,
+    now_ms: u64,
+) -> StoreResult<ChainReport> {
+    let report = verify_store(store, Some(tenant), &Witnessed::default(), now_ms).await?;
     report
         .chains
         .into_iter()
@@ -73,11 +78,13 @@ impl StoreReport {
 /// Verifies a store with its keys: its manifests from the latest full one; every chain (or
 /// `tenant`'s): links, digests, record MACs, stored checkpoints, and every head the manifests
 /// or a witness (`witnessed`) name, including chains that are gone altogether; and that the
-/// store's secrets, versions, policies and principals are what each chain says.
+/// store's secrets, versions, policies, principals and (until they expire, at `now_ms`)
+/// revocations of handles and credentials are what each chain says.
 pub async fn verify_store(
     store: &dyn Store,
     tenant: Option<&TenantId>,
     witnessed: &Witnessed,
+    now_ms: u64,
 ) -> StoreResult<StoreReport> {
     let read = read_manifests(store).await?;
     let chain = read.chain;
@@ -125,7 +132,7 @@ pub async fn verify_store(
     for t in tenants {
         let named = expected.get(t.as_str()).cloned().unwrap_or_default();
         let manifested = chain.heads().get(t.as_str()).map_or(0, |(seq, _)| *seq);
-        chains.push(verify_chain(store, t, named, manifested).await?);
+        chains.push(verify_chain(store, t, named, manifested, now_ms).await?);
     }
     Ok(StoreReport {
         manifests: read.manifests.len() as u64,
@@ -139,6 +146,7 @@ async fn verify_chain(
     tenant: TenantId,
     named: Vec<(u64, String)>,
     manifested: u64,
+    now_ms: u64,
 ) -> StoreResult<ChainReport> {
     let key = store.keys().audit_verifying_key();
     let checkpoints = store.checkpoints(&tenant).await?;
@@ -181,7 +189,7 @@ async fn verify_chain(
         })
     });
     if report.broken.is_none() {
-        report.differs = first_difference(store, &report.tenant, &told).await?;
+        report.differs = first_difference(store, &report.tenant, &told, now_ms).await?;
         let moved = !store
             .audit_records(&report.tenant, after, 1)
             .await?

@@ -9,6 +9,7 @@ use selene_kms_core::audit::{VerifyingKey, parse_public_key};
 use selene_kms_core::export::{ExportChecks, verify_export};
 use selene_kms_core::manifest::Witnessed;
 use selene_kms_core::{AuditRecord, Manifest, TenantId};
+use selene_kms_server::now_ms;
 use selene_kms_store::verify::verify_store;
 
 use selene_kms_backends::StoreLocation;
@@ -301,7 +302,7 @@ async fn verify_offline(
         .transpose()?;
     let key = store.keys().audit_verifying_key();
     let witnessed = witnessed(what.witness.unwrap_or_default(), &key)?;
-    let report = verify_store(&*store, tenant.as_ref(), &witnessed)
+    let report = verify_store(&*store, tenant.as_ref(), &witnessed, now_ms())
         .await
         .map_err(|e| e.message)?;
     if what.json {

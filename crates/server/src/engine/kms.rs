@@ -235,6 +235,7 @@ impl Engine {
             };
             let audit =
                 AuditRecord::for_request(&req.tenant_id, &ctx, &issued.bundle, now_ms, false)
+                    .making(&issued.change)
                     .by(&caller.principal_id);
             let answered = issued.bundle.clone();
             let unit = CommitUnit {

@@ -102,7 +102,7 @@ pub async fn manifests_name_the_chains_that_moved(store: Arc<dyn Store>) {
         vec![("acme".into(), 5), ("beta".into(), 2)]
     );
 
-    let report = verify_store(&*store, None, &Default::default())
+    let report = verify_store(&*store, None, &Default::default(), NOW_MS)
         .await
         .expect("verify");
     assert!(report.holds(), "{report:?}");
@@ -116,7 +116,7 @@ pub async fn a_store_whose_manifests_are_gone_is_not_signed_anew(store: Arc<dyn 
     append_record(&*store, &t).await;
     let refused = Manifester::open(store.clone(), None).await.err();
     assert_eq!(refused.map(|e| e.kind), Some(crate::ErrorKind::Corrupt));
-    let report = verify_store(&*store, None, &Default::default())
+    let report = verify_store(&*store, None, &Default::default(), NOW_MS)
         .await
         .expect("verify");
     assert_eq!(
@@ -163,7 +163,7 @@ pub async fn racing_signers_keep_one_chain_of_manifests(store: Arc<dyn Store>) {
     for m in &all {
         chain.push(m, &key).expect("each follows the one before");
     }
-    let report = verify_store(&*store, None, &Default::default())
+    let report = verify_store(&*store, None, &Default::default(), NOW_MS)
         .await
         .expect("verify");
     assert!(report.holds(), "{report:?}");
