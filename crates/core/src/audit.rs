@@ -116,6 +116,9 @@ pub struct AuditRecord {
     /// Hex SHA-256 of the canonical policy document a SET_POLICY stored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy_digest: Option<String>,
+    /// Hex SHA-256 of the terms a CREATE_SECRET set (see [`crate::state::terms_digest`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terms_digest: Option<String>,
     /// What a REVOKE revoked (its tombstone's target).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoked_target: Option<TombstoneTarget>,
@@ -180,6 +183,7 @@ impl AuditRecord {
             target_principal_id: None,
             target_token_id: None,
             policy_digest: None,
+            terms_digest: None,
             revoked_target: bundle.revoked.as_ref().map(|t| t.target),
             revoked_version: bundle.revoked.as_ref().and_then(|t| t.version),
             revoked_until_ms: None,
@@ -224,6 +228,7 @@ impl AuditRecord {
             target_principal_id: None,
             target_token_id: None,
             policy_digest: None,
+            terms_digest: None,
             revoked_target: None,
             revoked_version: None,
             revoked_until_ms: None,
@@ -317,6 +322,7 @@ impl AuditRecord {
             self.revoked_target.is_some(),
             self.revoked_version.is_some(),
             self.revoked_until_ms.is_some(),
+            self.terms_digest.is_some(),
         ]
         .contains(&true);
         let added = [
@@ -336,7 +342,8 @@ impl AuditRecord {
             e.opt_str(self.policy_digest.as_deref())
                 .opt_str(self.revoked_target.map(TombstoneTarget::name))
                 .opt_u64(self.revoked_version)
-                .opt_u64(self.revoked_until_ms);
+                .opt_u64(self.revoked_until_ms)
+                .opt_str(self.terms_digest.as_deref());
         }
         hex(&Sha256::digest(e.as_slice()))
     }

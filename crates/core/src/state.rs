@@ -114,7 +114,25 @@ pub struct SecretSnapshot {
     pub handle_ttl_ms: u64,
 }
 
+/// Hex SHA-256 of a secret's terms as it was created (its kind, TTL bounds and handle lifetime):
+/// what a CREATE_SECRET record names, so that terms widened in the store show against the chain.
+pub fn terms_digest(kind: SecretKind, ttl: &TtlBounds, handle_ttl_ms: u64) -> String {
+    use sha2::{Digest, Sha256};
+    let mut e = crate::encode::Encoder::with_domain("selene-kms/secret-terms/v1");
+    e.str(kind.name())
+        .u64(ttl.min_ms)
+        .u64(ttl.max_ms)
+        .u64(ttl.default_ms)
+        .u64(handle_ttl_ms);
+    crate::audit::hex(&Sha256::digest(e.as_slice()))
+}
+
 impl SecretSnapshot {
+    /// This secret's [`terms_digest`].
+    pub fn terms_digest(&self) -> String {
+        terms_digest(self.kind, &self.ttl, self.handle_ttl_ms)
+    }
+
     /// The current (highest) version; 0 only for a malformed snapshot.
     pub fn current_version(&self) -> u64 {
         self.versions.len() as u64

@@ -462,6 +462,24 @@ async fn a_store_that_holds_other_than_its_chain_says_is_named() {
     }
     assert!(verify_all(&path).await.holds());
 
+    // A secret's TTL bounds widened in place.
+    side.execute(
+        "UPDATE secrets SET ttl_max_ms = 31536000000 WHERE tenant_id = 'acme'",
+        [],
+    )
+    .expect("widened");
+    let found = state_differs(&path, "acme").await;
+    assert!(
+        found.as_deref().is_some_and(|d| d.contains("TTL bounds")),
+        "{found:?}"
+    );
+    side.execute(
+        "UPDATE secrets SET ttl_max_ms = 3600000 WHERE tenant_id = 'acme'",
+        [],
+    )
+    .expect("restored");
+    assert!(verify_all(&path).await.holds());
+
     // The policy edited in place.
     side.execute(
         "UPDATE tenants SET policy_json = replace(policy_json, 'ROTATE', 'REVOKE')

@@ -18,7 +18,7 @@ use selene_kms_core::audit::GENESIS_DIGEST;
 use selene_kms_core::{
     AuditAction, AuditRecord, KmsRequest, MaterialBundle, Policy, PolicyDocument, ReasonCode,
     RefId, RefKind, SecretKind, SecretMaterial, SecretName, SecretSnapshot, StateChange, TenantId,
-    TombstoneTarget, TtlBounds, VersionState, evaluate, issue, redeem, refs,
+    TombstoneTarget, TtlBounds, VersionState, evaluate, issue, redeem, refs, state::terms_digest,
 };
 
 /// A secret value that must never appear anywhere but in redeemed material.
@@ -169,6 +169,7 @@ pub async fn create(
     kind: SecretKind,
     material: Option<&[u8]>,
 ) -> StoreResult<Receipt> {
+    let (ttl, handle_ttl_ms) = (TtlBounds::DEFAULT, 3_600_000);
     store
         .commit(CommitUnit {
             tenant: t.clone(),
@@ -176,11 +177,12 @@ pub async fn create(
                 name: name(n),
                 kind,
                 material: material.map_or_else(fresh_material, SecretMaterial::from_slice),
-                ttl: TtlBounds::DEFAULT,
-                handle_ttl_ms: 3_600_000,
+                ttl,
+                handle_ttl_ms,
             }),
             audit: AuditRecord {
                 secret_ref: Some(refs::secret_ref(store.keys(), t, &name(n))),
+                terms_digest: Some(terms_digest(kind, &ttl, handle_ttl_ms)),
                 ..record(t, AuditAction::CreateSecret)
             },
             idempotency: None,

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use selene_kms_core::{AuditAction, AuditRecord, RefId, TenantId, TombstoneTarget};
+use selene_kms_core::{AuditAction, AuditRecord, RefId, SecretName, TenantId, TombstoneTarget};
 
 use crate::error::StoreResult;
 use crate::store::Store;
@@ -19,6 +19,8 @@ struct SecretTold {
     /// A REVOKE from a build before records named what they revoked: the revoked set is not
     /// known.
     revocations_untold: bool,
+    /// The terms its creation set (none in records of earlier builds), and that record.
+    terms: Option<(String, u64)>,
     seq: u64,
 }
 
@@ -69,6 +71,7 @@ impl Told {
                         secret_ref.clone(),
                         SecretTold {
                             versions: 1,
+                            terms: r.terms_digest.clone().map(|d| (d, r.seq)),
                             seq: r.seq,
                             ..SecretTold::default()
                         },
@@ -232,6 +235,14 @@ async fn secrets_differ(
                 s.seq, s.versions
             )));
         }
+        if let Some((terms, seq)) = &s.terms
+            && let Some(snapshot) = stored_snapshot(store, tenant, name).await?
+            && snapshot.terms_digest() != *terms
+        {
+            return Ok(Some(format!(
+                "secret {name}: its kind or TTL bounds are not those record {seq} set"
+            )));
+        }
         if s.revocations_untold {
             continue;
         }
@@ -255,6 +266,17 @@ async fn secrets_differ(
             !seen.contains(secret_ref.as_str()) && !secret_ref.starts_with("ksr1_")
         })
         .map(|(_, s)| format!("a secret record {} created is gone", s.seq)))
+}
+
+async fn stored_snapshot(
+    store: &dyn Store,
+    tenant: &TenantId,
+    name: &str,
+) -> StoreResult<Option<std::sync::Arc<selene_kms_core::SecretSnapshot>>> {
+    let Ok(name) = SecretName::try_from(name) else {
+        return Ok(None);
+    };
+    store.secret(tenant, &name).await
 }
 
 async fn principals_differ(store: &dyn Store, told: &Told) -> StoreResult<Option<String>> {

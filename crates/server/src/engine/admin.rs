@@ -4,7 +4,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use selene_kms_core::material::MAX_MATERIAL_LEN;
-use selene_kms_core::state::DEFAULT_HANDLE_TTL_MS;
+use selene_kms_core::state::{DEFAULT_HANDLE_TTL_MS, terms_digest};
 use selene_kms_core::{
     AuditAction, AuditRecord, Diagnostic, Policy, PolicyDocument, Problem, ReasonCode, SecretKind,
     SecretMaterial, SecretName, Subject, TenantId, TtlBounds, refs,
@@ -170,6 +170,7 @@ impl Engine {
         let secret_ref = refs::secret_ref(self.store.keys(), tenant, &name);
         let mut record = audit(caller, tenant, AuditAction::CreateSecret, now_ms);
         record.secret_ref = Some(secret_ref.clone());
+        record.terms_digest = Some(terms_digest(kind, &ttl, handle_ttl_ms));
         let unit = CommitUnit {
             tenant: tenant.clone(),
             change: Change::CreateSecret(NewSecret {
