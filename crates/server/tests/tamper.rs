@@ -35,6 +35,18 @@ async fn reopen(remains: &common::Remains) -> selene_kms_server::Listening {
     .expect("serves")
 }
 
+/// The Prometheus exposition of a running server.
+async fn metrics_of(listening: &selene_kms_server::Listening) -> String {
+    reqwest::Client::new()
+        .get(format!("http://{}/metrics", listening.addr))
+        .send()
+        .await
+        .expect("sent")
+        .text()
+        .await
+        .expect("text")
+}
+
 /// What an attacker can write: a token they choose, stored under verifiers they can compute.
 const FORGED: &str = "skms_attacker-chosen-token-value-0123456789abcdef";
 
@@ -173,14 +185,7 @@ async fn credential_rows_written_edited_or_moved_without_the_root_key_authentica
             "a tampered credential"
         );
     }
-    let metrics = http
-        .get(format!("http://{}/metrics", listening.addr))
-        .send()
-        .await
-        .expect("sent")
-        .text()
-        .await
-        .expect("text");
+    let metrics = metrics_of(&listening).await;
     assert!(
         metrics.contains("selene_kms_auth_failures_total 4"),
         "{metrics}"
@@ -267,14 +272,7 @@ async fn an_audit_chain_cut_or_extended_in_the_database_fails_the_exports_verifi
     );
     // Nor does the server sign a manifest over the cut chain, from its start (counted) to its
     // stop.
-    let metrics = reqwest::Client::new()
-        .get(format!("http://{}/metrics", listening.addr))
-        .send()
-        .await
-        .expect("sent")
-        .text()
-        .await
-        .expect("text");
+    let metrics = metrics_of(&listening).await;
     assert!(
         common::metric(&metrics, "selene_kms_manifest_failures_total").is_some_and(|n| n >= 1),
         "{metrics}"

@@ -205,6 +205,25 @@ async fn state_differs(path: &Path, tenant: &str) -> Option<String> {
         .and_then(|c| c.differs)
 }
 
+/// Runs `tamper` on the file, expects offline verification to name `tenant`'s state as
+/// differing (`expected` in its words), then runs `restore` and expects it to hold again.
+async fn named_then_restored(
+    side: &rusqlite::Connection,
+    path: &Path,
+    (tenant, expected): (&str, &str),
+    tamper: &str,
+    restore: &str,
+) {
+    side.execute_batch(tamper).expect("tampered");
+    let found = state_differs(path, tenant).await;
+    assert!(
+        found.as_deref().is_some_and(|d| d.contains(expected)),
+        "{tamper}: {found:?}"
+    );
+    side.execute_batch(restore).expect("restored");
+    assert!(verify_all(path).await.holds(), "{restore}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whoever_writes_the_file_cannot_forge_cut_or_remove_a_chain_unseen() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -417,21 +436,14 @@ async fn a_store_that_holds_other_than_its_chain_says_is_named() {
     assert!(verify_all(&path).await.holds());
 
     // A revoked version made active again.
-    side.execute(
+    named_then_restored(
+        &side,
+        &path,
+        ("acme", "secret k"),
         "UPDATE versions SET state = 'ACTIVE' WHERE tenant_id = 'acme' AND version = 1",
-        [],
-    )
-    .expect("un-revoked");
-    let found = state_differs(&path, "acme").await;
-    assert!(
-        found.as_deref().is_some_and(|d| d.contains("secret k")),
-        "{found:?}"
-    );
-    side.execute(
         "UPDATE versions SET state = 'REVOKED' WHERE tenant_id = 'acme' AND version = 1",
-        [],
     )
-    .expect("restored");
+    .await;
 
     // A handle's revocation deleted before the handle expires.
     side.execute("DELETE FROM revoked_refs WHERE tenant_id = 'acme'", [])
@@ -463,42 +475,26 @@ async fn a_store_that_holds_other_than_its_chain_says_is_named() {
     assert!(verify_all(&path).await.holds());
 
     // A secret's TTL bounds widened in place.
-    side.execute(
+    named_then_restored(
+        &side,
+        &path,
+        ("acme", "TTL bounds"),
         "UPDATE secrets SET ttl_max_ms = 31536000000 WHERE tenant_id = 'acme'",
-        [],
-    )
-    .expect("widened");
-    let found = state_differs(&path, "acme").await;
-    assert!(
-        found.as_deref().is_some_and(|d| d.contains("TTL bounds")),
-        "{found:?}"
-    );
-    side.execute(
         "UPDATE secrets SET ttl_max_ms = 3600000 WHERE tenant_id = 'acme'",
-        [],
     )
-    .expect("restored");
-    assert!(verify_all(&path).await.holds());
+    .await;
 
     // The policy edited in place.
-    side.execute(
+    named_then_restored(
+        &side,
+        &path,
+        ("acme", "policy"),
         "UPDATE tenants SET policy_json = replace(policy_json, 'ROTATE', 'REVOKE')
          WHERE tenant_id = 'acme'",
-        [],
-    )
-    .expect("edited");
-    let found = state_differs(&path, "acme").await;
-    assert!(
-        found.as_deref().is_some_and(|d| d.contains("policy")),
-        "{found:?}"
-    );
-    side.execute(
         "UPDATE tenants SET policy_json = replace(policy_json, 'REVOKE', 'ROTATE')
          WHERE tenant_id = 'acme'",
-        [],
     )
-    .expect("restored");
-    assert!(verify_all(&path).await.holds());
+    .await;
 
     // The principal's row put back as it was before its revocation: its MAC holds.
     side.execute(
