@@ -317,14 +317,14 @@ impl AuditRecord {
         // part of `prev_digest`.
         // A later group is encoded only with every earlier one before it, so each record has
         // one encoding.
-        let later = [
-            self.policy_digest.is_some(),
-            self.revoked_target.is_some(),
-            self.revoked_version.is_some(),
-            self.revoked_until_ms.is_some(),
-            self.terms_digest.is_some(),
-        ]
-        .contains(&true);
+        let newest = [self.revoked_until_ms.is_some(), self.terms_digest.is_some()].contains(&true);
+        let later = newest
+            || [
+                self.policy_digest.is_some(),
+                self.revoked_target.is_some(),
+                self.revoked_version.is_some(),
+            ]
+            .contains(&true);
         let added = [
             self.principal_id.is_some(),
             self.policy_version.is_some(),
@@ -341,8 +341,10 @@ impl AuditRecord {
         if later {
             e.opt_str(self.policy_digest.as_deref())
                 .opt_str(self.revoked_target.map(TombstoneTarget::name))
-                .opt_u64(self.revoked_version)
-                .opt_u64(self.revoked_until_ms)
+                .opt_u64(self.revoked_version);
+        }
+        if newest {
+            e.opt_u64(self.revoked_until_ms)
                 .opt_str(self.terms_digest.as_deref());
         }
         hex(&Sha256::digest(e.as_slice()))

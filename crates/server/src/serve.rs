@@ -137,11 +137,14 @@ pub async fn serve(engine: Arc<Engine>, options: ServeOptions) -> std::io::Resul
         StatusCode::REQUEST_TIMEOUT,
         options.request_timeout,
     ));
-    // Checked before listening: a store whose manifests do not hold is not served.
+    // Checked before listening: a store whose manifests do not hold is not served. The first
+    // manifest of this process (a full one) is signed before anything is served.
     let manifester = engine
         .manifester(options.witness_file.as_deref())
         .await
         .map_err(|e| std::io::Error::other(e.message))?;
+    let manifester = Arc::new(Mutex::new(manifester));
+    sign_due(&manifester, &state.metrics, false).await;
     let listener = std::net::TcpListener::bind(options.listen)?;
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
@@ -180,9 +183,6 @@ pub async fn serve(engine: Arc<Engine>, options: ServeOptions) -> std::io::Resul
             }
         }
     });
-    let manifester = Arc::new(Mutex::new(manifester));
-    // The first manifest of this process (a full one) before anything is served.
-    sign_due(&manifester, &state.metrics, false).await;
     let signer = tokio::spawn(sign_manifests(manifester.clone(), state.clone()));
     tracing::info!(%addr, tls = options.tls.is_some(), "selene-kms serving");
     Ok(Listening {

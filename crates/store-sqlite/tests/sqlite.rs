@@ -478,7 +478,7 @@ async fn a_store_that_holds_other_than_its_chain_says_is_named() {
     named_then_restored(
         &side,
         &path,
-        ("acme", "TTL bounds"),
+        ("acme", "TTL bounds or handle lifetime"),
         "UPDATE secrets SET ttl_max_ms = 31536000000 WHERE tenant_id = 'acme'",
         "UPDATE secrets SET ttl_max_ms = 3600000 WHERE tenant_id = 'acme'",
     )

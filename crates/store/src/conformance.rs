@@ -18,7 +18,8 @@ use selene_kms_core::audit::GENESIS_DIGEST;
 use selene_kms_core::{
     AuditAction, AuditRecord, KmsRequest, MaterialBundle, Policy, PolicyDocument, ReasonCode,
     RefId, RefKind, SecretKind, SecretMaterial, SecretName, SecretSnapshot, StateChange, TenantId,
-    TombstoneTarget, TtlBounds, VersionState, evaluate, issue, redeem, refs, state::terms_digest,
+    TombstoneTarget, TtlBounds, VersionState, evaluate, issue, redeem, refs,
+    state::{DEFAULT_HANDLE_TTL_MS, terms_digest},
 };
 
 /// A secret value that must never appear anywhere but in redeemed material.
@@ -169,7 +170,7 @@ pub async fn create(
     kind: SecretKind,
     material: Option<&[u8]>,
 ) -> StoreResult<Receipt> {
-    let (ttl, handle_ttl_ms) = (TtlBounds::DEFAULT, 3_600_000);
+    let (ttl, handle_ttl_ms) = (TtlBounds::DEFAULT, DEFAULT_HANDLE_TTL_MS);
     store
         .commit(CommitUnit {
             tenant: t.clone(),

@@ -165,6 +165,10 @@ pub(crate) async fn first_difference(
     revocations_differ(store, tenant, told, now_ms).await
 }
 
+/// How far past a revocation's expiry a verifier looks away from it: servers prune expired
+/// revocations every ten minutes, by their own clocks.
+const PRUNE_MARGIN_MS: u64 = 15 * 60 * 1000;
+
 /// Every revocation of a handle or credential the chain tells is still held until it expires
 /// (then it may be pruned).
 async fn revocations_differ(
@@ -173,14 +177,22 @@ async fn revocations_differ(
     told: &Told,
     now_ms: u64,
 ) -> StoreResult<Option<String>> {
+    // Per ref, the revocation that holds longest.
+    let mut latest: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
     for (id, until, seq) in &told.revoked_refs {
-        if *until > now_ms
-            && !store
-                .is_revoked(tenant, &RefId::from_stored(id.clone()))
-                .await?
-        {
+        let entry = latest.entry(id.as_str()).or_insert((*until, *seq));
+        if *until > entry.0 {
+            *entry = (*until, *seq);
+        }
+    }
+    // One about to expire may be pruned already by a server whose clock is ahead.
+    let due = now_ms.saturating_add(PRUNE_MARGIN_MS);
+    for (id, (until, seq)) in latest {
+        let id = RefId::from_stored(id.to_owned());
+        if until > due && !store.is_revoked(tenant, &id).await? {
             return Ok(Some(format!(
-                "the handle or credential {id} that record {seq} revoked is no longer revoked"
+                "the handle or credential {} that record {seq} revoked is no longer revoked",
+                id.as_str()
             )));
         }
     }
@@ -235,13 +247,14 @@ async fn secrets_differ(
                 s.seq, s.versions
             )));
         }
-        if let Some((terms, seq)) = &s.terms
-            && let Some(snapshot) = stored_snapshot(store, tenant, name).await?
-            && snapshot.terms_digest() != *terms
-        {
-            return Ok(Some(format!(
-                "secret {name}: its kind or TTL bounds are not those record {seq} set"
-            )));
+        if let Some((terms, seq)) = &s.terms {
+            let stored = stored_snapshot(store, tenant, name).await?;
+            if stored.is_none_or(|snapshot| snapshot.terms_digest() != *terms) {
+                return Ok(Some(format!(
+                    "secret {name}: its kind, TTL bounds or handle lifetime are not those \
+                     record {seq} set"
+                )));
+            }
         }
         if s.revocations_untold {
             continue;

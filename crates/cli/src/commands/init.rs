@@ -141,6 +141,7 @@ async fn upgrade(dir: &Path, location: &StoreLocation) -> Result<Upgrade, String
         return Err(refused());
     }
     pin_public_key(dir, &*store)?;
+    mark_record_macs(dir)?;
     // A store adopted from a build before manifests gets its first one.
     Manifester::first(store.clone(), now_ms())
         .await
@@ -181,6 +182,8 @@ pub(crate) async fn init_store(
         }
     };
     pin_public_key(dir, &*store)?;
+    // Marked before the tokens are made: a failure here loses no token shown once.
+    mark_record_macs(dir)?;
     let made = bootstrap(store.clone()).await?;
     Ok((store, made))
 }
@@ -197,7 +200,6 @@ pub(crate) async fn run(config: &Config, args: InitArgs, json: bool) -> Result<E
         }
         Err(e) => return Err(e),
     };
-    mark_record_macs(&dir)?;
     // Pinned by `init_store` or `upgrade`, which checked any file already there.
     let public_key = selene_kms_core::audit::public_key_hex(opened.keys());
     let store = location.describe();

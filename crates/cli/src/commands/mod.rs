@@ -67,9 +67,10 @@ pub(crate) fn mark_record_macs(data_dir: &Path) -> Result<(), String> {
     .map_err(|e| format!("cannot write {}: {e}", mark.display()))
 }
 
-/// Whether the data directory is marked (see [`record_macs_mark`]).
+/// Whether the data directory is marked (see [`record_macs_mark`]); a directory that cannot
+/// be read counts as marked.
 pub(crate) fn record_macs_marked(data_dir: &Path) -> bool {
-    record_macs_mark(data_dir).exists()
+    record_macs_mark(data_dir).try_exists().unwrap_or(true)
 }
 
 /// The data directory from the flag, else the config file.
