@@ -119,6 +119,9 @@ pub struct AuditRecord {
     /// Hex SHA-256 of the terms a CREATE_SECRET set (see [`crate::state::terms_digest`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub terms_digest: Option<String>,
+    /// Whether a committed ROTATE took the staged material (and so left none staged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub took_staged: Option<bool>,
     /// What a REVOKE revoked (its tombstone's target).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoked_target: Option<TombstoneTarget>,
@@ -184,6 +187,7 @@ impl AuditRecord {
             target_token_id: None,
             policy_digest: None,
             terms_digest: None,
+            took_staged: None,
             revoked_target: bundle.revoked.as_ref().map(|t| t.target),
             revoked_version: bundle.revoked.as_ref().and_then(|t| t.version),
             revoked_until_ms: None,
@@ -229,6 +233,7 @@ impl AuditRecord {
             target_token_id: None,
             policy_digest: None,
             terms_digest: None,
+            took_staged: None,
             revoked_target: None,
             revoked_version: None,
             revoked_until_ms: None,
@@ -239,8 +244,9 @@ impl AuditRecord {
     }
 
     /// The record of a committed request that makes `change`: a revocation of one handle or
-    /// credential names the revoked ref's id and until when the revocation holds, so that the
-    /// chain tells which revocations the store must still hold.
+    /// credential names the revoked ref's id and until when the revocation holds, and a
+    /// rotation whether it took the staged material, so that the chain tells which revocations
+    /// and staged material the store must hold.
     #[must_use]
     pub fn making(mut self, change: &StateChange) -> Self {
         match change {
@@ -252,6 +258,7 @@ impl AuditRecord {
                 self.credential_id = Some(id.as_str().to_owned());
                 self.revoked_until_ms = Some(*expires_at_ms);
             }
+            StateChange::Rotate { from_staged, .. } => self.took_staged = Some(*from_staged),
             _ => {}
         }
         self
@@ -317,7 +324,12 @@ impl AuditRecord {
         // part of `prev_digest`.
         // A later group is encoded only with every earlier one before it, so each record has
         // one encoding.
-        let newest = [self.revoked_until_ms.is_some(), self.terms_digest.is_some()].contains(&true);
+        let newest = [
+            self.revoked_until_ms.is_some(),
+            self.terms_digest.is_some(),
+            self.took_staged.is_some(),
+        ]
+        .contains(&true);
         let later = newest
             || [
                 self.policy_digest.is_some(),
@@ -345,7 +357,8 @@ impl AuditRecord {
         }
         if newest {
             e.opt_u64(self.revoked_until_ms)
-                .opt_str(self.terms_digest.as_deref());
+                .opt_str(self.terms_digest.as_deref())
+                .opt_u64(self.took_staged.map(u64::from));
         }
         hex(&Sha256::digest(e.as_slice()))
     }

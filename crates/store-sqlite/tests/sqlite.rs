@@ -195,6 +195,18 @@ fn broken_chain(
         .and_then(|c| c.broken)
 }
 
+/// The sealed staged material of secret `m` of `acme`, as the file holds it now.
+fn store_row_staged(path: &Path) -> Vec<u8> {
+    rusqlite::Connection::open(path)
+        .expect("side")
+        .query_row(
+            "SELECT staged FROM secrets WHERE tenant_id = 'acme' AND secret_name = 'm'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("staged material")
+}
+
 /// Where `tenant`'s state differs from its chain, by a fresh offline verification.
 async fn state_differs(path: &Path, tenant: &str) -> Option<String> {
     let report = verify_all(path).await;
@@ -364,6 +376,7 @@ async fn a_store_that_holds_other_than_its_chain_says_is_named() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("kms.db");
     let t = tenant("acme");
+    let staged_blob;
     {
         let store = open_at(&path, [1; 32], true);
         create(&*store, &t, "k", SecretKind::Generated, None)
@@ -415,6 +428,25 @@ async fn a_store_that_holds_other_than_its_chain_says_is_named() {
         )
         .await
         .expect("principal");
+        // An imported secret whose staged material a rotation took.
+        create(&*store, &t, "m", SecretKind::Imported, Some(b"v1"))
+            .await
+            .expect("create");
+        stage(&*store, &t, "m", b"v2").await.expect("staged");
+        staged_blob = store_row_staged(&path);
+        let snap = snapshot(&*store, &t, "m").await;
+        change(
+            &*store,
+            &t,
+            "m",
+            snap.state_version,
+            StateChange::Rotate {
+                new_version: 2,
+                from_staged: true,
+            },
+        )
+        .await
+        .expect("rotated from staged");
         selene_kms_store::manifest::Manifester::first(store.clone(), NOW_MS)
             .await
             .expect("the first manifest");
@@ -440,8 +472,8 @@ async fn a_store_that_holds_other_than_its_chain_says_is_named() {
         &side,
         &path,
         ("acme", "secret k"),
-        "UPDATE versions SET state = 'ACTIVE' WHERE tenant_id = 'acme' AND version = 1",
-        "UPDATE versions SET state = 'REVOKED' WHERE tenant_id = 'acme' AND version = 1",
+        "UPDATE versions SET state = 'ACTIVE' WHERE tenant_id = 'acme' AND secret_name = 'k' AND version = 1",
+        "UPDATE versions SET state = 'REVOKED' WHERE tenant_id = 'acme' AND secret_name = 'k' AND version = 1",
     )
     .await;
 
@@ -495,6 +527,26 @@ async fn a_store_that_holds_other_than_its_chain_says_is_named() {
          WHERE tenant_id = 'acme'",
     )
     .await;
+
+    // Staged material a rotation took, put back to be taken again.
+    side.execute(
+        "UPDATE secrets SET staged = ?1 WHERE tenant_id = 'acme' AND secret_name = 'm'",
+        [&staged_blob],
+    )
+    .expect("put back");
+    let found = state_differs(&path, "acme").await;
+    assert!(
+        found
+            .as_deref()
+            .is_some_and(|d| d.contains("staged material is there")),
+        "{found:?}"
+    );
+    side.execute(
+        "UPDATE secrets SET staged = NULL WHERE tenant_id = 'acme' AND secret_name = 'm'",
+        [],
+    )
+    .expect("restored");
+    assert!(verify_all(&path).await.holds());
 
     // The principal's row put back as it was before its revocation: its MAC holds.
     side.execute(
@@ -767,7 +819,7 @@ async fn revoking_every_version_covers_one_reactivated_behind_the_store() {
         .expect("revoke v1");
     let side = rusqlite::Connection::open(dir.path().join("kms.db")).expect("side connection");
     side.execute(
-        "UPDATE versions SET state = 'ACTIVE' WHERE tenant_id = 'acme' AND version = 1",
+        "UPDATE versions SET state = 'ACTIVE' WHERE tenant_id = 'acme' AND secret_name = 'k' AND version = 1",
         [],
     )
     .expect("re-activate v1");

@@ -44,19 +44,7 @@ pub async fn store_canaries(store: &dyn Store, t: &TenantId) {
         .await
         .expect("create");
     }
-    store
-        .commit(CommitUnit {
-            tenant: t.clone(),
-            change: Change::StageMaterial {
-                name: name("canary/0"),
-                material: SecretMaterial::from_slice(CANARY),
-            },
-            audit: record(t, AuditAction::StageVersion),
-            idempotency: None,
-            bundle: None,
-        })
-        .await
-        .expect("stage");
+    stage(store, t, "canary/0", CANARY).await.expect("stage");
     store_a_handle(store, t).await;
 }
 
@@ -185,6 +173,30 @@ pub async fn create(
                 secret_ref: Some(refs::secret_ref(store.keys(), t, &name(n))),
                 terms_digest: Some(terms_digest(kind, &ttl, handle_ttl_ms)),
                 ..record(t, AuditAction::CreateSecret)
+            },
+            idempotency: None,
+            bundle: None,
+        })
+        .await
+}
+
+/// Commits staged material for the next rotation of secret `n`.
+pub async fn stage(
+    store: &dyn Store,
+    t: &TenantId,
+    n: &str,
+    material: &[u8],
+) -> StoreResult<Receipt> {
+    store
+        .commit(CommitUnit {
+            tenant: t.clone(),
+            change: Change::StageMaterial {
+                name: name(n),
+                material: SecretMaterial::from_slice(material),
+            },
+            audit: AuditRecord {
+                secret_ref: Some(refs::secret_ref(store.keys(), t, &name(n))),
+                ..record(t, AuditAction::StageVersion)
             },
             idempotency: None,
             bundle: None,
@@ -343,17 +355,7 @@ pub async fn lifecycle(store: Arc<dyn Store>) {
 
     // Staging changes nothing current but advances the state version.
     let staged = b"next-value".as_slice();
-    store
-        .commit(CommitUnit {
-            tenant: t.clone(),
-            change: Change::StageMaterial {
-                name: name("db/password"),
-                material: SecretMaterial::from_slice(staged),
-            },
-            audit: record(&t, AuditAction::StageVersion),
-            idempotency: None,
-            bundle: None,
-        })
+    stage(&*store, &t, "db/password", staged)
         .await
         .expect("stage");
     let snap = snapshot(&*store, &t, "db/password").await;
@@ -379,18 +381,7 @@ pub async fn lifecycle(store: Arc<dyn Store>) {
     assert!(!snap.staged);
     assert_eq!(snap.current_version(), 2);
     // Staging is refused for generated secrets.
-    let refused = store
-        .commit(CommitUnit {
-            tenant: t.clone(),
-            change: Change::StageMaterial {
-                name: name("api/key"),
-                material: SecretMaterial::from_slice(b"x"),
-            },
-            audit: record(&t, AuditAction::StageVersion),
-            idempotency: None,
-            bundle: None,
-        })
-        .await;
+    let refused = stage(&*store, &t, "api/key", b"x").await;
     assert_eq!(refused.map_err(|e| e.kind), Err(ErrorKind::Invalid));
 }
 
@@ -779,19 +770,7 @@ pub async fn staged_material_is_used_once(store: Arc<dyn Store>) {
     create(&*store, &t, "api", SecretKind::Imported, Some(b"v1"))
         .await
         .expect("create");
-    store
-        .commit(CommitUnit {
-            tenant: t.clone(),
-            change: Change::StageMaterial {
-                name: name("api"),
-                material: SecretMaterial::from_slice(CANARY),
-            },
-            audit: record(&t, AuditAction::StageVersion),
-            idempotency: None,
-            bundle: None,
-        })
-        .await
-        .expect("stage");
+    stage(&*store, &t, "api", CANARY).await.expect("stage");
     let staged = snapshot(&*store, &t, "api").await;
     assert!(staged.staged);
     let rotate = |expected| {

@@ -21,6 +21,9 @@ struct SecretTold {
     revocations_untold: bool,
     /// The terms its creation set (none in records of earlier builds), and that record.
     terms: Option<(String, u64)>,
+    /// Whether material is staged, and the record that says so (not known once a rotation of
+    /// an earlier build, which did not say whether it took staged material, came after).
+    staged: Option<(bool, u64)>,
     seq: u64,
 }
 
@@ -72,6 +75,7 @@ impl Told {
                         SecretTold {
                             versions: 1,
                             terms: r.terms_digest.clone().map(|d| (d, r.seq)),
+                            staged: Some((false, r.seq)),
                             seq: r.seq,
                             ..SecretTold::default()
                         },
@@ -82,6 +86,16 @@ impl Told {
                 if let (Some(s), Some(version)) = (self.secret(r), r.rotated_version) {
                     s.versions = s.versions.max(version);
                     s.seq = r.seq;
+                    match r.took_staged {
+                        Some(true) => s.staged = Some((false, r.seq)),
+                        Some(false) => {}
+                        None => s.staged = None,
+                    }
+                }
+            }
+            AuditAction::StageVersion => {
+                if let Some(s) = self.secret(r) {
+                    s.staged = Some((true, r.seq));
                 }
             }
             AuditAction::Revoke => {
@@ -134,10 +148,7 @@ impl Told {
                     told.tokens.values_mut().for_each(|revoked| *revoked = true);
                 }
             }
-            AuditAction::GetHandle
-            | AuditAction::IssueEphemeral
-            | AuditAction::Redeem
-            | AuditAction::StageVersion => {}
+            AuditAction::GetHandle | AuditAction::IssueEphemeral | AuditAction::Redeem => {}
         }
     }
 
@@ -247,14 +258,25 @@ async fn secrets_differ(
                 s.seq, s.versions
             )));
         }
-        if let Some((terms, seq)) = &s.terms {
-            let stored = stored_snapshot(store, tenant, name).await?;
-            if stored.is_none_or(|snapshot| snapshot.terms_digest() != *terms) {
-                return Ok(Some(format!(
-                    "secret {name}: its kind, TTL bounds or handle lifetime are not those \
-                     record {seq} set"
-                )));
-            }
+        let stored = stored_snapshot(store, tenant, name).await?;
+        if let Some((terms, seq)) = &s.terms
+            && stored
+                .as_ref()
+                .is_none_or(|snapshot| snapshot.terms_digest() != *terms)
+        {
+            return Ok(Some(format!(
+                "secret {name}: its kind, TTL bounds or handle lifetime are not those record \
+                 {seq} set"
+            )));
+        }
+        if let (Some((staged, seq)), Some(snapshot)) = (s.staged, &stored)
+            && snapshot.staged != staged
+        {
+            return Ok(Some(format!(
+                "secret {name}: staged material is {}; record {seq} leaves it {}",
+                present_or_not(snapshot.staged),
+                present_or_not(staged)
+            )));
         }
         if s.revocations_untold {
             continue;
@@ -334,6 +356,10 @@ async fn principals_differ(store: &dyn Store, told: &Told) -> StoreResult<Option
         .iter()
         .find(|(id, _)| !stored.contains(id.as_str()))
         .map(|(id, p)| format!("principal {id}, created by record {}, is gone", p.seq)))
+}
+
+const fn present_or_not(staged: bool) -> &'static str {
+    if staged { "there" } else { "not there" }
 }
 
 const fn live_or_revoked(revoked: bool) -> &'static str {
