@@ -35,16 +35,28 @@ async fn reopen(remains: &common::Remains) -> selene_kms_server::Listening {
     .expect("serves")
 }
 
-/// The Prometheus exposition of a running server.
-async fn metrics_of(listening: &selene_kms_server::Listening) -> String {
-    reqwest::Client::new()
-        .get(format!("http://{}/metrics", listening.addr))
+/// The text a running server answers to `GET path`, with `token` as the bearer if given.
+async fn get_text(
+    listening: &selene_kms_server::Listening,
+    path: &str,
+    token: Option<&str>,
+) -> String {
+    let mut request = reqwest::Client::new().get(format!("http://{}{path}", listening.addr));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    request
         .send()
         .await
         .expect("sent")
         .text()
         .await
         .expect("text")
+}
+
+/// The Prometheus exposition of a running server.
+async fn metrics_of(listening: &selene_kms_server::Listening) -> String {
+    get_text(listening, "/metrics", None).await
 }
 
 /// What an attacker can write: a token they choose, stored under verifiers they can compute.
@@ -218,21 +230,6 @@ async fn an_audit_chain_cut_or_extended_in_the_database_fails_the_exports_verifi
             |r| r.get(0),
         )
         .expect("head");
-    let export = |listening: &selene_kms_server::Listening| {
-        let url = format!("http://{}/v1/audit/export?tenant_id=acme", listening.addr);
-        let admin = admin.clone();
-        async move {
-            reqwest::Client::new()
-                .get(url)
-                .bearer_auth(admin)
-                .send()
-                .await
-                .expect("sent")
-                .text()
-                .await
-                .expect("text")
-        }
-    };
 
     let verify_acme = |text: &str, allow_uncovered: bool| {
         let checks = ExportChecks {
@@ -263,7 +260,7 @@ async fn an_audit_chain_cut_or_extended_in_the_database_fails_the_exports_verifi
     )
     .expect("cut");
     let listening = reopen(&remains).await;
-    let text = export(&listening).await;
+    let text = get_text(&listening, "/v1/audit/export?tenant_id=acme", Some(&admin)).await;
     assert_eq!(
         verify_acme(&text, true),
         acme_broken(ChainBreak::Cut {
@@ -307,7 +304,7 @@ async fn an_audit_chain_cut_or_extended_in_the_database_fails_the_exports_verifi
     )
     .expect("appended");
     let listening = reopen(&remains).await;
-    let text = export(&listening).await;
+    let text = get_text(&listening, "/v1/audit/export?tenant_id=acme", Some(&admin)).await;
     assert_eq!(
         verify_acme(&text, false),
         acme_broken(ChainBreak::Unsigned {

@@ -18,7 +18,7 @@ use selene_kms_store::backend::{
     StoredSecret, Writes, head_mac, head_of_row,
 };
 
-use crate::codec::{col, col_u64, to_db, to_db_saturating};
+use crate::codec::{col, col_u64, stored_tenant, to_db, to_db_saturating};
 use crate::keys::{DataKeys, load_data_key, root_is_current};
 use crate::reads::{Fresh, corrupt, secret_row};
 use crate::sql;
@@ -57,7 +57,7 @@ pub(crate) async fn read_committed(
     for row in &rows {
         // Principal changes lock the system chain's row like any tenant's: it is made on first
         // use like theirs, and serializes principal changes across nodes.
-        let tenant = TenantId::chain(col(row, 0, HEADS)?).map_err(|_| corrupt("a tenant id"))?;
+        let tenant = stored_tenant(col(row, 0, HEADS)?)?;
         let head = Head {
             seq: col_u64(row, 1, HEADS)?,
             digest: col(row, 2, HEADS)?,
@@ -142,7 +142,7 @@ async fn read_secrets(
     .await?;
     for row in &rows {
         // The names asked for, so these parse unless the database answers nonsense.
-        let tenant = TenantId::chain(col(row, 10, WHAT)?).map_err(|_| corrupt("a tenant id"))?;
+        let tenant = stored_tenant(col(row, 10, WHAT)?)?;
         let name = SecretName::try_from(col::<String>(row, 11, WHAT)?)
             .map_err(|_| corrupt("a secret name"))?;
         let stored = match secret_row(row) {
@@ -190,7 +190,7 @@ async fn read_taken(
     rows.iter()
         .map(|row| {
             Ok(IdempotencyScope {
-                tenant: TenantId::chain(col(row, 0, WHAT)?).map_err(|_| corrupt("a tenant id"))?,
+                tenant: stored_tenant(col(row, 0, WHAT)?)?,
                 caller: col(row, 1, WHAT)?,
                 key: col(row, 2, WHAT)?,
             })

@@ -6,7 +6,7 @@ use tokio_postgres::Row;
 use tokio_postgres::types::FromSql;
 
 use crate::error::pg_error;
-pub(crate) use selene_kms_store::backend::{from_db, to_db, to_db_saturating};
+pub(crate) use selene_kms_store::backend::{from_db, stored_tenant, to_db, to_db_saturating};
 
 /// Column `index` of `row` as `T`.
 pub(crate) fn col<'a, T: FromSql<'a>>(row: &'a Row, index: usize, what: &str) -> StoreResult<T> {

@@ -3,13 +3,13 @@
 //! records of a store from before record MACs.
 
 use deadpool_postgres::{Client, GenericClient};
-use selene_kms_core::{AuditRecord, ChainHead, Manifest, ManifestKind, ServiceKeys, TenantId};
+use selene_kms_core::{AuditRecord, ChainHead, Manifest, ManifestKind, ServiceKeys};
 use selene_kms_store::backend::{
     ErrorKind, Head, StoreError, StoreResult, from_json, head_mac, head_of_row, sealed_already,
     sealed_from_before_macs,
 };
 
-use crate::codec::{col, col_u64, to_db};
+use crate::codec::{col, col_u64, stored_tenant, to_db};
 use crate::error::pg;
 use crate::sql;
 
@@ -31,8 +31,7 @@ pub(crate) async fn chain_heads(
     .await?;
     rows.iter()
         .map(|row| {
-            let tenant = TenantId::chain(col(row, 0, WHAT)?)
-                .map_err(|_| StoreError::new(ErrorKind::Corrupt, "a tenant id is invalid"))?;
+            let tenant = stored_tenant(col(row, 0, WHAT)?)?;
             let head = Head {
                 seq: col_u64(row, 1, WHAT)?,
                 digest: col::<String>(row, 2, WHAT)?,
@@ -153,8 +152,7 @@ pub(crate) async fn seal_records_from_before_macs(
     )
     .await?;
     for row in &heads {
-        let tenant = TenantId::chain(col(row, 0, WHAT)?)
-            .map_err(|_| StoreError::new(ErrorKind::Corrupt, "a tenant id is invalid"))?;
+        let tenant = stored_tenant(col(row, 0, WHAT)?)?;
         let head = Head {
             seq: col_u64(row, 1, WHAT)?,
             digest: col::<String>(row, 2, WHAT)?,

@@ -12,7 +12,7 @@ use selene_kms_store::backend::{
 };
 use tokio_postgres::Row;
 
-use crate::codec::{col, col_u64, to_db};
+use crate::codec::{col, col_u64, stored_tenant, to_db};
 use crate::sql;
 
 /// A value read with a version check: unchanged since the version the caller holds, or loaded.
@@ -270,7 +270,7 @@ pub(crate) async fn audit_tenants(client: &impl GenericClient) -> StoreResult<Ve
     )
     .await?;
     rows.iter()
-        .map(|row| TenantId::chain(col(row, 0, WHAT)?).map_err(|_| corrupt("a tenant id")))
+        .map(|row| stored_tenant(col(row, 0, WHAT)?))
         .collect()
 }
 

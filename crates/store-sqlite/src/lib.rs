@@ -44,7 +44,8 @@ use selene_kms_store::backend::{
     IdempotencyRecord, IdempotencyScope, PrincipalListing, PrincipalRecord, Receipt, RootKey,
     SecretListing, SharedRoot, Store, StoreError, StoreResult, StoredPolicy, TenantSummary,
     VersionListing, WriteHealth, from_db, from_json, head_of, new_service_secret,
-    open_service_secret, resealed_secret_ref, stored_record, to_db, to_db_saturating,
+    open_service_secret, resealed_secret_ref, stored_record, stored_tenant, to_db,
+    to_db_saturating,
 };
 use writer::{Job, Maintenance, Writer};
 
@@ -628,11 +629,7 @@ impl Store for SqliteStore {
             let rows = stmt
                 .query_map([], |r| r.get::<_, String>(0))
                 .map_err(db_err)?;
-            rows.map(|r| {
-                TenantId::chain(&r.map_err(db_err)?)
-                    .map_err(|_| StoreError::new(ErrorKind::Corrupt, "a tenant id is invalid"))
-            })
-            .collect()
+            rows.map(|r| stored_tenant(&r.map_err(db_err)?)).collect()
         })
     }
 
@@ -726,8 +723,7 @@ impl Store for SqliteStore {
             let mut heads = Vec::new();
             for row in rows {
                 let (tenant, seq, text) = row.map_err(db_err)?;
-                let tenant = TenantId::chain(&tenant)
-                    .map_err(|_| StoreError::new(ErrorKind::Corrupt, "a tenant id is invalid"))?;
+                let tenant = stored_tenant(&tenant)?;
                 let record = stored_record(tenant.as_str(), from_db(seq)?, &text)?;
                 let head = head_of(&self.keys, &tenant, &record)?;
                 heads.push(ChainHead {

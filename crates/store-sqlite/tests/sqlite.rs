@@ -195,6 +195,23 @@ fn broken_chain(
         .and_then(|c| c.broken)
 }
 
+/// Revokes handle `h-1` of secret `k` until an hour after [`NOW_MS`].
+async fn revoke_handle(store: &dyn Store, t: &selene_kms_core::TenantId) {
+    let snap = snapshot(store, t, "k").await;
+    change(
+        store,
+        t,
+        "k",
+        snap.state_version,
+        StateChange::RevokeHandle {
+            id: selene_kms_core::RefId::from_stored("h-1".into()),
+            expires_at_ms: NOW_MS + 3_600_000,
+        },
+    )
+    .await
+    .expect("handle revoked");
+}
+
 /// The sealed staged material of secret `m` of `acme`, as the file holds it now.
 fn store_row_staged(path: &Path) -> Vec<u8> {
     rusqlite::Connection::open(path)
@@ -394,19 +411,7 @@ async fn a_store_that_holds_other_than_its_chain_says_is_named() {
         .await
         .expect("revoke version 1");
         // A handle revoked until an hour from now.
-        let snap = snapshot(&*store, &t, "k").await;
-        change(
-            &*store,
-            &t,
-            "k",
-            snap.state_version,
-            StateChange::RevokeHandle {
-                id: selene_kms_core::RefId::from_stored("h-1".into()),
-                expires_at_ms: NOW_MS + 3_600_000,
-            },
-        )
-        .await
-        .expect("revoke a handle");
+        revoke_handle(&*store, &t).await;
         let doc: selene_kms_core::PolicyDocument = serde_json::from_value(serde_json::json!({
             "rules": [{"secret_names": ["*"], "engines": ["PH1.OS"], "operations": ["ROTATE"]}],
             "admins": ["u-admin"]
@@ -490,19 +495,7 @@ async fn a_store_that_holds_other_than_its_chain_says_is_named() {
     {
         // Put back as the KMS wrote it.
         let store = open_at(&path, [1; 32], false);
-        let snap = snapshot(&*store, &t, "k").await;
-        change(
-            &*store,
-            &t,
-            "k",
-            snap.state_version,
-            StateChange::RevokeHandle {
-                id: selene_kms_core::RefId::from_stored("h-1".into()),
-                expires_at_ms: NOW_MS + 3_600_000,
-            },
-        )
-        .await
-        .expect("revoked again");
+        revoke_handle(&*store, &t).await;
     }
     assert!(verify_all(&path).await.holds());
 

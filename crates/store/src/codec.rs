@@ -21,6 +21,13 @@ pub fn from_db(value: i64) -> StoreResult<u64> {
         .map_err(|_| StoreError::new(ErrorKind::Corrupt, "a stored number is negative"))
 }
 
+/// A tenant (or the system chain) as both databases store its id; one that does not parse is
+/// corrupt.
+pub fn stored_tenant(text: &str) -> StoreResult<selene_kms_core::TenantId> {
+    selene_kms_core::TenantId::chain(text)
+        .map_err(|_| StoreError::new(ErrorKind::Corrupt, "a stored tenant id is invalid"))
+}
+
 /// A value both databases store as JSON text (audit records, checkpoints, manifests); one that
 /// does not parse is corrupt.
 pub fn from_json<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> StoreResult<T> {

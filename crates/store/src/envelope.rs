@@ -230,8 +230,7 @@ pub fn rewrap_all(
         .into_iter()
         .map(|(tenant, wrapped)| {
             // The system chain has a data key too once a principal change stored an answer.
-            let tenant = TenantId::chain(&tenant)
-                .map_err(|_| StoreError::new(ErrorKind::Corrupt, "a tenant id is invalid"))?;
+            let tenant = crate::codec::stored_tenant(&tenant)?;
             let wrapped = old.rewrap(new, &dek_label(&tenant), &wrapped)?;
             Ok((tenant, wrapped))
         })

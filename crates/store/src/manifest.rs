@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use selene_kms_core::manifest::{FULL_EVERY, ManifestBreak, Unsigned};
-use selene_kms_core::{ChainHead, Manifest, ManifestChain, ManifestKind, TenantId};
+use selene_kms_core::{ChainHead, Manifest, ManifestChain, ManifestKind};
 
+use crate::codec::stored_tenant;
 use crate::error::{ErrorKind, StoreError, StoreResult};
 use crate::store::Store;
 
@@ -133,7 +134,8 @@ impl Manifester {
     /// [`Manifester::first`] is for.
     pub async fn open(store: Arc<dyn Store>, witness: Option<&Path>) -> StoreResult<Self> {
         let signer = Self::unchecked(store, witness).await?;
-        if signer.chain.latest_seq() == 0 && !signer.store.chain_heads(false).await?.is_empty() {
+        // (Any chain will do; the first tick reads every head anyway.)
+        if signer.chain.latest_seq() == 0 && !signer.store.audit_tenants().await?.is_empty() {
             return Err(StoreError::new(
                 ErrorKind::Corrupt,
                 "this store holds audit records but no signed manifest: its manifests were \
@@ -232,8 +234,7 @@ impl Manifester {
             if head.seq == *seq {
                 continue;
             }
-            let tenant = TenantId::chain(&head.tenant_id)
-                .map_err(|_| StoreError::new(ErrorKind::Corrupt, "a tenant id is invalid"))?;
+            let tenant = stored_tenant(&head.tenant_id)?;
             let named = self
                 .store
                 .audit_records(&tenant, seq.saturating_sub(1), 1)

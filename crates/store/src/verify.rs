@@ -9,6 +9,7 @@ use selene_kms_core::{
     AuditRecord, ChainBreak, ChainHead, Checkpoint, ExportLine, ManifestKind, TenantId, TenantWalk,
 };
 
+use crate::codec::stored_tenant;
 use crate::error::{ErrorKind, StoreError, StoreResult};
 use crate::manifest::read_manifests;
 use crate::state_check::{Told, first_difference};
@@ -116,10 +117,7 @@ pub async fn verify_store(
             // A tenant the store holds state for must have a chain that tells it.
             all.extend(store.tenants().await?.into_iter().map(|t| t.tenant_id));
             for name in expected.keys() {
-                // A named chain whose tenant id no longer parses is reported as gone.
-                all.insert(TenantId::chain(name).map_err(|_| {
-                    StoreError::new(ErrorKind::Corrupt, "a manifest names an invalid tenant")
-                })?);
+                all.insert(stored_tenant(name)?);
             }
             all
         }
