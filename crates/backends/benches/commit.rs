@@ -44,6 +44,7 @@ async fn rotate(store: &dyn Store, t: &TenantId, n: &SecretName) -> bool {
             audit: AuditRecord::for_action(t, AuditAction::Rotate, ReasonCode::OkMaterialIssue, 0),
             idempotency: None,
             bundle: None,
+            inputs: None,
         })
         .await;
     match result {
@@ -102,6 +103,7 @@ async fn run(store: Arc<dyn Store>, writers: usize, hot: bool, secs: u64) -> (f6
                 ),
                 idempotency: None,
                 bundle: None,
+                inputs: None,
             })
             .await
             .expect("create");

@@ -43,6 +43,7 @@ pub enum AuditAction {
     PrincipalRevoke,
     TokenCreate,
     TokenRevoke,
+    PolicySimulate,
 }
 
 impl AuditAction {
@@ -61,6 +62,7 @@ impl AuditAction {
             Self::PrincipalRevoke => "PRINCIPAL_REVOKE",
             Self::TokenCreate => "TOKEN_CREATE",
             Self::TokenRevoke => "TOKEN_REVOKE",
+            Self::PolicySimulate => "POLICY_SIMULATE",
         }
     }
 }
@@ -132,6 +134,10 @@ pub struct AuditRecord {
     /// ref's id is in `handle_id` or `credential_id`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoked_until_ms: Option<u64>,
+    /// Hex SHA-256 of the answer's bytes, exactly as the caller received them (a KMS request's
+    /// bundle, `audit_seq` included): what a replay of the decision must give again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle_digest: Option<String>,
     pub prev_digest: String,
     pub digest: String,
     /// HMAC of `digest` under a key only the KMS holds (hex): whoever can write the store but
@@ -191,6 +197,7 @@ impl AuditRecord {
             revoked_target: bundle.revoked.as_ref().map(|t| t.target),
             revoked_version: bundle.revoked.as_ref().and_then(|t| t.version),
             revoked_until_ms: None,
+            bundle_digest: None,
             prev_digest: String::new(),
             digest: String::new(),
             mac: None,
@@ -237,6 +244,7 @@ impl AuditRecord {
             revoked_target: None,
             revoked_version: None,
             revoked_until_ms: None,
+            bundle_digest: None,
             prev_digest: String::new(),
             digest: String::new(),
             mac: None,
@@ -261,6 +269,13 @@ impl AuditRecord {
             StateChange::Rotate { from_staged, .. } => self.took_staged = Some(*from_staged),
             _ => {}
         }
+        self
+    }
+
+    /// The record of a decision answered with `bytes`.
+    #[must_use]
+    pub fn answered(mut self, bytes: &[u8]) -> Self {
+        self.bundle_digest = Some(answer_digest(bytes));
         self
     }
 
@@ -324,12 +339,14 @@ impl AuditRecord {
         // part of `prev_digest`.
         // A later group is encoded only with every earlier one before it, so each record has
         // one encoding.
-        let newest = [
-            self.revoked_until_ms.is_some(),
-            self.terms_digest.is_some(),
-            self.took_staged.is_some(),
-        ]
-        .contains(&true);
+        let answered = self.bundle_digest.is_some();
+        let newest = answered
+            || [
+                self.revoked_until_ms.is_some(),
+                self.terms_digest.is_some(),
+                self.took_staged.is_some(),
+            ]
+            .contains(&true);
         let later = newest
             || [
                 self.policy_digest.is_some(),
@@ -360,8 +377,16 @@ impl AuditRecord {
                 .opt_str(self.terms_digest.as_deref())
                 .opt_u64(self.took_staged.map(u64::from));
         }
+        if answered {
+            e.opt_str(self.bundle_digest.as_deref());
+        }
         hex(&Sha256::digest(e.as_slice()))
     }
+}
+
+/// The `bundle_digest` of an answer's bytes.
+pub fn answer_digest(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
 }
 
 /// What a record's MAC is domain-separated by among the store's row MACs.

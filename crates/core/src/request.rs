@@ -97,6 +97,9 @@ pub struct RejectedRequest {
     pub context: RequestContext,
     /// Why it was refused.
     pub refusal: Refusal,
+    /// The request as received, when it parsed: what a replay validates again. Its `Debug`
+    /// form hides refs.
+    pub raw: Option<Box<RawKmsRequest>>,
 }
 
 /// Collects diagnostics while validating, so that every problem is reported at once.
@@ -362,6 +365,7 @@ impl TryFrom<RawKmsRequest> for KmsRequest {
             }),
             (refusal, correlation_id, turn_id, idempotency_key, tenant_id, _, _, engine) => {
                 Err(RejectedRequest {
+                    raw: None,
                     context: RequestContext {
                         correlation_id,
                         turn_id,
@@ -392,8 +396,14 @@ impl KmsRequest {
     /// quote values, so only the fixed diagnostic `body:malformed` comes back.
     pub fn from_json(body: &[u8]) -> Result<Self, RejectedRequest> {
         match serde_json::from_slice::<RawKmsRequest>(body) {
-            Ok(raw) => Self::try_from(raw),
+            // Validation consumes what it parsed: a refused body is parsed again, off the hot
+            // path, to be kept for replay.
+            Ok(raw) => Self::try_from(raw).map_err(|mut rejected| {
+                rejected.raw = serde_json::from_slice(body).ok().map(Box::new);
+                rejected
+            }),
             Err(_) => Err(RejectedRequest {
+                raw: None,
                 context: RequestContext {
                     max_diagnostics: DEFAULT_MAX_DIAGNOSTICS,
                     ..RequestContext::default()
@@ -447,6 +457,48 @@ impl KmsRequest {
             Some(RevokeTarget::Handle(h)) => e.u8(3).str(h),
             Some(RevokeTarget::Credential(c)) => e.u8(4).str(c),
         };
+    }
+
+    /// The request as it would be received: validating it again gives this request back.
+    pub fn to_raw(&self) -> RawKmsRequest {
+        let target = |t: &RevokeTarget| match t {
+            RevokeTarget::Version(v) => RawRevokeTarget {
+                version: Some(*v),
+                ..RawRevokeTarget::default()
+            },
+            RevokeTarget::AllVersions => RawRevokeTarget {
+                all_versions: Some(true),
+                ..RawRevokeTarget::default()
+            },
+            RevokeTarget::Handle(h) => RawRevokeTarget {
+                secret_handle: Some(h.clone()),
+                ..RawRevokeTarget::default()
+            },
+            RevokeTarget::Credential(c) => RawRevokeTarget {
+                ephemeral_credential_ref: Some(c.clone()),
+                ..RawRevokeTarget::default()
+            },
+        };
+        RawKmsRequest {
+            correlation_id: Some(self.correlation_id.to_string()),
+            turn_id: Some(self.turn_id.to_string()),
+            idempotency_key: Some(self.idempotency_key.as_str().to_owned()),
+            tenant_id: Some(self.tenant_id.as_str().to_owned()),
+            operation: Some(self.operation),
+            secret_name: Some(self.secret_name.as_str().to_owned()),
+            requester_engine_id: Some(self.requester.engine.as_str().to_owned()),
+            requester_user_id: self.requester.user.as_ref().map(|u| u.as_str().to_owned()),
+            requested_ttl_ms: self.requested_ttl_ms,
+            previous_version: self.previous_version,
+            revoke_target: self.revoke_target.as_ref().map(target),
+            simulation_id: self.simulation_id.clone(),
+            dry_run: Some(self.dry_run),
+            max_diagnostics: u32::try_from(self.max_diagnostics).ok(),
+            requester_allowlist: self
+                .requester_allowlist
+                .as_ref()
+                .map(|list| list.iter().map(|e| e.as_str().to_owned()).collect()),
+        }
     }
 
     /// What of this request an audit record may show when it is refused.

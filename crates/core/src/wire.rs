@@ -53,7 +53,7 @@ impl Operation {
 /// A KMS request as received. Every field is optional here so that a missing one is reported as
 /// `PH1_KMS_UPSTREAM_INPUT_MISSING` rather than as a parse failure.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[allow(
     missing_docs,

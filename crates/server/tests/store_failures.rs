@@ -130,6 +130,14 @@ impl Store for Faulty {
     ) -> StoreResult<Vec<AuditRecord>> {
         self.inner.audit_records(tenant, after_seq, limit).await
     }
+    async fn kept_records(
+        &self,
+        tenant: &TenantId,
+        after_seq: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<selene_kms_store::KeptRecord>> {
+        self.inner.kept_records(tenant, after_seq, limit).await
+    }
     async fn audit_tenants(&self) -> StoreResult<Vec<TenantId>> {
         self.inner.audit_tenants().await
     }

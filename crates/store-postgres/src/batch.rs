@@ -368,30 +368,34 @@ pub(crate) async fn write(
         )
         .await?;
     }
-    for (rows, sql) in [
-        (
-            &writes.audit,
-            "INSERT INTO audit (tenant_id, seq, record)
-             SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[])",
-        ),
-        (
-            &writes.checkpoints,
-            "INSERT INTO checkpoints (tenant_id, seq, checkpoint)
-             SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[])",
-        ),
-    ] {
-        if rows.is_empty() {
-            continue;
-        }
+    let rows = &writes.audit;
+    if !rows.is_empty() {
         sql::execute(
             client,
-            sql,
+            "INSERT INTO audit (tenant_id, seq, record, inputs)
+             SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bytea[])",
+            &[
+                &column(rows, |r| r.tenant.as_str()),
+                &numbers(rows, |r| r.seq)?,
+                &column(rows, |r| r.json.as_str()),
+                &column(rows, |r| r.inputs.as_deref()),
+            ],
+            "audit write",
+        )
+        .await?;
+    }
+    let rows = &writes.checkpoints;
+    if !rows.is_empty() {
+        sql::execute(
+            client,
+            "INSERT INTO checkpoints (tenant_id, seq, checkpoint)
+             SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[])",
             &[
                 &column(rows, |r| r.tenant.as_str()),
                 &numbers(rows, |r| r.seq)?,
                 &column(rows, |r| r.json.as_str()),
             ],
-            "audit write",
+            "checkpoint write",
         )
         .await?;
     }

@@ -49,8 +49,9 @@ use selene_kms_core::{
 };
 use selene_kms_store::backend::{
     BatchHistogram, CommitUnit, Credential, DataKey, ErrorKind, IdempotencyRecord,
-    IdempotencyScope, PrincipalListing, PrincipalRecord, Receipt, RootKey, SecretListing,
-    SharedRoot, Store, StoreError, StoreResult, StoredPolicy, TenantSummary, WriteHealth,
+    IdempotencyScope, KeptRecord, PrincipalListing, PrincipalRecord, Receipt, RootKey,
+    SecretListing, SharedRoot, Store, StoreError, StoreResult, StoredPolicy, TenantSummary,
+    WriteHealth,
 };
 pub use url::redact;
 use writer::{Job, PolicyCache, SecretCache, Writer};
@@ -278,6 +279,25 @@ impl Store for PostgresStore {
         limit: usize,
     ) -> StoreResult<Vec<AuditRecord>> {
         reads::audit_records(&self.client().await?, tenant, after_seq, limit).await
+    }
+
+    async fn kept_records(
+        &self,
+        tenant: &TenantId,
+        after_seq: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<KeptRecord>> {
+        let client = self.client().await?;
+        let rows = reads::sealed_records(&client, tenant, after_seq, limit).await?;
+        let dek = if rows.iter().any(|(_, sealed)| sealed.is_some()) {
+            self.data_key(&client, tenant).await.ok()
+        } else {
+            None
+        };
+        Ok(rows
+            .into_iter()
+            .map(|(record, sealed)| KeptRecord::open(record, sealed.as_deref(), dek.as_deref()))
+            .collect())
     }
 
     async fn audit_tenants(&self) -> StoreResult<Vec<TenantId>> {

@@ -259,6 +259,35 @@ pub(crate) async fn audit_records(
         .collect()
 }
 
+/// Audit records of a tenant with `seq > after_seq`, each with the inputs sealed beside it.
+pub(crate) async fn sealed_records(
+    client: &impl GenericClient,
+    tenant: &TenantId,
+    after_seq: u64,
+    limit: usize,
+) -> StoreResult<Vec<(AuditRecord, Option<Vec<u8>>)>> {
+    const WHAT: &str = "audit read";
+    let rows = sql::rows(
+        client,
+        "SELECT seq, record, inputs FROM audit WHERE tenant_id = $1 AND seq > $2
+         ORDER BY seq LIMIT $3",
+        &[
+            &tenant.as_str(),
+            &i64::try_from(after_seq).unwrap_or(i64::MAX),
+            &i64::try_from(limit).unwrap_or(i64::MAX),
+        ],
+        WHAT,
+    )
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let record =
+                stored_record(tenant.as_str(), col_u64(row, 0, WHAT)?, col(row, 1, WHAT)?)?;
+            Ok((record, col(row, 2, WHAT)?))
+        })
+        .collect()
+}
+
 /// Every tenant that has an audit chain.
 pub(crate) async fn audit_tenants(client: &impl GenericClient) -> StoreResult<Vec<TenantId>> {
     const WHAT: &str = "tenant listing";

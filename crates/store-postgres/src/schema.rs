@@ -157,6 +157,11 @@ CREATE INDEX manifests_full ON manifests (seq) WHERE is_full;
 -- signs manifests over, only heads the KMS wrote.
 ALTER TABLE tenants ADD COLUMN audit_head_mac BYTEA;
 "#,
+    // What each decision was made from, sealed under the tenant's data key beside its record
+    // (see the core's `replay` module).
+    r#"
+ALTER TABLE audit ADD COLUMN inputs BYTEA;
+"#,
 ];
 
 /// Brings the database to the newest schema; refuses a database from a newer build.

@@ -48,6 +48,7 @@ async fn audit_only(store: &dyn Store, t: &TenantId) -> StoreResult<Receipt> {
             audit: record(t, AuditAction::GetHandle),
             idempotency: None,
             bundle: None,
+            inputs: None,
         })
         .await
 }
@@ -161,6 +162,7 @@ async fn a_revocation_through_one_node_is_seen_by_the_other_at_once() {
             audit: record(&t, AuditAction::SetPolicy),
             idempotency: None,
             bundle: None,
+            inputs: None,
         })
         .await
         .expect("put policy");

@@ -337,8 +337,13 @@ pub(crate) fn write(
     for a in &writes.audit {
         exec(
             conn,
-            "INSERT INTO audit (tenant_id, seq, record) VALUES (?1, ?2, ?3)",
-            (a.tenant.as_str(), to_db(a.seq)?, a.json.as_str()),
+            "INSERT INTO audit (tenant_id, seq, record, inputs) VALUES (?1, ?2, ?3, ?4)",
+            (
+                a.tenant.as_str(),
+                to_db(a.seq)?,
+                a.json.as_str(),
+                a.inputs.as_deref(),
+            ),
             "audit write",
         )?;
     }

@@ -41,9 +41,9 @@ use selene_kms_core::{
 };
 use selene_kms_store::backend::{
     BatchHistogram, CommitUnit, Credential, DataKey, ErrorKind, FIRST_GENERATION_SECRETS,
-    IdempotencyRecord, IdempotencyScope, PrincipalListing, PrincipalRecord, Receipt, RootKey,
-    SecretListing, SharedRoot, Store, StoreError, StoreResult, StoredPolicy, TenantSummary,
-    VersionListing, WriteHealth, from_db, from_json, head_of, new_service_secret,
+    IdempotencyRecord, IdempotencyScope, KeptRecord, PrincipalListing, PrincipalRecord, Receipt,
+    RootKey, SecretListing, SharedRoot, Store, StoreError, StoreResult, StoredPolicy,
+    TenantSummary, VersionListing, WriteHealth, from_db, from_json, head_of, new_service_secret,
     open_service_secret, resealed_secret_ref, stored_record, stored_tenant, to_db,
     to_db_saturating,
 };
@@ -617,6 +617,52 @@ impl Store for SqliteStore {
         })
     }
 
+    async fn kept_records(
+        &self,
+        tenant: &TenantId,
+        after_seq: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<KeptRecord>> {
+        self.read(|c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT seq, record, inputs FROM audit WHERE tenant_id = ?1 AND seq > ?2
+                     ORDER BY seq LIMIT ?3",
+                )
+                .map_err(db_err)?;
+            let rows = stmt
+                .query_map(
+                    (
+                        tenant.as_str(),
+                        to_db_saturating(after_seq),
+                        i64::try_from(limit).unwrap_or(i64::MAX),
+                    ),
+                    |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, Option<Vec<u8>>>(2)?,
+                        ))
+                    },
+                )
+                .map_err(db_err)?;
+            let mut dek = None;
+            rows.map(|r| {
+                let (seq, record, sealed) = r.map_err(db_err)?;
+                let record = stored_record(tenant.as_str(), from_db(seq)?, &record)?;
+                if sealed.is_some() && dek.is_none() {
+                    dek = Some(self.data_key(c, tenant).ok());
+                }
+                Ok(KeptRecord::open(
+                    record,
+                    sealed.as_deref(),
+                    dek.as_ref().and_then(|k| k.as_deref()),
+                ))
+            })
+            .collect()
+        })
+    }
+
     async fn audit_tenants(&self) -> StoreResult<Vec<TenantId>> {
         self.read(|c| {
             let mut stmt = c
@@ -859,6 +905,7 @@ mod tests {
                 ),
                 idempotency: None,
                 bundle: None,
+                inputs: None,
             };
             store.commit(unit).await.map(|r| r.audit_seq)
         })

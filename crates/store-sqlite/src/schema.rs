@@ -177,6 +177,11 @@ CREATE TABLE manifests (
 );
 CREATE INDEX manifests_full ON manifests (seq) WHERE is_full = 1;
 ",
+    // What each decision was made from, sealed under the tenant's data key beside its record
+    // (see the core's `replay` module).
+    r"
+ALTER TABLE audit ADD COLUMN inputs BLOB;
+",
 ];
 
 /// The schema version this build writes.

@@ -314,6 +314,7 @@ async fn whoever_writes_the_file_cannot_forge_cut_or_remove_a_chain_unseen() {
                     audit: record(&t, selene_kms_core::AuditAction::GetHandle),
                     idempotency: None,
                     bundle: None,
+                    inputs: None,
                 })
                 .await
                 .expect("commit");
@@ -424,6 +425,7 @@ async fn a_store_that_holds_other_than_its_chain_says_is_named() {
                 audit: record(&t, selene_kms_core::AuditAction::SetPolicy),
                 idempotency: None,
                 bundle: None,
+                inputs: None,
             })
             .await
             .expect("policy set");

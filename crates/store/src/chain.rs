@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use selene_kms_core::audit::answer_digest;
 use selene_kms_core::{AuditRecord, Checkpoint, Column, MaterialBundle, ServiceKeys, TenantId};
 
 use crate::error::{ErrorKind, StoreError, StoreResult};
@@ -168,7 +169,8 @@ fn encoding(what: &str) -> StoreError {
 }
 
 /// Chains `audit` after `head` (sequence number, previous digest, own digest, MAC), signs a
-/// checkpoint when one is due, and stamps the bundle with the record's sequence number.
+/// checkpoint when one is due, and stamps the bundle with the record's sequence number; the
+/// record names the digest of the bundle's bytes, so that a replay can show it gives them again.
 pub fn chain(
     keys: &ServiceKeys,
     tenant: &TenantId,
@@ -181,6 +183,17 @@ pub fn chain(
         .checked_add(1)
         .filter(|seq| crate::codec::to_db(*seq).is_ok())
         .ok_or_else(|| StoreError::new(ErrorKind::Invalid, "the audit chain is full"))?;
+    let bundle = bundle
+        .map(|mut b| {
+            b.audit_seq = Some(seq);
+            serde_json::to_vec(&b)
+                .map(Arc::from)
+                .map_err(|_| encoding("bundle"))
+        })
+        .transpose()?;
+    if let Some(bytes) = &bundle {
+        audit.bundle_digest = Some(answer_digest(bytes));
+    }
     audit.chain(seq, &head.digest);
     audit.seal(keys);
     let record = serde_json::to_string(&audit).map_err(|_| encoding("audit record"))?;
@@ -190,14 +203,6 @@ pub fn chain(
     } else {
         None
     };
-    let bundle = bundle
-        .map(|mut b| {
-            b.audit_seq = Some(seq);
-            serde_json::to_vec(&b)
-                .map(Arc::from)
-                .map_err(|_| encoding("bundle"))
-        })
-        .transpose()?;
     Ok(Chained {
         head: Head {
             seq,

@@ -18,8 +18,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use selene_kms_core::{
-    Policy, PrincipalId, PrincipalName, SecretKind, SecretMaterial, SecretName, SecretSnapshot,
-    ServiceKeys, SpiffeId, StateChange, TenantId, TokenId, TtlBounds, VersionState, refs,
+    DecisionInputs, Policy, PrincipalId, PrincipalName, SecretKind, SecretMaterial, SecretName,
+    SecretSnapshot, ServiceKeys, SpiffeId, StateChange, TenantId, TokenId, TtlBounds, VersionState,
+    refs,
 };
 
 pub use principals::TokenRow;
@@ -82,7 +83,10 @@ impl Needs {
             needs.tenants.push(tenant.clone());
             if let Some(idem) = &unit.idempotency {
                 needs.idempotency.push(idem.scope.clone());
-                // Its stored answer is sealed under the tenant's data key.
+            }
+            if unit.idempotency.is_some() || unit.inputs.is_some() {
+                // Its stored answer and its decision's inputs are sealed under the tenant's
+                // data key.
                 needs.key_tenants.push(tenant.clone());
             }
             let (name, keyed) = match &unit.change {
@@ -281,6 +285,8 @@ pub struct ChainRow {
     pub seq: u64,
     /// The encoded record, checkpoint or document.
     pub json: String,
+    /// A record's decision inputs, sealed under the tenant's data key.
+    pub inputs: Option<Vec<u8>>,
 }
 
 /// A policy row's new document and version.
@@ -445,6 +451,7 @@ impl Working<'_> {
             audit,
             idempotency,
             bundle,
+            inputs,
         } = unit;
         self.at_ms = audit.at_ms;
         if let Some(idem) = &idempotency
@@ -476,16 +483,19 @@ impl Working<'_> {
         let chained = chain(self.keys, &tenant, &head, audit, bundle)?;
         let answer = match &idempotency {
             Some(idem) => {
-                let dek = match &new_key {
-                    Some((key, _)) => key.clone(),
-                    None => {
-                        let (key, created) = self.data_key(&tenant)?;
-                        new_key = created;
-                        key
-                    }
-                };
+                let dek = self.unit_key(&tenant, &mut new_key)?;
                 let bytes = chained.idempotency_bytes();
                 Some(dek.seal_answer(&idem.scope, &idem.fingerprint, bytes)?)
+            }
+            None => None,
+        };
+        let sealed_inputs = match inputs {
+            Some(mut inputs) => {
+                if let DecisionInputs::Request(request) = &mut inputs {
+                    request.keyed = idempotency.is_some();
+                }
+                let dek = self.unit_key(&tenant, &mut new_key)?;
+                Some(dek.seal_inputs(&tenant, chained.head.seq, &inputs.to_bytes())?)
             }
             None => None,
         };
@@ -510,12 +520,14 @@ impl Working<'_> {
             tenant: tenant.clone(),
             seq,
             json: chained.record,
+            inputs: sealed_inputs,
         });
         if let Some(json) = chained.checkpoint {
             self.writes.checkpoints.push(ChainRow {
                 tenant: tenant.clone(),
                 seq,
                 json,
+                inputs: None,
             });
         }
         self.writes.heads.insert(tenant, chained.head);
@@ -544,6 +556,16 @@ impl Working<'_> {
             return Err(e.clone());
         }
         Ok(self.committed.secrets.get(key))
+    }
+
+    /// The data key a unit seals under: the one it created, or the tenant's (perhaps new).
+    fn unit_key(&self, tenant: &TenantId, new_key: &mut NewKey) -> StoreResult<Arc<DataKey>> {
+        if let Some((key, _)) = new_key {
+            return Ok(key.clone());
+        }
+        let (key, created) = self.data_key(tenant)?;
+        *new_key = created;
+        Ok(key)
     }
 
     /// The tenant's data key, or a new one (with its wrapped form) if it has none.

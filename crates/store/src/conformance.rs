@@ -176,6 +176,7 @@ pub async fn create(
             },
             idempotency: None,
             bundle: None,
+            inputs: None,
         })
         .await
 }
@@ -200,6 +201,7 @@ pub async fn stage(
             },
             idempotency: None,
             bundle: None,
+            inputs: None,
         })
         .await
 }
@@ -269,6 +271,7 @@ pub async fn change(
             audit,
             idempotency: None,
             bundle: None,
+            inputs: None,
         })
         .await
 }
@@ -487,6 +490,7 @@ pub fn keyed_unit(scope: &IdempotencyScope, fp: u8) -> CommitUnit {
             None,
             false,
         )),
+        inputs: None,
     }
 }
 
@@ -553,6 +557,7 @@ pub async fn audit_chain(store: Arc<dyn Store>) {
                     audit: record(&tn, AuditAction::GetHandle),
                     idempotency: None,
                     bundle: None,
+                    inputs: None,
                 })
                 .await
                 .expect("commit")
@@ -641,6 +646,7 @@ pub async fn policies(store: Arc<dyn Store>) {
                 audit: record(&t, AuditAction::SetPolicy),
                 idempotency: None,
                 bundle: None,
+                inputs: None,
             })
             .await
             .expect("put policy");
@@ -819,6 +825,7 @@ pub async fn concurrent_policy_changes_keep_the_last(store: Arc<dyn Store>) {
                         audit: record(&t, AuditAction::SetPolicy),
                         idempotency: None,
                         bundle: None,
+                        inputs: None,
                     })
                     .await
                     .expect("policy set");
@@ -883,6 +890,7 @@ pub async fn host_material_is_checked(store: Arc<dyn Store>) {
                 audit: record(&t, AuditAction::Rotate),
                 idempotency: None,
                 bundle: None,
+                inputs: None,
             })
             .await;
         assert_eq!(refused.map_err(|e| e.kind), Err(ErrorKind::Invalid));

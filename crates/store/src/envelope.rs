@@ -410,7 +410,38 @@ fn answer_aad(scope: &IdempotencyScope, fingerprint: &[u8; 32]) -> Vec<u8> {
     aad
 }
 
+/// Associated data of a decision's kept inputs: they open only beside the record they were
+/// kept for.
+fn inputs_aad(tenant: &TenantId, seq: u64) -> Vec<u8> {
+    let mut aad = b"selene-kms/decision-inputs/v1".to_vec();
+    aad.extend_from_slice(&(tenant.as_str().len() as u32).to_be_bytes());
+    aad.extend_from_slice(tenant.as_str().as_bytes());
+    aad.extend_from_slice(&seq.to_be_bytes());
+    aad
+}
+
 impl DataKey {
+    /// Seals what the decision recorded at `(tenant, seq)` was made from: a request may name a
+    /// handle or credential ref, which must never rest in clear.
+    pub(crate) fn seal_inputs(
+        &self,
+        tenant: &TenantId,
+        seq: u64,
+        inputs: &[u8],
+    ) -> StoreResult<Vec<u8>> {
+        seal(&self.cipher, &inputs_aad(tenant, seq), inputs)
+    }
+
+    /// Opens inputs sealed beside the record at `(tenant, seq)`.
+    pub(crate) fn open_inputs(
+        &self,
+        tenant: &TenantId,
+        seq: u64,
+        sealed: &[u8],
+    ) -> StoreResult<Zeroizing<Vec<u8>>> {
+        open(&self.cipher, &inputs_aad(tenant, seq), sealed)
+    }
+
     /// Seals the answer kept under an idempotency key: it may hold a redeemable handle or
     /// credential ref, which must never rest in clear.
     pub(crate) fn seal_answer(

@@ -16,6 +16,7 @@ mod error;
 mod health;
 pub mod manifest;
 mod model;
+pub mod replay;
 mod resealed;
 mod state_check;
 mod stats;
@@ -32,8 +33,8 @@ pub use error::{ErrorKind, StoreError, StoreResult};
 pub use health::FAILING_FOR;
 pub use model::{
     Change, CommitUnit, Credential, IdempotencyRecord, IdempotencyScope, IdempotencyWrite,
-    NewPrincipal, NewSecret, NewToken, PrincipalListing, PrincipalRecord, Receipt, SecretListing,
-    StoredPolicy, TenantSummary, TokenRecord, VersionListing,
+    KeptRecord, NewPrincipal, NewSecret, NewToken, PrincipalListing, PrincipalRecord, Receipt,
+    SecretListing, StoredPolicy, TenantSummary, TokenRecord, VersionListing,
 };
 pub use stats::{BATCH_BOUNDS, BatchHistogram, MAX_BATCH};
 pub use store::Store;

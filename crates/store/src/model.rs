@@ -4,9 +4,9 @@ use std::fmt;
 use std::sync::Arc;
 
 use selene_kms_core::{
-    AuditRecord, MaterialBundle, Policy, PolicyDocument, PrincipalId, PrincipalName, Role,
-    SecretKind, SecretMaterial, SecretName, SpiffeId, StateChange, TenantId, TenantScope, TokenId,
-    TtlBounds,
+    AuditRecord, DecisionInputs, Kept, MaterialBundle, Policy, PolicyDocument, PrincipalId,
+    PrincipalName, Role, SecretKind, SecretMaterial, SecretName, SpiffeId, StateChange, TenantId,
+    TenantScope, TokenId, TtlBounds,
 };
 
 use crate::envelope::DataKey;
@@ -318,6 +318,8 @@ pub struct CommitUnit {
     pub idempotency: Option<IdempotencyWrite>,
     /// The bundle to answer with; the store sets `audit_seq` and keeps its bytes under the key.
     pub bundle: Option<MaterialBundle>,
+    /// What the decision was made from, kept sealed beside the record.
+    pub inputs: Option<DecisionInputs>,
 }
 
 /// What a commit produced. Its `Debug` form gives the bundle's length, not the bundle, which
@@ -410,5 +412,35 @@ mod tests {
             assert!(!shown.contains("104, 97"), "no raw bytes: {shown}");
             assert!(!shown.contains("handle-bytes"), "{shown}");
         }
+    }
+}
+
+/// An audit record with what was kept beside it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeptRecord {
+    /// The record.
+    pub record: AuditRecord,
+    /// Its decision's inputs, opened.
+    pub kept: Kept,
+}
+
+impl KeptRecord {
+    /// A record read with the inputs sealed beside it, opened under its tenant's data key
+    /// (`None`: the tenant's key does not open). Inputs that do not open or parse are
+    /// [`Kept::Unreadable`]: altered, or moved from another record.
+    pub fn open(record: AuditRecord, sealed: Option<&[u8]>, dek: Option<&DataKey>) -> Self {
+        let kept = match (sealed, dek) {
+            (None, _) => Kept::Nothing,
+            (Some(_), None) => Kept::Unreadable,
+            (Some(sealed), Some(dek)) => match TenantId::try_from(record.tenant_id.as_str()) {
+                Ok(tenant) => dek
+                    .open_inputs(&tenant, record.seq, sealed)
+                    .ok()
+                    .and_then(|plain| DecisionInputs::from_bytes(&plain))
+                    .map_or(Kept::Unreadable, Kept::Inputs),
+                Err(_) => Kept::Unreadable,
+            },
+        };
+        Self { record, kept }
     }
 }

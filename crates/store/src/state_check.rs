@@ -148,7 +148,10 @@ impl Told {
                     told.tokens.values_mut().for_each(|revoked| *revoked = true);
                 }
             }
-            AuditAction::GetHandle | AuditAction::IssueEphemeral | AuditAction::Redeem => {}
+            AuditAction::GetHandle
+            | AuditAction::IssueEphemeral
+            | AuditAction::Redeem
+            | AuditAction::PolicySimulate => {}
         }
     }
 

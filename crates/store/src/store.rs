@@ -12,8 +12,8 @@ use selene_kms_core::{
 use crate::envelope::RootKey;
 use crate::error::StoreResult;
 use crate::model::{
-    CommitUnit, Credential, IdempotencyRecord, IdempotencyScope, PrincipalListing, PrincipalRecord,
-    Receipt, SecretListing, StoredPolicy, TenantSummary,
+    CommitUnit, Credential, IdempotencyRecord, IdempotencyScope, KeptRecord, PrincipalListing,
+    PrincipalRecord, Receipt, SecretListing, StoredPolicy, TenantSummary,
 };
 use crate::stats::BatchHistogram;
 
@@ -69,6 +69,15 @@ pub trait Store: Send + Sync + 'static {
         after_seq: u64,
         limit: usize,
     ) -> StoreResult<Vec<AuditRecord>>;
+
+    /// Audit records of a tenant with `seq > after_seq`, each with the inputs of its decision
+    /// kept beside it, in order, at most `limit`.
+    async fn kept_records(
+        &self,
+        tenant: &TenantId,
+        after_seq: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<KeptRecord>>;
 
     /// Every tenant that has an audit chain.
     async fn audit_tenants(&self) -> StoreResult<Vec<TenantId>>;

@@ -149,18 +149,9 @@ fn not_authorized(problem: Problem) -> Refusal {
     Refusal::new(ReasonCode::NotAuthorized, Subject::Policy, problem)
 }
 
-/// `KMS_ACCESS_EVALUATE`: enablement, authorization (with the admin constraint and the OS
-/// allowlist), then TTL bounds; resolves the opaque `secret_ref`.
-///
-/// The answer to an unauthorized requester is the same whether or not the secret exists: the
-/// snapshot is consulted only after authorization, and only for TTL bounds.
-pub fn evaluate<'r>(
-    request: &'r KmsRequest,
-    policy: Option<&Policy>,
-    secret: Option<&SecretSnapshot>,
-    keys: &ServiceKeys,
-    now_ms: u64,
-) -> Result<AccessGrant<'r>, Refusal> {
+/// Access alone: enablement, then authorization (the OS allowlist, the rules, the admin
+/// constraint). What a policy simulation re-evaluates under a candidate policy.
+pub fn access(request: &KmsRequest, policy: Option<&Policy>) -> Result<(), Refusal> {
     let policy = match policy {
         Some(p) if p.enabled => p,
         _ => {
@@ -191,6 +182,23 @@ pub fn evaluate<'r>(
     {
         return Err(not_authorized(Problem::AdminRequired));
     }
+    Ok(())
+}
+
+/// `KMS_ACCESS_EVALUATE`: enablement, authorization (with the admin constraint and the OS
+/// allowlist), then TTL bounds; resolves the opaque `secret_ref`.
+///
+/// The answer to an unauthorized requester is the same whether or not the secret exists: the
+/// snapshot is consulted only after authorization, and only for TTL bounds.
+pub fn evaluate<'r>(
+    request: &'r KmsRequest,
+    policy: Option<&Policy>,
+    secret: Option<&SecretSnapshot>,
+    keys: &ServiceKeys,
+    now_ms: u64,
+) -> Result<AccessGrant<'r>, Refusal> {
+    access(request, policy)?;
+    let op = request.operation;
     let ttl_ms = if op == Operation::IssueEphemeral {
         let bounds = secret.map_or(TtlBounds::DEFAULT, |s| s.ttl);
         let ttl = request.requested_ttl_ms.unwrap_or(bounds.default_ms);

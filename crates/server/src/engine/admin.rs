@@ -4,10 +4,11 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use selene_kms_core::material::MAX_MATERIAL_LEN;
+use selene_kms_core::replay::{PolicyInputs, SecretTerms};
 use selene_kms_core::state::{DEFAULT_HANDLE_TTL_MS, terms_digest};
 use selene_kms_core::{
-    AuditAction, AuditRecord, Diagnostic, Policy, PolicyDocument, Problem, ReasonCode, SecretKind,
-    SecretMaterial, SecretName, Subject, TenantId, TtlBounds, refs,
+    AuditAction, AuditRecord, DecisionInputs, Diagnostic, Policy, PolicyDocument, Problem,
+    ReasonCode, SecretKind, SecretMaterial, SecretName, Subject, TenantId, TtlBounds, refs,
 };
 use selene_kms_store::{Change, CommitUnit, NewSecret, SecretListing, StoreError};
 use serde::{Deserialize, Serialize};
@@ -183,6 +184,11 @@ impl Engine {
             audit: record,
             idempotency: None,
             bundle: None,
+            inputs: Some(DecisionInputs::Secret(SecretTerms::new(
+                kind,
+                &ttl,
+                handle_ttl_ms,
+            ))),
         };
         self.store.commit(unit).await?;
         Ok(CreatedSecret {
@@ -223,6 +229,7 @@ impl Engine {
             audit: record,
             idempotency: None,
             bundle: None,
+            inputs: None,
         };
         self.store.commit(unit).await?;
         Ok(())
@@ -245,6 +252,9 @@ impl Engine {
             audit: audit(caller, tenant, AuditAction::SetPolicy, now_ms),
             idempotency: None,
             bundle: None,
+            inputs: Some(DecisionInputs::Policy(PolicyInputs {
+                document: policy.document().clone(),
+            })),
         };
         let receipt = self.store.commit(unit).await?;
         // A store numbers every policy it writes; a receipt without a number is a store bug.

@@ -9,9 +9,10 @@
 use std::fmt;
 use std::sync::Arc;
 
+use selene_kms_core::replay::{KeySeen, RequestInputs};
 use selene_kms_core::{
-    AuditRecord, KmsRequest, MaterialBundle, ReasonCode, Refusal, RejectedRequest, RequestContext,
-    StateChange, evaluate, issue,
+    AuditRecord, DecisionInputs, KmsRequest, MaterialBundle, ReasonCode, Refusal, RejectedRequest,
+    RequestContext, StateChange, evaluate, issue,
 };
 use selene_kms_store::{
     Change, CommitUnit, ErrorKind, IdempotencyScope, IdempotencyWrite, Receipt, StoreError,
@@ -119,23 +120,36 @@ impl Engine {
         rejected: RejectedRequest,
         now_ms: u64,
     ) -> KmsAnswer {
-        let RejectedRequest { context, refusal } = rejected;
+        let RejectedRequest {
+            context,
+            refusal,
+            raw,
+        } = rejected;
         if let Some(tenant) = &context.tenant_id
             && let Err(reason) = caller.may_name(tenant)
         {
             return KmsAnswer::bare_refusal(&context, reason);
         }
-        let mut bundle =
+        let bundle =
             refusal.into_bundle(context.operation, context.dry_run, context.max_diagnostics);
-        if let Some(tenant) = &context.tenant_id {
-            let audit = AuditRecord::for_request(tenant, &context, &bundle, now_ms, false)
-                .by(&caller.principal_id);
-            match self.audit_only(tenant, audit).await {
-                Ok(seq) => bundle.audit_seq = Some(seq),
-                Err(e) => return KmsAnswer::store_failure(&context, &e),
-            }
+        let Some(tenant) = &context.tenant_id else {
+            return KmsAnswer::encoded(bundle);
+        };
+        let inputs =
+            raw.map(|raw| DecisionInputs::Request(Box::new(RequestInputs::rejected(*raw))));
+        let unit = || CommitUnit {
+            tenant: tenant.clone(),
+            change: Change::None,
+            audit: AuditRecord::for_request(tenant, &context, &bundle, now_ms, false)
+                .by(&caller.principal_id),
+            idempotency: None,
+            bundle: Some(bundle.clone()),
+            inputs: inputs.clone(),
+        };
+        match self.commit_unchanging(unit).await {
+            Ok(receipt) => KmsAnswer::committed(bundle, receipt),
+            Err(e) => KmsAnswer::store_failure(&context, &e),
         }
-        KmsAnswer::encoded(bundle)
     }
 
     /// Runs one validated KMS request for an authenticated `os` caller. The caller's principal
@@ -165,6 +179,10 @@ impl Engine {
                 Ok(s) => s,
                 Err(e) => return KmsAnswer::store_failure(&ctx, &e),
             };
+            let read = Read {
+                policy_version: policy.as_ref().map(|p| p.version),
+                state_version: secret.as_ref().map(|s| s.state_version),
+            };
             // (3) enablement and (4) access.
             let grant = match evaluate(
                 req,
@@ -177,14 +195,25 @@ impl Engine {
                 Err(refusal) => {
                     // A retry refused again for the same reason gets the stored refusal, byte for
                     // byte; a stored success is never handed to a requester who lost access.
-                    if let Ok(Some(record)) = self.store.idempotency(&scope).await
-                        && record.fingerprint == fingerprint
-                        && stored_reason(&record.bundle_json) == Some(refusal.reason)
-                    {
-                        return self.replay(caller, req, record.bundle_json, now_ms).await;
+                    let mut key = KeySeen::Free;
+                    if let Ok(Some(record)) = self.store.idempotency(&scope).await {
+                        key = if record.fingerprint == fingerprint {
+                            KeySeen::Same
+                        } else {
+                            KeySeen::Other
+                        };
+                        if key == KeySeen::Same
+                            && stored_reason(&record.bundle_json) == Some(refusal.reason)
+                        {
+                            let inputs = read.inputs(req, key);
+                            return self
+                                .replay(caller, req, record.bundle_json, inputs, now_ms)
+                                .await;
+                        }
                     }
+                    let inputs = read.inputs(req, key);
                     return self
-                        .refuse(caller, req, &scope, fingerprint, refusal, now_ms)
+                        .refuse(caller, req, &scope, fingerprint, refusal, inputs, now_ms)
                         .await;
                 }
             };
@@ -193,7 +222,7 @@ impl Engine {
             // their plan is stale once the original commit has landed.
             if check_key
                 && let Some(reply) = self
-                    .answer_from_key(caller, req, &scope, fingerprint, now_ms)
+                    .answer_from_key(caller, req, &scope, fingerprint, &read, now_ms)
                     .await
             {
                 return reply;
@@ -204,13 +233,14 @@ impl Engine {
                 Err(refusal) => {
                     if !check_key
                         && let Some(reply) = self
-                            .answer_from_key(caller, req, &scope, fingerprint, now_ms)
+                            .answer_from_key(caller, req, &scope, fingerprint, &read, now_ms)
                             .await
                     {
                         return reply;
                     }
+                    let inputs = read.inputs(req, KeySeen::Free);
                     return self
-                        .refuse(caller, req, &scope, fingerprint, refusal, now_ms)
+                        .refuse(caller, req, &scope, fingerprint, refusal, inputs, now_ms)
                         .await;
                 }
             };
@@ -247,6 +277,7 @@ impl Engine {
                     fingerprint,
                 }),
                 bundle: Some(issued.bundle),
+                inputs: read.inputs(req, KeySeen::Free),
             };
             match self.store.commit(unit).await {
                 Ok(receipt) => return KmsAnswer::committed(answered, receipt),
@@ -270,12 +301,17 @@ impl Engine {
         req: &KmsRequest,
         scope: &IdempotencyScope,
         fingerprint: [u8; 32],
+        read: &Read,
         now_ms: u64,
     ) -> Option<KmsAnswer> {
         match self.store.idempotency(scope).await {
             Err(e) => Some(KmsAnswer::store_failure(&req.context(), &e)),
             Ok(Some(record)) if record.fingerprint == fingerprint => {
-                Some(self.replay(caller, req, record.bundle_json, now_ms).await)
+                let inputs = read.inputs(req, KeySeen::Same);
+                Some(
+                    self.replay(caller, req, record.bundle_json, inputs, now_ms)
+                        .await,
+                )
             }
             Ok(Some(_)) => {
                 let refusal = Refusal::new(
@@ -283,13 +319,21 @@ impl Engine {
                     selene_kms_core::Subject::IdempotencyKey,
                     selene_kms_core::Problem::Reused,
                 );
-                Some(self.refuse_unstored(caller, req, refusal, now_ms).await)
+                let inputs = read.inputs(req, KeySeen::Other);
+                Some(
+                    self.refuse_unstored(caller, req, refusal, inputs, now_ms)
+                        .await,
+                )
             }
             Ok(None) => None,
         }
     }
 
     /// A refusal after step 2: audited and stored under the key (if the key is still free).
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one decision's parts, each named"
+    )]
     async fn refuse(
         &self,
         caller: &Caller,
@@ -297,6 +341,7 @@ impl Engine {
         scope: &IdempotencyScope,
         fingerprint: [u8; 32],
         refusal: Refusal,
+        inputs: Option<DecisionInputs>,
         now_ms: u64,
     ) -> KmsAnswer {
         let ctx = req.context();
@@ -308,6 +353,7 @@ impl Engine {
                 .by(&caller.principal_id),
             idempotency,
             bundle: Some(bundle.clone()),
+            inputs: inputs.clone(),
         };
         let stored = self
             .commit_unchanging(|| {
@@ -335,27 +381,34 @@ impl Engine {
         caller: &Caller,
         req: &KmsRequest,
         refusal: Refusal,
+        inputs: Option<DecisionInputs>,
         now_ms: u64,
     ) -> KmsAnswer {
         let ctx = req.context();
-        let mut bundle = refusal.into_bundle(Some(req.operation), req.dry_run, req.max_diagnostics);
-        let audit = AuditRecord::for_request(&req.tenant_id, &ctx, &bundle, now_ms, false)
-            .by(&caller.principal_id);
-        match self.audit_only(&req.tenant_id, audit).await {
-            Ok(seq) => {
-                bundle.audit_seq = Some(seq);
-                KmsAnswer::encoded(bundle)
-            }
+        let bundle = refusal.into_bundle(Some(req.operation), req.dry_run, req.max_diagnostics);
+        let unit = || CommitUnit {
+            tenant: req.tenant_id.clone(),
+            change: Change::None,
+            audit: AuditRecord::for_request(&req.tenant_id, &ctx, &bundle, now_ms, false)
+                .by(&caller.principal_id),
+            idempotency: None,
+            bundle: Some(bundle.clone()),
+            inputs: inputs.clone(),
+        };
+        match self.commit_unchanging(unit).await {
+            Ok(receipt) => KmsAnswer::committed(bundle, receipt),
             Err(e) => KmsAnswer::store_failure(&ctx, &e),
         }
     }
 
-    /// The same request again: the stored answer, byte for byte, and a replay record.
+    /// The same request again: the stored answer, byte for byte, and a replay record that
+    /// names its digest.
     async fn replay(
         &self,
         caller: &Caller,
         req: &KmsRequest,
         stored: Arc<[u8]>,
+        inputs: Option<DecisionInputs>,
         now_ms: u64,
     ) -> KmsAnswer {
         let ctx = req.context();
@@ -364,14 +417,34 @@ impl Engine {
             return KmsAnswer::bare_refusal(&ctx, ReasonCode::InternalPipelineError);
         };
         let audit = AuditRecord::for_request(&req.tenant_id, &ctx, &bundle, now_ms, true)
-            .by(&caller.principal_id);
-        if let Err(e) = self.audit_only(&req.tenant_id, audit).await {
+            .by(&caller.principal_id)
+            .answered(&stored);
+        if let Err(e) = self.audit_only(&req.tenant_id, audit, inputs).await {
             return KmsAnswer::store_failure(&ctx, &e);
         }
         KmsAnswer {
             bundle,
             bytes: stored,
         }
+    }
+}
+
+/// What a decision read: kept beside its record, so that a replay reads the same.
+struct Read {
+    policy_version: Option<u64>,
+    state_version: Option<u64>,
+}
+
+impl Read {
+    /// The inputs of `req`'s decision, which found `key` under its idempotency key.
+    fn inputs(&self, req: &KmsRequest, key: KeySeen) -> Option<DecisionInputs> {
+        Some(DecisionInputs::Request(Box::new(RequestInputs {
+            request: req.to_raw(),
+            policy_version: self.policy_version,
+            state_version: self.state_version,
+            key,
+            keyed: false,
+        })))
     }
 }
 

@@ -16,7 +16,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use selene_kms_core::{
-    AuditRecord, PrincipalId, PrincipalName, ReasonCode, Role, TenantId, TenantScope,
+    AuditRecord, DecisionInputs, PrincipalId, PrincipalName, ReasonCode, Role, TenantId,
+    TenantScope,
 };
 use selene_kms_store::manifest::Manifester;
 use selene_kms_store::{
@@ -139,13 +140,19 @@ impl Engine {
     }
 
     /// Commits an audit-only unit (a refusal, a replay, a redemption).
-    async fn audit_only(&self, tenant: &TenantId, audit: AuditRecord) -> StoreResult<u64> {
+    async fn audit_only(
+        &self,
+        tenant: &TenantId,
+        audit: AuditRecord,
+        inputs: Option<DecisionInputs>,
+    ) -> StoreResult<u64> {
         self.commit_unchanging(|| CommitUnit {
             tenant: tenant.clone(),
             change: Change::None,
             audit: audit.clone(),
             idempotency: None,
             bundle: None,
+            inputs: inputs.clone(),
         })
         .await
         .map(|r| r.audit_seq)

@@ -310,6 +310,7 @@ impl Engine {
             ),
             idempotency: None,
             bundle: None,
+            inputs: None,
         })
         .await?;
         Ok(CreatedPrincipal {
@@ -351,6 +352,7 @@ impl Engine {
             ),
             idempotency: None,
             bundle: None,
+            inputs: None,
         })
         .await?;
         Ok(IssuedTokenAnswer {
@@ -387,6 +389,7 @@ impl Engine {
             ),
             idempotency: None,
             bundle: None,
+            inputs: None,
         })
         .await
     }
@@ -413,6 +416,7 @@ impl Engine {
             ),
             idempotency: None,
             bundle: None,
+            inputs: None,
         })
         .await
     }

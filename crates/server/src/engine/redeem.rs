@@ -95,7 +95,7 @@ impl Engine {
             secret.as_deref().map(|s| s.secret_ref.clone()),
         );
         // Not audited, not released.
-        self.audit_only(&req.tenant_id, audit)
+        self.audit_only(&req.tenant_id, audit, None)
             .await
             .map_err(store_refusal)?;
         Ok(Redeemed {
@@ -115,7 +115,7 @@ impl Engine {
         now_ms: u64,
     ) -> Result<Redeemed, Refusal> {
         let audit = record(caller, tenant, opened, kind, refusal.reason, now_ms, None);
-        self.audit_only(tenant, audit)
+        self.audit_only(tenant, audit, None)
             .await
             .map_err(store_refusal)?;
         Err(refusal)

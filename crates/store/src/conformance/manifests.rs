@@ -19,6 +19,7 @@ pub async fn append_record(store: &dyn Store, t: &TenantId) -> u64 {
             audit: record(t, AuditAction::Redeem),
             idempotency: None,
             bundle: None,
+            inputs: None,
         })
         .await
         .expect("commit")

@@ -77,6 +77,7 @@ pub async fn commit_auth(
             audit,
             idempotency: None,
             bundle: None,
+            inputs: None,
         })
         .await
 }
@@ -412,6 +413,7 @@ pub async fn principal_changes_go_to_the_system_chain(store: Arc<dyn Store>) {
             audit: record(&t, AuditAction::PrincipalCreate),
             idempotency: None,
             bundle: None,
+            inputs: None,
         })
         .await;
     assert_eq!(refused.map_err(|e| e.kind), Err(ErrorKind::Invalid));
@@ -445,6 +447,7 @@ pub async fn tenants_are_listed_without_the_system_chain(store: Arc<dyn Store>) 
                     audit: record(t, AuditAction::SetPolicy),
                     idempotency: None,
                     bundle: None,
+                    inputs: None,
                 })
                 .await
                 .expect("put policy");
@@ -458,6 +461,7 @@ pub async fn tenants_are_listed_without_the_system_chain(store: Arc<dyn Store>) 
             audit: record(&chain_only, AuditAction::GetHandle),
             idempotency: None,
             bundle: None,
+            inputs: None,
         })
         .await
         .expect("audit only");
@@ -512,6 +516,7 @@ pub async fn the_system_chain_data_key_survives_a_root_rotation(store: Arc<dyn S
                 fingerprint: [3; 32],
             }),
             bundle: None,
+            inputs: None,
         })
         .await
         .expect("create");

@@ -1,0 +1,123 @@
+//! What a decision was made from: kept beside its audit record, sealed like material, so that
+//! the chain and these inputs alone determine every state the core saw.
+
+use serde::{Deserialize, Serialize};
+
+use crate::policy::PolicyDocument;
+use crate::state::{SecretKind, TtlBounds};
+use crate::wire::RawKmsRequest;
+
+/// The inputs of one audited decision.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum DecisionInputs {
+    /// A KMS request, allowed or refused, schema refusals included.
+    Request(Box<RequestInputs>),
+    /// A SET_POLICY: the document stored.
+    Policy(PolicyInputs),
+    /// A CREATE_SECRET: the secret's terms, never its material.
+    Secret(SecretTerms),
+}
+
+/// What a KMS request's decision read.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestInputs {
+    /// The request as received (a validated one in canonical form).
+    pub request: RawKmsRequest,
+    /// The version of the tenant's policy the decision read; `None`: it had none, or the
+    /// request was refused before any was read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_version: Option<u64>,
+    /// The state version of the secret snapshot the decision read; `None`: no such secret, or
+    /// none was read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_version: Option<u64>,
+    /// What the decision found under its idempotency key.
+    pub key: KeySeen,
+    /// Whether the answer was kept under the key (set by the store as it commits).
+    #[serde(default)]
+    pub keyed: bool,
+}
+
+impl RequestInputs {
+    /// A request refused at schema time: it read nothing.
+    pub fn rejected(request: RawKmsRequest) -> Self {
+        Self {
+            request,
+            policy_version: None,
+            state_version: None,
+            key: KeySeen::Free,
+            keyed: false,
+        }
+    }
+}
+
+/// What a decision found under its idempotency key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeySeen {
+    /// Nothing (or the key was not read: a fresh key needs no read).
+    Free,
+    /// An answer to the same request (same fingerprint).
+    Same,
+    /// An answer to another request.
+    Other,
+}
+
+/// The policy a SET_POLICY stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyInputs {
+    /// The document, as stored.
+    pub document: PolicyDocument,
+}
+
+/// A secret's terms as created.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretTerms {
+    /// `GENERATED` or `IMPORTED`.
+    pub kind: String,
+    /// Shortest ephemeral TTL.
+    pub ttl_min_ms: u64,
+    /// Longest ephemeral TTL.
+    pub ttl_max_ms: u64,
+    /// Default ephemeral TTL.
+    pub ttl_default_ms: u64,
+    /// Lifetime of handles.
+    pub handle_ttl_ms: u64,
+}
+
+impl SecretTerms {
+    /// The terms of a new secret.
+    pub fn new(kind: SecretKind, ttl: &TtlBounds, handle_ttl_ms: u64) -> Self {
+        Self {
+            kind: kind.name().to_owned(),
+            ttl_min_ms: ttl.min_ms,
+            ttl_max_ms: ttl.max_ms,
+            ttl_default_ms: ttl.default_ms,
+            handle_ttl_ms,
+        }
+    }
+
+    /// The kind and bounds, when they make sense.
+    pub fn parts(&self) -> Option<(SecretKind, TtlBounds)> {
+        let kind = SecretKind::from_name(&self.kind)?;
+        let ttl = TtlBounds::new(self.ttl_min_ms, self.ttl_max_ms, self.ttl_default_ms)?;
+        Some((kind, ttl))
+    }
+}
+
+impl DecisionInputs {
+    /// The canonical encoding kept (sealed) beside the record.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        // Plain data with string keys: serialization cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Parses [`DecisionInputs::to_bytes`].
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        serde_json::from_slice(bytes).ok()
+    }
+}

@@ -1,0 +1,326 @@
+//! Replay: every decision of a tenant's chain re-derived from the chain alone (DESIGN.md v2,
+//! "Replay and policy impact").
+//!
+//! [`Replay`] folds a chain's records in order with the inputs kept beside each. For every
+//! record of a KMS request it rebuilds, from the state the chain determines, what the decision
+//! read (the policy version and secret state the inputs name, the answer under the idempotency
+//! key), runs the core again at the record's time, and compares the record the host would have
+//! written, answer digest included, with the one the chain holds. Every other record is folded
+//! into the state. The host's idempotency rules are mirrored here: a same request under a used
+//! key gets the kept answer, another request a conflict.
+
+mod history;
+mod impact;
+pub mod inputs;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::audit::{AuditAction, AuditRecord, answer_digest};
+use crate::ids::TenantId;
+use crate::keys::ServiceKeys;
+use crate::pipeline::issue;
+use crate::policy::evaluate;
+use crate::reason::ReasonCode;
+use crate::refs;
+use crate::refusal::Refusal;
+use crate::request::KmsRequest;
+use crate::state::StateChange;
+use crate::wire::MaterialBundle;
+use crate::{Problem, Subject};
+
+use history::{ChainState, KeptAnswer, Unreplayable};
+pub use impact::{Access, Impact, ImpactChange, MAX_IMPACT_CHANGES, PolicyImpact};
+pub use inputs::{DecisionInputs, KeySeen, PolicyInputs, RequestInputs, SecretTerms};
+
+/// What a store kept beside one record.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Kept {
+    /// Nothing (a record of an earlier build, or of an action that reads nothing).
+    Nothing,
+    /// The inputs, opened.
+    Inputs(DecisionInputs),
+    /// Something that does not open or parse: altered, or moved from another record.
+    Unreadable,
+}
+
+impl Kept {
+    fn inputs(&self) -> Option<&DecisionInputs> {
+        match self {
+            Self::Inputs(i) => Some(i),
+            _ => None,
+        }
+    }
+}
+
+/// The first decision that did not replay.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Difference {
+    /// Its record's place in the chain.
+    pub seq: u64,
+    /// The record as the chain holds it (chain fields aside).
+    pub recorded: Value,
+    /// The record the decision gives again, or `null` when it cannot be re-run.
+    pub replayed: Value,
+    /// What differs, or why the decision cannot be re-run.
+    pub why: String,
+}
+
+/// The answer of a replay.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ReplayReport {
+    /// The tenant.
+    pub tenant_id: String,
+    /// Records of the chain after `after_seq`.
+    pub records: u64,
+    /// Of those, records of KMS requests.
+    pub decisions: u64,
+    /// Decisions that gave the recorded record again, byte for byte.
+    pub matched: u64,
+    /// Decisions that did not.
+    pub differ: u64,
+    /// The first of those.
+    pub first_difference: Option<Difference>,
+}
+
+/// A replay of one tenant's chain, fed its records in order.
+pub struct Replay<'k> {
+    keys: &'k ServiceKeys,
+    tenant: TenantId,
+    after_seq: u64,
+    state: ChainState,
+    report: ReplayReport,
+}
+
+/// Whether a record is one of a KMS request (allowed, refused or replayed; a request refused
+/// before its operation validated names none).
+pub fn is_request(record: &AuditRecord) -> bool {
+    matches!(
+        record.operation,
+        None | Some(
+            AuditAction::GetHandle
+                | AuditAction::IssueEphemeral
+                | AuditAction::Rotate
+                | AuditAction::Revoke
+        )
+    )
+}
+
+impl<'k> Replay<'k> {
+    /// A replay of `tenant`'s chain that compares the decisions after `after_seq` (every
+    /// record is folded into the state).
+    pub fn new(keys: &'k ServiceKeys, tenant: TenantId, after_seq: u64) -> Self {
+        let report = ReplayReport {
+            tenant_id: tenant.as_str().to_owned(),
+            records: 0,
+            decisions: 0,
+            matched: 0,
+            differ: 0,
+            first_difference: None,
+        };
+        Self {
+            keys,
+            tenant,
+            after_seq,
+            state: ChainState::default(),
+            report,
+        }
+    }
+
+    /// Folds the next record of the chain and what was kept beside it.
+    pub fn push(&mut self, record: &AuditRecord, kept: &Kept) {
+        let counted = record.seq > self.after_seq;
+        if counted {
+            self.report.records += 1;
+        }
+        if is_request(record) {
+            let replayed = self.decide(record, kept).map(|mut again| {
+                // Who asked is an input, as the record names it.
+                again.principal_id.clone_from(&record.principal_id);
+                again
+            });
+            if counted {
+                self.report.decisions += 1;
+                self.compare(record, replayed);
+            }
+        }
+        self.state.fold(record, kept.inputs());
+    }
+
+    /// The report so far.
+    pub fn report(&self) -> &ReplayReport {
+        &self.report
+    }
+
+    /// The report.
+    pub fn finish(self) -> ReplayReport {
+        self.report
+    }
+
+    fn compare(&mut self, recorded: &AuditRecord, replayed: Result<AuditRecord, Unreplayable>) {
+        let (again, why) = match replayed {
+            Ok(mut again) => {
+                again.seq = recorded.seq;
+                again.prev_digest.clone_from(&recorded.prev_digest);
+                again.digest.clone_from(&recorded.digest);
+                again.mac.clone_from(&recorded.mac);
+                if again == *recorded {
+                    self.report.matched += 1;
+                    return;
+                }
+                let again = view(&again);
+                let why = differing_fields(&view(recorded), &again);
+                (again, why)
+            }
+            Err(why) => (Value::Null, why.to_owned()),
+        };
+        self.report.differ += 1;
+        if self.report.first_difference.is_none() {
+            self.report.first_difference = Some(Difference {
+                seq: recorded.seq,
+                recorded: view(recorded),
+                replayed: again,
+                why,
+            });
+        }
+    }
+
+    /// The record the decision gives again.
+    fn decide(&mut self, record: &AuditRecord, kept: &Kept) -> Result<AuditRecord, Unreplayable> {
+        let inputs = match kept {
+            Kept::Inputs(DecisionInputs::Request(inputs)) => inputs,
+            Kept::Inputs(_) => {
+                return Err("the inputs kept beside this record are not a request's");
+            }
+            Kept::Nothing => return Err("no decision inputs were kept beside this record"),
+            Kept::Unreadable => return Err("the inputs kept beside this record do not open"),
+        };
+        let principal = record.principal_id.as_deref().unwrap_or_default();
+        let seq = record.seq;
+        let at_ms = record.at_ms;
+        let req = match KmsRequest::try_from(inputs.request.clone()) {
+            Ok(req) => req,
+            Err(rejected) => {
+                let ctx = rejected.context;
+                let bundle =
+                    rejected
+                        .refusal
+                        .into_bundle(ctx.operation, ctx.dry_run, ctx.max_diagnostics);
+                let bytes = answer_bytes(bundle.clone(), seq);
+                return Ok(
+                    AuditRecord::for_request(&self.tenant, &ctx, &bundle, at_ms, false)
+                        .answered(&bytes),
+                );
+            }
+        };
+        if req.tenant_id != self.tenant {
+            return Err("the kept request names another tenant");
+        }
+        let policy = self.state.policies.at(inputs.policy_version)?;
+        let secret_ref = refs::secret_ref(self.keys, &self.tenant, &req.secret_name);
+        let secret = self.state.secret(&secret_ref, inputs.state_version)?;
+        let fingerprint = req.fingerprint();
+        let kept_answer = self.state.answer(principal, req.idempotency_key.as_str());
+        let same = match (inputs.key, &kept_answer) {
+            (KeySeen::Free, _) => None,
+            (KeySeen::Same, Some(a)) if a.fingerprint == fingerprint => Some(a.clone()),
+            (KeySeen::Other, Some(a)) if a.fingerprint != fingerprint => None,
+            _ => {
+                return Err(
+                    "the decision found under its idempotency key what the chain does not hold",
+                );
+            }
+        };
+        let ctx = req.context();
+        let refused = |refusal: Refusal| {
+            refusal.into_bundle(Some(req.operation), req.dry_run, req.max_diagnostics)
+        };
+        let (bundle, change) =
+            match evaluate(&req, policy.as_deref(), secret.as_deref(), self.keys, at_ms) {
+                Err(refusal) => match same {
+                    Some(a) if a.bundle.reason_code == refusal.reason => {
+                        return Ok(replayed(&self.tenant, &ctx, &a, at_ms));
+                    }
+                    _ => (refused(refusal), StateChange::None),
+                },
+                Ok(grant) => match (inputs.key, same) {
+                    (_, Some(a)) => return Ok(replayed(&self.tenant, &ctx, &a, at_ms)),
+                    (KeySeen::Other, None) => {
+                        let conflict = Refusal::new(
+                            ReasonCode::IdempotencyConflict,
+                            Subject::IdempotencyKey,
+                            Problem::Reused,
+                        );
+                        (refused(conflict), StateChange::None)
+                    }
+                    _ => match issue(grant, secret.as_deref(), self.keys) {
+                        Ok(issued) => (issued.bundle, issued.change),
+                        Err(refusal) => (refused(refusal), StateChange::None),
+                    },
+                },
+            };
+        let bytes = answer_bytes(bundle.clone(), seq);
+        let again = AuditRecord::for_request(&self.tenant, &ctx, &bundle, at_ms, false)
+            .making(&change)
+            .answered(&bytes);
+        if inputs.keyed {
+            let mut kept = bundle;
+            kept.audit_seq = Some(seq);
+            self.state.keep(
+                principal,
+                req.idempotency_key.as_str(),
+                KeptAnswer {
+                    fingerprint,
+                    bundle: kept,
+                    digest: answer_digest(&bytes),
+                },
+            );
+        }
+        Ok(again)
+    }
+}
+
+/// The record of an idempotent replay: the kept answer, byte for byte.
+fn replayed(
+    tenant: &TenantId,
+    ctx: &crate::request::RequestContext,
+    answer: &KeptAnswer,
+    at_ms: u64,
+) -> AuditRecord {
+    let mut record = AuditRecord::for_request(tenant, ctx, &answer.bundle, at_ms, true);
+    record.bundle_digest = Some(answer.digest.clone());
+    record
+}
+
+/// An answer's bytes as the store keeps and the caller receives them.
+fn answer_bytes(mut bundle: MaterialBundle, seq: u64) -> Vec<u8> {
+    bundle.audit_seq = Some(seq);
+    serde_json::to_vec(&bundle).unwrap_or_default()
+}
+
+/// A record as shown in a difference: every field but the chain's own.
+fn view(record: &AuditRecord) -> Value {
+    let mut value = serde_json::to_value(record).unwrap_or(Value::Null);
+    if let Value::Object(map) = &mut value {
+        for chain_field in ["prev_digest", "digest", "mac"] {
+            map.remove(chain_field);
+        }
+    }
+    value
+}
+
+/// The names of the fields two records' views differ in.
+fn differing_fields(recorded: &Value, replayed: &Value) -> String {
+    let (Value::Object(a), Value::Object(b)) = (recorded, replayed) else {
+        return "the records differ".to_owned();
+    };
+    let mut names: Vec<&str> = a
+        .iter()
+        .filter(|(k, v)| b.get(*k) != Some(*v))
+        .map(|(k, _)| k.as_str())
+        .chain(b.keys().filter(|k| !a.contains_key(*k)).map(String::as_str))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    format!("the replayed record differs in: {}", names.join(", "))
+}
