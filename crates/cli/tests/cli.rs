@@ -110,6 +110,8 @@ fn every_command_has_help_with_examples() {
         vec!["audit", "verify", "--help"],
         vec!["audit", "export", "--help"],
         vec!["audit", "tail", "--help"],
+        vec!["audit", "replay", "--help"],
+        vec!["policy", "simulate", "--help"],
         vec!["request", "--help"],
         vec!["root-key", "rotate", "--help"],
     ] {

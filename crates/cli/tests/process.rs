@@ -405,3 +405,129 @@ fn init_seals_the_records_of_a_store_from_before_record_macs_once() {
     }
     assert_eq!(offline_verify(dir.path(), &[]).status.code(), Some(1));
 }
+
+/// The command line as a client of `node` with the tokens `init` printed.
+fn as_client(node: &Node, init: &serde_json::Value, args: &[&str]) -> std::process::Output {
+    selene_kms()
+        .args(args)
+        .env("SELENE_KMS_URL", &node.url)
+        .env(
+            "SELENE_KMS_ADMIN_TOKEN",
+            init["tokens"]["admin"].as_str().expect("admin"),
+        )
+        .env(
+            "SELENE_KMS_OS_TOKEN",
+            init["tokens"]["os"].as_str().expect("os"),
+        )
+        .output()
+        .expect("the command runs")
+}
+
+fn json_out(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "not JSON: {} {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+#[test]
+fn replay_and_policy_impact_from_the_command_line() {
+    let (dir, init) = initialised();
+    let files = tempfile::tempdir().expect("tempdir");
+    let write = |name: &str, value: serde_json::Value| {
+        let path = files.path().join(name);
+        std::fs::write(&path, value.to_string()).expect("write");
+        path.to_str().expect("utf-8").to_owned()
+    };
+    let policy = write(
+        "policy.json",
+        serde_json::json!({"rules": [{"secret_names": ["payments/*"], "engines": ["PH1.CONNECTOR"], "operations": ["GET_HANDLE"]}]}),
+    );
+    let candidate = write("candidate.json", serde_json::json!({"rules": []}));
+    let request = write("request.json", common::request("GET_HANDLE", false));
+    let mut node = Node::start(dir.path(), None);
+    assert!(
+        as_client(&node, &init, &["policy", "set", "acme", &policy])
+            .status
+            .success()
+    );
+    let created = as_client(&node, &init, &["secret", "create", "acme", common::SECRET]);
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    assert!(
+        as_client(&node, &init, &["request", &request])
+            .status
+            .success()
+    );
+
+    // The impact, from `simulate` and from `set --dry-run` alike; nothing applied.
+    let simulated = json_out(&as_client(
+        &node,
+        &init,
+        &["--json", "policy", "simulate", "acme", &candidate],
+    ));
+    assert_eq!(simulated["evaluated"], serde_json::json!(1), "{simulated}");
+    assert_eq!(simulated["allow_to_deny"], serde_json::json!(1));
+    let dry = json_out(&as_client(
+        &node,
+        &init,
+        &["--json", "policy", "set", "acme", &candidate, "--dry-run"],
+    ));
+    assert_eq!(dry, simulated);
+    let text = as_client(&node, &init, &["policy", "simulate", "acme", &candidate]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("1 allowed would be denied"), "{text}");
+    assert!(text.contains("payments/stripe"), "{text}");
+    let stored = json_out(&as_client(&node, &init, &["policy", "get", "acme"]));
+    assert_eq!(
+        stored["rules"].as_array().map(Vec::len),
+        Some(1),
+        "nothing applied"
+    );
+
+    // Replay through the server, then offline on the stopped store.
+    let replayed = json_out(&as_client(
+        &node,
+        &init,
+        &["--json", "audit", "replay", "--tenant", "acme"],
+    ));
+    assert_eq!(replayed["decisions"], serde_json::json!(1), "{replayed}");
+    assert_eq!(replayed["differ"], serde_json::json!(0));
+    let text = as_client(&node, &init, &["audit", "replay", "--tenant", "acme"]);
+    assert!(text.status.success());
+    assert!(String::from_utf8_lossy(&text.stdout).contains("1 matched, 0 differ"));
+    assert!(node.stop(), "a clean stop");
+    let offline = selene_kms()
+        .args([
+            "--json",
+            "audit",
+            "replay",
+            "--tenant",
+            "acme",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .expect("replay runs");
+    assert!(
+        offline.status.success(),
+        "{}",
+        String::from_utf8_lossy(&offline.stderr)
+    );
+    let offline = json_out(&offline);
+    assert_eq!(offline["matched"], serde_json::json!(1), "{offline}");
+    assert_eq!(offline["records"], replayed["records"]);
+    let unknown = selene_kms()
+        .args(["audit", "replay", "--tenant", "nobody", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .expect("replay runs");
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no audit chain"));
+}

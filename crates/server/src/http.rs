@@ -199,14 +199,47 @@ async fn authorized_body(
     credentials: &Credentials,
     headers: &HeaderMap,
     body: Body,
+    rule: BodyRule,
+) -> Result<(Arc<Caller>, Bytes), Response> {
+    let BodyRule {
+        role,
+        operation,
+        shape,
+        need,
+    } = rule;
+    authorize(state, credentials, Some(role), operation, shape).await?;
+    let bytes = json_body(state, headers, body, operation, shape, need).await?;
+    let caller = authorize(state, credentials, Some(role), operation, shape).await?;
+    Ok((caller, bytes))
+}
+
+/// Whether a route's body may be left out.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Need {
+    Required,
+    /// No body at all (and no content type) is an empty one.
+    Optional,
+}
+
+/// Who may send a route's body, how its refusals look, and whether it may be left out.
+#[derive(Clone, Copy)]
+struct BodyRule {
     role: Role,
     operation: Option<&'static str>,
     shape: Shape,
-) -> Result<(Arc<Caller>, Bytes), Response> {
-    authorize(state, credentials, Some(role), operation, shape).await?;
-    let bytes = json_body(state, headers, body, operation, shape).await?;
-    let caller = authorize(state, credentials, Some(role), operation, shape).await?;
-    Ok((caller, bytes))
+    need: Need,
+}
+
+impl BodyRule {
+    /// An admin route's.
+    fn admin(need: Need) -> Self {
+        Self {
+            role: Role::Admin,
+            operation: ADMIN,
+            shape: Shape::Admin,
+            need,
+        }
+    }
 }
 
 /// [`authorized_body`] for the admin routes.
@@ -221,9 +254,7 @@ async fn admin_body(
         credentials,
         headers,
         body,
-        Role::Admin,
-        ADMIN,
-        Shape::Admin,
+        BodyRule::admin(Need::Required),
     )
     .await
 }
@@ -235,23 +266,24 @@ async fn json_body(
     body: Body,
     operation: Option<&'static str>,
     shape: Shape,
+    need: Need,
 ) -> Result<Bytes, Response> {
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
+    let content_type = headers.get(header::CONTENT_TYPE);
+    let is_json = content_type
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
-    if !is_json {
-        return Err(refused(
-            state,
-            operation,
-            ReasonCode::UnsupportedMediaType,
-            shape,
-        ));
+    let unsupported = || refused(state, operation, ReasonCode::UnsupportedMediaType, shape);
+    if !is_json && (need == Need::Required || content_type.is_some()) {
+        return Err(unsupported());
     }
-    axum::body::to_bytes(body, state.body_limit)
+    let bytes = axum::body::to_bytes(body, state.body_limit)
         .await
-        .map_err(|_| refused(state, operation, ReasonCode::PayloadTooLarge, shape))
+        .map_err(|_| refused(state, operation, ReasonCode::PayloadTooLarge, shape))?;
+    if !is_json && !bytes.is_empty() {
+        return Err(unsupported());
+    }
+    Ok(bytes)
 }
 
 fn tenant(state: &AppState, raw: &str) -> Result<TenantId, Response> {
@@ -285,9 +317,12 @@ async fn kms_request(
         &credentials,
         &headers,
         body,
-        Role::Os,
-        OP,
-        Shape::Bundle,
+        BodyRule {
+            role: Role::Os,
+            operation: OP,
+            shape: Shape::Bundle,
+            need: Need::Required,
+        },
     )
     .await
     {
@@ -326,9 +361,12 @@ async fn redeem(
         &credentials,
         &headers,
         body,
-        Role::Executor,
-        OP,
-        Shape::Admin,
+        BodyRule {
+            role: Role::Executor,
+            operation: OP,
+            shape: Shape::Admin,
+            need: Need::Required,
+        },
     )
     .await
     {
@@ -357,12 +395,14 @@ async fn redeem(
 
 const ADMIN: Option<&str> = Some("ADMIN");
 
-/// The admin routes that write.
+/// The admin routes that take a body (all but the last two write).
 #[derive(Clone, Copy)]
 enum AdminWrite {
     CreateSecret,
     Stage,
     PutPolicy,
+    SimulatePolicy,
+    Replay,
 }
 
 /// Admin writes share one shape: role, tenant, body, engine call.
@@ -374,10 +414,16 @@ async fn admin_write(
     body: Body,
     what: AdminWrite,
 ) -> Response {
-    let (caller, bytes) = match admin_body(&state, &credentials, &headers, body).await {
-        Ok(authorized) => authorized,
-        Err(r) => return r,
+    // A replay's body is optional.
+    let need = match what {
+        AdminWrite::Replay => Need::Optional,
+        _ => Need::Required,
     };
+    let (caller, bytes) =
+        match authorized_body(&state, &credentials, &headers, body, BodyRule::admin(need)).await {
+            Ok(authorized) => authorized,
+            Err(r) => return r,
+        };
     let tenant = match scoped_tenant(&state, &caller, &tenant_id) {
         Ok(t) => t,
         Err(r) => return r,
@@ -409,6 +455,31 @@ async fn admin_write(
                     .put_policy(&caller, &tenant, &policy, now_ms())
                     .await?;
                 Ok((200, bodies::policy_version(version)))
+            }
+            .await
+        }
+        AdminWrite::SimulatePolicy => {
+            async {
+                let req: bodies::SimulateRequest = bodies::parse(&bytes)?;
+                let document = serde_json::to_vec(&req.policy)
+                    .map_err(|_| AdminError::from(ReasonCode::InputSchemaInvalid))?;
+                let policy =
+                    Policy::from_json(&document).map_err(|r| AdminError::from(r.reason))?;
+                let after_seq = req.after_seq.unwrap_or(0);
+                let impact = engine
+                    .simulate_policy(&caller, &tenant, &policy, after_seq, now_ms())
+                    .await?;
+                Ok((200, bodies::json(&impact)))
+            }
+            .await
+        }
+        AdminWrite::Replay => {
+            async {
+                let req: bodies::ReplayRequest = bodies::parse_optional(&bytes)?;
+                let report = engine
+                    .replay(&caller, &tenant, req.after_seq.unwrap_or(0))
+                    .await?;
+                Ok((200, bodies::json(&report)))
             }
             .await
         }
@@ -655,6 +726,8 @@ pub(crate) fn routes() -> Vec<Route> {
         at(&openapi::STAGE, write(AdminWrite::Stage)),
         at(&openapi::PUT_POLICY, write(AdminWrite::PutPolicy)),
         at(&openapi::GET_POLICY, read(AdminRead::Policy)),
+        at(&openapi::SIMULATE_POLICY, write(AdminWrite::SimulatePolicy)),
+        at(&openapi::REPLAY, write(AdminWrite::Replay)),
         at(&openapi::CREATE_PRINCIPAL, principals::create),
         at(&openapi::LIST_PRINCIPALS, list(Listing::Principals)),
         at(&openapi::ISSUE_TOKEN, principals::issue_token),

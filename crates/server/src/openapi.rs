@@ -229,6 +229,30 @@ pub(crate) const PUT_POLICY: Endpoint = Endpoint {
     refusals: Refusals::Admin(&[409, 422]),
 };
 
+/// `POST /v1/admin/tenants/{tenant_id}/policy/simulate`.
+pub(crate) const SIMULATE_POLICY: Endpoint = Endpoint {
+    verb: Verb::Post,
+    path: "/v1/admin/tenants/{tenant_id}/policy/simulate",
+    summary: "Show a candidate policy's impact on the recorded requests; changes nothing.",
+    role: Some("admin"),
+    params: &[TENANT_PATH],
+    request: Some("SimulateRequest"),
+    success: (200, Body::Json("PolicyImpact")),
+    refusals: Refusals::Admin(&[404, 422]),
+};
+
+/// `POST /v1/admin/tenants/{tenant_id}/replay`.
+pub(crate) const REPLAY: Endpoint = Endpoint {
+    verb: Verb::Post,
+    path: "/v1/admin/tenants/{tenant_id}/replay",
+    summary: "Re-derive every decision of a tenant's chain and compare it with the record.",
+    role: Some("admin"),
+    params: &[TENANT_PATH],
+    request: Some("ReplayRequest"),
+    success: (200, Body::Json("ReplayReport")),
+    refusals: Refusals::Admin(&[404, 422]),
+};
+
 /// `GET /v1/admin/tenants/{tenant_id}/policy`.
 pub(crate) const GET_POLICY: Endpoint = Endpoint {
     verb: Verb::Get,
@@ -644,6 +668,10 @@ fn build(endpoints: &[&Endpoint]) -> OpenApi {
     components = with_schema::<bodies::RedeemRefusal>(components);
     components = with_schema::<PolicyDocument>(components);
     components = with_schema::<bodies::PolicyVersion>(components);
+    components = with_schema::<bodies::SimulateRequest>(components);
+    components = with_schema::<selene_kms_core::replay::PolicyImpact>(components);
+    components = with_schema::<bodies::ReplayRequest>(components);
+    components = with_schema::<selene_kms_core::ReplayReport>(components);
     components = with_schema::<AuditRecord>(components);
     components = with_schema::<bodies::AuditPage>(components);
     components = with_schema::<bodies::AuditPublicKey>(components);

@@ -401,6 +401,29 @@ async fn answers_have_the_statuses_and_shapes_the_document_gives() {
         .await;
     assert!(put["policy_version"].is_u64());
     c.send(&s, Method::GET, policy_path, "", a, None).await;
+    let impact = c
+        .send(
+            &s,
+            Method::POST,
+            "/v1/admin/tenants/{tenant_id}/policy/simulate",
+            "",
+            a,
+            Some(&json!({"policy": policy})),
+        )
+        .await;
+    assert_eq!(impact["evaluated"], 0);
+    let replay = "/v1/admin/tenants/{tenant_id}/replay";
+    let replayed = c
+        .send(
+            &s,
+            Method::POST,
+            replay,
+            "",
+            a,
+            Some(&json!({"after_seq": 0})),
+        )
+        .await;
+    assert_eq!(replayed["differ"], 0);
     let created = c
         .send(
             &s,

@@ -85,6 +85,34 @@ pub(crate) enum AuditCommand {
         #[command(flatten)]
         conn: Connection,
     },
+    /// Re-derive every decision of a tenant's chain from the chain and the inputs kept beside
+    /// each record, and compare it with its record byte for byte. Exits 1 when one differs.
+    #[command(
+        after_help = "Examples:\n  selene-kms audit replay --tenant acme   # through the server\n  selene-kms audit replay --tenant acme --data-dir ./kms   # offline, on a stopped store"
+    )]
+    Replay {
+        /// Tenant.
+        #[arg(long)]
+        tenant: String,
+        /// Compare only the decisions after this record (the state still folds from the
+        /// first).
+        #[arg(long, default_value_t = 0)]
+        after_seq: u64,
+        /// Replay a store directly rather than through a server: the embedded store must be
+        /// stopped; with --store, the data directory only supplies the root key.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// With --data-dir: a PostgreSQL store (postgres://…) instead of the embedded one.
+        #[arg(
+            long,
+            env = "SELENE_KMS_STORE",
+            hide_env_values = true,
+            requires = "data_dir"
+        )]
+        store: Option<String>,
+        #[command(flatten)]
+        conn: Connection,
+    },
     /// Print a tenant's latest records.
     #[command(after_help = "Example:\n  selene-kms audit tail --tenant acme --limit 20")]
     Tail {
@@ -180,6 +208,22 @@ pub(crate) async fn run(
                     Ok(ExitCode::from(1))
                 }
             }
+        }
+        AuditCommand::Replay {
+            tenant,
+            after_seq,
+            data_dir,
+            store,
+            conn,
+        } => {
+            let at = super::replay::ReplayAt {
+                tenant,
+                after_seq,
+                data_dir,
+                store,
+                conn,
+            };
+            super::replay::run(config, at, json).await
         }
         AuditCommand::Export { tenant, out, conn } => {
             let client = Client::new(&conn, config)?;

@@ -5,6 +5,7 @@ pub(crate) mod init;
 pub(crate) mod policy;
 pub(crate) mod principal;
 pub(crate) mod quickstart;
+pub(crate) mod replay;
 pub(crate) mod request;
 pub(crate) mod root_key;
 pub(crate) mod secret;

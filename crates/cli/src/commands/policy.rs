@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 use reqwest::Method;
+use selene_kms_core::replay::PolicyImpact;
 
 use crate::client::{As, Client};
 use crate::config::Config;
@@ -29,6 +30,23 @@ pub(crate) enum PolicyCommand {
         tenant: String,
         /// Policy document.
         file: PathBuf,
+        /// Apply nothing: print the document's impact on every recorded request instead.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// Show a candidate policy's impact before applying it: every recorded request (after
+    /// --after-seq) re-evaluated under it, with the ones whose access changes. Applies nothing.
+    #[command(after_help = "Example:\n  selene-kms policy simulate acme candidate.json")]
+    Simulate {
+        /// Tenant.
+        tenant: String,
+        /// Candidate policy document (a file, or - for stdin).
+        file: PathBuf,
+        /// Only the requests recorded after this record.
+        #[arg(long, default_value_t = 0)]
+        after_seq: u64,
         #[command(flatten)]
         conn: Connection,
     },
@@ -43,6 +61,66 @@ pub(crate) fn read_input(path: &std::path::Path) -> Result<Vec<u8>, String> {
     } else {
         std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
     }
+}
+
+fn read_document(file: &std::path::Path) -> Result<serde_json::Value, String> {
+    serde_json::from_slice(&read_input(file)?).map_err(|_| "the policy file is not JSON".to_owned())
+}
+
+/// Prints a candidate's impact on the requests recorded after `after_seq`; applies nothing.
+async fn simulate(
+    config: &Config,
+    conn: &Connection,
+    tenant: &str,
+    file: &std::path::Path,
+    after_seq: u64,
+    json: bool,
+) -> Result<ExitCode, String> {
+    let client = Client::new(conn, config)?;
+    let body = serde_json::json!({"policy": read_document(file)?, "after_seq": after_seq});
+    let answer = client
+        .send(
+            Method::POST,
+            &format!("/v1/admin/tenants/{tenant}/policy/simulate"),
+            As::Admin,
+            Some(&body),
+        )
+        .await?;
+    if !answer.status.is_success() {
+        return Err(format!("policy simulation refused: {}", answer.describe()));
+    }
+    let impact = answer.json();
+    if json {
+        output::json(&impact);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let impact: PolicyImpact = serde_json::from_value(impact)
+        .map_err(|_| "the server's policy impact does not parse".to_owned())?;
+    println!(
+        "Under the candidate, of {} recorded requests of {tenant}: {} allowed would be denied, {} denied would be allowed. Nothing was applied.",
+        impact.evaluated, impact.allow_to_deny, impact.deny_to_allow
+    );
+    let rows: Vec<Vec<String>> = impact
+        .changes
+        .iter()
+        .map(|c| {
+            vec![
+                c.seq.to_string(),
+                c.operation.name().to_owned(),
+                c.secret_name.clone(),
+                c.requester_engine_id.clone(),
+                c.requester_user_id.clone().unwrap_or_else(|| "-".into()),
+                format!("{:?} -> {:?}", c.was, c.now).to_uppercase(),
+            ]
+        })
+        .collect();
+    if !rows.is_empty() {
+        output::table(
+            &["seq", "operation", "secret", "engine", "user", "access"],
+            &rows,
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 pub(crate) async fn run(
@@ -67,10 +145,23 @@ pub(crate) async fn run(
             output::json(&answer.json());
             Ok(ExitCode::SUCCESS)
         }
-        PolicyCommand::Set { tenant, file, conn } => {
+        PolicyCommand::Simulate {
+            tenant,
+            file,
+            after_seq,
+            conn,
+        } => simulate(config, &conn, &tenant, &file, after_seq, json).await,
+        PolicyCommand::Set {
+            tenant,
+            file,
+            dry_run: true,
+            conn,
+        } => simulate(config, &conn, &tenant, &file, 0, json).await,
+        PolicyCommand::Set {
+            tenant, file, conn, ..
+        } => {
             let client = Client::new(&conn, config)?;
-            let doc: serde_json::Value = serde_json::from_slice(&read_input(&file)?)
-                .map_err(|_| "the policy file is not JSON".to_owned())?;
+            let doc = read_document(&file)?;
             let answer = client
                 .send(
                     Method::PUT,

@@ -2,7 +2,7 @@
 //! authorization) under a candidate policy, against the access each had under the policy it
 //! read.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::audit::{AuditAction, AuditRecord};
 use crate::policy::{Policy, access};
@@ -15,7 +15,8 @@ use crate::wire::Operation;
 pub const MAX_IMPACT_CHANGES: usize = 1000;
 
 /// An access outcome.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Access {
     /// Enabled and authorized.
@@ -31,7 +32,8 @@ impl Access {
 }
 
 /// One recorded request whose access the candidate policy changes.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImpactChange {
     /// Its record's place in the chain.
     pub seq: u64,
@@ -50,7 +52,8 @@ pub struct ImpactChange {
 }
 
 /// The impact of a candidate policy on a chain's recorded requests.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PolicyImpact {
     /// Requests re-evaluated: every validated request after `after_seq` whose policy is known.
     pub evaluated: u64,

@@ -9,7 +9,7 @@ use crate::wire::RawKmsRequest;
 
 /// The inputs of one audited decision.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "of", rename_all = "snake_case")]
 pub enum DecisionInputs {
     /// A KMS request, allowed or refused, schema refusals included.
     Request(Box<RequestInputs>),
@@ -119,5 +119,51 @@ impl DecisionInputs {
     /// Parses [`DecisionInputs::to_bytes`].
     pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
         serde_json::from_slice(bytes).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::Operation;
+
+    #[test]
+    fn every_kind_of_inputs_reads_back_as_kept() {
+        let request = RawKmsRequest {
+            tenant_id: Some("acme".into()),
+            operation: Some(Operation::GetHandle),
+            requested_ttl_ms: Some(5),
+            ..RawKmsRequest::default()
+        };
+        let document: PolicyDocument =
+            serde_json::from_str(r#"{"rules": [], "admins": ["u"]}"#).expect("document");
+        let all = [
+            DecisionInputs::Request(Box::new(RequestInputs {
+                request: request.clone(),
+                policy_version: Some(3),
+                state_version: Some(9),
+                key: KeySeen::Other,
+                keyed: true,
+            })),
+            DecisionInputs::Request(Box::new(RequestInputs::rejected(request))),
+            DecisionInputs::Policy(PolicyInputs { document }),
+            DecisionInputs::Secret(SecretTerms::new(
+                SecretKind::Imported,
+                &TtlBounds::DEFAULT,
+                7,
+            )),
+        ];
+        for inputs in all {
+            let bytes = inputs.to_bytes();
+            assert_eq!(
+                DecisionInputs::from_bytes(&bytes),
+                Some(inputs),
+                "{bytes:?}"
+            );
+        }
+        assert_eq!(
+            DecisionInputs::from_bytes(br#"{"of":"secret","kind":"X"}"#),
+            None
+        );
     }
 }

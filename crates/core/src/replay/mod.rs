@@ -13,7 +13,7 @@ mod history;
 mod impact;
 pub mod inputs;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::audit::{AuditAction, AuditRecord, answer_digest};
@@ -54,20 +54,24 @@ impl Kept {
 }
 
 /// The first decision that did not replay.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Difference {
     /// Its record's place in the chain.
     pub seq: u64,
     /// The record as the chain holds it (chain fields aside).
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub recorded: Value,
     /// The record the decision gives again, or `null` when it cannot be re-run.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub replayed: Value,
     /// What differs, or why the decision cannot be re-run.
     pub why: String,
 }
 
 /// The answer of a replay.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ReplayReport {
     /// The tenant.
     pub tenant_id: String,

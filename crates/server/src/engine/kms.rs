@@ -207,7 +207,7 @@ impl Engine {
                         {
                             let inputs = read.inputs(req, key);
                             return self
-                                .replay(caller, req, record.bundle_json, inputs, now_ms)
+                                .answer_again(caller, req, record.bundle_json, inputs, now_ms)
                                 .await;
                         }
                     }
@@ -309,7 +309,7 @@ impl Engine {
             Ok(Some(record)) if record.fingerprint == fingerprint => {
                 let inputs = read.inputs(req, KeySeen::Same);
                 Some(
-                    self.replay(caller, req, record.bundle_json, inputs, now_ms)
+                    self.answer_again(caller, req, record.bundle_json, inputs, now_ms)
                         .await,
                 )
             }
@@ -403,7 +403,7 @@ impl Engine {
 
     /// The same request again: the stored answer, byte for byte, and a replay record that
     /// names its digest.
-    async fn replay(
+    async fn answer_again(
         &self,
         caller: &Caller,
         req: &KmsRequest,

@@ -11,6 +11,7 @@ mod admin;
 mod kms;
 mod principals;
 mod redeem;
+mod replay;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -113,6 +113,28 @@ pub(crate) struct PolicyVersion {
     policy_version: u64,
 }
 
+/// `POST /v1/admin/tenants/{tenant_id}/replay`: optional; an empty body replays every decision.
+#[derive(Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ReplayRequest {
+    /// Compare only the decisions after this record (the state is still folded from the
+    /// chain's first record).
+    #[serde(default)]
+    pub(crate) after_seq: Option<u64>,
+}
+
+/// `POST /v1/admin/tenants/{tenant_id}/policy/simulate`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SimulateRequest {
+    /// The candidate policy document.
+    #[schema(value_type = selene_kms_core::PolicyDocument)]
+    pub(crate) policy: serde_json::Value,
+    /// Re-evaluate only the requests recorded after this record.
+    #[serde(default)]
+    pub(crate) after_seq: Option<u64>,
+}
+
 /// `GET /v1/audit`: a page of a tenant's chain, in sequence order.
 #[derive(Serialize, ToSchema)]
 pub(crate) struct AuditPage {
@@ -183,6 +205,14 @@ pub(super) fn json(value: &impl Serialize) -> Vec<u8> {
 }
 
 /// An admin request body. Parse errors never echo the body: serde's message can quote values.
+/// An optional body: none at all reads as the type's default.
+pub(super) fn parse_optional<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, AdminError> {
+    if body.is_empty() {
+        return Ok(T::default());
+    }
+    parse(body)
+}
+
 pub(super) fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, AdminError> {
     serde_json::from_slice(body).map_err(|_| ReasonCode::InputSchemaInvalid.into())
 }
