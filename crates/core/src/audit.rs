@@ -286,6 +286,73 @@ impl AuditRecord {
         self
     }
 
+    /// Whether `other` records the same thing: every field but the chain's own (`seq`,
+    /// `prev_digest`, `digest`, `mac`) and who acted, which a replay takes from the record.
+    pub fn says_the_same_as(&self, other: &Self) -> bool {
+        // Destructured, so that a new field must be placed here or on the list of ignored ones.
+        let Self {
+            seq: _,
+            at_ms,
+            tenant_id,
+            principal_id: _,
+            correlation_id,
+            turn_id,
+            requester_engine_id,
+            requester_user_id,
+            operation,
+            dry_run,
+            replayed,
+            reason_code,
+            validation_status,
+            secret_ref,
+            handle_id,
+            credential_id,
+            tombstone_ref,
+            rotated_version,
+            simulation_id,
+            policy_version,
+            target_principal_id,
+            target_token_id,
+            policy_digest,
+            terms_digest,
+            took_staged,
+            revoked_target,
+            revoked_version,
+            revoked_until_ms,
+            bundle_digest,
+            prev_digest: _,
+            digest: _,
+            mac: _,
+        } = self;
+        *at_ms == other.at_ms
+            && *tenant_id == other.tenant_id
+            && *correlation_id == other.correlation_id
+            && *turn_id == other.turn_id
+            && *requester_engine_id == other.requester_engine_id
+            && *requester_user_id == other.requester_user_id
+            && *operation == other.operation
+            && *dry_run == other.dry_run
+            && *replayed == other.replayed
+            && *reason_code == other.reason_code
+            && *validation_status == other.validation_status
+            && *secret_ref == other.secret_ref
+            && *handle_id == other.handle_id
+            && *credential_id == other.credential_id
+            && *tombstone_ref == other.tombstone_ref
+            && *rotated_version == other.rotated_version
+            && *simulation_id == other.simulation_id
+            && *policy_version == other.policy_version
+            && *target_principal_id == other.target_principal_id
+            && *target_token_id == other.target_token_id
+            && *policy_digest == other.policy_digest
+            && *terms_digest == other.terms_digest
+            && *took_staged == other.took_staged
+            && *revoked_target == other.revoked_target
+            && *revoked_version == other.revoked_version
+            && *revoked_until_ms == other.revoked_until_ms
+            && *bundle_digest == other.bundle_digest
+    }
+
     /// Places the record at `seq` after a record whose digest is `prev_digest`, and computes its
     /// own digest.
     pub fn chain(&mut self, seq: u64, prev_digest: &str) {

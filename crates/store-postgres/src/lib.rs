@@ -290,7 +290,11 @@ impl Store for PostgresStore {
         let client = self.client().await?;
         let rows = reads::sealed_records(&client, tenant, after_seq, limit).await?;
         let dek = if rows.iter().any(|(_, sealed)| sealed.is_some()) {
-            self.data_key(&client, tenant).await.ok()
+            match self.data_key(&client, tenant).await {
+                Ok(key) => Some(key),
+                Err(e) if e.kind == ErrorKind::NotFound => None,
+                Err(e) => return Err(e),
+            }
         } else {
             None
         };

@@ -89,6 +89,12 @@ impl Needs {
                 // data key.
                 needs.key_tenants.push(tenant.clone());
             }
+            if let Some(read) = GrantedRead::of(unit) {
+                needs.policy_tenants.push(tenant.clone());
+                if let Some(name) = read.secret {
+                    needs.secrets.push((tenant.clone(), name));
+                }
+            }
             let (name, keyed) = match &unit.change {
                 Change::None => continue,
                 Change::CreatePrincipal(new) => {
@@ -144,6 +150,37 @@ impl Needs {
         needs.tokens.sort();
         needs.tokens.dedup();
         needs
+    }
+}
+
+/// What an answer that grants something (an `OK` bundle decided afresh) was decided from: the
+/// tenant's policy version and the secret's state version its decision read. It commits only
+/// while both are still what is committed, so that no grant rests on a state that a later
+/// change, or a row set back in the database, had already replaced; and a replay can hold each
+/// grant to the chain's latest state.
+struct GrantedRead {
+    /// The policy version read (0: none).
+    policy_version: u64,
+    /// The secret named, and the state version read (`None`: no such secret).
+    secret: Option<SecretName>,
+    state_version: Option<u64>,
+}
+
+impl GrantedRead {
+    fn of(unit: &CommitUnit) -> Option<Self> {
+        unit.bundle.as_ref().filter(|b| b.is_ok())?;
+        let Some(DecisionInputs::Request(inputs)) = &unit.inputs else {
+            return None;
+        };
+        Some(Self {
+            policy_version: inputs.policy_version.unwrap_or(0),
+            secret: inputs
+                .request
+                .secret_name
+                .as_deref()
+                .and_then(|n| SecretName::try_from(n).ok()),
+            state_version: inputs.state_version,
+        })
     }
 }
 
@@ -411,8 +448,9 @@ fn refused(kind: ErrorKind, message: &str) -> StoreError {
 /// 1. its idempotency key is free: neither committed nor claimed by an earlier unit of the batch
 ///    (`IdempotencyTaken`);
 /// 2. its secret exists, or for a creation does not (`NotFound`, `AlreadyExists`);
-/// 3. compare-and-set: the secret is at the state version the change was computed from
-///    (`StateConflict`);
+/// 3. compare-and-set: the secret is at the state version the change was computed from, and an
+///    answer that grants something finds the policy version and secret state its decision read
+///    (`StateConflict`; see [`GrantedRead`]);
 /// 4. the change's own precondition: staged material for a rotation from staged material
 ///    (`StateConflict`), an imported secret for staging (`Invalid`), a valid policy (`Invalid`);
 /// 5. the audit chain has room (`Invalid`).
@@ -445,6 +483,7 @@ pub fn plan(
 
 impl Working<'_> {
     fn apply(&mut self, unit: CommitUnit) -> StoreResult<Receipt> {
+        let granted = GrantedRead::of(&unit);
         let CommitUnit {
             tenant,
             change,
@@ -471,6 +510,9 @@ impl Working<'_> {
                 "the idempotency key is already taken",
             ));
         }
+        if let Some(read) = &granted {
+            self.still_read(&tenant, read)?;
+        }
         let (effect, mut new_key) = self.effect(&tenant, change)?;
         let mut audit = audit;
         if let Effect::Policy(policy, _, version) = &effect {
@@ -495,7 +537,8 @@ impl Working<'_> {
                     request.keyed = idempotency.is_some();
                 }
                 let dek = self.unit_key(&tenant, &mut new_key)?;
-                Some(dek.seal_inputs(&tenant, chained.head.seq, &inputs.to_bytes())?)
+                let head = &chained.head;
+                Some(dek.seal_inputs(&tenant, head.seq, &head.digest, &inputs.to_bytes())?)
             }
             None => None,
         };
@@ -556,6 +599,25 @@ impl Working<'_> {
             return Err(e.clone());
         }
         Ok(self.committed.secrets.get(key))
+    }
+
+    /// Whether the policy version and secret state a grant was decided from are still the
+    /// committed ones (as this batch has them so far).
+    fn still_read(&self, tenant: &TenantId, read: &GrantedRead) -> StoreResult<()> {
+        let policy = self.committed.policy_versions.get(tenant).copied();
+        let state = match &read.secret {
+            Some(name) => self
+                .secret(&(tenant.clone(), name.clone()))?
+                .map(|s| s.snapshot.state_version),
+            None => None,
+        };
+        if policy.unwrap_or(0) != read.policy_version || state != read.state_version {
+            return Err(refused(
+                ErrorKind::StateConflict,
+                "the policy or the secret changed since the decision read them",
+            ));
+        }
+        Ok(())
     }
 
     /// The data key a unit seals under: the one it created, or the tenant's (perhaps new).

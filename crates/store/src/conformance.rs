@@ -15,10 +15,11 @@ use crate::{
     StoreResult,
 };
 use selene_kms_core::audit::GENESIS_DIGEST;
+use selene_kms_core::replay::{KeySeen, RequestInputs};
 use selene_kms_core::{
-    AuditAction, AuditRecord, KmsRequest, MaterialBundle, Policy, PolicyDocument, ReasonCode,
-    RefId, RefKind, SecretKind, SecretMaterial, SecretName, SecretSnapshot, StateChange, TenantId,
-    TombstoneTarget, TtlBounds, VersionState, evaluate, issue, redeem, refs,
+    AuditAction, AuditRecord, DecisionInputs, KmsRequest, MaterialBundle, Policy, PolicyDocument,
+    ReasonCode, RefId, RefKind, SecretKind, SecretMaterial, SecretName, SecretSnapshot,
+    StateChange, TenantId, TombstoneTarget, TtlBounds, VersionState, evaluate, issue, redeem, refs,
     state::{DEFAULT_HANDLE_TTL_MS, terms_digest},
 };
 
@@ -274,6 +275,96 @@ pub async fn change(
             inputs: None,
         })
         .await
+}
+
+/// A unit answering a GET_HANDLE of `n` with `reason`, decided from policy version `policy` and
+/// the secret's state version `state`, as a host keeps its inputs.
+fn answered_read(
+    t: &TenantId,
+    n: &str,
+    reason: ReasonCode,
+    policy: Option<u64>,
+    state: Option<u64>,
+) -> CommitUnit {
+    let request = selene_kms_core::RawKmsRequest {
+        tenant_id: Some(t.as_str().to_owned()),
+        secret_name: Some(n.to_owned()),
+        ..selene_kms_core::RawKmsRequest::default()
+    };
+    let mut bundle = MaterialBundle::refusal(reason, Vec::new(), None, false);
+    if reason.is_ok() {
+        bundle.validation_status = selene_kms_core::ValidationStatus::Ok;
+    }
+    CommitUnit {
+        tenant: t.clone(),
+        change: Change::None,
+        audit: record(t, AuditAction::GetHandle),
+        idempotency: None,
+        bundle: Some(bundle),
+        inputs: Some(DecisionInputs::Request(Box::new(RequestInputs {
+            request,
+            policy_version: policy,
+            state_version: state,
+            key: KeySeen::Free,
+            keyed: false,
+        }))),
+    }
+}
+
+/// A grant commits only while the policy version and the secret state its decision read are
+/// the committed ones; a refusal is not held to them.
+pub async fn a_grant_commits_only_while_what_it_read_is_committed(store: Arc<dyn Store>) {
+    let t = tenant("acme");
+    create(&*store, &t, "k", SecretKind::Generated, None)
+        .await
+        .expect("create");
+    let ok = ReasonCode::OkMaterialIssue;
+    store
+        .commit(answered_read(&t, "k", ok, None, Some(1)))
+        .await
+        .expect("read what is committed");
+    change(
+        &*store,
+        &t,
+        "k",
+        1,
+        StateChange::Rotate {
+            new_version: 2,
+            from_staged: false,
+        },
+    )
+    .await
+    .expect("rotate");
+    let records = audit_len(&*store, &t).await;
+    for (policy, state) in [(None, Some(1)), (Some(1), Some(2)), (None, None)] {
+        let stale = store
+            .commit(answered_read(&t, "k", ok, policy, state))
+            .await;
+        assert_eq!(
+            stale.map_err(|e| e.kind),
+            Err(ErrorKind::StateConflict),
+            "{policy:?} {state:?}"
+        );
+    }
+    assert_eq!(
+        audit_len(&*store, &t).await,
+        records,
+        "refused grants write nothing"
+    );
+    let refusal = answered_read(&t, "k", ReasonCode::NotAuthorized, None, Some(1));
+    store
+        .commit(refusal)
+        .await
+        .expect("a refusal is not held to its reads");
+    store
+        .commit(answered_read(&t, "k", ok, None, Some(2)))
+        .await
+        .expect("read what is committed");
+    let missing = answered_read(&t, "gone", ok, None, None);
+    store
+        .commit(missing)
+        .await
+        .expect("no such secret, as read");
 }
 
 /// Rotates with compare-and-set, retrying on conflicts, as a host does.
@@ -937,6 +1028,8 @@ macro_rules! conformance_suite {
                 |s| $crate::conformance::concurrent_rotations(s, 64);
             conformance_check_order_key_before_compare_and_set =>
                 $crate::conformance::check_order_key_before_compare_and_set;
+            conformance_a_grant_commits_only_while_what_it_read_is_committed =>
+                $crate::conformance::a_grant_commits_only_while_what_it_read_is_committed;
             conformance_units_of_one_batch_see_each_other =>
                 $crate::conformance::units_of_one_batch_see_each_other;
             conformance_staged_material_is_used_once =>

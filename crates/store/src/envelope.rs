@@ -411,11 +411,13 @@ fn answer_aad(scope: &IdempotencyScope, fingerprint: &[u8; 32]) -> Vec<u8> {
 }
 
 /// Associated data of a decision's kept inputs: they open only beside the record they were
-/// kept for.
-fn inputs_aad(tenant: &TenantId, seq: u64) -> Vec<u8> {
+/// kept for (its place and its digest, so not beside a record written anew at that place).
+fn inputs_aad(tenant: &TenantId, seq: u64, digest: &str) -> Vec<u8> {
     let mut aad = b"selene-kms/decision-inputs/v1".to_vec();
-    aad.extend_from_slice(&(tenant.as_str().len() as u32).to_be_bytes());
-    aad.extend_from_slice(tenant.as_str().as_bytes());
+    for part in [tenant.as_str(), digest] {
+        aad.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        aad.extend_from_slice(part.as_bytes());
+    }
     aad.extend_from_slice(&seq.to_be_bytes());
     aad
 }
@@ -427,19 +429,21 @@ impl DataKey {
         &self,
         tenant: &TenantId,
         seq: u64,
+        digest: &str,
         inputs: &[u8],
     ) -> StoreResult<Vec<u8>> {
-        seal(&self.cipher, &inputs_aad(tenant, seq), inputs)
+        seal(&self.cipher, &inputs_aad(tenant, seq, digest), inputs)
     }
 
-    /// Opens inputs sealed beside the record at `(tenant, seq)`.
+    /// Opens inputs sealed beside the record at `(tenant, seq)` with `digest`.
     pub(crate) fn open_inputs(
         &self,
         tenant: &TenantId,
         seq: u64,
+        digest: &str,
         sealed: &[u8],
     ) -> StoreResult<Zeroizing<Vec<u8>>> {
-        open(&self.cipher, &inputs_aad(tenant, seq), sealed)
+        open(&self.cipher, &inputs_aad(tenant, seq, digest), sealed)
     }
 
     /// Seals the answer kept under an idempotency key: it may hold a redeemable handle or

@@ -434,7 +434,7 @@ impl KeptRecord {
             (Some(_), None) => Kept::Unreadable,
             (Some(sealed), Some(dek)) => match TenantId::try_from(record.tenant_id.as_str()) {
                 Ok(tenant) => dek
-                    .open_inputs(&tenant, record.seq, sealed)
+                    .open_inputs(&tenant, record.seq, &record.digest, sealed)
                     .ok()
                     .and_then(|plain| DecisionInputs::from_bytes(&plain))
                     .map_or(Kept::Unreadable, Kept::Inputs),

@@ -2,14 +2,14 @@
 //! beside each, fed in chain order to the core's folds ([`Replay`], [`Impact`]).
 
 use selene_kms_core::replay::{Impact, PolicyImpact};
-use selene_kms_core::{Policy, Replay, ReplayReport, TenantId};
+use selene_kms_core::{ChainBreak, Policy, Replay, ReplayReport, TenantId, TenantWalk};
 
 use crate::error::StoreResult;
 use crate::model::KeptRecord;
 use crate::store::Store;
 
 /// Records read per page.
-const PAGE: usize = 1000;
+const PAGE: usize = 256;
 
 /// A fold's answer over a tenant's chain, with the chain's head.
 #[derive(Clone, Debug, PartialEq)]
@@ -20,24 +20,40 @@ pub struct OverChain<T> {
     pub answer: T,
 }
 
-/// Feeds every record of `tenant`'s chain, in order, to `push`; the head's sequence number, or
+/// What walking a chain found.
+struct Walked {
+    head_seq: u64,
+    broken: Option<ChainBreak>,
+}
+
+/// Feeds every record of `tenant`'s chain, in order, to `push`, once it proves to be the KMS's
+/// (linked, matching its digest, carrying the KMS's MAC); stops at the first that does not.
 /// `None` for a tenant with no chain.
 async fn each_record(
     store: &dyn Store,
     tenant: &TenantId,
-    mut push: impl FnMut(&KeptRecord),
-) -> StoreResult<Option<u64>> {
+    mut push: impl FnMut(KeptRecord),
+) -> StoreResult<Option<Walked>> {
+    let mut walk = TenantWalk::new(tenant.as_str(), Vec::new(), Some(store.keys()));
     let mut after = 0;
     loop {
         let page = store.kept_records(tenant, after, PAGE).await?;
-        for kept in &page {
+        let full = page.len() == PAGE;
+        for kept in page {
+            after = kept.record.seq;
+            if let Err(broken) = walk.push(&kept.record) {
+                return Ok(Some(Walked {
+                    head_seq: after,
+                    broken: Some(broken),
+                }));
+            }
             push(kept);
         }
-        match page.last() {
-            Some(last) if page.len() == PAGE => after = last.record.seq,
-            Some(last) => return Ok(Some(last.record.seq)),
-            None if after == 0 => return Ok(None),
-            None => return Ok(Some(after)),
+        if !full {
+            return Ok((after > 0).then_some(Walked {
+                head_seq: after,
+                broken: None,
+            }));
         }
     }
 }
@@ -50,10 +66,14 @@ pub async fn replay(
     after_seq: u64,
 ) -> StoreResult<Option<OverChain<ReplayReport>>> {
     let mut replay = Replay::new(store.keys(), tenant.clone(), after_seq);
-    let head = each_record(store, tenant, |kept| replay.push(&kept.record, &kept.kept)).await?;
-    Ok(head.map(|head_seq| OverChain {
-        head_seq,
-        answer: replay.finish(),
+    let walked = each_record(store, tenant, |kept| replay.push(&kept.record, kept.kept)).await?;
+    Ok(walked.map(|w| {
+        let mut answer = replay.finish();
+        answer.broken = w.broken.map(|b| b.to_string());
+        OverChain {
+            head_seq: w.head_seq,
+            answer,
+        }
     }))
 }
 
@@ -66,9 +86,13 @@ pub async fn simulate(
     after_seq: u64,
 ) -> StoreResult<Option<OverChain<PolicyImpact>>> {
     let mut impact = Impact::new(candidate, after_seq);
-    let head = each_record(store, tenant, |kept| impact.push(&kept.record, &kept.kept)).await?;
-    Ok(head.map(|head_seq| OverChain {
-        head_seq,
-        answer: impact.finish(),
+    let walked = each_record(store, tenant, |kept| impact.push(&kept.record, kept.kept)).await?;
+    Ok(walked.map(|w| {
+        let mut answer = impact.finish();
+        answer.broken = w.broken.map(|b| b.to_string());
+        OverChain {
+            head_seq: w.head_seq,
+            answer,
+        }
     }))
 }

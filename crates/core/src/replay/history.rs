@@ -30,6 +30,7 @@ enum PolicyAt {
 #[derive(Default)]
 pub(crate) struct PolicyHistory {
     versions: HashMap<u64, PolicyAt>,
+    latest: Option<u64>,
 }
 
 impl PolicyHistory {
@@ -54,6 +55,12 @@ impl PolicyHistory {
             _ => PolicyAt::Unknown("no policy document was kept beside its SET_POLICY"),
         };
         self.versions.insert(version, at);
+        self.latest = Some(version);
+    }
+
+    /// The version the chain set last (`None`: none yet).
+    pub(crate) fn latest(&self) -> Option<u64> {
+        self.latest
     }
 
     /// The policy a decision read at `version` (`None`: it read none).
@@ -90,7 +97,8 @@ pub(crate) struct KeptAnswer {
 pub(crate) struct ChainState {
     pub(crate) policies: PolicyHistory,
     secrets: HashMap<String, SecretAt>,
-    answers: HashMap<(String, String), Arc<KeptAnswer>>,
+    /// By principal, then by key.
+    answers: HashMap<String, HashMap<String, Arc<KeptAnswer>>>,
 }
 
 impl ChainState {
@@ -117,17 +125,27 @@ impl ChainState {
         }
     }
 
+    /// The state version the chain gave the secret at `secret_ref` last (`None`: not created,
+    /// or its terms are not kept).
+    pub(crate) fn latest_state(&self, secret_ref: &str) -> Option<u64> {
+        match self.secrets.get(secret_ref) {
+            Some(SecretAt::Known(states)) => states.back().map(|s| s.state_version),
+            _ => None,
+        }
+    }
+
     /// The answer kept under `(principal, key)`.
     pub(crate) fn answer(&self, principal: &str, key: &str) -> Option<Arc<KeptAnswer>> {
-        self.answers
-            .get(&(principal.to_owned(), key.to_owned()))
-            .cloned()
+        self.answers.get(principal)?.get(key).cloned()
     }
 
     /// Keeps an answer under `(principal, key)`, as the store did.
     pub(crate) fn keep(&mut self, principal: &str, key: &str, answer: KeptAnswer) {
-        self.answers
-            .insert((principal.to_owned(), key.to_owned()), Arc::new(answer));
+        let keys = match self.answers.get_mut(principal) {
+            Some(keys) => keys,
+            None => self.answers.entry(principal.to_owned()).or_default(),
+        };
+        keys.insert(key.to_owned(), Arc::new(answer));
     }
 
     /// Folds what a committed record changed, as the record itself says.

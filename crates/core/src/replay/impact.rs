@@ -63,6 +63,13 @@ pub struct PolicyImpact {
     pub deny_to_allow: u64,
     /// The first [`MAX_IMPACT_CHANGES`] changes, in chain order.
     pub changes: Vec<ImpactChange>,
+    /// Recorded requests after `after_seq` that could not be re-evaluated: their inputs are
+    /// missing (an earlier build), do not open, or name a policy the chain does not keep.
+    pub not_evaluated: u64,
+    /// Where the chain stopped holding (a record altered, moved, forged or gone): nothing from
+    /// there on was evaluated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broken: Option<String>,
 }
 
 /// A simulation of `candidate` over one chain, fed its records in order.
@@ -85,22 +92,27 @@ impl<'p> Impact<'p> {
     }
 
     /// Folds the next record of the chain and what was kept beside it.
-    pub fn push(&mut self, record: &AuditRecord, kept: &Kept) {
-        let inputs = kept.inputs();
+    pub fn push(&mut self, record: &AuditRecord, kept: Kept) {
         if record.operation == Some(AuditAction::SetPolicy) && record.reason_code.is_ok() {
-            self.policies.set(record, inputs);
+            self.policies.set(record, kept.inputs());
             return;
         }
         if record.seq <= self.after_seq || !is_request(record) {
             return;
         }
-        let Some(DecisionInputs::Request(inputs)) = inputs else {
-            return;
+        let inputs = match kept {
+            Kept::Inputs(DecisionInputs::Request(inputs)) => inputs,
+            _ => {
+                self.impact.not_evaluated += 1;
+                return;
+            }
         };
-        let Ok(req) = KmsRequest::try_from(inputs.request.clone()) else {
+        // A request refused at schema time never reached access.
+        let Ok(req) = KmsRequest::try_from(inputs.request) else {
             return;
         };
         let Ok(read) = self.policies.at(inputs.policy_version) else {
+            self.impact.not_evaluated += 1;
             return;
         };
         let was = Access::of(access(&req, read.as_deref()).is_ok());

@@ -13,10 +13,12 @@ mod history;
 mod impact;
 pub mod inputs;
 
+use std::collections::HashMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::audit::{AuditAction, AuditRecord, answer_digest};
+use crate::audit::{AuditAction, AuditRecord};
 use crate::ids::TenantId;
 use crate::keys::ServiceKeys;
 use crate::pipeline::issue;
@@ -85,6 +87,10 @@ pub struct ReplayReport {
     pub differ: u64,
     /// The first of those.
     pub first_difference: Option<Difference>,
+    /// Where the chain stopped holding (a record altered, moved, forged or gone): nothing from
+    /// there on was replayed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broken: Option<String>,
 }
 
 /// A replay of one tenant's chain, fed its records in order.
@@ -93,6 +99,8 @@ pub struct Replay<'k> {
     tenant: TenantId,
     after_seq: u64,
     state: ChainState,
+    /// Each secret name's ref, sealed once.
+    secret_refs: HashMap<String, String>,
     report: ReplayReport,
 }
 
@@ -121,34 +129,37 @@ impl<'k> Replay<'k> {
             matched: 0,
             differ: 0,
             first_difference: None,
+            broken: None,
         };
         Self {
             keys,
             tenant,
             after_seq,
             state: ChainState::default(),
+            secret_refs: HashMap::new(),
             report,
         }
     }
 
     /// Folds the next record of the chain and what was kept beside it.
-    pub fn push(&mut self, record: &AuditRecord, kept: &Kept) {
+    pub fn push(&mut self, record: &AuditRecord, kept: Kept) {
         let counted = record.seq > self.after_seq;
         if counted {
             self.report.records += 1;
         }
-        if is_request(record) {
-            let replayed = self.decide(record, kept).map(|mut again| {
-                // Who asked is an input, as the record names it.
-                again.principal_id.clone_from(&record.principal_id);
-                again
-            });
+        // A request's inputs are its decision's alone; the state folds from its record.
+        if !is_request(record) {
+            self.state.fold(record, kept.inputs());
+            return;
+        }
+        {
+            let replayed = self.decide(record, kept);
             if counted {
                 self.report.decisions += 1;
                 self.compare(record, replayed);
             }
         }
-        self.state.fold(record, kept.inputs());
+        self.state.fold(record, None);
     }
 
     /// The report so far.
@@ -164,14 +175,12 @@ impl<'k> Replay<'k> {
     fn compare(&mut self, recorded: &AuditRecord, replayed: Result<AuditRecord, Unreplayable>) {
         let (again, why) = match replayed {
             Ok(mut again) => {
-                again.seq = recorded.seq;
-                again.prev_digest.clone_from(&recorded.prev_digest);
-                again.digest.clone_from(&recorded.digest);
-                again.mac.clone_from(&recorded.mac);
-                if again == *recorded {
+                if again.says_the_same_as(recorded) {
                     self.report.matched += 1;
                     return;
                 }
+                // Who asked is an input, as the record names it.
+                again.principal_id.clone_from(&recorded.principal_id);
                 let again = view(&again);
                 let why = differing_fields(&view(recorded), &again);
                 (again, why)
@@ -190,9 +199,9 @@ impl<'k> Replay<'k> {
     }
 
     /// The record the decision gives again.
-    fn decide(&mut self, record: &AuditRecord, kept: &Kept) -> Result<AuditRecord, Unreplayable> {
+    fn decide(&mut self, record: &AuditRecord, kept: Kept) -> Result<AuditRecord, Unreplayable> {
         let inputs = match kept {
-            Kept::Inputs(DecisionInputs::Request(inputs)) => inputs,
+            Kept::Inputs(DecisionInputs::Request(inputs)) => *inputs,
             Kept::Inputs(_) => {
                 return Err("the inputs kept beside this record are not a request's");
             }
@@ -202,7 +211,7 @@ impl<'k> Replay<'k> {
         let principal = record.principal_id.as_deref().unwrap_or_default();
         let seq = record.seq;
         let at_ms = record.at_ms;
-        let req = match KmsRequest::try_from(inputs.request.clone()) {
+        let req = match KmsRequest::try_from(inputs.request) {
             Ok(req) => req,
             Err(rejected) => {
                 let ctx = rejected.context;
@@ -210,7 +219,7 @@ impl<'k> Replay<'k> {
                     rejected
                         .refusal
                         .into_bundle(ctx.operation, ctx.dry_run, ctx.max_diagnostics);
-                let bytes = answer_bytes(bundle.clone(), seq);
+                let bytes = answer_bytes(&bundle, seq);
                 return Ok(
                     AuditRecord::for_request(&self.tenant, &ctx, &bundle, at_ms, false)
                         .answered(&bytes),
@@ -221,8 +230,25 @@ impl<'k> Replay<'k> {
             return Err("the kept request names another tenant");
         }
         let policy = self.state.policies.at(inputs.policy_version)?;
-        let secret_ref = refs::secret_ref(self.keys, &self.tenant, &req.secret_name);
-        let secret = self.state.secret(&secret_ref, inputs.state_version)?;
+        let name = req.secret_name.as_str();
+        if !self.secret_refs.contains_key(name) {
+            let sealed = refs::secret_ref(self.keys, &self.tenant, &req.secret_name);
+            self.secret_refs.insert(name.to_owned(), sealed);
+        }
+        let secret_ref = self.secret_refs.get(name).map_or("", String::as_str);
+        let secret = self.state.secret(secret_ref, inputs.state_version)?;
+        // A grant commits only while what it read is what is committed (the store checks it), so
+        // one that read anything but the chain's latest was made from a row set back.
+        if record.reason_code.is_ok()
+            && !record.replayed
+            && (inputs.policy_version != self.state.policies.latest()
+                || inputs.state_version != self.state.latest_state(secret_ref))
+        {
+            return Err(
+                "the grant was decided from a policy or secret state the chain had already \
+                 replaced (set back in the store)",
+            );
+        }
         let fingerprint = req.fingerprint();
         let kept_answer = self.state.answer(principal, req.idempotency_key.as_str());
         let same = match (inputs.key, &kept_answer) {
@@ -263,20 +289,21 @@ impl<'k> Replay<'k> {
                     },
                 },
             };
-        let bytes = answer_bytes(bundle.clone(), seq);
+        let mut bundle = bundle;
+        bundle.audit_seq = Some(seq);
+        let bytes = serde_json::to_vec(&bundle).unwrap_or_default();
         let again = AuditRecord::for_request(&self.tenant, &ctx, &bundle, at_ms, false)
             .making(&change)
             .answered(&bytes);
         if inputs.keyed {
-            let mut kept = bundle;
-            kept.audit_seq = Some(seq);
+            let digest = again.bundle_digest.clone().unwrap_or_default();
             self.state.keep(
                 principal,
                 req.idempotency_key.as_str(),
                 KeptAnswer {
                     fingerprint,
-                    bundle: kept,
-                    digest: answer_digest(&bytes),
+                    bundle,
+                    digest,
                 },
             );
         }
@@ -297,7 +324,8 @@ fn replayed(
 }
 
 /// An answer's bytes as the store keeps and the caller receives them.
-fn answer_bytes(mut bundle: MaterialBundle, seq: u64) -> Vec<u8> {
+fn answer_bytes(bundle: &MaterialBundle, seq: u64) -> Vec<u8> {
+    let mut bundle = bundle.clone();
     bundle.audit_seq = Some(seq);
     serde_json::to_vec(&bundle).unwrap_or_default()
 }
