@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 SECONDS_EACH=${1:-60}
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
-for target in kms_request open_ref policy_document audit_export; do
+for target in kms_request open_ref policy_document audit_export replay_inputs; do
   mkdir -p "corpus/$target"
   cp -n seeds/$target/* "corpus/$target/" 2>/dev/null || true
   echo "== $target: ${SECONDS_EACH}s"

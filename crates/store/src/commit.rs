@@ -153,7 +153,8 @@ impl Needs {
     }
 }
 
-/// What an answer that grants something (an `OK` bundle decided afresh) was decided from: the
+/// What an answer that grants something (an `OK` bundle decided afresh, not a dry run, which
+/// grants nothing and whose plan its commit checks again) was decided from: the
 /// tenant's policy version and the secret's state version its decision read. It commits only
 /// while both are still what is committed, so that no grant rests on a state that a later
 /// change, or a row set back in the database, had already replaced; and a replay can hold each
@@ -168,7 +169,7 @@ struct GrantedRead {
 
 impl GrantedRead {
     fn of(unit: &CommitUnit) -> Option<Self> {
-        unit.bundle.as_ref().filter(|b| b.is_ok())?;
+        unit.bundle.as_ref().filter(|b| b.is_ok() && !b.dry_run)?;
         let Some(DecisionInputs::Request(inputs)) = &unit.inputs else {
             return None;
         };

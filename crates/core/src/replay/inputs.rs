@@ -9,7 +9,7 @@ use crate::wire::RawKmsRequest;
 
 /// The inputs of one audited decision.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "of", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum DecisionInputs {
     /// A KMS request, allowed or refused, schema refusals included.
     Request(Box<RequestInputs>),
@@ -162,7 +162,7 @@ mod tests {
             );
         }
         assert_eq!(
-            DecisionInputs::from_bytes(br#"{"of":"secret","kind":"X"}"#),
+            DecisionInputs::from_bytes(br#"{"secret":{"kind":"X"}}"#),
             None
         );
     }

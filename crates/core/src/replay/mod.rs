@@ -240,6 +240,7 @@ impl<'k> Replay<'k> {
         // A grant commits only while what it read is what is committed (the store checks it), so
         // one that read anything but the chain's latest was made from a row set back.
         if record.reason_code.is_ok()
+            && !record.dry_run
             && !record.replayed
             && (inputs.policy_version != self.state.policies.latest()
                 || inputs.state_version != self.state.latest_state(secret_ref))
