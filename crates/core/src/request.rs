@@ -459,7 +459,8 @@ impl KmsRequest {
         };
     }
 
-    /// The request as it would be received: validating it again gives this request back.
+    /// The request as it would be received: validating it again gives this request back (a
+    /// test below shows it for every field).
     pub fn to_raw(&self) -> RawKmsRequest {
         let target = |t: &RevokeTarget| match t {
             RevokeTarget::Version(v) => RawRevokeTarget {
@@ -492,8 +493,11 @@ impl KmsRequest {
             previous_version: self.previous_version,
             revoke_target: self.revoke_target.as_ref().map(target),
             simulation_id: self.simulation_id.clone(),
-            dry_run: Some(self.dry_run),
-            max_diagnostics: u32::try_from(self.max_diagnostics).ok(),
+            // Defaults are left out: validating again gives them back.
+            dry_run: self.dry_run.then_some(true),
+            max_diagnostics: (self.max_diagnostics != DEFAULT_MAX_DIAGNOSTICS)
+                .then(|| u32::try_from(self.max_diagnostics).ok())
+                .flatten(),
             requester_allowlist: self
                 .requester_allowlist
                 .as_ref()
@@ -615,6 +619,28 @@ mod tests {
             parse(&v).err().map(|e| e.refusal.reason),
             Some(ReasonCode::InputSchemaInvalid)
         );
+    }
+
+    #[test]
+    fn a_request_validated_again_from_its_raw_form_is_the_same() {
+        for extra in [
+            json!({}),
+            json!({"dry_run": true, "max_diagnostics": 3, "requested_ttl_ms": 60000, "operation": "ISSUE_EPHEMERAL"}),
+            json!({"operation": "ROTATE", "previous_version": 4, "simulation_id": "kms_sim:00"}),
+            json!({"operation": "REVOKE", "revoke_target": {"version": 2}}),
+            json!({"operation": "REVOKE", "revoke_target": {"all_versions": true}}),
+            json!({"operation": "REVOKE", "revoke_target": {"secret_handle": "ksh2_x"}}),
+            json!({"operation": "REVOKE", "revoke_target": {"ephemeral_credential_ref": "kse2_x"}}),
+            json!({"requester_allowlist": ["PH1.A", "PH1.B"], "requester_user_id": null}),
+        ] {
+            let mut v = base();
+            for (k, x) in extra.as_object().into_iter().flatten() {
+                v[k] = x.clone();
+            }
+            let req = KmsRequest::from_json(v.to_string().as_bytes()).expect("valid");
+            let again = KmsRequest::try_from(req.to_raw()).expect("valid again");
+            assert_eq!(again, req, "{v}");
+        }
     }
 
     #[test]

@@ -60,20 +60,35 @@ impl Operation {
     reason = "fields are the wire contract's, documented in DESIGN.md"
 )]
 pub struct RawKmsRequest {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub correlation_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub turn_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tenant_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub operation: Option<Operation>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub secret_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub requester_engine_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub requester_user_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub requested_ttl_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub previous_version: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub revoke_target: Option<RawRevokeTarget>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub simulation_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub dry_run: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_diagnostics: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub requester_allowlist: Option<Vec<String>>,
 }
 

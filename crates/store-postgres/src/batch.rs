@@ -104,7 +104,13 @@ pub(crate) async fn read_committed(
             None => {}
         }
     }
-    read_secrets(client, &needs.secrets, &mut committed).await?;
+    let secrets: Vec<_> = needs
+        .secrets
+        .iter()
+        .chain(&needs.grant_secrets)
+        .cloned()
+        .collect();
+    read_secrets(client, &secrets, &mut committed).await?;
     crate::principals::read_committed(client, keys, needs, &mut committed).await?;
     committed.taken = read_taken(client, &needs.idempotency).await?;
     Ok(committed)

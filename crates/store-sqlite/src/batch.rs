@@ -90,31 +90,26 @@ pub(crate) fn read_committed(
         }
     }
     for key in &needs.secrets {
-        let (tenant, name) = key;
-        let row: Option<(i64, Option<Vec<u8>>)> = conn
-            .prepare_cached(
-                "SELECT state_version, staged FROM secrets WHERE tenant_id = ?1 AND secret_name = ?2",
-            )
-            .map_err(db_err)?
-            .query_row([tenant.as_str(), name.as_str()], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .optional()
-            .map_err(db_err)?;
-        let Some((state_version, staged)) = row else {
-            continue;
-        };
-        match stored_secret(conn, cache, pending, key, state_version) {
-            Ok(snapshot) => {
-                committed
-                    .secrets
-                    .insert(key.clone(), StoredSecret { snapshot, staged });
+        read_secret(conn, cache, pending, key, &mut committed)?;
+    }
+    // A grant is checked against the snapshot this writer committed last (or, before it
+    // committed any, the newest a reader saw), which is what the engine decided from; staged
+    // material is not needed for that.
+    for key in &needs.grant_secrets {
+        let known = pending
+            .snapshots
+            .get(key)
+            .cloned()
+            .or_else(|| cache.secret(&key.0, &key.1));
+        match known {
+            Some(snapshot) => {
+                let stored = StoredSecret {
+                    snapshot,
+                    staged: None,
+                };
+                committed.secrets.insert(key.clone(), stored);
             }
-            // A row that does not parse refuses the units that need it, not the batch.
-            Err(e) if e.kind == ErrorKind::Corrupt => {
-                committed.unreadable.insert(Item::Secret(key.clone()), e);
-            }
-            Err(e) => return Err(e),
+            None => read_secret(conn, cache, pending, key, &mut committed)?,
         }
     }
     crate::principals::read_committed(conn, keys, needs, &mut committed)?;
@@ -135,6 +130,43 @@ pub(crate) fn read_committed(
         }
     }
     Ok(committed)
+}
+
+/// Reads one secret as stored into `committed` (nothing for a secret that does not exist).
+fn read_secret(
+    conn: &Connection,
+    cache: &Cache,
+    pending: &Pending,
+    key: &SecretKey,
+    committed: &mut Committed,
+) -> StoreResult<()> {
+    let (tenant, name) = key;
+    let row: Option<(i64, Option<Vec<u8>>)> = conn
+        .prepare_cached(
+            "SELECT state_version, staged FROM secrets WHERE tenant_id = ?1 AND secret_name = ?2",
+        )
+        .map_err(db_err)?
+        .query_row([tenant.as_str(), name.as_str()], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()
+        .map_err(db_err)?;
+    let Some((state_version, staged)) = row else {
+        return Ok(());
+    };
+    match stored_secret(conn, cache, pending, key, state_version) {
+        Ok(snapshot) => {
+            committed
+                .secrets
+                .insert(key.clone(), StoredSecret { snapshot, staged });
+        }
+        // A row that does not parse refuses the units that need it, not the batch.
+        Err(e) if e.kind == ErrorKind::Corrupt => {
+            committed.unreadable.insert(Item::Secret(key.clone()), e);
+        }
+        Err(e) => return Err(e),
+    }
+    Ok(())
 }
 
 /// A secret's snapshot at `state_version` as stored: the one an earlier round of this

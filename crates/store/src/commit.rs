@@ -51,6 +51,10 @@ pub struct Needs {
     pub key_tenants: Vec<TenantId>,
     /// Secrets the batch checks or changes.
     pub secrets: Vec<SecretKey>,
+    /// Secrets the batch only reads the state version of, to check a grant (see
+    /// [`GrantedRead`]), and that are not in `secrets`: a backend that knows the committed
+    /// snapshot without a read may give it without its staged material.
+    pub grant_secrets: Vec<SecretKey>,
     /// Idempotency keys the batch claims.
     pub idempotency: Vec<IdempotencyScope>,
     /// Principals the batch names by id.
@@ -92,7 +96,7 @@ impl Needs {
             if let Some(read) = GrantedRead::of(unit) {
                 needs.policy_tenants.push(tenant.clone());
                 if let Some(name) = read.secret {
-                    needs.secrets.push((tenant.clone(), name));
+                    needs.grant_secrets.push((tenant.clone(), name));
                 }
             }
             let (name, keyed) = match &unit.change {
@@ -141,6 +145,12 @@ impl Needs {
         }
         needs.secrets.sort();
         needs.secrets.dedup();
+        needs.grant_secrets.sort();
+        needs.grant_secrets.dedup();
+        let changed = &needs.secrets;
+        needs
+            .grant_secrets
+            .retain(|k| changed.binary_search(k).is_err());
         needs.principals.sort();
         needs.principals.dedup();
         needs.principal_names.sort();
