@@ -18,7 +18,7 @@ use crate::keys::{Column, ServiceKeys};
 use crate::principal::PrincipalId;
 use crate::reason::ReasonCode;
 use crate::refs::{RefKind, push_hex, ref_id};
-use crate::request::RequestContext;
+use crate::request::{KmsRequest, RequestContext};
 use crate::state::StateChange;
 use crate::wire::{MaterialBundle, Operation, TombstoneTarget, ValidationStatus};
 
@@ -157,19 +157,50 @@ impl AuditRecord {
         at_ms: u64,
         replayed: bool,
     ) -> Self {
+        let asked = Asked {
+            correlation_id: context.correlation_id.as_ref().map(|v| v.as_str()),
+            turn_id: context.turn_id.as_ref().map(|v| v.as_str()),
+            requester_engine_id: context.requester_engine_id.as_ref().map(|v| v.as_str()),
+            requester_user_id: context.requester_user_id.as_ref().map(|v| v.as_str()),
+            operation: context.operation,
+        };
+        Self::answering(tenant, &asked, bundle, at_ms, replayed)
+    }
+
+    /// [`AuditRecord::for_request`] for a request that validated, read from the request itself.
+    pub fn for_validated(
+        req: &KmsRequest,
+        bundle: &MaterialBundle,
+        at_ms: u64,
+        replayed: bool,
+    ) -> Self {
+        let asked = Asked {
+            correlation_id: Some(req.correlation_id.as_str()),
+            turn_id: Some(req.turn_id.as_str()),
+            requester_engine_id: Some(req.requester.engine.as_str()),
+            requester_user_id: req.requester.user.as_ref().map(|v| v.as_str()),
+            operation: Some(req.operation),
+        };
+        Self::answering(&req.tenant_id, &asked, bundle, at_ms, replayed)
+    }
+
+    fn answering(
+        tenant: &TenantId,
+        asked: &Asked<'_>,
+        bundle: &MaterialBundle,
+        at_ms: u64,
+        replayed: bool,
+    ) -> Self {
         Self {
             seq: 0,
             at_ms,
             tenant_id: tenant.as_str().to_owned(),
             principal_id: None,
-            correlation_id: context.correlation_id.as_ref().map(|v| v.to_string()),
-            turn_id: context.turn_id.as_ref().map(|v| v.to_string()),
-            requester_engine_id: context.requester_engine_id.as_ref().map(|v| v.to_string()),
-            requester_user_id: context.requester_user_id.as_ref().map(|v| v.to_string()),
-            operation: bundle
-                .operation
-                .or(context.operation)
-                .map(AuditAction::from),
+            correlation_id: asked.correlation_id.map(str::to_owned),
+            turn_id: asked.turn_id.map(str::to_owned),
+            requester_engine_id: asked.requester_engine_id.map(str::to_owned),
+            requester_user_id: asked.requester_user_id.map(str::to_owned),
+            operation: bundle.operation.or(asked.operation).map(AuditAction::from),
             dry_run: bundle.dry_run,
             replayed,
             reason_code: bundle.reason_code,
@@ -454,6 +485,15 @@ impl AuditRecord {
 /// The `bundle_digest` of an answer's bytes.
 pub fn answer_digest(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
+}
+
+/// Who asked what, as a record of a KMS request names it.
+struct Asked<'a> {
+    correlation_id: Option<&'a str>,
+    turn_id: Option<&'a str>,
+    requester_engine_id: Option<&'a str>,
+    requester_user_id: Option<&'a str>,
+    operation: Option<Operation>,
 }
 
 /// What a record's MAC is domain-separated by among the store's row MACs.

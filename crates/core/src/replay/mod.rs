@@ -262,7 +262,6 @@ impl<'k> Replay<'k> {
                 );
             }
         };
-        let ctx = req.context();
         let refused = |refusal: Refusal| {
             refusal.into_bundle(Some(req.operation), req.dry_run, req.max_diagnostics)
         };
@@ -270,12 +269,12 @@ impl<'k> Replay<'k> {
             match evaluate(&req, policy.as_deref(), secret.as_deref(), self.keys, at_ms) {
                 Err(refusal) => match same {
                     Some(a) if a.bundle.reason_code == refusal.reason => {
-                        return Ok(replayed(&self.tenant, &ctx, &a, at_ms));
+                        return Ok(replayed(&req, &a, at_ms));
                     }
                     _ => (refused(refusal), StateChange::None),
                 },
                 Ok(grant) => match (inputs.key, same) {
-                    (_, Some(a)) => return Ok(replayed(&self.tenant, &ctx, &a, at_ms)),
+                    (_, Some(a)) => return Ok(replayed(&req, &a, at_ms)),
                     (KeySeen::Other, None) => {
                         let conflict = Refusal::new(
                             ReasonCode::IdempotencyConflict,
@@ -293,7 +292,7 @@ impl<'k> Replay<'k> {
         let mut bundle = bundle;
         bundle.audit_seq = Some(seq);
         let bytes = serde_json::to_vec(&bundle).unwrap_or_default();
-        let again = AuditRecord::for_request(&self.tenant, &ctx, &bundle, at_ms, false)
+        let again = AuditRecord::for_validated(&req, &bundle, at_ms, false)
             .making(&change)
             .answered(&bytes);
         if inputs.keyed {
@@ -313,13 +312,8 @@ impl<'k> Replay<'k> {
 }
 
 /// The record of an idempotent replay: the kept answer, byte for byte.
-fn replayed(
-    tenant: &TenantId,
-    ctx: &crate::request::RequestContext,
-    answer: &KeptAnswer,
-    at_ms: u64,
-) -> AuditRecord {
-    let mut record = AuditRecord::for_request(tenant, ctx, &answer.bundle, at_ms, true);
+fn replayed(req: &KmsRequest, answer: &KeptAnswer, at_ms: u64) -> AuditRecord {
+    let mut record = AuditRecord::for_validated(req, &answer.bundle, at_ms, true);
     record.bundle_digest = Some(answer.digest.clone());
     record
 }

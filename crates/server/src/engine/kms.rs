@@ -157,9 +157,8 @@ impl Engine {
     /// while a principal's retry with a rotated token still finds its own. A tenant outside the
     /// caller's scope gets `KMS_FORBIDDEN_TENANT` and no record in its chain.
     pub async fn kms(&self, caller: &Caller, req: &KmsRequest, now_ms: u64) -> KmsAnswer {
-        let ctx = req.context();
         if let Err(reason) = caller.may_name(&req.tenant_id) {
-            return KmsAnswer::bare_refusal(&ctx, reason);
+            return KmsAnswer::bare_refusal(&req.context(), reason);
         }
         let scope = IdempotencyScope {
             tenant: req.tenant_id.clone(),
@@ -173,11 +172,11 @@ impl Engine {
         loop {
             let policy = match self.store.policy(&req.tenant_id).await {
                 Ok(p) => p,
-                Err(e) => return KmsAnswer::store_failure(&ctx, &e),
+                Err(e) => return KmsAnswer::store_failure(&req.context(), &e),
             };
             let secret = match self.store.secret(&req.tenant_id, &req.secret_name).await {
                 Ok(s) => s,
-                Err(e) => return KmsAnswer::store_failure(&ctx, &e),
+                Err(e) => return KmsAnswer::store_failure(&req.context(), &e),
             };
             let read = Read {
                 policy_version: policy.as_ref().map(|p| p.version),
@@ -257,16 +256,15 @@ impl Engine {
                             from_staged: false, ..
                         } => match crate::generate_material() {
                             Ok(material) => Some(material),
-                            Err(e) => return KmsAnswer::store_failure(&ctx, &e),
+                            Err(e) => return KmsAnswer::store_failure(&req.context(), &e),
                         },
                         _ => None,
                     },
                 },
             };
-            let audit =
-                AuditRecord::for_request(&req.tenant_id, &ctx, &issued.bundle, now_ms, false)
-                    .making(&issued.change)
-                    .by(&caller.principal_id);
+            let audit = AuditRecord::for_validated(req, &issued.bundle, now_ms, false)
+                .making(&issued.change)
+                .by(&caller.principal_id);
             let answered = issued.bundle.clone();
             let unit = CommitUnit {
                 tenant: req.tenant_id.clone(),
@@ -287,7 +285,7 @@ impl Engine {
                 }
                 Err(e) if attempt < MAX_ATTEMPTS && e.kind == ErrorKind::StateConflict => {}
                 // Out of attempts, the lost race is answered like any other store failure.
-                Err(e) => return KmsAnswer::store_failure(&ctx, &e),
+                Err(e) => return KmsAnswer::store_failure(&req.context(), &e),
             }
             attempt += 1;
         }
@@ -344,13 +342,11 @@ impl Engine {
         inputs: Option<DecisionInputs>,
         now_ms: u64,
     ) -> KmsAnswer {
-        let ctx = req.context();
         let bundle = refusal.into_bundle(Some(req.operation), req.dry_run, req.max_diagnostics);
         let unit = |idempotency| CommitUnit {
             tenant: req.tenant_id.clone(),
             change: Change::None,
-            audit: AuditRecord::for_request(&req.tenant_id, &ctx, &bundle, now_ms, false)
-                .by(&caller.principal_id),
+            audit: AuditRecord::for_validated(req, &bundle, now_ms, false).by(&caller.principal_id),
             idempotency,
             bundle: Some(bundle.clone()),
             inputs: inputs.clone(),
@@ -371,7 +367,7 @@ impl Engine {
         };
         match receipt {
             Ok(r) => KmsAnswer::committed(bundle, r),
-            Err(e) => KmsAnswer::store_failure(&ctx, &e),
+            Err(e) => KmsAnswer::store_failure(&req.context(), &e),
         }
     }
 
@@ -384,20 +380,18 @@ impl Engine {
         inputs: Option<DecisionInputs>,
         now_ms: u64,
     ) -> KmsAnswer {
-        let ctx = req.context();
         let bundle = refusal.into_bundle(Some(req.operation), req.dry_run, req.max_diagnostics);
         let unit = || CommitUnit {
             tenant: req.tenant_id.clone(),
             change: Change::None,
-            audit: AuditRecord::for_request(&req.tenant_id, &ctx, &bundle, now_ms, false)
-                .by(&caller.principal_id),
+            audit: AuditRecord::for_validated(req, &bundle, now_ms, false).by(&caller.principal_id),
             idempotency: None,
             bundle: Some(bundle.clone()),
             inputs: inputs.clone(),
         };
         match self.commit_unchanging(unit).await {
             Ok(receipt) => KmsAnswer::committed(bundle, receipt),
-            Err(e) => KmsAnswer::store_failure(&ctx, &e),
+            Err(e) => KmsAnswer::store_failure(&req.context(), &e),
         }
     }
 
@@ -411,16 +405,15 @@ impl Engine {
         inputs: Option<DecisionInputs>,
         now_ms: u64,
     ) -> KmsAnswer {
-        let ctx = req.context();
         let Ok(bundle) = serde_json::from_slice::<MaterialBundle>(&stored) else {
             tracing::error!("a stored idempotent answer does not parse");
-            return KmsAnswer::bare_refusal(&ctx, ReasonCode::InternalPipelineError);
+            return KmsAnswer::bare_refusal(&req.context(), ReasonCode::InternalPipelineError);
         };
-        let audit = AuditRecord::for_request(&req.tenant_id, &ctx, &bundle, now_ms, true)
+        let audit = AuditRecord::for_validated(req, &bundle, now_ms, true)
             .by(&caller.principal_id)
             .answered(&stored);
         if let Err(e) = self.audit_only(&req.tenant_id, audit, inputs).await {
-            return KmsAnswer::store_failure(&ctx, &e);
+            return KmsAnswer::store_failure(&req.context(), &e);
         }
         KmsAnswer {
             bundle,
