@@ -146,9 +146,17 @@ pub(crate) struct Endpoint {
     /// The role whose credential the route takes (`any`: every role), if it takes one.
     pub(crate) role: Option<&'static str>,
     params: &'static [Param],
-    request: Option<&'static str>,
+    request: Option<Request>,
     pub(crate) success: (u16, Body),
     refusals: Refusals,
+}
+
+/// A route's JSON request body, by its schema's name.
+#[derive(Clone, Copy)]
+enum Request {
+    Required(&'static str),
+    /// No body at all reads as an empty one.
+    Optional(&'static str),
 }
 
 /// Statuses every authenticated route can refuse with: no or bad token, wrong role, and the
@@ -164,7 +172,7 @@ pub(crate) const KMS_REQUESTS: Endpoint = Endpoint {
     summary: "Run one KMS request (GET_HANDLE, ISSUE_EPHEMERAL, ROTATE, REVOKE).",
     role: Some("os"),
     params: &[],
-    request: Some("RawKmsRequest"),
+    request: Some(Request::Required("RawKmsRequest")),
     success: (200, Body::Json("MaterialBundle")),
     refusals: Refusals::Kms,
 };
@@ -176,7 +184,7 @@ pub(crate) const REDEEM: Endpoint = Endpoint {
     summary: "Redeem a handle or credential for its material (executor only).",
     role: Some("executor"),
     params: &[],
-    request: Some("RawRedeemRequest"),
+    request: Some(Request::Required("RawRedeemRequest")),
     success: (200, Body::Json("RedeemAnswer")),
     refusals: Refusals::Redeem,
 };
@@ -188,7 +196,7 @@ pub(crate) const CREATE_SECRET: Endpoint = Endpoint {
     summary: "Create a secret (generated, or imported from material_b64).",
     role: Some("admin"),
     params: &[TENANT_PATH],
-    request: Some("NewSecretRequest"),
+    request: Some(Request::Required("NewSecretRequest")),
     success: (201, Body::Json("SecretCreated")),
     refusals: Refusals::Admin(&[409, 422]),
 };
@@ -212,7 +220,7 @@ pub(crate) const STAGE: Endpoint = Endpoint {
     summary: "Stage material for the next rotation of an imported secret.",
     role: Some("admin"),
     params: &[TENANT_PATH],
-    request: Some("StageRequest"),
+    request: Some(Request::Required("StageRequest")),
     success: (202, Body::Json("Staged")),
     refusals: Refusals::Admin(&[404, 409, 422]),
 };
@@ -224,7 +232,7 @@ pub(crate) const PUT_POLICY: Endpoint = Endpoint {
     summary: "Replace a tenant's policy.",
     role: Some("admin"),
     params: &[TENANT_PATH],
-    request: Some("PolicyDocument"),
+    request: Some(Request::Required("PolicyDocument")),
     success: (200, Body::Json("PolicyVersion")),
     refusals: Refusals::Admin(&[409, 422]),
 };
@@ -236,7 +244,7 @@ pub(crate) const SIMULATE_POLICY: Endpoint = Endpoint {
     summary: "Show a candidate policy's impact on the recorded requests; changes nothing.",
     role: Some("admin"),
     params: &[TENANT_PATH],
-    request: Some("SimulateRequest"),
+    request: Some(Request::Required("SimulateRequest")),
     success: (200, Body::Json("PolicyImpact")),
     refusals: Refusals::Admin(&[404, 422]),
 };
@@ -248,7 +256,7 @@ pub(crate) const REPLAY: Endpoint = Endpoint {
     summary: "Re-derive every decision of a tenant's chain and compare it with the record.",
     role: Some("admin"),
     params: &[TENANT_PATH],
-    request: Some("ReplayRequest"),
+    request: Some(Request::Optional("ReplayRequest")),
     success: (200, Body::Json("ReplayReport")),
     refusals: Refusals::Admin(&[404, 422]),
 };
@@ -272,7 +280,7 @@ pub(crate) const CREATE_PRINCIPAL: Endpoint = Endpoint {
     summary: "Create a principal with its first token (shown once). Admins of every tenant only.",
     role: Some("admin"),
     params: &[],
-    request: Some("NewPrincipalRequest"),
+    request: Some(Request::Required("NewPrincipalRequest")),
     success: (201, Body::Json("PrincipalCreated")),
     refusals: Refusals::Admin(&[409]),
 };
@@ -296,7 +304,7 @@ pub(crate) const ISSUE_TOKEN: Endpoint = Endpoint {
     summary: "Issue another token to a principal (shown once); older tokens work until revoked.",
     role: Some("admin"),
     params: &[PRINCIPAL_PATH],
-    request: Some("NewTokenRequest"),
+    request: Some(Request::Required("NewTokenRequest")),
     success: (201, Body::Json("TokenIssued")),
     refusals: Refusals::Admin(&[404]),
 };
@@ -587,11 +595,15 @@ fn operation(endpoint: &Endpoint) -> utoipa::openapi::path::Operation {
         );
     }
     if let Some(req) = endpoint.request {
-        let (media, body) = content(Body::Json(req));
+        let (schema, required) = match req {
+            Request::Required(schema) => (schema, Required::True),
+            Request::Optional(schema) => (schema, Required::False),
+        };
+        let (media, body) = content(Body::Json(schema));
         op = op.request_body(Some(
             RequestBodyBuilder::new()
                 .content(media, body)
-                .required(Some(Required::True))
+                .required(Some(required))
                 .build(),
         ));
     }

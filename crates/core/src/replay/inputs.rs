@@ -109,11 +109,19 @@ impl SecretTerms {
     }
 }
 
+/// The encoding's length is a multiple of this.
+pub const PADDED_TO: usize = 128;
+
 impl DecisionInputs {
-    /// The canonical encoding kept (sealed) beside the record.
+    /// The canonical encoding kept (sealed) beside the record, padded with spaces to a
+    /// multiple of [`PADDED_TO`] bytes so that the sealed length tells little of the lengths of
+    /// the names inside (which refs take care to hide).
     pub fn to_bytes(&self) -> Vec<u8> {
         // Plain data with string keys: serialization cannot fail.
-        serde_json::to_vec(self).unwrap_or_default()
+        let mut bytes = serde_json::to_vec(self).unwrap_or_default();
+        let padded = bytes.len().div_ceil(PADDED_TO) * PADDED_TO;
+        bytes.resize(padded, b' ');
+        bytes
     }
 
     /// Parses [`DecisionInputs::to_bytes`].
@@ -155,6 +163,7 @@ mod tests {
         ];
         for inputs in all {
             let bytes = inputs.to_bytes();
+            assert_eq!(bytes.len() % PADDED_TO, 0);
             assert_eq!(
                 DecisionInputs::from_bytes(&bytes),
                 Some(inputs),
