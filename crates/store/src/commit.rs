@@ -52,7 +52,7 @@ pub struct Needs {
     /// Secrets the batch checks or changes.
     pub secrets: Vec<SecretKey>,
     /// Secrets the batch only reads the state version of, to check a grant (see
-    /// [`GrantedRead`]), and that are not in `secrets`: a backend that knows the committed
+    /// `GrantedRead`), and that are not in `secrets`: a backend that knows the committed
     /// snapshot without a read may give it without its staged material.
     pub grant_secrets: Vec<SecretKey>,
     /// Idempotency keys the batch claims.
@@ -461,7 +461,7 @@ fn refused(kind: ErrorKind, message: &str) -> StoreError {
 /// 2. its secret exists, or for a creation does not (`NotFound`, `AlreadyExists`);
 /// 3. compare-and-set: the secret is at the state version the change was computed from, and an
 ///    answer that grants something finds the policy version and secret state its decision read
-///    (`StateConflict`; see [`GrantedRead`]);
+///    (`StateConflict`; see `GrantedRead`);
 /// 4. the change's own precondition: staged material for a rotation from staged material
 ///    (`StateConflict`), an imported secret for staging (`Invalid`), a valid policy (`Invalid`);
 /// 5. the audit chain has room (`Invalid`).
