@@ -2,60 +2,18 @@
 //! plus issue — per operation, on one core.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_main};
-use selene_kms_core::{
-    KmsRequest, Policy, SecretKind, SecretSnapshot, ServiceKeys, ServiceSecret, TtlBounds,
-    VersionState, evaluate, issue, state::DEFAULT_HANDLE_TTL_MS,
-};
+use selene_kms_core::{ServiceKeys, ServiceSecret, evaluate, issue};
 use serde_json::json;
 use std::hint::black_box;
 
-const NOW: u64 = 1_767_225_600_000;
+mod fixtures;
 
-fn request(op: &str, extra: serde_json::Value) -> KmsRequest {
-    let mut v = json!({
-        "correlation_id": "c-1", "turn_id": "t-1", "idempotency_key": "k-1",
-        "tenant_id": "acme", "operation": op, "secret_name": "payments/stripe",
-        "requester_engine_id": "PH1.OS", "requester_user_id": "u-admin"
-    });
-    if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
-        o.extend(e.clone());
-    }
-    KmsRequest::from_json(v.to_string().as_bytes()).expect("valid request")
-}
-
-fn policy() -> Policy {
-    Policy::from_json(
-        json!({"rules": [
-            {"secret_names": ["billing/*"], "engines": ["PH1.BILLING"], "operations": ["GET_HANDLE"]},
-            {"secret_names": ["payments/*"], "engines": ["PH1.OS"],
-             "operations": ["GET_HANDLE", "ISSUE_EPHEMERAL", "ROTATE", "REVOKE"]}],
-            "admins": ["u-admin"]})
-        .to_string()
-        .as_bytes(),
-    )
-    .expect("valid policy")
-}
-
-fn snapshot(keys: &ServiceKeys) -> SecretSnapshot {
-    SecretSnapshot {
-        secret_ref: selene_kms_core::refs::secret_ref(
-            keys,
-            &selene_kms_core::TenantId::try_from("acme").expect("valid"),
-            &selene_kms_core::SecretName::try_from("payments/stripe").expect("valid"),
-        ),
-        state_version: 3,
-        kind: SecretKind::Generated,
-        versions: vec![VersionState::Active; 3],
-        staged: false,
-        ttl: TtlBounds::DEFAULT,
-        handle_ttl_ms: DEFAULT_HANDLE_TTL_MS,
-    }
-}
+use fixtures::{NOW, policy, request, snapshot};
 
 fn pipeline(c: &mut Criterion) {
     let keys = ServiceKeys::derive(&ServiceSecret::from_bytes([7; 32]));
     let policy = policy();
-    let snapshot = snapshot(&keys);
+    let snapshot = snapshot(&keys, 3);
     let dry_rotate = request("ROTATE", json!({"dry_run": true}));
     let sim = {
         let grant = evaluate(&dry_rotate, Some(&policy), Some(&snapshot), &keys, NOW).expect("ok");
@@ -138,7 +96,7 @@ fn audit_verify(c: &mut Criterion) {
     const RECORDS: u64 = 10_000;
     let keys = ServiceKeys::derive(&ServiceSecret::from_bytes([7; 32]));
     let req = request("GET_HANDLE", json!({}));
-    let snapshot = snapshot(&keys);
+    let snapshot = snapshot(&keys, 3);
     let grant = evaluate(&req, Some(&policy()), Some(&snapshot), &keys, NOW).expect("grant");
     let bundle = issue(grant, Some(&snapshot), &keys).expect("ok").bundle;
     let mut prev = GENESIS_DIGEST.to_owned();

@@ -2,56 +2,16 @@
 //! `selene-kms` binary ships with (a replay allocates a little for every record it re-derives).
 
 use criterion::{Criterion, Throughput, criterion_main};
-use selene_kms_core::{
-    KmsRequest, Policy, SecretKind, SecretSnapshot, ServiceKeys, ServiceSecret, TtlBounds,
-    VersionState, evaluate, issue, state::DEFAULT_HANDLE_TTL_MS,
-};
+use selene_kms_core::{ServiceKeys, ServiceSecret, evaluate, issue};
 use serde_json::json;
 use std::hint::black_box;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const NOW: u64 = 1_767_225_600_000;
+mod fixtures;
 
-fn request(op: &str, extra: serde_json::Value) -> KmsRequest {
-    let mut v = json!({
-        "correlation_id": "c-1", "turn_id": "t-1", "idempotency_key": "k-1",
-        "tenant_id": "acme", "operation": op, "secret_name": "payments/stripe",
-        "requester_engine_id": "PH1.OS", "requester_user_id": "u-admin"
-    });
-    if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
-        o.extend(e.clone());
-    }
-    KmsRequest::from_json(v.to_string().as_bytes()).expect("valid request")
-}
-
-fn policy() -> Policy {
-    Policy::from_json(
-        json!({"rules": [
-            {"secret_names": ["payments/*"], "engines": ["PH1.OS"], "operations": ["GET_HANDLE"]}],
-            "admins": ["u-admin"]})
-        .to_string()
-        .as_bytes(),
-    )
-    .expect("valid policy")
-}
-
-fn snapshot(keys: &ServiceKeys) -> SecretSnapshot {
-    SecretSnapshot {
-        secret_ref: selene_kms_core::refs::secret_ref(
-            keys,
-            &selene_kms_core::TenantId::try_from("acme").expect("valid"),
-            &selene_kms_core::SecretName::try_from("payments/stripe").expect("valid"),
-        ),
-        state_version: 1,
-        kind: SecretKind::Generated,
-        versions: vec![VersionState::Active],
-        staged: false,
-        ttl: TtlBounds::DEFAULT,
-        handle_ttl_ms: DEFAULT_HANDLE_TTL_MS,
-    }
-}
+use fixtures::{NOW, policy, request, snapshot};
 
 /// Replaying a chain of GET_HANDLE decisions in process, as `audit replay` does: every decision
 /// re-run from its kept inputs and compared with its record; from opened inputs and parsed
@@ -63,7 +23,7 @@ fn replay(c: &mut Criterion) {
     const DECISIONS: u64 = 10_000;
     let keys = ServiceKeys::derive(&ServiceSecret::from_bytes([7; 32]));
     let policy = policy();
-    let snapshot = snapshot(&keys);
+    let snapshot = snapshot(&keys, 1);
     let tenant = selene_kms_core::TenantId::try_from("acme").expect("valid");
     let mut prev = GENESIS_DIGEST.to_owned();
     let mut chain: Vec<(AuditRecord, Kept)> = Vec::new();
