@@ -74,6 +74,7 @@ fn replay(c: &mut Criterion) {
             request: req.to_raw(),
             policy_version: Some(1),
             state_version: Some(1),
+            current_version: Some(1),
             key: KeySeen::Free,
             keyed: true,
         };

@@ -521,3 +521,43 @@ async fn a_policy_simulation_counts_exactly_and_changes_nothing() {
     assert_eq!(s.records().await.len(), length, "bad input wrote nothing");
     s.stop().await;
 }
+
+/// Handles asked for while the secret rotates are granted (a rotation does not void the version
+/// a handle was issued from), and the whole race replays without a difference.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn handles_granted_while_the_secret_rotates_replay_without_a_difference() {
+    let s = std::sync::Arc::new(Server::start().await);
+    s.put_policy(&policy(true)).await;
+    let created = s
+        .admin_post("secrets", &json!({"secret_name": "payments/stripe"}))
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    let mut tasks = Vec::new();
+    for worker in 0..8 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut reasons = Vec::new();
+            for i in 0..15 {
+                let key = format!("w{worker}-{i}");
+                if worker % 2 == 0 {
+                    let (_, done) = s.plan_and_commit(&admin_request("ROTATE", &key)).await;
+                    reasons.push(done.reason());
+                } else {
+                    reasons.push(s.kms(&request("GET_HANDLE", &key)).await.reason());
+                }
+            }
+            reasons
+        }));
+    }
+    for task in tasks {
+        for reason in task.await.expect("worker") {
+            assert!(
+                ["PH1_KMS_OK_MATERIAL_ISSUE", "KMS_SIMULATION_STALE"].contains(&reason.as_str()),
+                "{reason}"
+            );
+        }
+    }
+    let report = s.replay(None).await.json();
+    assert_eq!(report["differ"], json!(0), "{report:#}");
+    assert_eq!(report["decisions"], report["matched"]);
+}

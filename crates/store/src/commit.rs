@@ -164,17 +164,28 @@ impl Needs {
 }
 
 /// What an answer that grants something (an `OK` bundle decided afresh, not a dry run, which
-/// grants nothing and whose plan its commit checks again) was decided from: the
-/// tenant's policy version and the secret's state version its decision read. It commits only
-/// while both are still what is committed, so that no grant rests on a state that a later
-/// change, or a row set back in the database, had already replaced; and a replay can hold each
-/// grant to the chain's latest state.
+/// grants nothing and whose plan its commit checks again) was decided from: the tenant's policy
+/// version and what it read of the secret. It commits only while the policy version is the
+/// committed one and the secret still holds what the grant rests on, so that no grant rests on
+/// a state that a later change, or a row set back in the database, had already voided; and a
+/// replay holds each grant to the chain's state at its place in the same way.
 struct GrantedRead {
     /// The policy version read (0: none).
     policy_version: u64,
-    /// The secret named, and the state version read (`None`: no such secret).
+    /// The secret named.
     secret: Option<SecretName>,
-    state_version: Option<u64>,
+    /// What of the secret must still hold.
+    holds: SecretRead,
+}
+
+/// What of a secret a grant needs to still hold.
+enum SecretRead {
+    /// The state version read, exactly: the grant changes the secret (its compare-and-set
+    /// checks the same).
+    State(Option<u64>),
+    /// The version a handle or credential was issued from is still active: a rotation since the
+    /// read leaves it usable, a revocation does not.
+    Active(Option<u64>),
 }
 
 impl GrantedRead {
@@ -183,6 +194,10 @@ impl GrantedRead {
         let Some(DecisionInputs::Request(inputs)) = &unit.inputs else {
             return None;
         };
+        let holds = match unit.change {
+            Change::None => SecretRead::Active(inputs.current_version),
+            _ => SecretRead::State(inputs.state_version),
+        };
         Some(Self {
             policy_version: inputs.policy_version.unwrap_or(0),
             secret: inputs
@@ -190,7 +205,7 @@ impl GrantedRead {
                 .secret_name
                 .as_deref()
                 .and_then(|n| SecretName::try_from(n).ok()),
-            state_version: inputs.state_version,
+            holds,
         })
     }
 }
@@ -616,13 +631,20 @@ impl Working<'_> {
     /// committed ones (as this batch has them so far).
     fn still_read(&self, tenant: &TenantId, read: &GrantedRead) -> StoreResult<()> {
         let policy = self.committed.policy_versions.get(tenant).copied();
-        let state = match &read.secret {
+        let secret = match &read.secret {
             Some(name) => self
                 .secret(&(tenant.clone(), name.clone()))?
-                .map(|s| s.snapshot.state_version),
+                .map(|s| s.snapshot.clone()),
             None => None,
         };
-        if policy.unwrap_or(0) != read.policy_version || state != read.state_version {
+        let holds = match read.holds {
+            SecretRead::State(version) => secret.map(|s| s.state_version) == version,
+            SecretRead::Active(version) => {
+                let state = version.and_then(|v| secret.and_then(|s| s.version_state(v)));
+                state == Some(VersionState::Active)
+            }
+        };
+        if policy.unwrap_or(0) != read.policy_version || !holds {
             return Err(refused(
                 ErrorKind::StateConflict,
                 "the policy or the secret changed since the decision read them",

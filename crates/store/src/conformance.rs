@@ -277,15 +277,13 @@ pub async fn change(
         .await
 }
 
-/// A unit answering a GET_HANDLE of `n` with `reason`, decided from policy version `policy` and
-/// the secret's state version `state`, as a host keeps its inputs.
-fn answered_read(
-    t: &TenantId,
-    n: &str,
-    reason: ReasonCode,
-    policy: Option<u64>,
-    state: Option<u64>,
-) -> CommitUnit {
+/// What a decision read: the policy version, and the secret's state and current versions.
+type Read = (Option<u64>, Option<u64>, Option<u64>);
+
+/// A unit answering a GET_HANDLE of `n` with `reason`, decided from `read`, as a host keeps its
+/// inputs.
+fn answered_read(t: &TenantId, n: &str, reason: ReasonCode, read: Read) -> CommitUnit {
+    let (policy_version, state_version, current_version) = read;
     let request = selene_kms_core::RawKmsRequest {
         tenant_id: Some(t.as_str().to_owned()),
         secret_name: Some(n.to_owned()),
@@ -303,26 +301,30 @@ fn answered_read(
         bundle: Some(bundle),
         inputs: Some(DecisionInputs::Request(Box::new(RequestInputs {
             request,
-            policy_version: policy,
-            state_version: state,
+            policy_version,
+            state_version,
+            current_version,
             key: KeySeen::Free,
             keyed: false,
         }))),
     }
 }
 
-/// A grant commits only while the policy version and the secret state its decision read are
-/// the committed ones; a refusal is not held to them.
+/// A grant commits only while the policy version its decision read is the committed one and
+/// what it rests on still holds: the version a handle is issued from is still active (a
+/// rotation since does not void it, a revocation does), and a change to the secret is made
+/// from its current state. A refusal or a dry run is not held to its reads.
 pub async fn a_grant_commits_only_while_what_it_read_is_committed(store: Arc<dyn Store>) {
     let t = tenant("acme");
     create(&*store, &t, "k", SecretKind::Generated, None)
         .await
         .expect("create");
     let ok = ReasonCode::OkMaterialIssue;
+    let grant = |read: Read| answered_read(&t, "k", ok, read);
     store
-        .commit(answered_read(&t, "k", ok, None, Some(1)))
+        .commit(grant((None, Some(1), Some(1))))
         .await
-        .expect("read what is committed");
+        .expect("as committed");
     change(
         &*store,
         &t,
@@ -335,36 +337,61 @@ pub async fn a_grant_commits_only_while_what_it_read_is_committed(store: Arc<dyn
     )
     .await
     .expect("rotate");
+    store
+        .commit(grant((None, Some(1), Some(1))))
+        .await
+        .expect("a rotation leaves version 1 usable");
+    change(&*store, &t, "k", 2, StateChange::RevokeVersion(1))
+        .await
+        .expect("revoke");
     let records = audit_len(&*store, &t).await;
-    for (policy, state) in [(None, Some(1)), (Some(1), Some(2)), (None, None)] {
-        let stale = store
-            .commit(answered_read(&t, "k", ok, policy, state))
-            .await;
+    for read in [
+        (None, Some(1), Some(1)),
+        (Some(1), Some(3), Some(2)),
+        (None, None, None),
+    ] {
+        let voided = store.commit(grant(read)).await;
         assert_eq!(
-            stale.map_err(|e| e.kind),
+            voided.map_err(|e| e.kind),
             Err(ErrorKind::StateConflict),
-            "{policy:?} {state:?}"
+            "{read:?}"
         );
     }
+    // A change to the secret is held to the policy version it read, as well as to its state.
+    let mut rotation = grant((Some(1), Some(3), Some(2)));
+    rotation.change = Change::Secret {
+        name: name("k"),
+        expected_state_version: 3,
+        change: StateChange::Rotate {
+            new_version: 3,
+            from_staged: false,
+        },
+        material: Some(fresh_material()),
+    };
+    let voided = store.commit(rotation).await;
+    assert_eq!(voided.map_err(|e| e.kind), Err(ErrorKind::StateConflict));
     assert_eq!(
         audit_len(&*store, &t).await,
         records,
         "refused grants write nothing"
     );
-    let refusal = answered_read(&t, "k", ReasonCode::NotAuthorized, None, Some(1));
+    let refusal = answered_read(&t, "k", ReasonCode::NotAuthorized, (None, Some(1), Some(1)));
     store
         .commit(refusal)
         .await
         .expect("a refusal is not held to its reads");
+    let mut dry_run = grant((None, Some(1), Some(1)));
+    if let Some(bundle) = &mut dry_run.bundle {
+        bundle.dry_run = true;
+    }
     store
-        .commit(answered_read(&t, "k", ok, None, Some(2)))
+        .commit(dry_run)
         .await
-        .expect("read what is committed");
-    let missing = answered_read(&t, "gone", ok, None, None);
+        .expect("a dry run grants nothing");
     store
-        .commit(missing)
+        .commit(grant((None, Some(3), Some(2))))
         .await
-        .expect("no such secret, as read");
+        .expect("as committed");
 }
 
 /// Rotates with compare-and-set, retrying on conflicts, as a host does.

@@ -125,11 +125,11 @@ impl ChainState {
         }
     }
 
-    /// The state version the chain gave the secret at `secret_ref` last (`None`: not created,
-    /// or its terms are not kept).
-    pub(crate) fn latest_state(&self, secret_ref: &str) -> Option<u64> {
+    /// The state the chain gave the secret at `secret_ref` last (`None`: not created, or its
+    /// terms are not kept).
+    pub(crate) fn latest(&self, secret_ref: &str) -> Option<&SecretSnapshot> {
         match self.secrets.get(secret_ref) {
-            Some(SecretAt::Known(states)) => states.back().map(|s| s.state_version),
+            Some(SecretAt::Known(states)) => states.back().map(|s| &**s),
             _ => None,
         }
     }

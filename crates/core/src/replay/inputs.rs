@@ -33,6 +33,10 @@ pub struct RequestInputs {
     /// none was read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_version: Option<u64>,
+    /// The secret's current version in that snapshot: what a handle or credential is issued
+    /// from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_version: Option<u64>,
     /// What the decision found under its idempotency key.
     pub key: KeySeen,
     /// Whether the answer was kept under the key (set by the store as it commits).
@@ -47,6 +51,7 @@ impl RequestInputs {
             request,
             policy_version: None,
             state_version: None,
+            current_version: None,
             key: KeySeen::Free,
             keyed: false,
         }
@@ -150,6 +155,7 @@ mod tests {
                 request: request.clone(),
                 policy_version: Some(3),
                 state_version: Some(9),
+                current_version: Some(2),
                 key: KeySeen::Other,
                 keyed: true,
             })),

@@ -27,7 +27,7 @@ use crate::reason::ReasonCode;
 use crate::refs;
 use crate::refusal::Refusal;
 use crate::request::KmsRequest;
-use crate::state::StateChange;
+use crate::state::{SecretSnapshot, StateChange, VersionState};
 use crate::wire::MaterialBundle;
 use crate::{Problem, Subject};
 
@@ -237,18 +237,25 @@ impl<'k> Replay<'k> {
         }
         let secret_ref = self.secret_refs.get(name).map_or("", String::as_str);
         let secret = self.state.secret(secret_ref, inputs.state_version)?;
-        // A grant commits only while what it read is what is committed (the store checks it), so
-        // one that read anything but the chain's latest was made from a row set back.
-        if record.reason_code.is_ok()
-            && !record.dry_run
-            && !record.replayed
-            && (inputs.policy_version != self.state.policies.latest()
-                || inputs.state_version != self.state.latest_state(secret_ref))
-        {
-            return Err(
-                "the grant was decided from a policy or secret state the chain had already \
-                 replaced (set back in the store)",
-            );
+        // A grant commits only while what it rests on still holds (the store checks it), so one
+        // that does not hold against the chain was made from a row set back.
+        if record.reason_code.is_ok() && !record.dry_run && !record.replayed {
+            let latest = self.state.latest(secret_ref);
+            let holds = match record.operation {
+                // A handle or credential rests on the version it was issued from.
+                Some(AuditAction::GetHandle | AuditAction::IssueEphemeral) => {
+                    let read = secret.as_deref().map(SecretSnapshot::current_version);
+                    inputs.current_version == read
+                        && read.and_then(|v| latest?.version_state(v)) == Some(VersionState::Active)
+                }
+                _ => inputs.state_version == latest.map(|s| s.state_version),
+            };
+            if inputs.policy_version != self.state.policies.latest() || !holds {
+                return Err(
+                    "the grant was decided from a policy or secret state the chain had \
+                     already voided (set back in the store)",
+                );
+            }
         }
         let fingerprint = req.fingerprint();
         let kept_answer = self.state.answer(principal, req.idempotency_key.as_str());

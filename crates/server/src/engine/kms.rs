@@ -181,6 +181,7 @@ impl Engine {
             let read = Read {
                 policy_version: policy.as_ref().map(|p| p.version),
                 state_version: secret.as_ref().map(|s| s.state_version),
+                current_version: secret.as_ref().map(|s| s.current_version()),
             };
             // (3) enablement and (4) access.
             let grant = match evaluate(
@@ -426,6 +427,7 @@ impl Engine {
 struct Read {
     policy_version: Option<u64>,
     state_version: Option<u64>,
+    current_version: Option<u64>,
 }
 
 impl Read {
@@ -435,6 +437,7 @@ impl Read {
             request: req.to_raw(),
             policy_version: self.policy_version,
             state_version: self.state_version,
+            current_version: self.current_version,
             key,
             keyed: false,
         })))
