@@ -530,4 +530,21 @@ fn replay_and_policy_impact_from_the_command_line() {
         .expect("replay runs");
     assert!(!unknown.status.success());
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("no audit chain"));
+
+    // A record rewritten in the stopped store: named, and the command fails.
+    let db = rusqlite::Connection::open(dir.path().join("kms.db")).expect("database");
+    db.execute(
+        "UPDATE audit SET record = replace(record, '\"c-1\"', '\"c-2\"') WHERE tenant_id = 'acme'",
+        [],
+    )
+    .expect("rewrite");
+    drop(db);
+    let tampered = selene_kms()
+        .args(["audit", "replay", "--tenant", "acme", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .expect("replay runs");
+    assert_eq!(tampered.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&tampered.stdout);
+    assert!(text.contains("The chain does not hold: record"), "{text}");
 }

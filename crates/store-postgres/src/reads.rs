@@ -7,8 +7,8 @@ use selene_kms_core::{
     ServiceKeys, TenantId, TtlBounds, VersionState, state::mark_revoked,
 };
 use selene_kms_store::backend::{
-    ErrorKind, FIRST_GENERATION_SECRETS, IdempotencyScope, SecretListing, StoreError, StoreResult,
-    TenantSummary, VersionListing, resealed_secret_ref, stored_record,
+    ErrorKind, FIRST_GENERATION_SECRETS, IdempotencyScope, MAX_KEPT_INPUTS, SecretListing,
+    StoreError, StoreResult, TenantSummary, VersionListing, resealed_secret_ref, stored_record,
 };
 use tokio_postgres::Row;
 
@@ -269,15 +269,16 @@ pub(crate) async fn sealed_records(
     const WHAT: &str = "audit read";
     let rows = sql::rows(
         client,
-        // Inputs larger than any the KMS writes (256 KiB) are read as empty, and so as
-        // unreadable, never into memory.
+        // Inputs larger than any the KMS writes are read as empty, and so as unreadable, never
+        // into memory.
         "SELECT seq, record,
-                CASE WHEN octet_length(inputs) > 262144 THEN ''::bytea ELSE inputs END
+                CASE WHEN octet_length(inputs) > $4 THEN ''::bytea ELSE inputs END
          FROM audit WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
         &[
             &tenant.as_str(),
             &i64::try_from(after_seq).unwrap_or(i64::MAX),
             &i64::try_from(limit).unwrap_or(i64::MAX),
+            &i32::try_from(MAX_KEPT_INPUTS).unwrap_or(i32::MAX),
         ],
         WHAT,
     )

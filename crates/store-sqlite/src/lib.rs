@@ -41,11 +41,11 @@ use selene_kms_core::{
 };
 use selene_kms_store::backend::{
     BatchHistogram, CommitUnit, Credential, DataKey, ErrorKind, FIRST_GENERATION_SECRETS,
-    IdempotencyRecord, IdempotencyScope, KeptRecord, PrincipalListing, PrincipalRecord, Receipt,
-    RootKey, SecretListing, SharedRoot, Store, StoreError, StoreResult, StoredPolicy,
-    TenantSummary, VersionListing, WriteHealth, from_db, from_json, head_of, new_service_secret,
-    open_service_secret, resealed_secret_ref, stored_record, stored_tenant, to_db,
-    to_db_saturating,
+    IdempotencyRecord, IdempotencyScope, KeptRecord, MAX_KEPT_INPUTS, PrincipalListing,
+    PrincipalRecord, Receipt, RootKey, SecretListing, SharedRoot, Store, StoreError, StoreResult,
+    StoredPolicy, TenantSummary, VersionListing, WriteHealth, from_db, from_json, head_of,
+    new_service_secret, open_service_secret, resealed_secret_ref, stored_record, stored_tenant,
+    to_db, to_db_saturating,
 };
 use writer::{Job, Maintenance, Writer};
 
@@ -626,9 +626,12 @@ impl Store for SqliteStore {
         self.read(|c| {
             let mut stmt = c
                 .prepare_cached(
-                    // Inputs larger than any the KMS writes (256 KiB) are read as empty, and so
-                    // as unreadable, never into memory.
-                    "SELECT seq, record, CASE WHEN length(inputs) > 262144 THEN X'' ELSE inputs END
+                    // Inputs larger than any the KMS writes, or not a blob, are read as empty,
+                    // and so as unreadable, never into memory.
+                    "SELECT seq, record,
+                            CASE WHEN inputs IS NULL THEN NULL
+                                 WHEN typeof(inputs) <> 'blob' OR length(inputs) > ?4 THEN X''
+                                 ELSE inputs END
                      FROM audit WHERE tenant_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
                 )
                 .map_err(db_err)?;
@@ -638,6 +641,7 @@ impl Store for SqliteStore {
                         tenant.as_str(),
                         to_db_saturating(after_seq),
                         i64::try_from(limit).unwrap_or(i64::MAX),
+                        to_db_saturating(MAX_KEPT_INPUTS as u64),
                     ),
                     |r| {
                         Ok((

@@ -33,8 +33,8 @@ use crate::codec::to_db;
 use crate::envelope::{DataKey, RootKey, Slot};
 use crate::error::{ErrorKind, StoreError, StoreResult};
 use crate::model::{
-    Change, CommitUnit, IdempotencyScope, NewSecret, PrincipalRecord, Receipt, StoredPolicy,
-    encode_policy,
+    Change, CommitUnit, IdempotencyScope, MAX_KEPT_INPUTS, NewSecret, PrincipalRecord, Receipt,
+    StoredPolicy, encode_policy,
 };
 
 /// A secret's identity inside the store.
@@ -564,7 +564,15 @@ impl Working<'_> {
                 }
                 let dek = self.unit_key(&tenant, &mut new_key)?;
                 let head = &chained.head;
-                Some(dek.seal_inputs(&tenant, head.seq, &head.digest, &inputs.to_bytes())?)
+                let sealed =
+                    dek.seal_inputs(&tenant, head.seq, &head.digest, &inputs.to_bytes())?;
+                if sealed.len() > MAX_KEPT_INPUTS {
+                    return Err(refused(
+                        ErrorKind::Invalid,
+                        "the decision's inputs are too large to keep beside its record",
+                    ));
+                }
+                Some(sealed)
             }
             None => None,
         };

@@ -778,6 +778,30 @@ pub async fn policies(store: Arc<dyn Store>) {
         Some((doc, 2))
     );
 
+    // A document too large to keep beside its record is refused, and nothing changes.
+    let names: Vec<String> = (0..3000).map(|i| format!("payments/{i:0>96}")).collect();
+    let huge: PolicyDocument = serde_json::from_value(serde_json::json!({
+        "rules": [{"secret_names": names, "engines": ["E"], "operations": ["GET_HANDLE"]}]
+    }))
+    .expect("doc");
+    let refused = store
+        .commit(CommitUnit {
+            tenant: t.clone(),
+            change: Change::PutPolicy(huge.clone()),
+            audit: record(&t, AuditAction::SetPolicy),
+            idempotency: None,
+            bundle: None,
+            inputs: Some(DecisionInputs::Policy(
+                selene_kms_core::replay::PolicyInputs { document: huge },
+            )),
+        })
+        .await;
+    assert_eq!(refused.map_err(|e| e.kind), Err(ErrorKind::Invalid));
+    assert_eq!(
+        store.policy(&t).await.expect("read").map(|p| p.version),
+        Some(2)
+    );
+
     assert!(store.ready().await);
 }
 

@@ -33,8 +33,9 @@ pub use error::{ErrorKind, StoreError, StoreResult};
 pub use health::FAILING_FOR;
 pub use model::{
     Change, CommitUnit, Credential, IdempotencyRecord, IdempotencyScope, IdempotencyWrite,
-    KeptRecord, NewPrincipal, NewSecret, NewToken, PrincipalListing, PrincipalRecord, Receipt,
-    SecretListing, StoredPolicy, TenantSummary, TokenRecord, VersionListing,
+    KeptRecord, MAX_KEPT_INPUTS, NewPrincipal, NewSecret, NewToken, PrincipalListing,
+    PrincipalRecord, Receipt, SecretListing, StoredPolicy, TenantSummary, TokenRecord,
+    VersionListing,
 };
 pub use stats::{BATCH_BOUNDS, BatchHistogram, MAX_BATCH};
 pub use store::Store;

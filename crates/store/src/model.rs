@@ -415,6 +415,11 @@ mod tests {
     }
 }
 
+/// The most bytes of sealed decision inputs the store keeps beside a record: a decision whose
+/// inputs are larger (a policy document of that size) is refused, and stored inputs larger than
+/// this are read as unreadable, never into memory.
+pub const MAX_KEPT_INPUTS: usize = 256 * 1024;
+
 /// An audit record with what was kept beside it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct KeptRecord {

@@ -100,6 +100,15 @@ async fn simulate(
         "Under the candidate, of {} recorded requests of {tenant}: {} allowed would be denied, {} denied would be allowed. Nothing was applied.",
         impact.evaluated, impact.allow_to_deny, impact.deny_to_allow
     );
+    if impact.not_evaluated > 0 {
+        println!(
+            "{} recorded requests could not be evaluated (their inputs are missing or do not open).",
+            impact.not_evaluated
+        );
+    }
+    if let Some(broken) = &impact.broken {
+        println!("The chain does not hold: {broken}; nothing from there on was evaluated.");
+    }
     let rows: Vec<Vec<String>> = impact
         .changes
         .iter()

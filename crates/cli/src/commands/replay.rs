@@ -21,7 +21,7 @@ pub(crate) struct ReplayAt {
     pub(crate) conn: Connection,
 }
 
-/// Replays and reports; exits 1 when a decision differs.
+/// Replays and reports; exits 1 when a decision differs or the chain does not hold.
 pub(crate) async fn run(config: &Config, at: ReplayAt, json: bool) -> Result<ExitCode, String> {
     let report = match &at.data_dir {
         Some(dir) => offline(config, &at, dir).await?,
@@ -44,7 +44,7 @@ pub(crate) async fn run(config: &Config, at: ReplayAt, json: bool) -> Result<Exi
     } else {
         print(&report);
     }
-    Ok(if report.differ == 0 {
+    Ok(if report.differ == 0 && report.broken.is_none() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
@@ -82,5 +82,8 @@ fn print(report: &ReplayReport) {
         println!("First difference at record {}: {}.", first.seq, first.why);
         println!("  recorded: {}", first.recorded);
         println!("  replayed: {}", first.replayed);
+    }
+    if let Some(broken) = &report.broken {
+        println!("The chain does not hold: {broken}; nothing from there on was replayed.");
     }
 }
