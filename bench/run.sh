@@ -95,6 +95,21 @@ c = sqlite3.connect(f"file:{sys.argv[1]}?mode=ro", uri=True, timeout=30)
 print(c.execute("SELECT COALESCE(SUM(length(record)), 0) FROM audit").fetchone()[0])
 EOF
 }
+# Bytes of database pages the store keeps once idempotency records have expired: every page of
+# every table and index but the idempotency table's (SQLite's dbstat; free pages not counted).
+kms_kept_bytes() {
+  python3 - "$WORK/kms/kms.db" <<'EOF'
+import sqlite3, sys
+c = sqlite3.connect(f"file:{sys.argv[1]}?mode=ro", uri=True, timeout=30)
+print(c.execute(
+    "SELECT COALESCE(SUM(d.pgsize), 0) FROM dbstat d JOIN sqlite_schema s ON s.name = d.name"
+    " WHERE s.tbl_name <> 'idempotency'").fetchone()[0])
+EOF
+}
+# Bytes the process caused to be written to storage (WAL, database file and checkpoints alike).
+io_write_bytes() { awk '$1 == "write_bytes:" {print $2}' "/proc/$1/io"; }
+# OpenBao's on-disk state (raft log and snapshot, audit log).
+bao_kept_bytes() { du -sb "$WORK/bao" | awk '{print $1}'; }
 
 # ---------------------------------------------------------------- OpenBao
 start_bao() {
@@ -160,16 +175,18 @@ EOF
 
 # ---------------------------------------------------------------- one measured run
 run_one() { # run_one SIDE TEST
-  local side=$1 t=$2 pid script url threads env_extra=() audit0 audit1
+  local side=$1 t=$2 pid script url threads env_extra=() audit0 audit1 kept0 kept1 io0 io1
   if [ "$side" = kms ]; then
     pid=$KMS_PID url=$KMS_URL script=kms.lua
     env_extra=(OS_TOKEN="$OS_TOKEN" EXECUTOR_TOKEN="$EXECUTOR_TOKEN" HANDLES="$WORK/handles.txt")
     audit0=$(kms_audit_bytes)
+    kept0=$(kms_kept_bytes)
   else
     [ "$t" = noop ] || [ "$t" = redeem ] && return 0
     pid=$BAO_PID url=$BAO_URL script=bao.lua
     env_extra=(BAO_TOKEN="$BAO_BENCH_TOKEN")
     audit0=$(stat -c %s "$WORK/bao/audit.log" 2>/dev/null || echo 0)
+    kept0=$(bao_kept_bytes)
   fi
   case $t in rotate|rotate_hot|revoke) threads=$CONNS ;; *) threads=$THREADS ;; esac
   sleep "$SETTLE"
@@ -177,7 +194,7 @@ run_one() { # run_one SIDE TEST
   local route=kms
   case $t in noop) route=other ;; redeem) route=redeem ;; esac
   [ "$side" = kms ] && curl -s "$url/metrics" > "$WORK/metrics-before"
-  local c0 c1; c0=$(cpu_ticks "$pid")
+  local c0 c1; c0=$(cpu_ticks "$pid"); io0=$(io_write_bytes "$pid")
   cat "$HERE/lua/$script" "$HERE/lua/common.lua" > "$WORK/$script"
   times > "$WORK/times-before"
   env SCENARIO="$t" NOBJ="$NOBJ" RUN_ID="$RUN_ID-$side-$t" "${env_extra[@]}" \
@@ -194,24 +211,32 @@ run_one() { # run_one SIDE TEST
     server_p99=$(python3 "$HERE/server_p99.py" "$WORK/metrics-before" "$WORK/metrics-after" "$route")
   fi
   sleep 1
-  if [ "$side" = kms ]; then audit1=$(kms_audit_bytes); else audit1=$(stat -c %s "$WORK/bao/audit.log"); fi
+  # Writes over the run and the second after it, checkpoints of the run's WAL included.
+  io1=$(io_write_bytes "$pid")
+  if [ "$side" = kms ]; then
+    audit1=$(kms_audit_bytes); kept1=$(kms_kept_bytes)
+  else
+    audit1=$(stat -c %s "$WORK/bao/audit.log"); kept1=$(bao_kept_bytes)
+  fi
   local res; res=$(grep '^RESULT' "$WORK/wrk-$side-$t.out") || { cat "$WORK/wrk-$side-$t.out" >&2; exit 1; }
   grep '^FIRST_BAD' "$WORK/wrk-$side-$t.out" >&2 || true
   get() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<< " $res"; }
-  local secs cpu cpu_s bpr
+  local secs cpu cpu_s bpr wpr kpr
   secs=$(get duration_s)
+  wpr=$(awk -v d=$((io1 - io0)) -v n="$(get requests)" 'BEGIN{printf "%.0f", n ? d / n : 0}')
+  kpr=$(awk -v d=$((kept1 - kept0)) -v n="$(get requests)" 'BEGIN{printf "%.0f", n ? d / n : 0}')
   cpu=$(awk -v c=$((c1 - c0)) -v h="$CLK_TCK" -v s="$secs" 'BEGIN{printf "%.0f", 100 * c / h / s}')
   cpu_s=$(awk -v c=$((c1 - c0)) -v h="$CLK_TCK" 'BEGIN{printf "%.2f", c / h}')
   bpr=$(awk -v d=$((audit1 - audit0)) -v n="$(get requests)" 'BEGIN{printf "%.0f", n ? d / n : 0}')
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
     "$side" "$t" "$CONNS" "$(get requests)" "$(get rps)" "$(get ok_per_s)" "$(get p50_ms)" "$(get p99_ms)" \
     "$(get p999_ms)" "$(get errors)" "$(get bad)" "$(get warn)" "$cpu" "$(hwm_kb "$pid")" "$bpr" "$server_p99" \
-    "$cpu_s" "$loadgen_cpu_s" >> "$OUTDIR/results.tsv"
+    "$cpu_s" "$loadgen_cpu_s" "$wpr" "$kpr" >> "$OUTDIR/results.tsv"
   log "$side $t: $(get rps) req/s, $(get ok_per_s) ok/s, p99 $(get p99_ms) ms, errors $(get errors), bad $(get bad), warn $(get warn)"
 }
 
 # ---------------------------------------------------------------- main
-printf 'side\ttest\tconns\trequests\trps\tok_per_s\tp50_ms\tp99_ms\tp999_ms\terrors\tbad\twarn\tserver_cpu_pct\tpeak_rss_kb\taudit_bytes_per_req\tserver_p99_ms\tserver_cpu_s\tloadgen_cpu_s\n' \
+printf 'side\ttest\tconns\trequests\trps\tok_per_s\tp50_ms\tp99_ms\tp999_ms\terrors\tbad\twarn\tserver_cpu_pct\tpeak_rss_kb\taudit_bytes_per_req\tserver_p99_ms\tserver_cpu_s\tloadgen_cpu_s\tdisk_written_per_req\tkept_per_req\n' \
   > "$OUTDIR/results.tsv"
 {
   echo "run_id=$RUN_ID date=$(date -u +%Y-%m-%d) cpus=$(nproc) model=$(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo)"

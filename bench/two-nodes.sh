@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Two selene-kms nodes over one PostgreSQL 15 (fsync on), each driven by its own wrk with half of
 # the connections, at the same time. Reports the summed completed operations per second and the
-# worse p99 of the two, into results/<run>/two-nodes.tsv and the two-node table of BENCHMARKS.md.
+# worse p99 of the two, then, in the same run on the same machine, one node on the embedded
+# SQLite store driven by one wrk with all the connections, and the ratio of the two, into
+# results/<run>/two-nodes.tsv and the two-node table of BENCHMARKS.md.
 #
 #   bench/two-nodes.sh                    # DUR=15 CONNS=64 TESTS="get_handle issue rotate revoke"
 #   KMS_BIN=path bench/two-nodes.sh       # a prebuilt server instead of this tree's
@@ -69,7 +71,7 @@ python3 "$HERE/provision.py" "http://127.0.0.1:${PORTS[0]}" "$ADMIN_TOKEN" "$OS_
 log "two nodes (pids ${PIDS[*]}) over PostgreSQL, $NOBJ secrets provisioned"
 
 cat "$HERE/lua/kms.lua" "$HERE/lua/common.lua" > "$WORK/kms.lua"
-printf 'test\tconns\tok_per_s\tp99_ms_worst\terrors\tbad\twarn\n' > "$OUTDIR/two-nodes.tsv"
+declare -A TWO
 half=$((CONNS / 2))
 for t in $TESTS; do
   case $t in rotate|revoke) threads=$half ;; *) threads=1 ;; esac
@@ -94,11 +96,41 @@ for t in $TESTS; do
     p99=$(awk -v a="$p99" -v b="$(get p99_ms)" 'BEGIN{print (b > a) ? b : a}')
     errors=$((errors + $(get errors))); bad=$((bad + $(get bad))); warn=$((warn + $(get warn)))
   done
-  printf '%s\t%s\t%.1f\t%s\t%s\t%s\t%s\n' "$t" "$CONNS" "$sum" "$p99" "$errors" "$bad" "$warn" >> "$OUTDIR/two-nodes.tsv"
+  TWO[$t]=$(printf '%.1f\t%s\t%s\t%s\t%s' "$sum" "$p99" "$errors" "$bad" "$warn")
   log "two nodes $t: $sum ops/s, worst p99 $p99 ms, errors $errors, bad $bad, stale re-plans $warn"
 done
-column -t -s $'\t' "$OUTDIR/two-nodes.tsv" >&2
+for pid in "${PIDS[@]}"; do kill -TERM "$pid"; wait "$pid" 2>/dev/null || true; done
+PIDS=()
 "$KMS_BIN" audit verify --data-dir "$WORK/kms" --store "$STORE" --json | jq -c '{verified}' >&2
+
+# ---------------------------------------------------------------- one node on SQLite, same run
+"$KMS_BIN" init --data-dir "$WORK/one" --json > "$WORK/one-tokens.json"
+OS_TOKEN=$(jq -r .tokens.os "$WORK/one-tokens.json")
+ADMIN_TOKEN=$(jq -r .tokens.admin "$WORK/one-tokens.json")
+EXECUTOR_TOKEN=$(jq -r .tokens.executor "$WORK/one-tokens.json")
+SELENE_KMS_LOG=warn "$KMS_BIN" serve --data-dir "$WORK/one" --listen "127.0.0.1:${PORTS[0]}" \
+  > "$WORK/one.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:${PORTS[0]}/readyz" && break; sleep 0.1; done
+python3 "$HERE/provision.py" "http://127.0.0.1:${PORTS[0]}" "$ADMIN_TOKEN" "$OS_TOKEN" "$NOBJ" "$WORK/one-handles.txt"
+log "one node (pid ${PIDS[*]}) on SQLite, $NOBJ secrets provisioned"
+printf 'test\tconns\tok_per_s\tp99_ms_worst\terrors\tbad\twarn\tone_sqlite_ok_per_s\tratio\n' \
+  > "$OUTDIR/two-nodes.tsv"
+for t in $TESTS; do
+  case $t in rotate|revoke) threads=$CONNS ;; *) threads=2 ;; esac
+  sleep 2
+  env SCENARIO="$t" NOBJ="$NOBJ" RUN_ID="$RUN_ID-1n-$t" OS_TOKEN="$OS_TOKEN" EXECUTOR_TOKEN="$EXECUTOR_TOKEN" \
+    HANDLES="$WORK/one-handles.txt" \
+    wrk -t"$threads" -c"$CONNS" -d"${DUR}s" --timeout 10s -s "$WORK/kms.lua" "http://127.0.0.1:${PORTS[0]}" \
+    > "$WORK/wrk-$t-one.out" 2>&1
+  res=$(grep '^RESULT' "$WORK/wrk-$t-one.out") || { cat "$WORK/wrk-$t-one.out" >&2; exit 1; }
+  one=$(sed -n "s/.* ok_per_s=\([^ ]*\).*/\1/p" <<< " $res")
+  two=${TWO[$t]%%$'\t'*}
+  ratio=$(awk -v a="$two" -v b="$one" 'BEGIN{printf "%.2f", b ? a / b : 0}')
+  printf '%s\t%s\t%s\t%s\t%s\n' "$t" "$CONNS" "${TWO[$t]}" "$one" "$ratio" >> "$OUTDIR/two-nodes.tsv"
+  log "one SQLite node $t: $one ops/s; two nodes over PostgreSQL / one SQLite node: $ratio"
+done
+column -t -s $'\t' "$OUTDIR/two-nodes.tsv" >&2
 if [ "$REPORT" = 1 ]; then
   python3 "$HERE/report.py" --two-nodes "$OUTDIR" "$ROOT/BENCHMARKS.md"
   log "BENCHMARKS.md updated from $OUTDIR"
