@@ -319,13 +319,13 @@ async fn an_altered_record_or_decision_is_named_by_its_seq() {
     let allowed = seq_of(&records, "PH1_KMS_OK_ACCESS_EVALUATE");
     let moved: Vec<u8> = db
         .query_row(
-            "SELECT inputs FROM audit WHERE tenant_id = ?1 AND seq = ?2",
+            "SELECT sealed FROM decision_inputs WHERE tenant_id = ?1 AND seq = ?2",
             (TENANT, refused),
             |r| r.get(0),
         )
         .expect("inputs");
     db.execute(
-        "UPDATE audit SET inputs = ?1 WHERE tenant_id = ?2 AND seq = ?3",
+        "UPDATE decision_inputs SET sealed = ?1 WHERE tenant_id = ?2 AND seq = ?3",
         (&moved, TENANT, allowed),
     )
     .expect("move inputs");

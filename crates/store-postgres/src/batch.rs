@@ -378,15 +378,29 @@ pub(crate) async fn write(
     if !rows.is_empty() {
         sql::execute(
             client,
-            "INSERT INTO audit (tenant_id, seq, record, inputs)
-             SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bytea[])",
+            "INSERT INTO audit (tenant_id, seq, record)
+             SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[])",
             &[
                 &column(rows, |r| r.tenant.as_str()),
                 &numbers(rows, |r| r.seq)?,
                 &column(rows, |r| r.json.as_str()),
-                &column(rows, |r| r.inputs.as_deref()),
             ],
             "audit write",
+        )
+        .await?;
+    }
+    let kept: Vec<_> = rows.iter().filter(|r| r.inputs.is_some()).collect();
+    if !kept.is_empty() {
+        sql::execute(
+            client,
+            "INSERT INTO decision_inputs (tenant_id, seq, sealed)
+             SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[])",
+            &[
+                &column(&kept, |r| r.tenant.as_str()),
+                &numbers(&kept, |r| r.seq)?,
+                &column(&kept, |r| r.inputs.as_deref().unwrap_or_default()),
+            ],
+            "decision inputs write",
         )
         .await?;
     }

@@ -271,9 +271,11 @@ pub(crate) async fn sealed_records(
         client,
         // Inputs larger than any the KMS writes are read as empty, and so as unreadable, never
         // into memory.
-        "SELECT seq, record,
-                CASE WHEN octet_length(inputs) > $4 THEN ''::bytea ELSE inputs END
-         FROM audit WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        "SELECT a.seq, a.record,
+                CASE WHEN octet_length(i.sealed) > $4 THEN ''::bytea ELSE i.sealed END
+         FROM audit a
+         LEFT JOIN decision_inputs i ON i.tenant_id = a.tenant_id AND i.seq = a.seq
+         WHERE a.tenant_id = $1 AND a.seq > $2 ORDER BY a.seq LIMIT $3",
         &[
             &tenant.as_str(),
             &i64::try_from(after_seq).unwrap_or(i64::MAX),

@@ -157,10 +157,15 @@ CREATE INDEX manifests_full ON manifests (seq) WHERE is_full;
 -- signs manifests over, only heads the KMS wrote.
 ALTER TABLE tenants ADD COLUMN audit_head_mac BYTEA;
 "#,
-    // What each decision was made from, sealed under the tenant's data key beside its record
-    // (see the core's `replay` module).
+    // What each decision was made from, sealed under the tenant's data key, beside its record
+    // (see the core's `replay` module), in a table of its own so that audit rows stay compact.
     r#"
-ALTER TABLE audit ADD COLUMN inputs BYTEA;
+CREATE TABLE decision_inputs (
+    tenant_id TEXT NOT NULL,
+    seq       BIGINT NOT NULL,
+    sealed    BYTEA NOT NULL,
+    PRIMARY KEY (tenant_id, seq)
+);
 "#,
 ];
 

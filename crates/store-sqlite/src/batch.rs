@@ -369,15 +369,18 @@ pub(crate) fn write(
     for a in &writes.audit {
         exec(
             conn,
-            "INSERT INTO audit (tenant_id, seq, record, inputs) VALUES (?1, ?2, ?3, ?4)",
-            (
-                a.tenant.as_str(),
-                to_db(a.seq)?,
-                a.json.as_str(),
-                a.inputs.as_deref(),
-            ),
+            "INSERT INTO audit (tenant_id, seq, record) VALUES (?1, ?2, ?3)",
+            (a.tenant.as_str(), to_db(a.seq)?, a.json.as_str()),
             "audit write",
         )?;
+        if let Some(sealed) = &a.inputs {
+            exec(
+                conn,
+                "INSERT INTO decision_inputs (tenant_id, seq, sealed) VALUES (?1, ?2, ?3)",
+                (a.tenant.as_str(), to_db(a.seq)?, sealed.as_slice()),
+                "decision inputs write",
+            )?;
+        }
     }
     for c in &writes.checkpoints {
         exec(

@@ -628,11 +628,13 @@ impl Store for SqliteStore {
                 .prepare_cached(
                     // Inputs larger than any the KMS writes, or not a blob, are read as empty,
                     // and so as unreadable, never into memory.
-                    "SELECT seq, record,
-                            CASE WHEN inputs IS NULL THEN NULL
-                                 WHEN typeof(inputs) <> 'blob' OR length(inputs) > ?4 THEN X''
-                                 ELSE inputs END
-                     FROM audit WHERE tenant_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+                    "SELECT a.seq, a.record,
+                            CASE WHEN i.sealed IS NULL THEN NULL
+                                 WHEN typeof(i.sealed) <> 'blob' OR length(i.sealed) > ?4 THEN X''
+                                 ELSE i.sealed END
+                     FROM audit a
+                     LEFT JOIN decision_inputs i ON i.tenant_id = a.tenant_id AND i.seq = a.seq
+                     WHERE a.tenant_id = ?1 AND a.seq > ?2 ORDER BY a.seq LIMIT ?3",
                 )
                 .map_err(db_err)?;
             let rows = stmt

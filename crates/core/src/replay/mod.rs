@@ -152,12 +152,10 @@ impl<'k> Replay<'k> {
             self.state.fold(record, kept.inputs());
             return;
         }
-        {
-            let replayed = self.decide(record, kept);
-            if counted {
-                self.report.decisions += 1;
-                self.compare(record, replayed);
-            }
+        let replayed = self.decide(record, kept);
+        if counted {
+            self.report.decisions += 1;
+            self.compare(record, replayed);
         }
         self.state.fold(record, None);
     }
