@@ -288,20 +288,13 @@ impl Store for PostgresStore {
         limit: usize,
     ) -> StoreResult<Vec<KeptRecord>> {
         let client = self.client().await?;
-        let rows = reads::sealed_records(&client, tenant, after_seq, limit).await?;
-        let dek = if rows.iter().any(|(_, sealed)| sealed.is_some()) {
-            match self.data_key(&client, tenant).await {
-                Ok(key) => Some(key),
-                Err(e) if e.kind == ErrorKind::NotFound => None,
-                Err(e) => return Err(e),
-            }
+        let page = reads::sealed_records(&client, tenant, after_seq, limit).await?;
+        let dek = if KeptRecord::page_needs_key(&page) {
+            Some(self.data_key(&client, tenant).await)
         } else {
             None
         };
-        Ok(rows
-            .into_iter()
-            .map(|(record, sealed)| KeptRecord::open(record, sealed.as_deref(), dek.as_deref()))
-            .collect())
+        KeptRecord::open_page(page, dek)
     }
 
     async fn audit_tenants(&self) -> StoreResult<Vec<TenantId>> {

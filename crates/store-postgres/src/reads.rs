@@ -7,8 +7,9 @@ use selene_kms_core::{
     ServiceKeys, TenantId, TtlBounds, VersionState, state::mark_revoked,
 };
 use selene_kms_store::backend::{
-    ErrorKind, FIRST_GENERATION_SECRETS, IdempotencyScope, MAX_KEPT_INPUTS, SecretListing,
-    StoreError, StoreResult, TenantSummary, VersionListing, resealed_secret_ref, stored_record,
+    ErrorKind, FIRST_GENERATION_SECRETS, IdempotencyScope, MAX_KEPT_INPUTS, SealedRecord,
+    SecretListing, StoreError, StoreResult, TenantSummary, VersionListing, resealed_secret_ref,
+    stored_record,
 };
 use tokio_postgres::Row;
 
@@ -265,7 +266,7 @@ pub(crate) async fn sealed_records(
     tenant: &TenantId,
     after_seq: u64,
     limit: usize,
-) -> StoreResult<Vec<(AuditRecord, Option<Vec<u8>>)>> {
+) -> StoreResult<Vec<SealedRecord>> {
     const WHAT: &str = "audit read";
     let rows = sql::rows(
         client,

@@ -654,24 +654,17 @@ impl Store for SqliteStore {
                     },
                 )
                 .map_err(db_err)?;
-            let mut dek = None;
-            rows.map(|r| {
-                let (seq, record, sealed) = r.map_err(db_err)?;
-                let record = stored_record(tenant.as_str(), from_db(seq)?, &record)?;
-                if sealed.is_some() && dek.is_none() {
-                    dek = Some(match self.data_key(c, tenant) {
-                        Ok(key) => Some(key),
-                        Err(e) if e.kind == ErrorKind::NotFound => None,
-                        Err(e) => return Err(e),
-                    });
-                }
-                Ok(KeptRecord::open(
-                    record,
-                    sealed.as_deref(),
-                    dek.as_ref().and_then(|k| k.as_deref()),
-                ))
-            })
-            .collect()
+            let page = rows
+                .map(|r| {
+                    let (seq, record, sealed) = r.map_err(db_err)?;
+                    Ok((
+                        stored_record(tenant.as_str(), from_db(seq)?, &record)?,
+                        sealed,
+                    ))
+                })
+                .collect::<StoreResult<Vec<_>>>()?;
+            let dek = KeptRecord::page_needs_key(&page).then(|| self.data_key(c, tenant));
+            KeptRecord::open_page(page, dek)
         })
     }
 

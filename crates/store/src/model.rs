@@ -429,11 +429,38 @@ pub struct KeptRecord {
     pub kept: Kept,
 }
 
+/// An audit record as read, with the inputs sealed beside it.
+pub type SealedRecord = (AuditRecord, Option<Vec<u8>>);
+
 impl KeptRecord {
+    /// Whether a page of records read holds sealed inputs, and so needs its tenant's data key.
+    pub fn page_needs_key(page: &[SealedRecord]) -> bool {
+        page.iter().any(|(_, sealed)| sealed.is_some())
+    }
+
+    /// A page of one tenant's records, opened under the tenant's data key as the backend read
+    /// it (`None`: not read, the page needing none). A tenant without a key reads its inputs as
+    /// unreadable; any other failure to read the key fails the page.
+    pub fn open_page(
+        page: Vec<SealedRecord>,
+        dek: Option<StoreResult<Arc<DataKey>>>,
+    ) -> StoreResult<Vec<Self>> {
+        let dek = match dek {
+            Some(Ok(key)) => Some(key),
+            Some(Err(e)) if e.kind == ErrorKind::NotFound => None,
+            Some(Err(e)) => return Err(e),
+            None => None,
+        };
+        Ok(page
+            .into_iter()
+            .map(|(record, sealed)| Self::open(record, sealed.as_deref(), dek.as_deref()))
+            .collect())
+    }
+
     /// A record read with the inputs sealed beside it, opened under its tenant's data key
     /// (`None`: the tenant's key does not open). Inputs that do not open or parse are
     /// [`Kept::Unreadable`]: altered, or moved from another record.
-    pub fn open(record: AuditRecord, sealed: Option<&[u8]>, dek: Option<&DataKey>) -> Self {
+    fn open(record: AuditRecord, sealed: Option<&[u8]>, dek: Option<&DataKey>) -> Self {
         let kept = match (sealed, dek) {
             (None, _) => Kept::Nothing,
             (Some(_), None) => Kept::Unreadable,

@@ -153,14 +153,14 @@ impl ChainState {
         if !record.reason_code.is_ok() || record.dry_run || record.replayed {
             return;
         }
+        if record.operation == Some(AuditAction::SetPolicy) {
+            self.policies.set(record, inputs);
+            return;
+        }
         let Some(secret_ref) = record.secret_ref.as_deref() else {
-            if record.operation == Some(AuditAction::SetPolicy) {
-                self.policies.set(record, inputs);
-            }
             return;
         };
         match record.operation {
-            Some(AuditAction::SetPolicy) => self.policies.set(record, inputs),
             Some(AuditAction::CreateSecret) => {
                 let at = match inputs {
                     Some(DecisionInputs::Secret(terms)) => created(secret_ref, record, terms),

@@ -160,11 +160,6 @@ impl<'k> Replay<'k> {
         self.state.fold(record, None);
     }
 
-    /// The report so far.
-    pub fn report(&self) -> &ReplayReport {
-        &self.report
-    }
-
     /// The report.
     pub fn finish(self) -> ReplayReport {
         self.report
