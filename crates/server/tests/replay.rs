@@ -319,13 +319,15 @@ async fn an_altered_record_or_decision_is_named_by_its_seq() {
     let allowed = seq_of(&records, "PH1_KMS_OK_ACCESS_EVALUATE");
     let moved: Vec<u8> = db
         .query_row(
-            "SELECT sealed FROM decision_inputs WHERE tenant_id = ?1 AND seq = ?2",
+            "SELECT sealed FROM decision_inputs i JOIN audit a ON a.id = i.audit_id
+             WHERE a.tenant_id = ?1 AND a.seq = ?2",
             (TENANT, refused),
             |r| r.get(0),
         )
         .expect("inputs");
     db.execute(
-        "UPDATE decision_inputs SET sealed = ?1 WHERE tenant_id = ?2 AND seq = ?3",
+        "UPDATE decision_inputs SET sealed = ?1
+         WHERE audit_id = (SELECT id FROM audit WHERE tenant_id = ?2 AND seq = ?3)",
         (&moved, TENANT, allowed),
     )
     .expect("move inputs");

@@ -376,8 +376,9 @@ pub(crate) fn write(
         if let Some(sealed) = &a.inputs {
             exec(
                 conn,
-                "INSERT INTO decision_inputs (tenant_id, seq, sealed) VALUES (?1, ?2, ?3)",
-                (a.tenant.as_str(), to_db(a.seq)?, sealed.as_slice()),
+                // Beside the record just inserted, by its row id.
+                "INSERT INTO decision_inputs (audit_id, sealed) VALUES (last_insert_rowid(), ?1)",
+                [sealed.as_slice()],
                 "decision inputs write",
             )?;
         }

@@ -633,7 +633,7 @@ impl Store for SqliteStore {
                                  WHEN typeof(i.sealed) <> 'blob' OR length(i.sealed) > ?4 THEN X''
                                  ELSE i.sealed END
                      FROM audit a
-                     LEFT JOIN decision_inputs i ON i.tenant_id = a.tenant_id AND i.seq = a.seq
+                     LEFT JOIN decision_inputs i ON i.audit_id = a.id
                      WHERE a.tenant_id = ?1 AND a.seq > ?2 ORDER BY a.seq LIMIT ?3",
                 )
                 .map_err(db_err)?;

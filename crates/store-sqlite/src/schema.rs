@@ -188,7 +188,34 @@ CREATE TABLE decision_inputs (
     PRIMARY KEY (tenant_id, seq)
 ) WITHOUT ROWID;
 ",
+    // Every commit rewrites the last pages of each tree it appends to. Keyed by (tenant, seq),
+    // a tree without row ids, the inputs split their last page into three half-full ones at
+    // each commit (eight pages of log per commit for two pages of inputs); keyed by their
+    // record's row id they append, full page after full page. Idempotency records are pruned
+    // in row order, which is their creation order, so their index by creation time (another
+    // tree rewritten at every commit) goes.
+    r"
+CREATE TABLE decision_inputs_by_record (
+    audit_id INTEGER PRIMARY KEY,
+    sealed   BLOB NOT NULL
+);
+INSERT INTO decision_inputs_by_record (audit_id, sealed)
+    SELECT a.id, i.sealed FROM decision_inputs i
+    JOIN audit a ON a.tenant_id = i.tenant_id AND a.seq = i.seq ORDER BY a.id;
+DROP TABLE decision_inputs;
+ALTER TABLE decision_inputs_by_record RENAME TO decision_inputs;
+DROP INDEX idempotency_created;
+",
 ];
+
+/// Removes the idempotency records created before `?1`. Rows append in creation order, give
+/// or take the clocks of concurrent requests: everything before the first row still within
+/// retention goes, a scan of only the rows it deletes, with no index by creation time to
+/// rewrite at every commit. A row created out of order is kept until the rows before it go,
+/// never removed early.
+pub(crate) const PRUNE_IDEMPOTENCY: &str = "DELETE FROM idempotency WHERE id < COALESCE(
+    (SELECT id FROM idempotency WHERE created_at_ms >= ?1 ORDER BY id LIMIT 1),
+    (SELECT MAX(id) + 1 FROM idempotency))";
 
 /// The schema version this build writes.
 #[allow(
@@ -317,18 +344,83 @@ mod tests {
         assert_eq!(count(&conn, "SELECT COUNT(*) FROM audit"), 3);
     }
 
-    #[test]
-    fn the_legacy_token_table_is_dropped_for_principals() {
+    fn migrated_to(version: usize) -> Connection {
         let mut conn = Connection::open_in_memory().expect("open");
         conn.execute_batch(
             "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at_ms INTEGER NOT NULL);",
         )
         .expect("table");
-        for (version, sql) in (1_i64..).zip(&MIGRATIONS[..3]) {
+        for (n, sql) in (1_i64..).zip(&MIGRATIONS[..version]) {
             conn.execute_batch(sql).expect("an older version");
-            conn.execute("INSERT INTO schema_migrations VALUES (?1, 0)", [version])
+            conn.execute("INSERT INTO schema_migrations VALUES (?1, 0)", [n])
                 .expect("recorded");
         }
+        conn
+    }
+
+    #[test]
+    fn decision_inputs_stay_beside_their_records_when_keyed_by_row_id() {
+        let mut conn = migrated_to(MIGRATIONS.len() - 1);
+        conn.execute_batch(
+            "INSERT INTO audit (tenant_id, seq, record) VALUES ('b', 1, 'b1'), ('a', 1, 'a1'),
+                                                           ('a', 2, 'a2');
+             INSERT INTO decision_inputs VALUES ('a', 2, x'a2'), ('b', 1, x'b1'),
+                                                ('c', 9, x'c9');",
+        )
+        .expect("rows");
+
+        migrate(&mut conn).expect("migrates");
+
+        let beside: Vec<(String, i64, Vec<u8>)> = conn
+            .prepare(
+                "SELECT a.tenant_id, a.seq, i.sealed FROM decision_inputs i
+                 JOIN audit a ON a.id = i.audit_id ORDER BY i.audit_id",
+            )
+            .and_then(|mut s| {
+                s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    .collect()
+            })
+            .expect("inputs");
+        assert_eq!(
+            beside,
+            [
+                ("b".to_owned(), 1, vec![0xb1]),
+                ("a".to_owned(), 2, vec![0xa2]),
+            ],
+            "inputs without a record are not kept"
+        );
+    }
+
+    #[test]
+    fn idempotency_records_are_pruned_in_row_order_and_never_early() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        migrate(&mut conn).expect("schema");
+        // Created at 10, 30, 20 (a request whose clock lagged), 40.
+        for (key, at) in [("k1", 10), ("k2", 30), ("k3", 20), ("k4", 40)] {
+            conn.execute(
+                "INSERT INTO idempotency (tenant_id, caller, key, fingerprint, bundle,
+                                          created_at_ms)
+                 VALUES ('a', 'os', ?1, x'', x'', ?2)",
+                (key, at),
+            )
+            .expect("row");
+        }
+        let keys = |conn: &Connection| -> Vec<String> {
+            conn.prepare("SELECT key FROM idempotency ORDER BY id")
+                .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+                .expect("keys")
+        };
+        assert_eq!(conn.execute(PRUNE_IDEMPOTENCY, [25]).expect("prune"), 1);
+        assert_eq!(keys(&conn), ["k2", "k3", "k4"], "k3 waits for k2");
+        assert_eq!(conn.execute(PRUNE_IDEMPOTENCY, [35]).expect("prune"), 2);
+        assert_eq!(keys(&conn), ["k4"]);
+        assert_eq!(conn.execute(PRUNE_IDEMPOTENCY, [99]).expect("prune"), 1);
+        assert_eq!(conn.execute(PRUNE_IDEMPOTENCY, [99]).expect("prune"), 0);
+    }
+
+    #[test]
+    fn the_legacy_token_table_is_dropped_for_principals() {
+        let mut conn = migrated_to(3);
         conn.execute_batch(
             "INSERT INTO tenants (tenant_id, wrapped_dek) VALUES ('a', x'07');
              INSERT INTO tokens VALUES (x'0101', 'admin', 'root');",

@@ -290,7 +290,7 @@ impl Writer {
             } => {
                 let records = tx
                     .execute(
-                        "DELETE FROM idempotency WHERE created_at_ms < ?1",
+                        crate::schema::PRUNE_IDEMPOTENCY,
                         [to_db_saturating(idempotency_before_ms)],
                     )
                     .map_err(db_err)?;
