@@ -345,7 +345,7 @@ mod tests {
     }
 
     fn migrated_to(version: usize) -> Connection {
-        let mut conn = Connection::open_in_memory().expect("open");
+        let conn = Connection::open_in_memory().expect("open");
         conn.execute_batch(
             "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at_ms INTEGER NOT NULL);",
         )
