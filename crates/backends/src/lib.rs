@@ -65,6 +65,20 @@ impl StoreLocation {
     }
 }
 
+/// Copies the store at `location` into `out` while it may be serving (see
+/// `selene_kms_store_sqlite::backup`); answers the copy's size in bytes. A PostgreSQL store is
+/// backed up with PostgreSQL's own tools, which also know its replicas and its log archive.
+pub fn backup(location: &StoreLocation, out: &std::path::Path) -> StoreResult<u64> {
+    match location {
+        StoreLocation::Embedded(path) => selene_kms_store_sqlite::backup(path, out),
+        StoreLocation::Postgres(_) => Err(StoreError::new(
+            ErrorKind::Invalid,
+            "a PostgreSQL store is backed up with PostgreSQL's tools (pg_dump, pg_basebackup); \
+             see docs/backup.md",
+        )),
+    }
+}
+
 /// Opens the store at `location` under `root`. With `create` it initialises a new store and
 /// refuses a location that already holds one (`AlreadyExists`); without, it opens the store
 /// `init` made (`NotFound` if there is none).

@@ -6,6 +6,7 @@ use reqwest::{Method, StatusCode};
 
 use crate::Connection;
 use crate::config::Config;
+use crate::failure::Failure;
 
 /// Which token a call uses.
 #[derive(Clone, Copy, Debug)]
@@ -13,6 +14,8 @@ pub(crate) enum As {
     Admin,
     Os,
     Executor,
+    /// No token: the routes anyone may read.
+    Anyone,
 }
 
 /// A response: status and body.
@@ -26,13 +29,63 @@ impl Answer {
         serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
     }
 
-    /// The reason code of a refusal or error body, or the status.
+    /// The reason code of a refusal or error body, or the status, and what the server said
+    /// about it (an error's message, a bundle's diagnostics).
     pub(crate) fn describe(&self) -> String {
         let v = self.json();
-        match v.get("reason_code").and_then(|r| r.as_str()) {
-            Some(code) => format!("{} ({})", code, self.status.as_u16()),
-            None => format!("HTTP {}", self.status.as_u16()),
+        let mut said = format!("HTTP {}", self.status.as_u16());
+        if let Some(code) = v.get("reason_code").and_then(|r| r.as_str()) {
+            said = format!("{code} ({})", self.status.as_u16());
         }
+        let message = v.get("message").and_then(|m| m.as_str());
+        let diagnostics = v.get("diagnostics").and_then(|d| d.as_array());
+        let details: Vec<&str> = message
+            .into_iter()
+            .chain(diagnostics.into_iter().flatten().filter_map(|d| d.as_str()))
+            .collect();
+        if !details.is_empty() {
+            said = format!("{said}: {}", details.join("; "));
+        }
+        said
+    }
+
+    /// The failure this answer is, for `what` the command did: refused (4xx) or failing (5xx).
+    pub(crate) fn failure(&self, what: &str) -> Failure {
+        let reason_code = self
+            .json()
+            .get("reason_code")
+            .and_then(|r| r.as_str())
+            .map(str::to_owned);
+        let message = format!("{what} refused: {}", self.describe());
+        if self.status.is_server_error() {
+            Failure::Unreachable {
+                reason_code,
+                message,
+            }
+        } else {
+            Failure::Refused {
+                reason_code,
+                message,
+            }
+        }
+    }
+}
+
+/// What went wrong with a request that got no answer, in words a user can act on: the
+/// innermost cause (connection refused, a certificate not trusted and why, a timeout).
+fn unreachable(url: &str, e: &reqwest::Error) -> Failure {
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(inner) = cause.source() {
+        cause = inner;
+    }
+    let what = if e.is_timeout() {
+        "no answer in time".to_owned()
+    } else {
+        cause.to_string()
+    };
+    Failure::Unreachable {
+        reason_code: None,
+        message: format!("cannot reach {url}: {what}"),
     }
 }
 
@@ -101,43 +154,47 @@ impl Client {
         path: &str,
         who: As,
         body: Option<&serde_json::Value>,
-    ) -> Result<Answer, String> {
+    ) -> Result<Answer, Failure> {
         let token = match who {
-            As::Admin => self
-                .admin
-                .as_ref()
-                .ok_or("no admin token: set SELENE_KMS_ADMIN_TOKEN or [client].admin_token")?,
-            As::Os => self
-                .os
-                .as_ref()
-                .ok_or("no os token: set SELENE_KMS_OS_TOKEN or [client].os_token")?,
-            As::Executor => self
-                .executor
-                .as_ref()
-                .ok_or("no executor token: set SELENE_KMS_EXECUTOR_TOKEN")?,
+            As::Admin => Some(
+                self.admin
+                    .as_ref()
+                    .ok_or("no admin token: set SELENE_KMS_ADMIN_TOKEN or [client].admin_token")?,
+            ),
+            As::Os => Some(
+                self.os
+                    .as_ref()
+                    .ok_or("no os token: set SELENE_KMS_OS_TOKEN or [client].os_token")?,
+            ),
+            As::Executor => Some(
+                self.executor
+                    .as_ref()
+                    .ok_or("no executor token: set SELENE_KMS_EXECUTOR_TOKEN")?,
+            ),
+            As::Anyone => None,
         };
-        let mut request = self
-            .http
-            .request(method, format!("{}{path}", self.url))
-            .bearer_auth(token);
+        let mut request = self.http.request(method, format!("{}{path}", self.url));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
         if let Some(b) = body {
             request = request.json(b);
         }
         let response = request
             .send()
             .await
-            .map_err(|e| format!("cannot reach {}: {}", self.url, e.without_url()))?;
+            .map_err(|e| unreachable(&self.url, &e))?;
         let status = response.status();
         let body = response
             .bytes()
             .await
-            .map_err(|e| format!("reading the answer: {}", e.without_url()))?
+            .map_err(|e| unreachable(&self.url, &e))?
             .to_vec();
         Ok(Answer { status, body })
     }
 
     /// Sends a KMS request as the `os` caller.
-    pub(crate) async fn kms(&self, request: &serde_json::Value) -> Result<Answer, String> {
+    pub(crate) async fn kms(&self, request: &serde_json::Value) -> Result<Answer, Failure> {
         self.send(Method::POST, "/v1/kms/requests", As::Os, Some(request))
             .await
     }

@@ -7,12 +7,15 @@
 mod client;
 mod commands;
 mod config;
+mod failure;
 mod output;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
+
+use failure::Failure;
 
 /// Every request allocates and frees dozens of small buffers across threads (HTTP, JSON, the
 /// commit hand-off); glibc's allocator spent about 8% of the server's request threads on it.
@@ -77,6 +80,31 @@ enum Command {
         after_help = "Example:\n  echo '{\"correlation_id\":\"c-1\",\"turn_id\":\"t-1\",\"idempotency_key\":\"k-1\",\n        \"tenant_id\":\"acme\",\"operation\":\"GET_HANDLE\",\"secret_name\":\"payments/stripe\",\n        \"requester_engine_id\":\"PH1.CONNECTOR\"}' | selene-kms request -"
     )]
     Request(commands::request::RequestArgs),
+    /// Copy a serving embedded store into one file, consistently, without stopping it.
+    #[command(
+        after_help = "Example:\n  selene-kms backup --data-dir ./kms --out kms-2026-11-29.db\n\nThe copy holds everything the store holds, sealed, but not the root key: keep the key\napart. A PostgreSQL store is backed up with PostgreSQL's tools (docs/backup.md)."
+    )]
+    Backup(commands::backup::BackupArgs),
+    /// Make a new data directory from a backup, under the root key of the store it came from;
+    /// every audit chain is verified before the store is called restored.
+    #[command(
+        after_help = "Example:\n  mkdir -m 700 ./kms-restored && cp ./kms/root.key ./kms-restored/\n  selene-kms restore --in kms-2026-11-29.db --data-dir ./kms-restored\n  selene-kms serve --data-dir ./kms-restored\n\nThe root key is DIR/root.key or $SELENE_KMS_ROOT_KEY; a key that does not open the backup\nis refused and nothing is restored."
+    )]
+    Restore(commands::backup::RestoreArgs),
+    /// Redeem a handle or an ephemeral credential for its material (the executor's token): the
+    /// raw value on stdout, or into an owner-only file.
+    #[command(
+        after_help = "Examples:\n  selene-kms redeem acme \"$HANDLE\" --out ./stripe.key\n  printf '%s' \"$CREDENTIAL\" | selene-kms redeem acme - | some-tool --password-stdin"
+    )]
+    Redeem(commands::redeem::RedeemArgs),
+    /// Print a completion script for a shell.
+    #[command(
+        after_help = "Example:\n  selene-kms completions bash > /etc/bash_completion.d/selene-kms"
+    )]
+    Completions {
+        /// bash, elvish, fish, powershell or zsh.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Subcommand)]
@@ -116,11 +144,13 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        let config = config::Config::load(cli.config.as_deref())?;
+        let config = config::Config::load(cli.config.as_deref()).map_err(Failure::from)?;
         match cli.command {
             Command::Init(args) => commands::init::run(&config, args, cli.json).await,
             Command::Serve(args) => commands::serve::run(&config, args).await,
-            Command::Quickstart => commands::quickstart::run(cli.json).await,
+            Command::Quickstart => commands::quickstart::run(cli.json)
+                .await
+                .map_err(Failure::from),
             Command::Secret(c) => commands::secret::run(&config, c, cli.json).await,
             Command::Policy(c) => commands::policy::run(&config, c, cli.json).await,
             Command::Principal(c) => commands::principal::run(&config, c, cli.json).await,
@@ -130,13 +160,22 @@ fn main() -> ExitCode {
                 commands::root_key::rotate(&config, args, cli.json).await
             }
             Command::Request(args) => commands::request::run(&config, args, cli.json).await,
+            Command::Backup(args) => commands::backup::backup_run(&config, args, cli.json),
+            Command::Restore(args) => commands::backup::restore_run(args, cli.json).await,
+            Command::Redeem(args) => commands::redeem::run(&config, args, cli.json).await,
+            Command::Completions { shell } => {
+                let mut script = Vec::new();
+                clap_complete::generate(shell, &mut Cli::command(), "selene-kms", &mut script);
+                output::write(format_args!("{}", String::from_utf8_lossy(&script)));
+                Ok(ExitCode::SUCCESS)
+            }
         }
     });
     match result {
         Ok(code) => code,
-        Err(e) => {
-            output::fail(&e);
-            ExitCode::from(2)
+        Err(failure) => {
+            failure.report(cli.json);
+            failure.exit_code()
         }
     }
 }

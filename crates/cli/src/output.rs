@@ -1,6 +1,26 @@
-//! Printing: aligned tables for people, JSON for programs, errors on stderr.
+//! Printing: aligned tables for people, JSON for programs, errors on stderr. Output to a closed
+//! pipe (`selene-kms audit tail | head -1`) ends the process quietly.
 
 use std::io::Write;
+
+/// `println!` for command output: a closed stdout ends the process quietly (see [`write`]).
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::output::write(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+pub(crate) use say;
+
+/// Writes to stdout. Whoever reads it stopped reading when the pipe is closed, so there is
+/// nobody left to tell: the process ends, successfully, without a word.
+pub(crate) fn write(text: std::fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(text).and_then(|()| out.flush())
+        && e.kind() == std::io::ErrorKind::BrokenPipe
+    {
+        std::process::exit(0);
+    }
+}
 
 /// Prints an error line on stderr.
 pub(crate) fn fail(message: &str) {
@@ -9,7 +29,7 @@ pub(crate) fn fail(message: &str) {
 
 /// Prints a JSON value on stdout.
 pub(crate) fn json(value: &serde_json::Value) {
-    println!(
+    say!(
         "{}",
         serde_json::to_string_pretty(value).unwrap_or_default()
     );
@@ -29,7 +49,7 @@ pub(crate) fn table(headers: &[&str], rows: &[Vec<String>]) {
             .zip(&widths)
             .map(|(c, w)| format!("{c:<w$}"))
             .collect();
-        println!("{}", text.join("  ").trim_end());
+        say!("{}", text.join("  ").trim_end());
     };
     line(headers.iter().map(|h| h.to_uppercase()).collect());
     for row in rows {

@@ -137,14 +137,41 @@ fn client_commands_fail_clearly_without_a_server_or_token() {
         .env("SELENE_KMS_ADMIN_TOKEN", "skms_admin_x")
         .output()
         .expect("runs");
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach"));
+    assert_eq!(out.status.code(), Some(3), "a server not reached is exit 3");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("cannot reach"), "{said}");
+    assert!(said.to_lowercase().contains("connection refused"), "{said}");
+    let out = selene_kms()
+        .args([
+            "secret",
+            "list",
+            "acme",
+            "--json",
+            "--url",
+            "http://127.0.0.1:9",
+        ])
+        .env("SELENE_KMS_ADMIN_TOKEN", "skms_admin_x")
+        .output()
+        .expect("runs");
+    let failure: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(failure["error"]["reason_code"], serde_json::Value::Null);
+    assert!(
+        failure["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("cannot reach"))
+    );
     let out = selene_kms()
         .args(["secret", "list", "acme"])
         .env_remove("SELENE_KMS_ADMIN_TOKEN")
         .output()
         .expect("runs");
+    assert_eq!(out.status.code(), Some(2), "a local error is exit 2");
     assert!(String::from_utf8_lossy(&out.stderr).contains("no admin token"));
+    let usage = selene_kms()
+        .args(["secret", "list"])
+        .output()
+        .expect("runs");
+    assert_eq!(usage.status.code(), Some(2), "a usage error is exit 2");
 }
 
 #[test]

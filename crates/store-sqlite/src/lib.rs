@@ -11,6 +11,7 @@
 //! same file.
 #![forbid(unsafe_code)]
 
+mod backup;
 mod batch;
 mod cache;
 mod checkpointer;
@@ -48,6 +49,8 @@ use selene_kms_store::backend::{
     to_db, to_db_saturating,
 };
 use writer::{Job, Maintenance, Writer};
+
+pub use backup::backup;
 
 /// About how long a connection waits for a lock another connection of this store holds.
 const BUSY_WAIT: Duration = Duration::from_secs(5);

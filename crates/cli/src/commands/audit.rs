@@ -17,6 +17,8 @@ use selene_kms_backends::StoreLocation;
 use super::{open_at, store_location};
 use crate::client::{As, Client};
 use crate::config::Config;
+use crate::failure::Failure;
+use crate::output::say;
 use crate::{Connection, output};
 
 #[derive(Subcommand)]
@@ -113,6 +115,13 @@ pub(crate) enum AuditCommand {
         #[command(flatten)]
         conn: Connection,
     },
+    /// Print the audit public key the server serves. To verify, trust a key pinned when the
+    /// store was made (`init` wrote DATA_DIR/audit-public-key), not one a server sends.
+    #[command(after_help = "Example:\n  selene-kms audit public-key > served-audit-key.txt")]
+    PublicKey {
+        #[command(flatten)]
+        conn: Connection,
+    },
     /// Print a tenant's latest records.
     #[command(after_help = "Example:\n  selene-kms audit tail --tenant acme --limit 20")]
     Tail {
@@ -134,7 +143,7 @@ pub(crate) async fn run(
     config: &Config,
     command: AuditCommand,
     json: bool,
-) -> Result<ExitCode, String> {
+) -> Result<ExitCode, Failure> {
     match command {
         AuditCommand::Verify {
             tenant,
@@ -180,7 +189,7 @@ pub(crate) async fn run(
                             "uncovered": summary.uncovered,
                         }));
                     } else {
-                        println!(
+                        say!(
                             "Audit chain verified: {} records, {} signed manifests, {} signed checkpoints{}.",
                             summary.records,
                             summary.manifests,
@@ -203,7 +212,7 @@ pub(crate) async fn run(
                             &serde_json::json!({"verified": false, "error": e.to_string()}),
                         );
                     } else {
-                        println!("Audit chain BROKEN: {e}");
+                        say!("Audit chain BROKEN: {e}");
                     }
                     Ok(ExitCode::from(1))
                 }
@@ -232,7 +241,23 @@ pub(crate) async fn run(
                 Some(path) => {
                     std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?
                 }
-                None => print!("{text}"),
+                None => output::write(format_args!("{text}")),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::PublicKey { conn } => {
+            let client = Client::new(&conn, config)?;
+            let answer = client
+                .send(Method::GET, "/v1/audit/public-key", As::Anyone, None)
+                .await?;
+            if !answer.status.is_success() {
+                return Err(answer.failure("public key read"));
+            }
+            let v = answer.json();
+            if json {
+                output::json(&v);
+            } else {
+                say!("{}", v["audit_public_key"].as_str().unwrap_or_default());
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -246,7 +271,7 @@ pub(crate) async fn run(
             let path = format!("/v1/audit?tenant_id={tenant}&after_seq={after}&limit={limit}");
             let answer = client.send(Method::GET, &path, As::Admin, None).await?;
             if !answer.status.is_success() {
-                return Err(format!("audit read refused: {}", answer.describe()));
+                return Err(answer.failure("audit read"));
             }
             let v = answer.json();
             if json {
@@ -297,16 +322,16 @@ fn pinned_key(hex: Option<String>, file: Option<PathBuf>) -> Result<String, Stri
     }
 }
 
-async fn fetch_export(client: &Client, tenant: Option<&str>) -> Result<String, String> {
+async fn fetch_export(client: &Client, tenant: Option<&str>) -> Result<String, Failure> {
     let path = match tenant {
         Some(t) => format!("/v1/audit/export?tenant_id={t}"),
         None => "/v1/audit/export".to_owned(),
     };
     let answer = client.send(Method::GET, &path, As::Admin, None).await?;
     if !answer.status.is_success() {
-        return Err(format!("export refused: {}", answer.describe()));
+        return Err(answer.failure("export"));
     }
-    String::from_utf8(answer.body).map_err(|_| "the export is not UTF-8".to_owned())
+    String::from_utf8(answer.body).map_err(|_| Failure::from("the export is not UTF-8"))
 }
 
 /// The manifests of a witness file, one JSON line each.
@@ -338,7 +363,7 @@ async fn verify_offline(
     location: &StoreLocation,
     dir: &std::path::Path,
     what: Offline<'_>,
-) -> Result<ExitCode, String> {
+) -> Result<ExitCode, Failure> {
     let store = open_at(location, dir).await?;
     let tenant = what
         .tenant
@@ -389,8 +414,8 @@ async fn verify_offline(
             .collect();
         output::table(&["tenant", "records", "manifested", "status"], &rows);
         match &report.manifests_broken {
-            Some(e) => println!("Manifests BROKEN after {} that hold: {e}", report.manifests),
-            None => println!("{} signed manifests hold.", report.manifests),
+            Some(e) => say!("Manifests BROKEN after {} that hold: {e}", report.manifests),
+            None => say!("{} signed manifests hold.", report.manifests),
         }
     }
     Ok(if report.holds() {

@@ -19,7 +19,9 @@ use zeroize::Zeroizing;
 
 use super::{data_dir, key_path, mark_record_macs, open_at, record_macs_marked, store_location};
 use crate::config::Config;
+use crate::failure::Failure;
 use crate::output;
+use crate::output::say;
 
 #[derive(Args)]
 pub(crate) struct InitArgs {
@@ -40,7 +42,7 @@ pub(crate) fn public_key_path(dir: &Path) -> PathBuf {
 
 /// Writes the store's audit public key into the data directory; a pinned key already there
 /// must be the store's (a stale or planted file is refused, not kept).
-fn pin_public_key(dir: &Path, store: &dyn Store) -> Result<String, String> {
+pub(crate) fn pin_public_key(dir: &Path, store: &dyn Store) -> Result<String, String> {
     let key = selene_kms_core::audit::public_key_hex(store.keys());
     let path = public_key_path(dir);
     match std::fs::read_to_string(&path) {
@@ -66,7 +68,7 @@ pub(crate) struct Bootstrap {
 }
 
 /// Creates `dir`, owner-only.
-fn prepare_dir(dir: &Path) -> Result<(), String> {
+pub(crate) fn prepare_dir(dir: &Path) -> Result<(), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     #[cfg(unix)]
     {
@@ -188,7 +190,7 @@ pub(crate) async fn init_store(
     Ok((store, made))
 }
 
-pub(crate) async fn run(config: &Config, args: InitArgs, json: bool) -> Result<ExitCode, String> {
+pub(crate) async fn run(config: &Config, args: InitArgs, json: bool) -> Result<ExitCode, Failure> {
     let dir = data_dir(args.data_dir, config)?;
     let location = store_location(args.store, config, &dir)?;
     let (opened, made, sealed, verb) = match init_store(&dir, &location).await {
@@ -198,7 +200,7 @@ pub(crate) async fn run(config: &Config, args: InitArgs, json: bool) -> Result<E
             let up = upgrade(&dir, &location).await?;
             (up.store, up.made, up.sealed, "Upgraded")
         }
-        Err(e) => return Err(e),
+        Err(e) => return Err(e.into()),
     };
     // Pinned by `init_store` or `upgrade`, which checked any file already there.
     let public_key = selene_kms_core::audit::public_key_hex(opened.keys());
@@ -218,15 +220,15 @@ pub(crate) async fn run(config: &Config, args: InitArgs, json: bool) -> Result<E
             "sealed_records": sealed,
         }));
     } else {
-        println!("{verb} {store}, data directory {}.", dir.display());
+        say!("{verb} {store}, data directory {}.", dir.display());
         if sealed > 0 {
-            println!(
+            say!(
                 "Sealed {sealed} audit records written before records carried MACs; a signed \
                  manifest now names every chain."
             );
         }
         if !made.is_empty() {
-            println!(
+            say!(
                 "Bootstrap principals, each with a token (shown once, stored only as keyed MACs):"
             );
             let rows: Vec<Vec<String>> = made
@@ -235,7 +237,7 @@ pub(crate) async fn run(config: &Config, args: InitArgs, json: bool) -> Result<E
                 .collect();
             output::table(&["role", "principal_id", "token"], &rows);
         }
-        println!(
+        say!(
             "Audit public key, pinned in {} (give it to whoever verifies the audit):\n{public_key}",
             public_key_path(&dir).display()
         );

@@ -1,10 +1,12 @@
 //! One module per command.
 
 pub(crate) mod audit;
+pub(crate) mod backup;
 pub(crate) mod init;
 pub(crate) mod policy;
 pub(crate) mod principal;
 pub(crate) mod quickstart;
+pub(crate) mod redeem;
 pub(crate) mod replay;
 pub(crate) mod request;
 pub(crate) mod root_key;

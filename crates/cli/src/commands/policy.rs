@@ -9,6 +9,8 @@ use selene_kms_core::replay::PolicyImpact;
 
 use crate::client::{As, Client};
 use crate::config::Config;
+use crate::failure::Failure;
+use crate::output::say;
 use crate::{Connection, output};
 
 #[derive(Subcommand)]
@@ -75,7 +77,7 @@ async fn simulate(
     file: &std::path::Path,
     after_seq: u64,
     json: bool,
-) -> Result<ExitCode, String> {
+) -> Result<ExitCode, Failure> {
     let client = Client::new(conn, config)?;
     let body = serde_json::json!({"policy": read_document(file)?, "after_seq": after_seq});
     let answer = client
@@ -87,7 +89,7 @@ async fn simulate(
         )
         .await?;
     if !answer.status.is_success() {
-        return Err(format!("policy simulation refused: {}", answer.describe()));
+        return Err(answer.failure("policy simulation"));
     }
     let impact = answer.json();
     if json {
@@ -96,18 +98,20 @@ async fn simulate(
     }
     let impact: PolicyImpact = serde_json::from_value(impact)
         .map_err(|_| "the server's policy impact does not parse".to_owned())?;
-    println!(
+    say!(
         "Under the candidate, of {} recorded requests of {tenant}: {} allowed would be denied, {} denied would be allowed. Nothing was applied.",
-        impact.evaluated, impact.allow_to_deny, impact.deny_to_allow
+        impact.evaluated,
+        impact.allow_to_deny,
+        impact.deny_to_allow
     );
     if impact.not_evaluated > 0 {
-        println!(
+        say!(
             "{} recorded requests could not be evaluated (their inputs are missing or do not open).",
             impact.not_evaluated
         );
     }
     if let Some(broken) = &impact.broken {
-        println!("The chain does not hold: {broken}; nothing from there on was evaluated.");
+        say!("The chain does not hold: {broken}; nothing from there on was evaluated.");
     }
     let rows: Vec<Vec<String>> = impact
         .changes
@@ -136,7 +140,7 @@ pub(crate) async fn run(
     config: &Config,
     command: PolicyCommand,
     json: bool,
-) -> Result<ExitCode, String> {
+) -> Result<ExitCode, Failure> {
     match command {
         PolicyCommand::Get { tenant, conn } => {
             let client = Client::new(&conn, config)?;
@@ -149,7 +153,7 @@ pub(crate) async fn run(
                 )
                 .await?;
             if !answer.status.is_success() {
-                return Err(format!("policy get refused: {}", answer.describe()));
+                return Err(answer.failure("policy get"));
             }
             output::json(&answer.json());
             Ok(ExitCode::SUCCESS)
@@ -180,13 +184,13 @@ pub(crate) async fn run(
                 )
                 .await?;
             if !answer.status.is_success() {
-                return Err(format!("policy set refused: {}", answer.describe()));
+                return Err(answer.failure("policy set"));
             }
             let v = answer.json();
             if json {
                 output::json(&v);
             } else {
-                println!(
+                say!(
                     "Policy of {tenant} stored as version {}.",
                     v["policy_version"]
                 );

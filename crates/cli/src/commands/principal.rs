@@ -12,6 +12,8 @@ use selene_kms_server::{Engine, now_ms};
 use super::{data_dir, open_at, store_location};
 use crate::client::{As, Client};
 use crate::config::Config;
+use crate::failure::Failure;
+use crate::output::say;
 use crate::{Connection, output};
 
 #[derive(Subcommand)]
@@ -138,14 +140,14 @@ async fn admin(
     path: &str,
     body: Option<&Value>,
     what: &str,
-) -> Result<Value, String> {
+) -> Result<Value, Failure> {
     let answer = Client::new(conn, config)?
         .send(method, path, As::Admin, body)
         .await?;
     if answer.status.is_success() {
         Ok(answer.json())
     } else {
-        Err(format!("{what} refused: {}", answer.describe()))
+        Err(answer.failure(what))
     }
 }
 
@@ -162,7 +164,7 @@ pub(crate) async fn run(
     config: &Config,
     command: PrincipalCommand,
     json_out: bool,
-) -> Result<ExitCode, String> {
+) -> Result<ExitCode, Failure> {
     let (v, say) = match command {
         PrincipalCommand::Create {
             name,
@@ -303,7 +305,7 @@ pub(crate) async fn run(
     if json_out {
         output::json(&v);
     } else {
-        println!("{say}");
+        say!("{say}");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -313,24 +315,24 @@ pub(crate) async fn whoami(
     config: &Config,
     args: WhoamiArgs,
     json_out: bool,
-) -> Result<ExitCode, String> {
+) -> Result<ExitCode, Failure> {
     let who = match args.role.as_str() {
         "admin" => As::Admin,
         "os" => As::Os,
         "executor" => As::Executor,
-        _ => return Err("--role is admin, os or executor".to_owned()),
+        _ => return Err("--role is admin, os or executor".to_owned().into()),
     };
     let answer = Client::new(&args.conn, config)?
         .send(Method::GET, "/v1/auth/whoami", who, None)
         .await?;
     if !answer.status.is_success() {
-        return Err(format!("whoami refused: {}", answer.describe()));
+        return Err(answer.failure("whoami"));
     }
     let v = answer.json();
     if json_out {
         output::json(&v);
     } else {
-        println!(
+        say!(
             "{} ({}), role {}, tenants {}, expires {}",
             text(&v["name"]),
             text(&v["principal_id"]),

@@ -13,6 +13,7 @@ use super::db_path;
 use super::init::{init_store, public_key_path};
 use crate::client::{Answer, As, Client};
 use crate::output;
+use crate::output::say;
 use selene_kms_server::{Engine, ServeOptions, serve};
 
 const TENANT: &str = "acme";
@@ -31,7 +32,7 @@ impl Report {
         if self.json {
             self.steps.push(json!({"step": title, "status": answer.status.as_u16(), "reason_code": reason, "detail": detail}));
         } else {
-            println!(
+            say!(
                 "  {title:<46} {:>3} {reason:<28} {detail}",
                 answer.status.as_u16()
             );
@@ -40,7 +41,7 @@ impl Report {
 
     fn note(&mut self, text: &str) {
         if !self.json {
-            println!("{text}");
+            say!("{text}");
         }
     }
 }
@@ -143,7 +144,7 @@ pub(crate) async fn run(json_out: bool) -> Result<ExitCode, String> {
     if json_out {
         output::json(&json!({"ok": true, "steps": report.steps}));
     } else {
-        println!("\nDone: every operation answered as expected, and the audit chain verifies.");
+        say!("\nDone: every operation answered as expected, and the audit chain verifies.");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -10,6 +10,8 @@ use selene_kms_core::{ReplayReport, TenantId};
 use super::{open_at, store_location};
 use crate::client::{As, Client};
 use crate::config::Config;
+use crate::failure::Failure;
+use crate::output::say;
 use crate::{Connection, output};
 
 /// Where a replay runs.
@@ -22,7 +24,7 @@ pub(crate) struct ReplayAt {
 }
 
 /// Replays and reports; exits 1 when a decision differs or the chain does not hold.
-pub(crate) async fn run(config: &Config, at: ReplayAt, json: bool) -> Result<ExitCode, String> {
+pub(crate) async fn run(config: &Config, at: ReplayAt, json: bool) -> Result<ExitCode, Failure> {
     let report = match &at.data_dir {
         Some(dir) => offline(config, &at, dir).await?,
         None => {
@@ -33,7 +35,7 @@ pub(crate) async fn run(config: &Config, at: ReplayAt, json: bool) -> Result<Exi
                 .send(Method::POST, &path, As::Admin, Some(&body))
                 .await?;
             if !answer.status.is_success() {
-                return Err(format!("replay refused: {}", answer.describe()));
+                return Err(answer.failure("replay"));
             }
             serde_json::from_value(answer.json())
                 .map_err(|_| "the server's replay report does not parse".to_owned())?
@@ -74,16 +76,20 @@ async fn offline(
 }
 
 fn print(report: &ReplayReport) {
-    println!(
+    say!(
         "Replayed {} decisions of {} ({} records): {} matched, {} differ.",
-        report.decisions, report.tenant_id, report.records, report.matched, report.differ
+        report.decisions,
+        report.tenant_id,
+        report.records,
+        report.matched,
+        report.differ
     );
     if let Some(first) = &report.first_difference {
-        println!("First difference at record {}: {}.", first.seq, first.why);
-        println!("  recorded: {}", first.recorded);
-        println!("  replayed: {}", first.replayed);
+        say!("First difference at record {}: {}.", first.seq, first.why);
+        say!("  recorded: {}", first.recorded);
+        say!("  replayed: {}", first.replayed);
     }
     if let Some(broken) = &report.broken {
-        println!("The chain does not hold: {broken}; nothing from there on was replayed.");
+        say!("The chain does not hold: {broken}; nothing from there on was replayed.");
     }
 }

@@ -9,7 +9,9 @@ use selene_kms_store::{ErrorKind, ROOT_KEY_ENV, RootKey};
 
 use super::{data_dir, key_path, open_at, store_location};
 use crate::config::Config;
+use crate::failure::Failure;
 use crate::output;
+use crate::output::say;
 
 #[derive(Args)]
 pub(crate) struct RotateArgs {
@@ -25,11 +27,11 @@ pub(crate) async fn rotate(
     config: &Config,
     args: RotateArgs,
     json: bool,
-) -> Result<ExitCode, String> {
+) -> Result<ExitCode, Failure> {
     if std::env::var_os(ROOT_KEY_ENV).is_some() {
         return Err(format!(
             "the root key comes from ${ROOT_KEY_ENV}: rotation writes the new key to the data directory's key file, so unset it first"
-        ));
+        ).into());
     }
     let dir = data_dir(args.data_dir, config)?;
     let location = store_location(args.store, config, &dir)?;
@@ -52,15 +54,15 @@ pub(crate) async fn rotate(
                 e.message,
                 current.display(),
                 staged.display()
-            ));
+            ).into());
         }
         Ok(Err(e)) => {
             let _ = std::fs::remove_file(&staged);
-            return Err(format!("root key not rotated: {}", e.message));
+            return Err(format!("root key not rotated: {}", e.message).into());
         }
         Err(e) => {
             let _ = std::fs::remove_file(&staged);
-            return Err(format!("root key not rotated: {e}"));
+            return Err(format!("root key not rotated: {e}").into());
         }
     };
     // The store now only opens with the new key: put it in place atomically.
@@ -74,11 +76,11 @@ pub(crate) async fn rotate(
     if json {
         output::json(&serde_json::json!({"rotated": true, "data_keys_rewrapped": tenants}));
     } else {
-        println!(
+        say!(
             "Root key rotated: {tenants} tenant data keys and the service secret rewrapped; material untouched."
         );
         if location.is_shared() {
-            println!("Copy {} to every node and restart them.", current.display());
+            say!("Copy {} to every node and restart them.", current.display());
         }
     }
     Ok(ExitCode::SUCCESS)

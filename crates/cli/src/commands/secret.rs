@@ -1,4 +1,4 @@
-//! `selene-kms secret`: create, list, rotate, revoke.
+//! `selene-kms secret`: create, list, stage, rotate, revoke.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,11 +8,13 @@ use base64::engine::general_purpose::STANDARD;
 use clap::{Args, Subcommand};
 use reqwest::Method;
 use serde_json::{Value, json};
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use super::fresh_key;
 use crate::client::{As, Client};
 use crate::config::Config;
+use crate::failure::Failure;
+use crate::output::say;
 use crate::{Connection, output};
 
 #[derive(Subcommand)]
@@ -30,25 +32,67 @@ pub(crate) enum SecretCommand {
         #[command(flatten)]
         conn: Connection,
     },
+    /// Stage the material of an imported secret's next version: the next rotation takes it.
+    #[command(
+        after_help = "Example:\n  selene-kms secret stage acme db/primary --material-file ./new-password.txt\n  selene-kms secret rotate acme db/primary --user u-admin"
+    )]
+    Stage {
+        /// Tenant.
+        tenant: String,
+        /// Secret name (an imported secret).
+        name: String,
+        /// The next version's material: this file's bytes, as they are.
+        #[arg(long)]
+        material_file: PathBuf,
+        #[command(flatten)]
+        conn: Connection,
+    },
     /// Rotate: a dry run, then its commit with the simulation id (needs the os token).
     #[command(
         after_help = "Example:\n  selene-kms secret rotate acme payments/stripe --engine PH1.OS --user u-admin"
     )]
     Rotate(MutationArgs),
-    /// Revoke one version (--version N) or all versions (--all): dry run, then commit.
+    /// Revoke one version (--version N), all versions (--all), one handle (--handle H) or one
+    /// ephemeral credential (--credential C): dry run, then commit.
     #[command(
-        after_help = "Example:\n  selene-kms secret revoke acme payments/stripe --version 1 --engine PH1.OS --user u-admin"
+        after_help = "Examples:\n  selene-kms secret revoke acme payments/stripe --version 1 --engine PH1.OS --user u-admin\n  selene-kms secret revoke acme payments/stripe --handle \"$HANDLE\" --user u-admin"
     )]
     Revoke {
         #[command(flatten)]
         common: MutationArgs,
-        /// The version to revoke.
-        #[arg(long, conflicts_with = "all", required_unless_present = "all")]
-        version: Option<u64>,
-        /// Revoke every version.
-        #[arg(long)]
-        all: bool,
+        #[command(flatten)]
+        target: RevokeTarget,
     },
+}
+
+/// What a revocation revokes: exactly one.
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+pub(crate) struct RevokeTarget {
+    /// The version to revoke.
+    #[arg(long)]
+    version: Option<u64>,
+    /// Revoke every version.
+    #[arg(long)]
+    all: bool,
+    /// One handle (`ksh_…`), until it expires.
+    #[arg(long)]
+    handle: Option<String>,
+    /// One ephemeral credential (`kec_…`), until it expires.
+    #[arg(long)]
+    credential: Option<String>,
+}
+
+impl RevokeTarget {
+    /// The request's `revoke_target`.
+    fn to_json(&self) -> Value {
+        match (self.version, &self.handle, &self.credential) {
+            (Some(v), _, _) => json!({"version": v}),
+            (_, Some(h), _) => json!({"secret_handle": h}),
+            (_, _, Some(c)) => json!({"ephemeral_credential_ref": c}),
+            _ => json!({"all_versions": true}),
+        }
+    }
 }
 
 #[derive(Args)]
@@ -88,6 +132,9 @@ pub(crate) struct MutationArgs {
     /// Compare-and-set: rotate only if this is the current version.
     #[arg(long)]
     previous_version: Option<u64>,
+    /// Only the dry run: show the plan and commit nothing.
+    #[arg(long)]
+    dry_run: bool,
     #[command(flatten)]
     conn: Connection,
 }
@@ -96,29 +143,26 @@ pub(crate) async fn run(
     config: &Config,
     command: SecretCommand,
     json: bool,
-) -> Result<ExitCode, String> {
+) -> Result<ExitCode, Failure> {
     match command {
         SecretCommand::Create(a) => create(config, a, json).await,
         SecretCommand::List { tenant, conn } => {
             list(&Client::new(&conn, config)?, &tenant, json).await
         }
+        SecretCommand::Stage {
+            tenant,
+            name,
+            material_file,
+            conn,
+        } => stage(config, &conn, &tenant, &name, &material_file, json).await,
         SecretCommand::Rotate(m) => mutate(config, m, "ROTATE", None, json).await,
-        SecretCommand::Revoke {
-            common,
-            version,
-            all,
-        } => {
-            let target = if all {
-                json!({"all_versions": true})
-            } else {
-                json!({"version": version})
-            };
-            mutate(config, common, "REVOKE", Some(target), json).await
+        SecretCommand::Revoke { common, target } => {
+            mutate(config, common, "REVOKE", Some(target.to_json()), json).await
         }
     }
 }
 
-async fn create(config: &Config, a: CreateArgs, json_out: bool) -> Result<ExitCode, String> {
+async fn create(config: &Config, a: CreateArgs, json_out: bool) -> Result<ExitCode, Failure> {
     let client = Client::new(&a.conn, config)?;
     let mut body = json!({"secret_name": a.name});
     if let Some(path) = &a.material_file {
@@ -139,23 +183,56 @@ async fn create(config: &Config, a: CreateArgs, json_out: bool) -> Result<ExitCo
         .await?;
     drop(body);
     if !answer.status.is_success() {
-        return Err(format!("create refused: {}", answer.describe()));
+        return Err(answer.failure("create"));
     }
     let v = answer.json();
     if json_out {
         output::json(&v);
     } else {
-        println!("Created {} in {} (version 1).", a.name, a.tenant);
-        println!("secret_ref: {}", v["secret_ref"].as_str().unwrap_or(""));
+        say!("Created {} in {} (version 1).", a.name, a.tenant);
+        say!("secret_ref: {}", v["secret_ref"].as_str().unwrap_or(""));
     }
     Ok(ExitCode::SUCCESS)
 }
 
-async fn list(client: &Client, tenant: &str, json_out: bool) -> Result<ExitCode, String> {
+async fn stage(
+    config: &Config,
+    conn: &Connection,
+    tenant: &str,
+    name: &str,
+    material_file: &std::path::Path,
+    json_out: bool,
+) -> Result<ExitCode, Failure> {
+    let client = Client::new(conn, config)?;
+    let bytes =
+        Zeroizing::new(std::fs::read(material_file).map_err(|e| format!("--material-file: {e}"))?);
+    let mut body = json!({"secret_name": name});
+    body["material_b64"] = Value::from(STANDARD.encode(&*bytes));
+    let path = format!("/v1/admin/tenants/{tenant}/staged-versions");
+    let answer = client
+        .send(Method::POST, &path, As::Admin, Some(&body))
+        .await;
+    // The request's copy of the material goes as soon as it is sent.
+    if let Some(Value::String(text)) = body.get_mut("material_b64") {
+        text.zeroize();
+    }
+    let answer = answer?;
+    if !answer.status.is_success() {
+        return Err(answer.failure("stage"));
+    }
+    if json_out {
+        output::json(&answer.json());
+    } else {
+        say!("Staged the next version of {name} in {tenant}: the next rotation takes it.");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn list(client: &Client, tenant: &str, json_out: bool) -> Result<ExitCode, Failure> {
     let path = format!("/v1/admin/tenants/{tenant}/secrets");
     let answer = client.send(Method::GET, &path, As::Admin, None).await?;
     if !answer.status.is_success() {
-        return Err(format!("list refused: {}", answer.describe()));
+        return Err(answer.failure("list"));
     }
     let v = answer.json();
     if json_out {
@@ -203,7 +280,7 @@ async fn mutate(
     operation: &str,
     target: Option<Value>,
     json_out: bool,
-) -> Result<ExitCode, String> {
+) -> Result<ExitCode, Failure> {
     let client = Client::new(&m.conn, config)?;
     let mut request = json!({
         "correlation_id": fresh_key("cli"), "turn_id": "cli",
@@ -225,34 +302,38 @@ async fn mutate(
     let plan = client.kms(&dry).await?;
     let plan_bundle = plan.json();
     if plan_bundle["validation_status"] != "OK" {
+        return Err(plan.failure(&format!("{operation} (dry run)")));
+    }
+    if m.dry_run {
         if json_out {
             output::json(&plan_bundle);
+        } else {
+            say!(
+                "Dry run: {operation} of {} would be allowed ({}); nothing committed.\nsimulation_id: {}",
+                m.name,
+                plan_bundle["reason_code"].as_str().unwrap_or("?"),
+                plan_bundle["simulation_id"].as_str().unwrap_or("")
+            );
         }
-        return Err(format!(
-            "{operation} refused at the dry run: {}",
-            plan.describe()
-        ));
+        return Ok(ExitCode::SUCCESS);
     }
     request["simulation_id"] = plan_bundle["simulation_id"].clone();
     request["idempotency_key"] = Value::from(fresh_key("cli"));
     let commit = client.kms(&request).await?;
     let bundle = commit.json();
+    if bundle["validation_status"] != "OK" {
+        return Err(commit.failure(&format!("{operation} (commit)")));
+    }
     if json_out {
         output::json(&bundle);
-    }
-    if bundle["validation_status"] != "OK" {
-        return Err(format!(
-            "{operation} refused at commit: {}",
-            commit.describe()
-        ));
-    }
-    if !json_out {
+    } else {
         match operation {
-            "ROTATE" => println!(
+            "ROTATE" => say!(
                 "Rotated {} to version {}.",
-                m.name, bundle["rotated_version"]
+                m.name,
+                bundle["rotated_version"]
             ),
-            _ => println!(
+            _ => say!(
                 "Revoked ({}): tombstone {}",
                 bundle["revoked"]["target"].as_str().unwrap_or("?"),
                 output::short(bundle["revoked"]["tombstone_ref"].as_str().unwrap_or(""))

@@ -12,6 +12,7 @@ use selene_kms_server::{ConnectionLimits, Engine, ServeOptions, TlsOptions, serv
 
 use super::{data_dir, mark_record_macs, open_at, store_location};
 use crate::config::Config;
+use crate::failure::Failure;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub(crate) enum LogFormat {
@@ -134,7 +135,7 @@ fn forbid_core_dumps() -> Result<(), String> {
     Err("core dumps can be turned off only on Linux: pass --allow-core-dumps".to_owned())
 }
 
-pub(crate) async fn run(config: &Config, args: ServeArgs) -> Result<ExitCode, String> {
+pub(crate) async fn run(config: &Config, args: ServeArgs) -> Result<ExitCode, Failure> {
     if !args.allow_core_dumps {
         forbid_core_dumps()?;
     }
@@ -191,7 +192,7 @@ pub(crate) async fn run(config: &Config, args: ServeArgs) -> Result<ExitCode, St
         witness_file: args.witness_file,
     };
     if options.connections.max_connections == 0 {
-        return Err("--max-connections must be at least 1".to_owned());
+        return Err("--max-connections must be at least 1".to_owned().into());
     }
     let location = store_location(args.store, config, &dir)?;
     let store = open_at(&location, &dir).await?;

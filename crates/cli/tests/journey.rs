@@ -1,0 +1,197 @@
+//! The command line as a user meets it against a running server: staging, a dry-run rotation,
+//! redemption, revocation of one handle, the served public key, completions; refusals with
+//! their exit code, their diagnostics in text and `{"error"}` in JSON; a closed pipe.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Output, Stdio};
+
+use common::{Api, Node, TENANT, selene_kms};
+use serde_json::{Value, json};
+
+const IMPORTED: &str = "payments/imported";
+
+/// The command line as a client of `node` with the tokens `init` printed.
+struct Cli<'a> {
+    node: &'a Node,
+    init: &'a Value,
+}
+
+impl Cli<'_> {
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("the command runs")
+    }
+
+    fn command(&self, args: &[&str]) -> std::process::Command {
+        let token = |role: &str| {
+            self.init["tokens"][role]
+                .as_str()
+                .expect("token")
+                .to_owned()
+        };
+        let mut command = selene_kms();
+        command
+            .args(args)
+            .env("SELENE_KMS_URL", &self.node.url)
+            .env("SELENE_KMS_ADMIN_TOKEN", token("admin"))
+            .env("SELENE_KMS_OS_TOKEN", token("os"))
+            .env("SELENE_KMS_EXECUTOR_TOKEN", token("executor"));
+        command
+    }
+
+    /// `args` with `--json`, which must succeed; what it printed.
+    fn json(&self, args: &[&str]) -> Value {
+        let out = self.run(&[args, &["--json"]].concat());
+        assert!(
+            out.status.success(),
+            "{args:?}: {} {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+    }
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).expect("write");
+    path.to_str().expect("UTF-8").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_journey() {
+    let dir = tempfile::tempdir().expect("dir");
+    let data = dir.path().join("kms");
+    let out = selene_kms()
+        .args(["init", "--json", "--data-dir"])
+        .arg(&data)
+        .output()
+        .expect("init");
+    let init: Value = serde_json::from_slice(&out.stdout).expect("init JSON");
+    let node = Node::start(&data, None);
+    Api::from_init(&init).provision(&node.url, &node.url).await;
+    let cli = Cli {
+        node: &node,
+        init: &init,
+    };
+    let files = dir.path();
+
+    // An imported secret, its next version staged, rotated after a dry run that commits nothing.
+    let first = write(files, "first", b"first-material");
+    cli.json(&[
+        "secret",
+        "create",
+        TENANT,
+        IMPORTED,
+        "--material-file",
+        &first,
+    ]);
+    let next = write(files, "next", b"the-next-material");
+    let staged = cli.json(&[
+        "secret",
+        "stage",
+        TENANT,
+        IMPORTED,
+        "--material-file",
+        &next,
+    ]);
+    assert_eq!(staged["staged"], json!(true), "{staged}");
+    let rotate = ["secret", "rotate", TENANT, IMPORTED, "--user", "u-admin"];
+    let plan = cli.json(&[&rotate[..], &["--dry-run"]].concat());
+    assert!(plan["simulation_id"].is_string(), "{plan}");
+    let listed = cli.json(&["secret", "list", TENANT]);
+    let current = |listed: &Value| {
+        listed["secrets"]
+            .as_array()
+            .and_then(|l| l.iter().find(|s| s["secret_name"] == IMPORTED))
+            .map(|s| s["current_version"].clone())
+    };
+    assert_eq!(
+        current(&listed),
+        Some(json!(1)),
+        "a dry run commits nothing"
+    );
+    let rotated = cli.json(&rotate);
+    assert_eq!(rotated["rotated_version"], json!(2), "{rotated}");
+
+    // A handle to it, redeemed by the executor for the staged material, to stdout or a file.
+    let mut request = common::request("GET_HANDLE", false);
+    request["secret_name"] = json!(IMPORTED);
+    request["idempotency_key"] = json!("journey-1");
+    let request = write(files, "request.json", request.to_string().as_bytes());
+    let bundle = cli.json(&["request", &request]);
+    let handle = bundle["secret_handle"].as_str().expect("handle").to_owned();
+    let redeemed = cli.run(&["redeem", TENANT, &handle]);
+    assert!(redeemed.status.success());
+    assert_eq!(redeemed.stdout, b"the-next-material");
+    let into = files.join("material");
+    let redeemed = cli.run(&[
+        "redeem",
+        TENANT,
+        &handle,
+        "--out",
+        into.to_str().expect("utf-8"),
+    ]);
+    assert!(redeemed.status.success());
+    assert!(
+        redeemed.stdout.is_empty(),
+        "the value goes to the file only"
+    );
+    assert_eq!(std::fs::read(&into).expect("file"), b"the-next-material");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&into).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    // That one handle revoked: its redemption is refused, exit 1, with the reason.
+    let revoked = cli.json(&[
+        "secret", "revoke", TENANT, IMPORTED, "--handle", &handle, "--user", "u-admin",
+    ]);
+    assert_eq!(revoked["validation_status"], json!("OK"), "{revoked}");
+    let refused = cli.run(&["redeem", TENANT, &handle, "--json"]);
+    assert_eq!(refused.status.code(), Some(1));
+    let failure: Value = serde_json::from_slice(&refused.stdout).expect("JSON failure");
+    let code = failure["error"]["reason_code"]
+        .as_str()
+        .expect("a reason code");
+    assert!(code.starts_with("KMS_"), "{failure}");
+    assert!(!String::from_utf8_lossy(&refused.stdout).contains(&handle));
+
+    // A refusal in text mode says why: the reason code and the diagnostics.
+    let refused = cli.run(&[
+        "secret",
+        "rotate",
+        TENANT,
+        IMPORTED,
+        "--engine",
+        "PH1.CONNECTOR",
+    ]);
+    assert_eq!(refused.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("KMS_NOT_AUTHORIZED (403): "), "{said}");
+
+    // The served key, completions.
+    let key = cli.json(&["audit", "public-key"]);
+    assert_eq!(key["audit_public_key"], init["audit_public_key"]);
+    let bash = cli.run(&["completions", "bash"]);
+    assert!(bash.status.success());
+    assert!(String::from_utf8_lossy(&bash.stdout).contains("selene-kms"));
+
+    // Output into a pipe nobody reads ends quietly.
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let closed = cli
+        .command(&["audit", "tail", "--tenant", TENANT])
+        .stdout(Stdio::from(writer))
+        .output()
+        .expect("runs");
+    assert_eq!(closed.status.code(), Some(0));
+    assert!(
+        closed.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&closed.stderr)
+    );
+}
