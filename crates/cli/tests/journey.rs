@@ -195,3 +195,96 @@ async fn the_command_line_journey() {
         String::from_utf8_lossy(&closed.stderr)
     );
 }
+
+/// The node's log lines that say `message`, as JSON, once `count` of them are there.
+fn log_lines(node: &Node, message: &str, count: usize) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let lines: Vec<Value> = node
+            .log()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|l| l["fields"]["message"] == message)
+            .collect();
+        if lines.len() >= count || std::time::Instant::now() > deadline {
+            return lines;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_logs_its_version_and_a_line_per_request() {
+    let dir = tempfile::tempdir().expect("dir");
+    let out = selene_kms()
+        .args(["init", "--json", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .expect("init");
+    let init: Value = serde_json::from_slice(&out.stdout).expect("init JSON");
+    let node = Node::start(dir.path(), None);
+    let api = Api::from_init(&init);
+    api.provision(&node.url, &node.url).await;
+    let mut request = common::request("GET_HANDLE", false);
+    request["idempotency_key"] = json!("logged-1");
+    let granted = api.kms(&node.url, &request).await.expect("sent");
+    let handle = common::json_of(&granted)["secret_handle"]
+        .as_str()
+        .expect("handle")
+        .to_owned();
+    let anonymous = api
+        .call(
+            &node.url,
+            reqwest::Method::POST,
+            "/v1/kms/requests",
+            None,
+            Some(&request),
+        )
+        .await
+        .expect("sent");
+    assert_eq!(anonymous.0, reqwest::StatusCode::UNAUTHORIZED);
+
+    let started = log_lines(&node, "selene-kms starting", 1);
+    assert_eq!(
+        started[0]["fields"]["version"],
+        json!(env!("CARGO_PKG_VERSION"))
+    );
+    // The policy, the secret, the grant and the refusal.
+    let lines = log_lines(&node, "request", 4);
+    let field = |l: &Value, f: &str| l["fields"][f].clone();
+    let kms: Vec<&Value> = lines
+        .iter()
+        .filter(|l| field(l, "route") == "/v1/kms/requests")
+        .collect();
+    assert_eq!(kms.len(), 2, "{lines:#?}");
+    let os = init["principals"]["os"].clone();
+    assert_eq!(field(kms[0], "method"), json!("POST"));
+    assert_eq!(field(kms[0], "status"), json!(200));
+    assert_eq!(
+        field(kms[0], "reason_code"),
+        json!("PH1_KMS_OK_MATERIAL_ISSUE")
+    );
+    assert_eq!(field(kms[0], "principal_id"), os);
+    assert!(field(kms[0], "duration_ms").as_f64().is_some());
+    assert_eq!(field(kms[1], "status"), json!(401));
+    assert_eq!(field(kms[1], "reason_code"), json!("KMS_UNAUTHENTICATED"));
+    assert_eq!(field(kms[1], "principal_id"), json!("-"));
+    let created = lines
+        .iter()
+        .find(|l| field(l, "status") == json!(201))
+        .expect("the secret's creation");
+    assert_eq!(
+        field(created, "route"),
+        json!("/v1/admin/tenants/{tenant_id}/secrets"),
+        "the route's template, never the tenant or secret it names"
+    );
+    let log = node.log().join("\n");
+    for never in [
+        api.os.as_str(),
+        api.admin.as_str(),
+        handle.as_str(),
+        common::SECRET,
+    ] {
+        assert!(!log.contains(never), "the log shows {never}");
+    }
+}

@@ -16,7 +16,7 @@ use std::time::Instant;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{MatchedPath, Path, Query, Request, State};
 use axum::handler::Handler;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -32,7 +32,7 @@ use crate::metrics::{Metrics, RouteClass};
 use crate::now_ms;
 use crate::openapi::{self, Endpoint};
 use crate::store_error::reason_for;
-use credentials::Credentials;
+use credentials::{Acted, Credentials};
 use principals::Listing;
 
 /// Largest request body accepted (a KMS request is well under 4 KiB; imported material ≤ 8 KiB).
@@ -75,7 +75,9 @@ fn reply(
     body: impl Into<Body>,
 ) -> Response {
     state.metrics.count(operation, reason);
-    respond(status, body)
+    let mut response = respond(status, body);
+    response.extensions_mut().insert(reason);
+    response
 }
 
 /// Lets an `Arc<[u8]>` body be sent without a copy.
@@ -179,7 +181,10 @@ async fn authorize(
         spiffe_id: credentials.spiffe_id.as_ref(),
     };
     let reason = match state.auth.authenticate(&presented, now_ms()).await {
-        Ok(c) if role.is_none_or(|r| c.role == r) => return Ok(c),
+        Ok(c) if role.is_none_or(|r| c.role == r) => {
+            credentials.acted.record(&c);
+            return Ok(c);
+        }
         Ok(_) => ReasonCode::ForbiddenRole,
         Err(AuthError::Unauthenticated) => {
             return Err(unauthenticated(state, credentials, operation, shape));
@@ -669,16 +674,28 @@ fn class_of(method: &Method, path: &str) -> RouteClass {
     }
 }
 
-/// Latency metrics and one debug log line per request (method, path, status; never bodies or
-/// headers).
-async fn observe(State(state): Shared, request: Request, next: Next) -> Response {
+/// Latency metrics and one log line per request at info: method, route template (never the
+/// path itself, which can name tenants and secrets), status, reason code, the principal it
+/// authenticated as, and duration; never a body, a header, a token or a value.
+async fn observe(State(state): Shared, mut request: Request, next: Next) -> Response {
     let start = Instant::now();
     let class = class_of(request.method(), request.uri().path());
     let method = request.method().clone();
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    let acted = Acted::default();
+    request.extensions_mut().insert(acted.clone());
     let response = next.run(request).await;
     let elapsed = start.elapsed();
     state.metrics.observe(class, elapsed);
-    tracing::debug!(%method, route = ?class, status = response.status().as_u16(), micros = elapsed.as_micros() as u64, "request");
+    tracing::info!(
+        %method,
+        route = route.as_ref().map_or("unmatched", MatchedPath::as_str),
+        status = response.status().as_u16(),
+        reason_code = response.extensions().get::<ReasonCode>().map_or("-", |r| r.name()),
+        principal_id = acted.principal_id().as_deref().unwrap_or("-"),
+        duration_ms = elapsed.as_secs_f64() * 1000.0,
+        "request"
+    );
     response
 }
 

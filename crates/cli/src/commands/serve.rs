@@ -195,6 +195,7 @@ pub(crate) async fn run(config: &Config, args: ServeArgs) -> Result<ExitCode, Fa
         return Err("--max-connections must be at least 1".to_owned().into());
     }
     let location = store_location(args.store, config, &dir)?;
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), "selene-kms starting");
     let store = open_at(&location, &dir).await?;
     tracing::info!(store = %location.describe(), "store open");
     let engine = Arc::new(Engine::new(store.clone()));

@@ -4,7 +4,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::header;
@@ -13,7 +13,25 @@ use selene_kms_core::SpiffeId;
 
 use axum_server::tls::TlsInfo;
 
+use crate::engine::Caller;
 use crate::tls::peer_spiffe_id;
+
+/// Whom a request authenticated as: set once by the check that authenticated it, read by the
+/// request's log line.
+#[derive(Clone, Default)]
+pub(crate) struct Acted(Arc<OnceLock<Arc<Caller>>>);
+
+impl Acted {
+    /// Records the caller (the first authentication of the request stands).
+    pub(crate) fn record(&self, caller: &Arc<Caller>) {
+        let _ = self.0.set(caller.clone());
+    }
+
+    /// The principal, if the request authenticated.
+    pub(crate) fn principal_id(&self) -> Option<String> {
+        self.0.get().map(|c| c.principal_id.to_string())
+    }
+}
 
 /// A request's credentials, not yet checked.
 pub(crate) struct Credentials {
@@ -23,6 +41,8 @@ pub(crate) struct Credentials {
     pub(crate) spiffe_id: Option<SpiffeId>,
     /// Where the request came from.
     pub(crate) source: Option<SocketAddr>,
+    /// Where to record whom it authenticated as.
+    pub(crate) acted: Acted,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Credentials {
@@ -43,6 +63,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Credentials {
                 .extensions
                 .get::<ConnectInfo<SocketAddr>>()
                 .map(|c| c.0),
+            acted: parts.extensions.get::<Acted>().cloned().unwrap_or_default(),
         })
     }
 }
