@@ -85,7 +85,19 @@ fn unreachable(url: &str, e: &reqwest::Error) -> Failure {
     };
     Failure::Unreachable {
         reason_code: None,
-        message: format!("cannot reach {url}: {what}"),
+        message: format!("cannot reach {}: {what}", without_credentials(url)),
+    }
+}
+
+/// A URL as it may be shown: without a user name or password in it.
+fn without_credentials(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) if parsed.has_authority() => {
+            let _ = parsed.set_username("");
+            let _ = parsed.set_password(None);
+            parsed.to_string().trim_end_matches('/').to_owned()
+        }
+        _ => "the server".to_owned(),
     }
 }
 
@@ -197,5 +209,23 @@ impl Client {
     pub(crate) async fn kms(&self, request: &serde_json::Value) -> Result<Answer, Failure> {
         self.send(Method::POST, "/v1/kms/requests", As::Os, Some(request))
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_url_is_shown_without_its_credentials() {
+        assert_eq!(
+            without_credentials("https://ops:s3cret@kms.internal:8750/"),
+            "https://kms.internal:8750"
+        );
+        assert_eq!(
+            without_credentials("http://127.0.0.1:8750"),
+            "http://127.0.0.1:8750"
+        );
+        assert_eq!(without_credentials("not a url s3cret"), "the server");
     }
 }

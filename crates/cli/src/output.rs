@@ -1,5 +1,5 @@
 //! Printing: aligned tables for people, JSON for programs, errors on stderr. Output to a closed
-//! pipe (`selene-kms audit tail | head -1`) ends the process quietly.
+//! pipe (`selene-kms audit tail | head -1`) ends the process quietly, with status 141.
 
 use std::io::Write;
 
@@ -11,14 +11,18 @@ macro_rules! say {
 }
 pub(crate) use say;
 
+/// The exit status of a process that wrote to a closed pipe: a shell's for death by SIGPIPE.
+/// Never 0: `selene-kms audit verify | head -1` must not turn a broken chain into a success.
+const CLOSED_PIPE: i32 = 128 + 13;
+
 /// Writes to stdout. Whoever reads it stopped reading when the pipe is closed, so there is
-/// nobody left to tell: the process ends, successfully, without a word.
+/// nobody left to tell: the process ends without a word, as a shell tool killed by SIGPIPE.
 pub(crate) fn write(text: std::fmt::Arguments<'_>) {
     let mut out = std::io::stdout().lock();
     if let Err(e) = out.write_fmt(text).and_then(|()| out.flush())
         && e.kind() == std::io::ErrorKind::BrokenPipe
     {
-        std::process::exit(0);
+        std::process::exit(CLOSED_PIPE);
     }
 }
 

@@ -145,6 +145,31 @@ async fn an_online_backup_under_load_restores_and_verifies() {
     assert_eq!(restored["audit_public_key"], init["audit_public_key"]);
     let again = cli(&[&restore[..], &[path(&restored_dir)]].concat(), &[]);
     assert_eq!(again.status.code(), Some(2), "a store is never overwritten");
+    assert!(!restored_dir.join("restoring.db").exists());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |f: &str| {
+            std::fs::metadata(restored_dir.join(f))
+                .expect("file")
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        assert_eq!(
+            mode("kms.db"),
+            0o600,
+            "the restored store is its owner's only"
+        );
+    }
+    // What is left of another store (a log) is never folded into a restore.
+    let leftovers = dir.path().join("leftovers");
+    std::fs::create_dir(&leftovers).expect("dir");
+    std::fs::copy(data.join("root.key"), leftovers.join("root.key")).expect("key");
+    std::fs::write(leftovers.join("kms.db-wal"), b"someone else's log").expect("wal");
+    let refused = cli(&[&restore[..], &[path(&leftovers)]].concat(), &[]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(!leftovers.join("kms.db").exists());
 
     let copy = Node::start(&restored_dir, None);
     let records = api.verify_audit(&copy.url).await;

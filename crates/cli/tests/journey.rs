@@ -139,6 +139,14 @@ async fn the_command_line_journey() {
         "the value goes to the file only"
     );
     assert_eq!(std::fs::read(&into).expect("file"), b"the-next-material");
+    let taken = cli.run(&[
+        "redeem",
+        TENANT,
+        &handle,
+        "--out",
+        into.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(taken.status.code(), Some(2), "a file is never overwritten");
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -188,7 +196,11 @@ async fn the_command_line_journey() {
         .stdout(Stdio::from(writer))
         .output()
         .expect("runs");
-    assert_eq!(closed.status.code(), Some(0));
+    assert_eq!(
+        closed.status.code(),
+        Some(141),
+        "as a shell reports SIGPIPE"
+    );
     assert!(
         closed.stderr.is_empty(),
         "{}",

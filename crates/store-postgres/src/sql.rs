@@ -3,7 +3,7 @@
 //! Every statement text is a `&'static str`: values only ever travel as parameters.
 
 use deadpool_postgres::GenericClient;
-use futures_util::future::try_join_all;
+use futures_util::future::join_all;
 use selene_kms_store::backend::StoreResult;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
@@ -81,8 +81,8 @@ impl<'a> Statement<'a> {
     }
 }
 
-/// Statements sent at once at most: fewer than `try_join_all`'s small-set bound, so that it
-/// polls them in order.
+/// Statements sent at once at most: fewer than the joins' small-set bound, so that they poll
+/// them in order.
 const MAX_FLIGHT: usize = 16;
 
 /// Runs statements in one round trip rather than one each, and answers their rows in order.
@@ -99,28 +99,34 @@ pub(crate) async fn flight(
 ) -> StoreResult<Vec<Vec<Row>>> {
     let mut answers = Vec::with_capacity(statements.len());
     for chunk in statements.chunks(MAX_FLIGHT) {
-        let prepared = try_join_all(chunk.iter().map(|s| async move {
+        // Every statement prepared before any runs; the first error in statement order.
+        let prepared = join_all(chunk.iter().map(|s| async move {
             client
                 .prepare_cached(s.sql)
                 .await
                 .map_err(|e| pg_error(s.what, &e))
         }))
-        .await?;
+        .await
+        .into_iter()
+        .collect::<StoreResult<Vec<_>>>()?;
         let params: Vec<Vec<&(dyn ToSql + Sync)>> = chunk
             .iter()
             .map(|s| s.params.iter().map(|p| &**p as _).collect())
             .collect();
-        answers.extend(
-            try_join_all(chunk.iter().zip(&prepared).zip(&params).map(
-                |((s, stmt), params)| async move {
-                    client
-                        .query(stmt, params)
-                        .await
-                        .map_err(|e| pg_error(s.what, &e))
-                },
-            ))
-            .await?,
-        );
+        // Every answer, then the first error in statement order: the statement that failed,
+        // not a later one refused because the transaction had already aborted.
+        let results = join_all(chunk.iter().zip(&prepared).zip(&params).map(
+            |((s, stmt), params)| async move {
+                client
+                    .query(stmt, params)
+                    .await
+                    .map_err(|e| pg_error(s.what, &e))
+            },
+        ))
+        .await;
+        for result in results {
+            answers.push(result?);
+        }
     }
     Ok(answers)
 }

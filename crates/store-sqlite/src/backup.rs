@@ -20,6 +20,10 @@ pub fn backup(db: &Path, out: &Path) -> StoreResult<u64> {
             "no store here: run `selene-kms init` first",
         ));
     }
+    // Absolute, so that SQLite reads it as a file name and never as a `file:` URI naming
+    // another file than the one created here.
+    let out = &std::path::absolute(out)
+        .map_err(|_| StoreError::new(ErrorKind::Invalid, "the backup path is not usable"))?;
     let target = out
         .to_str()
         .ok_or_else(|| StoreError::new(ErrorKind::Invalid, "the backup path is not valid UTF-8"))?;

@@ -77,12 +77,23 @@ struct Restored {
     audit_public_key: String,
 }
 
+/// The files a store at `db` consists of while open: the database, its log, the log's index,
+/// and the lock.
+fn store_files(db: &Path) -> [PathBuf; 4] {
+    ["db", "db-wal", "db-shm", "lock"].map(|extension| db.with_extension(extension))
+}
+
 pub(crate) async fn restore_run(args: RestoreArgs, json: bool) -> Result<ExitCode, Failure> {
     let dir = &args.data_dir;
     let db = db_path(dir);
-    if db.exists() {
+    // `symlink_metadata`: a dangling link counts as taken too.
+    if store_files(&db)
+        .iter()
+        .any(|f| f.symlink_metadata().is_ok())
+    {
         return Err(format!(
-            "{} already holds a store: restore into a new data directory",
+            "{} already holds a store (or what is left of one): restore into a new data \
+             directory",
             dir.display()
         )
         .into());
@@ -98,24 +109,48 @@ pub(crate) async fn restore_run(args: RestoreArgs, json: bool) -> Result<ExitCod
     }
     let root = root_key(dir)?;
     prepare_dir(dir)?;
-    std::fs::copy(&args.input, &db)
-        .map_err(|e| format!("cannot copy {}: {e}", args.input.display()))?;
-    match restore_into(dir, &db, root).await {
-        Ok(restored) => {
-            report(dir, &restored, json);
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(e) => {
-            // The copy and the files opening it made (its log, its lock); never the key.
-            for extension in ["db", "db-wal", "db-shm", "lock"] {
-                let _ = std::fs::remove_file(db.with_extension(extension));
-            }
-            Err(e.into())
-        }
+    // The copy is opened and verified under a name `serve` never opens, and takes the store's
+    // name only once it holds: an interrupted restore leaves no store that was not verified.
+    let restoring = dir.join("restoring.db");
+    let outcome = match copy_owner_only(&args.input, &restoring) {
+        Ok(()) => restore_into(dir, &restoring, root).await,
+        Err(e) => Err(e),
+    };
+    let outcome = outcome.and_then(|restored| {
+        // A hard link fails if the name is taken: no store is ever replaced.
+        std::fs::hard_link(&restoring, &db)
+            .map(|()| restored)
+            .map_err(|e| format!("cannot name the restored store {}: {e}", db.display()))
+    });
+    for leftover in store_files(&restoring) {
+        let _ = std::fs::remove_file(leftover);
     }
+    let restored = outcome?;
+    report(dir, &restored, json);
+    Ok(ExitCode::SUCCESS)
 }
 
-/// Opens the copied store under the key and verifies it; pins its audit key on success.
+/// Copies `from` into a new file `to`, readable by its owner only from its creation.
+fn copy_owner_only(from: &Path, to: &Path) -> Result<(), String> {
+    let mut source =
+        std::fs::File::open(from).map_err(|e| format!("cannot read {}: {e}", from.display()))?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut target = options
+        .open(to)
+        .map_err(|e| format!("cannot create {}: {e}", to.display()))?;
+    std::io::copy(&mut source, &mut target)
+        .and_then(|_| target.sync_all())
+        .map_err(|e| format!("cannot copy {}: {e}", from.display()))
+}
+
+/// Opens the copied store under the key and verifies it; pins its audit key on success. The
+/// store is closed when this returns, its log folded into the file.
 async fn restore_into(
     dir: &Path,
     db: &Path,
@@ -134,6 +169,12 @@ async fn restore_into(
     let verified = verified(&*store).await?;
     pin_public_key(dir, &*store)?;
     mark_record_macs(dir)?;
+    drop(store);
+    // Closing the last connection folds the log into the file and removes it; a log still
+    // there would hold writes the file lacks.
+    if db.with_extension("db-wal").exists() {
+        return Err("the restored store did not close cleanly".to_owned());
+    }
     Ok(verified)
 }
 
@@ -142,6 +183,10 @@ async fn verified(store: &dyn Store) -> Result<Restored, String> {
     let report = verify_store(store, None, &Witnessed::default(), now_ms())
         .await
         .map_err(|e| e.message)?;
+    if report.chains.is_empty() {
+        // Every store in use has at least the chain of its principals' creation.
+        return Err("the backup holds no audit chain: nothing restored".to_owned());
+    }
     if !report.holds() {
         let why = report
             .manifests_broken

@@ -13,10 +13,10 @@ use reqwest::Method;
 use serde_json::json;
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::client::{As, Client};
+use crate::Connection;
+use crate::client::{Answer, As, Client};
 use crate::config::Config;
 use crate::failure::Failure;
-use crate::{Connection, output};
 
 #[derive(Args)]
 pub(crate) struct RedeemArgs {
@@ -45,8 +45,9 @@ fn reference(given: &str) -> Result<Zeroizing<String>, Failure> {
     Ok(Zeroizing::new(text.trim().to_owned()))
 }
 
-/// Writes `material` into a new owner-only file.
-fn write_owner_only(path: &Path, material: &[u8]) -> Result<(), Failure> {
+/// A new file, owner-only, made before the ref is redeemed: a ref is spent on a file that can
+/// be written.
+fn create_owner_only(path: &Path) -> Result<std::fs::File, Failure> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -56,8 +57,49 @@ fn write_owner_only(path: &Path, material: &[u8]) -> Result<(), Failure> {
     }
     options
         .open(path)
-        .and_then(|mut f| f.write_all(material))
         .map_err(|e| Failure::from(format!("{}: {e}", path.display())))
+}
+
+/// Where the material goes: a new owner-only file, or stdout.
+enum Sink<'a> {
+    File(std::fs::File, &'a Path),
+    Stdout,
+}
+
+impl Sink<'_> {
+    /// Writes all of `bytes`, or fails; a file that was not written whole is removed.
+    fn write(self, bytes: &[u8]) -> Result<(), Failure> {
+        match self {
+            Sink::File(mut file, path) => file
+                .write_all(bytes)
+                .and_then(|()| file.sync_all())
+                .map_err(|e| {
+                    let _ = std::fs::remove_file(path);
+                    Failure::from(format!("{}: {e}", path.display()))
+                }),
+            Sink::Stdout => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(bytes)
+                    .and_then(|()| out.flush())
+                    .map_err(|e| Failure::from(format!("writing the material: {e}")))
+            }
+        }
+    }
+
+    /// Gives up: a file made for the material is removed.
+    fn discard(self) {
+        if let Sink::File(file, path) = self {
+            drop(file);
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// The material an answer carries; none when it carries none (a proxy's page, a body cut short).
+fn material_of(answer: &Answer) -> Option<Zeroizing<Vec<u8>>> {
+    let encoded = Zeroizing::new(answer.json()["material_b64"].as_str()?.to_owned());
+    let material = Zeroizing::new(STANDARD.decode(encoded.as_bytes()).ok()?);
+    (!material.is_empty()).then_some(material)
 }
 
 pub(crate) async fn run(
@@ -67,47 +109,47 @@ pub(crate) async fn run(
 ) -> Result<ExitCode, Failure> {
     let client = Client::new(&args.conn, config)?;
     let given = reference(&args.reference)?;
+    let sink = match &args.out {
+        Some(path) => Sink::File(create_owner_only(path)?, path),
+        None => Sink::Stdout,
+    };
     let field = if given.starts_with("kec_") {
         "ephemeral_credential_ref"
     } else {
         "secret_handle"
     };
     let body = json!({ "tenant_id": args.tenant, field: given.as_str() });
-    let mut answer = client
+    let sent = client
         .send(
             Method::POST,
             "/v1/material/redeem",
             As::Executor,
             Some(&body),
         )
-        .await?;
+        .await;
     drop(body);
-    if !answer.status.is_success() {
-        return Err(answer.failure("redemption"));
-    }
-    if json {
-        output::write(format_args!("{}\n", String::from_utf8_lossy(&answer.body)));
-        answer.body.zeroize();
-        return Ok(ExitCode::SUCCESS);
-    }
-    let encoded = Zeroizing::new(
-        answer.json()["material_b64"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned(),
-    );
-    answer.body.zeroize();
-    let material = Zeroizing::new(
-        STANDARD
-            .decode(encoded.as_bytes())
-            .map_err(|_| Failure::from("the answer's material is not base64"))?,
-    );
-    match &args.out {
-        Some(path) => write_owner_only(path, &material)?,
-        None => {
-            let mut out = std::io::stdout().lock();
-            let _ = out.write_all(&material).and_then(|()| out.flush());
+    let mut answer = match sent {
+        Ok(answer) if answer.status.is_success() => answer,
+        Ok(refused) => {
+            sink.discard();
+            return Err(refused.failure("redemption"));
         }
-    }
-    Ok(ExitCode::SUCCESS)
+        Err(e) => {
+            sink.discard();
+            return Err(e);
+        }
+    };
+    let outcome = match material_of(&answer) {
+        None => {
+            sink.discard();
+            Err(Failure::Unreachable {
+                reason_code: None,
+                message: "the server's answer carries no material".to_owned(),
+            })
+        }
+        Some(_) if json => sink.write(&answer.body),
+        Some(material) => sink.write(&material),
+    };
+    answer.body.zeroize();
+    outcome.map(|()| ExitCode::SUCCESS)
 }
