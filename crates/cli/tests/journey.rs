@@ -290,6 +290,21 @@ async fn the_server_logs_its_version_and_a_line_per_request() {
         json!("/v1/admin/tenants/{tenant_id}/secrets"),
         "the route's template, never the tenant or secret it names"
     );
+    // A hang-up does not end a server without TLS: there is nothing to reload.
+    let hung_up = std::process::Command::new("kill")
+        .args(["-HUP", &node.child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(hung_up.success());
+    assert_eq!(
+        log_lines(&node, "SIGHUP: nothing to reload without TLS", 1).len(),
+        1
+    );
+    let after = api
+        .call(&node.url, reqwest::Method::GET, "/healthz", None, None)
+        .await
+        .expect("still serving");
+    assert_eq!(after.0, reqwest::StatusCode::OK);
     let log = node.log().join("\n");
     for never in [
         api.os.as_str(),

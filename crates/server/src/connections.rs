@@ -58,6 +58,13 @@ impl Guard {
             open: Arc::new(Semaphore::new(limits.max_connections)),
         }
     }
+
+    /// Connections open now.
+    pub(crate) fn open(&self) -> usize {
+        self.limits
+            .max_connections
+            .saturating_sub(self.open.available_permits())
+    }
 }
 
 impl<I, S> Accept<I, S> for Guard {

@@ -27,8 +27,9 @@ use selene_kms_core::{KmsRequest, MaterialBundle, Operation, Policy, ReasonCode,
 use serde::Deserialize;
 
 use crate::auth::{AuthError, Authenticator, Presented};
+use crate::connections::Guard;
 use crate::engine::{AdminError, Caller, Engine};
-use crate::metrics::{Metrics, RouteClass};
+use crate::metrics::{Metrics, RouteClass, Scrape};
 use crate::now_ms;
 use crate::openapi::{self, Endpoint};
 use crate::store_error::reason_for;
@@ -48,6 +49,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Largest body accepted.
     pub body_limit: usize,
+    /// The bound on open connections, which counts them.
+    pub(crate) connections: Guard,
 }
 
 type Shared = State<Arc<AppState>>;
@@ -645,7 +648,13 @@ async fn noop() -> Response {
 }
 
 async fn metrics(State(state): Shared) -> Response {
-    let mut r = respond(200, state.metrics.render(state.engine.batch_histogram()));
+    let scrape = Scrape {
+        batches: state.engine.batch_histogram(),
+        health: state.engine.write_health(),
+        ready: state.engine.ready().await,
+        open_connections: state.connections.open(),
+    };
+    let mut r = respond(200, state.metrics.render(&scrape));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4"),

@@ -1,11 +1,12 @@
-//! Prometheus metrics: requests by operation and reason code, latency histograms by route, and
-//! group-commit batch sizes. Counters only, no labels from request values.
+//! Prometheus metrics: requests by operation and reason code, latency histograms by route,
+//! group-commit batch sizes and flush durations, commit and authentication failures, readiness,
+//! open connections, TLS reloads and the build. No label comes from a request's values.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use selene_kms_core::{REGISTRY, ReasonCode};
-use selene_kms_store::{BATCH_BOUNDS, BatchHistogram};
+use selene_kms_store::{BATCH_BOUNDS, BatchHistogram, FLUSH_BOUNDS, WriteHealth};
 
 /// Operations counted (KMS operations, redemption, admin, everything else).
 const OPERATIONS: [&str; 8] = [
@@ -74,6 +75,20 @@ pub struct Metrics {
     manifests_signed: AtomicU64,
     manifest_failures: AtomicU64,
     manifest_signed_at_ms: AtomicU64,
+    tls_reloads: AtomicU64,
+    tls_reload_failures: AtomicU64,
+}
+
+/// What a scrape reads besides the server's own counters: the store's, and the moment's.
+pub struct Scrape<'a> {
+    /// Group-commit sizes.
+    pub batches: &'a BatchHistogram,
+    /// Commit failures and flush durations.
+    pub health: &'a WriteHealth,
+    /// Whether the node is ready (as `/readyz` says).
+    pub ready: bool,
+    /// Connections open now.
+    pub open_connections: usize,
 }
 
 impl Default for Metrics {
@@ -87,6 +102,8 @@ impl Default for Metrics {
             manifests_signed: AtomicU64::new(0),
             manifest_failures: AtomicU64::new(0),
             manifest_signed_at_ms: AtomicU64::new(0),
+            tls_reloads: AtomicU64::new(0),
+            tls_reload_failures: AtomicU64::new(0),
         }
     }
 }
@@ -107,6 +124,16 @@ impl Metrics {
     /// Counts a manifest that was due and not signed.
     pub fn manifest_failure(&self) {
         self.manifest_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a TLS reload: its certificate, key and client CA loaded, or refused.
+    pub fn tls_reload(&self, loaded: bool) {
+        let counter = if loaded {
+            &self.tls_reloads
+        } else {
+            &self.tls_reload_failures
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts one answered request.
@@ -139,7 +166,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition.
-    pub fn render(&self, batches: &BatchHistogram) -> String {
+    pub fn render(&self, scrape: &Scrape<'_>) -> String {
         let mut out = String::with_capacity(8192);
         out.push_str(
             "# HELP selene_kms_requests_total Answered requests by operation and reason code.\n",
@@ -167,7 +194,37 @@ impl Metrics {
             "selene_kms_auth_failures_total {}",
             self.auth_failures.load(Ordering::Relaxed)
         );
-        let manifests = [
+        let gauges = [
+            (
+                "selene_kms_commit_failures_total",
+                "counter",
+                "Group commits that could not be committed or flushed (every request in one is refused).",
+                scrape.health.failures(),
+            ),
+            (
+                "selene_kms_ready",
+                "gauge",
+                "1 when the node is ready to serve (as /readyz says), else 0.",
+                u64::from(scrape.ready),
+            ),
+            (
+                "selene_kms_open_connections",
+                "gauge",
+                "Client connections open now.",
+                u64::try_from(scrape.open_connections).unwrap_or(u64::MAX),
+            ),
+            (
+                "selene_kms_tls_reloads_total",
+                "counter",
+                "TLS certificate, key and client CA reloads on SIGHUP that took effect.",
+                self.tls_reloads.load(Ordering::Relaxed),
+            ),
+            (
+                "selene_kms_tls_reload_failures_total",
+                "counter",
+                "TLS reloads on SIGHUP refused (the material in use was kept; see the log).",
+                self.tls_reload_failures.load(Ordering::Relaxed),
+            ),
             (
                 "selene_kms_manifests_signed_total",
                 "counter",
@@ -187,7 +244,7 @@ impl Metrics {
                 self.manifest_signed_at_ms.load(Ordering::Relaxed) / 1000,
             ),
         ];
-        for (name, kind, help, value) in manifests {
+        for (name, kind, help, value) in gauges {
             let _ = writeln!(
                 out,
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
@@ -226,7 +283,32 @@ impl Metrics {
                 class.name()
             );
         }
-        let (buckets, count, sum) = batches.snapshot();
+        let _ = writeln!(
+            out,
+            "# HELP selene_kms_build_info The running build.\n# TYPE selene_kms_build_info gauge\nselene_kms_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        let (buckets, count, sum_ns) = scrape.health.flushes().snapshot();
+        out.push_str(
+            "# HELP selene_kms_fsync_seconds How long each flush to stable storage took (one per group commit or more).\n",
+        );
+        out.push_str("# TYPE selene_kms_fsync_seconds histogram\n");
+        let mut cumulative = 0;
+        for (bound, n) in FLUSH_BOUNDS.iter().zip(buckets) {
+            cumulative += n;
+            let _ = writeln!(
+                out,
+                "selene_kms_fsync_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "selene_kms_fsync_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
+        let seconds = sum_ns as f64 / 1e9;
+        let _ = writeln!(out, "selene_kms_fsync_seconds_sum {seconds}");
+        let _ = writeln!(out, "selene_kms_fsync_seconds_count {count}");
+        let (buckets, count, sum) = scrape.batches.snapshot();
         out.push_str(
             "# HELP selene_kms_commit_batch_size Units per group commit (one fsync each).\n",
         );

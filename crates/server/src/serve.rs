@@ -13,6 +13,7 @@ use tokio::sync::Mutex;
 
 use axum::http::StatusCode;
 use axum_server::Handle;
+use axum_server::tls_rustls::RustlsConfig;
 use tokio::task::JoinHandle;
 use tower_http::timeout::TimeoutLayer;
 
@@ -73,6 +74,7 @@ pub struct Listening {
     server: JoinHandle<std::io::Result<()>>,
     pruner: JoinHandle<()>,
     signer: JoinHandle<()>,
+    reloader: JoinHandle<()>,
     manifester: Arc<Mutex<Manifester>>,
     state: Arc<AppState>,
 }
@@ -83,6 +85,7 @@ impl Listening {
     pub async fn shutdown(self) -> std::io::Result<()> {
         self.handle.graceful_shutdown(Some(self.grace));
         self.pruner.abort();
+        self.reloader.abort();
         let served = match self.server.await {
             Ok(r) => r,
             Err(e) => Err(std::io::Error::other(e)),
@@ -127,11 +130,13 @@ pub async fn serve(engine: Arc<Engine>, options: ServeOptions) -> std::io::Resul
             "refusing plain HTTP on a non-loopback address: give --tls-cert/--tls-key, or --allow-plaintext",
         ));
     }
+    let guard = Guard::new(options.connections);
     let state = Arc::new(AppState {
         auth: engine.authenticator(),
         engine: engine.clone(),
         metrics: Metrics::default(),
         body_limit: options.body_limit,
+        connections: guard.clone(),
     });
     let app = router(state.clone()).layer(TimeoutLayer::with_status_code(
         StatusCode::REQUEST_TIMEOUT,
@@ -150,7 +155,7 @@ pub async fn serve(engine: Arc<Engine>, options: ServeOptions) -> std::io::Resul
     let addr = listener.local_addr()?;
     let handle = Handle::new();
     let header_timeout = options.header_read_timeout;
-    let guard = Guard::new(options.connections);
+    let mut reloader = None;
     let server = match &options.tls {
         None => {
             let mut server = axum_server::from_tcp(listener)?
@@ -161,7 +166,12 @@ pub async fn serve(engine: Arc<Engine>, options: ServeOptions) -> std::io::Resul
             tokio::spawn(async move { server.serve(app).await })
         }
         Some(tls) => {
-            let config = axum_server::tls_rustls::RustlsConfig::from_config(tls.server_config()?);
+            let config = RustlsConfig::from_config(tls.server_config()?);
+            reloader = Some(tokio::spawn(reload_on_hangup(
+                tls.clone(),
+                config.clone(),
+                state.clone(),
+            )));
             let mut server = axum_server::from_tcp_rustls(listener, config)?
                 .map(|tls| tls.acceptor(guard))
                 .handle(handle.clone());
@@ -184,6 +194,8 @@ pub async fn serve(engine: Arc<Engine>, options: ServeOptions) -> std::io::Resul
         }
     });
     let signer = tokio::spawn(sign_manifests(manifester.clone(), state.clone()));
+    // Without TLS there is nothing to reload, and a hang-up still must not end the server.
+    let reloader = reloader.unwrap_or_else(|| tokio::spawn(ignore_hangups()));
     tracing::info!(%addr, tls = options.tls.is_some(), "selene-kms serving");
     Ok(Listening {
         addr,
@@ -192,9 +204,59 @@ pub async fn serve(engine: Arc<Engine>, options: ServeOptions) -> std::io::Resul
         server,
         pruner,
         signer,
+        reloader,
         manifester,
         state,
     })
+}
+
+/// The stream of SIGHUPs this process receives; installing it also keeps a hang-up from ending
+/// the process (its default action).
+#[cfg(unix)]
+fn hangups() -> Option<tokio::signal::unix::Signal> {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::hangup()) {
+        Ok(stream) => Some(stream),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot handle SIGHUP");
+            None
+        }
+    }
+}
+
+/// Reloads the certificate, key and client CA from their files at every SIGHUP. New
+/// connections get the new ones, open connections keep theirs; a set that does not load is
+/// refused, logged, and the one in use is kept.
+async fn reload_on_hangup(tls: TlsOptions, config: RustlsConfig, state: Arc<AppState>) {
+    #[cfg(unix)]
+    if let Some(mut hangups) = hangups() {
+        while hangups.recv().await.is_some() {
+            // Counted once it holds, so that whoever watches the counter sees it in effect.
+            match tls.server_config() {
+                Ok(new) => {
+                    config.reload_from_config(new);
+                    state.metrics.tls_reload(true);
+                    tracing::info!("TLS certificate, key and client CA reloaded");
+                }
+                Err(e) => {
+                    state.metrics.tls_reload(false);
+                    tracing::error!(error = %e, "TLS reload refused; the certificate in use is kept");
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (tls, config, state);
+}
+
+/// Answers SIGHUPs of a server without TLS: nothing to reload.
+async fn ignore_hangups() {
+    #[cfg(unix)]
+    if let Some(mut hangups) = hangups() {
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP: nothing to reload without TLS");
+        }
+    }
 }
 
 /// Signs the store's manifests while serving: each second, a manifest of the chains that

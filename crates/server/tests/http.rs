@@ -496,6 +496,25 @@ async fn openapi_metrics_and_health_are_served() {
         Some(0)
     );
     assert!(metric(&metrics, "selene_kms_manifest_signed_at_seconds").is_some_and(|t| t > 0));
+    // The day-2 families: the build, readiness, the store's failures and flushes, connections.
+    assert!(metrics.contains(&format!(
+        "selene_kms_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    )));
+    assert_eq!(metric(&metrics, "selene_kms_ready"), Some(1));
+    assert_eq!(
+        metric(&metrics, "selene_kms_commit_failures_total"),
+        Some(0)
+    );
+    assert_eq!(metric(&metrics, "selene_kms_auth_failures_total"), Some(0));
+    assert!(
+        metric(&metrics, "selene_kms_fsync_seconds_count").is_some_and(|n| n >= 1),
+        "the commits above were flushed"
+    );
+    assert!(
+        metric(&metrics, "selene_kms_open_connections").is_some_and(|n| n >= 1),
+        "this scrape's own connection is open"
+    );
     let ready = s.raw(Method::GET, "/readyz", None, None, Vec::new()).await;
     assert_eq!(ready.status, StatusCode::OK);
     s.stop().await;

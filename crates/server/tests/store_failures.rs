@@ -187,6 +187,9 @@ impl Store for Faulty {
     fn batch_histogram(&self) -> &BatchHistogram {
         self.inner.batch_histogram()
     }
+    fn write_health(&self) -> &selene_kms_store::WriteHealth {
+        self.inner.write_health()
+    }
     async fn ready(&self) -> bool {
         self.inner.ready().await
     }

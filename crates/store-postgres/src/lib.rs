@@ -368,6 +368,10 @@ impl Store for PostgresStore {
         &self.batches
     }
 
+    fn write_health(&self) -> &WriteHealth {
+        &self.health
+    }
+
     async fn ready(&self) -> bool {
         if self.jobs.is_closed() || !self.health.is_writable() {
             return false;

@@ -139,7 +139,9 @@ impl Writer {
                 ErrorKind::StateConflict => e,
                 _ => as_unavailable(e),
             })?;
+        let committing = std::time::Instant::now();
         tx.commit().await.map_err(pg("commit"))?;
+        self.health.flushed(committing.elapsed());
         let Writes {
             snapshots,
             stored_policies,

@@ -857,6 +857,10 @@ impl Store for SqliteStore {
         &self.batches
     }
 
+    fn write_health(&self) -> &WriteHealth {
+        &self.health
+    }
+
     async fn ready(&self) -> bool {
         !self.jobs.is_closed()
             && self.health.is_writable()

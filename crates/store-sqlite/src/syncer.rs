@@ -160,7 +160,12 @@ fn run(
         let mut pending = vec![first];
         pending.extend(batches.try_iter());
         let taken = pending.len();
-        let flushed = !health.is_stopped() && flush(wal, &mut file).is_ok();
+        let flushed = !health.is_stopped() && {
+            let started = std::time::Instant::now();
+            let flushed = flush(wal, &mut file).is_ok();
+            health.flushed(started.elapsed());
+            flushed
+        };
         if !flushed {
             health.stop();
         }

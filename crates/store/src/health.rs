@@ -10,6 +10,8 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::stats::FlushHistogram;
+
 /// How long a failed commit keeps the store unready when nothing succeeds after it.
 pub const FAILING_FOR: Duration = Duration::from_secs(10);
 
@@ -26,6 +28,10 @@ pub struct WriteHealth {
     /// The number of the last successful commit (0: none yet).
     last_success: AtomicU64,
     stopped: AtomicBool,
+    /// Batches that could not be committed, ever.
+    failures: AtomicU64,
+    /// How long the flushes took.
+    flushes: FlushHistogram,
 }
 
 impl Default for WriteHealth {
@@ -37,6 +43,8 @@ impl Default for WriteHealth {
             last_failure_ms: AtomicU64::new(0),
             last_success: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
+            failures: AtomicU64::new(0),
+            flushes: FlushHistogram::default(),
         }
     }
 }
@@ -58,8 +66,24 @@ impl WriteHealth {
         self.last_success.store(self.next(), Ordering::Release);
     }
 
+    /// Records a flush to stable storage and how long it took.
+    pub fn flushed(&self, took: Duration) {
+        self.flushes.record(took);
+    }
+
+    /// How long flushes took.
+    pub fn flushes(&self) -> &FlushHistogram {
+        &self.flushes
+    }
+
+    /// Batches that could not be committed (a failed flush among them), ever.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
     /// Records a batch that could not be committed.
     pub fn failed(&self) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
         self.last_failure_ms
             .store(self.elapsed_ms(), Ordering::Release);
         self.last_failure.store(self.next(), Ordering::Release);

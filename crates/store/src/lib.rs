@@ -30,14 +30,14 @@ pub mod verify;
 pub use chain::CHECKPOINT_EVERY;
 pub use envelope::{ROOT_KEY_ENV, RootKey};
 pub use error::{ErrorKind, StoreError, StoreResult};
-pub use health::FAILING_FOR;
+pub use health::{FAILING_FOR, WriteHealth};
 pub use model::{
     Change, CommitUnit, Credential, IdempotencyRecord, IdempotencyScope, IdempotencyWrite,
     KeptRecord, MAX_KEPT_INPUTS, NewPrincipal, NewSecret, NewToken, PrincipalListing,
     PrincipalRecord, Receipt, SecretListing, StoredPolicy, TenantSummary, TokenRecord,
     VersionListing,
 };
-pub use stats::{BATCH_BOUNDS, BatchHistogram, MAX_BATCH};
+pub use stats::{BATCH_BOUNDS, BatchHistogram, FLUSH_BOUNDS, FlushHistogram, MAX_BATCH};
 pub use store::Store;
 
 /// The kit a backend crate is built from; hosts have no use for it.

@@ -1,6 +1,8 @@
-//! Group-commit statistics: how many units each durable transaction carried.
+//! Group-commit statistics: how many units each durable transaction carried, and how long
+//! making them durable took.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 
@@ -42,6 +44,52 @@ impl BatchHistogram {
                 .collect(),
             self.count.load(Ordering::Relaxed),
             self.sum.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Upper bounds (inclusive, seconds) of the flush-duration buckets.
+pub const FLUSH_BOUNDS: [f64; 12] = [
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 1.0,
+];
+
+/// A histogram of how long flushes to stable storage took (SQLite: `fdatasync` of the log;
+/// PostgreSQL: the commit, which waits for the server's flush).
+#[derive(Debug, Default)]
+pub struct FlushHistogram {
+    buckets: [AtomicU64; FLUSH_BOUNDS.len()],
+    count: AtomicU64,
+    sum_ns: AtomicU64,
+}
+
+impl FlushHistogram {
+    /// Records one flush.
+    pub fn record(&self, took: Duration) {
+        let seconds = took.as_secs_f64();
+        if let Some(bucket) = FLUSH_BOUNDS
+            .iter()
+            .position(|b| seconds <= *b)
+            .and_then(|i| self.buckets.get(i))
+        {
+            bucket.fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_ns.fetch_add(
+            u64::try_from(took.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Per-bucket counts (not cumulative; slower than the last bound in none), the number of
+    /// flushes and their summed duration in nanoseconds.
+    pub fn snapshot(&self) -> (Vec<u64>, u64, u64) {
+        (
+            self.buckets
+                .iter()
+                .map(|b| b.load(Ordering::Relaxed))
+                .collect(),
+            self.count.load(Ordering::Relaxed),
+            self.sum_ns.load(Ordering::Relaxed),
         )
     }
 }

@@ -11,6 +11,7 @@ use selene_kms_core::{
 
 use crate::envelope::RootKey;
 use crate::error::StoreResult;
+use crate::health::WriteHealth;
 use crate::model::{
     CommitUnit, Credential, IdempotencyRecord, IdempotencyScope, KeptRecord, PrincipalListing,
     PrincipalRecord, Receipt, SecretListing, StoredPolicy, TenantSummary,
@@ -136,6 +137,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Sizes of the group commits so far.
     fn batch_histogram(&self) -> &BatchHistogram;
+
+    /// Commit failures and flush durations so far.
+    fn write_health(&self) -> &WriteHealth;
 
     /// Whether the store can serve (for `/readyz`).
     async fn ready(&self) -> bool;

@@ -129,6 +129,11 @@ impl Engine {
         self.store.batch_histogram()
     }
 
+    /// The store's commit failures and flush durations so far (for metrics).
+    pub fn write_health(&self) -> &selene_kms_store::WriteHealth {
+        self.store.write_health()
+    }
+
     /// The signer of this store's manifests, copying each to `witness` when given. Refused when
     /// the store's manifests do not hold.
     pub async fn manifester(&self, witness: Option<&Path>) -> StoreResult<Manifester> {

@@ -309,16 +309,22 @@ impl Pki {
 
     /// The server's TLS options, with client certificates required when `mutual`.
     pub(crate) fn server(&self, mutual: bool) -> selene_kms_server::TlsOptions {
+        let (cert, key) = self.server_pem();
+        selene_kms_server::TlsOptions {
+            cert: self.write("server.pem", cert),
+            key: self.write("server.key", key),
+            client_ca: mutual.then(|| self.write("ca.pem", self.ca.pem())),
+        }
+    }
+
+    /// A new certificate for `localhost` this CA signed, and its key, as PEM.
+    pub(crate) fn server_pem(&self) -> (String, String) {
         let key = rcgen::KeyPair::generate().expect("key");
         let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
             .expect("params")
             .signed_by(&key, &self.issuer)
             .expect("server cert");
-        selene_kms_server::TlsOptions {
-            cert: self.write("server.pem", cert.pem()),
-            key: self.write("server.key", key.serialize_pem()),
-            client_ca: mutual.then(|| self.write("ca.pem", self.ca.pem())),
-        }
+        (cert.pem(), key.serialize_pem())
     }
 
     /// A client certificate with these subject alternative names, and its key, as one PEM.
