@@ -3,7 +3,7 @@
 
 use std::io::Write;
 
-/// `println!` for command output: a closed stdout ends the process quietly (see [`write`]).
+/// `println!` for command output: a closed stdout ends the process quietly (see [`write()`]).
 macro_rules! say {
     ($($arg:tt)*) => {
         $crate::output::write(format_args!("{}\n", format_args!($($arg)*)))
