@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use reqwest::Method;
+use selene_kms_client::Method;
 use selene_kms_core::audit::{VerifyingKey, parse_public_key};
 use selene_kms_core::export::{ExportChecks, verify_export};
 use selene_kms_core::manifest::Witnessed;

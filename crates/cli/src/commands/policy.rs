@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use reqwest::Method;
+use selene_kms_client::Method;
 use selene_kms_core::replay::PolicyImpact;
 
 use crate::client::{As, Client};

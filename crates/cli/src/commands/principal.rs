@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use reqwest::Method;
+use selene_kms_client::Method;
 use serde_json::{Value, json};
 
 use selene_kms_server::{Engine, now_ms};

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use reqwest::Method;
+use selene_kms_client::Method;
 use serde_json::{Value, json};
 
 use selene_kms_backends::StoreLocation;
@@ -63,7 +63,7 @@ fn expect(answer: &Answer, status: u16, what: &str) -> Result<Value, String> {
     } else {
         Err(format!(
             "quickstart step '{what}' answered {} instead of {status}",
-            answer.describe()
+            selene_kms_client::Error::from_answer(answer.status.as_u16(), &answer.body)
         ))
     }
 }
@@ -135,7 +135,7 @@ pub(crate) async fn run(json_out: bool) -> Result<ExitCode, String> {
     report.note(&format!(
         "selene-kms quickstart: temporary store, server on {url}\n"
     ));
-    let client = Client::with_tokens(url, token("admin"), token("os"), token("executor"));
+    let client = Client::with_tokens(url, token("admin"), token("os"), token("executor"))?;
 
     let outcome = walk(&client, &public_key_path(dir.path()), &mut report).await;
     listening.shutdown().await.map_err(|e| e.to_string())?;

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use reqwest::Method;
+use selene_kms_client::Method;
 use selene_kms_core::{ReplayReport, TenantId};
 
 use super::{open_at, store_location};

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use clap::{Args, Subcommand};
-use reqwest::Method;
+use selene_kms_client::Method;
 use serde_json::{Value, json};
 use zeroize::{Zeroize, Zeroizing};
 
