@@ -175,6 +175,21 @@ fn client_commands_fail_clearly_without_a_server_or_token() {
 }
 
 #[test]
+fn a_data_directory_without_a_store_says_to_run_init() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nothing = dir.path().join("nothing-here");
+    let out = selene_kms()
+        .args(["serve", "--data-dir"])
+        .arg(&nothing)
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("is not initialised"), "{said}");
+    assert!(said.contains("selene-kms init --data-dir"), "{said}");
+}
+
+#[test]
 fn root_key_rotation_replaces_the_key_file_and_the_store_still_opens() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("kms");

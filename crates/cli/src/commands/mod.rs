@@ -86,6 +86,13 @@ pub(crate) fn data_dir(flag: Option<PathBuf>, config: &Config) -> Result<PathBuf
 pub(crate) fn root_key(data_dir: &Path) -> Result<RootKey, String> {
     match RootKey::from_env().map_err(|e| e.message)? {
         Some(k) => Ok(k),
+        None if !key_path(data_dir).exists() => Err(format!(
+            "{} is not initialised (it has no root.key): run `selene-kms init --data-dir {}` \
+             first, or set {} to the store's root key",
+            data_dir.display(),
+            data_dir.display(),
+            selene_kms_store::ROOT_KEY_ENV
+        )),
         None => RootKey::load_file(&key_path(data_dir)).map_err(|e| e.message),
     }
 }
