@@ -7,7 +7,8 @@
 import re
 import sys
 
-LINE = re.compile(r'selene_kms_request_duration_seconds_bucket\{route="([a-z]+)",le="([^"]+)"\} (\d+)')
+LINE = re.compile(r'selene_kms_request_duration_seconds_bucket\{([^}]*)\} (\d+)')
+LABEL = re.compile(r'([a-z_]+)="([^"]*)"')
 
 
 def buckets(path, route):
@@ -15,8 +16,12 @@ def buckets(path, route):
     with open(path, encoding="utf-8") as text:
         for line in text:
             m = LINE.match(line)
-            if m and m.group(1) == route:
-                out[float("inf") if m.group(2) == "+Inf" else float(m.group(2))] = int(m.group(3))
+            if not m:
+                continue
+            labels = dict(LABEL.findall(m.group(1)))  # in any order
+            if labels.get("route") == route and "le" in labels:
+                le = labels["le"]
+                out[float("inf") if le == "+Inf" else float(le)] = int(m.group(2))
     return out
 
 

@@ -657,7 +657,7 @@ async fn metrics(State(state): Shared) -> Response {
     let mut r = respond(200, state.metrics.render(&scrape));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4"),
+        HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
     );
     r
 }

@@ -1,12 +1,24 @@
-//! Prometheus metrics: requests by operation and reason code, latency histograms by route,
-//! group-commit batch sizes and flush durations, commit and authentication failures, readiness,
-//! open connections, TLS reloads and the build. No label comes from a request's values.
+//! Prometheus metrics, kept with the Prometheus project's client library (`prometheus-client`,
+//! OpenMetrics text): requests by operation and reason code, latency histograms by route, group-
+//! commit sizes and flush durations, commit and authentication failures, readiness, open
+//! connections, manifests, TLS reloads and the build. No label comes from a request's values.
 
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
-use selene_kms_core::{REGISTRY, ReasonCode};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+use selene_kms_core::ReasonCode;
 use selene_kms_store::{BATCH_BOUNDS, BatchHistogram, FLUSH_BOUNDS, WriteHealth};
+
+/// The exposition's content type.
+pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Operations counted (KMS operations, redemption, admin, everything else).
 const OPERATIONS: [&str; 8] = [
@@ -39,8 +51,6 @@ pub enum RouteClass {
 }
 
 impl RouteClass {
-    const ALL: [Self; 4] = [Self::Kms, Self::Redeem, Self::Admin, Self::Other];
-
     fn name(self) -> &'static str {
         match self {
             Self::Kms => "kms",
@@ -51,32 +61,19 @@ impl RouteClass {
     }
 }
 
-struct Histogram {
-    buckets: [AtomicU64; LATENCY_BOUNDS.len()],
-    count: AtomicU64,
-    sum_ns: AtomicU64,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    operation: &'static str,
+    reason_code: &'static str,
 }
 
-impl Histogram {
-    fn new() -> Self {
-        Self {
-            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
-            count: AtomicU64::new(0),
-            sum_ns: AtomicU64::new(0),
-        }
-    }
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: &'static str,
 }
 
-/// All counters of one server.
-pub struct Metrics {
-    requests: Vec<AtomicU64>,
-    latency: [Histogram; 4],
-    auth_failures: AtomicU64,
-    manifests_signed: AtomicU64,
-    manifest_failures: AtomicU64,
-    manifest_signed_at_ms: AtomicU64,
-    tls_reloads: AtomicU64,
-    tls_reload_failures: AtomicU64,
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BOUNDS)
 }
 
 /// What a scrape reads besides the server's own counters: the store's, and the moment's.
@@ -91,19 +88,186 @@ pub struct Scrape<'a> {
     pub open_connections: usize,
 }
 
+/// A histogram's per-bucket counts, their number and their sum, as read.
+type Snapshot = (Vec<u64>, u64, f64);
+
+/// The values of the scrape being encoded.
+#[derive(Debug, Default)]
+struct Scraped {
+    batches: Snapshot,
+    flushes: Snapshot,
+    commit_failures: u64,
+    ready: bool,
+    open_connections: u64,
+}
+
+/// Encodes [`Scraped`] on each scrape.
+#[derive(Debug)]
+struct ScrapeCollector(Arc<Mutex<Scraped>>);
+
+/// `(bound, per-bucket count)` pairs, with the `+Inf` bucket holding what no bound did.
+fn buckets(bounds: impl Iterator<Item = f64>, snapshot: &Snapshot) -> Vec<(f64, u64)> {
+    let (counts, count, _) = snapshot;
+    let mut out: Vec<(f64, u64)> = bounds.zip(counts.iter().copied()).collect();
+    let bucketed: u64 = out.iter().map(|(_, n)| n).sum();
+    out.push((f64::INFINITY, count.saturating_sub(bucketed)));
+    out
+}
+
+fn histogram(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    buckets: &[(f64, u64)],
+    snapshot: &Snapshot,
+) -> std::fmt::Result {
+    let (_, count, sum) = snapshot;
+    encoder
+        .encode_descriptor(name, help, None, MetricType::Histogram)?
+        .encode_histogram::<NoLabelSet>(*sum, *count, buckets, None)
+}
+
+impl Collector for ScrapeCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let s = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        encoder
+            .encode_descriptor(
+                "selene_kms_commit_failures",
+                "Group commits that could not be committed or flushed (every request in one is refused).",
+                None,
+                MetricType::Counter,
+            )?
+            .encode_counter::<NoLabelSet, _, u64>(&s.commit_failures, None)?;
+        encoder
+            .encode_descriptor(
+                "selene_kms_ready",
+                "1 when the node is ready to serve (as /readyz says), else 0.",
+                None,
+                MetricType::Gauge,
+            )?
+            .encode_gauge(&i64::from(s.ready))?;
+        encoder
+            .encode_descriptor(
+                "selene_kms_open_connections",
+                "Client connections open now.",
+                None,
+                MetricType::Gauge,
+            )?
+            .encode_gauge(&s.open_connections)?;
+        let flushes = buckets(FLUSH_BOUNDS.into_iter(), &s.flushes);
+        histogram(
+            &mut encoder,
+            "selene_kms_fsync_seconds",
+            "How long each flush to stable storage took (one per group commit or more).",
+            &flushes,
+            &s.flushes,
+        )?;
+        #[allow(
+            clippy::cast_precision_loss,
+            reason = "batch sizes are at most 1024, exact in an f64"
+        )]
+        let batches = buckets(BATCH_BOUNDS.iter().map(|b| *b as f64), &s.batches);
+        histogram(
+            &mut encoder,
+            "selene_kms_commit_batch_size",
+            "Units per group commit (one fsync each).",
+            &batches,
+            &s.batches,
+        )
+    }
+}
+
+/// All metrics of one server.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    auth_failures: Counter,
+    manifests_signed: Counter,
+    manifest_failures: Counter,
+    manifest_signed_at: Gauge,
+    tls_reloads: Counter,
+    tls_reload_failures: Counter,
+    scraped: Arc<Mutex<Scraped>>,
+    /// One scrape at a time: each encodes the values it read.
+    rendering: Mutex<()>,
+}
+
 impl Default for Metrics {
     fn default() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "selene_kms_requests",
+            "Answered requests by operation and reason code.",
+            requests.clone(),
+        );
+        let latency = Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram,
+        );
+        registry.register(
+            "selene_kms_request_duration_seconds",
+            "Request latency by route.",
+            latency.clone(),
+        );
+        let counter = |registry: &mut Registry, name: &str, help: &str| {
+            let c = Counter::default();
+            registry.register(name, help, c.clone());
+            c
+        };
+        let auth_failures = counter(
+            &mut registry,
+            "selene_kms_auth_failures",
+            "Requests whose credential did not authenticate.",
+        );
+        let manifests_signed = counter(
+            &mut registry,
+            "selene_kms_manifests_signed",
+            "Manifests of the chains' heads this node signed.",
+        );
+        let manifest_failures = counter(
+            &mut registry,
+            "selene_kms_manifest_failures",
+            "Manifests due and not signed: the store's manifests or chains do not hold, or the store failed (see the log).",
+        );
+        let manifest_signed_at = Gauge::default();
+        registry.register(
+            "selene_kms_manifest_signed_at_seconds",
+            "When this node last signed a manifest, Unix time (0: not yet).",
+            manifest_signed_at.clone(),
+        );
+        let tls_reloads = counter(
+            &mut registry,
+            "selene_kms_tls_reloads",
+            "TLS certificate, key and client CA reloads on SIGHUP that took effect.",
+        );
+        let tls_reload_failures = counter(
+            &mut registry,
+            "selene_kms_tls_reload_failures",
+            "TLS reloads on SIGHUP refused (the material in use was kept; see the log).",
+        );
+        registry.register(
+            "selene_kms_build",
+            "The running build.",
+            Info::new(vec![(
+                "version".to_owned(),
+                env!("CARGO_PKG_VERSION").to_owned(),
+            )]),
+        );
+        let scraped = Arc::new(Mutex::new(Scraped::default()));
+        registry.register_collector(Box::new(ScrapeCollector(scraped.clone())));
         Self {
-            requests: (0..OPERATIONS.len() * REGISTRY.len())
-                .map(|_| AtomicU64::new(0))
-                .collect(),
-            latency: std::array::from_fn(|_| Histogram::new()),
-            auth_failures: AtomicU64::new(0),
-            manifests_signed: AtomicU64::new(0),
-            manifest_failures: AtomicU64::new(0),
-            manifest_signed_at_ms: AtomicU64::new(0),
-            tls_reloads: AtomicU64::new(0),
-            tls_reload_failures: AtomicU64::new(0),
+            registry,
+            requests,
+            latency,
+            auth_failures,
+            manifests_signed,
+            manifest_failures,
+            manifest_signed_at,
+            tls_reloads,
+            tls_reload_failures,
+            scraped,
+            rendering: Mutex::new(()),
         }
     }
 }
@@ -111,222 +275,83 @@ impl Default for Metrics {
 impl Metrics {
     /// Counts one failed authentication.
     pub fn auth_failure(&self) {
-        self.auth_failures.fetch_add(1, Ordering::Relaxed);
+        self.auth_failures.inc();
     }
 
     /// Counts a manifest this node signed at `at_ms`.
     pub fn manifest_signed(&self, at_ms: u64) {
-        self.manifests_signed.fetch_add(1, Ordering::Relaxed);
-        self.manifest_signed_at_ms
-            .fetch_max(at_ms, Ordering::Relaxed);
+        self.manifests_signed.inc();
+        let at = i64::try_from(at_ms / 1000).unwrap_or(i64::MAX);
+        if at > self.manifest_signed_at.get() {
+            self.manifest_signed_at.set(at);
+        }
     }
 
     /// Counts a manifest that was due and not signed.
     pub fn manifest_failure(&self) {
-        self.manifest_failures.fetch_add(1, Ordering::Relaxed);
+        self.manifest_failures.inc();
     }
 
     /// Counts a TLS reload: its certificate, key and client CA loaded, or refused.
     pub fn tls_reload(&self, loaded: bool) {
-        let counter = if loaded {
-            &self.tls_reloads
+        if loaded {
+            self.tls_reloads.inc();
         } else {
-            &self.tls_reload_failures
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+            self.tls_reload_failures.inc();
+        }
     }
 
     /// Counts one answered request.
     pub fn count(&self, operation: Option<&str>, reason: ReasonCode) {
-        let op = operation
-            .and_then(|o| OPERATIONS.iter().position(|x| *x == o))
-            .unwrap_or(OPERATIONS.len() - 1);
-        let index = op * REGISTRY.len() + reason as usize;
-        if let Some(c) = self.requests.get(index) {
-            c.fetch_add(1, Ordering::Relaxed);
-        }
+        let operation = operation
+            .and_then(|o| OPERATIONS.iter().find(|x| **x == o))
+            .copied()
+            .unwrap_or("OTHER");
+        self.requests
+            .get_or_create(&RequestLabels {
+                operation,
+                reason_code: reason.name(),
+            })
+            .inc();
     }
 
     /// Records one request's latency.
     pub fn observe(&self, class: RouteClass, elapsed: std::time::Duration) {
-        let Some(h) = self.latency.get(class as usize) else {
-            return;
-        };
-        let secs = elapsed.as_secs_f64();
-        if let Some(i) = LATENCY_BOUNDS.iter().position(|b| secs <= *b)
-            && let Some(b) = h.buckets.get(i)
-        {
-            b.fetch_add(1, Ordering::Relaxed);
-        }
-        h.count.fetch_add(1, Ordering::Relaxed);
-        h.sum_ns.fetch_add(
-            u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
+        self.latency
+            .get_or_create(&RouteLabels {
+                route: class.name(),
+            })
+            .observe(elapsed.as_secs_f64());
     }
 
-    /// The Prometheus text exposition.
+    /// The OpenMetrics text exposition.
     pub fn render(&self, scrape: &Scrape<'_>) -> String {
-        let mut out = String::with_capacity(8192);
-        out.push_str(
-            "# HELP selene_kms_requests_total Answered requests by operation and reason code.\n",
-        );
-        out.push_str("# TYPE selene_kms_requests_total counter\n");
-        for (o, op) in OPERATIONS.iter().enumerate() {
-            for (r, info) in REGISTRY.iter().enumerate() {
-                let n = self
-                    .requests
-                    .get(o * REGISTRY.len() + r)
-                    .map_or(0, |c| c.load(Ordering::Relaxed));
-                if n > 0 {
-                    let _ = writeln!(
-                        out,
-                        "selene_kms_requests_total{{operation=\"{op}\",reason_code=\"{}\"}} {n}",
-                        info.name
-                    );
-                }
-            }
-        }
-        out.push_str("# HELP selene_kms_auth_failures_total Requests whose credential did not authenticate.\n");
-        out.push_str("# TYPE selene_kms_auth_failures_total counter\n");
-        let _ = writeln!(
-            out,
-            "selene_kms_auth_failures_total {}",
-            self.auth_failures.load(Ordering::Relaxed)
-        );
-        let gauges = [
-            (
-                "selene_kms_commit_failures_total",
-                "counter",
-                "Group commits that could not be committed or flushed (every request in one is refused).",
-                scrape.health.failures(),
-            ),
-            (
-                "selene_kms_ready",
-                "gauge",
-                "1 when the node is ready to serve (as /readyz says), else 0.",
-                u64::from(scrape.ready),
-            ),
-            (
-                "selene_kms_open_connections",
-                "gauge",
-                "Client connections open now.",
-                u64::try_from(scrape.open_connections).unwrap_or(u64::MAX),
-            ),
-            (
-                "selene_kms_tls_reloads_total",
-                "counter",
-                "TLS certificate, key and client CA reloads on SIGHUP that took effect.",
-                self.tls_reloads.load(Ordering::Relaxed),
-            ),
-            (
-                "selene_kms_tls_reload_failures_total",
-                "counter",
-                "TLS reloads on SIGHUP refused (the material in use was kept; see the log).",
-                self.tls_reload_failures.load(Ordering::Relaxed),
-            ),
-            (
-                "selene_kms_manifests_signed_total",
-                "counter",
-                "Manifests of the chains' heads this node signed.",
-                self.manifests_signed.load(Ordering::Relaxed),
-            ),
-            (
-                "selene_kms_manifest_failures_total",
-                "counter",
-                "Manifests due and not signed: the store's manifests or chains do not hold, or the store failed (see the log).",
-                self.manifest_failures.load(Ordering::Relaxed),
-            ),
-            (
-                "selene_kms_manifest_signed_at_seconds",
-                "gauge",
-                "When this node last signed a manifest, Unix time (0: not yet).",
-                self.manifest_signed_at_ms.load(Ordering::Relaxed) / 1000,
-            ),
-        ];
-        for (name, kind, help, value) in gauges {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
-        }
-        out.push_str("# HELP selene_kms_request_duration_seconds Request latency by route.\n");
-        out.push_str("# TYPE selene_kms_request_duration_seconds histogram\n");
-        for class in RouteClass::ALL {
-            let Some(h) = self.latency.get(class as usize) else {
-                continue;
+        let _one_at_a_time = self
+            .rendering
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        {
+            let (counts, count, sum) = scrape.batches.snapshot();
+            #[allow(
+                clippy::cast_precision_loss,
+                reason = "a sum of batch sizes, as a float"
+            )]
+            let batches = (counts, count, sum as f64);
+            let (counts, count, sum_ns) = scrape.health.flushes().snapshot();
+            #[allow(clippy::cast_precision_loss, reason = "nanoseconds shown in seconds")]
+            let flushes = (counts, count, sum_ns as f64 / 1e9);
+            let mut s = self.scraped.lock().unwrap_or_else(PoisonError::into_inner);
+            *s = Scraped {
+                batches,
+                flushes,
+                commit_failures: scrape.health.failures(),
+                ready: scrape.ready,
+                open_connections: u64::try_from(scrape.open_connections).unwrap_or(u64::MAX),
             };
-            let mut cumulative = 0;
-            for (bound, bucket) in LATENCY_BOUNDS.iter().zip(&h.buckets) {
-                cumulative += bucket.load(Ordering::Relaxed);
-                let _ = writeln!(
-                    out,
-                    "selene_kms_request_duration_seconds_bucket{{route=\"{}\",le=\"{bound}\"}} {cumulative}",
-                    class.name()
-                );
-            }
-            let count = h.count.load(Ordering::Relaxed);
-            let _ = writeln!(
-                out,
-                "selene_kms_request_duration_seconds_bucket{{route=\"{}\",le=\"+Inf\"}} {count}",
-                class.name()
-            );
-            let _ = writeln!(
-                out,
-                "selene_kms_request_duration_seconds_sum{{route=\"{}\"}} {}",
-                class.name(),
-                h.sum_ns.load(Ordering::Relaxed) as f64 / 1e9
-            );
-            let _ = writeln!(
-                out,
-                "selene_kms_request_duration_seconds_count{{route=\"{}\"}} {count}",
-                class.name()
-            );
         }
-        let _ = writeln!(
-            out,
-            "# HELP selene_kms_build_info The running build.\n# TYPE selene_kms_build_info gauge\nselene_kms_build_info{{version=\"{}\"}} 1",
-            env!("CARGO_PKG_VERSION")
-        );
-        let (buckets, count, sum_ns) = scrape.health.flushes().snapshot();
-        out.push_str(
-            "# HELP selene_kms_fsync_seconds How long each flush to stable storage took (one per group commit or more).\n",
-        );
-        out.push_str("# TYPE selene_kms_fsync_seconds histogram\n");
-        let mut cumulative = 0;
-        for (bound, n) in FLUSH_BOUNDS.iter().zip(buckets) {
-            cumulative += n;
-            let _ = writeln!(
-                out,
-                "selene_kms_fsync_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "selene_kms_fsync_seconds_bucket{{le=\"+Inf\"}} {count}"
-        );
-        let seconds = sum_ns as f64 / 1e9;
-        let _ = writeln!(out, "selene_kms_fsync_seconds_sum {seconds}");
-        let _ = writeln!(out, "selene_kms_fsync_seconds_count {count}");
-        let (buckets, count, sum) = scrape.batches.snapshot();
-        out.push_str(
-            "# HELP selene_kms_commit_batch_size Units per group commit (one fsync each).\n",
-        );
-        out.push_str("# TYPE selene_kms_commit_batch_size histogram\n");
-        let mut cumulative = 0;
-        for (bound, n) in BATCH_BOUNDS.iter().zip(buckets) {
-            cumulative += n;
-            let _ = writeln!(
-                out,
-                "selene_kms_commit_batch_size_bucket{{le=\"{bound}\"}} {cumulative}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "selene_kms_commit_batch_size_bucket{{le=\"+Inf\"}} {count}"
-        );
-        let _ = writeln!(out, "selene_kms_commit_batch_size_sum {sum}");
-        let _ = writeln!(out, "selene_kms_commit_batch_size_count {count}");
+        let mut out = String::with_capacity(8192);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
 }

@@ -461,11 +461,11 @@ pub(crate) const NOOP: Endpoint = Endpoint {
 pub(crate) const METRICS: Endpoint = Endpoint {
     verb: Verb::Get,
     path: "/metrics",
-    summary: "Prometheus metrics.",
+    summary: "Metrics, OpenMetrics text (Prometheus scrapes it as it is).",
     role: None,
     params: &[],
     request: None,
-    success: (200, Body::Text("text/plain")),
+    success: (200, Body::Text("application/openmetrics-text")),
     refusals: Refusals::None,
 };
 

@@ -487,7 +487,10 @@ async fn openapi_metrics_and_health_are_served() {
     )
     .expect("text");
     assert!(metrics.contains("selene_kms_requests_total{operation=\"GET_HANDLE\",reason_code=\"PH1_KMS_OK_MATERIAL_ISSUE\"} 1"));
-    assert!(metrics.contains("selene_kms_request_duration_seconds_bucket{route=\"kms\""));
+    assert!(metrics.lines().any(|l| {
+        l.starts_with("selene_kms_request_duration_seconds_bucket{") && l.contains("route=\"kms\"")
+    }));
+    assert!(metrics.ends_with("# EOF\n"), "OpenMetrics text");
     assert!(metrics.contains("selene_kms_commit_batch_size_count"));
     // The server signed its first manifest before it served anything.
     assert!(metric(&metrics, "selene_kms_manifests_signed_total").is_some_and(|n| n >= 1));
