@@ -12,31 +12,36 @@ pub const MAX_BATCH: usize = 1024;
 /// Upper bounds (inclusive) of the batch-size buckets.
 pub const BATCH_BOUNDS: [u64; 11] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024];
 
-/// A histogram of batch sizes, updated by the writer and read by `/metrics`.
-#[derive(Debug, Default)]
-pub struct BatchHistogram {
-    buckets: [AtomicU64; BATCH_BOUNDS.len()],
+/// Counts per bucket, how many were recorded and their sum: the one histogram both
+/// statistics below are.
+#[derive(Debug)]
+struct Buckets<const N: usize> {
+    buckets: [AtomicU64; N],
     count: AtomicU64,
     sum: AtomicU64,
 }
 
-impl BatchHistogram {
-    /// Records one batch of `units` units.
-    pub fn record(&self, units: usize) {
-        let size = u64::try_from(units).unwrap_or(u64::MAX);
-        let index = BATCH_BOUNDS
-            .iter()
-            .position(|b| size <= *b)
-            .unwrap_or(BATCH_BOUNDS.len() - 1);
-        if let Some(bucket) = self.buckets.get(index) {
+impl<const N: usize> Default for Buckets<N> {
+    fn default() -> Self {
+        Self {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            count: AtomicU64::new(0),
+            sum: AtomicU64::new(0),
+        }
+    }
+}
+
+impl<const N: usize> Buckets<N> {
+    /// Records `amount` in bucket `index` (in none when `None`: past the last bound).
+    fn record(&self, index: Option<usize>, amount: u64) {
+        if let Some(bucket) = index.and_then(|i| self.buckets.get(i)) {
             bucket.fetch_add(1, Ordering::Relaxed);
         }
         self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum.fetch_add(size, Ordering::Relaxed);
+        self.sum.fetch_add(amount, Ordering::Relaxed);
     }
 
-    /// Per-bucket counts (not cumulative), the number of batches and the number of units.
-    pub fn snapshot(&self) -> (Vec<u64>, u64, u64) {
+    fn snapshot(&self) -> (Vec<u64>, u64, u64) {
         (
             self.buckets
                 .iter()
@@ -48,6 +53,27 @@ impl BatchHistogram {
     }
 }
 
+/// A histogram of batch sizes, updated by the writer and read by `/metrics`.
+#[derive(Debug, Default)]
+pub struct BatchHistogram(Buckets<{ BATCH_BOUNDS.len() }>);
+
+impl BatchHistogram {
+    /// Records one batch of `units` units (a batch is never larger than the last bound).
+    pub fn record(&self, units: usize) {
+        let size = u64::try_from(units).unwrap_or(u64::MAX);
+        let index = BATCH_BOUNDS
+            .iter()
+            .position(|b| size <= *b)
+            .unwrap_or(BATCH_BOUNDS.len() - 1);
+        self.0.record(Some(index), size);
+    }
+
+    /// Per-bucket counts (not cumulative), the number of batches and the number of units.
+    pub fn snapshot(&self) -> (Vec<u64>, u64, u64) {
+        self.0.snapshot()
+    }
+}
+
 /// Upper bounds (inclusive, seconds) of the flush-duration buckets.
 pub const FLUSH_BOUNDS: [f64; 12] = [
     0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 1.0,
@@ -56,41 +82,21 @@ pub const FLUSH_BOUNDS: [f64; 12] = [
 /// A histogram of how long flushes to stable storage took (SQLite: `fdatasync` of the log;
 /// PostgreSQL: the commit, which waits for the server's flush).
 #[derive(Debug, Default)]
-pub struct FlushHistogram {
-    buckets: [AtomicU64; FLUSH_BOUNDS.len()],
-    count: AtomicU64,
-    sum_ns: AtomicU64,
-}
+pub struct FlushHistogram(Buckets<{ FLUSH_BOUNDS.len() }>);
 
 impl FlushHistogram {
     /// Records one flush.
     pub fn record(&self, took: Duration) {
         let seconds = took.as_secs_f64();
-        if let Some(bucket) = FLUSH_BOUNDS
-            .iter()
-            .position(|b| seconds <= *b)
-            .and_then(|i| self.buckets.get(i))
-        {
-            bucket.fetch_add(1, Ordering::Relaxed);
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_ns.fetch_add(
-            u64::try_from(took.as_nanos()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
+        let index = FLUSH_BOUNDS.iter().position(|b| seconds <= *b);
+        self.0
+            .record(index, u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
     }
 
     /// Per-bucket counts (not cumulative; slower than the last bound in none), the number of
     /// flushes and their summed duration in nanoseconds.
     pub fn snapshot(&self) -> (Vec<u64>, u64, u64) {
-        (
-            self.buckets
-                .iter()
-                .map(|b| b.load(Ordering::Relaxed))
-                .collect(),
-            self.count.load(Ordering::Relaxed),
-            self.sum_ns.load(Ordering::Relaxed),
-        )
+        self.0.snapshot()
     }
 }
 
@@ -109,5 +115,27 @@ pub fn take_queued<T>(batch: &mut Vec<T>, jobs: &mut mpsc::UnboundedReceiver<T>,
             Ok(job) => batch.push(job),
             Err(_) => break,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_histogram_counts_in_its_bucket_and_sums() {
+        let batches = BatchHistogram::default();
+        batches.record(3);
+        batches.record(MAX_BATCH);
+        let (buckets, count, units) = batches.snapshot();
+        assert_eq!((buckets[2], buckets[10], count, units), (1, 1, 2, 1027));
+
+        let flushes = FlushHistogram::default();
+        flushes.record(Duration::from_micros(300));
+        flushes.record(Duration::from_secs(2));
+        let (buckets, count, nanos) = flushes.snapshot();
+        assert_eq!(buckets[2], 1, "300 µs is under 0.5 ms");
+        assert_eq!(buckets.iter().sum::<u64>(), 1, "2 s is past every bound");
+        assert_eq!((count, nanos), (2, 2_000_300_000));
     }
 }
