@@ -51,12 +51,20 @@ impl Answer {
 
 impl From<selene_kms_client::Error> for Failure {
     fn from(error: selene_kms_client::Error) -> Self {
+        let reason_code = error.reason_code().map(str::to_owned);
+        let message = error.to_string();
         match error {
             selene_kms_client::Error::Invalid(why) => Self::Local(why),
-            other => Self::Unreachable {
-                reason_code: other.reason_code().map(str::to_owned),
-                message: other.to_string(),
+            selene_kms_client::Error::Refused { .. } => Self::Refused {
+                reason_code,
+                message,
             },
+            selene_kms_client::Error::Server { .. } | selene_kms_client::Error::Unreachable(_) => {
+                Self::Unreachable {
+                    reason_code,
+                    message,
+                }
+            }
         }
     }
 }
@@ -97,7 +105,9 @@ impl Client {
             );
         }
         Ok(Self {
-            inner: builder.build().map_err(|e| e.to_string())?,
+            inner: builder
+                .build()
+                .map_err(|e| format!("--ca-cert or --client-identity: {e}"))?,
             admin: env("SELENE_KMS_ADMIN_TOKEN").or_else(|| config.client.admin_token.clone()),
             os: env("SELENE_KMS_OS_TOKEN").or_else(|| config.client.os_token.clone()),
             executor: env("SELENE_KMS_EXECUTOR_TOKEN"),

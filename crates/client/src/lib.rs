@@ -1,9 +1,9 @@
 //! `selene-kms-client`: a typed client of the selene-kms HTTP API.
 //!
 //! One [`Client`] per credential: it sends its bearer token on every call, trusts the CA you
-//! give it (or the system's), presents a client certificate for mTLS, and retries what is safe to
-//! retry (reads, and KMS requests, which carry an idempotency key) when the server was not
-//! reached or answered 502–504. Every refusal is an [`Error`] carrying the server's reason code.
+//! give it (beside the bundled web roots), presents a client certificate for mTLS, and retries
+//! what is safe to retry (reads, and KMS requests, which carry an idempotency key) when the
+//! server was not reached or answered 502–504. It follows no redirect. Every refusal is an [`Error`] carrying the server's reason code.
 //!
 //! ```no_run
 //! use selene_kms_client::{Client, Operation, kms_request};
@@ -34,6 +34,7 @@ mod error;
 use std::time::Duration;
 
 pub use reqwest::Method;
+use selene_kms_core::RefKind;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use zeroize::Zeroizing;
@@ -66,7 +67,7 @@ impl ClientBuilder {
         self
     }
 
-    /// A CA certificate (PEM) to trust for an `https` URL, beside the system's.
+    /// A CA certificate (PEM) to trust for an `https` URL, beside the bundled web roots.
     pub fn ca_certificate_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
         self.ca = Some(pem.into());
         self
@@ -92,7 +93,11 @@ impl ClientBuilder {
 
     /// The client; refused when a certificate does not parse.
     pub fn build(self) -> Result<Client, Error> {
-        let mut http = reqwest::Client::builder().timeout(self.timeout);
+        // No redirects: a redirected POST would carry its body (staged material, a ref) to
+        // wherever the answer pointed.
+        let mut http = reqwest::Client::builder()
+            .timeout(self.timeout)
+            .redirect(reqwest::redirect::Policy::none());
         if let Some(pem) = &self.ca {
             let certs = reqwest::Certificate::from_pem_bundle(pem)
                 .ok()
@@ -187,7 +192,7 @@ impl Client {
         retry: Retry,
     ) -> Result<Answer, Error> {
         let attempts = if retry == Retry::Safe {
-            self.retries + 1
+            self.retries.saturating_add(1)
         } else {
             1
         };
@@ -269,13 +274,12 @@ impl Client {
 
     // ---------------------------------------------------------------- redemption (role executor)
 
-    /// `POST /v1/material/redeem` of a handle (`ksh_…`) or an ephemeral credential (`kec_…`).
+    /// `POST /v1/material/redeem` of a handle (`ksh2_…`) or an ephemeral credential (`kse2_…`).
     /// Not retried: every redemption is audited.
     pub async fn redeem(&self, tenant_id: &str, reference: &str) -> Result<Redeemed, Error> {
-        let field = if reference.starts_with("kec_") {
-            "ephemeral_credential_ref"
-        } else {
-            "secret_handle"
+        let field = match RefKind::of(reference) {
+            Some(RefKind::Credential) => "ephemeral_credential_ref",
+            _ => "secret_handle",
         };
         let body = serde_json::json!({ "tenant_id": tenant_id, field: reference });
         let answer = self
@@ -331,15 +335,15 @@ impl Client {
         answer?.parse()
     }
 
-    /// `PUT /v1/admin/tenants/{tenant_id}/policy` → `{"policy_version"}`. Retried: the same
-    /// document stored twice is the same policy.
+    /// `PUT /v1/admin/tenants/{tenant_id}/policy` → `{"policy_version"}`. Not retried: every
+    /// put stores a new version, and a retry could land after another admin's change.
     pub async fn put_policy(
         &self,
         tenant_id: &str,
         policy: &PolicyDocument,
     ) -> Result<serde_json::Value, Error> {
         let path = format!("/v1/admin/tenants/{tenant_id}/policy");
-        self.json(Method::PUT, &path, Some(policy), Retry::Safe)
+        self.json(Method::PUT, &path, Some(policy), Retry::Never)
             .await
     }
 
@@ -363,7 +367,8 @@ impl Client {
         if let Some(seq) = after_seq {
             body["after_seq"] = seq.into();
         }
-        self.json(Method::POST, &path, Some(&body), Retry::Safe)
+        // Not retried: every simulation is an audit record.
+        self.json(Method::POST, &path, Some(&body), Retry::Never)
             .await
     }
 
@@ -376,7 +381,7 @@ impl Client {
     ) -> Result<serde_json::Value, Error> {
         let path = format!("/v1/admin/tenants/{tenant_id}/replay");
         let body = after_seq.map(|seq| serde_json::json!({ "after_seq": seq }));
-        self.json(Method::POST, &path, body.as_ref(), Retry::Safe)
+        self.json(Method::POST, &path, body.as_ref(), Retry::Never)
             .await
     }
 
@@ -428,14 +433,14 @@ impl Client {
         token_id: &str,
     ) -> Result<serde_json::Value, Error> {
         let path = format!("/v1/admin/principals/{principal_id}/tokens/{token_id}");
-        self.json::<_, ()>(Method::DELETE, &path, None, Retry::Safe)
+        self.json::<_, ()>(Method::DELETE, &path, None, Retry::Never)
             .await
     }
 
     /// `DELETE /v1/admin/principals/{principal_id}`: the principal and every token of it.
     pub async fn revoke_principal(&self, principal_id: &str) -> Result<serde_json::Value, Error> {
         let path = format!("/v1/admin/principals/{principal_id}");
-        self.json::<_, ()>(Method::DELETE, &path, None, Retry::Safe)
+        self.json::<_, ()>(Method::DELETE, &path, None, Retry::Never)
             .await
     }
 

@@ -63,7 +63,7 @@ async fn the_client_speaks_every_kind_of_route() {
 
     let policy: PolicyDocument = serde_json::from_value(serde_json::json!({
         "rules": [
-            {"secret_names": ["payments/*"], "engines": ["PH1.CONNECTOR"], "operations": ["GET_HANDLE"]},
+            {"secret_names": ["payments/*"], "engines": ["PH1.CONNECTOR"], "operations": ["GET_HANDLE", "ISSUE_EPHEMERAL"]},
             {"secret_names": ["*"], "engines": ["PH1.OS"], "operations": ["ROTATE", "REVOKE"]}
         ],
         "admins": ["u-admin"]
@@ -98,6 +98,23 @@ async fn the_client_speaks_every_kind_of_route() {
     let redeemed = executor.redeem("acme", &handle).await.expect("redeemed");
     assert_eq!(redeemed.expose(), b"sk_test");
     assert_eq!(redeemed.version, 1);
+    // An ephemeral credential: a value derived from the version, never the version's own.
+    let mut issue = kms_request(
+        "acme",
+        Operation::IssueEphemeral,
+        "payments/stripe",
+        "PH1.CONNECTOR",
+    );
+    issue.requested_ttl_ms = Some(60_000);
+    let issued = os.kms(&issue).await.expect("issued");
+    let credential = issued.ephemeral_credential_ref.expect("a credential");
+    let derived = executor
+        .redeem("acme", &credential)
+        .await
+        .expect("redeemed");
+    assert_eq!(derived.version, 1);
+    assert!(!derived.expose().is_empty());
+    assert_ne!(derived.expose(), b"sk_test");
 
     // A rotation through its plan, and a revocation of the handle.
     admin

@@ -68,6 +68,19 @@ pub enum RefGeneration {
 }
 
 impl RefKind {
+    /// The kind a ref's prefix names (of any generation), without opening it: which field a
+    /// client sends it in.
+    pub fn of(text: &str) -> Option<Self> {
+        [
+            Self::Secret,
+            Self::Handle,
+            Self::Credential,
+            Self::Tombstone,
+        ]
+        .into_iter()
+        .find(|kind| kind.strip(text).is_some())
+    }
+
     /// The prefix of refs this build seals.
     const fn prefix(self) -> &'static str {
         self.prefix_of(RefGeneration::Second)
@@ -468,6 +481,16 @@ mod tests {
 
     const VECTORS: &str = include_str!("../testdata/ref_vectors.json");
     const NOW: u64 = 1_767_225_600_000;
+
+    #[test]
+    fn a_refs_kind_is_named_by_its_prefix_of_either_generation() {
+        assert_eq!(RefKind::of("ksh2_abc"), Some(RefKind::Handle));
+        assert_eq!(RefKind::of("ksh1_abc"), Some(RefKind::Handle));
+        assert_eq!(RefKind::of("kse2_abc"), Some(RefKind::Credential));
+        assert_eq!(RefKind::of("kse1_abc"), Some(RefKind::Credential));
+        assert_eq!(RefKind::of("ksr2_abc"), Some(RefKind::Secret));
+        assert_eq!(RefKind::of("kec_abc"), None);
+    }
 
     #[derive(Serialize, Deserialize)]
     struct Vector {

@@ -105,23 +105,25 @@ struct Scraped {
 #[derive(Debug)]
 struct ScrapeCollector(Arc<Mutex<Scraped>>);
 
-/// `(bound, per-bucket count)` pairs, with the `+Inf` bucket holding what no bound did.
-fn buckets(bounds: impl Iterator<Item = f64>, snapshot: &Snapshot) -> Vec<(f64, u64)> {
+/// `(bound, per-bucket count)` pairs, with the `+Inf` bucket holding what no bound did, and
+/// the count they add up to. Buckets and count are read one after the other while recordings
+/// go on, so the count is never taken as less than the buckets hold.
+fn buckets(bounds: impl Iterator<Item = f64>, snapshot: &Snapshot) -> (Vec<(f64, u64)>, u64) {
     let (counts, count, _) = snapshot;
     let mut out: Vec<(f64, u64)> = bounds.zip(counts.iter().copied()).collect();
     let bucketed: u64 = out.iter().map(|(_, n)| n).sum();
     out.push((f64::INFINITY, count.saturating_sub(bucketed)));
-    out
+    (out, bucketed.max(*count))
 }
 
 fn histogram(
     encoder: &mut DescriptorEncoder<'_>,
     name: &str,
     help: &str,
-    buckets: &[(f64, u64)],
+    (buckets, count): &(Vec<(f64, u64)>, u64),
     snapshot: &Snapshot,
 ) -> std::fmt::Result {
-    let (_, count, sum) = snapshot;
+    let (_, _, sum) = snapshot;
     encoder
         .encode_descriptor(name, help, None, MetricType::Histogram)?
         .encode_histogram::<NoLabelSet>(*sum, *count, buckets, None)

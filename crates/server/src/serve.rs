@@ -130,6 +130,8 @@ pub async fn serve(engine: Arc<Engine>, options: ServeOptions) -> std::io::Resul
             "refusing plain HTTP on a non-loopback address: give --tls-cert/--tls-key, or --allow-plaintext",
         ));
     }
+    // Listening for hang-ups from here on keeps one from ending the process (its default).
+    let hangups = hangups();
     let guard = Guard::new(options.connections);
     let state = Arc::new(AppState {
         auth: engine.authenticator(),
@@ -155,7 +157,7 @@ pub async fn serve(engine: Arc<Engine>, options: ServeOptions) -> std::io::Resul
     let addr = listener.local_addr()?;
     let handle = Handle::new();
     let header_timeout = options.header_read_timeout;
-    let mut reloader = None;
+    let mut reload = None;
     let server = match &options.tls {
         None => {
             let mut server = axum_server::from_tcp(listener)?
@@ -167,11 +169,7 @@ pub async fn serve(engine: Arc<Engine>, options: ServeOptions) -> std::io::Resul
         }
         Some(tls) => {
             let config = RustlsConfig::from_config(tls.server_config()?);
-            reloader = Some(tokio::spawn(reload_on_hangup(
-                tls.clone(),
-                config.clone(),
-                state.clone(),
-            )));
+            reload = Some((tls.clone(), config.clone()));
             let mut server = axum_server::from_tcp_rustls(listener, config)?
                 .map(|tls| tls.acceptor(guard))
                 .handle(handle.clone());
@@ -194,8 +192,7 @@ pub async fn serve(engine: Arc<Engine>, options: ServeOptions) -> std::io::Resul
         }
     });
     let signer = tokio::spawn(sign_manifests(manifester.clone(), state.clone()));
-    // Without TLS there is nothing to reload, and a hang-up still must not end the server.
-    let reloader = reloader.unwrap_or_else(|| tokio::spawn(ignore_hangups()));
+    let reloader = tokio::spawn(on_hangup(hangups, reload, state.clone()));
     tracing::info!(%addr, tls = options.tls.is_some(), "selene-kms serving");
     Ok(Listening {
         addr,
@@ -210,10 +207,16 @@ pub async fn serve(engine: Arc<Engine>, options: ServeOptions) -> std::io::Resul
     })
 }
 
+/// The SIGHUPs this process receives.
+#[cfg(unix)]
+type Hangups = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangups = ();
+
 /// The stream of SIGHUPs this process receives; installing it also keeps a hang-up from ending
 /// the process (its default action).
 #[cfg(unix)]
-fn hangups() -> Option<tokio::signal::unix::Signal> {
+fn hangups() -> Hangups {
     use tokio::signal::unix::{SignalKind, signal};
     match signal(SignalKind::hangup()) {
         Ok(stream) => Some(stream),
@@ -224,13 +227,23 @@ fn hangups() -> Option<tokio::signal::unix::Signal> {
     }
 }
 
-/// Reloads the certificate, key and client CA from their files at every SIGHUP. New
+#[cfg(not(unix))]
+fn hangups() -> Hangups {}
+
+/// What a SIGHUP reloads: the TLS options, and the configuration that serves them.
+type Reload = Option<(TlsOptions, RustlsConfig)>;
+
+/// At every SIGHUP, reloads the certificate, key and client CA from their files: new
 /// connections get the new ones, open connections keep theirs; a set that does not load is
-/// refused, logged, and the one in use is kept.
-async fn reload_on_hangup(tls: TlsOptions, config: RustlsConfig, state: Arc<AppState>) {
+/// refused, logged and counted, and the one in use kept. Without TLS there is nothing to reload.
+async fn on_hangup(hangups: Hangups, reload: Reload, state: Arc<AppState>) {
     #[cfg(unix)]
-    if let Some(mut hangups) = hangups() {
+    if let Some(mut hangups) = hangups {
         while hangups.recv().await.is_some() {
+            let Some((tls, config)) = &reload else {
+                tracing::info!("SIGHUP: nothing to reload without TLS");
+                continue;
+            };
             // Counted once it holds, so that whoever watches the counter sees it in effect.
             match tls.server_config() {
                 Ok(new) => {
@@ -246,17 +259,7 @@ async fn reload_on_hangup(tls: TlsOptions, config: RustlsConfig, state: Arc<AppS
         }
     }
     #[cfg(not(unix))]
-    let _ = (tls, config, state);
-}
-
-/// Answers SIGHUPs of a server without TLS: nothing to reload.
-async fn ignore_hangups() {
-    #[cfg(unix)]
-    if let Some(mut hangups) = hangups() {
-        while hangups.recv().await.is_some() {
-            tracing::info!("SIGHUP: nothing to reload without TLS");
-        }
-    }
+    let _ = (hangups, reload, state);
 }
 
 /// Signs the store's manifests while serving: each second, a manifest of the chains that

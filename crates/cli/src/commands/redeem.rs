@@ -22,7 +22,7 @@ use crate::failure::Failure;
 pub(crate) struct RedeemArgs {
     /// Tenant.
     tenant: String,
-    /// The handle (`ksh_…`) or ephemeral credential (`kec_…`); `-` reads it from stdin, which
+    /// The handle (`ksh2_…`) or ephemeral credential (`kse2_…`); `-` reads it from stdin, which
     /// keeps it out of the process list and the shell history.
     reference: String,
     /// Write the material into this file, created owner-only (it must not exist), instead of
@@ -113,10 +113,9 @@ pub(crate) async fn run(
         Some(path) => Sink::File(create_owner_only(path)?, path),
         None => Sink::Stdout,
     };
-    let field = if given.starts_with("kec_") {
-        "ephemeral_credential_ref"
-    } else {
-        "secret_handle"
+    let field = match selene_kms_core::RefKind::of(&given) {
+        Some(selene_kms_core::RefKind::Credential) => "ephemeral_credential_ref",
+        _ => "secret_handle",
     };
     let body = json!({ "tenant_id": args.tenant, field: given.as_str() });
     let sent = client

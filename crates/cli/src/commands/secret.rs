@@ -75,10 +75,10 @@ pub(crate) struct RevokeTarget {
     /// Revoke every version.
     #[arg(long)]
     all: bool,
-    /// One handle (`ksh_…`), until it expires.
+    /// One handle (`ksh2_…`), until it expires.
     #[arg(long)]
     handle: Option<String>,
-    /// One ephemeral credential (`kec_…`), until it expires.
+    /// One ephemeral credential (`kse2_…`), until it expires.
     #[arg(long)]
     credential: Option<String>,
 }

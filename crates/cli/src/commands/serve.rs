@@ -92,6 +92,16 @@ async fn stop_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
+/// A hang-up (SIGHUP) asks a running server to reload its TLS material; its default action
+/// would end the process, so it is caught from the start, before the store opens. Tokio keeps a
+/// signal caught for the life of the process; the server listens for it once it serves.
+fn survive_hang_ups() {
+    #[cfg(unix)]
+    if let Err(e) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        tracing::warn!(error = %e, "cannot catch SIGHUP");
+    }
+}
+
 /// A write past the process's file size limit (`RLIMIT_FSIZE`) raises SIGXFSZ, whose default
 /// action ends the process. Catching it turns the write into an `EFBIG` error instead: the store
 /// refuses the requests it cannot record, like on a full disk, and serves again once the limit
@@ -146,6 +156,7 @@ pub(crate) async fn run(config: &Config, args: ServeArgs) -> Result<ExitCode, Fa
     });
     init_logging(format);
     survive_file_size_limit();
+    survive_hang_ups();
     let dir = data_dir(args.data_dir, config)?;
     let listen = match args.listen {
         Some(l) => l,
