@@ -170,17 +170,13 @@ impl Engine {
         let mut check_key = req.operation.is_mutation();
         let mut attempt = 1;
         loop {
-            // Two independent reads at once: one round trip's wait on a shared database, not
-            // two. What the decision read is checked again at commit (the grant guard).
-            let (policy, secret) = tokio::join!(
-                self.store.policy(&req.tenant_id),
-                self.store.secret(&req.tenant_id, &req.secret_name)
-            );
-            let (policy, secret) = match (policy, secret) {
-                (Ok(p), Ok(s)) => (p, s),
-                (Err(e), _) | (_, Err(e)) => {
-                    return KmsAnswer::store_failure(&req.context(), &e);
-                }
+            let policy = match self.store.policy(&req.tenant_id).await {
+                Ok(p) => p,
+                Err(e) => return KmsAnswer::store_failure(&req.context(), &e),
+            };
+            let secret = match self.store.secret(&req.tenant_id, &req.secret_name).await {
+                Ok(s) => s,
+                Err(e) => return KmsAnswer::store_failure(&req.context(), &e),
             };
             let read = Read {
                 policy_version: policy.as_ref().map(|p| p.version),
