@@ -188,6 +188,30 @@ async fn the_command_line_journey() {
     assert!(bash.status.success());
     assert!(String::from_utf8_lossy(&bash.stdout).contains("selene-kms"));
 
+    // Every client command speaks JSON with --json, its failures too.
+    let key = init["audit_public_key"].as_str().expect("key");
+    let policy = write(files, "policy.json", br#"{"rules": []}"#);
+    for args in [
+        &["whoami", "--role", "admin"][..],
+        &["whoami", "--role", "os"],
+        &["secret", "list", TENANT],
+        &["policy", "get", TENANT],
+        &["policy", "simulate", TENANT, &policy],
+        &["policy", "set", TENANT, &policy, "--dry-run"],
+        &["principal", "list"],
+        &["audit", "tail", "--tenant", TENANT],
+        &["audit", "verify", "--public-key", key],
+        &["audit", "replay", "--tenant", TENANT],
+    ] {
+        let printed = cli.json(args);
+        assert!(printed.is_object(), "{args:?}: {printed}");
+    }
+    let unknown = cli.run(&["policy", "get", "no-such-tenant", "--json"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    let failure: Value = serde_json::from_slice(&unknown.stdout).expect("JSON failure");
+    assert!(failure["error"]["reason_code"].is_string(), "{failure}");
+    assert!(failure["error"]["message"].is_string(), "{failure}");
+
     // Output into a pipe nobody reads ends quietly.
     let (reader, writer) = std::io::pipe().expect("pipe");
     drop(reader);
