@@ -155,9 +155,23 @@ async fn the_command_line_journey() {
     }
 
     // That one handle revoked: its redemption is refused, exit 1, with the reason.
-    let revoked = cli.json(&[
-        "secret", "revoke", TENANT, IMPORTED, "--handle", &handle, "--user", "u-admin",
-    ]);
+    // The ref from stdin, out of the process list.
+    let mut revoking = cli
+        .command(&[
+            "secret", "revoke", TENANT, IMPORTED, "--handle", "-", "--user", "u-admin", "--json",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawns");
+    std::io::Write::write_all(
+        &mut revoking.stdin.take().expect("stdin"),
+        handle.as_bytes(),
+    )
+    .expect("the ref");
+    let revoked = revoking.wait_with_output().expect("runs");
+    assert!(revoked.status.success());
+    let revoked: Value = serde_json::from_slice(&revoked.stdout).expect("JSON");
     assert_eq!(revoked["validation_status"], json!("OK"), "{revoked}");
     let refused = cli.run(&["redeem", TENANT, &handle, "--json"]);
     assert_eq!(refused.status.code(), Some(1));

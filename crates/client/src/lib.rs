@@ -124,6 +124,15 @@ impl ClientBuilder {
     }
 }
 
+/// A request body, wiped when dropped.
+struct Wiped(Zeroizing<Vec<u8>>);
+
+impl AsRef<[u8]> for Wiped {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 /// Whether a call may be sent again: it changes nothing, or carries an idempotency key.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Retry {
@@ -196,6 +205,15 @@ impl Client {
         } else {
             1
         };
+        // Serialized once, into a buffer wiped when the last attempt is done with it: a body
+        // can carry staged material or a ref.
+        let body = body
+            .map(|b| {
+                serde_json::to_vec(b)
+                    .map(|json| bytes::Bytes::from_owner(Wiped(Zeroizing::new(json))))
+                    .map_err(|_| Error::Invalid("the request does not encode".to_owned()))
+            })
+            .transpose()?;
         let mut pause = Duration::from_millis(50);
         let mut last = None;
         for attempt in 0..attempts {
@@ -209,16 +227,20 @@ impl Client {
             if let Some(token) = &self.token {
                 request = request.bearer_auth(token.as_str());
             }
-            if let Some(b) = body {
-                request = request.json(b);
+            if let Some(b) = &body {
+                request = request
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(b.clone());
             }
             let outcome = match request.send().await {
                 Ok(response) => {
                     let status = response.status().as_u16();
                     match response.bytes().await {
+                        // The answer's own buffer where it can be, not a copy: the caller wipes
+                        // what it read.
                         Ok(bytes) => Ok(Answer {
                             status,
-                            body: bytes.to_vec(),
+                            body: Vec::from(bytes),
                         }),
                         Err(e) => Err(error::unreachable(&self.url, &e)),
                     }
@@ -277,21 +299,29 @@ impl Client {
     /// `POST /v1/material/redeem` of a handle (`ksh2_…`) or an ephemeral credential (`kse2_…`).
     /// Not retried: every redemption is audited.
     pub async fn redeem(&self, tenant_id: &str, reference: &str) -> Result<Redeemed, Error> {
-        let field = match RefKind::of(reference) {
-            Some(RefKind::Credential) => "ephemeral_credential_ref",
-            _ => "secret_handle",
+        // Borrowed, so that the only copy of the ref is the wiped body.
+        #[derive(Serialize)]
+        struct Redeem<'a> {
+            tenant_id: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            secret_handle: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            ephemeral_credential_ref: Option<&'a str>,
+        }
+        let credential = RefKind::of(reference) == Some(RefKind::Credential);
+        let body = Redeem {
+            tenant_id,
+            secret_handle: (!credential).then_some(reference),
+            ephemeral_credential_ref: credential.then_some(reference),
         };
-        let body = serde_json::json!({ "tenant_id": tenant_id, field: reference });
-        let answer = self
-            .send(
-                Method::POST,
-                "/v1/material/redeem",
-                Some(&body),
-                Retry::Never,
-            )
-            .await;
-        drop(body);
-        answer?.redeemed()
+        self.send(
+            Method::POST,
+            "/v1/material/redeem",
+            Some(&body),
+            Retry::Never,
+        )
+        .await?
+        .redeemed()
     }
 
     // ---------------------------------------------------------------- admin (role admin)
@@ -324,15 +354,21 @@ impl Client {
         material: &[u8],
     ) -> Result<serde_json::Value, Error> {
         use base64::Engine as _;
+        // Borrowed, so that the copies of the material are the wiped encoding and body.
+        #[derive(Serialize)]
+        struct Stage<'a> {
+            secret_name: &'a str,
+            material_b64: &'a str,
+        }
         let encoded = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(material));
-        let body =
-            serde_json::json!({"secret_name": secret_name, "material_b64": encoded.as_str()});
+        let body = Stage {
+            secret_name,
+            material_b64: &encoded,
+        };
         let path = format!("/v1/admin/tenants/{tenant_id}/staged-versions");
-        let answer = self
-            .send(Method::POST, &path, Some(&body), Retry::Never)
-            .await;
-        drop(body);
-        answer?.parse()
+        self.send(Method::POST, &path, Some(&body), Retry::Never)
+            .await?
+            .parse()
     }
 
     /// `PUT /v1/admin/tenants/{tenant_id}/policy` → `{"policy_version"}`. Not retried: every

@@ -97,6 +97,19 @@ pub(crate) fn root_key(data_dir: &Path) -> Result<RootKey, String> {
     }
 }
 
+/// A ref named on the command line, or `-` to read it from stdin (which keeps it out of the
+/// process list and the shell history).
+pub(crate) fn ref_argument(given: &str) -> Result<zeroize::Zeroizing<String>, String> {
+    if given != "-" {
+        return Ok(zeroize::Zeroizing::new(given.to_owned()));
+    }
+    let mut text = zeroize::Zeroizing::new(String::new());
+    std::io::stdin()
+        .read_line(&mut text)
+        .map_err(|e| format!("reading the ref from stdin: {e}"))?;
+    Ok(zeroize::Zeroizing::new(text.trim().to_owned()))
+}
+
 /// A fresh idempotency key for commands that send KMS requests.
 pub(crate) fn fresh_key(prefix: &str) -> String {
     let bytes = selene_kms_server::random_bytes::<32>()

@@ -33,18 +33,6 @@ pub(crate) struct RedeemArgs {
     conn: Connection,
 }
 
-/// The ref named on the command line, or read from stdin.
-fn reference(given: &str) -> Result<Zeroizing<String>, Failure> {
-    if given != "-" {
-        return Ok(Zeroizing::new(given.to_owned()));
-    }
-    let mut text = Zeroizing::new(String::new());
-    std::io::stdin()
-        .read_line(&mut text)
-        .map_err(|e| format!("reading the ref from stdin: {e}"))?;
-    Ok(Zeroizing::new(text.trim().to_owned()))
-}
-
 /// A new file, owner-only, made before the ref is redeemed: a ref is spent on a file that can
 /// be written.
 fn create_owner_only(path: &Path) -> Result<std::fs::File, Failure> {
@@ -108,7 +96,7 @@ pub(crate) async fn run(
     json: bool,
 ) -> Result<ExitCode, Failure> {
     let client = Client::new(&args.conn, config)?;
-    let given = reference(&args.reference)?;
+    let given = super::ref_argument(&args.reference)?;
     let sink = match &args.out {
         Some(path) => Sink::File(create_owner_only(path)?, path),
         None => Sink::Stdout,

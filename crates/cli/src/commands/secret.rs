@@ -55,7 +55,7 @@ pub(crate) enum SecretCommand {
     /// Revoke one version (--version N), all versions (--all), one handle (--handle H) or one
     /// ephemeral credential (--credential C): dry run, then commit.
     #[command(
-        after_help = "Examples:\n  selene-kms secret revoke acme payments/stripe --version 1 --engine PH1.OS --user u-admin\n  selene-kms secret revoke acme payments/stripe --handle \"$HANDLE\" --user u-admin"
+        after_help = "Examples:\n  selene-kms secret revoke acme payments/stripe --version 1 --engine PH1.OS --user u-admin\n  printf '%s' \"$HANDLE\" | selene-kms secret revoke acme payments/stripe --handle - --user u-admin"
     )]
     Revoke {
         #[command(flatten)]
@@ -75,23 +75,25 @@ pub(crate) struct RevokeTarget {
     /// Revoke every version.
     #[arg(long)]
     all: bool,
-    /// One handle (`ksh2_…`), until it expires.
+    /// One handle (`ksh2_…`, or - to read it from stdin), until it expires.
     #[arg(long)]
     handle: Option<String>,
-    /// One ephemeral credential (`kse2_…`), until it expires.
+    /// One ephemeral credential (`kse2_…`, or - to read it from stdin), until it expires.
     #[arg(long)]
     credential: Option<String>,
 }
 
 impl RevokeTarget {
     /// The request's `revoke_target`.
-    fn to_json(&self) -> Value {
-        match (self.version, &self.handle, &self.credential) {
+    fn to_json(&self) -> Result<Value, String> {
+        Ok(match (self.version, &self.handle, &self.credential) {
             (Some(v), _, _) => json!({"version": v}),
-            (_, Some(h), _) => json!({"secret_handle": h}),
-            (_, _, Some(c)) => json!({"ephemeral_credential_ref": c}),
+            (_, Some(h), _) => json!({"secret_handle": super::ref_argument(h)?.as_str()}),
+            (_, _, Some(c)) => {
+                json!({"ephemeral_credential_ref": super::ref_argument(c)?.as_str()})
+            }
             _ => json!({"all_versions": true}),
-        }
+        })
     }
 }
 
@@ -157,7 +159,7 @@ pub(crate) async fn run(
         } => stage(config, &conn, &tenant, &name, &material_file, json).await,
         SecretCommand::Rotate(m) => mutate(config, m, "ROTATE", None, json).await,
         SecretCommand::Revoke { common, target } => {
-            mutate(config, common, "REVOKE", Some(target.to_json()), json).await
+            mutate(config, common, "REVOKE", Some(target.to_json()?), json).await
         }
     }
 }
