@@ -14,7 +14,7 @@ use selene_kms_store::verify::verify_store;
 
 use selene_kms_backends::StoreLocation;
 
-use super::{open_at, store_location};
+use super::{OfflineStore, open_at};
 use crate::client::{As, Client};
 use crate::config::Config;
 use crate::failure::Failure;
@@ -37,20 +37,10 @@ pub(crate) enum AuditCommand {
         /// One tenant (default: every tenant).
         #[arg(long)]
         tenant: Option<String>,
-        /// Verify a store directly rather than through a server: the embedded store must be
-        /// stopped; with --store, the data directory only supplies the root key.
-        #[arg(long, conflicts_with = "export")]
-        data_dir: Option<PathBuf>,
-        /// With --data-dir: a PostgreSQL store (postgres://…) instead of the embedded one.
-        #[arg(
-            long,
-            env = "SELENE_KMS_STORE",
-            hide_env_values = true,
-            requires = "data_dir"
-        )]
-        store: Option<String>,
+        #[command(flatten)]
+        offline: OfflineStore,
         /// Verify an export file instead of a live store.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "data_dir")]
         export: Option<PathBuf>,
         /// The audit public key to trust (64 hex characters).
         #[arg(
@@ -100,18 +90,8 @@ pub(crate) enum AuditCommand {
         /// first).
         #[arg(long, default_value_t = 0)]
         after_seq: u64,
-        /// Replay a store directly rather than through a server: the embedded store must be
-        /// stopped; with --store, the data directory only supplies the root key.
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        /// With --data-dir: a PostgreSQL store (postgres://…) instead of the embedded one.
-        #[arg(
-            long,
-            env = "SELENE_KMS_STORE",
-            hide_env_values = true,
-            requires = "data_dir"
-        )]
-        store: Option<String>,
+        #[command(flatten)]
+        offline: OfflineStore,
         #[command(flatten)]
         conn: Connection,
     },
@@ -147,8 +127,7 @@ pub(crate) async fn run(
     match command {
         AuditCommand::Verify {
             tenant,
-            data_dir,
-            store,
+            offline,
             export,
             public_key,
             public_key_file,
@@ -157,8 +136,7 @@ pub(crate) async fn run(
             conn,
         } => {
             let witness = witness_file.as_deref().map(read_witness).transpose()?;
-            if let Some(dir) = data_dir {
-                let location = store_location(store, config, &dir)?;
+            if let Some((dir, location)) = offline.location(config)? {
                 let offline = Offline {
                     tenant: tenant.as_deref(),
                     witness: witness.as_deref(),
@@ -221,15 +199,13 @@ pub(crate) async fn run(
         AuditCommand::Replay {
             tenant,
             after_seq,
-            data_dir,
-            store,
+            offline,
             conn,
         } => {
             let at = super::replay::ReplayAt {
                 tenant,
                 after_seq,
-                data_dir,
-                store,
+                offline,
                 conn,
             };
             super::replay::run(config, at, json).await

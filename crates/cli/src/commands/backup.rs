@@ -17,7 +17,9 @@ use selene_kms_store::verify::verify_store;
 use selene_kms_store::{ErrorKind, Store};
 
 use super::init::{pin_public_key, prepare_dir};
-use super::{data_dir, db_path, key_path, mark_record_macs, root_key, store_location};
+use super::{
+    create_owner_only, data_dir, db_path, key_path, mark_record_macs, root_key, store_location,
+};
 use crate::config::Config;
 use crate::failure::Failure;
 use crate::output;
@@ -134,16 +136,7 @@ pub(crate) async fn restore_run(args: RestoreArgs, json: bool) -> Result<ExitCod
 fn copy_owner_only(from: &Path, to: &Path) -> Result<(), String> {
     let mut source =
         std::fs::File::open(from).map_err(|e| format!("cannot read {}: {e}", from.display()))?;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut target = options
-        .open(to)
-        .map_err(|e| format!("cannot create {}: {e}", to.display()))?;
+    let mut target = create_owner_only(to)?;
     std::io::copy(&mut source, &mut target)
         .and_then(|_| target.sync_all())
         .map_err(|e| format!("cannot copy {}: {e}", from.display()))

@@ -33,6 +33,37 @@ pub(crate) fn store_location(
     StoreLocation::parse(value.as_deref(), db_path(data_dir)).map_err(|e| e.message)
 }
 
+/// A store read directly rather than through a server (`audit verify`, `audit replay`).
+#[derive(clap::Args)]
+pub(crate) struct OfflineStore {
+    /// Read a store directly rather than through a server: the embedded store must be
+    /// stopped; with --store, the data directory only supplies the root key.
+    #[arg(long)]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// With --data-dir: a PostgreSQL store (postgres://…) instead of the embedded one.
+    #[arg(
+        long,
+        env = "SELENE_KMS_STORE",
+        hide_env_values = true,
+        requires = "data_dir"
+    )]
+    pub(crate) store: Option<String>,
+}
+
+impl OfflineStore {
+    /// The data directory and where its store lives, when the store is read offline.
+    pub(crate) fn location(
+        self,
+        config: &Config,
+    ) -> Result<Option<(PathBuf, StoreLocation)>, String> {
+        let Some(dir) = self.data_dir else {
+            return Ok(None);
+        };
+        let location = store_location(self.store, config, &dir)?;
+        Ok(Some((dir, location)))
+    }
+}
+
 /// Opens the initialised store at `location`, with the root key of `data_dir`.
 pub(crate) async fn open_at(
     location: &StoreLocation,
@@ -110,13 +141,19 @@ pub(crate) fn ref_argument(given: &str) -> Result<zeroize::Zeroizing<String>, St
     Ok(zeroize::Zeroizing::new(text.trim().to_owned()))
 }
 
-/// A fresh idempotency key for commands that send KMS requests.
-pub(crate) fn fresh_key(prefix: &str) -> String {
-    let bytes = selene_kms_server::random_bytes::<32>()
-        .map(|k| k[..8].to_vec())
-        .unwrap_or_default();
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{prefix}-{}-{hex}", selene_kms_server::now_ms())
+/// A new file, readable by its owner only from its creation; refused if the name is taken
+/// (a symlink included), so nothing is ever written over.
+pub(crate) fn create_owner_only(path: &Path) -> Result<std::fs::File, String> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options
+        .open(path)
+        .map_err(|e| format!("cannot create {}: {e}", path.display()))
 }
 
 #[cfg(test)]

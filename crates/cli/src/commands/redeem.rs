@@ -33,21 +33,6 @@ pub(crate) struct RedeemArgs {
     conn: Connection,
 }
 
-/// A new file, owner-only, made before the ref is redeemed: a ref is spent on a file that can
-/// be written.
-fn create_owner_only(path: &Path) -> Result<std::fs::File, Failure> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    options
-        .open(path)
-        .map_err(|e| Failure::from(format!("{}: {e}", path.display())))
-}
-
 /// Where the material goes: a new owner-only file, or stdout.
 enum Sink<'a> {
     File(std::fs::File, &'a Path),
@@ -98,7 +83,8 @@ pub(crate) async fn run(
     let client = Client::new(&args.conn, config)?;
     let given = super::ref_argument(&args.reference)?;
     let sink = match &args.out {
-        Some(path) => Sink::File(create_owner_only(path)?, path),
+        // Made before the ref is redeemed: a ref is spent only on a file that can be written.
+        Some(path) => Sink::File(super::create_owner_only(path)?, path),
         None => Sink::Stdout,
     };
     let field = match selene_kms_core::RefKind::of(&given) {

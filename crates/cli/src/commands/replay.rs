@@ -1,13 +1,15 @@
 //! `selene-kms audit replay`: every decision of a tenant's chain re-derived and compared with
 //! its record, through a server or offline on a stopped store.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::ExitCode;
 
 use selene_kms_client::Method;
 use selene_kms_core::{ReplayReport, TenantId};
 
-use super::{open_at, store_location};
+use selene_kms_backends::StoreLocation;
+
+use super::{OfflineStore, open_at};
 use crate::client::{As, Client};
 use crate::config::Config;
 use crate::failure::Failure;
@@ -18,19 +20,24 @@ use crate::{Connection, output};
 pub(crate) struct ReplayAt {
     pub(crate) tenant: String,
     pub(crate) after_seq: u64,
-    pub(crate) data_dir: Option<PathBuf>,
-    pub(crate) store: Option<String>,
+    pub(crate) offline: OfflineStore,
     pub(crate) conn: Connection,
 }
 
 /// Replays and reports; exits 1 when a decision differs or the chain does not hold.
 pub(crate) async fn run(config: &Config, at: ReplayAt, json: bool) -> Result<ExitCode, Failure> {
-    let report = match &at.data_dir {
-        Some(dir) => offline(config, &at, dir).await?,
+    let ReplayAt {
+        tenant,
+        after_seq,
+        offline: store,
+        conn,
+    } = at;
+    let report = match store.location(config)? {
+        Some((dir, location)) => offline(&tenant, after_seq, &dir, &location).await?,
         None => {
-            let client = Client::new(&at.conn, config)?;
-            let body = serde_json::json!({"after_seq": at.after_seq});
-            let path = format!("/v1/admin/tenants/{}/replay", at.tenant);
+            let client = Client::new(&conn, config)?;
+            let body = serde_json::json!({ "after_seq": after_seq });
+            let path = format!("/v1/admin/tenants/{tenant}/replay");
             let answer = client
                 .send(Method::POST, &path, As::Admin, Some(&body))
                 .await?;
@@ -54,22 +61,22 @@ pub(crate) async fn run(config: &Config, at: ReplayAt, json: bool) -> Result<Exi
 }
 
 async fn offline(
-    config: &Config,
-    at: &ReplayAt,
-    dir: &std::path::Path,
+    tenant: &str,
+    after_seq: u64,
+    dir: &Path,
+    location: &StoreLocation,
 ) -> Result<ReplayReport, String> {
-    let tenant = TenantId::try_from(at.tenant.as_str())
-        .map_err(|_| format!("{:?} is not a tenant id", at.tenant))?;
-    let location = store_location(at.store.clone(), config, dir)?;
-    let store = open_at(&location, dir).await?;
-    let over = selene_kms_store::replay::replay(&*store, &tenant, at.after_seq)
+    let tenant =
+        TenantId::try_from(tenant).map_err(|_| format!("{tenant:?} is not a tenant id"))?;
+    let store = open_at(location, dir).await?;
+    let over = selene_kms_store::replay::replay(&*store, &tenant, after_seq)
         .await
         .map_err(|e| e.message)?
         .ok_or_else(|| format!("tenant {tenant} has no audit chain"))?;
-    if at.after_seq > over.head_seq {
+    if after_seq > over.head_seq {
         return Err(format!(
-            "--after-seq {} is past the head of {tenant}'s chain ({})",
-            at.after_seq, over.head_seq
+            "--after-seq {after_seq} is past the head of {tenant}'s chain ({})",
+            over.head_seq
         ));
     }
     Ok(over.answer)

@@ -10,12 +10,12 @@ use selene_kms_client::Method;
 use serde_json::{Value, json};
 use zeroize::{Zeroize, Zeroizing};
 
-use super::fresh_key;
 use crate::client::{As, Client};
 use crate::config::Config;
 use crate::failure::Failure;
 use crate::output::say;
 use crate::{Connection, output};
+use selene_kms_client::idempotency_key;
 
 #[derive(Subcommand)]
 pub(crate) enum SecretCommand {
@@ -285,7 +285,7 @@ async fn mutate(
 ) -> Result<ExitCode, Failure> {
     let client = Client::new(&m.conn, config)?;
     let mut request = json!({
-        "correlation_id": fresh_key("cli"), "turn_id": "cli",
+        "correlation_id": idempotency_key("cli"), "turn_id": "cli",
         "tenant_id": m.tenant, "operation": operation, "secret_name": m.name,
         "requester_engine_id": m.engine,
     });
@@ -300,7 +300,7 @@ async fn mutate(
     }
     let mut dry = request.clone();
     dry["dry_run"] = Value::from(true);
-    dry["idempotency_key"] = Value::from(fresh_key("cli-plan"));
+    dry["idempotency_key"] = Value::from(idempotency_key("cli-plan"));
     let plan = client.kms(&dry).await?;
     let plan_bundle = plan.json();
     if plan_bundle["validation_status"] != "OK" {
@@ -320,7 +320,7 @@ async fn mutate(
         return Ok(ExitCode::SUCCESS);
     }
     request["simulation_id"] = plan_bundle["simulation_id"].clone();
-    request["idempotency_key"] = Value::from(fresh_key("cli"));
+    request["idempotency_key"] = Value::from(idempotency_key("cli"));
     let commit = client.kms(&request).await?;
     let bundle = commit.json();
     if bundle["validation_status"] != "OK" {
