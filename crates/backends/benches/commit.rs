@@ -94,6 +94,7 @@ async fn run(store: Arc<dyn Store>, writers: usize, hot: bool, secs: u64) -> (f6
                     material: SecretMaterial::from_slice(&[7; 32]),
                     ttl: TtlBounds::DEFAULT,
                     handle_ttl_ms: 3_600_000,
+                    purpose: selene_kms_core::Purpose::Credential,
                 }),
                 audit: AuditRecord::for_action(
                     &t,

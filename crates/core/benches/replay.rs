@@ -55,7 +55,12 @@ fn replay(c: &mut Criterion) {
     );
     create.secret_ref = Some(snapshot.secret_ref.clone());
     create.terms_digest = Some(snapshot.terms_digest());
-    let terms = SecretTerms::new(snapshot.kind, &snapshot.ttl, snapshot.handle_ttl_ms);
+    let terms = SecretTerms::new(
+        snapshot.kind,
+        &snapshot.ttl,
+        snapshot.handle_ttl_ms,
+        snapshot.purpose,
+    );
     push(create, Kept::Inputs(DecisionInputs::Secret(terms)));
     for i in 0..DECISIONS {
         // After the SET_POLICY and CREATE_SECRET records.

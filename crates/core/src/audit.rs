@@ -44,6 +44,12 @@ pub enum AuditAction {
     TokenCreate,
     TokenRevoke,
     PolicySimulate,
+    UpdateSecret,
+    Mac,
+    Sign,
+    Verify,
+    Encrypt,
+    Decrypt,
 }
 
 impl AuditAction {
@@ -63,6 +69,12 @@ impl AuditAction {
             Self::TokenCreate => "TOKEN_CREATE",
             Self::TokenRevoke => "TOKEN_REVOKE",
             Self::PolicySimulate => "POLICY_SIMULATE",
+            Self::UpdateSecret => "UPDATE_SECRET",
+            Self::Mac => "MAC",
+            Self::Sign => "SIGN",
+            Self::Verify => "VERIFY",
+            Self::Encrypt => "ENCRYPT",
+            Self::Decrypt => "DECRYPT",
         }
     }
 }
@@ -138,6 +150,12 @@ pub struct AuditRecord {
     /// bundle, `audit_seq` included): what a replay of the decision must give again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bundle_digest: Option<String>,
+    /// The key version a crypto operation used (a decryption: the ciphertext's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_version: Option<u64>,
+    /// The oldest version an UPDATE_SECRET lets `decrypt` accept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_decryption_version: Option<u64>,
     pub prev_digest: String,
     pub digest: String,
     /// HMAC of `digest` under a key only the KMS holds (hex): whoever can write the store but
@@ -229,6 +247,8 @@ impl AuditRecord {
             revoked_version: bundle.revoked.as_ref().and_then(|t| t.version),
             revoked_until_ms: None,
             bundle_digest: None,
+            key_version: None,
+            min_decryption_version: None,
             prev_digest: String::new(),
             digest: String::new(),
             mac: None,
@@ -276,6 +296,8 @@ impl AuditRecord {
             revoked_version: None,
             revoked_until_ms: None,
             bundle_digest: None,
+            key_version: None,
+            min_decryption_version: None,
             prev_digest: String::new(),
             digest: String::new(),
             mac: None,
@@ -351,6 +373,8 @@ impl AuditRecord {
             revoked_version,
             revoked_until_ms,
             bundle_digest,
+            key_version,
+            min_decryption_version,
             prev_digest: _,
             digest: _,
             mac: _,
@@ -382,6 +406,8 @@ impl AuditRecord {
             && *revoked_version == other.revoked_version
             && *revoked_until_ms == other.revoked_until_ms
             && *bundle_digest == other.bundle_digest
+            && *key_version == other.key_version
+            && *min_decryption_version == other.min_decryption_version
     }
 
     /// Places the record at `seq` after a record whose digest is `prev_digest`, and computes its
@@ -437,7 +463,8 @@ impl AuditRecord {
         // part of `prev_digest`.
         // A later group is encoded only with every earlier one before it, so each record has
         // one encoding.
-        let answered = self.bundle_digest.is_some();
+        let keyed = self.key_version.is_some() || self.min_decryption_version.is_some();
+        let answered = keyed || self.bundle_digest.is_some();
         let newest = answered
             || [
                 self.revoked_until_ms.is_some(),
@@ -477,6 +504,10 @@ impl AuditRecord {
         }
         if answered {
             e.opt_str(self.bundle_digest.as_deref());
+        }
+        if keyed {
+            e.opt_u64(self.key_version)
+                .opt_u64(self.min_decryption_version);
         }
         hex(&Sha256::digest(e.as_slice()))
     }

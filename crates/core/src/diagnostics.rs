@@ -49,6 +49,15 @@ pub enum Subject {
     SpiffeId,
     PrincipalId,
     TokenId,
+    Purpose,
+    Material,
+    MinDecryptionVersion,
+    DataB64,
+    SignatureB64,
+    MacB64,
+    PlaintextB64,
+    AadB64,
+    Ciphertext,
 }
 
 /// What is wrong with the subject.
@@ -158,6 +167,15 @@ fn subject_name(s: Subject) -> &'static str {
         Subject::SpiffeId => "spiffe_id",
         Subject::PrincipalId => "principal_id",
         Subject::TokenId => "token_id",
+        Subject::Purpose => "purpose",
+        Subject::Material => "material",
+        Subject::MinDecryptionVersion => "min_decryption_version",
+        Subject::DataB64 => "data_b64",
+        Subject::SignatureB64 => "signature_b64",
+        Subject::MacB64 => "mac_b64",
+        Subject::PlaintextB64 => "plaintext_b64",
+        Subject::AadB64 => "aad_b64",
+        Subject::Ciphertext => "ciphertext",
     }
 }
 

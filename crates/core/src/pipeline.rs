@@ -119,6 +119,15 @@ pub fn issue(
     let mut bundle = ok_bundle(request, grant.into_secret_ref());
     let change = match request.operation {
         Operation::GetHandle | Operation::IssueEphemeral => {
+            if ttl_ms.is_some() && secret.purpose.is_key() {
+                // A credential derived from a key would be a value that leaves: keys are used
+                // through handles only.
+                return Err(refuse(
+                    ReasonCode::PurposeMismatch,
+                    Subject::Purpose,
+                    Problem::Mismatch,
+                ));
+            }
             let version = usable_current(secret)?;
             let (kind, lifetime) = match ttl_ms {
                 Some(ttl) => (RefKind::Credential, ttl),

@@ -77,6 +77,8 @@ pub enum ReasonCode {
     PrincipalExists,
     #[serde(rename = "KMS_PRINCIPAL_NOT_FOUND")]
     PrincipalNotFound,
+    #[serde(rename = "KMS_PURPOSE_MISMATCH")]
+    PurposeMismatch,
 }
 
 /// One registry entry.
@@ -146,6 +148,7 @@ registry! {
     LastAdmin, "KMS_LAST_ADMIN", 409, "The last live admin principal for every tenant cannot be revoked.";
     PrincipalExists, "KMS_PRINCIPAL_EXISTS", 409, "A principal with that name or SPIFFE id already exists.";
     PrincipalNotFound, "KMS_PRINCIPAL_NOT_FOUND", 404, "No such principal, or no such token of it.";
+    PurposeMismatch, "KMS_PURPOSE_MISMATCH", 422, "The secret's purpose does not allow this use: a key is never redeemed, a credential never used for crypto.";
 }
 
 impl ReasonCode {

@@ -12,6 +12,7 @@ use crate::diagnostics::{Problem, Subject};
 use crate::ids::{SecretName, TenantId};
 use crate::keys::ServiceKeys;
 use crate::policy::Policy;
+use crate::purpose::Purpose;
 use crate::reason::ReasonCode;
 use crate::redacted::{Redacted, ref_fields};
 use crate::refs::{self, OpenedGrant, RefKind};
@@ -158,9 +159,25 @@ pub struct MaterialGrant {
     tenant: TenantId,
     secret_name: SecretName,
     version: u64,
+    purpose: Purpose,
 }
 
 impl MaterialGrant {
+    /// A grant of one version; only the core's checks call it.
+    pub(crate) fn new(
+        tenant: TenantId,
+        secret_name: SecretName,
+        version: u64,
+        purpose: Purpose,
+    ) -> Self {
+        Self {
+            tenant,
+            secret_name,
+            version,
+            purpose,
+        }
+    }
+
     /// The tenant whose material may be read.
     pub fn tenant(&self) -> &TenantId {
         &self.tenant
@@ -175,10 +192,18 @@ impl MaterialGrant {
     pub fn version(&self) -> u64 {
         self.version
     }
+
+    /// The secret's purpose, as the snapshot the grant was checked against says: the store
+    /// opens material only under the purpose it was sealed for, so a purpose changed in the
+    /// database opens nothing.
+    pub fn purpose(&self) -> Purpose {
+        self.purpose
+    }
 }
 
 /// Checks an opened ref against the secret's state, its own revocation and the request time; if
-/// redemption is allowed, grants the read of the version the ref is bound to.
+/// redemption is allowed, grants the read of the version the ref is bound to. A key's material
+/// never leaves: its refs are refused with `KMS_PURPOSE_MISMATCH`.
 ///
 /// `secret` and `ref_revoked` are the host's reads for the ref's tenant, secret and id.
 pub fn check(
@@ -188,6 +213,27 @@ pub fn check(
     ref_revoked: bool,
     now_ms: u64,
 ) -> Result<MaterialGrant, Refusal> {
+    let secret = usable(opened, policy, secret, ref_revoked, now_ms)?;
+    if secret.purpose.is_key() {
+        return Err(Refusal::new(
+            ReasonCode::PurposeMismatch,
+            Subject::Purpose,
+            Problem::Mismatch,
+        ));
+    }
+    let missing = (ReasonCode::HandleInvalid, subject(opened.kind));
+    grant_version(opened, secret, opened.claims.version, missing)
+}
+
+/// The secret an opened ref may still be used on: its tenant is enabled, the secret exists, and
+/// the ref is neither revoked (by itself or by the tenant's brake) nor outside its lifetime.
+pub(crate) fn usable<'s>(
+    opened: &OpenedGrant,
+    policy: Option<&Policy>,
+    secret: Option<&'s SecretSnapshot>,
+    ref_revoked: bool,
+    now_ms: u64,
+) -> Result<&'s SecretSnapshot, Refusal> {
     let subject = subject(opened.kind);
     // A disabled tenant (or one with no policy) stops every use, redemption included.
     let policy = policy
@@ -213,21 +259,29 @@ pub fn check(
     if now_ms < claims.issued_at_ms || now_ms > claims.expires_at_ms {
         return Err(Refusal::new(ReasonCode::Expired, subject, Problem::Expired));
     }
-    match secret.version_state(claims.version) {
-        Some(VersionState::Active) => Ok(MaterialGrant {
-            tenant: opened.tenant.clone(),
-            secret_name: claims.secret_name.clone(),
-            version: claims.version,
-        }),
+    Ok(secret)
+}
+
+/// Grants the read of `version` of the opened ref's secret if that version is active. A revoked
+/// version is refused; one the secret does not have is refused as `missing` names, invalid.
+pub(crate) fn grant_version(
+    opened: &OpenedGrant,
+    secret: &SecretSnapshot,
+    version: u64,
+    missing: (ReasonCode, Subject),
+) -> Result<MaterialGrant, Refusal> {
+    match secret.version_state(version) {
+        Some(VersionState::Active) => Ok(MaterialGrant::new(
+            opened.tenant.clone(),
+            opened.claims.secret_name.clone(),
+            version,
+            secret.purpose,
+        )),
         Some(VersionState::Revoked) => Err(Refusal::new(
             ReasonCode::Revoked,
             Subject::Version,
             Problem::Revoked,
         )),
-        None => Err(Refusal::new(
-            ReasonCode::HandleInvalid,
-            subject,
-            Problem::Invalid,
-        )),
+        None => Err(Refusal::new(missing.0, missing.1, Problem::Invalid)),
     }
 }

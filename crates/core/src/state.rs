@@ -3,6 +3,7 @@
 //! The core never writes: it returns a [`StateChange`] and the host commits it atomically with
 //! the audit record and the idempotency record.
 
+use crate::purpose::Purpose;
 use crate::refs::RefId;
 
 /// Bounds on the TTL of ephemeral credentials.
@@ -112,11 +113,22 @@ pub struct SecretSnapshot {
     pub ttl: TtlBounds,
     /// Lifetime of handles.
     pub handle_ttl_ms: u64,
+    /// What the secret is for.
+    pub purpose: Purpose,
+    /// The oldest version `decrypt` accepts a ciphertext of (1: every version).
+    pub min_decryption_version: u64,
 }
 
-/// Hex SHA-256 of a secret's terms as it was created (its kind, TTL bounds and handle lifetime):
-/// what a CREATE_SECRET record names, so that terms widened in the store show against the chain.
-pub fn terms_digest(kind: SecretKind, ttl: &TtlBounds, handle_ttl_ms: u64) -> String {
+/// Hex SHA-256 of a secret's terms as it was created (its kind, TTL bounds, handle lifetime and
+/// purpose): what a CREATE_SECRET record names, so that terms widened or a purpose changed in
+/// the store show against the chain. A credential's purpose is not encoded, so that secrets
+/// created before purposes existed keep their digests.
+pub fn terms_digest(
+    kind: SecretKind,
+    ttl: &TtlBounds,
+    handle_ttl_ms: u64,
+    purpose: Purpose,
+) -> String {
     use sha2::{Digest, Sha256};
     let mut e = crate::encode::Encoder::with_domain("selene-kms/secret-terms/v1");
     e.str(kind.name())
@@ -124,13 +136,16 @@ pub fn terms_digest(kind: SecretKind, ttl: &TtlBounds, handle_ttl_ms: u64) -> St
         .u64(ttl.max_ms)
         .u64(ttl.default_ms)
         .u64(handle_ttl_ms);
+    if purpose.is_key() {
+        e.str(purpose.name());
+    }
     crate::audit::hex(&Sha256::digest(e.as_slice()))
 }
 
 impl SecretSnapshot {
     /// This secret's [`terms_digest`].
     pub fn terms_digest(&self) -> String {
-        terms_digest(self.kind, &self.ttl, self.handle_ttl_ms)
+        terms_digest(self.kind, &self.ttl, self.handle_ttl_ms, self.purpose)
     }
 
     /// The current (highest) version; 0 only for a malformed snapshot.

@@ -22,6 +22,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{MethodRouter, on};
+use selene_kms_core::crypto::{CryptoOp, CryptoRequest};
 use selene_kms_core::redeem::RedeemRequest;
 use selene_kms_core::{KmsRequest, MaterialBundle, Operation, Policy, ReasonCode, Role, TenantId};
 use serde::Deserialize;
@@ -38,6 +39,9 @@ use principals::Listing;
 
 /// Largest request body accepted (a KMS request is well under 4 KiB; imported material ≤ 8 KiB).
 pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
+/// Largest body of a crypto request: 64 KiB of data in base64, with room for the handle and the
+/// other fields. Data beyond 64 KiB in a body within this limit is refused by the core (413).
+pub const CRYPTO_BODY_LIMIT: usize = 128 * 1024;
 
 /// Shared state of the HTTP host.
 pub struct AppState {
@@ -214,9 +218,11 @@ async fn authorized_body(
         operation,
         shape,
         need,
+        limit,
     } = rule;
     authorize(state, credentials, Some(role), operation, shape).await?;
-    let bytes = json_body(state, headers, body, operation, shape, need).await?;
+    let limit = limit.map_or(state.body_limit, |l| l.max(state.body_limit));
+    let bytes = json_body(state, headers, body, operation, shape, need, limit).await?;
     let caller = authorize(state, credentials, Some(role), operation, shape).await?;
     Ok((caller, bytes))
 }
@@ -236,6 +242,8 @@ struct BodyRule {
     operation: Option<&'static str>,
     shape: Shape,
     need: Need,
+    /// The route's own body limit, if the server's does not fit it.
+    limit: Option<usize>,
 }
 
 impl BodyRule {
@@ -246,6 +254,7 @@ impl BodyRule {
             operation: ADMIN,
             shape: Shape::Admin,
             need,
+            limit: None,
         }
     }
 }
@@ -275,6 +284,7 @@ async fn json_body(
     operation: Option<&'static str>,
     shape: Shape,
     need: Need,
+    limit: usize,
 ) -> Result<Bytes, Response> {
     let content_type = headers.get(header::CONTENT_TYPE);
     let is_json = content_type
@@ -285,7 +295,7 @@ async fn json_body(
     if !is_json && (need == Need::Required || content_type.is_some()) {
         return Err(unsupported());
     }
-    let bytes = axum::body::to_bytes(body, state.body_limit)
+    let bytes = axum::body::to_bytes(body, limit)
         .await
         .map_err(|_| refused(state, operation, ReasonCode::PayloadTooLarge, shape))?;
     if !is_json && !bytes.is_empty() {
@@ -330,6 +340,7 @@ async fn kms_request(
             operation: OP,
             shape: Shape::Bundle,
             need: Need::Required,
+            limit: None,
         },
     )
     .await
@@ -374,6 +385,7 @@ async fn redeem(
             operation: OP,
             shape: Shape::Admin,
             need: Need::Required,
+            limit: None,
         },
     )
     .await
@@ -401,7 +413,117 @@ async fn redeem(
     }
 }
 
+/// `POST /v1/crypto/{op}`: one handler per operation, each its own route.
+async fn crypto(
+    state: Shared,
+    credentials: Credentials,
+    headers: HeaderMap,
+    body: Body,
+    op: CryptoOp,
+) -> Response {
+    let State(state) = state;
+    let operation = Some(op.action().name());
+    let (caller, bytes) = match authorized_body(
+        &state,
+        &credentials,
+        &headers,
+        body,
+        BodyRule {
+            role: Role::Executor,
+            operation,
+            shape: Shape::Admin,
+            need: Need::Required,
+            limit: Some(CRYPTO_BODY_LIMIT),
+        },
+    )
+    .await
+    {
+        Ok(authorized) => authorized,
+        Err(r) => return r,
+    };
+    let outcome = match CryptoRequest::from_json(op, &bytes) {
+        Ok(req) => state.engine.crypto(&caller, &req, now_ms()).await,
+        Err(refusal) => Err(refusal),
+    };
+    match outcome {
+        Ok(answer) => reply(
+            &state,
+            200,
+            operation,
+            ReasonCode::OkMaterialIssue,
+            Bytes::from_owner(bodies::crypto_answer(&answer)),
+        ),
+        Err(refusal) => {
+            let reason = refusal.reason;
+            let error = AdminError {
+                diagnostics: refusal.diagnostics,
+                ..reason.into()
+            };
+            reply(
+                &state,
+                reason.http_status(),
+                operation,
+                reason,
+                bodies::json(&error),
+            )
+        }
+    }
+}
+
 const ADMIN: Option<&str> = Some("ADMIN");
+
+/// The admin routes on one secret.
+#[derive(Clone, Copy)]
+enum SecretRoute {
+    Update,
+    PublicKey,
+}
+
+/// `PATCH` of a secret's terms and `GET` of its public keys.
+async fn secret_route(
+    State(state): Shared,
+    Path((tenant_id, secret_name)): Path<(String, String)>,
+    credentials: Credentials,
+    headers: HeaderMap,
+    body: Body,
+    what: SecretRoute,
+) -> Response {
+    let caller = match what {
+        SecretRoute::Update => match admin_body(&state, &credentials, &headers, body).await {
+            Ok((caller, bytes)) => (caller, Some(bytes)),
+            Err(r) => return r,
+        },
+        SecretRoute::PublicKey => {
+            match authorize(&state, &credentials, Some(Role::Admin), ADMIN, Shape::Admin).await {
+                Ok(caller) => (caller, None),
+                Err(r) => return r,
+            }
+        }
+    };
+    let (caller, bytes) = caller;
+    let tenant = match scoped_tenant(&state, &caller, &tenant_id) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let engine = &state.engine;
+    let outcome: AdminOutcome = async {
+        match bytes {
+            Some(bytes) => {
+                let req = bodies::parse(&bytes)?;
+                let updated = engine
+                    .update_secret(&caller, &tenant, &secret_name, req, now_ms())
+                    .await?;
+                Ok((200, bodies::json(&updated)))
+            }
+            None => {
+                let keys = engine.public_keys(&caller, &tenant, &secret_name).await?;
+                Ok((200, bodies::json(&keys)))
+            }
+        }
+    }
+    .await;
+    admin_reply(&state, ADMIN, outcome)
+}
 
 /// The admin routes that take a body (all but the last two write).
 #[derive(Clone, Copy)]
@@ -684,6 +806,7 @@ fn class_of(method: &Method, path: &str) -> RouteClass {
     match (method, path) {
         (&Method::POST, "/v1/kms/requests") => RouteClass::Kms,
         (&Method::POST, "/v1/material/redeem") => RouteClass::Redeem,
+        (&Method::POST, p) if p.starts_with("/v1/crypto/") => RouteClass::Crypto,
         (_, p) if p.starts_with("/v1/admin/") || p.starts_with("/v1/audit") => RouteClass::Admin,
         _ => RouteClass::Other,
     }
@@ -745,6 +868,18 @@ pub(crate) fn routes() -> Vec<Route> {
     let list = |what: Listing| {
         move |state: Shared, credentials: Credentials| principals::listing(state, credentials, what)
     };
+    let use_key = |op: CryptoOp| {
+        move |state: Shared, credentials: Credentials, headers: HeaderMap, body: Body| {
+            crypto(state, credentials, headers, body, op)
+        }
+    };
+    let secret = |what: SecretRoute| {
+        move |state: Shared,
+              path: Path<(String, String)>,
+              credentials: Credentials,
+              headers: HeaderMap,
+              body: Body| { secret_route(state, path, credentials, headers, body, what) }
+    };
     let read = |what: AdminRead| {
         move |state: Shared, path: Path<String>, credentials: Credentials| {
             admin_read(state, path, credentials, what)
@@ -753,8 +888,15 @@ pub(crate) fn routes() -> Vec<Route> {
     vec![
         at(&openapi::KMS_REQUESTS, kms_request),
         at(&openapi::REDEEM, redeem),
+        at(&openapi::CRYPTO_MAC, use_key(CryptoOp::Mac)),
+        at(&openapi::CRYPTO_SIGN, use_key(CryptoOp::Sign)),
+        at(&openapi::CRYPTO_VERIFY, use_key(CryptoOp::Verify)),
+        at(&openapi::CRYPTO_ENCRYPT, use_key(CryptoOp::Encrypt)),
+        at(&openapi::CRYPTO_DECRYPT, use_key(CryptoOp::Decrypt)),
         at(&openapi::CREATE_SECRET, write(AdminWrite::CreateSecret)),
         at(&openapi::LIST_SECRETS, read(AdminRead::Secrets)),
+        at(&openapi::UPDATE_SECRET, secret(SecretRoute::Update)),
+        at(&openapi::SECRET_PUBLIC_KEY, secret(SecretRoute::PublicKey)),
         at(&openapi::STAGE, write(AdminWrite::Stage)),
         at(&openapi::PUT_POLICY, write(AdminWrite::PutPolicy)),
         at(&openapi::GET_POLICY, read(AdminRead::Policy)),

@@ -63,6 +63,7 @@
 //!     material_b64: None,
 //!     ephemeral_ttl_ms: None,
 //!     handle_ttl_ms: None,
+//!     purpose: None,
 //! };
 //! engine.create_secret(&admin, &tenant, secret, now_ms()).await?;
 //!
@@ -102,12 +103,12 @@ pub use auth::{AuthError, Authenticator, IssuedToken, Presented, new_token};
 pub use clock::now_ms;
 pub use connections::ConnectionLimits;
 pub use engine::{
-    AdminError, Bootstrapped, Caller, CreatedPrincipal, CreatedSecret,
+    AdminError, Bootstrapped, Caller, CreatedPrincipal, CreatedSecret, CryptoAnswer,
     DEFAULT_IDEMPOTENCY_RETENTION_MS, Engine, IssuedTokenAnswer, KmsAnswer, MAX_CREDENTIAL_TTL_MS,
-    NewPrincipalRequest, NewSecretRequest, NewTokenRequest, PrincipalView, Redeemed, StageRequest,
-    TokenView, TtlRequest, WhoAmI,
+    NewPrincipalRequest, NewSecretRequest, NewTokenRequest, PrincipalView, PublicKeys, Redeemed,
+    StageRequest, TokenView, TtlRequest, UpdateSecretRequest, UpdatedSecret, WhoAmI,
 };
-pub use http::{AppState, DEFAULT_BODY_LIMIT, router};
+pub use http::{AppState, CRYPTO_BODY_LIMIT, DEFAULT_BODY_LIMIT, router};
 pub use metrics::Metrics;
 pub use openapi::document as openapi_document;
 pub use random::{generate_material, random_bytes};

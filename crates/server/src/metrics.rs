@@ -44,6 +44,8 @@ pub enum RouteClass {
     Kms,
     /// `POST /v1/material/redeem`.
     Redeem,
+    /// `POST /v1/crypto/{op}`.
+    Crypto,
     /// Admin and audit routes.
     Admin,
     /// Health, metrics, OpenAPI, unknown routes.
@@ -55,6 +57,7 @@ impl RouteClass {
         match self {
             Self::Kms => "kms",
             Self::Redeem => "redeem",
+            Self::Crypto => "crypto",
             Self::Admin => "admin",
             Self::Other => "other",
         }

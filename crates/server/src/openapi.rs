@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use std::sync::OnceLock;
 
 use axum::routing::MethodFilter;
+use selene_kms_core::crypto::RawCryptoRequest;
 use selene_kms_core::redeem::RawRedeemRequest;
 use selene_kms_core::{
     AuditRecord, MaterialBundle, PolicyDocument, REGISTRY, RawKmsRequest, ReasonCode,
@@ -25,7 +26,7 @@ use utoipa::{PartialSchema, ToSchema};
 
 use crate::engine::{
     AdminError, CreatedPrincipal, IssuedTokenAnswer, NewPrincipalRequest, NewSecretRequest,
-    NewTokenRequest, StageRequest, WhoAmI,
+    NewTokenRequest, PublicKeys, StageRequest, UpdateSecretRequest, UpdatedSecret, WhoAmI,
 };
 use crate::http::bodies;
 
@@ -35,6 +36,7 @@ pub(crate) enum Verb {
     Get,
     Post,
     Put,
+    Patch,
     Delete,
 }
 
@@ -44,6 +46,7 @@ impl Verb {
             Self::Get => MethodFilter::GET,
             Self::Post => MethodFilter::POST,
             Self::Put => MethodFilter::PUT,
+            Self::Patch => MethodFilter::PATCH,
             Self::Delete => MethodFilter::DELETE,
         }
     }
@@ -53,6 +56,7 @@ impl Verb {
             Self::Get => HttpMethod::Get,
             Self::Post => HttpMethod::Post,
             Self::Put => HttpMethod::Put,
+            Self::Patch => HttpMethod::Patch,
             Self::Delete => HttpMethod::Delete,
         }
     }
@@ -64,6 +68,7 @@ impl Verb {
             Self::Get => "get",
             Self::Post => "post",
             Self::Put => "put",
+            Self::Patch => "patch",
             Self::Delete => "delete",
         }
     }
@@ -86,6 +91,7 @@ enum Value {
     ChainId,
     PrincipalId,
     TokenId,
+    SecretName,
     Count,
 }
 
@@ -104,6 +110,14 @@ const TENANT_PATH: Param = Param {
     required: true,
     value: Value::TenantId,
     description: "The tenant.",
+};
+
+const SECRET_PATH: Param = Param {
+    name: "secret_name",
+    at: ParameterIn::Path,
+    required: true,
+    value: Value::SecretName,
+    description: "The secret, percent-encoded (`payments%2Fstripe`).",
 };
 
 const PRINCIPAL_PATH: Param = Param {
@@ -212,6 +226,75 @@ pub(crate) const LIST_SECRETS: Endpoint = Endpoint {
     success: (200, Body::Json("SecretList")),
     refusals: Refusals::Admin(&[]),
 };
+
+/// `PATCH /v1/admin/tenants/{tenant_id}/secrets/{secret_name}`.
+pub(crate) const UPDATE_SECRET: Endpoint = Endpoint {
+    verb: Verb::Patch,
+    path: "/v1/admin/tenants/{tenant_id}/secrets/{secret_name}",
+    summary: "Change a key's terms: the oldest version decrypt accepts.",
+    role: Some("admin"),
+    params: &[TENANT_PATH, SECRET_PATH],
+    request: Some(Request::Required("UpdateSecretRequest")),
+    success: (200, Body::Json("UpdatedSecret")),
+    refusals: Refusals::Admin(&[404, 409, 422]),
+};
+
+/// `GET /v1/admin/tenants/{tenant_id}/secrets/{secret_name}/public-key`.
+pub(crate) const SECRET_PUBLIC_KEY: Endpoint = Endpoint {
+    verb: Verb::Get,
+    path: "/v1/admin/tenants/{tenant_id}/secrets/{secret_name}/public-key",
+    summary: "The public key of every version of an Ed25519 key.",
+    role: Some("admin"),
+    params: &[TENANT_PATH, SECRET_PATH],
+    request: None,
+    success: (200, Body::Json("PublicKeys")),
+    refusals: Refusals::Admin(&[404, 422]),
+};
+
+/// A crypto operation's route: `POST /v1/crypto/{op}`, executor only, with a handle.
+const fn crypto(path: &'static str, summary: &'static str, answer: &'static str) -> Endpoint {
+    Endpoint {
+        verb: Verb::Post,
+        path,
+        summary,
+        role: Some("executor"),
+        params: &[],
+        request: Some(Request::Required("RawCryptoRequest")),
+        success: (200, Body::Json(answer)),
+        refusals: Refusals::Admin(&[404, 410, 422]),
+    }
+}
+
+/// `POST /v1/crypto/mac`.
+pub(crate) const CRYPTO_MAC: Endpoint = crypto(
+    "/v1/crypto/mac",
+    "HMAC-SHA256 of data_b64 with the key a handle names.",
+    "MacAnswer",
+);
+/// `POST /v1/crypto/sign`.
+pub(crate) const CRYPTO_SIGN: Endpoint = crypto(
+    "/v1/crypto/sign",
+    "An Ed25519 signature of data_b64 with the key a handle names.",
+    "SignAnswer",
+);
+/// `POST /v1/crypto/verify`.
+pub(crate) const CRYPTO_VERIFY: Endpoint = crypto(
+    "/v1/crypto/verify",
+    "Checks signature_b64 (Ed25519) or mac_b64 (HMAC-SHA256) over data_b64.",
+    "VerifyAnswer",
+);
+/// `POST /v1/crypto/encrypt`.
+pub(crate) const CRYPTO_ENCRYPT: Endpoint = crypto(
+    "/v1/crypto/encrypt",
+    "AES-256-GCM encryption of plaintext_b64 (with aad_b64) under the handle's version.",
+    "EncryptAnswer",
+);
+/// `POST /v1/crypto/decrypt`.
+pub(crate) const CRYPTO_DECRYPT: Endpoint = crypto(
+    "/v1/crypto/decrypt",
+    "AES-256-GCM decryption of a ciphertext under the version it names.",
+    "DecryptAnswer",
+);
 
 /// `POST /v1/admin/tenants/{tenant_id}/staged-versions`.
 pub(crate) const STAGE: Endpoint = Endpoint {
@@ -515,6 +598,10 @@ fn param_schema(value: Value) -> RefOr<Schema> {
             .schema_type(Type::String)
             .pattern(Some("^kt_[0-9a-f]{32}$"))
             .into(),
+        Value::SecretName => ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some("^[a-z0-9][a-z0-9._/-]{0,127}$"))
+            .into(),
         Value::Count => u64::schema(),
     }
 }
@@ -688,6 +775,15 @@ fn build(endpoints: &[&Endpoint]) -> OpenApi {
     components = with_schema::<bodies::AuditPage>(components);
     components = with_schema::<bodies::AuditPublicKey>(components);
     components = with_schema::<NewSecretRequest>(components);
+    components = with_schema::<UpdateSecretRequest>(components);
+    components = with_schema::<UpdatedSecret>(components);
+    components = with_schema::<PublicKeys>(components);
+    components = with_schema::<RawCryptoRequest>(components);
+    components = with_schema::<bodies::MacAnswer>(components);
+    components = with_schema::<bodies::SignAnswer>(components);
+    components = with_schema::<bodies::VerifyAnswer>(components);
+    components = with_schema::<bodies::EncryptAnswer>(components);
+    components = with_schema::<bodies::DecryptAnswer>(components);
     components = with_schema::<crate::engine::CreatedSecret>(components);
     components = with_schema::<bodies::SecretList>(components);
     components = with_schema::<StageRequest>(components);

@@ -74,6 +74,7 @@ fn new_secret(name: &str, material_b64: Option<&str>) -> NewSecretRequest {
         material_b64: material_b64.map(str::to_owned),
         ephemeral_ttl_ms: None,
         handle_ttl_ms: None,
+        purpose: None,
     }
 }
 

@@ -118,7 +118,8 @@ fn operations(doc: &Value) -> Vec<(Method, String, String, Value)> {
             let path = template
                 .replace("{tenant_id}", TENANT)
                 .replace("{principal_id}", &format!("kp_{}", "0".repeat(32)))
-                .replace("{token_id}", &format!("kt_{}", "0".repeat(32)));
+                .replace("{token_id}", &format!("kt_{}", "0".repeat(32)))
+                .replace("{secret_name}", "payments%2Fstripe");
             assert!(!path.contains('{'), "an unfilled parameter in {template}");
             out.push((method, template.clone(), path, op.clone()));
         }
@@ -648,6 +649,146 @@ async fn answers_have_the_statuses_and_shapes_the_document_gives() {
     let missing = c.send(&s, Method::DELETE, principal, "", a, None).await;
     assert_eq!(missing["reason_code"], "KMS_PRINCIPAL_NOT_FOUND");
     assert_eq!(me["role"], "os");
+
+    // Keys: one of each purpose, used through handles; a public key; a minimum decryption
+    // version; and a key's handle refused at redemption.
+    let mut handles = Vec::new();
+    for (name, purpose) in [
+        ("payments/sign", "ed25519"),
+        ("payments/mac", "hmac-sha256"),
+        ("payments/enc", "aes-256-gcm"),
+    ] {
+        let new = json!({"secret_name": name, "purpose": purpose});
+        c.send(&s, Method::POST, secrets, "", a, Some(&new)).await;
+        let mut get = request("GET_HANDLE", &format!("c-{purpose}"));
+        get["secret_name"] = json!(name);
+        let got = c.send(&s, Method::POST, kms, "", o, Some(&get)).await;
+        handles.push(got["secret_handle"].clone());
+    }
+    let (sign_h, mac_h, enc_h) = (&handles[0], &handles[1], &handles[2]);
+    let data = STANDARD.encode(b"to be signed");
+    let with = |h: &Value, more: Value| {
+        let mut body = json!({"tenant_id": TENANT, "secret_handle": h});
+        for (k, v) in more.as_object().into_iter().flatten() {
+            body[k] = v.clone();
+        }
+        body
+    };
+    let crypto = |op: &str| format!("/v1/crypto/{op}");
+    let signed = c
+        .send(
+            &s,
+            Method::POST,
+            &crypto("sign"),
+            "",
+            e,
+            Some(&with(sign_h, json!({"data_b64": data}))),
+        )
+        .await;
+    let maced = c
+        .send(
+            &s,
+            Method::POST,
+            &crypto("mac"),
+            "",
+            e,
+            Some(&with(mac_h, json!({"data_b64": data}))),
+        )
+        .await;
+    let check = json!({"data_b64": data, "signature_b64": signed["signature_b64"]});
+    let verified = c
+        .send(
+            &s,
+            Method::POST,
+            &crypto("verify"),
+            "",
+            e,
+            Some(&with(sign_h, check)),
+        )
+        .await;
+    assert_eq!(verified["valid"], true);
+    let sealed = c
+        .send(
+            &s,
+            Method::POST,
+            &crypto("encrypt"),
+            "",
+            e,
+            Some(&with(enc_h, json!({"plaintext_b64": data}))),
+        )
+        .await;
+    let opened = c
+        .send(
+            &s,
+            Method::POST,
+            &crypto("decrypt"),
+            "",
+            e,
+            Some(&with(enc_h, json!({"ciphertext": sealed["ciphertext"]}))),
+        )
+        .await;
+    assert_eq!(opened["plaintext_b64"], json!(data));
+    let mismatch = c
+        .send(
+            &s,
+            Method::POST,
+            &crypto("mac"),
+            "",
+            e,
+            Some(&with(sign_h, json!({"data_b64": data}))),
+        )
+        .await;
+    assert_eq!(mismatch["reason_code"], "KMS_PURPOSE_MISMATCH");
+    assert!(maced["mac_b64"].is_string());
+    let not_redeemed = c
+        .send(
+            &s,
+            Method::POST,
+            redeem,
+            "",
+            e,
+            Some(&json!({"tenant_id": TENANT, "secret_handle": mac_h})),
+        )
+        .await;
+    assert_eq!(not_redeemed["reason_code"], "KMS_PURPOSE_MISMATCH");
+    let secret = "/v1/admin/tenants/{tenant_id}/secrets/{secret_name}";
+    c.ids.push(("{secret_name}", "payments%2Fsign".to_owned()));
+    let keys = c
+        .send(
+            &s,
+            Method::GET,
+            &format!("{secret}/public-key"),
+            "",
+            a,
+            None,
+        )
+        .await;
+    assert_eq!(keys["versions"][0]["version"], 1);
+    let patched = c
+        .send(
+            &s,
+            Method::PATCH,
+            secret,
+            "",
+            a,
+            Some(&json!({"min_decryption_version": 1})),
+        )
+        .await;
+    assert_eq!(patched["min_decryption_version"], 1);
+    let out_of_range = c
+        .send(
+            &s,
+            Method::PATCH,
+            secret,
+            "",
+            a,
+            Some(&json!({"min_decryption_version": 2})),
+        )
+        .await;
+    assert_eq!(
+        out_of_range["diagnostics"],
+        json!(["min_decryption_version:out_of_range"])
+    );
 
     let documented: BTreeSet<(String, String)> = operations(&doc)
         .into_iter()

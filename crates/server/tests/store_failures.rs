@@ -283,6 +283,7 @@ impl Setup {
                 material_b64: material.map(str::to_owned),
                 ephemeral_ttl_ms: None,
                 handle_ttl_ms: None,
+                purpose: None,
             };
             engine
                 .create_secret(&admin(), &tenant, secret, NOW)

@@ -137,6 +137,7 @@ fn secrets_statement<'a>(secrets: &'a [(TenantId, SecretName)]) -> Option<Statem
     Some(Statement::new(
         "SELECT s.state_version, s.secret_ref, s.kind, s.ttl_min_ms, s.ttl_max_ms,
                 s.ttl_default_ms, s.handle_ttl_ms, s.staged IS NOT NULL,
+                s.purpose, s.min_decryption_version,
                 COALESCE((SELECT max(v.version) FROM versions v
                           WHERE v.tenant_id = s.tenant_id AND v.secret_name = s.secret_name), 0),
                 ARRAY(SELECT v.version FROM versions v
@@ -165,12 +166,12 @@ const SECRET_READ: &str = "secret read";
 fn read_secrets(rows: &[Row], committed: &mut Committed) -> StoreResult<()> {
     for row in rows {
         // The names asked for, so these parse unless the database answers nonsense.
-        let tenant = stored_tenant(col(row, 10, SECRET_READ)?)?;
-        let name = SecretName::try_from(col::<String>(row, 11, SECRET_READ)?)
+        let tenant = stored_tenant(col(row, 12, SECRET_READ)?)?;
+        let name = SecretName::try_from(col::<String>(row, 13, SECRET_READ)?)
             .map_err(|_| corrupt("a secret name"))?;
         let stored = match secret_row(row) {
             Ok(Fresh::Loaded(_, snapshot)) => {
-                col(row, 12, SECRET_READ).map(|staged| StoredSecret {
+                col(row, 14, SECRET_READ).map(|staged| StoredSecret {
                     snapshot: Arc::new(snapshot),
                     staged,
                 })
@@ -271,10 +272,10 @@ pub(crate) async fn write(
         flight.push(Statement::new(
             "INSERT INTO secrets (tenant_id, secret_name, secret_ref, kind, state_version,
                                   ttl_min_ms, ttl_max_ms, ttl_default_ms, handle_ttl_ms, staged,
-                                  created_at_ms)
+                                  created_at_ms, purpose, min_decryption_version)
              SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[],
                                   $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[],
-                                  $10::bytea[], $11::bigint[])",
+                                  $10::bytea[], $11::bigint[], $12::text[], $13::bigint[])",
             vec![
                 param(column(rows, |r| r.tenant.as_str())),
                 param(column(rows, |r| r.name.as_str())),
@@ -287,6 +288,8 @@ pub(crate) async fn write(
                 param(numbers(rows, |r| r.handle_ttl_ms)?),
                 param(column(rows, |r| r.staged.as_deref())),
                 param(column(rows, |r| to_db_saturating(r.created_at_ms))),
+                param(column(rows, |r| r.purpose.name())),
+                param(numbers(rows, |r| r.min_decryption_version)?),
             ],
             "secret write",
         ));
@@ -311,15 +314,17 @@ pub(crate) async fn write(
     let rows = &writes.secret_updates;
     if !rows.is_empty() {
         flight.push(Statement::new(
-            "UPDATE secrets SET state_version = u.state_version, staged = u.staged
-             FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bytea[])
-                  AS u(tenant_id, secret_name, state_version, staged)
+            "UPDATE secrets SET state_version = u.state_version, staged = u.staged,
+                                min_decryption_version = u.min_decryption_version
+             FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bytea[], $5::bigint[])
+                  AS u(tenant_id, secret_name, state_version, staged, min_decryption_version)
              WHERE secrets.tenant_id = u.tenant_id AND secrets.secret_name = u.secret_name",
             vec![
                 param(column(rows, |r| r.tenant.as_str())),
                 param(column(rows, |r| r.name.as_str())),
                 param(numbers(rows, |r| r.state_version)?),
                 param(column(rows, |r| r.staged.as_deref())),
+                param(numbers(rows, |r| r.min_decryption_version)?),
             ],
             "secret write",
         ));

@@ -3,13 +3,13 @@
 
 use deadpool_postgres::GenericClient;
 use selene_kms_core::{
-    AuditRecord, Checkpoint, PolicyDocument, RefId, SecretKind, SecretName, SecretSnapshot,
-    ServiceKeys, TenantId, TtlBounds, VersionState, state::mark_revoked,
+    AuditRecord, Checkpoint, PolicyDocument, Purpose, RefId, SecretKind, SecretName,
+    SecretSnapshot, ServiceKeys, TenantId, TtlBounds, VersionState, state::mark_revoked,
 };
 use selene_kms_store::backend::{
     ErrorKind, FIRST_GENERATION_SECRETS, IdempotencyScope, MAX_KEPT_INPUTS, SealedRecord,
-    SecretListing, StoreError, StoreResult, TenantSummary, VersionListing, resealed_secret_ref,
-    stored_record,
+    SecretListing, StoreError, StoreResult, TenantSummary, VersionListing, purpose_name,
+    resealed_secret_ref, stored_record,
 };
 use tokio_postgres::Row;
 
@@ -49,6 +49,7 @@ pub(crate) async fn secret(
         client,
         "SELECT s.state_version, s.secret_ref, s.kind, s.ttl_min_ms, s.ttl_max_ms,
                 s.ttl_default_ms, s.handle_ttl_ms, s.staged IS NOT NULL,
+                s.purpose, s.min_decryption_version,
                 CASE WHEN s.state_version = $3 THEN NULL ELSE COALESCE((
                     SELECT max(v.version) FROM versions v
                     WHERE v.tenant_id = s.tenant_id AND v.secret_name = s.secret_name), 0) END,
@@ -68,14 +69,14 @@ pub(crate) async fn secret(
     secret_row(&row).map(Some)
 }
 
-/// A secret row in the shape of [`secret`]'s first ten columns: its state version, and its
+/// A secret row in the shape of [`secret`]'s first twelve columns: its state version, and its
 /// snapshot unless the last two columns are NULL (the reader holds that version already).
 pub(crate) fn secret_row(row: &Row) -> StoreResult<Fresh<SecretSnapshot>> {
     const WHAT: &str = "secret read";
     let state_version = col_u64(row, 0, WHAT)?;
     let (Some(current), Some(revoked)) = (
-        col::<Option<i64>>(row, 8, WHAT)?,
-        col::<Option<Vec<i64>>>(row, 9, WHAT)?,
+        col::<Option<i64>>(row, 10, WHAT)?,
+        col::<Option<Vec<i64>>>(row, 11, WHAT)?,
     ) else {
         return Ok(Fresh::Unchanged(state_version));
     };
@@ -104,6 +105,9 @@ pub(crate) fn secret_row(row: &Row) -> StoreResult<Fresh<SecretSnapshot>> {
         staged: col(row, 7, WHAT)?,
         ttl,
         handle_ttl_ms: col_u64(row, 6, WHAT)?,
+        purpose: Purpose::from_name(&col::<String>(row, 8, WHAT)?)
+            .ok_or_else(|| corrupt("a secret row"))?,
+        min_decryption_version: col_u64(row, 9, WHAT)?,
     };
     Ok(Fresh::Loaded(state_version, snapshot))
 }
@@ -143,7 +147,8 @@ pub(crate) async fn list_secrets(
     const WHAT: &str = "secret listing";
     let rows = sql::rows(
         client,
-        "SELECT s.secret_name, s.secret_ref, s.kind, v.version, v.state, v.created_at_ms
+        "SELECT s.secret_name, s.secret_ref, s.kind, v.version, v.state, v.created_at_ms,
+                s.purpose, s.min_decryption_version
          FROM secrets s JOIN versions v
            ON v.tenant_id = s.tenant_id AND v.secret_name = s.secret_name
          WHERE s.tenant_id = $1 ORDER BY s.secret_name, v.version",
@@ -172,6 +177,8 @@ pub(crate) async fn list_secrets(
                 secret_name: name,
                 secret_ref: col(row, 1, WHAT)?,
                 kind: SecretKind::from_name(col(row, 2, WHAT)?).map_or("UNKNOWN", SecretKind::name),
+                purpose: purpose_name(col(row, 6, WHAT)?),
+                min_decryption_version: col_u64(row, 7, WHAT)?,
                 current_version: version.version,
                 versions: vec![version],
             }),

@@ -167,6 +167,12 @@ CREATE TABLE decision_inputs (
     PRIMARY KEY (tenant_id, seq)
 );
 "#,
+    // Keys: a secret's purpose (every earlier secret is a credential) and the oldest version a
+    // key decrypts.
+    r#"
+ALTER TABLE secrets ADD COLUMN purpose TEXT NOT NULL DEFAULT 'credential';
+ALTER TABLE secrets ADD COLUMN min_decryption_version BIGINT NOT NULL DEFAULT 1;
+"#,
 ];
 
 /// Brings the database to the newest schema; refuses a database from a newer build.

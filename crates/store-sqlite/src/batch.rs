@@ -267,8 +267,8 @@ pub(crate) fn write(
             conn,
             "INSERT INTO secrets (tenant_id, secret_name, secret_ref, kind, state_version,
                                   ttl_min_ms, ttl_max_ms, ttl_default_ms, handle_ttl_ms, staged,
-                                  created_at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                                  created_at_ms, purpose, min_decryption_version)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             rusqlite::params![
                 s.tenant.as_str(),
                 s.name.as_str(),
@@ -281,6 +281,8 @@ pub(crate) fn write(
                 to_db(s.handle_ttl_ms)?,
                 s.staged,
                 to_db_saturating(s.created_at_ms),
+                s.purpose.name(),
+                to_db(s.min_decryption_version)?,
             ],
             "secret write",
         )?;
@@ -303,13 +305,14 @@ pub(crate) fn write(
     for u in &writes.secret_updates {
         exec(
             conn,
-            "UPDATE secrets SET state_version = ?3, staged = ?4
+            "UPDATE secrets SET state_version = ?3, staged = ?4, min_decryption_version = ?5
              WHERE tenant_id = ?1 AND secret_name = ?2",
             (
                 u.tenant.as_str(),
                 u.name.as_str(),
                 to_db(u.state_version)?,
                 &u.staged,
+                to_db(u.min_decryption_version)?,
             ),
             "secret write",
         )?;

@@ -37,16 +37,16 @@ use checkpointer::Checkpointer;
 pub(crate) use error::db_err;
 use selene_kms_core::{
     AuditRecord, ChainHead, Checkpoint, Manifest, ManifestKind, MaterialGrant, PolicyDocument,
-    RefId, SecretKind, SecretMaterial, SecretName, SecretSnapshot, ServiceKeys, ServiceSecret,
-    SpiffeId, TenantId, TtlBounds, VersionState,
+    Purpose, RefId, SecretKind, SecretMaterial, SecretName, SecretSnapshot, ServiceKeys,
+    ServiceSecret, SpiffeId, TenantId, TtlBounds, VersionState,
 };
 use selene_kms_store::backend::{
     BatchHistogram, CommitUnit, Credential, DataKey, ErrorKind, FIRST_GENERATION_SECRETS,
     IdempotencyRecord, IdempotencyScope, KeptRecord, MAX_KEPT_INPUTS, PrincipalListing,
     PrincipalRecord, Receipt, RootKey, SecretListing, SharedRoot, Store, StoreError, StoreResult,
     StoredPolicy, TenantSummary, VersionListing, WriteHealth, from_db, from_json, head_of,
-    new_service_secret, open_service_secret, resealed_secret_ref, stored_record, stored_tenant,
-    to_db, to_db_saturating,
+    new_service_secret, open_service_secret, purpose_name, resealed_secret_ref, stored_record,
+    stored_tenant, to_db, to_db_saturating,
 };
 use writer::{Job, Maintenance, Writer};
 
@@ -323,7 +323,7 @@ pub(crate) fn load_snapshot(
     let head = conn
         .prepare_cached(
             "SELECT secret_ref, kind, state_version, ttl_min_ms, ttl_max_ms, ttl_default_ms,
-                    handle_ttl_ms, staged IS NOT NULL
+                    handle_ttl_ms, staged IS NOT NULL, purpose, min_decryption_version
              FROM secrets WHERE tenant_id = ?1 AND secret_name = ?2",
         )
         .map_err(db_err)?
@@ -339,11 +339,20 @@ pub(crate) fn load_snapshot(
                 ),
                 r.get::<_, i64>(6)?,
                 r.get::<_, bool>(7)?,
+                (r.get::<_, String>(8)?, r.get::<_, i64>(9)?),
             ))
         })
         .optional()
         .map_err(db_err)?;
-    let Some((secret_ref, kind, state_version, (min, max, default), handle_ttl, staged)) = head
+    let Some((
+        secret_ref,
+        kind,
+        state_version,
+        (min, max, default),
+        handle_ttl,
+        staged,
+        (purpose, min_decryption_version),
+    )) = head
     else {
         return Ok(None);
     };
@@ -370,6 +379,8 @@ pub(crate) fn load_snapshot(
         staged,
         ttl: TtlBounds::new(from_db(min)?, from_db(max)?, from_db(default)?).ok_or_else(corrupt)?,
         handle_ttl_ms: from_db(handle_ttl)?,
+        purpose: Purpose::from_name(&purpose).ok_or_else(corrupt)?,
+        min_decryption_version: from_db(min_decryption_version)?,
     }))
 }
 
@@ -466,8 +477,8 @@ impl Store for SqliteStore {
         self.read(|c| {
             let mut secrets = c
                 .prepare_cached(
-                    "SELECT secret_name, secret_ref, kind FROM secrets WHERE tenant_id = ?1
-                     ORDER BY secret_name",
+                    "SELECT secret_name, secret_ref, kind, purpose, min_decryption_version
+                     FROM secrets WHERE tenant_id = ?1 ORDER BY secret_name",
                 )
                 .map_err(db_err)?;
             let mut versions = c
@@ -482,13 +493,14 @@ impl Store for SqliteStore {
                         r.get::<_, String>(0)?,
                         r.get::<_, String>(1)?,
                         r.get::<_, String>(2)?,
+                        (r.get::<_, String>(3)?, r.get::<_, i64>(4)?),
                     ))
                 })
                 .map_err(db_err)?
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(db_err)?;
             let mut out = Vec::with_capacity(rows.len());
-            for (name, secret_ref, kind) in rows {
+            for (name, secret_ref, kind, (purpose, min_decryption_version)) in rows {
                 let vs = versions
                     .query_map([tenant.as_str(), name.as_str()], |r| {
                         Ok((
@@ -515,6 +527,8 @@ impl Store for SqliteStore {
                     secret_name: name,
                     secret_ref,
                     kind: SecretKind::from_name(&kind).map_or("UNKNOWN", SecretKind::name),
+                    purpose: purpose_name(&purpose),
+                    min_decryption_version: from_db(min_decryption_version)?,
                     current_version: vs.last().map_or(0, |v| v.version),
                     versions: vs,
                 });
@@ -908,6 +922,7 @@ mod tests {
                     material: SecretMaterial::from_slice(b"canary"),
                     ttl: TtlBounds::DEFAULT,
                     handle_ttl_ms: 60_000,
+                    purpose: Purpose::Credential,
                 }),
                 audit: AuditRecord::for_action(
                     &tenant,

@@ -206,6 +206,12 @@ DROP TABLE decision_inputs;
 ALTER TABLE decision_inputs_by_record RENAME TO decision_inputs;
 DROP INDEX idempotency_created;
 ",
+    // Keys: a secret's purpose (every earlier secret is a credential) and the oldest version a
+    // key decrypts.
+    r"
+ALTER TABLE secrets ADD COLUMN purpose TEXT NOT NULL DEFAULT 'credential';
+ALTER TABLE secrets ADD COLUMN min_decryption_version INTEGER NOT NULL DEFAULT 1;
+",
 ];
 
 /// Removes the idempotency records created before `?1`. Rows append in creation order, give
@@ -358,9 +364,17 @@ mod tests {
         conn
     }
 
+    /// The number of migrations before the one whose text holds `marker`.
+    fn before(marker: &str) -> usize {
+        MIGRATIONS
+            .iter()
+            .position(|m| m.contains(marker))
+            .expect("a migration holds the marker")
+    }
+
     #[test]
     fn decision_inputs_stay_beside_their_records_when_keyed_by_row_id() {
-        let mut conn = migrated_to(MIGRATIONS.len() - 1);
+        let mut conn = migrated_to(before("decision_inputs_by_record"));
         conn.execute_batch(
             "INSERT INTO audit (tenant_id, seq, record) VALUES ('b', 1, 'b1'), ('a', 1, 'a1'),
                                                            ('a', 2, 'a2');
@@ -389,6 +403,27 @@ mod tests {
             ],
             "inputs without a record are not kept"
         );
+    }
+
+    #[test]
+    fn secrets_from_before_keys_are_credentials_decrypting_every_version() {
+        let mut conn = migrated_to(before("min_decryption_version"));
+        conn.execute_batch(
+            "INSERT INTO secrets (tenant_id, secret_name, secret_ref, kind, state_version,
+                                  ttl_min_ms, ttl_max_ms, ttl_default_ms, handle_ttl_ms,
+                                  created_at_ms)
+             VALUES ('a', 'db/pass', 'ksr2_x', 'GENERATED', 1, 1, 2, 2, 9, 0);",
+        )
+        .expect("an older secret");
+        migrate(&mut conn).expect("migrates");
+        let terms: (String, i64) = conn
+            .query_row(
+                "SELECT purpose, min_decryption_version FROM secrets",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .expect("the secret");
+        assert_eq!(terms, ("credential".to_owned(), 1));
     }
 
     #[test]

@@ -505,9 +505,28 @@ async fn a_store_that_holds_other_than_its_chain_says_is_named() {
     named_then_restored(
         &side,
         &path,
-        ("acme", "TTL bounds or handle lifetime"),
+        ("acme", "TTL bounds, handle lifetime or purpose"),
         "UPDATE secrets SET ttl_max_ms = 31536000000 WHERE tenant_id = 'acme'",
         "UPDATE secrets SET ttl_max_ms = 3600000 WHERE tenant_id = 'acme'",
+    )
+    .await;
+
+    // A credential passed off as a key, and a key's minimum decryption version lowered or
+    // raised: either is a term the chain set.
+    named_then_restored(
+        &side,
+        &path,
+        ("acme", "purpose"),
+        "UPDATE secrets SET purpose = 'hmac-sha256' WHERE tenant_id = 'acme'",
+        "UPDATE secrets SET purpose = 'credential' WHERE tenant_id = 'acme'",
+    )
+    .await;
+    named_then_restored(
+        &side,
+        &path,
+        ("acme", "minimum decryption version is 2; record"),
+        "UPDATE secrets SET min_decryption_version = 2 WHERE tenant_id = 'acme'",
+        "UPDATE secrets SET min_decryption_version = 1 WHERE tenant_id = 'acme'",
     )
     .await;
 

@@ -18,9 +18,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use selene_kms_core::{
-    DecisionInputs, Policy, PrincipalId, PrincipalName, SecretKind, SecretMaterial, SecretName,
-    SecretSnapshot, ServiceKeys, SpiffeId, StateChange, TenantId, TokenId, TtlBounds, VersionState,
-    refs,
+    DecisionInputs, Policy, PrincipalId, PrincipalName, Purpose, SecretKind, SecretMaterial,
+    SecretName, SecretSnapshot, ServiceKeys, SpiffeId, StateChange, TenantId, TokenId, TtlBounds,
+    VersionState, refs,
 };
 
 pub use principals::TokenRow;
@@ -129,6 +129,7 @@ impl Needs {
                 }
                 Change::CreateSecret(new) => (&new.name, true),
                 Change::StageMaterial { name, .. } => (name, true),
+                Change::SetMinDecryptionVersion { name, .. } => (name, false),
             };
             needs.secrets.push((tenant.clone(), name.clone()));
             if keyed {
@@ -275,6 +276,10 @@ pub struct SecretRow {
     pub staged: Option<Vec<u8>>,
     /// When it was made.
     pub created_at_ms: u64,
+    /// What it is for.
+    pub purpose: Purpose,
+    /// The oldest version `decrypt` accepts, after the batch.
+    pub min_decryption_version: u64,
 }
 
 /// The new state of an existing secret row after the whole batch.
@@ -287,6 +292,8 @@ pub struct SecretUpdate {
     pub state_version: u64,
     /// Staged material, sealed, after the batch.
     pub staged: Option<Vec<u8>>,
+    /// The oldest version `decrypt` accepts, after the batch.
+    pub min_decryption_version: u64,
 }
 
 /// A new version row (always `ACTIVE`; a later revocation in the batch is a [`Revocation`]).
@@ -446,6 +453,32 @@ struct Working<'a> {
     claimed: HashSet<IdempotencyScope>,
     credentials: Credentials,
     writes: Writes,
+}
+
+/// Refuses material that does not fit the secret's purpose (a key is exactly 32 bytes).
+fn fits(purpose: Purpose, material: &SecretMaterial) -> StoreResult<()> {
+    if purpose.fits(material.len()) {
+        Ok(())
+    } else {
+        Err(refused(
+            ErrorKind::Invalid,
+            "a key's material is exactly 32 bytes",
+        ))
+    }
+}
+
+impl Effect {
+    /// An existing secret's new state, with no new version, revocation or revoked ref.
+    fn updated(key: SecretKey, next: StoredSecret) -> Self {
+        Self::Secret {
+            key,
+            next,
+            versions: Vec::new(),
+            revocations: Vec::new(),
+            revoked_ref: None,
+            created: false,
+        }
+    }
 }
 
 /// What a checked unit's change will do, computed before anything is written.
@@ -729,8 +762,10 @@ impl Working<'_> {
                         "only imported secrets take staged material",
                     ));
                 }
+                let purpose = current.snapshot.purpose;
+                fits(purpose, &material)?;
                 let (dek, new_key) = self.data_key(tenant)?;
-                let sealed = dek.seal(tenant, &key.1, Slot::Staged, &material)?;
+                let sealed = dek.seal(tenant, &key.1, Slot::Staged, purpose, &material)?;
                 let mut snapshot = (*current.snapshot).clone();
                 snapshot.state_version = next_state_version(snapshot.state_version)?;
                 snapshot.staged = true;
@@ -738,15 +773,33 @@ impl Working<'_> {
                     snapshot: Arc::new(snapshot),
                     staged: Some(sealed),
                 };
-                let effect = Effect::Secret {
-                    key,
-                    next,
-                    versions: Vec::new(),
-                    revocations: Vec::new(),
-                    revoked_ref: None,
-                    created: false,
+                Ok((Effect::updated(key, next), new_key))
+            }
+            Change::SetMinDecryptionVersion { name, version } => {
+                let key = (tenant.clone(), name);
+                let current = self
+                    .secret(&key)?
+                    .ok_or_else(|| refused(ErrorKind::NotFound, "no such secret"))?;
+                if !current.snapshot.purpose.is_key() {
+                    return Err(refused(
+                        ErrorKind::Invalid,
+                        "only keys have a minimum decryption version",
+                    ));
+                }
+                if version == 0 || version > current.snapshot.current_version() {
+                    return Err(refused(
+                        ErrorKind::Invalid,
+                        "the minimum decryption version is not one of the key's versions",
+                    ));
+                }
+                let mut snapshot = (*current.snapshot).clone();
+                snapshot.state_version = next_state_version(snapshot.state_version)?;
+                snapshot.min_decryption_version = version;
+                let next = StoredSecret {
+                    snapshot: Arc::new(snapshot),
+                    staged: current.staged.clone(),
                 };
-                Ok((effect, new_key))
+                Ok((Effect::updated(key, next), None))
             }
             Change::Secret {
                 name,
@@ -803,9 +856,10 @@ impl Working<'_> {
                 "generated material has the wrong length",
             ));
         }
+        fits(new.purpose, &new.material)?;
         let material = new.material;
         let (dek, new_key) = self.data_key(tenant)?;
-        let version = self.version_row(&dek, &key, 1, &material)?;
+        let version = self.version_row(&dek, &key, 1, new.purpose, &material)?;
         let snapshot = SecretSnapshot {
             secret_ref: refs::secret_ref(self.keys, tenant, &key.1),
             state_version: 1,
@@ -814,6 +868,8 @@ impl Working<'_> {
             staged: false,
             ttl: new.ttl,
             handle_ttl_ms: new.handle_ttl_ms,
+            purpose: new.purpose,
+            min_decryption_version: 1,
         };
         let next = StoredSecret {
             snapshot: Arc::new(snapshot),
@@ -837,6 +893,7 @@ impl Working<'_> {
         dek: &DataKey,
         key: &SecretKey,
         version: u64,
+        purpose: Purpose,
         material: &SecretMaterial,
     ) -> StoreResult<VersionRow> {
         let (tenant, name) = key;
@@ -844,7 +901,7 @@ impl Working<'_> {
             tenant: tenant.clone(),
             name: name.clone(),
             version,
-            sealed: dek.seal(tenant, name, Slot::Version(version), material)?,
+            sealed: dek.seal(tenant, name, Slot::Version(version), purpose, material)?,
             created_at_ms: self.at_ms,
         })
     }
@@ -883,8 +940,11 @@ impl Working<'_> {
             } => {
                 let (dek, created_key) = self.data_key(tenant)?;
                 new_key = created_key;
+                let purpose = snapshot.purpose;
                 let material = match (*from_staged, staged.take()) {
-                    (true, Some(sealed)) => dek.open(tenant, &key.1, Slot::Staged, &sealed)?,
+                    (true, Some(sealed)) => {
+                        dek.open(tenant, &key.1, Slot::Staged, purpose, &sealed)?
+                    }
                     (true, None) => {
                         return Err(refused(ErrorKind::StateConflict, "no staged material"));
                     }
@@ -901,7 +961,7 @@ impl Working<'_> {
                         "the new version does not follow the current one",
                     ));
                 }
-                versions.push(self.version_row(&dek, &key, *new_version, &material)?);
+                versions.push(self.version_row(&dek, &key, *new_version, purpose, &material)?);
                 snapshot.versions.push(VersionState::Active);
                 snapshot.staged = false;
             }
@@ -1017,6 +1077,8 @@ impl Working<'_> {
                     handle_ttl_ms: snapshot.handle_ttl_ms,
                     staged: secret.staged.clone(),
                     created_at_ms,
+                    purpose: snapshot.purpose,
+                    min_decryption_version: snapshot.min_decryption_version,
                 });
             } else {
                 self.writes.secret_updates.push(SecretUpdate {
@@ -1024,6 +1086,7 @@ impl Working<'_> {
                     name,
                     state_version: snapshot.state_version,
                     staged: secret.staged.clone(),
+                    min_decryption_version: snapshot.min_decryption_version,
                 });
             }
             self.writes.snapshots.push((key, secret.snapshot));

@@ -1,11 +1,13 @@
 //! The conformance suite every [`Store`] backend must pass, run by each backend crate's tests
 //! (feature `conformance`). Each check takes a fresh, empty store and panics on a violation.
 
+mod keys;
 mod manifests;
 mod principals;
 
 use std::sync::Arc;
 
+pub use keys::*;
 pub use manifests::*;
 pub use principals::*;
 
@@ -18,7 +20,7 @@ use selene_kms_core::audit::GENESIS_DIGEST;
 use selene_kms_core::replay::{KeySeen, RequestInputs};
 use selene_kms_core::{
     AuditAction, AuditRecord, DecisionInputs, KmsRequest, MaterialBundle, Policy, PolicyDocument,
-    ReasonCode, RefId, RefKind, SecretKind, SecretMaterial, SecretName, SecretSnapshot,
+    Purpose, ReasonCode, RefId, RefKind, SecretKind, SecretMaterial, SecretName, SecretSnapshot,
     StateChange, TenantId, TombstoneTarget, TtlBounds, VersionState, evaluate, issue, redeem, refs,
     state::{DEFAULT_HANDLE_TTL_MS, terms_digest},
 };
@@ -151,13 +153,25 @@ pub fn fresh_material() -> SecretMaterial {
     SecretMaterial::from_slice(&bytes)
 }
 
-/// Commits the creation of secret `n`.
+/// Commits the creation of secret `n`, a credential.
 pub async fn create(
     store: &dyn Store,
     t: &TenantId,
     n: &str,
     kind: SecretKind,
     material: Option<&[u8]>,
+) -> StoreResult<Receipt> {
+    create_for(store, t, n, kind, material, Purpose::Credential).await
+}
+
+/// Commits the creation of secret `n` for `purpose`.
+pub async fn create_for(
+    store: &dyn Store,
+    t: &TenantId,
+    n: &str,
+    kind: SecretKind,
+    material: Option<&[u8]>,
+    purpose: Purpose,
 ) -> StoreResult<Receipt> {
     let (ttl, handle_ttl_ms) = (TtlBounds::DEFAULT, DEFAULT_HANDLE_TTL_MS);
     store
@@ -169,10 +183,11 @@ pub async fn create(
                 material: material.map_or_else(fresh_material, SecretMaterial::from_slice),
                 ttl,
                 handle_ttl_ms,
+                purpose,
             }),
             audit: AuditRecord {
                 secret_ref: Some(refs::secret_ref(store.keys(), t, &name(n))),
-                terms_digest: Some(terms_digest(kind, &ttl, handle_ttl_ms)),
+                terms_digest: Some(terms_digest(kind, &ttl, handle_ttl_ms, purpose)),
                 ..record(t, AuditAction::CreateSecret)
             },
             idempotency: None,
@@ -1089,6 +1104,8 @@ macro_rules! conformance_suite {
                 $crate::conformance::concurrent_policy_changes_keep_the_last;
             conformance_host_material_is_checked =>
                 $crate::conformance::host_material_is_checked;
+            conformance_keys_keep_their_purpose => $crate::conformance::keys_keep_their_purpose;
+            conformance_min_decryption_version => $crate::conformance::min_decryption_version;
             conformance_manifests_name_the_chains_that_moved =>
                 $crate::conformance::manifests_name_the_chains_that_moved;
             conformance_racing_signers_keep_one_chain_of_manifests =>

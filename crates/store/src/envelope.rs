@@ -11,7 +11,9 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use aes_gcm::aead::{Aead, Payload};
 use aes_gcm::{Aes256Gcm, KeyInit};
-use selene_kms_core::{MaterialGrant, SecretMaterial, SecretName, ServiceSecret, TenantId};
+use selene_kms_core::{
+    MaterialGrant, Purpose, SecretMaterial, SecretName, ServiceSecret, TenantId,
+};
 use zeroize::Zeroizing;
 
 use crate::error::{ErrorKind, StoreError, StoreResult};
@@ -381,8 +383,15 @@ pub(crate) enum Slot {
     Staged,
 }
 
-fn material_aad(tenant: &TenantId, name: &SecretName, slot: Slot) -> Vec<u8> {
-    let mut aad = b"selene-kms/material/v1".to_vec();
+/// Associated data of material: it opens only in the slot of the secret it was sealed for, and
+/// only under the purpose it was sealed for, so a key whose stored purpose was changed to
+/// `credential` (to redeem it) opens nothing. A credential's data is as before purposes existed.
+fn material_aad(tenant: &TenantId, name: &SecretName, slot: Slot, purpose: Purpose) -> Vec<u8> {
+    let mut aad = if purpose.is_key() {
+        b"selene-kms/key-material/v1".to_vec()
+    } else {
+        b"selene-kms/material/v1".to_vec()
+    };
     for part in [tenant.as_str(), name.as_str()] {
         aad.extend_from_slice(&(part.len() as u32).to_be_bytes());
         aad.extend_from_slice(part.as_bytes());
@@ -393,6 +402,9 @@ fn material_aad(tenant: &TenantId, name: &SecretName, slot: Slot) -> Vec<u8> {
             aad.extend_from_slice(&v.to_be_bytes());
         }
         Slot::Staged => aad.push(2),
+    }
+    if purpose.is_key() {
+        aad.extend_from_slice(purpose.name().as_bytes());
     }
     aad
 }
@@ -475,17 +487,18 @@ impl DataKey {
         }
     }
 
-    /// Seals material for one slot of one secret.
+    /// Seals material for one slot of one secret of `purpose`.
     pub(crate) fn seal(
         &self,
         tenant: &TenantId,
         name: &SecretName,
         slot: Slot,
+        purpose: Purpose,
         material: &SecretMaterial,
     ) -> StoreResult<Vec<u8>> {
         seal(
             &self.cipher,
-            &material_aad(tenant, name, slot),
+            &material_aad(tenant, name, slot, purpose),
             material.expose(),
         )
     }
@@ -495,18 +508,26 @@ impl DataKey {
     /// sealed bytes stored for the grant's tenant, secret and version.
     pub fn open_granted(&self, grant: MaterialGrant, sealed: &[u8]) -> StoreResult<SecretMaterial> {
         let slot = Slot::Version(grant.version());
-        self.open(grant.tenant(), grant.secret_name(), slot, sealed)
+        self.open(
+            grant.tenant(),
+            grant.secret_name(),
+            slot,
+            grant.purpose(),
+            sealed,
+        )
     }
 
-    /// Opens material sealed for exactly this slot.
+    /// Opens material sealed for exactly this slot and purpose.
     pub(crate) fn open(
         &self,
         tenant: &TenantId,
         name: &SecretName,
         slot: Slot,
+        purpose: Purpose,
         sealed: &[u8],
     ) -> StoreResult<SecretMaterial> {
-        let plain = open(&self.cipher, &material_aad(tenant, name, slot), sealed)?;
+        let aad = material_aad(tenant, name, slot, purpose);
+        let plain = open(&self.cipher, &aad, sealed)?;
         Ok(SecretMaterial::from_slice(&plain))
     }
 }
@@ -526,11 +547,12 @@ mod tests {
     fn sealed_material_opens_only_in_its_own_slot() {
         let dek = DataKey::from_bytes(&[3u8; 32]);
         let m = SecretMaterial::from_slice(b"value");
+        let credential = Purpose::Credential;
         let sealed = dek
-            .seal(&t("a"), &n("x"), Slot::Version(2), &m)
+            .seal(&t("a"), &n("x"), Slot::Version(2), credential, &m)
             .expect("seals");
         let opened = dek
-            .open(&t("a"), &n("x"), Slot::Version(2), &sealed)
+            .open(&t("a"), &n("x"), Slot::Version(2), credential, &sealed)
             .expect("opens");
         assert_eq!(opened.expose(), b"value");
         for (tenant, name, slot) in [
@@ -539,9 +561,26 @@ mod tests {
             ("a", "x", Slot::Version(3)),
             ("a", "x", Slot::Staged),
         ] {
-            assert!(dek.open(&t(tenant), &n(name), slot, &sealed).is_err());
+            let reopened = dek.open(&t(tenant), &n(name), slot, credential, &sealed);
+            assert!(reopened.is_err());
         }
         assert!(!sealed.windows(5).any(|w| w == b"value"));
+    }
+
+    #[test]
+    fn a_key_opens_only_under_the_purpose_it_was_sealed_for() {
+        let dek = DataKey::from_bytes(&[3u8; 32]);
+        let key = SecretMaterial::from_slice(&[7u8; 32]);
+        let slot = Slot::Version(1);
+        for sealed_as in Purpose::ALL {
+            let sealed = dek
+                .seal(&t("a"), &n("k"), slot, sealed_as, &key)
+                .expect("seals");
+            for opened_as in Purpose::ALL {
+                let opened = dek.open(&t("a"), &n("k"), slot, opened_as, &sealed);
+                assert_eq!(opened.is_ok(), opened_as == sealed_as, "{sealed_as:?}");
+            }
+        }
     }
 
     #[test]
@@ -570,6 +609,7 @@ mod tests {
                 &tenant,
                 &n("db/pass"),
                 Slot::Version(1),
+                Purpose::Credential,
                 &SecretMaterial::from_slice(b"v"),
             )
             .expect("seals");
@@ -581,7 +621,13 @@ mod tests {
         let reopened = new.unwrap_data_key(&tenant, &rewrapped).expect("opens");
         assert!(
             reopened
-                .open(&tenant, &n("db/pass"), Slot::Version(1), &sealed)
+                .open(
+                    &tenant,
+                    &n("db/pass"),
+                    Slot::Version(1),
+                    Purpose::Credential,
+                    &sealed,
+                )
                 .is_ok(),
             "the data key itself is unchanged"
         );

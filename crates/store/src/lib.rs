@@ -50,7 +50,7 @@ pub use store::Store;
 /// fn read(key: &selene_kms_store::backend::DataKey, t: &selene_kms_core::TenantId,
 ///         n: &selene_kms_core::SecretName, sealed: &[u8]) {
 ///     // Material without a grant: `open` is not part of the kit.
-///     let _ = key.open(t, n, todo!(), sealed);
+///     let _ = key.open(t, n, todo!(), todo!(), sealed);
 /// }
 /// ```
 ///

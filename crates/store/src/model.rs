@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use selene_kms_core::{
     AuditRecord, DecisionInputs, Kept, MaterialBundle, Policy, PolicyDocument, PrincipalId,
-    PrincipalName, Role, SecretKind, SecretMaterial, SecretName, SpiffeId, StateChange, TenantId,
-    TenantScope, TokenId, TtlBounds,
+    PrincipalName, Purpose, Role, SecretKind, SecretMaterial, SecretName, SpiffeId, StateChange,
+    TenantId, TenantScope, TokenId, TtlBounds,
 };
 
 use crate::envelope::DataKey;
@@ -106,6 +106,8 @@ pub struct NewSecret {
     pub ttl: TtlBounds,
     /// Handle lifetime.
     pub handle_ttl_ms: u64,
+    /// What the secret is for; a key's material is exactly 32 bytes.
+    pub purpose: Purpose,
 }
 
 /// The state change of a commit.
@@ -132,6 +134,14 @@ pub enum Change {
         name: SecretName,
         /// The staged value.
         material: SecretMaterial,
+    },
+    /// Sets the oldest version `decrypt` accepts (admin): at least 1, at most the current
+    /// version.
+    SetMinDecryptionVersion {
+        /// The secret, a key.
+        name: SecretName,
+        /// The new minimum.
+        version: u64,
     },
     /// Replaces the tenant's policy (admin).
     PutPolicy(PolicyDocument),
@@ -376,6 +386,11 @@ pub struct VersionListing {
     pub created_at_ms: u64,
 }
 
+/// A stored purpose's name, or `UNKNOWN` for one this build does not know.
+pub fn purpose_name(stored: &str) -> &'static str {
+    Purpose::from_name(stored).map_or("UNKNOWN", Purpose::name)
+}
+
 /// One secret in a listing: metadata only, never a value.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct SecretListing {
@@ -385,6 +400,10 @@ pub struct SecretListing {
     pub secret_ref: String,
     /// `GENERATED` or `IMPORTED`.
     pub kind: &'static str,
+    /// What it is for: `credential`, or a key purpose.
+    pub purpose: &'static str,
+    /// The oldest version a key decrypts (1 for every credential).
+    pub min_decryption_version: u64,
     /// The current version.
     pub current_version: u64,
     /// Every version.

@@ -24,6 +24,8 @@ struct SecretTold {
     /// Whether material is staged, and the record that says so (not known once a rotation of
     /// an earlier build, which did not say whether it took staged material, came after).
     staged: Option<(bool, u64)>,
+    /// The oldest version a key decrypts, and the record that set it (none: 1, as created).
+    min_decryption: Option<(u64, u64)>,
     seq: u64,
 }
 
@@ -98,6 +100,11 @@ impl Told {
                     s.staged = Some((true, r.seq));
                 }
             }
+            AuditAction::UpdateSecret => {
+                if let (Some(s), Some(min)) = (self.secret(r), r.min_decryption_version) {
+                    s.min_decryption = Some((min, r.seq));
+                }
+            }
             AuditAction::Revoke => {
                 let (target, version) = (r.revoked_target, r.revoked_version);
                 let revoked_ref = match target {
@@ -151,7 +158,12 @@ impl Told {
             AuditAction::GetHandle
             | AuditAction::IssueEphemeral
             | AuditAction::Redeem
-            | AuditAction::PolicySimulate => {}
+            | AuditAction::PolicySimulate
+            | AuditAction::Mac
+            | AuditAction::Sign
+            | AuditAction::Verify
+            | AuditAction::Encrypt
+            | AuditAction::Decrypt => {}
         }
     }
 
@@ -268,8 +280,18 @@ async fn secrets_differ(
                 .is_none_or(|snapshot| snapshot.terms_digest() != *terms)
         {
             return Ok(Some(format!(
-                "secret {name}: its kind, TTL bounds or handle lifetime are not those record \
-                 {seq} set"
+                "secret {name}: its kind, TTL bounds, handle lifetime or purpose are not those \
+                 record {seq} set"
+            )));
+        }
+        let (min, min_seq) = s.min_decryption.unwrap_or((1, s.seq));
+        if let Some(snapshot) = &stored
+            && snapshot.min_decryption_version != min
+        {
+            return Ok(Some(format!(
+                "secret {name}: its minimum decryption version is {}; record {min_seq} leaves \
+                 it {min}",
+                snapshot.min_decryption_version
             )));
         }
         if let (Some((staged, seq)), Some(snapshot)) = (s.staged, &stored)

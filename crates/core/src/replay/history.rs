@@ -169,6 +169,11 @@ impl ChainState {
                 self.secrets.insert(secret_ref.to_owned(), at);
             }
             Some(AuditAction::StageVersion) => self.change(secret_ref, |s| s.staged = true),
+            Some(AuditAction::UpdateSecret) => {
+                if let Some(min) = record.min_decryption_version {
+                    self.change(secret_ref, |s| s.min_decryption_version = min);
+                }
+            }
             Some(AuditAction::Rotate) => self.change(secret_ref, |s| {
                 s.versions.push(VersionState::Active);
                 s.staged = false;
@@ -219,7 +224,7 @@ fn created(secret_ref: &str, record: &AuditRecord, terms: &SecretTerms) -> Secre
         );
     };
     if record.terms_digest.as_deref()
-        != Some(terms_digest(kind, &ttl, terms.handle_ttl_ms).as_str())
+        != Some(terms_digest(kind, &ttl, terms.handle_ttl_ms, terms.purpose).as_str())
     {
         return SecretAt::Unknown(
             "the terms kept beside the secret's CREATE_SECRET are not the ones the chain names",
@@ -233,6 +238,8 @@ fn created(secret_ref: &str, record: &AuditRecord, terms: &SecretTerms) -> Secre
         staged: false,
         ttl,
         handle_ttl_ms: terms.handle_ttl_ms,
+        purpose: terms.purpose,
+        min_decryption_version: 1,
     };
     SecretAt::Known(VecDeque::from([Arc::new(first)]))
 }

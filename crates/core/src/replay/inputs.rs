@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::policy::PolicyDocument;
+use crate::purpose::Purpose;
 use crate::state::{SecretKind, TtlBounds};
 use crate::wire::RawKmsRequest;
 
@@ -92,17 +93,25 @@ pub struct SecretTerms {
     pub ttl_default_ms: u64,
     /// Lifetime of handles.
     pub handle_ttl_ms: u64,
+    /// What the secret is for (absent: a credential, as every secret was before keys).
+    #[serde(default, skip_serializing_if = "is_credential")]
+    pub purpose: Purpose,
+}
+
+fn is_credential(purpose: &Purpose) -> bool {
+    !purpose.is_key()
 }
 
 impl SecretTerms {
     /// The terms of a new secret.
-    pub fn new(kind: SecretKind, ttl: &TtlBounds, handle_ttl_ms: u64) -> Self {
+    pub fn new(kind: SecretKind, ttl: &TtlBounds, handle_ttl_ms: u64, purpose: Purpose) -> Self {
         Self {
             kind: kind.name().to_owned(),
             ttl_min_ms: ttl.min_ms,
             ttl_max_ms: ttl.max_ms,
             ttl_default_ms: ttl.default_ms,
             handle_ttl_ms,
+            purpose,
         }
     }
 
@@ -165,6 +174,13 @@ mod tests {
                 SecretKind::Imported,
                 &TtlBounds::DEFAULT,
                 7,
+                Purpose::Credential,
+            )),
+            DecisionInputs::Secret(SecretTerms::new(
+                SecretKind::Generated,
+                &TtlBounds::DEFAULT,
+                7,
+                Purpose::Ed25519,
             )),
         ];
         for inputs in all {

@@ -50,6 +50,8 @@ pub(crate) fn secret(versions: usize) -> SecretSnapshot {
         staged: false,
         ttl: TtlBounds::DEFAULT,
         handle_ttl_ms: DEFAULT_HANDLE_TTL_MS,
+        purpose: selene_kms_core::Purpose::Credential,
+        min_decryption_version: 1,
     }
 }
 

@@ -7,7 +7,7 @@ use selene_kms_core::material::MAX_MATERIAL_LEN;
 use selene_kms_core::replay::{PolicyInputs, SecretTerms};
 use selene_kms_core::state::{DEFAULT_HANDLE_TTL_MS, terms_digest};
 use selene_kms_core::{
-    AuditAction, AuditRecord, DecisionInputs, Diagnostic, Policy, PolicyDocument, Problem,
+    AuditAction, AuditRecord, DecisionInputs, Diagnostic, Policy, PolicyDocument, Problem, Purpose,
     ReasonCode, SecretKind, SecretMaterial, SecretName, Subject, TenantId, TtlBounds, refs,
 };
 use selene_kms_store::{Change, CommitUnit, NewSecret, SecretListing, StoreError};
@@ -47,6 +47,42 @@ pub struct NewSecretRequest {
     pub ephemeral_ttl_ms: Option<TtlRequest>,
     /// Handle lifetime in ms (default 1 h).
     pub handle_ttl_ms: Option<u64>,
+    /// What the secret is for (default `credential`). A key's imported material is exactly 32
+    /// bytes (an Ed25519 key: its seed).
+    pub purpose: Option<Purpose>,
+}
+
+/// `PATCH /v1/admin/tenants/{tenant_id}/secrets/{secret_name}`.
+#[derive(Clone, Debug, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateSecretRequest {
+    /// The oldest version `decrypt` accepts: at least 1, at most the key's current version.
+    pub min_decryption_version: Option<u64>,
+}
+
+/// A secret's terms after an update; also the body of its `PATCH`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct UpdatedSecret {
+    /// The secret.
+    pub secret_name: String,
+    /// The oldest version `decrypt` accepts.
+    pub min_decryption_version: u64,
+}
+
+/// The public keys of an Ed25519 key, one per version; also the body of its `GET`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct PublicKeys {
+    /// Every version, oldest first.
+    pub versions: Vec<PublicKey>,
+}
+
+/// One version's public key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct PublicKey {
+    /// The version.
+    pub version: u64,
+    /// The raw 32-byte Ed25519 public key, standard base64.
+    pub public_key_b64: String,
 }
 
 /// `POST /v1/admin/tenants/{tenant_id}/staged-versions`. Carries material, so it is only ever
@@ -164,14 +200,19 @@ impl Engine {
         if handle_ttl_ms == 0 || handle_ttl_ms > selene_kms_core::request::MAX_TTL_MS {
             return Err(ReasonCode::InputSchemaInvalid.into());
         }
+        let purpose = req.purpose.unwrap_or_default();
         let (kind, material) = match req.material_b64.map(decode_material).transpose()? {
             None => (SecretKind::Generated, crate::generate_material()?),
             Some(m) => (SecretKind::Imported, m),
         };
+        if !purpose.fits(material.len()) {
+            return Err(AdminError::invalid(Subject::Material, Problem::BadShape));
+        }
         let secret_ref = refs::secret_ref(self.store.keys(), tenant, &name);
         let mut record = audit(caller, tenant, AuditAction::CreateSecret, now_ms);
         record.secret_ref = Some(secret_ref.clone());
-        record.terms_digest = Some(terms_digest(kind, &ttl, handle_ttl_ms));
+        record.terms_digest = Some(terms_digest(kind, &ttl, handle_ttl_ms, purpose));
+        let terms = SecretTerms::new(kind, &ttl, handle_ttl_ms, purpose);
         let unit = CommitUnit {
             tenant: tenant.clone(),
             change: Change::CreateSecret(NewSecret {
@@ -180,15 +221,12 @@ impl Engine {
                 material,
                 ttl,
                 handle_ttl_ms,
+                purpose,
             }),
             audit: record,
             idempotency: None,
             bundle: None,
-            inputs: Some(DecisionInputs::Secret(SecretTerms::new(
-                kind,
-                &ttl,
-                handle_ttl_ms,
-            ))),
+            inputs: Some(DecisionInputs::Secret(terms)),
         };
         self.store.commit(unit).await?;
         Ok(CreatedSecret {
@@ -233,6 +271,93 @@ impl Engine {
         };
         self.store.commit(unit).await?;
         Ok(())
+    }
+
+    /// Changes a key's terms: its minimum decryption version. A credential has none
+    /// (`KMS_PURPOSE_MISMATCH`); a version the key does not have is invalid.
+    pub async fn update_secret(
+        &self,
+        caller: &Caller,
+        tenant: &TenantId,
+        name: &str,
+        req: UpdateSecretRequest,
+        now_ms: u64,
+    ) -> Result<UpdatedSecret, AdminError> {
+        caller.may_name(tenant)?;
+        let name = secret_name(name.to_owned())?;
+        let version = req
+            .min_decryption_version
+            .ok_or_else(|| AdminError::invalid(Subject::MinDecryptionVersion, Problem::Missing))?;
+        let secret = self.key(tenant, &name).await?;
+        if version == 0 || version > secret.current_version() {
+            return Err(AdminError::invalid(
+                Subject::MinDecryptionVersion,
+                Problem::OutOfRange,
+            ));
+        }
+        let mut record = audit(caller, tenant, AuditAction::UpdateSecret, now_ms);
+        record.secret_ref = Some(secret.secret_ref.clone());
+        record.min_decryption_version = Some(version);
+        let unit = CommitUnit {
+            tenant: tenant.clone(),
+            change: Change::SetMinDecryptionVersion {
+                name: name.clone(),
+                version,
+            },
+            audit: record,
+            idempotency: None,
+            bundle: None,
+            inputs: None,
+        };
+        self.store.commit(unit).await?;
+        Ok(UpdatedSecret {
+            secret_name: name.as_str().to_owned(),
+            min_decryption_version: version,
+        })
+    }
+
+    /// The public key of every version of an Ed25519 key (`KMS_PURPOSE_MISMATCH` for any other
+    /// secret). Reading them reveals nothing of a seed and changes nothing, so it is not audited.
+    pub async fn public_keys(
+        &self,
+        caller: &Caller,
+        tenant: &TenantId,
+        name: &str,
+    ) -> Result<PublicKeys, AdminError> {
+        caller.may_name(tenant)?;
+        let name = secret_name(name.to_owned())?;
+        let secret = self.key(tenant, &name).await?;
+        let grants = selene_kms_core::crypto::public_key_grants(tenant, &name, &secret)
+            .map_err(|r| AdminError::from(r.reason))?;
+        let mut versions = Vec::with_capacity(grants.len());
+        for grant in grants {
+            let version = grant.version();
+            let seed = self.store.material(grant).await?;
+            let public = selene_kms_core::crypto::public_key(&seed)
+                .map_err(|r| AdminError::from(r.reason))?;
+            versions.push(PublicKey {
+                version,
+                public_key_b64: STANDARD.encode(public),
+            });
+        }
+        Ok(PublicKeys { versions })
+    }
+
+    /// A secret that must be a key (`KMS_SECRET_NOT_FOUND`, `KMS_PURPOSE_MISMATCH`).
+    async fn key(
+        &self,
+        tenant: &TenantId,
+        name: &SecretName,
+    ) -> Result<std::sync::Arc<selene_kms_core::SecretSnapshot>, AdminError> {
+        let secret = self
+            .store
+            .secret(tenant, name)
+            .await?
+            .ok_or(AdminError::from(ReasonCode::SecretNotFound))?;
+        if !secret.purpose.is_key() {
+            return Err(ReasonCode::PurposeMismatch.into());
+        }
+        Ok(secret)
     }
 
     /// Replaces a tenant's policy; answers the new policy version. It takes the validated

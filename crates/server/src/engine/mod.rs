@@ -8,6 +8,7 @@
 //! bundle is `OK`.
 
 mod admin;
+mod crypto;
 mod kms;
 mod principals;
 mod redeem;
@@ -28,7 +29,11 @@ use selene_kms_store::{
 use crate::auth::Authenticator;
 
 pub(crate) use admin::DEFAULT_AUDIT_PAGE;
-pub use admin::{AdminError, CreatedSecret, NewSecretRequest, StageRequest, TtlRequest};
+pub use admin::{
+    AdminError, CreatedSecret, NewSecretRequest, PublicKeys, StageRequest, TtlRequest,
+    UpdateSecretRequest, UpdatedSecret,
+};
+pub use crypto::CryptoAnswer;
 pub use kms::KmsAnswer;
 pub use principals::{
     Bootstrapped, CreatedPrincipal, IssuedTokenAnswer, MAX_CREDENTIAL_TTL_MS, NewPrincipalRequest,

@@ -4,11 +4,13 @@
 //! written, nothing is released.
 
 use selene_kms_core::redeem::{self, RedeemRequest};
-use selene_kms_core::{
-    AuditAction, AuditRecord, OpenedGrant, ReasonCode, RefKind, Refusal, SecretMaterial, TenantId,
-};
+use std::sync::Arc;
 
-use selene_kms_store::StoreError;
+use selene_kms_core::{
+    AuditAction, AuditRecord, OpenedGrant, ReasonCode, RefKind, Refusal, SecretMaterial,
+    SecretSnapshot, TenantId,
+};
+use selene_kms_store::{StoreError, StoredPolicy};
 
 use super::{Caller, Engine};
 use crate::store_error::refusal_for;
@@ -28,7 +30,7 @@ pub struct Redeemed {
 }
 
 /// A store failure, refused by the one mapping.
-fn store_refusal(e: StoreError) -> Refusal {
+pub(super) fn store_refusal(e: StoreError) -> Refusal {
     Refusal::bare(refusal_for(&e))
 }
 
@@ -53,23 +55,10 @@ impl Engine {
             }
         };
         let claims = opened.claims();
-        let secret = self
-            .store
-            .secret(&req.tenant_id, &claims.secret_name)
-            .await
-            .map_err(store_refusal)?;
-        let revoked = self
-            .store
-            .is_revoked(&req.tenant_id, opened.id())
-            .await
-            .map_err(store_refusal)?;
-        let policy = self
-            .store
-            .policy(&req.tenant_id)
-            .await
-            .map_err(store_refusal)?;
-        let policy = policy.as_ref().map(|p| p.policy.as_ref());
-        let grant = match redeem::check(&opened, policy, secret.as_deref(), revoked, now_ms) {
+        let read = self.ref_state(&req.tenant_id, &opened).await?;
+        let policy = read.policy.as_ref().map(|p| p.policy.as_ref());
+        let secret = read.secret.as_deref();
+        let grant = match redeem::check(&opened, policy, secret, read.revoked, now_ms) {
             Ok(grant) => grant,
             Err(refusal) => {
                 let opened = Some(&opened);
@@ -85,15 +74,16 @@ impl Engine {
             }
             _ => material,
         };
-        let audit = record(
+        let mut audit = use_record(
             caller,
             &req.tenant_id,
+            AuditAction::Redeem,
             Some(&opened),
             req.kind,
             ReasonCode::OkMaterialIssue,
             now_ms,
-            secret.as_deref().map(|s| s.secret_ref.clone()),
         );
+        audit.secret_ref = secret.map(|s| s.secret_ref.clone());
         // Not audited, not released.
         self.audit_only(&req.tenant_id, audit, None)
             .await
@@ -114,7 +104,15 @@ impl Engine {
         refusal: Refusal,
         now_ms: u64,
     ) -> Result<Redeemed, Refusal> {
-        let audit = record(caller, tenant, opened, kind, refusal.reason, now_ms, None);
+        let audit = use_record(
+            caller,
+            tenant,
+            AuditAction::Redeem,
+            opened,
+            kind,
+            refusal.reason,
+            now_ms,
+        );
         self.audit_only(tenant, audit, None)
             .await
             .map_err(store_refusal)?;
@@ -122,18 +120,52 @@ impl Engine {
     }
 }
 
-fn record(
+/// What a use of a ref (a redemption or a crypto operation) reads before it is decided: the
+/// secret the ref names, whether the ref was revoked on its own, and the tenant's policy.
+pub(super) struct RefState {
+    pub(super) secret: Option<Arc<SecretSnapshot>>,
+    pub(super) revoked: bool,
+    pub(super) policy: Option<StoredPolicy>,
+}
+
+impl Engine {
+    /// The reads behind a use of `opened` in `tenant`.
+    pub(super) async fn ref_state(
+        &self,
+        tenant: &TenantId,
+        opened: &OpenedGrant,
+    ) -> Result<RefState, Refusal> {
+        let secret = self
+            .store
+            .secret(tenant, &opened.claims().secret_name)
+            .await
+            .map_err(store_refusal)?;
+        let revoked = self
+            .store
+            .is_revoked(tenant, opened.id())
+            .await
+            .map_err(store_refusal)?;
+        let policy = self.store.policy(tenant).await.map_err(store_refusal)?;
+        Ok(RefState {
+            secret,
+            revoked,
+            policy,
+        })
+    }
+}
+
+/// The record of one use of a ref: who used it, which requester it was issued to, and its
+/// non-redeemable id; never the ref, the value, the data or a result.
+pub(super) fn use_record(
     caller: &Caller,
     tenant: &TenantId,
+    action: AuditAction,
     opened: Option<&OpenedGrant>,
     kind: RefKind,
     reason: ReasonCode,
     now_ms: u64,
-    secret_ref: Option<String>,
 ) -> AuditRecord {
-    let mut r = AuditRecord::for_action(tenant, AuditAction::Redeem, reason, now_ms)
-        .by(&caller.principal_id);
-    r.secret_ref = secret_ref;
+    let mut r = AuditRecord::for_action(tenant, action, reason, now_ms).by(&caller.principal_id);
     if let Some(o) = opened {
         r.requester_engine_id = Some(o.claims().engine.to_string());
         r.requester_user_id = o.claims().user.as_ref().map(ToString::to_string);

@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use zeroize::Zeroizing;
 
-use crate::engine::{AdminError, CreatedSecret, PrincipalView, Redeemed};
+use selene_kms_core::crypto::Output;
+
+use crate::engine::{AdminError, CreatedSecret, CryptoAnswer, PrincipalView, Redeemed};
 
 // The answers below are serialized from these types, so the OpenAPI document's schemas (derived
 // from the same types) are the bytes' shape. Their doc comments are the schemas' descriptions.
@@ -41,6 +43,10 @@ pub(crate) struct ListedSecret {
     secret_ref: String,
     /// `GENERATED` or `IMPORTED`.
     kind: String,
+    /// `credential`, `hmac-sha256`, `ed25519` or `aes-256-gcm`.
+    purpose: String,
+    /// The oldest version a key decrypts (1 for every credential).
+    min_decryption_version: u64,
     /// The current version.
     current_version: u64,
     /// Every version.
@@ -199,6 +205,103 @@ pub(crate) struct RedeemAnswer {
     expires_at_ms: u64,
 }
 
+/// `POST /v1/crypto/mac`.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct MacAnswer {
+    /// The HMAC-SHA256 tag, standard base64.
+    mac_b64: String,
+    /// The key version used.
+    version: u64,
+}
+
+/// `POST /v1/crypto/sign`.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct SignAnswer {
+    /// The Ed25519 signature, standard base64.
+    signature_b64: String,
+    /// The key version used.
+    version: u64,
+}
+
+/// `POST /v1/crypto/verify`.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct VerifyAnswer {
+    /// Whether the signature or MAC holds.
+    valid: bool,
+    /// The key version used.
+    version: u64,
+}
+
+/// `POST /v1/crypto/encrypt`.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct EncryptAnswer {
+    /// `skc1:<version>:<base64url of nonce, ciphertext and tag>`.
+    ciphertext: String,
+    /// The key version used.
+    version: u64,
+}
+
+/// `POST /v1/crypto/decrypt`. Built by hand into a wiped buffer (see [`crypto_answer`]); tests
+/// parse real answers into it.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(
+    dead_code,
+    reason = "the answer's documented shape; built only by tests that parse real answers"
+)]
+pub(crate) struct DecryptAnswer {
+    /// The plaintext, standard base64.
+    plaintext_b64: String,
+    /// The ciphertext's key version.
+    version: u64,
+}
+
+/// A crypto operation's answer. A decryption's plaintext goes into a buffer of exactly its
+/// final size, wiped when the connection is done with it.
+pub(super) fn crypto_answer(answer: &CryptoAnswer) -> Wiped {
+    let version = answer.version;
+    let plain = match &answer.output {
+        Output::Mac(tag) => {
+            let mac_b64 = STANDARD.encode(tag);
+            return Wiped(Zeroizing::new(json(&MacAnswer { mac_b64, version })));
+        }
+        Output::Signature(sig) => {
+            let signature_b64 = STANDARD.encode(sig);
+            return Wiped(Zeroizing::new(json(&SignAnswer {
+                signature_b64,
+                version,
+            })));
+        }
+        Output::Valid(valid) => {
+            let valid = *valid;
+            return Wiped(Zeroizing::new(json(&VerifyAnswer { valid, version })));
+        }
+        Output::Ciphertext(ciphertext) => {
+            let ciphertext = ciphertext.clone();
+            return Wiped(Zeroizing::new(json(&EncryptAnswer {
+                ciphertext,
+                version,
+            })));
+        }
+        Output::Plaintext(plain) => plain,
+    };
+    const PREFIX: &[u8] = b"{\"plaintext_b64\":\"";
+    let encoded = Zeroizing::new(STANDARD.encode(plain));
+    let suffix = format!("\",\"version\":{version}}}");
+    exact(&[PREFIX, encoded.as_bytes(), suffix.as_bytes()])
+}
+
+/// `parts` one after the other, in a wiped buffer of exactly their length: a buffer that grew
+/// would leave a copy of what it held behind, unwiped, in the allocation it outgrew.
+fn exact(parts: &[&[u8]]) -> Wiped {
+    let mut out = Zeroizing::new(Vec::with_capacity(parts.iter().map(|p| p.len()).sum()));
+    for part in parts {
+        out.extend_from_slice(part);
+    }
+    debug_assert_eq!(out.len(), out.capacity());
+    Wiped(out)
+}
+
 /// `value` as JSON. Answers are plain data, so serialization cannot fail.
 pub(super) fn json(value: &impl Serialize) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()
@@ -296,14 +399,5 @@ pub(super) fn redeemed(redeemed: &Redeemed) -> Wiped {
         "\",\"version\":{},\"expires_at_ms\":{}}}",
         redeemed.version, redeemed.expires_at_ms
     );
-    // Exactly the size it ends with: a buffer that grew would leave a copy of the material
-    // behind, unwiped, in the allocation it outgrew.
-    let mut out = Zeroizing::new(Vec::with_capacity(
-        PREFIX.len() + encoded.len() + suffix.len(),
-    ));
-    out.extend_from_slice(PREFIX);
-    out.extend_from_slice(encoded.as_bytes());
-    out.extend_from_slice(suffix.as_bytes());
-    debug_assert_eq!(out.len(), out.capacity());
-    Wiped(out)
+    exact(&[PREFIX, encoded.as_bytes(), suffix.as_bytes()])
 }

@@ -1,0 +1,92 @@
+//! Crypto with handles: keys that never leave the KMS.
+//!
+//! An executor presents a handle to a key and data; [`check`] decides, as redemption does,
+//! whether the handle may still be used, and grants the read of the one key version the
+//! operation needs ([`MaterialGrant`]); [`perform`] then runs it. No key, data or result is
+//! ever in a refusal, a record or a `Debug` form.
+
+mod ops;
+mod request;
+
+pub use ops::{Output, perform, public_key};
+pub use request::{
+    CIPHERTEXT_PREFIX, Ciphertext, CryptoOp, CryptoRequest, Data, Input, MAX_DATA_LEN, NONCE_LEN,
+    RawCryptoRequest, Tag,
+};
+
+use crate::diagnostics::{Problem, Subject};
+use crate::keys::ServiceKeys;
+use crate::policy::Policy;
+use crate::purpose::Purpose;
+use crate::reason::ReasonCode;
+use crate::redeem::{MaterialGrant, grant_version, usable};
+use crate::refs::{self, OpenedGrant, RefKind};
+use crate::refusal::Refusal;
+use crate::state::SecretSnapshot;
+
+impl CryptoRequest {
+    /// Opens the presented handle under the request's tenant (`KMS_HANDLE_INVALID` if it does
+    /// not: altered, of another tenant, or not a handle at all).
+    pub fn open(&self, keys: &ServiceKeys) -> Result<OpenedGrant, Refusal> {
+        refs::open_grant(keys, RefKind::Handle, &self.tenant_id, &self.handle)
+            .map_err(|_| Refusal::new(ReasonCode::HandleInvalid, Subject::Handle, Problem::Invalid))
+    }
+}
+
+fn purpose_mismatch() -> Refusal {
+    Refusal::new(
+        ReasonCode::PurposeMismatch,
+        Subject::Purpose,
+        Problem::Mismatch,
+    )
+}
+
+/// Checks an opened handle as redemption does (tenant enabled, secret there, handle neither
+/// revoked nor expired), then the key's purpose against the operation, then the version: the
+/// handle's for `mac`, `sign`, `verify` and `encrypt`; the ciphertext's for `decrypt`, which must
+/// be active and at least the secret's `min_decryption_version`.
+pub fn check(
+    opened: &OpenedGrant,
+    policy: Option<&Policy>,
+    secret: Option<&SecretSnapshot>,
+    ref_revoked: bool,
+    now_ms: u64,
+    input: &Input,
+) -> Result<MaterialGrant, Refusal> {
+    let secret = usable(opened, policy, secret, ref_revoked, now_ms)?;
+    if secret.purpose != input.purpose() {
+        return Err(purpose_mismatch());
+    }
+    match input {
+        Input::Decrypt { ciphertext, .. } => {
+            if ciphertext.version < secret.min_decryption_version {
+                return Err(Refusal::new(
+                    ReasonCode::Revoked,
+                    Subject::Version,
+                    Problem::BelowMin,
+                ));
+            }
+            let missing = (ReasonCode::InputSchemaInvalid, Subject::Ciphertext);
+            grant_version(opened, secret, ciphertext.version, missing)
+        }
+        _ => {
+            let missing = (ReasonCode::HandleInvalid, Subject::Handle);
+            grant_version(opened, secret, opened.claims.version, missing)
+        }
+    }
+}
+
+/// Grants the reads an admin's public-key listing needs: every version of an Ed25519 key
+/// (`KMS_PURPOSE_MISMATCH` for any other secret). Public keys reveal nothing of the seeds.
+pub fn public_key_grants(
+    tenant: &crate::ids::TenantId,
+    name: &crate::ids::SecretName,
+    secret: &SecretSnapshot,
+) -> Result<Vec<MaterialGrant>, Refusal> {
+    if secret.purpose != Purpose::Ed25519 {
+        return Err(purpose_mismatch());
+    }
+    Ok((1..=secret.current_version())
+        .map(|version| MaterialGrant::new(tenant.clone(), name.clone(), version, secret.purpose))
+        .collect())
+}

@@ -1,0 +1,227 @@
+//! Keys: a secret's purpose and minimum decryption version, as every backend must keep them.
+
+use std::sync::Arc;
+
+use selene_kms_core::crypto::{self, Input, Output};
+use selene_kms_core::{
+    AuditAction, AuditRecord, KmsRequest, Policy, Purpose, RefKind, SecretKind, SecretMaterial,
+    TenantId, evaluate, issue, redeem, refs,
+};
+use zeroize::Zeroizing;
+
+use super::{NOW_MS, create, create_for, name, record, rotate, snapshot, stage, tenant};
+use crate::verify::verify_store;
+use crate::{Change, CommitUnit, ErrorKind, Store, StoreResult};
+
+/// Runs `input` with the current version of key `n`, the way a host must: a handle for it,
+/// opened and passed through the crypto checks, whose grant the material read consumes.
+pub async fn use_key(
+    store: &dyn Store,
+    t: &TenantId,
+    n: &str,
+    input: &Input,
+) -> StoreResult<Output> {
+    let keys = store.keys();
+    let current = snapshot(store, t, n).await;
+    let request = KmsRequest::from_json(
+        serde_json::json!({
+            "correlation_id": "c", "turn_id": "t", "idempotency_key": "use",
+            "tenant_id": t.as_str(), "operation": "GET_HANDLE", "secret_name": n,
+            "requester_engine_id": "E",
+        })
+        .to_string()
+        .as_bytes(),
+    )
+    .expect("valid request");
+    let everyone = Policy::from_json(
+        br#"{"rules":[{"secret_names":["*"],"engines":["*"],"operations":["GET_HANDLE"]}]}"#,
+    )
+    .expect("valid policy");
+    let access = evaluate(&request, Some(&everyone), Some(&current), keys, NOW_MS).expect("ok");
+    let handle = issue(access, Some(&current), keys)
+        .expect("issued")
+        .bundle
+        .secret_handle
+        .expect("a handle");
+    let opened = refs::open_grant(keys, RefKind::Handle, t, &handle).expect("opens");
+    let grant = crypto::check(
+        &opened,
+        Some(&everyone),
+        Some(&current),
+        false,
+        NOW_MS,
+        input,
+    )
+    .expect("usable");
+    // A key's handle is never redeemed.
+    assert!(redeem::check(&opened, Some(&everyone), Some(&current), false, NOW_MS).is_err());
+    let version = grant.version();
+    let key = store.material(grant).await?;
+    Ok(crypto::perform(&key, version, input, [7; crypto::NONCE_LEN]).expect("performs"))
+}
+
+fn sign(data: &[u8]) -> Input {
+    Input::Sign {
+        data: Zeroizing::new(data.to_vec()),
+    }
+}
+
+/// A key keeps the purpose it was created for, in its snapshot and its listing; its material is
+/// exactly 32 bytes, created or staged; and it signs with the material it was given.
+pub async fn keys_keep_their_purpose(store: Arc<dyn Store>) {
+    let t = tenant("acme");
+    let seed = [0x42_u8; 32];
+    create_for(
+        &*store,
+        &t,
+        "sig",
+        SecretKind::Imported,
+        Some(&seed),
+        Purpose::Ed25519,
+    )
+    .await
+    .expect("an imported Ed25519 seed");
+    create_for(
+        &*store,
+        &t,
+        "mac",
+        SecretKind::Generated,
+        None,
+        Purpose::HmacSha256,
+    )
+    .await
+    .expect("a generated HMAC key");
+    create(&*store, &t, "cred", SecretKind::Imported, Some(b"short"))
+        .await
+        .expect("a credential of any length");
+    for (n, purpose) in [
+        ("sig", Purpose::Ed25519),
+        ("mac", Purpose::HmacSha256),
+        ("cred", Purpose::Credential),
+    ] {
+        let snap = snapshot(&*store, &t, n).await;
+        assert_eq!((snap.purpose, snap.min_decryption_version), (purpose, 1));
+    }
+    let listed = store.list_secrets(&t).await.expect("listing");
+    let purposes: Vec<_> = listed
+        .iter()
+        .map(|s| (s.secret_name.as_str(), s.purpose))
+        .collect();
+    assert_eq!(
+        purposes,
+        [
+            ("cred", "credential"),
+            ("mac", "hmac-sha256"),
+            ("sig", "ed25519")
+        ]
+    );
+    let short = [1_u8; 31];
+    let refused = create_for(
+        &*store,
+        &t,
+        "aes",
+        SecretKind::Imported,
+        Some(&short),
+        Purpose::Aes256Gcm,
+    )
+    .await;
+    assert_eq!(refused.map_err(|e| e.kind), Err(ErrorKind::Invalid));
+    let refused = stage(&*store, &t, "sig", &[1_u8; 33]).await;
+    assert_eq!(refused.map_err(|e| e.kind), Err(ErrorKind::Invalid));
+    let Output::Signature(signature) = use_key(&*store, &t, "sig", &sign(b"m"))
+        .await
+        .expect("signs")
+    else {
+        panic!("a signature");
+    };
+    let Output::Signature(expected) =
+        crypto::perform(&SecretMaterial::from_slice(&seed), 1, &sign(b"m"), [0; 12])
+            .expect("signs")
+    else {
+        panic!("a signature");
+    };
+    assert_eq!(signature, expected, "the store's key is the imported seed");
+    holds(&*store, &t).await;
+}
+
+async fn set_min(store: &dyn Store, t: &TenantId, n: &str, version: u64) -> StoreResult<u64> {
+    let audit = AuditRecord {
+        secret_ref: Some(refs::secret_ref(store.keys(), t, &name(n))),
+        min_decryption_version: Some(version),
+        ..record(t, AuditAction::UpdateSecret)
+    };
+    store
+        .commit(CommitUnit {
+            tenant: t.clone(),
+            change: Change::SetMinDecryptionVersion {
+                name: name(n),
+                version,
+            },
+            audit,
+            idempotency: None,
+            bundle: None,
+            inputs: None,
+        })
+        .await
+        .map(|r| r.audit_seq)
+}
+
+/// A key's minimum decryption version is one of its versions, is kept, advances its state
+/// version, and is what the chain says; a credential has none.
+pub async fn min_decryption_version(store: Arc<dyn Store>) {
+    let t = tenant("acme");
+    create_for(
+        &*store,
+        &t,
+        "enc",
+        SecretKind::Generated,
+        None,
+        Purpose::Aes256Gcm,
+    )
+    .await
+    .expect("a key");
+    create(&*store, &t, "cred", SecretKind::Generated, None)
+        .await
+        .expect("a credential");
+    assert_eq!(rotate(&*store, &t, "enc").await, 2);
+    let before = snapshot(&*store, &t, "enc").await;
+    for (n, version) in [("enc", 0), ("enc", 3), ("cred", 1)] {
+        let refused = set_min(&*store, &t, n, version).await;
+        assert_eq!(
+            refused.map_err(|e| e.kind),
+            Err(ErrorKind::Invalid),
+            "{n} {version}"
+        );
+    }
+    let refused = set_min(&*store, &t, "none", 1).await;
+    assert_eq!(refused.map_err(|e| e.kind), Err(ErrorKind::NotFound));
+    assert_eq!(
+        snapshot(&*store, &t, "enc").await,
+        before,
+        "nothing changed"
+    );
+    set_min(&*store, &t, "enc", 2).await.expect("sets");
+    let after = snapshot(&*store, &t, "enc").await;
+    assert_eq!(after.min_decryption_version, 2);
+    assert_eq!(after.state_version, before.state_version + 1);
+    let listed = store.list_secrets(&t).await.expect("listing");
+    let enc = listed
+        .iter()
+        .find(|s| s.secret_name == "enc")
+        .expect("listed");
+    assert_eq!(enc.min_decryption_version, 2);
+    holds(&*store, &t).await;
+}
+
+/// The tenant's chain verifies, and the store's state is what it says (no manifest has been
+/// signed: the suite runs no manifester).
+async fn holds(store: &dyn Store, t: &TenantId) {
+    let report = verify_store(store, Some(t), &Default::default(), NOW_MS)
+        .await
+        .expect("verify");
+    let chain = &report.chains[0];
+    assert!(
+        chain.broken.is_none() && chain.differs.is_none(),
+        "{report:?}"
+    );
+}
