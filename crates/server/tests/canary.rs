@@ -18,6 +18,8 @@ use serde_json::json;
 
 const CANARY: &[u8] = b"sk_live_C4NARY_d8e1f2a3b4c5d6e7";
 const STAGED: &[u8] = b"sk_live_STAGED_CANARY_99aa88bb";
+/// Key material (32 bytes): a key is never redeemed, so this appears in no answer at all.
+const KEY: &[u8] = b"sk_key_CANARY_4e9d1c7b2a3f5e6d80";
 
 #[derive(Clone, Default)]
 struct Capture(Arc<Mutex<Vec<u8>>>);
@@ -51,7 +53,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 }
 
 fn leaks(haystack: &[u8]) -> Option<String> {
-    for v in [CANARY, STAGED] {
+    for v in [CANARY, STAGED, KEY] {
         for f in forms(v) {
             if contains(haystack, &f) {
                 return Some(String::from_utf8_lossy(&f).into_owned());
@@ -206,6 +208,88 @@ async fn canaries_leak_nowhere_but_the_executors_redemption(backend: Backend) {
         .redeem(&json!({"tenant_id": TENANT, "secret_handle": canary_text}))
         .await;
     push("bad redeem", a);
+    // Keys of every purpose, imported with the key canary and used through handles.
+    for (purpose, op, fields) in [
+        ("hmac-sha256", "mac", json!({"data_b64": "ZGF0YQ=="})),
+        ("ed25519", "sign", json!({"data_b64": "ZGF0YQ=="})),
+        (
+            "aes-256-gcm",
+            "encrypt",
+            json!({"plaintext_b64": "ZGF0YQ==", "aad_b64": "YQ=="}),
+        ),
+    ] {
+        let name = format!("canary/{purpose}");
+        let a = s
+            .call(
+                Method::POST,
+                &format!("/v1/admin/tenants/{TENANT}/secrets"),
+                &admin,
+                Some(&json!({"secret_name": name, "purpose": purpose,
+                             "material_b64": STANDARD.encode(KEY)})),
+            )
+            .await;
+        assert_eq!(a.status.as_u16(), 201, "{purpose}");
+        let mut req = request("GET_HANDLE", &format!("c-{purpose}"));
+        req["secret_name"] = json!(name);
+        let key_handle = s.kms(&req).await.json()["secret_handle"].clone();
+        let mut body = json!({"tenant_id": TENANT, "secret_handle": key_handle});
+        for (k, v) in fields.as_object().into_iter().flatten() {
+            body[k] = v.clone();
+        }
+        let used = s
+            .call(
+                Method::POST,
+                &format!("/v1/crypto/{op}"),
+                &s.executor,
+                Some(&body),
+            )
+            .await;
+        assert_eq!(used.status.as_u16(), 200, "{op}");
+        let (check, more) = match op {
+            "mac" => (
+                "verify",
+                json!({"data_b64": "ZGF0YQ==", "mac_b64": used.json()["mac_b64"]}),
+            ),
+            "sign" => (
+                "verify",
+                json!({"data_b64": "ZGF0YQ==", "signature_b64": used.json()["signature_b64"]}),
+            ),
+            _ => (
+                "decrypt",
+                json!({"ciphertext": used.json()["ciphertext"], "aad_b64": "YQ=="}),
+            ),
+        };
+        push(op, used);
+        let mut body = json!({"tenant_id": TENANT, "secret_handle": key_handle});
+        for (k, v) in more.as_object().into_iter().flatten() {
+            body[k] = v.clone();
+        }
+        let a = s
+            .call(
+                Method::POST,
+                &format!("/v1/crypto/{check}"),
+                &s.executor,
+                Some(&body),
+            )
+            .await;
+        assert_eq!(a.status.as_u16(), 200, "{check}");
+        push(check, a);
+        let refused = s
+            .redeem(&json!({"tenant_id": TENANT, "secret_handle": key_handle}))
+            .await;
+        assert_eq!(refused.reason(), "KMS_PURPOSE_MISMATCH");
+        push("key redemption", refused);
+    }
+    let a = s
+        .call(
+            Method::GET,
+            &format!("/v1/admin/tenants/{TENANT}/secrets/canary%2Fed25519/public-key"),
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(a.status.as_u16(), 200);
+    push("public key", a);
     // Reads.
     for path in [
         format!("/v1/admin/tenants/{TENANT}/secrets"),

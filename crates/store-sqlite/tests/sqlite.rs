@@ -156,6 +156,34 @@ async fn tampering_with_the_file_is_found_at_the_record_it_touched() {
     assert_eq!(report.broken, Some(ChainBreak::Discontinuity { seq: 4 }));
 }
 
+/// Whoever writes the file cannot turn a key into a credential to redeem it: its material opens
+/// only under the purpose it was sealed for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_rewritten_as_a_credential_opens_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("kms.db");
+    let t = tenant("acme");
+    let sign = sign(b"data");
+    {
+        let store = open_at(&path, [1; 32], true);
+        let purpose = selene_kms_core::Purpose::Ed25519;
+        create_for(&*store, &t, "k", SecretKind::Generated, None, purpose)
+            .await
+            .expect("create");
+        use_key(&*store, &t, "k", &sign).await.expect("signs");
+    }
+    let side = rusqlite::Connection::open(&path).expect("side");
+    side.execute("UPDATE secrets SET purpose = 'credential'", [])
+        .expect("alter");
+    let store = open_at(&path, [1; 32], false);
+    assert!(!snapshot(&*store, &t, "k").await.purpose.is_key());
+    let read = redeem(&*store, &t, "k", 1).await;
+    assert_eq!(
+        read.map(|_| ()).map_err(|e| e.kind),
+        Err(ErrorKind::Corrupt)
+    );
+}
+
 /// The audit rows of `tenant` as stored, by sequence number.
 fn stored_records(side: &rusqlite::Connection, tenant: &str) -> Vec<(i64, String)> {
     let mut stmt = side

@@ -256,18 +256,19 @@ fn schema(subject: Subject, problem: Problem) -> Refusal {
 
 /// Decodes standard base64 of at most [`MAX_DATA_LEN`] bytes (`413` beyond).
 fn decode(subject: Subject, text: &str) -> Result<Data, Refusal> {
+    let too_large = || Refusal::new(ReasonCode::PayloadTooLarge, subject, Problem::TooLong);
     // Four characters carry three bytes: a longer text cannot decode within the bound.
     if text.len() > MAX_DATA_LEN.div_ceil(3) * 4 {
-        return Err(Refusal::new(
-            ReasonCode::PayloadTooLarge,
-            subject,
-            Problem::TooLong,
-        ));
+        return Err(too_large());
     }
-    STANDARD
+    let data = STANDARD
         .decode(text)
         .map(Zeroizing::new)
-        .map_err(|_| schema(subject, Problem::Malformed))
+        .map_err(|_| schema(subject, Problem::Malformed))?;
+    if data.len() > MAX_DATA_LEN {
+        return Err(too_large());
+    }
+    Ok(data)
 }
 
 /// A field the operation needs, decoded.

@@ -60,7 +60,8 @@ pub async fn use_key(
     Ok(crypto::perform(&key, version, input, [7; crypto::NONCE_LEN]).expect("performs"))
 }
 
-fn sign(data: &[u8]) -> Input {
+/// A signature of `data`, as an input.
+pub fn sign(data: &[u8]) -> Input {
     Input::Sign {
         data: Zeroizing::new(data.to_vec()),
     }
