@@ -28,7 +28,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(
     name = "selene-kms",
     version,
-    after_help = "Start here:\n  selene-kms quickstart                 # the whole job on a temporary store\n  selene-kms init --data-dir ./kms      # a real store; prints one token per role, once\n  selene-kms serve --data-dir ./kms     # serve it on 127.0.0.1:8750\n\nClient commands read SELENE_KMS_URL, SELENE_KMS_ADMIN_TOKEN and SELENE_KMS_OS_TOKEN,\nor the [client] table of --config."
+    after_help = "Start here:\n  selene-kms quickstart                 # the whole job on a temporary store\n  selene-kms init --data-dir ./kms      # a real store; prints one token per role, once\n  selene-kms serve --data-dir ./kms     # serve it on 127.0.0.1:8750\n\nClient commands read SELENE_KMS_URL, SELENE_KMS_ADMIN_TOKEN, SELENE_KMS_OS_TOKEN and\nSELENE_KMS_EXECUTOR_TOKEN, or the [client] table of --config."
 )]
 struct Cli {
     /// TOML config file (`[server]` and `[client]` tables); flags and environment variables win.
@@ -97,6 +97,10 @@ enum Command {
         after_help = "Examples:\n  selene-kms redeem acme \"$HANDLE\" --out ./stripe.key\n  printf '%s' \"$CREDENTIAL\" | selene-kms redeem acme - | some-tool --password-stdin"
     )]
     Redeem(commands::redeem::RedeemArgs),
+    /// Use a key through its handle (the executor's token): mac, sign, verify, encrypt,
+    /// decrypt. The key never leaves the server.
+    #[command(subcommand)]
+    Crypto(commands::crypto::CryptoCommand),
     /// Print a completion script for a shell.
     #[command(
         after_help = "Example:\n  selene-kms completions bash > /etc/bash_completion.d/selene-kms"
@@ -163,6 +167,7 @@ fn main() -> ExitCode {
             Command::Backup(args) => commands::backup::backup_run(&config, args, cli.json),
             Command::Restore(args) => commands::backup::restore_run(args, cli.json).await,
             Command::Redeem(args) => commands::redeem::run(&config, args, cli.json).await,
+            Command::Crypto(c) => commands::crypto::run(&config, c, cli.json).await,
             Command::Completions { shell } => {
                 let mut script = Vec::new();
                 clap_complete::generate(shell, &mut Cli::command(), "selene-kms", &mut script);

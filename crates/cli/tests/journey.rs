@@ -246,6 +246,185 @@ async fn the_command_line_journey() {
     );
 }
 
+/// Keys from the command line: created with a purpose, used through handles from files and
+/// stdin, their public keys and terms; a key's handle is never redeemed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_through_the_command_line() {
+    let dir = tempfile::tempdir().expect("dir");
+    let data = dir.path().join("kms");
+    let out = selene_kms()
+        .args(["init", "--json", "--data-dir"])
+        .arg(&data)
+        .output()
+        .expect("init");
+    let init: Value = serde_json::from_slice(&out.stdout).expect("init JSON");
+    let node = Node::start(&data, None);
+    Api::from_init(&init).provision(&node.url, &node.url).await;
+    let cli = Cli {
+        node: &node,
+        init: &init,
+    };
+    let files = dir.path();
+    let handle = |name: &str| {
+        cli.json(&[
+            "secret",
+            "create",
+            TENANT,
+            name,
+            "--purpose",
+            match name {
+                "payments/enc" => "aes-256-gcm",
+                "payments/sig" => "ed25519",
+                _ => "hmac-sha256",
+            },
+        ]);
+        let mut request = common::request("GET_HANDLE", false);
+        request["secret_name"] = json!(name);
+        request["idempotency_key"] = json!(format!("keys-{name}"));
+        let request = write(files, "request.json", request.to_string().as_bytes());
+        cli.json(&["request", &request])["secret_handle"]
+            .as_str()
+            .expect("a handle")
+            .to_owned()
+    };
+    let (enc, sig, mac) = (
+        handle("payments/enc"),
+        handle("payments/sig"),
+        handle("payments/mac"),
+    );
+    let message = write(files, "message", b"card 4111 1111 1111 1111");
+
+    // Encrypt from a file, decrypt to stdout and into an owner-only file.
+    let encrypted = cli.run(&[
+        "crypto", "encrypt", TENANT, &enc, "--in", &message, "--aad", "o-17",
+    ]);
+    assert!(
+        encrypted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&encrypted.stderr)
+    );
+    let ciphertext = String::from_utf8(encrypted.stdout)
+        .expect("text")
+        .trim()
+        .to_owned();
+    assert!(ciphertext.starts_with("skc1:1:"), "{ciphertext}");
+    let decrypted = cli.run(&[
+        "crypto",
+        "decrypt",
+        TENANT,
+        &enc,
+        &ciphertext,
+        "--aad",
+        "o-17",
+    ]);
+    assert_eq!(decrypted.stdout, b"card 4111 1111 1111 1111");
+    let into = files.join("plain");
+    let into = into.to_str().expect("utf-8");
+    let decrypted = cli.run(&[
+        "crypto",
+        "decrypt",
+        TENANT,
+        &enc,
+        &ciphertext,
+        "--aad",
+        "o-17",
+        "--out",
+        into,
+    ]);
+    assert!(decrypted.status.success() && decrypted.stdout.is_empty());
+    assert_eq!(
+        std::fs::read(into).expect("file"),
+        b"card 4111 1111 1111 1111"
+    );
+    let wrong = cli.run(&[
+        "crypto",
+        "decrypt",
+        TENANT,
+        &enc,
+        &ciphertext,
+        "--aad",
+        "o-18",
+        "--json",
+    ]);
+    assert_eq!(wrong.status.code(), Some(1));
+    let failure: Value = serde_json::from_slice(&wrong.stdout).expect("JSON failure");
+    assert_eq!(
+        failure["error"]["reason_code"],
+        "PH1_KMS_INPUT_SCHEMA_INVALID"
+    );
+
+    // Sign the data from stdin; verify: exit 0 when it holds, 1 when it does not.
+    let mut signing = cli
+        .command(&["crypto", "sign", TENANT, &sig])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawns");
+    std::io::Write::write_all(&mut signing.stdin.take().expect("stdin"), b"release 1.2")
+        .expect("data");
+    let signed = signing.wait_with_output().expect("runs");
+    assert!(signed.status.success());
+    let signature = String::from_utf8(signed.stdout)
+        .expect("text")
+        .trim()
+        .to_owned();
+    let release = write(files, "release", b"release 1.2");
+    let holds = cli.run(&[
+        "crypto",
+        "verify",
+        TENANT,
+        &sig,
+        "--in",
+        &release,
+        "--signature",
+        &signature,
+    ]);
+    assert_eq!(
+        holds.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&holds.stdout)
+    );
+    let other = write(files, "other", b"release 1.3");
+    let fails = cli.run(&[
+        "crypto",
+        "verify",
+        TENANT,
+        &sig,
+        "--in",
+        &other,
+        "--signature",
+        &signature,
+    ]);
+    assert_eq!(fails.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&fails.stdout).starts_with("invalid"));
+    let keys = cli.json(&["secret", "public-key", TENANT, "payments/sig"]);
+    assert_eq!(keys["versions"][0]["version"], 1, "{keys}");
+
+    // A MAC and its check; a key's terms; a key's handle is never redeemed.
+    let tag = cli.json(&["crypto", "mac", TENANT, &mac, "--in", &message]);
+    let tag = tag["mac_b64"].as_str().expect("a tag").to_owned();
+    let checked = cli.run(&[
+        "crypto", "verify", TENANT, &mac, "--in", &message, "--mac", &tag,
+    ]);
+    assert_eq!(checked.status.code(), Some(0));
+    let updated = cli.json(&[
+        "secret",
+        "update",
+        TENANT,
+        "payments/enc",
+        "--min-decryption-version",
+        "1",
+    ]);
+    assert_eq!(updated["min_decryption_version"], 1);
+    let refused = cli.run(&["redeem", TENANT, &mac, "--json"]);
+    assert_eq!(refused.status.code(), Some(1));
+    let failure: Value = serde_json::from_slice(&refused.stdout).expect("JSON failure");
+    assert_eq!(failure["error"]["reason_code"], "KMS_PURPOSE_MISMATCH");
+    let listed = cli.run(&["secret", "list", TENANT]);
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("aes-256-gcm"));
+}
+
 /// The node's log lines that say `message`, as JSON, once `count` of them are there.
 fn log_lines(node: &Node, message: &str, count: usize) -> Vec<Value> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

@@ -39,8 +39,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use zeroize::Zeroizing;
 
-pub use answers::{Answer, Redeemed};
+pub use answers::{Answer, Plaintext, Redeemed, Used};
 pub use error::Error;
+pub use selene_kms_core::crypto::{CryptoOp, RawCryptoRequest};
 pub use selene_kms_core::{
     AuditRecord, MaterialBundle, Operation, PolicyDocument, RawKmsRequest as KmsRequest,
     RawRevokeTarget as RevokeTarget,
@@ -324,10 +325,21 @@ impl Client {
         .redeemed()
     }
 
+    // ---------------------------------------------------------------- crypto (role executor)
+
+    /// `POST /v1/crypto/{op}` with a handle to a key: `mac`, `sign`, `verify`, `encrypt` or
+    /// `decrypt`. Not retried: every use is audited. The key never leaves the server.
+    pub async fn crypto(&self, op: CryptoOp, request: &RawCryptoRequest) -> Result<Used, Error> {
+        let path = format!("/v1/crypto/{}", op.name());
+        self.send(Method::POST, &path, Some(request), Retry::Never)
+            .await?
+            .used(op.name())
+    }
+
     // ---------------------------------------------------------------- admin (role admin)
 
     /// `POST /v1/admin/tenants/{tenant_id}/secrets`: `{"secret_name", "material_b64"?,
-    /// "ephemeral_ttl_ms"?}` → `{"secret_ref","version"}`.
+    /// "ephemeral_ttl_ms"?, "handle_ttl_ms"?, "purpose"?}` → `{"secret_ref","version"}`.
     pub async fn create_secret(
         &self,
         tenant_id: &str,
@@ -335,6 +347,31 @@ impl Client {
     ) -> Result<serde_json::Value, Error> {
         let path = format!("/v1/admin/tenants/{tenant_id}/secrets");
         self.json(Method::POST, &path, Some(body), Retry::Never)
+            .await
+    }
+
+    /// `PATCH /v1/admin/tenants/{tenant_id}/secrets/{secret_name}`: a key's terms,
+    /// `{"min_decryption_version"}`. Not retried.
+    pub async fn update_secret(
+        &self,
+        tenant_id: &str,
+        secret_name: &str,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value, Error> {
+        let path = secret_path(tenant_id, secret_name);
+        self.json(Method::PATCH, &path, Some(body), Retry::Never)
+            .await
+    }
+
+    /// `GET /v1/admin/tenants/{tenant_id}/secrets/{secret_name}/public-key`: the public key of
+    /// every version of an Ed25519 key.
+    pub async fn public_keys(
+        &self,
+        tenant_id: &str,
+        secret_name: &str,
+    ) -> Result<serde_json::Value, Error> {
+        let path = format!("{}/public-key", secret_path(tenant_id, secret_name));
+        self.json::<_, ()>(Method::GET, &path, None, Retry::Safe)
             .await
     }
 
@@ -554,6 +591,15 @@ impl Client {
         self.json::<_, ()>(Method::GET, "/v1/openapi.json", None, Retry::Safe)
             .await
     }
+}
+
+/// The path of one secret: its name is one path segment, its slashes percent-encoded (names
+/// hold nothing else that needs it).
+pub fn secret_path(tenant_id: &str, secret_name: &str) -> String {
+    format!(
+        "/v1/admin/tenants/{tenant_id}/secrets/{}",
+        secret_name.replace('/', "%2F")
+    )
 }
 
 /// A KMS request with fresh correlation, turn and idempotency ids; set the other fields

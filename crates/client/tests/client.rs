@@ -4,7 +4,10 @@
 use std::sync::Arc;
 
 use selene_kms_backends::{StoreLocation, open_store};
-use selene_kms_client::{Client, Error, Operation, PolicyDocument, RevokeTarget, kms_request};
+use selene_kms_client::{
+    Client, CryptoOp, Error, Operation, PolicyDocument, RawCryptoRequest, RevokeTarget, Used,
+    kms_request,
+};
 use selene_kms_core::Role;
 use selene_kms_server::{Engine, ServeOptions, now_ms, serve};
 use selene_kms_store::RootKey;
@@ -163,6 +166,70 @@ async fn the_client_speaks_every_kind_of_route() {
         Some("KMS_FORBIDDEN_ROLE"),
         "an admin cannot redeem"
     );
+
+    // Keys: used through handles, never redeemed.
+    for (name, purpose) in [("payments/enc", "aes-256-gcm"), ("payments/sig", "ed25519")] {
+        let body = serde_json::json!({"secret_name": name, "purpose": purpose});
+        admin.create_secret("acme", &body).await.expect("a key");
+    }
+    let key_handle = |name: &'static str| {
+        let os = os.clone();
+        async move {
+            let request = kms_request("acme", Operation::GetHandle, name, "PH1.CONNECTOR");
+            let bundle = os.kms(&request).await.expect("granted");
+            bundle.secret_handle.expect("a handle")
+        }
+    };
+    let enc = key_handle("payments/enc").await;
+    let use_enc = |fields: serde_json::Value| {
+        let mut body = serde_json::json!({"tenant_id": "acme", "secret_handle": enc});
+        for (k, v) in fields.as_object().into_iter().flatten() {
+            body[k] = v.clone();
+        }
+        serde_json::from_value::<RawCryptoRequest>(body).expect("a crypto request")
+    };
+    let sealed = executor
+        .crypto(
+            CryptoOp::Encrypt,
+            &use_enc(serde_json::json!({"plaintext_b64": "aGk="})),
+        )
+        .await
+        .expect("encrypted");
+    let Used::Encrypted {
+        ciphertext,
+        version,
+    } = sealed
+    else {
+        panic!("not a ciphertext");
+    };
+    assert_eq!(version, 1);
+    let opened = executor
+        .crypto(
+            CryptoOp::Decrypt,
+            &use_enc(serde_json::json!({"ciphertext": ciphertext})),
+        )
+        .await
+        .expect("decrypted");
+    assert!(matches!(opened, Used::Decrypted(p) if p.expose() == b"hi"));
+    let mismatch = executor.redeem("acme", &enc).await.err();
+    assert_eq!(
+        mismatch.as_ref().and_then(Error::reason_code),
+        Some("KMS_PURPOSE_MISMATCH")
+    );
+    let keys = admin
+        .public_keys("acme", "payments/sig")
+        .await
+        .expect("keys");
+    assert_eq!(keys["versions"][0]["version"], 1);
+    let patched = admin
+        .update_secret(
+            "acme",
+            "payments/enc",
+            &serde_json::json!({"min_decryption_version": 1}),
+        )
+        .await
+        .expect("patched");
+    assert_eq!(patched["min_decryption_version"], 1);
 
     // The audit, principals, operations.
     let records = admin.audit("acme", 0, 1000).await.expect("audit");

@@ -2,6 +2,7 @@
 
 pub(crate) mod audit;
 pub(crate) mod backup;
+pub(crate) mod crypto;
 pub(crate) mod init;
 pub(crate) mod policy;
 pub(crate) mod principal;
@@ -12,6 +13,7 @@ pub(crate) mod request;
 pub(crate) mod root_key;
 pub(crate) mod secret;
 pub(crate) mod serve;
+pub(crate) mod sink;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -2,8 +2,7 @@
 //! material, the one answer of the KMS that carries a value. The value goes to stdout as its raw
 //! bytes (or to an owner-only file with `--out`); with `--json`, the answer as the server gave it.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use base64::Engine as _;
@@ -13,6 +12,7 @@ use selene_kms_client::Method;
 use serde_json::json;
 use zeroize::{Zeroize, Zeroizing};
 
+use super::sink::Sink;
 use crate::Connection;
 use crate::client::{Answer, As, Client};
 use crate::config::Config;
@@ -33,41 +33,6 @@ pub(crate) struct RedeemArgs {
     conn: Connection,
 }
 
-/// Where the material goes: a new owner-only file, or stdout.
-enum Sink<'a> {
-    File(std::fs::File, &'a Path),
-    Stdout,
-}
-
-impl Sink<'_> {
-    /// Writes all of `bytes`, or fails; a file that was not written whole is removed.
-    fn write(self, bytes: &[u8]) -> Result<(), Failure> {
-        match self {
-            Sink::File(mut file, path) => file
-                .write_all(bytes)
-                .and_then(|()| file.sync_all())
-                .map_err(|e| {
-                    let _ = std::fs::remove_file(path);
-                    Failure::from(format!("{}: {e}", path.display()))
-                }),
-            Sink::Stdout => {
-                let mut out = std::io::stdout().lock();
-                out.write_all(bytes)
-                    .and_then(|()| out.flush())
-                    .map_err(|e| Failure::from(format!("writing the material: {e}")))
-            }
-        }
-    }
-
-    /// Gives up: a file made for the material is removed.
-    fn discard(self) {
-        if let Sink::File(file, path) = self {
-            drop(file);
-            let _ = std::fs::remove_file(path);
-        }
-    }
-}
-
 /// The material an answer carries; none when it carries none (a proxy's page, a body cut short).
 fn material_of(answer: &Answer) -> Option<Zeroizing<Vec<u8>>> {
     let encoded = Zeroizing::new(answer.json()["material_b64"].as_str()?.to_owned());
@@ -84,7 +49,7 @@ pub(crate) async fn run(
     let given = super::ref_argument(&args.reference)?;
     let sink = match &args.out {
         // Made before the ref is redeemed: a ref is spent only on a file that can be written.
-        Some(path) => Sink::File(super::create_owner_only(path)?, path),
+        Some(path) => Sink::file(path)?,
         None => Sink::Stdout,
     };
     let field = match selene_kms_core::RefKind::of(&given) {

@@ -19,11 +19,40 @@ use selene_kms_client::idempotency_key;
 
 #[derive(Subcommand)]
 pub(crate) enum SecretCommand {
-    /// Create a secret: generated (32 random bytes) unless --material-file imports one.
+    /// Create a secret: generated (32 random bytes) unless --material-file imports one; a
+    /// credential unless --purpose makes it a key.
     #[command(
-        after_help = "Examples:\n  selene-kms secret create acme payments/stripe\n  selene-kms secret create acme db/primary --material-file ./password.txt --ttl-max-ms 600000"
+        after_help = "Examples:\n  selene-kms secret create acme payments/stripe\n  selene-kms secret create acme db/primary --material-file ./password.txt --ttl-max-ms 600000\n  selene-kms secret create acme releases/signing --purpose ed25519"
     )]
     Create(CreateArgs),
+    /// The public key of every version of an Ed25519 key (raw 32 bytes, base64).
+    #[command(
+        name = "public-key",
+        after_help = "Example:\n  selene-kms secret public-key acme releases/signing"
+    )]
+    PublicKey {
+        /// Tenant.
+        tenant: String,
+        /// Secret name (an ed25519 key).
+        name: String,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// Change a key's terms: the oldest version `crypto decrypt` accepts.
+    #[command(
+        after_help = "Example:\n  selene-kms secret update acme payments/cards --min-decryption-version 3"
+    )]
+    Update {
+        /// Tenant.
+        tenant: String,
+        /// Secret name (a key).
+        name: String,
+        /// Ciphertexts of older versions no longer decrypt (at most the current version).
+        #[arg(long)]
+        min_decryption_version: u64,
+        #[command(flatten)]
+        conn: Connection,
+    },
     /// List a tenant's secrets and versions (metadata only, never a value).
     #[command(after_help = "Example:\n  selene-kms secret list acme")]
     List {
@@ -115,8 +144,17 @@ pub(crate) struct CreateArgs {
     /// Ephemeral TTL when a request names none, ms [default: 300000].
     #[arg(long)]
     ttl_default_ms: Option<u64>,
+    /// What the secret is for: credential (redeemable), or a key that never leaves the KMS:
+    /// hmac-sha256, ed25519 or aes-256-gcm (imported key material is exactly 32 bytes).
+    #[arg(long, default_value = "credential", value_parser = purpose)]
+    purpose: selene_kms_core::Purpose,
     #[command(flatten)]
     conn: Connection,
+}
+
+fn purpose(name: &str) -> Result<selene_kms_core::Purpose, String> {
+    selene_kms_core::Purpose::from_name(name)
+        .ok_or_else(|| "one of credential, hmac-sha256, ed25519, aes-256-gcm".to_owned())
 }
 
 #[derive(Args)]
@@ -157,6 +195,31 @@ pub(crate) async fn run(
             material_file,
             conn,
         } => stage(config, &conn, &tenant, &name, &material_file, json).await,
+        SecretCommand::PublicKey { tenant, name, conn } => {
+            public_keys(&Client::new(&conn, config)?, &tenant, &name, json).await
+        }
+        SecretCommand::Update {
+            tenant,
+            name,
+            min_decryption_version,
+            conn,
+        } => {
+            let client = Client::new(&conn, config)?;
+            let body = json!({"min_decryption_version": min_decryption_version});
+            let path = selene_kms_client::secret_path(&tenant, &name);
+            let answer = client
+                .send(Method::PATCH, &path, As::Admin, Some(&body))
+                .await?;
+            if !answer.status.is_success() {
+                return Err(answer.failure("update"));
+            }
+            if json {
+                output::json(&answer.json());
+            } else {
+                say!("{name} in {tenant} decrypts versions {min_decryption_version} and later.");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         SecretCommand::Rotate(m) => mutate(config, m, "ROTATE", None, json).await,
         SecretCommand::Revoke { common, target } => {
             mutate(config, common, "REVOKE", Some(target.to_json()?), json).await
@@ -166,7 +229,7 @@ pub(crate) async fn run(
 
 async fn create(config: &Config, a: CreateArgs, json_out: bool) -> Result<ExitCode, Failure> {
     let client = Client::new(&a.conn, config)?;
-    let mut body = json!({"secret_name": a.name});
+    let mut body = json!({"secret_name": a.name, "purpose": a.purpose.name()});
     if let Some(path) = &a.material_file {
         let bytes =
             Zeroizing::new(std::fs::read(path).map_err(|e| format!("--material-file: {e}"))?);
@@ -191,7 +254,12 @@ async fn create(config: &Config, a: CreateArgs, json_out: bool) -> Result<ExitCo
     if json_out {
         output::json(&v);
     } else {
-        say!("Created {} in {} (version 1).", a.name, a.tenant);
+        say!(
+            "Created {} in {} (version 1, {}).",
+            a.name,
+            a.tenant,
+            a.purpose.name()
+        );
         say!("secret_ref: {}", v["secret_ref"].as_str().unwrap_or(""));
     }
     Ok(ExitCode::SUCCESS)
@@ -264,6 +332,7 @@ async fn list(client: &Client, tenant: &str, json_out: bool) -> Result<ExitCode,
                     vec![
                         s["secret_name"].as_str().unwrap_or("").to_owned(),
                         s["kind"].as_str().unwrap_or("").to_owned(),
+                        s["purpose"].as_str().unwrap_or("").to_owned(),
                         s["current_version"].to_string(),
                         versions,
                     ]
@@ -271,7 +340,41 @@ async fn list(client: &Client, tenant: &str, json_out: bool) -> Result<ExitCode,
                 .collect()
         })
         .unwrap_or_default();
-    output::table(&["name", "kind", "current", "versions"], &rows);
+    output::table(&["name", "kind", "purpose", "current", "versions"], &rows);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn public_keys(
+    client: &Client,
+    tenant: &str,
+    name: &str,
+    json_out: bool,
+) -> Result<ExitCode, Failure> {
+    let path = format!(
+        "{}/public-key",
+        selene_kms_client::secret_path(tenant, name)
+    );
+    let answer = client.send(Method::GET, &path, As::Admin, None).await?;
+    if !answer.status.is_success() {
+        return Err(answer.failure("public-key"));
+    }
+    let v = answer.json();
+    if json_out {
+        output::json(&v);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = v["versions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|k| {
+            vec![
+                k["version"].to_string(),
+                k["public_key_b64"].as_str().unwrap_or("").to_owned(),
+            ]
+        })
+        .collect();
+    output::table(&["version", "public key (base64)"], &rows);
     Ok(ExitCode::SUCCESS)
 }
 
