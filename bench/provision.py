@@ -1,4 +1,5 @@
-"""Provisions the benchmark tenant of a running selene-kms: policy, secrets, redeemable handles.
+"""Provisions the benchmark tenant of a running selene-kms: policy, secrets, redeemable handles,
+and keys with handles to them (HANDLES_FILE.sign: Ed25519 keys, HANDLES_FILE.encrypt: AES-256-GCM).
 
 usage: provision.py URL ADMIN_TOKEN OS_TOKEN NOBJ HANDLES_FILE
 """
@@ -29,11 +30,22 @@ call("PUT", "/v1/admin/tenants/bench/policy", admin, {
 names = [f"bench/s-{i}" for i in range(nobj)] + ["bench/hot"]
 for name in names:
     call("POST", "/v1/admin/tenants/bench/secrets", admin, {"secret_name": name}, 201)
-with open(handles_file, "w") as out:
-    for i, name in enumerate(names[:nobj]):
-        bundle = call("POST", "/v1/kms/requests", os_token, {
-            "correlation_id": "setup", "turn_id": "setup", "idempotency_key": f"setup-{i}",
-            "tenant_id": "bench", "operation": "GET_HANDLE", "secret_name": name,
-            "requester_engine_id": "PH1.BENCH", "requester_user_id": "u-admin",
-        }, 200)
-        out.write(bundle["secret_handle"] + "\n")
+
+
+def handles(path, names):
+    with open(path, "w") as out:
+        for name in names:
+            bundle = call("POST", "/v1/kms/requests", os_token, {
+                "correlation_id": "setup", "turn_id": "setup", "idempotency_key": f"setup-{name}",
+                "tenant_id": "bench", "operation": "GET_HANDLE", "secret_name": name,
+                "requester_engine_id": "PH1.BENCH", "requester_user_id": "u-admin",
+            }, 200)
+            out.write(bundle["secret_handle"] + "\n")
+
+
+handles(handles_file, names[:nobj])
+for purpose, suffix in (("ed25519", "sign"), ("aes-256-gcm", "encrypt")):
+    keys = [f"bench/{suffix}-{i}" for i in range(nobj)]
+    for name in keys:
+        call("POST", "/v1/admin/tenants/bench/secrets", admin, {"secret_name": name, "purpose": purpose}, 201)
+    handles(f"{handles_file}.{suffix}", keys)

@@ -82,6 +82,8 @@ LABELS = {
     "rotate_hot": ("ROTATE, every connection on one secret", "transit rotate, one key"),
     "revoke": ("REVOKE a handle (issue + dry run + commit)", "token create + revoke-accessor"),
     "redeem": ("redemption by the executor", None),
+    "sign": ("Ed25519 sign with a handle, 48 bytes", "transit sign, ed25519 key"),
+    "encrypt": ("AES-256-GCM encrypt with a handle, 48 bytes", "transit encrypt, aes256-gcm96 key"),
 }
 
 
@@ -175,6 +177,11 @@ if gh and gh.get("kept_per_req"):
 if rot and brot:
     x = float(rot["ok_per_s"]) / float(brot["ok_per_s"])
     check("ROTATE ≥ 10× OpenBao transit rotation", x >= 10, f"{x:.1f}×")
+for test, name in (("sign", "Ed25519 sign"), ("encrypt", "AES-256-GCM encrypt")):
+    ours, theirs = by.get(("kms", test)), by.get(("bao", test))
+    if ours and theirs and float(theirs["ok_per_s"]) > 0:
+        x = float(ours["ok_per_s"]) / float(theirs["ok_per_s"])
+        check(f"{name} with a handle ≥ 20× OpenBao transit", x >= 20, f"{x:.1f}×")
 if hot:
     check("hot-secret rotations never error", int(hot["errors"]) == 0 and int(hot["bad"]) == 0,
           f"{hot['errors']} errors, {hot['bad']} bad, {hot['warn']} stale re-plans")

@@ -10,7 +10,7 @@
 #
 # Knobs: DUR=15 (s per test)  CONNS=64  THREADS=2 (wrk threads where one connection per thread
 # is not needed)  NOBJ=64 (secrets / keys)  TESTS="noop get_handle issue rotate rotate_hot revoke
-# redeem"  PEER=1 (0: skip OpenBao)  KMS_PORT=18750  BAO_PORT=18200  REPORT=1 (update BENCHMARKS.md)
+# redeem sign encrypt"  PEER=1 (0: skip OpenBao)  KMS_PORT=18750  BAO_PORT=18200  REPORT=1 (update BENCHMARKS.md)
 # KMS_BIN=path (a prebuilt server to measure instead of building this tree's, e.g. to compare two builds)
 # Only loopback traffic; servers are stopped by the PIDs this script started.
 set -euo pipefail
@@ -23,7 +23,7 @@ DUR=${DUR:-15}
 CONNS=${CONNS:-64}
 THREADS=${THREADS:-2}
 NOBJ=${NOBJ:-64}
-TESTS=${TESTS:-"noop get_handle issue rotate rotate_hot revoke redeem"}
+TESTS=${TESTS:-"noop get_handle issue rotate rotate_hot revoke redeem sign encrypt"}
 PEER=${PEER:-1}
 KMS_PORT=${KMS_PORT:-18750}
 BAO_PORT=${BAO_PORT:-18200}
@@ -86,7 +86,7 @@ start_kms() {
   KMS_PID=$!
   for _ in $(seq 100); do curl -sf -o /dev/null "$KMS_URL/readyz" && break; sleep 0.1; done
   python3 "$HERE/provision.py" "$KMS_URL" "$ADMIN_TOKEN" "$OS_TOKEN" "$NOBJ" "$WORK/handles.txt"
-  log "selene-kms: pid $KMS_PID, $NOBJ secrets provisioned"
+  log "selene-kms: pid $KMS_PID, $NOBJ secrets and $NOBJ keys of each purpose provisioned"
 }
 kms_audit_bytes() {
   python3 - "$WORK/kms/kms.db" <<'EOF'
@@ -152,6 +152,8 @@ EOF
   "$BAO_BIN" policy write bench - > /dev/null <<'EOF'
 path "secret/data/app/*"          { capabilities = ["read"] }
 path "transit/keys/+/rotate"      { capabilities = ["update"] }
+path "transit/sign/*"             { capabilities = ["update"] }
+path "transit/encrypt/*"          { capabilities = ["update"] }
 path "auth/token/create"          { capabilities = ["create", "update"] }
 path "auth/token/revoke-accessor" { capabilities = ["update"] }
 EOF
@@ -168,9 +170,10 @@ def post(path, body):
 for i in range(int(os.environ["NOBJ"])):
     post(f"secret/data/app/s-{i}", {"data": {"value": os.urandom(16).hex()}})
     post(f"transit/keys/k-{i}", {})
+    post(f"transit/keys/sk-{i}", {"type": "ed25519"})
 post("transit/keys/hot", {})
 EOF
-  log "OpenBao: pid $BAO_PID, $NOBJ KV secrets and transit keys provisioned"
+  log "OpenBao: pid $BAO_PID, $NOBJ KV secrets, transit keys and transit signing keys provisioned"
 }
 
 # ---------------------------------------------------------------- one measured run
@@ -192,7 +195,7 @@ run_one() { # run_one SIDE TEST
   sleep "$SETTLE"
   echo 5 > "/proc/$pid/clear_refs" 2>/dev/null || true
   local route=kms
-  case $t in noop) route=other ;; redeem) route=redeem ;; esac
+  case $t in noop) route=other ;; redeem) route=redeem ;; sign|encrypt) route=crypto ;; esac
   [ "$side" = kms ] && curl -s "$url/metrics" > "$WORK/metrics-before"
   local c0 c1; c0=$(cpu_ticks "$pid"); io0=$(io_write_bytes "$pid")
   cat "$HERE/lua/$script" "$HERE/lua/common.lua" > "$WORK/$script"

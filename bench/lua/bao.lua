@@ -5,10 +5,13 @@
 --   rotate       POST /v1/transit/keys/k-N/rotate, each connection on its own key (-t = -c)
 --   rotate_hot   the same, every connection on one key
 --   revoke       POST /v1/auth/token/create then /v1/auth/token/revoke-accessor of that token
+--   sign         POST /v1/transit/sign/sk-N of 48 bytes (ed25519 keys)
+--   encrypt      POST /v1/transit/encrypt/k-N of 48 bytes (aes256-gcm96 keys)
 local scenario = os.getenv("SCENARIO")
 local nobj = tonumber(os.getenv("NOBJ") or "64")
 local counter = 0
 local accessor = nil
+local data_b64 = "c2VsZW5lLWttcyBiZW5jaG1hcms6IDQ4IGJ5dGVzIHRvIHVzZSBhIGtleSBvbi4u"
 
 function init(args)
   thread_id = thread_id or 0
@@ -27,6 +30,12 @@ function request()
   end
   if scenario == "rotate" then
     return wrk.format("POST", "/v1/transit/keys/k-" .. (thread_id % nobj) .. "/rotate", nil, "{}")
+  end
+  if scenario == "sign" then
+    return wrk.format("POST", "/v1/transit/sign/sk-" .. (counter % nobj), nil, '{"input":"' .. data_b64 .. '"}')
+  end
+  if scenario == "encrypt" then
+    return wrk.format("POST", "/v1/transit/encrypt/k-" .. (counter % nobj), nil, '{"plaintext":"' .. data_b64 .. '"}')
   end
   if scenario == "rotate_hot" then
     return wrk.format("POST", "/v1/transit/keys/hot/rotate", nil, "{}")

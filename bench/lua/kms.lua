@@ -6,6 +6,8 @@
 --   rotate_hot      the same, every connection on one secret; a stale simulation is re-planned
 --   revoke          GET_HANDLE, dry run, commit of its revocation, own secret per connection
 --   redeem          executor redemption of pre-issued handles (HANDLES file, one per line)
+--   sign            executor Ed25519 signature of 48 bytes with pre-issued key handles (HANDLES.sign)
+--   encrypt         executor AES-256-GCM encryption of 48 bytes (HANDLES.encrypt)
 local scenario = os.getenv("SCENARIO")
 local nobj = tonumber(os.getenv("NOBJ") or "64")
 local run = os.getenv("RUN_ID") or "run"
@@ -13,6 +15,9 @@ local counter = 0
 local step = "plan"      -- rotate/revoke state: plan -> commit (revoke: handle -> plan -> commit)
 local sim_id, handle = nil, nil
 local handles = {}
+-- 48 bytes, base64: the data every signature and encryption is of.
+local data_b64 = "c2VsZW5lLWttcyBiZW5jaG1hcms6IDQ4IGJ5dGVzIHRvIHVzZSBhIGtleSBvbi4u"
+local crypto_field = { sign = "data_b64", encrypt = "plaintext_b64" }
 
 wrk.headers["Content-Type"] = "application/json"
 
@@ -38,8 +43,11 @@ function init(args)
   elseif scenario == "redeem" then
     for line in io.lines(os.getenv("HANDLES")) do handles[#handles + 1] = line end
     wrk.headers["Authorization"] = "Bearer " .. os.getenv("EXECUTOR_TOKEN")
+  elseif crypto_field[scenario] then
+    for line in io.lines(os.getenv("HANDLES") .. "." .. scenario) do handles[#handles + 1] = line end
+    wrk.headers["Authorization"] = "Bearer " .. os.getenv("EXECUTOR_TOKEN")
   end
-  if scenario ~= "redeem" and scenario ~= "noop" then
+  if scenario ~= "redeem" and scenario ~= "noop" and not crypto_field[scenario] then
     wrk.headers["Authorization"] = "Bearer " .. os.getenv("OS_TOKEN")
   end
 end
@@ -52,6 +60,12 @@ function request()
     counter = counter + 1
     local h = handles[(counter + thread_id) % #handles + 1]
     return wrk.format("POST", "/v1/material/redeem", nil, '{"tenant_id":"bench","secret_handle":"' .. h .. '"}')
+  end
+  if crypto_field[scenario] then
+    counter = counter + 1
+    local h = handles[(counter + thread_id) % #handles + 1]
+    return wrk.format("POST", "/v1/crypto/" .. scenario, nil, '{"tenant_id":"bench","secret_handle":"' .. h ..
+      '","' .. crypto_field[scenario] .. '":"' .. data_b64 .. '"}')
   end
   if scenario == "rotate" or scenario == "rotate_hot" then
     if step == "commit" then return kms("ROTATE", ',"simulation_id":"' .. sim_id .. '"') end
@@ -66,7 +80,8 @@ function request()
 end
 
 function response(status, headers, body)
-  if scenario == "noop" or scenario == "get_handle" or scenario == "issue" or scenario == "redeem" then
+  if scenario == "noop" or scenario == "get_handle" or scenario == "issue" or scenario == "redeem"
+      or crypto_field[scenario] then
     if status == 200 then ok_count = ok_count + 1 else record_bad(status, body) end
     return
   end

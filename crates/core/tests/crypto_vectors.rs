@@ -3,8 +3,11 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use selene_kms_core::SecretMaterial;
-use selene_kms_core::crypto::{Ciphertext, Input, NONCE_LEN, Output, Tag, perform, public_key};
+use selene_kms_core::crypto::{
+    Ciphertext, Input, KeyUse, NONCE_LEN, Output, Tag, aes_256_gcm_open, aes_256_gcm_seal, perform,
+    public_key,
+};
+use selene_kms_core::{SecretMaterial, SecretName, TenantId};
 use serde_json::Value;
 use zeroize::Zeroizing;
 
@@ -25,6 +28,15 @@ fn data(v: &Value, field: &str) -> Zeroizing<Vec<u8>> {
 
 const NO_NONCE: [u8; NONCE_LEN] = [0; NONCE_LEN];
 
+/// Version `version` of `acme`'s `keys/k`.
+fn used(version: u64) -> KeyUse {
+    KeyUse::new(
+        TenantId::try_from("acme").expect("tenant"),
+        SecretName::try_from("keys/k").expect("name"),
+        version,
+    )
+}
+
 #[test]
 fn hmac_sha256_gives_rfc_4231s_tags_and_verifies_them() {
     let all = vectors("hmac_sha256_rfc4231.json");
@@ -35,7 +47,7 @@ fn hmac_sha256_gives_rfc_4231s_tags_and_verifies_them() {
         let input = Input::Mac {
             data: data(v, "data"),
         };
-        let Ok(Output::Mac(tag)) = perform(&key, 1, &input, NO_NONCE) else {
+        let Ok(Output::Mac(tag)) = perform(&key, &used(1), &input, NO_NONCE) else {
             panic!("case {} gives a tag", v["case"]);
         };
         // Case 5 publishes the tag truncated to 128 bits.
@@ -45,7 +57,10 @@ fn hmac_sha256_gives_rfc_4231s_tags_and_verifies_them() {
                 data: data(v, "data"),
                 tag: Tag::Mac(tag),
             };
-            matches!(perform(&key, 1, &input, NO_NONCE), Ok(Output::Valid(true)))
+            matches!(
+                perform(&key, &used(1), &input, NO_NONCE),
+                Ok(Output::Valid(true))
+            )
         };
         assert!(verify(tag.clone()), "case {}", v["case"]);
         let mut altered = tag;
@@ -69,7 +84,7 @@ fn ed25519_gives_rfc_8032s_keys_and_signatures_and_verifies_them() {
         let input = Input::Sign {
             data: data(v, "message"),
         };
-        let Ok(Output::Signature(sig)) = perform(&seed, 1, &input, NO_NONCE) else {
+        let Ok(Output::Signature(sig)) = perform(&seed, &used(1), &input, NO_NONCE) else {
             panic!("{} signs", v["name"]);
         };
         assert_eq!(sig, bytes(v, "signature"), "{}", v["name"]);
@@ -78,7 +93,10 @@ fn ed25519_gives_rfc_8032s_keys_and_signatures_and_verifies_them() {
                 data: message,
                 tag: Tag::Signature(sig),
             };
-            matches!(perform(&seed, 1, &input, NO_NONCE), Ok(Output::Valid(true)))
+            matches!(
+                perform(&seed, &used(1), &input, NO_NONCE),
+                Ok(Output::Valid(true))
+            )
         };
         assert!(verify(data(v, "message"), sig.clone()), "{}", v["name"]);
         let mut other = data(v, "message");
@@ -99,38 +117,57 @@ fn aes_256_gcm_gives_nists_ciphertexts_and_opens_them() {
     for (i, v) in all.iter().enumerate() {
         let key = SecretMaterial::new(bytes(v, "key"));
         let nonce: [u8; NONCE_LEN] = bytes(v, "nonce").try_into().expect("96-bit IV");
-        let input = Input::Encrypt {
-            plaintext: data(v, "plaintext"),
-            aad: data(v, "aad"),
-        };
-        let Ok(Output::Ciphertext(text)) = perform(&key, 7, &input, nonce) else {
-            panic!("vector {i} encrypts");
-        };
-        let mut sealed = nonce.to_vec();
-        sealed.extend(bytes(v, "ciphertext"));
-        sealed.extend(bytes(v, "tag"));
-        assert_eq!(
-            text,
-            format!("skc1:7:{}", URL_SAFE_NO_PAD.encode(&sealed)),
+        let sealed =
+            aes_256_gcm_seal(&key, nonce, &bytes(v, "plaintext"), &bytes(v, "aad")).expect("seals");
+        let mut expected = nonce.to_vec();
+        expected.extend(bytes(v, "ciphertext"));
+        expected.extend(bytes(v, "tag"));
+        assert_eq!(sealed, expected, "vector {i}");
+        let opened = aes_256_gcm_open(&key, &sealed, &bytes(v, "aad")).expect("opens");
+        assert_eq!(opened.to_vec(), bytes(v, "plaintext"), "vector {i}");
+        let mut other_aad = bytes(v, "aad");
+        other_aad.push(1);
+        assert!(
+            aes_256_gcm_open(&key, &sealed, &other_aad).is_err(),
             "vector {i}"
         );
-        let ciphertext = Ciphertext::parse(&text).expect("parses");
-        assert_eq!(ciphertext.version, 7);
-        let decrypt = |aad: Zeroizing<Vec<u8>>| {
-            let input = Input::Decrypt {
-                ciphertext: ciphertext.clone(),
-                aad,
-            };
-            perform(&key, 7, &input, NO_NONCE)
-        };
-        let Ok(Output::Plaintext(plain)) = decrypt(data(v, "aad")) else {
-            panic!("vector {i} decrypts");
-        };
-        assert_eq!(plain.to_vec(), bytes(v, "plaintext"), "vector {i}");
-        let mut other_aad = data(v, "aad");
-        other_aad.push(1);
-        assert!(decrypt(other_aad).is_err(), "vector {i}");
     }
+}
+
+/// A ciphertext opens only as the key version of the secret it was sealed by, with its
+/// associated data: relabelled to another version, or taken to another secret, it does not,
+/// even when both hold the same key.
+#[test]
+fn a_ciphertext_is_bound_to_its_version_and_secret() {
+    let key = SecretMaterial::new(vec![9; 32]);
+    let input = Input::Encrypt {
+        plaintext: Zeroizing::new(b"pay 10".to_vec()),
+        aad: Zeroizing::new(b"order-1".to_vec()),
+    };
+    let Ok(Output::Ciphertext(text)) = perform(&key, &used(1), &input, [4; NONCE_LEN]) else {
+        panic!("encrypts");
+    };
+    assert!(text.starts_with("skc1:1:"), "{text}");
+    let decrypt = |text: &str, used: &KeyUse, aad: &[u8]| {
+        let input = Input::Decrypt {
+            ciphertext: Ciphertext::parse(text).expect("parses"),
+            aad: Zeroizing::new(aad.to_vec()),
+        };
+        perform(&key, used, &input, NO_NONCE)
+    };
+    let Ok(Output::Plaintext(plain)) = decrypt(&text, &used(1), b"order-1") else {
+        panic!("decrypts");
+    };
+    assert_eq!(plain.to_vec(), b"pay 10");
+    let relabelled = text.replacen("skc1:1:", "skc1:2:", 1);
+    assert!(decrypt(&relabelled, &used(2), b"order-1").is_err());
+    let other = KeyUse::new(
+        TenantId::try_from("acme").expect("tenant"),
+        SecretName::try_from("keys/other").expect("name"),
+        1,
+    );
+    assert!(decrypt(&text, &other, b"order-1").is_err());
+    assert!(decrypt(&text, &used(1), b"order-2").is_err());
 }
 
 #[test]

@@ -39,9 +39,10 @@ use principals::Listing;
 
 /// Largest request body accepted (a KMS request is well under 4 KiB; imported material ≤ 8 KiB).
 pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
-/// Largest body of a crypto request: 64 KiB of data in base64, with room for the handle and the
-/// other fields. Data beyond 64 KiB in a body within this limit is refused by the core (413).
-pub const CRYPTO_BODY_LIMIT: usize = 128 * 1024;
+/// Largest body of a crypto request: 64 KiB of plaintext and 64 KiB of associated data, each in
+/// base64, with room for the handle and the other fields. Data beyond 64 KiB in a body within
+/// this limit is refused by the core (413).
+pub const CRYPTO_BODY_LIMIT: usize = 192 * 1024;
 
 /// Shared state of the HTTP host.
 pub struct AppState {

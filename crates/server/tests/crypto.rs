@@ -233,6 +233,10 @@ async fn ciphertexts_open_across_a_rotation_until_their_version_is_retired() {
         (retired.status, retired.reason()),
         (StatusCode::GONE, "KMS_REVOKED".to_owned())
     );
+    // Nothing more is sealed under a retired version: it could never be opened.
+    let body = json!({"plaintext_b64": STANDARD.encode(b"late")});
+    let late = use_key(&s, "encrypt", &h1, body).await;
+    assert_eq!(late.json()["diagnostics"], json!(["version:below_min"]));
     assert_eq!(
         b64(&decrypt(&ct2, &aad).await.json()["plaintext_b64"]),
         b"second"
@@ -252,7 +256,13 @@ async fn ciphertexts_open_across_a_rotation_until_their_version_is_retired() {
         use_key(&s, "encrypt", &h2, body).await.reason(),
         "KMS_REVOKED"
     );
-    assert_eq!(decrypt(&ct1, &aad).await.status, StatusCode::OK);
+    // Its handles stop altogether, as at redemption; a handle to version 1 still decrypts.
+    assert_eq!(decrypt(&ct1, &aad).await.reason(), "KMS_REVOKED");
+    let body = json!({"ciphertext": ct1, "aad_b64": aad});
+    assert_eq!(
+        use_key(&s, "decrypt", &h1, body).await.status,
+        StatusCode::OK
+    );
 
     // Every use is on record with the key version and the handle's id, never the data.
     let records = audit(&s).await;

@@ -8,7 +8,7 @@
 mod ops;
 mod request;
 
-pub use ops::{Output, perform, public_key};
+pub use ops::{KeyUse, Output, aes_256_gcm_open, aes_256_gcm_seal, perform, public_key};
 pub use request::{
     CIPHERTEXT_PREFIX, Ciphertext, CryptoOp, CryptoRequest, Data, Input, MAX_DATA_LEN, NONCE_LEN,
     RawCryptoRequest, Tag,
@@ -42,9 +42,11 @@ fn purpose_mismatch() -> Refusal {
 }
 
 /// Checks an opened handle as redemption does (tenant enabled, secret there, handle neither
-/// revoked nor expired), then the key's purpose against the operation, then the version: the
-/// handle's for `mac`, `sign`, `verify` and `encrypt`; the ciphertext's for `decrypt`, which must
-/// be active and at least the secret's `min_decryption_version`.
+/// revoked nor expired, its version active), then the key's purpose against the operation, then
+/// the version the operation uses: the handle's for `mac`, `sign`, `verify` and `encrypt`; the
+/// ciphertext's for `decrypt`, which must be active too. Versions below the secret's
+/// `min_decryption_version` are retired: nothing is encrypted under them any more (it could
+/// never be decrypted), nor decrypted.
 pub fn check(
     opened: &OpenedGrant,
     policy: Option<&Policy>,
@@ -57,22 +59,29 @@ pub fn check(
     if secret.purpose != input.purpose() {
         return Err(purpose_mismatch());
     }
+    // The handle's own version must be usable, whatever version the operation then uses: a
+    // revoked version's handles stop, as at redemption.
+    let handle_version = opened.claims.version;
+    let own = grant_version(
+        opened,
+        secret,
+        handle_version,
+        (ReasonCode::HandleInvalid, Subject::Handle),
+    )?;
+    let retired = |version: u64| {
+        (version < secret.min_decryption_version)
+            .then(|| Refusal::new(ReasonCode::Revoked, Subject::Version, Problem::BelowMin))
+    };
     match input {
         Input::Decrypt { ciphertext, .. } => {
-            if ciphertext.version < secret.min_decryption_version {
-                return Err(Refusal::new(
-                    ReasonCode::Revoked,
-                    Subject::Version,
-                    Problem::BelowMin,
-                ));
+            if let Some(refusal) = retired(ciphertext.version) {
+                return Err(refusal);
             }
             let missing = (ReasonCode::InputSchemaInvalid, Subject::Ciphertext);
             grant_version(opened, secret, ciphertext.version, missing)
         }
-        _ => {
-            let missing = (ReasonCode::HandleInvalid, Subject::Handle);
-            grant_version(opened, secret, opened.claims.version, missing)
-        }
+        Input::Encrypt { .. } => retired(handle_version).map_or(Ok(own), Err),
+        _ => Ok(own),
     }
 }
 

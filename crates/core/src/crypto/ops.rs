@@ -11,8 +11,11 @@ use zeroize::Zeroizing;
 
 use super::request::{Ciphertext, Data, Input, NONCE_LEN, Tag};
 use crate::diagnostics::{Problem, Subject};
+use crate::encode::Encoder;
+use crate::ids::{SecretName, TenantId};
 use crate::material::{MATERIAL_LEN, SecretMaterial};
 use crate::reason::ReasonCode;
+use crate::redeem::MaterialGrant;
 use crate::refusal::Refusal;
 
 /// What an operation gives back.
@@ -63,12 +66,89 @@ pub fn public_key(key: &SecretMaterial) -> Result<[u8; 32], Refusal> {
     Ok(signing_key(key)?.verifying_key().to_bytes())
 }
 
-/// Runs `input` with `key`, of the key version `version`; `nonce` is used by an encryption only
+/// Which key version of which secret an operation uses: what a ciphertext is bound to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyUse {
+    tenant: TenantId,
+    secret_name: SecretName,
+    version: u64,
+}
+
+impl KeyUse {
+    /// Version `version` of `secret_name` in `tenant`.
+    pub fn new(tenant: TenantId, secret_name: SecretName, version: u64) -> Self {
+        Self {
+            tenant,
+            secret_name,
+            version,
+        }
+    }
+
+    /// What a grant lets the host read, before the read consumes it.
+    pub fn of(grant: &MaterialGrant) -> Self {
+        Self::new(
+            grant.tenant().clone(),
+            grant.secret_name().clone(),
+            grant.version(),
+        )
+    }
+
+    /// The associated data a ciphertext of this key version is sealed with: its tenant, secret
+    /// and version, then the caller's. The version in a ciphertext's text is thereby
+    /// authenticated: relabelled to another version (or moved to another secret) it does not
+    /// open, even where two versions hold the same imported material.
+    fn bound_aad(&self, aad: &[u8]) -> Vec<u8> {
+        let mut e = Encoder::with_domain("selene-kms/ciphertext/v1");
+        e.str(self.tenant.as_str())
+            .str(self.secret_name.as_str())
+            .u64(self.version)
+            .bytes(aad);
+        e.finish()
+    }
+}
+
+/// AES-256-GCM of `plaintext` with `aad` under `key` and `nonce`: the nonce, then the ciphertext
+/// and its tag.
+pub fn aes_256_gcm_seal(
+    key: &SecretMaterial,
+    nonce: [u8; NONCE_LEN],
+    plaintext: &[u8],
+    aad: &[u8],
+) -> Result<Vec<u8>, Refusal> {
+    let sealed = cipher(key)?
+        .encrypt(
+            (&nonce).into(),
+            Payload {
+                msg: plaintext,
+                aad,
+            },
+        )
+        .map_err(|_| bad_key())?;
+    let mut out = Vec::with_capacity(NONCE_LEN + sealed.len());
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(&sealed);
+    Ok(out)
+}
+
+/// Opens what [`aes_256_gcm_seal`] sealed with the same `aad`; the tag is checked before any
+/// plaintext exists.
+pub fn aes_256_gcm_open(key: &SecretMaterial, sealed: &[u8], aad: &[u8]) -> Result<Data, Refusal> {
+    let (nonce, body) = sealed
+        .split_at_checked(NONCE_LEN)
+        .ok_or_else(undecryptable)?;
+    let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| undecryptable())?;
+    cipher(key)?
+        .decrypt((&nonce).into(), Payload { msg: body, aad })
+        .map(Zeroizing::new)
+        .map_err(|_| undecryptable())
+}
+
+/// Runs `input` with `key`, the key version `used` names; `nonce` is used by an encryption only
 /// and must be fresh from a random source for every one. The host has checked that the key's
 /// purpose is the one the input needs ([`Input::purpose`]).
 pub fn perform(
     key: &SecretMaterial,
-    version: u64,
+    used: &KeyUse,
     input: &Input,
     nonce: [u8; NONCE_LEN],
 ) -> Result<Output, Refusal> {
@@ -93,30 +173,14 @@ pub fn perform(
             Ok(Output::Valid(valid))
         }
         Input::Encrypt { plaintext, aad } => {
-            let sealed = cipher(key)?
-                .encrypt(
-                    (&nonce).into(),
-                    Payload {
-                        msg: plaintext,
-                        aad,
-                    },
-                )
-                .map_err(|_| bad_key())?;
-            let mut out = Vec::with_capacity(NONCE_LEN + sealed.len());
-            out.extend_from_slice(&nonce);
-            out.extend_from_slice(&sealed);
-            Ok(Output::Ciphertext(Ciphertext::encode(version, &out)))
+            let sealed = aes_256_gcm_seal(key, nonce, plaintext, &used.bound_aad(aad))?;
+            Ok(Output::Ciphertext(Ciphertext::encode(
+                used.version,
+                &sealed,
+            )))
         }
         Input::Decrypt { ciphertext, aad } => {
-            let (nonce, sealed) = ciphertext
-                .sealed
-                .split_at_checked(NONCE_LEN)
-                .ok_or_else(undecryptable)?;
-            let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| undecryptable())?;
-            cipher(key)?
-                .decrypt((&nonce).into(), Payload { msg: sealed, aad })
-                .map(|plain| Output::Plaintext(Zeroizing::new(plain)))
-                .map_err(|_| undecryptable())
+            aes_256_gcm_open(key, &ciphertext.sealed, &used.bound_aad(aad)).map(Output::Plaintext)
         }
     }
 }

@@ -3,8 +3,8 @@
 //! Like a redemption, every use is audited (refs and the key version only) before its result
 //! is released: if the record cannot be written, nothing is released.
 
-use selene_kms_core::crypto::{self, CryptoRequest, NONCE_LEN, Output};
-use selene_kms_core::{AuditRecord, OpenedGrant, ReasonCode, RefKind, Refusal, TenantId};
+use selene_kms_core::crypto::{self, CryptoRequest, KeyUse, NONCE_LEN, Output};
+use selene_kms_core::{AuditRecord, OpenedGrant, ReasonCode, RefKind, Refusal, TenantId, refs};
 
 use super::redeem::{store_refusal, use_record};
 use super::{Caller, Engine};
@@ -47,14 +47,25 @@ impl Engine {
                     .await);
             }
         };
+        let used = KeyUse::of(&grant);
         let version = grant.version();
-        let key = self.store.material(grant).await.map_err(store_refusal)?;
+        let key = match self.store.material(grant).await {
+            Ok(key) => key,
+            // Material that does not open is the mark of a store altered behind the KMS's back:
+            // on record, like every refusal.
+            Err(e) => {
+                let refusal = store_refusal(e);
+                return Err(self
+                    .refused(caller, req, Some(&opened), refusal, now_ms)
+                    .await);
+            }
+        };
         // The one nonce of this encryption, from the OS; the core draws no randomness.
         let nonce = match req.input {
             crypto::Input::Encrypt { .. } => *random_bytes::<NONCE_LEN>().map_err(store_refusal)?,
             _ => [0; NONCE_LEN],
         };
-        let output = match crypto::perform(&key, version, &req.input, nonce) {
+        let output = match crypto::perform(&key, &used, &req.input, nonce) {
             Ok(output) => output,
             Err(refusal) => {
                 return Err(self
@@ -69,7 +80,10 @@ impl Engine {
             ReasonCode::OkMaterialIssue,
             now_ms,
         );
-        audit.secret_ref = secret.map(|s| s.secret_ref.clone());
+        // Sealed afresh rather than taken from the row read: a ref edited in the database must
+        // not make the record name another secret.
+        let name = &opened.claims().secret_name;
+        audit.secret_ref = Some(refs::secret_ref(self.store.keys(), tenant, name));
         audit.key_version = Some(version);
         // Not audited, not released.
         self.audit_only(tenant, audit, None)

@@ -55,9 +55,9 @@ pub async fn use_key(
     .expect("usable");
     // A key's handle is never redeemed.
     assert!(redeem::check(&opened, Some(&everyone), Some(&current), false, NOW_MS).is_err());
-    let version = grant.version();
+    let used = crypto::KeyUse::of(&grant);
     let key = store.material(grant).await?;
-    Ok(crypto::perform(&key, version, input, [7; crypto::NONCE_LEN]).expect("performs"))
+    Ok(crypto::perform(&key, &used, input, [7; crypto::NONCE_LEN]).expect("performs"))
 }
 
 /// A signature of `data`, as an input.
@@ -135,14 +135,22 @@ pub async fn keys_keep_their_purpose(store: Arc<dyn Store>) {
     else {
         panic!("a signature");
     };
-    let Output::Signature(expected) =
-        crypto::perform(&SecretMaterial::from_slice(&seed), 1, &sign(b"m"), [0; 12])
-            .expect("signs")
-    else {
+    let Output::Signature(expected) = crypto::perform(
+        &SecretMaterial::from_slice(&seed),
+        &used(&t),
+        &sign(b"m"),
+        [0; 12],
+    )
+    .expect("signs") else {
         panic!("a signature");
     };
     assert_eq!(signature, expected, "the store's key is the imported seed");
     holds(&*store, &t).await;
+}
+
+/// Version 1 of `t`'s `sig`.
+fn used(t: &TenantId) -> crypto::KeyUse {
+    crypto::KeyUse::new(t.clone(), name("sig"), 1)
 }
 
 async fn set_min(store: &dyn Store, t: &TenantId, n: &str, version: u64) -> StoreResult<u64> {
