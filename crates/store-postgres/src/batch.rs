@@ -144,7 +144,10 @@ fn secrets_statement<'a>(secrets: &'a [(TenantId, SecretName)]) -> Option<Statem
                       WHERE v.tenant_id = s.tenant_id AND v.secret_name = s.secret_name
                         AND v.state = 'REVOKED'
                       ORDER BY v.version),
-                n.tenant_id, n.secret_name, s.staged
+                n.tenant_id, n.secret_name, s.staged,
+                (SELECT v.sealed FROM versions v
+                 WHERE v.tenant_id = s.tenant_id AND v.secret_name = s.secret_name
+                 ORDER BY v.version DESC LIMIT 1)
          FROM unnest($1::text[], $2::text[]) AS n(tenant_id, secret_name)
          -- One index lookup per name (see the idempotency read).
          CROSS JOIN LATERAL (
@@ -171,9 +174,14 @@ fn read_secrets(rows: &[Row], committed: &mut Committed) -> StoreResult<()> {
             .map_err(|_| corrupt("a secret name"))?;
         let stored = match secret_row(row) {
             Ok(Fresh::Loaded(_, snapshot)) => {
-                col(row, 14, SECRET_READ).map(|staged| StoredSecret {
-                    snapshot: Arc::new(snapshot),
-                    staged,
+                let staged = col(row, 14, SECRET_READ);
+                let latest = col(row, 15, SECRET_READ);
+                staged.and_then(|staged| {
+                    Ok(StoredSecret {
+                        snapshot: Arc::new(snapshot),
+                        staged,
+                        latest: latest?,
+                    })
                 })
             }
             Ok(Fresh::Unchanged(_)) => Err(corrupt("a secret row")),

@@ -603,6 +603,19 @@ async fn first_generation_secret_refs_are_resealed_on_open() {
     assert_eq!(snapshot(&store, &t, "k").await.secret_ref, current);
 }
 
+/// Whoever writes the database cannot turn a key into a credential to redeem it, now or at its
+/// next version: material opens, and is sealed, only under the purpose the KMS sealed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_rewritten_as_a_credential_opens_and_seals_nothing() {
+    let cluster = Cluster::start();
+    let url = cluster.create_database("kms");
+    let t = tenant("acme");
+    keys_to_rewrite(&open(&url, ROOT, true).await.expect("store"), &t).await;
+    cluster.sql("kms", "UPDATE secrets SET purpose = 'credential'");
+    let store = open(&url, ROOT, false).await.expect("reopen");
+    a_rewritten_purpose_opens_and_seals_nothing(&store, &t).await;
+}
+
 /// A store from before record MACs: no node chains after its unsealed heads, nor signs a
 /// manifest over them, until the operator seals its records, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -106,6 +106,7 @@ pub(crate) fn read_committed(
                 let stored = StoredSecret {
                     snapshot,
                     staged: None,
+                    latest: None,
                 };
                 committed.secrets.insert(key.clone(), stored);
             }
@@ -141,24 +142,32 @@ fn read_secret(
     committed: &mut Committed,
 ) -> StoreResult<()> {
     let (tenant, name) = key;
-    let row: Option<(i64, Option<Vec<u8>>)> = conn
+    type Row = (i64, Option<Vec<u8>>, Option<Vec<u8>>);
+    let row: Option<Row> = conn
         .prepare_cached(
-            "SELECT state_version, staged FROM secrets WHERE tenant_id = ?1 AND secret_name = ?2",
+            "SELECT s.state_version, s.staged,
+                    (SELECT v.sealed FROM versions v
+                     WHERE v.tenant_id = s.tenant_id AND v.secret_name = s.secret_name
+                     ORDER BY v.version DESC LIMIT 1)
+             FROM secrets s WHERE s.tenant_id = ?1 AND s.secret_name = ?2",
         )
         .map_err(db_err)?
         .query_row([tenant.as_str(), name.as_str()], |r| {
-            Ok((r.get(0)?, r.get(1)?))
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
         })
         .optional()
         .map_err(db_err)?;
-    let Some((state_version, staged)) = row else {
+    let Some((state_version, staged, latest)) = row else {
         return Ok(());
     };
     match stored_secret(conn, cache, pending, key, state_version) {
         Ok(snapshot) => {
-            committed
-                .secrets
-                .insert(key.clone(), StoredSecret { snapshot, staged });
+            let stored = StoredSecret {
+                snapshot,
+                staged,
+                latest,
+            };
+            committed.secrets.insert(key.clone(), stored);
         }
         // A row that does not parse refuses the units that need it, not the batch.
         Err(e) if e.kind == ErrorKind::Corrupt => {

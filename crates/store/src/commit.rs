@@ -218,6 +218,12 @@ pub struct StoredSecret {
     pub snapshot: Arc<SecretSnapshot>,
     /// Its staged material, sealed, if any.
     pub staged: Option<Vec<u8>>,
+    /// Its latest version's material, sealed. A change that seals new material first opens it
+    /// under the snapshot's purpose: the purpose is a column whoever writes the database could
+    /// edit (a key turned into a credential, to have its next version sealed as redeemable),
+    /// and material opens only under the purpose the KMS sealed it for. `None` where the backend
+    /// gives the snapshot alone, for a grant's check.
+    pub latest: Option<Vec<u8>>,
 }
 
 /// The committed state a batch is decided from, read by the backend under its guard.
@@ -453,6 +459,24 @@ struct Working<'a> {
     claimed: HashSet<IdempotencyScope>,
     credentials: Credentials,
     writes: Writes,
+}
+
+/// Opens the secret's latest version under its snapshot's purpose (see
+/// [`StoredSecret::latest`]): a purpose that is not the one the KMS sealed refuses the change
+/// (`Corrupt`) before anything is sealed under it.
+fn prove_purpose(dek: &DataKey, key: &SecretKey, current: &StoredSecret) -> StoreResult<()> {
+    let corrupt = || {
+        StoreError::new(
+            ErrorKind::Corrupt,
+            "the secret's purpose is not the one its material was sealed for",
+        )
+    };
+    let sealed = current.latest.as_deref().ok_or_else(corrupt)?;
+    let slot = Slot::Version(current.snapshot.current_version());
+    let (tenant, name) = key;
+    dek.open(tenant, name, slot, current.snapshot.purpose, sealed)
+        .map(drop)
+        .map_err(|_| corrupt())
 }
 
 /// Refuses material that does not fit the secret's purpose (a key is exactly 32 bytes).
@@ -765,6 +789,7 @@ impl Working<'_> {
                 let purpose = current.snapshot.purpose;
                 fits(purpose, &material)?;
                 let (dek, new_key) = self.data_key(tenant)?;
+                prove_purpose(&dek, &key, current)?;
                 let sealed = dek.seal(tenant, &key.1, Slot::Staged, purpose, &material)?;
                 let mut snapshot = (*current.snapshot).clone();
                 snapshot.state_version = next_state_version(snapshot.state_version)?;
@@ -772,6 +797,7 @@ impl Working<'_> {
                 let next = StoredSecret {
                     snapshot: Arc::new(snapshot),
                     staged: Some(sealed),
+                    latest: current.latest.clone(),
                 };
                 Ok((Effect::updated(key, next), new_key))
             }
@@ -798,6 +824,7 @@ impl Working<'_> {
                 let next = StoredSecret {
                     snapshot: Arc::new(snapshot),
                     staged: current.staged.clone(),
+                    latest: current.latest.clone(),
                 };
                 Ok((Effect::updated(key, next), None))
             }
@@ -874,6 +901,7 @@ impl Working<'_> {
         let next = StoredSecret {
             snapshot: Arc::new(snapshot),
             staged: None,
+            latest: Some(version.sealed.clone()),
         };
         Ok((
             Effect::Secret {
@@ -928,6 +956,7 @@ impl Working<'_> {
         let mut snapshot = (*current.snapshot).clone();
         snapshot.state_version = next_state_version(expected)?;
         let mut staged = current.staged.clone();
+        let mut latest = current.latest.clone();
         let mut versions = Vec::new();
         let mut revocations = Vec::new();
         let mut revoked_ref = None;
@@ -948,9 +977,12 @@ impl Working<'_> {
                     (true, None) => {
                         return Err(refused(ErrorKind::StateConflict, "no staged material"));
                     }
-                    (false, _) => fresh.filter(|m| m.len() == MATERIAL_LEN).ok_or_else(|| {
-                        refused(ErrorKind::Invalid, "a rotation needs fresh material")
-                    })?,
+                    (false, _) => {
+                        prove_purpose(&dek, &key, current)?;
+                        fresh.filter(|m| m.len() == MATERIAL_LEN).ok_or_else(|| {
+                            refused(ErrorKind::Invalid, "a rotation needs fresh material")
+                        })?
+                    }
                 };
                 let expected_version = u64::try_from(snapshot.versions.len())
                     .ok()
@@ -961,7 +993,9 @@ impl Working<'_> {
                         "the new version does not follow the current one",
                     ));
                 }
-                versions.push(self.version_row(&dek, &key, *new_version, purpose, &material)?);
+                let row = self.version_row(&dek, &key, *new_version, purpose, &material)?;
+                latest = Some(row.sealed.clone());
+                versions.push(row);
                 snapshot.versions.push(VersionState::Active);
                 snapshot.staged = false;
             }
@@ -994,6 +1028,7 @@ impl Working<'_> {
         let next = StoredSecret {
             snapshot: Arc::new(snapshot),
             staged,
+            latest,
         };
         Ok((
             Effect::Secret {

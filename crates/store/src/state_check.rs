@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use selene_kms_core::{AuditAction, AuditRecord, RefId, SecretName, TenantId, TombstoneTarget};
 
-use crate::error::StoreResult;
+use crate::error::{ErrorKind, StoreResult};
 use crate::store::Store;
 
 /// A secret as its chain tells it.
@@ -273,7 +273,14 @@ async fn secrets_differ(
                 s.seq, s.versions
             )));
         }
-        let stored = stored_snapshot(store, tenant, name).await?;
+        let stored = match stored_snapshot(store, tenant, name).await {
+            Ok(stored) => stored,
+            // Terms that are not the ones the KMS wrote (see `terms`): named, like any other.
+            Err(e) if e.kind == ErrorKind::Corrupt => {
+                return Ok(Some(format!("secret {name}: {}", e.message)));
+            }
+            Err(e) => return Err(e),
+        };
         if let Some((terms, seq)) = &s.terms
             && stored
                 .as_ref()

@@ -234,3 +234,62 @@ async fn holds(store: &dyn Store, t: &TenantId) {
         "{report:?}"
     );
 }
+
+/// Two keys whose purpose a test then rewrites in the database: `gen` (a generated Ed25519 key)
+/// and `imp` (an imported AES-256-GCM key). Either is used once, as a key.
+pub async fn keys_to_rewrite(store: &dyn Store, t: &TenantId) {
+    create_for(
+        store,
+        t,
+        "gen",
+        SecretKind::Generated,
+        None,
+        Purpose::Ed25519,
+    )
+    .await
+    .expect("a generated key");
+    let seed = [0x17_u8; 32];
+    create_for(
+        store,
+        t,
+        "imp",
+        SecretKind::Imported,
+        Some(&seed),
+        Purpose::Aes256Gcm,
+    )
+    .await
+    .expect("an imported key");
+    use_key(store, t, "gen", &sign(b"m")).await.expect("signs");
+}
+
+/// The keys of [`keys_to_rewrite`], their purpose rewritten as `credential` in the database:
+/// their material opens as nothing, and nothing new is sealed under the rewritten purpose,
+/// neither a rotation's fresh material nor staged material.
+pub async fn a_rewritten_purpose_opens_and_seals_nothing(store: &dyn Store, t: &TenantId) {
+    let corrupt = Err(ErrorKind::Corrupt);
+    for n in ["gen", "imp"] {
+        assert_eq!(snapshot(store, t, n).await.purpose, Purpose::Credential);
+        let read = super::redeem(store, t, n, 1).await;
+        assert_eq!(read.map(drop).map_err(|e| e.kind), corrupt, "{n}");
+    }
+    let gen_before = snapshot(store, t, "gen").await;
+    let rotation = super::change(
+        store,
+        t,
+        "gen",
+        gen_before.state_version,
+        selene_kms_core::StateChange::Rotate {
+            new_version: 2,
+            from_staged: false,
+        },
+    )
+    .await;
+    assert_eq!(rotation.map(drop).map_err(|e| e.kind), corrupt);
+    let staged = stage(store, t, "imp", b"redeemable-if-sealed-as-a-credential").await;
+    assert_eq!(staged.map(drop).map_err(|e| e.kind), corrupt);
+    assert_eq!(
+        snapshot(store, t, "gen").await,
+        gen_before,
+        "nothing changed"
+    );
+}
