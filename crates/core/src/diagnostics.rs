@@ -58,6 +58,7 @@ pub enum Subject {
     PlaintextB64,
     AadB64,
     Ciphertext,
+    PublicKey,
 }
 
 /// What is wrong with the subject.
@@ -176,6 +177,7 @@ fn subject_name(s: Subject) -> &'static str {
         Subject::PlaintextB64 => "plaintext_b64",
         Subject::AadB64 => "aad_b64",
         Subject::Ciphertext => "ciphertext",
+        Subject::PublicKey => "public_key",
     }
 }
 

@@ -7,6 +7,7 @@
 //! documents it, so the router and the OpenAPI document cannot drift apart.
 
 pub(crate) mod bodies;
+mod console;
 mod credentials;
 mod principals;
 
@@ -24,12 +25,14 @@ use axum::response::Response;
 use axum::routing::{MethodRouter, on};
 use selene_kms_core::crypto::{CryptoOp, CryptoRequest};
 use selene_kms_core::redeem::RedeemRequest;
-use selene_kms_core::{KmsRequest, MaterialBundle, Operation, Policy, ReasonCode, Role, TenantId};
+use selene_kms_core::{
+    KmsRequest, MaterialBundle, Operation, Policy, Problem, ReasonCode, Role, Subject, TenantId,
+};
 use serde::Deserialize;
 
 use crate::auth::{AuthError, Authenticator, Presented};
 use crate::connections::Guard;
-use crate::engine::{AdminError, Caller, Engine};
+use crate::engine::{AdminError, AuditFilter, Caller, Engine, KeySource, KmsAnswer};
 use crate::metrics::{Metrics, RouteClass, Scrape};
 use crate::now_ms;
 use crate::openapi::{self, Endpoint};
@@ -54,6 +57,9 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Largest body accepted.
     pub body_limit: usize,
+    /// The audit public key `init` pinned in the data directory (hex), if the server was given
+    /// one: what `GET /v1/audit/verify` checks the store's key against by default.
+    pub pinned_audit_key: Option<String>,
     /// The bound on open connections, which counts them.
     pub(crate) connections: Guard,
 }
@@ -330,22 +336,14 @@ async fn kms_request(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    const OP: Option<&str> = Some("UNPARSED");
-    let (caller, bytes) = match authorized_body(
-        &state,
-        &credentials,
-        &headers,
-        body,
-        BodyRule {
-            role: Role::Os,
-            operation: OP,
-            shape: Shape::Bundle,
-            need: Need::Required,
-            limit: None,
-        },
-    )
-    .await
-    {
+    let rule = BodyRule {
+        role: Role::Os,
+        operation: UNPARSED,
+        shape: Shape::Bundle,
+        need: Need::Required,
+        limit: None,
+    };
+    let (caller, bytes) = match authorized_body(&state, &credentials, &headers, body, rule).await {
         Ok(authorized) => authorized,
         Err(r) => return r,
     };
@@ -353,6 +351,11 @@ async fn kms_request(
         Ok(req) => state.engine.kms(&caller, &req, now_ms()).await,
         Err(rejected) => state.engine.kms_rejected(&caller, rejected, now_ms()).await,
     };
+    kms_reply(&state, answer)
+}
+
+/// A KMS request's answer: its bundle, with the status of its reason code.
+fn kms_reply(state: &AppState, answer: KmsAnswer) -> Response {
     // A bundle names its operation whenever the request got far enough to say it.
     let operation = answer
         .bundle()
@@ -361,12 +364,60 @@ async fn kms_request(
     let reason = answer.reason();
     let (_, bytes) = answer.into_parts();
     reply(
-        &state,
+        state,
         reason.http_status(),
         Some(operation),
         reason,
         Bytes::from_owner(ArcBytes(bytes)),
     )
+}
+
+const UNPARSED: Option<&str> = Some("UNPARSED");
+
+/// `POST /v1/admin/tenants/{tenant_id}/requests`: a ROTATE or REVOKE sent by an admin (the
+/// console's), for a tenant of the path. Admins may already change secrets and policies; this
+/// lets them do it through the same pipeline, policy, dry run and audit as the OS does. Handles
+/// and credentials are never issued here.
+async fn admin_request(
+    State(state): Shared,
+    Path(tenant_id): Path<String>,
+    credentials: Credentials,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let rule = BodyRule {
+        role: Role::Admin,
+        operation: UNPARSED,
+        shape: Shape::Bundle,
+        need: Need::Required,
+        limit: None,
+    };
+    let (caller, bytes) = match authorized_body(&state, &credentials, &headers, body, rule).await {
+        Ok(authorized) => authorized,
+        Err(r) => return r,
+    };
+    if let Err(reason) = TenantId::try_from(tenant_id.as_str())
+        .map_err(|_| ReasonCode::InputSchemaInvalid)
+        .and_then(|t| caller.may_name(&t))
+    {
+        return refused(&state, UNPARSED, reason, Shape::Bundle);
+    }
+    let answer = match KmsRequest::from_json(&bytes) {
+        Ok(req) if req.tenant_id.as_str() != tenant_id => {
+            return refused(
+                &state,
+                UNPARSED,
+                ReasonCode::InputSchemaInvalid,
+                Shape::Bundle,
+            );
+        }
+        Ok(req) if !req.operation.is_mutation() => {
+            return refused(&state, UNPARSED, ReasonCode::ForbiddenRole, Shape::Bundle);
+        }
+        Ok(req) => state.engine.kms(&caller, &req, now_ms()).await,
+        Err(rejected) => state.engine.kms_rejected(&caller, rejected, now_ms()).await,
+    };
+    kms_reply(&state, answer)
 }
 
 async fn redeem(
@@ -665,6 +716,12 @@ pub(crate) struct AuditQuery {
     after_seq: Option<u64>,
     /// At most this many (default 100, at most 1000).
     limit: Option<usize>,
+    /// Only records of this operation.
+    operation: Option<String>,
+    /// Only records of this requester engine.
+    engine: Option<String>,
+    /// Only records with this reason code.
+    reason_code: Option<String>,
 }
 
 /// Role check and query parsing shared by the audit routes.
@@ -695,6 +752,11 @@ async fn audit(
         Ok(t) => t,
         Err(r) => return r,
     };
+    let filter = AuditFilter {
+        operation: q.operation.filter(|v| !v.is_empty()),
+        engine: q.engine.filter(|v| !v.is_empty()),
+        reason_code: q.reason_code.filter(|v| !v.is_empty()),
+    };
     let outcome = state
         .engine
         .audit_page(
@@ -702,9 +764,52 @@ async fn audit(
             &tenant,
             q.after_seq.unwrap_or(0),
             q.limit.unwrap_or(crate::engine::DEFAULT_AUDIT_PAGE),
+            &filter,
         )
         .await
-        .map(|records| (200, bodies::audit_page(records)));
+        .map(|page| (200, bodies::json(&page)));
+    admin_reply(&state, ADMIN, outcome)
+}
+
+/// `GET /v1/audit/verify` query.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct VerifyQuery {
+    /// The chain to verify.
+    tenant_id: Option<String>,
+    /// The audit public key to check the store's against (hex); the pinned one when absent.
+    public_key: Option<String>,
+}
+
+async fn audit_verify(
+    State(state): Shared,
+    credentials: Credentials,
+    query: Result<Query<VerifyQuery>, QueryRejection>,
+) -> Response {
+    let (caller, q) = match admin_query(&state, &credentials, query).await {
+        Ok(q) => q,
+        Err(r) => return r,
+    };
+    let Some(raw) = q.tenant_id else {
+        return error(&state, ADMIN, ReasonCode::UpstreamInputMissing);
+    };
+    let tenant = match chain(&state, &raw) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let key = match (&q.public_key, &state.pinned_audit_key) {
+        (Some(given), _) => (given.as_str(), KeySource::Given),
+        (None, Some(pinned)) => (pinned.as_str(), KeySource::Pinned),
+        (None, None) => {
+            let missing = AdminError::invalid(Subject::PublicKey, Problem::Missing);
+            return admin_reply(&state, ADMIN, Err(missing));
+        }
+    };
+    let outcome = state
+        .engine
+        .audit_verification(&caller, &tenant, key, now_ms())
+        .await
+        .map(|v| (200, bodies::json(&v)));
     admin_reply(&state, ADMIN, outcome)
 }
 
@@ -888,6 +993,7 @@ pub(crate) fn routes() -> Vec<Route> {
     };
     vec![
         at(&openapi::KMS_REQUESTS, kms_request),
+        at(&openapi::ADMIN_REQUESTS, admin_request),
         at(&openapi::REDEEM, redeem),
         at(&openapi::CRYPTO_MAC, use_key(CryptoOp::Mac)),
         at(&openapi::CRYPTO_SIGN, use_key(CryptoOp::Sign)),
@@ -912,12 +1018,16 @@ pub(crate) fn routes() -> Vec<Route> {
         at(&openapi::LIST_TENANTS, list(Listing::Tenants)),
         at(&openapi::AUDIT, audit),
         at(&openapi::AUDIT_EXPORT, audit_export),
+        at(&openapi::AUDIT_VERIFY, audit_verify),
         at(&openapi::PUBLIC_KEY, public_key),
         at(&openapi::HEALTHZ, healthz),
         at(&openapi::READYZ, readyz),
         at(&openapi::NOOP, noop),
         at(&openapi::METRICS, metrics),
         at(&openapi::OPENAPI, openapi_document),
+        at(&openapi::UI_PAGE, console::page),
+        at(&openapi::UI_SCRIPT, console::script),
+        at(&openapi::UI_STYLE, console::style),
     ]
 }
 

@@ -103,10 +103,11 @@ pub use auth::{AuthError, Authenticator, IssuedToken, Presented, new_token};
 pub use clock::now_ms;
 pub use connections::ConnectionLimits;
 pub use engine::{
-    AdminError, Bootstrapped, Caller, CreatedPrincipal, CreatedSecret, CryptoAnswer,
-    DEFAULT_IDEMPOTENCY_RETENTION_MS, Engine, IssuedTokenAnswer, KmsAnswer, MAX_CREDENTIAL_TTL_MS,
-    NewPrincipalRequest, NewSecretRequest, NewTokenRequest, PrincipalView, PublicKeys, Redeemed,
-    StageRequest, TokenView, TtlRequest, UpdateSecretRequest, UpdatedSecret, WhoAmI,
+    AdminError, AuditFilter, AuditPage, Bootstrapped, Caller, CreatedPrincipal, CreatedSecret,
+    CryptoAnswer, DEFAULT_IDEMPOTENCY_RETENTION_MS, Engine, IssuedTokenAnswer, KeySource,
+    KmsAnswer, MAX_CREDENTIAL_TTL_MS, NewPrincipalRequest, NewSecretRequest, NewTokenRequest,
+    PrincipalView, PublicKeys, Redeemed, StageRequest, TokenView, TtlRequest, UpdateSecretRequest,
+    UpdatedSecret, Verification, WhoAmI,
 };
 pub use http::{AppState, CRYPTO_BODY_LIMIT, DEFAULT_BODY_LIMIT, router};
 pub use metrics::Metrics;

@@ -93,6 +93,8 @@ enum Value {
     TokenId,
     SecretName,
     Count,
+    /// Free text.
+    Text,
 }
 
 /// A path or query parameter.
@@ -468,11 +470,101 @@ pub(crate) const AUDIT: Endpoint = Endpoint {
             value: Value::Count,
             description: "At most this many records (default 100, at most 1000).",
         },
+        Param {
+            name: "operation",
+            at: ParameterIn::Query,
+            required: false,
+            value: Value::Text,
+            description: "Only records of this operation (`GET_HANDLE`, `SIGN`, …).",
+        },
+        Param {
+            name: "engine",
+            at: ParameterIn::Query,
+            required: false,
+            value: Value::Text,
+            description: "Only records of this requester engine.",
+        },
+        Param {
+            name: "reason_code",
+            at: ParameterIn::Query,
+            required: false,
+            value: Value::Text,
+            description: "Only records with this reason code. A filtered read looks at 10,000 \
+                          records at most; `next_after_seq` says where to go on.",
+        },
     ],
     request: None,
     success: (200, Body::Json("AuditPage")),
     refusals: Refusals::Admin(&[]),
 };
+
+/// `GET /v1/audit/verify`.
+pub(crate) const AUDIT_VERIFY: Endpoint = Endpoint {
+    verb: Verb::Get,
+    path: "/v1/audit/verify",
+    summary: "Verify a tenant's chain and the store's state against it, and that the store signs with the pinned key (or the one given).",
+    role: Some("admin"),
+    params: &[
+        Param {
+            name: "tenant_id",
+            at: ParameterIn::Query,
+            required: true,
+            value: Value::ChainId,
+            description: "The chain to verify, or `_system`.",
+        },
+        Param {
+            name: "public_key",
+            at: ParameterIn::Query,
+            required: false,
+            value: Value::Text,
+            description: "The audit public key to check (hex); the key `init` pinned when absent.",
+        },
+    ],
+    request: None,
+    success: (200, Body::Json("Verification")),
+    refusals: Refusals::Admin(&[]),
+};
+
+/// `POST /v1/admin/tenants/{tenant_id}/requests`.
+pub(crate) const ADMIN_REQUESTS: Endpoint = Endpoint {
+    verb: Verb::Post,
+    path: "/v1/admin/tenants/{tenant_id}/requests",
+    summary: "A ROTATE or REVOKE by an admin (the console's), dry run or commit: the same pipeline, policy and audit as /v1/kms/requests.",
+    role: Some("admin"),
+    params: &[TENANT_PATH],
+    request: Some(Request::Required("RawKmsRequest")),
+    success: (200, Body::Json("MaterialBundle")),
+    refusals: Refusals::Kms,
+};
+
+/// `GET /ui/`, the console's page.
+pub(crate) const UI_PAGE: Endpoint = ui("/ui/", "The admin console.", "text/html");
+/// `GET /ui/app.js`.
+pub(crate) const UI_SCRIPT: Endpoint = ui(
+    "/ui/app.js",
+    "The admin console's script.",
+    "text/javascript",
+);
+/// `GET /ui/app.css`.
+pub(crate) const UI_STYLE: Endpoint = ui(
+    "/ui/app.css",
+    "The admin console's style sheet.",
+    "text/css",
+);
+
+/// A console asset, compiled into the server.
+const fn ui(path: &'static str, summary: &'static str, media: &'static str) -> Endpoint {
+    Endpoint {
+        verb: Verb::Get,
+        path,
+        summary,
+        role: None,
+        params: &[],
+        request: None,
+        success: (200, Body::Text(media)),
+        refusals: Refusals::None,
+    }
+}
 
 /// `GET /v1/audit/export`.
 pub(crate) const AUDIT_EXPORT: Endpoint = Endpoint {
@@ -603,6 +695,7 @@ fn param_schema(value: Value) -> RefOr<Schema> {
             .pattern(Some("^[a-z0-9][a-z0-9._/-]{0,127}$"))
             .into(),
         Value::Count => u64::schema(),
+        Value::Text => String::schema(),
     }
 }
 
@@ -772,7 +865,8 @@ fn build(endpoints: &[&Endpoint]) -> OpenApi {
     components = with_schema::<bodies::ReplayRequest>(components);
     components = with_schema::<selene_kms_core::ReplayReport>(components);
     components = with_schema::<AuditRecord>(components);
-    components = with_schema::<bodies::AuditPage>(components);
+    components = with_schema::<crate::engine::AuditPage>(components);
+    components = with_schema::<crate::engine::Verification>(components);
     components = with_schema::<bodies::AuditPublicKey>(components);
     components = with_schema::<NewSecretRequest>(components);
     components = with_schema::<UpdateSecretRequest>(components);

@@ -46,6 +46,9 @@ pub struct ServeOptions {
     pub connections: ConnectionLimits,
     /// Where each signed manifest is also appended (out of the database writer's reach).
     pub witness_file: Option<PathBuf>,
+    /// The audit public key `init` pinned (hex), which the console's verification checks the
+    /// store's key against.
+    pub pinned_audit_key: Option<String>,
 }
 
 impl Default for ServeOptions {
@@ -61,6 +64,7 @@ impl Default for ServeOptions {
             idempotency_retention_ms: DEFAULT_IDEMPOTENCY_RETENTION_MS,
             connections: ConnectionLimits::default(),
             witness_file: None,
+            pinned_audit_key: None,
         }
     }
 }
@@ -138,6 +142,7 @@ pub async fn serve(engine: Arc<Engine>, options: ServeOptions) -> std::io::Resul
         engine: engine.clone(),
         metrics: Metrics::default(),
         body_limit: options.body_limit,
+        pinned_audit_key: options.pinned_audit_key.clone(),
         connections: guard.clone(),
     });
     let app = router(state.clone()).layer(TimeoutLayer::with_status_code(

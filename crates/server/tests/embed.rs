@@ -9,7 +9,7 @@ use selene_kms_core::{
     KmsRequest, Operation, Policy, PolicyDocument, PrincipalId, PrincipalName, RawKmsRequest,
     ReasonCode, Role, TenantId,
 };
-use selene_kms_server::{Caller, Engine, NewSecretRequest, Redeemed};
+use selene_kms_server::{AuditFilter, Caller, Engine, NewSecretRequest, Redeemed};
 use selene_kms_store::RootKey;
 use selene_kms_store_sqlite::{SqliteOptions, SqliteStore};
 
@@ -164,12 +164,33 @@ async fn admin_creates_secrets_and_sets_the_policy() {
         .expect_err("refused");
     assert_eq!(bad.reason_code, ReasonCode::InputSchemaInvalid);
     // Every change left its audit record.
-    let records = e
+    let page = e
         .engine
-        .audit_page(&admin(), &e.tenant, 0, 100)
+        .audit_page(&admin(), &e.tenant, 0, 100, &AuditFilter::default())
         .await
         .expect("audit");
+    let records = page.records;
     assert_eq!(records.len(), 3, "a policy and two secrets");
+    assert_eq!(page.next_after_seq, None, "the chain ends there");
+    let creations = AuditFilter {
+        operation: Some("CREATE_SECRET".to_owned()),
+        ..AuditFilter::default()
+    };
+    let filtered = e
+        .engine
+        .audit_page(&admin(), &e.tenant, 0, 1, &creations)
+        .await
+        .expect("audit");
+    assert_eq!(filtered.records.len(), 1);
+    assert_eq!(
+        filtered.records[0].operation.map(|o| o.name()),
+        Some("CREATE_SECRET")
+    );
+    assert_eq!(
+        filtered.next_after_seq,
+        Some(filtered.records[0].seq),
+        "one per page"
+    );
     let export = e.engine.audit_export(&admin(), Some(&e.tenant), NOW).await;
     let lines = export.expect("export").split(|b| *b == b'\n').count();
     assert!(lines > records.len(), "a line per record, and more");

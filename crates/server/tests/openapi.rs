@@ -547,9 +547,53 @@ async fn answers_have_the_statuses_and_shapes_the_document_gives() {
         "/v1/noop",
         "/metrics",
         "/v1/openapi.json",
+        "/ui/",
+        "/ui/app.js",
+        "/ui/app.css",
     ] {
         c.send(&s, Method::GET, path, "", None, None).await;
     }
+    // The console's own routes: a rotation's dry run by an admin, a chain's verification
+    // against a key given (this server has none pinned), and without one.
+    let mut plan = admin_request("ROTATE", "c-admin-plan");
+    plan["dry_run"] = json!(true);
+    let planned = c
+        .send(
+            &s,
+            Method::POST,
+            "/v1/admin/tenants/{tenant_id}/requests",
+            "",
+            a,
+            Some(&plan),
+        )
+        .await;
+    assert_eq!(planned["validation_status"], "OK", "{planned}");
+    let key = c
+        .send(&s, Method::GET, "/v1/audit/public-key", "", None, None)
+        .await;
+    let key = key["audit_public_key"].as_str().expect("key").to_owned();
+    let verified = c
+        .send(
+            &s,
+            Method::GET,
+            "/v1/audit/verify",
+            &format!("?tenant_id=acme&public_key={key}"),
+            a,
+            None,
+        )
+        .await;
+    assert_eq!(verified["key"], "given", "{verified}");
+    let unpinned = c
+        .send(
+            &s,
+            Method::GET,
+            "/v1/audit/verify",
+            "?tenant_id=acme",
+            a,
+            None,
+        )
+        .await;
+    assert_eq!(unpinned["diagnostics"], json!(["public_key:missing"]));
 
     // Refusals: bundles on the KMS route whatever stops them, admin errors elsewhere.
     let refusal = c

@@ -201,6 +201,10 @@ pub(crate) async fn run(config: &Config, args: ServeArgs) -> Result<ExitCode, Fa
             ..defaults.connections
         },
         witness_file: args.witness_file,
+        // The key `init` pinned beside the store, if it is there: the console verifies against it.
+        pinned_audit_key: std::fs::read_to_string(super::init::public_key_path(&dir))
+            .ok()
+            .map(|k| k.trim().to_owned()),
     };
     if options.connections.max_connections == 0 {
         return Err("--max-connections must be at least 1".to_owned().into());

@@ -19,6 +19,95 @@ use crate::store_error::refusal_for;
 
 /// Most audit records one read returns.
 pub(crate) const MAX_AUDIT_PAGE: usize = 1000;
+/// Most audit records one filtered read looks at.
+pub(crate) const MAX_AUDIT_SCAN: usize = 10_000;
+
+/// Which records an audit read keeps: those of one operation, requester engine and reason code,
+/// each when given.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    /// The operation's wire name (`GET_HANDLE`, `SIGN`, …).
+    pub operation: Option<String>,
+    /// The requester engine id.
+    pub engine: Option<String>,
+    /// The reason code's wire name.
+    pub reason_code: Option<String>,
+}
+
+impl AuditFilter {
+    fn keeps_all(&self) -> bool {
+        self.operation.is_none() && self.engine.is_none() && self.reason_code.is_none()
+    }
+
+    fn keeps(&self, r: &AuditRecord) -> bool {
+        let operation = r.operation.map(AuditAction::name);
+        self.operation
+            .as_deref()
+            .is_none_or(|o| operation == Some(o))
+            && self
+                .engine
+                .as_deref()
+                .is_none_or(|e| r.requester_engine_id.as_deref() == Some(e))
+            && self
+                .reason_code
+                .as_deref()
+                .is_none_or(|c| r.reason_code.name() == c)
+    }
+}
+
+/// A page of audit records, and where the next page starts (`None`: the chain ends here).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct AuditPage {
+    /// The records.
+    pub records: Vec<AuditRecord>,
+    /// The `after_seq` of the next page, when there may be one.
+    pub next_after_seq: Option<u64>,
+}
+
+impl AuditPage {
+    fn of(records: Vec<AuditRecord>, next_after_seq: Option<u64>) -> Self {
+        Self {
+            records,
+            next_after_seq,
+        }
+    }
+}
+
+/// Where the key a verification checks the store's signatures against came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeySource {
+    /// The key `init` pinned in the data directory, read when the server started.
+    Pinned,
+    /// A key the caller gave.
+    Given,
+}
+
+impl KeySource {
+    /// How an answer names it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Pinned => "pinned",
+            Self::Given => "given",
+        }
+    }
+}
+
+/// `GET /v1/audit/verify`: whether a tenant's chain verifies, against which key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct Verification {
+    /// The chain verified.
+    pub tenant_id: String,
+    /// Whether the chain, the store's state and the signing key all hold.
+    pub verified: bool,
+    /// Records verified.
+    pub records: u64,
+    /// The last record the latest signed manifest names.
+    pub manifested: u64,
+    /// `pinned` or `given`.
+    pub key: &'static str,
+    /// What does not hold, if anything.
+    pub problem: Option<String>,
+}
 /// Audit records one read returns by default.
 pub(crate) const DEFAULT_AUDIT_PAGE: usize = 100;
 
@@ -403,21 +492,80 @@ impl Engine {
         }
     }
 
-    /// A page of a tenant's audit chain: records after `after_seq`, at most `limit` (clamped to
-    /// 1..=1000 so that one read stays bounded).
+    /// A page of a tenant's audit chain: records after `after_seq` that `filter` keeps, at most
+    /// `limit` (clamped to 1..=1000), scanning at most 10,000 records so that one read
+    /// stays bounded. The page says where the next one starts, when there may be one.
     pub async fn audit_page(
         &self,
         caller: &Caller,
         tenant: &TenantId,
         after_seq: u64,
         limit: usize,
-    ) -> Result<Vec<AuditRecord>, AdminError> {
+        filter: &AuditFilter,
+    ) -> Result<AuditPage, AdminError> {
         caller.may_name(tenant)?;
         let limit = limit.clamp(1, MAX_AUDIT_PAGE);
-        self.store
-            .audit_records(tenant, after_seq, limit)
-            .await
-            .map_err(AdminError::from)
+        let batch_len = if filter.keeps_all() {
+            limit
+        } else {
+            MAX_AUDIT_PAGE
+        };
+        let mut records = Vec::new();
+        let (mut cursor, mut scanned) = (after_seq, 0);
+        loop {
+            let batch = self.store.audit_records(tenant, cursor, batch_len).await?;
+            let ended = batch.len() < batch_len;
+            for record in batch {
+                cursor = record.seq;
+                scanned += 1;
+                if filter.keeps(&record) {
+                    records.push(record);
+                    if records.len() == limit {
+                        return Ok(AuditPage::of(records, Some(cursor)));
+                    }
+                }
+            }
+            if ended {
+                return Ok(AuditPage::of(records, None));
+            }
+            if scanned >= MAX_AUDIT_SCAN {
+                return Ok(AuditPage::of(records, Some(cursor)));
+            }
+        }
+    }
+
+    /// Verifies a tenant's chain (links, digests, record MACs, the signed manifests, and the
+    /// store's state against the chain) and whether the store signs with `key`: the key pinned
+    /// when the store was made, or one the caller gives.
+    pub async fn audit_verification(
+        &self,
+        caller: &Caller,
+        tenant: &TenantId,
+        key: (&str, KeySource),
+        now_ms: u64,
+    ) -> Result<Verification, AdminError> {
+        caller.may_name(tenant)?;
+        let (key, source) = key;
+        let report = selene_kms_store::verify::verify_tenant(&*self.store, tenant, now_ms).await?;
+        let signs_with = selene_kms_core::audit::public_key_hex(self.store.keys());
+        let problem = if !signs_with.eq_ignore_ascii_case(key.trim()) {
+            Some(format!(
+                "the store signs with another key than the {} one",
+                source.name()
+            ))
+        } else if let Some(broken) = &report.broken {
+            Some(format!("the chain breaks at {broken}"))
+        } else {
+            report.differs.clone()
+        };
+        Ok(Verification {
+            tenant_id: tenant.as_str().to_owned(),
+            verified: problem.is_none(),
+            records: report.records,
+            manifested: report.manifested,
+            key: source.name(),
+            problem,
+        })
     }
 
     /// The JSON Lines export of one tenant's chain (or of every chain, the system chain

@@ -30,8 +30,8 @@ use crate::auth::Authenticator;
 
 pub(crate) use admin::DEFAULT_AUDIT_PAGE;
 pub use admin::{
-    AdminError, CreatedSecret, NewSecretRequest, PublicKeys, StageRequest, TtlRequest,
-    UpdateSecretRequest, UpdatedSecret,
+    AdminError, AuditFilter, AuditPage, CreatedSecret, KeySource, NewSecretRequest, PublicKeys,
+    StageRequest, TtlRequest, UpdateSecretRequest, UpdatedSecret, Verification,
 };
 pub use crypto::CryptoAnswer;
 pub use kms::KmsAnswer;

@@ -5,7 +5,7 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use selene_kms_core::{AuditRecord, Diagnostic, ReasonCode, Refusal, ValidationStatus};
+use selene_kms_core::{Diagnostic, ReasonCode, Refusal, ValidationStatus};
 use selene_kms_store::{SecretListing, TenantSummary};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -139,13 +139,6 @@ pub(crate) struct SimulateRequest {
     /// Re-evaluate only the requests recorded after this record.
     #[serde(default)]
     pub(crate) after_seq: Option<u64>,
-}
-
-/// `GET /v1/audit`: a page of a tenant's chain, in sequence order.
-#[derive(Serialize, ToSchema)]
-pub(crate) struct AuditPage {
-    /// The records.
-    records: Vec<AuditRecord>,
 }
 
 /// `GET /v1/audit/public-key`.
@@ -350,11 +343,6 @@ pub(super) fn staged() -> Vec<u8> {
 /// `{"policy_version": n}`.
 pub(super) fn policy_version(policy_version: u64) -> Vec<u8> {
     json(&PolicyVersion { policy_version })
-}
-
-/// `{"records": [...]}`.
-pub(super) fn audit_page(records: Vec<AuditRecord>) -> Vec<u8> {
-    json(&AuditPage { records })
 }
 
 /// `{"audit_public_key": "..."}`.
