@@ -19,7 +19,12 @@ type View = (rerender: () => void) => Promise<HTMLElement>;
 /// The view of a hash route, or `null` for one the console does not have.
 function route(hash: string): { view: View; section: string } | null {
   const path = hash.replace(/^#/, "") || "/tenants";
-  const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
+  let parts: string[];
+  try {
+    parts = path.split("/").filter(Boolean).map(decodeURIComponent);
+  } catch {
+    return null;
+  }
   if (parts.length === 1 && parts[0] === "tenants") return { view: () => tenants(), section: "tenants" };
   if (parts.length === 1 && parts[0] === "principals") return { view: () => principals(), section: "principals" };
   if (parts.length === 3 && parts[0] === "tenants") {
@@ -45,7 +50,11 @@ function navigation(section: string): void {
   replace(nav, item("#/tenants", "Tenants", "tenants"), item("#/principals", "Principals", "principals"));
 }
 
+// Renders that finish after a newer one began are dropped: the page shows the route asked last.
+let generation = 0;
+
 async function render(): Promise<void> {
+  const mine = ++generation;
   if (!currentToken()) {
     replace(nav);
     replace(who);
@@ -65,7 +74,8 @@ async function render(): Promise<void> {
       `${me.name} (${me.role}) `,
       h("button", { type: "button", class: "secondary", id: "signout", onclick: () => { signOut(); void render(); } }, "Sign out"),
     );
-    replace(app, await found.view(() => void render()));
+    const view = await found.view(() => void render());
+    if (mine === generation) replace(app, view);
   } catch (e) {
     if (!currentToken()) {
       void render();

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use common::{Api, Node, TENANT, describe, selene_kms};
+use common::{Api, Node, TENANT, describe};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -103,12 +103,7 @@ async fn the_console_in_a_headless_browser() {
     let chromium = chromium();
     let dir = tempfile::tempdir().expect("dir");
     let data = dir.path().join("kms");
-    let out = selene_kms()
-        .args(["init", "--json", "--data-dir"])
-        .arg(&data)
-        .output()
-        .expect("init");
-    let init: Value = serde_json::from_slice(&out.stdout).expect("init JSON");
+    let init = common::init(&data);
     // A debug build verifies and simulates over 100,000 records far slower than a release
     // build does: the server gets longer than its default 10 s per request.
     let config = dir.path().join("kms.toml");

@@ -63,12 +63,7 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) -> String {
 async fn the_command_line_journey() {
     let dir = tempfile::tempdir().expect("dir");
     let data = dir.path().join("kms");
-    let out = selene_kms()
-        .args(["init", "--json", "--data-dir"])
-        .arg(&data)
-        .output()
-        .expect("init");
-    let init: Value = serde_json::from_slice(&out.stdout).expect("init JSON");
+    let init = common::init(&data);
     let node = Node::start(&data, None);
     Api::from_init(&init).provision(&node.url, &node.url).await;
     let cli = Cli {
@@ -252,12 +247,7 @@ async fn the_command_line_journey() {
 async fn keys_through_the_command_line() {
     let dir = tempfile::tempdir().expect("dir");
     let data = dir.path().join("kms");
-    let out = selene_kms()
-        .args(["init", "--json", "--data-dir"])
-        .arg(&data)
-        .output()
-        .expect("init");
-    let init: Value = serde_json::from_slice(&out.stdout).expect("init JSON");
+    let init = common::init(&data);
     let node = Node::start(&data, None);
     Api::from_init(&init).provision(&node.url, &node.url).await;
     let cli = Cli {

@@ -59,6 +59,7 @@ pub enum Subject {
     AadB64,
     Ciphertext,
     PublicKey,
+    ReasonCode,
 }
 
 /// What is wrong with the subject.
@@ -178,6 +179,7 @@ fn subject_name(s: Subject) -> &'static str {
         Subject::AadB64 => "aad_b64",
         Subject::Ciphertext => "ciphertext",
         Subject::PublicKey => "public_key",
+        Subject::ReasonCode => "reason_code",
     }
 }
 

@@ -215,14 +215,19 @@ pub fn check(
 ) -> Result<MaterialGrant, Refusal> {
     let secret = usable(opened, policy, secret, ref_revoked, now_ms)?;
     if secret.purpose.is_key() {
-        return Err(Refusal::new(
-            ReasonCode::PurposeMismatch,
-            Subject::Purpose,
-            Problem::Mismatch,
-        ));
+        return Err(purpose_mismatch());
     }
     let missing = (ReasonCode::HandleInvalid, subject(opened.kind));
     grant_version(opened, secret, opened.claims.version, missing)
+}
+
+/// A secret used for what its purpose does not allow.
+pub(crate) fn purpose_mismatch() -> Refusal {
+    Refusal::new(
+        ReasonCode::PurposeMismatch,
+        Subject::Purpose,
+        Problem::Mismatch,
+    )
 }
 
 /// The secret an opened ref may still be used on: its tenant is enabled, the secret exists, and

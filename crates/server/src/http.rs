@@ -325,6 +325,12 @@ fn scoped_tenant(state: &AppState, caller: &Caller, raw: &str) -> Result<TenantI
     Ok(tenant)
 }
 
+/// The chain an audit query must name.
+fn required_chain(state: &AppState, raw: Option<&str>) -> Result<TenantId, Response> {
+    let raw = raw.ok_or_else(|| error(state, ADMIN, ReasonCode::UpstreamInputMissing))?;
+    chain(state, raw)
+}
+
 /// A chain's id in an audit query: a tenant's, or the system chain's.
 fn chain(state: &AppState, raw: &str) -> Result<TenantId, Response> {
     TenantId::chain(raw).map_err(|_| error(state, None, ReasonCode::InputSchemaInvalid))
@@ -745,17 +751,33 @@ async fn audit(
         Ok(q) => q,
         Err(r) => return r,
     };
-    let Some(raw) = q.tenant_id else {
-        return error(&state, ADMIN, ReasonCode::UpstreamInputMissing);
-    };
-    let tenant = match chain(&state, &raw) {
+    let tenant = match required_chain(&state, q.tenant_id.as_deref()) {
         Ok(t) => t,
         Err(r) => return r,
     };
-    let filter = AuditFilter {
-        operation: q.operation.filter(|v| !v.is_empty()),
-        engine: q.engine.filter(|v| !v.is_empty()),
-        reason_code: q.reason_code.filter(|v| !v.is_empty()),
+    // A name that is no operation or reason code is refused rather than scanned for in vain.
+    fn named<T: serde::de::DeserializeOwned>(
+        value: Option<String>,
+        subject: Subject,
+    ) -> Result<Option<T>, AdminError> {
+        value
+            .filter(|v| !v.is_empty())
+            .map(|v| {
+                serde_json::from_value(serde_json::Value::String(v))
+                    .map_err(|_| AdminError::invalid(subject, Problem::Unknown))
+            })
+            .transpose()
+    }
+    let filter = match (
+        named(q.operation, Subject::Operation),
+        named(q.reason_code, Subject::ReasonCode),
+    ) {
+        (Ok(operation), Ok(reason_code)) => AuditFilter {
+            operation,
+            engine: q.engine.filter(|v| !v.is_empty()),
+            reason_code,
+        },
+        (Err(e), _) | (_, Err(e)) => return admin_reply(&state, ADMIN, Err(e)),
     };
     let outcome = state
         .engine
@@ -790,13 +812,13 @@ async fn audit_verify(
         Ok(q) => q,
         Err(r) => return r,
     };
-    let Some(raw) = q.tenant_id else {
-        return error(&state, ADMIN, ReasonCode::UpstreamInputMissing);
-    };
-    let tenant = match chain(&state, &raw) {
+    let tenant = match required_chain(&state, q.tenant_id.as_deref()) {
         Ok(t) => t,
         Err(r) => return r,
     };
+    if let Err(reason) = caller.may_name(&tenant) {
+        return error(&state, ADMIN, reason);
+    }
     let key = match (&q.public_key, &state.pinned_audit_key) {
         (Some(given), _) => (given.as_str(), KeySource::Given),
         (None, Some(pinned)) => (pinned.as_str(), KeySource::Pinned),

@@ -173,7 +173,7 @@ async fn admin_creates_secrets_and_sets_the_policy() {
     assert_eq!(records.len(), 3, "a policy and two secrets");
     assert_eq!(page.next_after_seq, None, "the chain ends there");
     let creations = AuditFilter {
-        operation: Some("CREATE_SECRET".to_owned()),
+        operation: Some(selene_kms_core::AuditAction::CreateSecret),
         ..AuditFilter::default()
     };
     let filtered = e

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use common::*;
 use reqwest::{Method, StatusCode};
 use selene_kms_server::ServeOptions;
-use serde_json::json;
+use serde_json::{Value, json};
 
 /// What is sent, with which content type, and the status and reason expected.
 type Case = (
@@ -527,7 +527,7 @@ async fn openapi_metrics_and_health_are_served() {
 /// `not_before_ms` refuses every handle issued before it as revoked (the tenant-wide brake).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disabled_tenant_or_the_brake_stops_redemption() {
-    async fn put_policy(s: &Server, extra: serde_json::Value) {
+    async fn put_policy(s: &Server, extra: Value) {
         let mut policy = json!({
             "rules": [{"secret_names": ["*"], "engines": ["PH1.CONNECTOR"], "operations": ["GET_HANDLE"]}]
         });
@@ -772,5 +772,95 @@ async fn authentication_comes_before_the_body_is_read() {
             "{token}"
         );
     }
+    s.stop().await;
+}
+
+/// The console's routes hold the same lines as the rest: the admin requests route takes admins
+/// only, mutations only, and only the tenant of its path, within the caller's scope; audit
+/// filters name real operations and reasons; a verification is scoped too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_consoles_routes_keep_role_tenant_and_operation() {
+    let s = Server::start().await;
+    s.provision("payments/stripe", None).await;
+    let path = format!("/v1/admin/tenants/{TENANT}/requests");
+    let send = |token: String, body: Value| {
+        let (s, path) = (&s, path.clone());
+        async move { s.call(Method::POST, &path, &token, Some(&body)).await }
+    };
+    let mut rotate = admin_request("ROTATE", "console-rotate");
+    rotate["dry_run"] = json!(true);
+    let planned = send(s.admin.clone(), rotate.clone()).await;
+    assert_eq!(
+        planned.json()["validation_status"],
+        "OK",
+        "{}",
+        planned.json()
+    );
+    let as_os = send(s.os.clone(), rotate.clone()).await;
+    assert_eq!(as_os.reason(), "KMS_FORBIDDEN_ROLE");
+    for op in ["GET_HANDLE", "ISSUE_EPHEMERAL"] {
+        let mut read = request(op, &format!("console-{op}"));
+        read["dry_run"] = json!(true);
+        let refused = send(s.admin.clone(), read).await;
+        assert_eq!(refused.reason(), "KMS_FORBIDDEN_ROLE", "{op}");
+        assert_eq!(refused.json()["validation_status"], "FAIL");
+    }
+    let mut elsewhere = rotate.clone();
+    elsewhere["tenant_id"] = json!("globex");
+    let mismatch = send(s.admin.clone(), elsewhere).await;
+    assert_eq!(mismatch.reason(), "PH1_KMS_INPUT_SCHEMA_INVALID");
+    // An admin of another tenant only.
+    let made = s
+        .call(
+            Method::POST,
+            "/v1/admin/principals",
+            &s.admin,
+            Some(&json!({"name": "globex-admin", "role": "admin", "tenants": ["globex"]})),
+        )
+        .await;
+    let scoped = made.json()["token"].as_str().expect("token").to_owned();
+    let foreign = send(scoped.clone(), rotate).await;
+    assert_eq!(foreign.reason(), "KMS_FORBIDDEN_TENANT");
+    let verify = s
+        .call(
+            Method::GET,
+            &format!("/v1/audit/verify?tenant_id={TENANT}"),
+            &scoped,
+            None,
+        )
+        .await;
+    assert_eq!(verify.reason(), "KMS_FORBIDDEN_TENANT");
+    // Filters: an unknown operation or reason is refused, a known one keeps only its records.
+    for (query, diagnostic) in [
+        ("operation=ROTATED", "operation:unknown"),
+        ("reason_code=KMS_NOPE", "reason_code:unknown"),
+    ] {
+        let a = s
+            .call(
+                Method::GET,
+                &format!("/v1/audit?tenant_id={TENANT}&{query}"),
+                &s.admin,
+                None,
+            )
+            .await;
+        assert_eq!(a.json()["diagnostics"], json!([diagnostic]), "{query}");
+    }
+    let page = s
+        .call(
+            Method::GET,
+            &format!("/v1/audit?tenant_id={TENANT}&operation=ROTATE&limit=10"),
+            &s.admin,
+            None,
+        )
+        .await
+        .json();
+    let records = page["records"].as_array().expect("records");
+    assert!(!records.is_empty());
+    assert!(records.iter().all(|r| r["operation"] == "ROTATE"), "{page}");
+    assert_eq!(
+        page["next_after_seq"],
+        Value::Null,
+        "the chain ends within the scan"
+    );
     s.stop().await;
 }

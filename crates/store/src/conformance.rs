@@ -111,27 +111,7 @@ pub async fn redeem(
     let mut then = (*current).clone();
     then.versions
         .truncate(usize::try_from(version).expect("a small version"));
-    let request = KmsRequest::from_json(
-        serde_json::json!({
-            "correlation_id": "c", "turn_id": "t", "idempotency_key": format!("read-{version}"),
-            "tenant_id": t.as_str(), "operation": "GET_HANDLE", "secret_name": n,
-            "requester_engine_id": "E",
-        })
-        .to_string()
-        .as_bytes(),
-    )
-    .expect("valid request");
-    let everyone = Policy::from_json(
-        br#"{"rules":[{"secret_names":["*"],"engines":["*"],"operations":["GET_HANDLE"]}]}"#,
-    )
-    .expect("valid policy");
-    let access = evaluate(&request, Some(&everyone), Some(&then), keys, now).expect("allowed");
-    let handle = issue(access, Some(&then), keys)
-        .expect("issued")
-        .bundle
-        .secret_handle
-        .expect("a handle");
-    let opened = refs::open_grant(keys, RefKind::Handle, t, &handle).expect("opens");
+    let (opened, everyone) = opened_handle(keys, t, n, &then);
     let revoked = store.is_revoked(t, opened.id()).await?;
     let grant =
         redeem::check(&opened, Some(&everyone), Some(&current), revoked, now).expect("redeemable");
@@ -151,6 +131,39 @@ pub fn fresh_material() -> SecretMaterial {
     let mut bytes = [0x5a_u8; 32];
     bytes[..8].copy_from_slice(&n.to_be_bytes());
     SecretMaterial::from_slice(&bytes)
+}
+
+/// A handle to the current version of `snapshot` (secret `n` of `t`), sealed by the pipeline
+/// under a policy that allows everyone, and opened: what a host holds before its checks. The
+/// policy comes with it.
+pub fn opened_handle(
+    keys: &selene_kms_core::ServiceKeys,
+    t: &TenantId,
+    n: &str,
+    snapshot: &SecretSnapshot,
+) -> (selene_kms_core::OpenedGrant, Policy) {
+    let request = KmsRequest::from_json(
+        serde_json::json!({
+            "correlation_id": "c", "turn_id": "t", "idempotency_key": "read",
+            "tenant_id": t.as_str(), "operation": "GET_HANDLE", "secret_name": n,
+            "requester_engine_id": "E",
+        })
+        .to_string()
+        .as_bytes(),
+    )
+    .expect("valid request");
+    let everyone = Policy::from_json(
+        br#"{"rules":[{"secret_names":["*"],"engines":["*"],"operations":["GET_HANDLE"]}]}"#,
+    )
+    .expect("valid policy");
+    let access = evaluate(&request, Some(&everyone), Some(snapshot), keys, NOW_MS).expect("ok");
+    let handle = issue(access, Some(snapshot), keys)
+        .expect("issued")
+        .bundle
+        .secret_handle
+        .expect("a handle");
+    let opened = refs::open_grant(keys, RefKind::Handle, t, &handle).expect("opens");
+    (opened, everyone)
 }
 
 /// Commits the creation of secret `n`, a credential.

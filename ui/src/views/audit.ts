@@ -51,14 +51,19 @@ async function fill(tenant: string, after: number, filters: Record<string, strin
 /// operation, engine and reason on the server, and its verification against the pinned key.
 export async function audit(tenant: string): Promise<HTMLElement> {
   const list = h("div", { id: "records" });
-  const status = h("div", { id: "verification", class: "panel" }, "Verifying…");
+  const status = h("div", { id: "verification", class: "panel" });
   const cursors: number[] = [0];
   let filters: Record<string, string> = {};
 
+  // Answers that arrive after a newer request was sent are dropped: the table always shows the
+  // filters and page the operator asked for last.
+  let generation = 0;
   const load = async (): Promise<void> => {
+    const mine = ++generation;
     const after = cursors[cursors.length - 1];
     try {
       const page = await fill(tenant, after, filters);
+      if (mine !== generation) return;
       const rows = page.records.map((r) => [
         r.seq,
         new Date(r.at_ms).toISOString(),
@@ -104,20 +109,29 @@ export async function audit(tenant: string): Promise<HTMLElement> {
     void load();
   });
 
-  void api<Verified>("GET", `/v1/audit/verify?tenant_id=${seg(tenant)}`)
-    .then((v) =>
-      replace(
-        status,
-        h(
-          "p",
-          { class: v.verified ? "ok" : "error", "data-verified": String(v.verified) },
-          v.verified ? "Verified" : "NOT verified",
-          ` against the ${v.key} key: ${v.records} records, ${v.manifested} under a signed manifest.`,
-          v.problem ? ` ${v.problem}` : "",
+  // Verifying walks the whole chain and the store's state on the server: on request only.
+  const verify = h("button", { type: "button", id: "verify" }, "Verify the chain") as HTMLButtonElement;
+  const outcome = h("span", { class: "muted" }, " against the key pinned when the store was made, by the server.");
+  verify.addEventListener("click", () => {
+    verify.disabled = true;
+    replace(outcome, " verifying…");
+    api<Verified>("GET", `/v1/audit/verify?tenant_id=${seg(tenant)}`)
+      .then((v) =>
+        replace(
+          outcome,
+          h(
+            "span",
+            { class: v.verified ? "ok" : "error", "data-verified": String(v.verified) },
+            v.verified ? " Verified" : " NOT verified",
+            ` by the server against the ${v.key} key: ${v.records} records, ${v.manifested} under a signed manifest.`,
+            v.problem ? ` ${v.problem}` : "",
+          ),
         ),
-      ),
-    )
-    .catch((e) => replace(status, failure(e)));
+      )
+      .catch((e) => replace(outcome, failure(e)))
+      .finally(() => (verify.disabled = false));
+  });
+  replace(status, verify, outcome);
   void load();
   return h("section", { id: "audit" }, h("h1", {}, `Audit of ${tenant}`), status, filter, list);
 }

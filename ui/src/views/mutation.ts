@@ -61,6 +61,10 @@ export function mutationForm(
     const path = `/v1/admin/tenants/${seg(tenant)}/requests`;
     try {
       const plan = await api<Bundle>("POST", path, { ...request, dry_run: true, idempotency_key: requestId("plan") });
+      if (!plan.simulation_id) {
+        replace(outcome, h("p", { class: "error", role: "alert" }, `Dry run: ${summary(plan)}; nothing to commit.`));
+        return;
+      }
       const commit = h("button", { type: "button", "data-action": "commit" }, "Commit");
       replace(
         outcome,

@@ -43,11 +43,14 @@ export async function secrets(tenant: string): Promise<HTMLElement> {
   let offset = 0;
   // After a change: the list read again, under the same filter and page, the outcome kept.
   const refresh = (): void => {
-    void read().then((fresh) => {
-      secrets = fresh;
-      shown = secrets.filter((s) => s.secret_name.includes(search.value));
-      draw();
-    });
+    read()
+      .then((fresh) => {
+        secrets = fresh;
+        shown = secrets.filter((s) => s.secret_name.includes(search.value));
+        offset = Math.min(offset, Math.max(0, shown.length - 1) - (Math.max(0, shown.length - 1) % SECRETS_PAGE));
+        draw();
+      })
+      .catch((e) => replace(listed, failure(e)));
   };
   const row = (s: Secret) => [
     h("span", { class: "mono" }, s.secret_name),
@@ -129,15 +132,16 @@ function createForm(base: string, refresh: () => void): HTMLElement {
   return form;
 }
 
-/// Staging: the operator types the next version's material into a password field; it is sent
-/// once, then the field is cleared. The console never reads a value back.
+/// Staging: the operator types the next version's material into a masked field (not a password
+/// field, which a browser would offer to save); it is sent once, then the field is cleared. The
+/// console never reads a value back.
 function stageForm(base: string, secret: string, refresh: () => void): HTMLElement {
   const status = h("span");
   const form = h(
     "form",
     { class: "inline", id: "stage" },
     h("strong", {}, `Stage the next version of ${secret}`),
-    h("label", {}, "material (sent once, never shown)", h("input", { name: "material", type: "password", required: true, autocomplete: "off" })),
+    h("label", {}, "material (sent once, never shown)", h("input", { name: "material", type: "text", class: "masked", required: true, autocomplete: "off", spellcheck: "false" })),
     h("button", { type: "submit" }, "Stage"),
     status,
   ) as HTMLFormElement;

@@ -2,14 +2,16 @@ import { ApiError, api } from "../api";
 import { failure, h, replace } from "../dom";
 import { signIn, signOut } from "../session";
 
-/// The sign-in form: an admin token, checked with `whoami` before it is kept (in this tab only).
+/// The sign-in form: an admin token, checked with `whoami` before it is kept (in this tab's
+/// memory only). The field is masked text rather than a password field, which browsers offer to
+/// save in their password managers.
 export function signin(onSignedIn: () => void): HTMLElement {
   const status = h("div");
   const form = h(
     "form",
     { id: "signin" },
     h("h1", {}, "Sign in"),
-    h("label", {}, "admin token", h("input", { name: "token", type: "password", required: true, autocomplete: "off" })),
+    h("label", {}, "admin token", h("input", { name: "token", type: "text", class: "masked", required: true, autocomplete: "off", spellcheck: "false" })),
     h("p", {}, h("button", { type: "submit" }, "Sign in")),
     h("p", { class: "muted" }, "The token is kept in this tab only, until you sign out or close it."),
     status,

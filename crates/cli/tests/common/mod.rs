@@ -25,6 +25,22 @@ pub(crate) fn selene_kms() -> Command {
     cmd
 }
 
+/// `selene-kms init --json` of a new data directory: what it printed (tokens, principals, the
+/// audit public key).
+pub(crate) fn init(data_dir: &Path) -> Value {
+    let out = selene_kms()
+        .args(["init", "--json", "--data-dir"])
+        .arg(data_dir)
+        .output()
+        .expect("init");
+    assert!(
+        out.status.success(),
+        "init: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("init JSON")
+}
+
 /// One `selene-kms serve` process; killed when dropped.
 pub(crate) struct Node {
     pub(crate) child: Child,

@@ -19,7 +19,7 @@ use crate::keys::ServiceKeys;
 use crate::policy::Policy;
 use crate::purpose::Purpose;
 use crate::reason::ReasonCode;
-use crate::redeem::{MaterialGrant, grant_version, usable};
+use crate::redeem::{MaterialGrant, grant_version, purpose_mismatch, usable};
 use crate::refs::{self, OpenedGrant, RefKind};
 use crate::refusal::Refusal;
 use crate::state::SecretSnapshot;
@@ -31,14 +31,6 @@ impl CryptoRequest {
         refs::open_grant(keys, RefKind::Handle, &self.tenant_id, &self.handle)
             .map_err(|_| Refusal::new(ReasonCode::HandleInvalid, Subject::Handle, Problem::Invalid))
     }
-}
-
-fn purpose_mismatch() -> Refusal {
-    Refusal::new(
-        ReasonCode::PurposeMismatch,
-        Subject::Purpose,
-        Problem::Mismatch,
-    )
 }
 
 /// Checks an opened handle as redemption does (tenant enabled, secret there, handle neither

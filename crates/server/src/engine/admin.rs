@@ -26,12 +26,12 @@ pub(crate) const MAX_AUDIT_SCAN: usize = 10_000;
 /// each when given.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AuditFilter {
-    /// The operation's wire name (`GET_HANDLE`, `SIGN`, …).
-    pub operation: Option<String>,
+    /// The operation.
+    pub operation: Option<AuditAction>,
     /// The requester engine id.
     pub engine: Option<String>,
-    /// The reason code's wire name.
-    pub reason_code: Option<String>,
+    /// The reason code.
+    pub reason_code: Option<ReasonCode>,
 }
 
 impl AuditFilter {
@@ -40,18 +40,12 @@ impl AuditFilter {
     }
 
     fn keeps(&self, r: &AuditRecord) -> bool {
-        let operation = r.operation.map(AuditAction::name);
-        self.operation
-            .as_deref()
-            .is_none_or(|o| operation == Some(o))
+        self.operation.is_none_or(|o| r.operation == Some(o))
             && self
                 .engine
                 .as_deref()
                 .is_none_or(|e| r.requester_engine_id.as_deref() == Some(e))
-            && self
-                .reason_code
-                .as_deref()
-                .is_none_or(|c| r.reason_code.name() == c)
+            && self.reason_code.is_none_or(|c| r.reason_code == c)
     }
 }
 
@@ -546,18 +540,29 @@ impl Engine {
     ) -> Result<Verification, AdminError> {
         caller.may_name(tenant)?;
         let (key, source) = key;
-        let report = selene_kms_store::verify::verify_tenant(&*self.store, tenant, now_ms).await?;
+        let witnessed = selene_kms_core::manifest::Witnessed::default();
+        let report =
+            selene_kms_store::verify::verify_store(&*self.store, Some(tenant), &witnessed, now_ms)
+                .await?;
+        let chain = report
+            .chains
+            .into_iter()
+            .next()
+            .ok_or(AdminError::from(ReasonCode::InternalPipelineError))?;
         let signs_with = selene_kms_core::audit::public_key_hex(self.store.keys());
         let problem = if !signs_with.eq_ignore_ascii_case(key.trim()) {
             Some(format!(
                 "the store signs with another key than the {} one",
                 source.name()
             ))
-        } else if let Some(broken) = &report.broken {
+        } else if let Some(broken) = &report.manifests_broken {
+            Some(format!("the signed manifests break: {broken}"))
+        } else if let Some(broken) = &chain.broken {
             Some(format!("the chain breaks at {broken}"))
         } else {
-            report.differs.clone()
+            chain.differs.clone()
         };
+        let report = chain;
         Ok(Verification {
             tenant_id: tenant.as_str().to_owned(),
             verified: problem.is_none(),

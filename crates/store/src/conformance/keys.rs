@@ -4,8 +4,7 @@ use std::sync::Arc;
 
 use selene_kms_core::crypto::{self, Input, Output};
 use selene_kms_core::{
-    AuditAction, AuditRecord, KmsRequest, Policy, Purpose, RefKind, SecretKind, SecretMaterial,
-    TenantId, evaluate, issue, redeem, refs,
+    AuditAction, AuditRecord, Purpose, SecretKind, SecretMaterial, TenantId, redeem, refs,
 };
 use zeroize::Zeroizing;
 
@@ -23,27 +22,7 @@ pub async fn use_key(
 ) -> StoreResult<Output> {
     let keys = store.keys();
     let current = snapshot(store, t, n).await;
-    let request = KmsRequest::from_json(
-        serde_json::json!({
-            "correlation_id": "c", "turn_id": "t", "idempotency_key": "use",
-            "tenant_id": t.as_str(), "operation": "GET_HANDLE", "secret_name": n,
-            "requester_engine_id": "E",
-        })
-        .to_string()
-        .as_bytes(),
-    )
-    .expect("valid request");
-    let everyone = Policy::from_json(
-        br#"{"rules":[{"secret_names":["*"],"engines":["*"],"operations":["GET_HANDLE"]}]}"#,
-    )
-    .expect("valid policy");
-    let access = evaluate(&request, Some(&everyone), Some(&current), keys, NOW_MS).expect("ok");
-    let handle = issue(access, Some(&current), keys)
-        .expect("issued")
-        .bundle
-        .secret_handle
-        .expect("a handle");
-    let opened = refs::open_grant(keys, RefKind::Handle, t, &handle).expect("opens");
+    let (opened, everyone) = super::opened_handle(keys, t, n, &current);
     let grant = crypto::check(
         &opened,
         Some(&everyone),
