@@ -60,6 +60,9 @@ pub struct AppState {
     /// The audit public key `init` pinned in the data directory (hex), if the server was given
     /// one: what `GET /v1/audit/verify` checks the store's key against by default.
     pub pinned_audit_key: Option<String>,
+    /// The witness file this server appends its manifests to, if any: a verification checks the
+    /// store against it too.
+    pub witness_file: Option<std::path::PathBuf>,
     /// The bound on open connections, which counts them.
     pub(crate) connections: Guard,
 }
@@ -829,7 +832,13 @@ async fn audit_verify(
     };
     let outcome = state
         .engine
-        .audit_verification(&caller, &tenant, key, now_ms())
+        .audit_verification(
+            &caller,
+            &tenant,
+            key,
+            state.witness_file.as_deref(),
+            now_ms(),
+        )
         .await
         .map(|v| (200, bodies::json(&v)));
     admin_reply(&state, ADMIN, outcome)

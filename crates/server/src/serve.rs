@@ -143,6 +143,7 @@ pub async fn serve(engine: Arc<Engine>, options: ServeOptions) -> std::io::Resul
         metrics: Metrics::default(),
         body_limit: options.body_limit,
         pinned_audit_key: options.pinned_audit_key.clone(),
+        witness_file: options.witness_file.clone(),
         connections: guard.clone(),
     });
     let app = router(state.clone()).layer(TimeoutLayer::with_status_code(

@@ -864,3 +864,52 @@ async fn the_consoles_routes_keep_role_tenant_and_operation() {
     );
     s.stop().await;
 }
+
+/// A verification on the server reads the witness file it appends to: a witness that holds
+/// verifies, one whose manifest was altered does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verification_checks_the_servers_witness_file() {
+    let witness_dir = tempfile::tempdir().expect("dir");
+    let witness = witness_dir.path().join("witness.jsonl");
+    let s = Server::start_with(ServeOptions {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        witness_file: Some(witness.clone()),
+        ..ServeOptions::default()
+    })
+    .await;
+    s.provision("payments/stripe", None).await;
+    // The server signs a manifest within a second of its chains moving.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::fs::read_to_string(&witness).map_or(true, |t| t.trim().is_empty()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no manifest witnessed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let key = s
+        .raw(Method::GET, "/v1/audit/public-key", None, None, Vec::new())
+        .await
+        .json()["audit_public_key"]
+        .as_str()
+        .expect("key")
+        .to_owned();
+    let path = format!("/v1/audit/verify?tenant_id={TENANT}&public_key={key}");
+    let verify = || s.call(Method::GET, &path, &s.admin, None);
+    let held = verify().await.json();
+    assert_eq!(held["verified"], true, "{held}");
+    let text = std::fs::read_to_string(&witness).expect("witness");
+    let line = text.lines().next().expect("a manifest");
+    let mut manifest: Value = serde_json::from_str(line).expect("JSON");
+    manifest["seq"] = json!(manifest["seq"].as_u64().expect("seq") + 1000);
+    std::fs::write(&witness, format!("{manifest}\n{text}")).expect("altered");
+    let broken = verify().await.json();
+    assert_eq!(broken["verified"], false, "{broken}");
+    assert!(
+        broken["problem"]
+            .as_str()
+            .is_some_and(|p| p.contains("witness")),
+        "{broken}"
+    );
+    s.stop().await;
+}

@@ -7,7 +7,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use selene_kms_core::manifest::{FULL_EVERY, ManifestBreak, Unsigned};
+use selene_kms_core::audit::VerifyingKey;
+use selene_kms_core::manifest::{FULL_EVERY, ManifestBreak, Unsigned, Witnessed};
 use selene_kms_core::{ChainHead, Manifest, ManifestChain, ManifestKind};
 
 use crate::codec::stored_tenant;
@@ -275,4 +276,22 @@ impl Manifester {
             None => Ok(()),
         }
     }
+}
+
+/// The manifests of a witness file (`serve --witness-file`), one JSON line each.
+pub fn read_witness(path: &Path) -> Result<Vec<Manifest>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(i, line)| {
+            serde_json::from_str(line)
+                .map_err(|_| format!("{} line {}: not a manifest", path.display(), i + 1))
+        })
+        .collect()
+}
+
+/// What a witness names, each manifest's signature checked under `key`.
+pub fn witnessed(witness: &[Manifest], key: &VerifyingKey) -> Result<Witnessed, String> {
+    Witnessed::read(witness, key).map_err(|e| format!("the witness file does not hold: {e}"))
 }

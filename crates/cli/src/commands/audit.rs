@@ -5,11 +5,11 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 use selene_kms_client::Method;
-use selene_kms_core::audit::{VerifyingKey, parse_public_key};
+use selene_kms_core::audit::parse_public_key;
 use selene_kms_core::export::{ExportChecks, verify_export};
-use selene_kms_core::manifest::Witnessed;
 use selene_kms_core::{AuditRecord, Manifest, TenantId};
 use selene_kms_server::now_ms;
+use selene_kms_store::manifest::{read_witness, witnessed};
 use selene_kms_store::verify::verify_store;
 
 use selene_kms_backends::StoreLocation;
@@ -308,24 +308,6 @@ async fn fetch_export(client: &Client, tenant: Option<&str>) -> Result<String, F
         return Err(answer.failure("export"));
     }
     String::from_utf8(answer.body).map_err(|_| Failure::from("the export is not UTF-8"))
-}
-
-/// The manifests of a witness file, one JSON line each.
-fn read_witness(path: &std::path::Path) -> Result<Vec<Manifest>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    text.lines()
-        .enumerate()
-        .filter(|(_, line)| !line.trim().is_empty())
-        .map(|(i, line)| {
-            serde_json::from_str(line)
-                .map_err(|_| format!("{} line {}: not a manifest", path.display(), i + 1))
-        })
-        .collect()
-}
-
-/// What a witness names, each manifest's signature checked under `key`.
-fn witnessed(witness: &[Manifest], key: &VerifyingKey) -> Result<Witnessed, String> {
-    Witnessed::read(witness, key).map_err(|e| format!("the witness file does not hold: {e}"))
 }
 
 /// What an offline verification covers.

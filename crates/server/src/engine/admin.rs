@@ -528,19 +528,40 @@ impl Engine {
         }
     }
 
-    /// Verifies a tenant's chain (links, digests, record MACs, the signed manifests, and the
-    /// store's state against the chain) and whether the store signs with `key`: the key pinned
-    /// when the store was made, or one the caller gives.
+    /// Verifies a tenant's chain (links, digests, record MACs, the signed manifests, what a
+    /// witness file names, and the store's state against the chain) and whether the store signs
+    /// with `key`: the key pinned when the store was made, or one the caller gives.
     pub async fn audit_verification(
         &self,
         caller: &Caller,
         tenant: &TenantId,
         key: (&str, KeySource),
+        witness_file: Option<&std::path::Path>,
         now_ms: u64,
     ) -> Result<Verification, AdminError> {
         caller.may_name(tenant)?;
         let (key, source) = key;
-        let witnessed = selene_kms_core::manifest::Witnessed::default();
+        // The manifests a witness file holds (beyond the database's reach): the store must still
+        // hold every head they name, or it was rolled back.
+        let witness = match (witness_file, selene_kms_core::audit::parse_public_key(key)) {
+            (Some(path), Some(public)) => selene_kms_store::manifest::read_witness(path)
+                .and_then(|manifests| selene_kms_store::manifest::witnessed(&manifests, &public)),
+            (Some(_), None) => Err("the key is not 64 hex characters".to_owned()),
+            (None, _) => Ok(selene_kms_core::manifest::Witnessed::default()),
+        };
+        let witnessed = match witness {
+            Ok(witnessed) => witnessed,
+            Err(problem) => {
+                return Ok(Verification {
+                    tenant_id: tenant.as_str().to_owned(),
+                    verified: false,
+                    records: 0,
+                    manifested: 0,
+                    key: source.name(),
+                    problem: Some(problem),
+                });
+            }
+        };
         let report =
             selene_kms_store::verify::verify_store(&*self.store, Some(tenant), &witnessed, now_ms)
                 .await?;
