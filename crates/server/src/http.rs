@@ -29,6 +29,7 @@ use selene_kms_core::{
     KmsRequest, MaterialBundle, Operation, Policy, Problem, ReasonCode, Role, Subject, TenantId,
 };
 use serde::Deserialize;
+use zeroize::Zeroize;
 
 use crate::auth::{AuthError, Authenticator, Presented};
 use crate::connections::Guard;
@@ -502,7 +503,12 @@ async fn crypto(
         Ok(authorized) => authorized,
         Err(r) => return r,
     };
-    let outcome = match CryptoRequest::from_json(op, &bytes) {
+    let parsed = CryptoRequest::from_json(op, &bytes);
+    // The body held the caller's data in base64: wiped once parsed, when this is its only copy.
+    if let Ok(mut body) = bytes.try_into_mut() {
+        body.zeroize();
+    }
+    let outcome = match parsed {
         Ok(req) => state.engine.crypto(&caller, &req, now_ms()).await,
         Err(refusal) => Err(refusal),
     };

@@ -6,7 +6,7 @@ use std::fmt;
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use serde::{Deserialize, Serialize};
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::audit::AuditAction;
 use crate::diagnostics::{Problem, Subject};
@@ -97,6 +97,25 @@ pub struct RawCryptoRequest {
     pub aad_b64: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ciphertext: Option<String>,
+}
+
+/// The base64 texts a request carried (data, plaintext, associated data, a tag, a ciphertext)
+/// are wiped with it: they hold what the caller sent to be used.
+impl Drop for RawCryptoRequest {
+    fn drop(&mut self) {
+        [
+            &mut self.secret_handle,
+            &mut self.data_b64,
+            &mut self.signature_b64,
+            &mut self.mac_b64,
+            &mut self.plaintext_b64,
+            &mut self.aad_b64,
+            &mut self.ciphertext,
+        ]
+        .into_iter()
+        .flatten()
+        .for_each(Zeroize::zeroize);
+    }
 }
 
 impl fmt::Debug for RawCryptoRequest {
