@@ -53,6 +53,17 @@ impl Cli<'_> {
     }
 }
 
+/// A store made by `init`, served, with the tenant's policy and a secret: its directory, what
+/// `init` printed, and the node.
+async fn provisioned() -> (tempfile::TempDir, Value, Node) {
+    let dir = tempfile::tempdir().expect("dir");
+    let data = dir.path().join("kms");
+    let init = common::init(&data);
+    let node = Node::start(&data, None);
+    Api::from_init(&init).provision(&node.url, &node.url).await;
+    (dir, init, node)
+}
+
 fn write(dir: &Path, name: &str, bytes: &[u8]) -> String {
     let path = dir.join(name);
     std::fs::write(&path, bytes).expect("write");
@@ -61,11 +72,7 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_command_line_journey() {
-    let dir = tempfile::tempdir().expect("dir");
-    let data = dir.path().join("kms");
-    let init = common::init(&data);
-    let node = Node::start(&data, None);
-    Api::from_init(&init).provision(&node.url, &node.url).await;
+    let (dir, init, node) = provisioned().await;
     let cli = Cli {
         node: &node,
         init: &init,
@@ -245,11 +252,7 @@ async fn the_command_line_journey() {
 /// stdin, their public keys and terms; a key's handle is never redeemed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_through_the_command_line() {
-    let dir = tempfile::tempdir().expect("dir");
-    let data = dir.path().join("kms");
-    let init = common::init(&data);
-    let node = Node::start(&data, None);
-    Api::from_init(&init).provision(&node.url, &node.url).await;
+    let (dir, init, node) = provisioned().await;
     let cli = Cli {
         node: &node,
         init: &init,

@@ -258,6 +258,18 @@ struct BodyRule {
 }
 
 impl BodyRule {
+    /// An executor route's (redemption, crypto), within `limit` when it needs more room than
+    /// the server's limit gives.
+    fn executor(operation: Option<&'static str>, limit: Option<usize>) -> Self {
+        Self {
+            role: Role::Executor,
+            operation,
+            shape: Shape::Admin,
+            need: Need::Required,
+            limit,
+        }
+    }
+
     /// An admin route's.
     fn admin(need: Need) -> Self {
         Self {
@@ -437,21 +449,8 @@ async fn redeem(
     body: Body,
 ) -> Response {
     const OP: Option<&str> = Some("REDEEM");
-    let (caller, bytes) = match authorized_body(
-        &state,
-        &credentials,
-        &headers,
-        body,
-        BodyRule {
-            role: Role::Executor,
-            operation: OP,
-            shape: Shape::Admin,
-            need: Need::Required,
-            limit: None,
-        },
-    )
-    .await
-    {
+    let rule = BodyRule::executor(OP, None);
+    let (caller, bytes) = match authorized_body(&state, &credentials, &headers, body, rule).await {
         Ok(authorized) => authorized,
         Err(r) => return r,
     };
@@ -485,21 +484,8 @@ async fn crypto(
 ) -> Response {
     let State(state) = state;
     let operation = Some(op.action().name());
-    let (caller, bytes) = match authorized_body(
-        &state,
-        &credentials,
-        &headers,
-        body,
-        BodyRule {
-            role: Role::Executor,
-            operation,
-            shape: Shape::Admin,
-            need: Need::Required,
-            limit: Some(CRYPTO_BODY_LIMIT),
-        },
-    )
-    .await
-    {
+    let rule = BodyRule::executor(operation, Some(CRYPTO_BODY_LIMIT));
+    let (caller, bytes) = match authorized_body(&state, &credentials, &headers, body, rule).await {
         Ok(authorized) => authorized,
         Err(r) => return r,
     };
