@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Api, Node, describe, json_of, request, selene_kms};
+use common::{Api, Node, TENANT, describe, json_of, request, selene_kms};
 use pg_cluster::Cluster;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -375,4 +375,69 @@ async fn a_revocation_through_one_node_holds_on_the_other_at_once() {
     for node in [&a, &b] {
         assert_eq!(whoami(&d.api, node, &d.api.os).await, StatusCode::OK);
     }
+}
+
+/// The version a handle redeems to through `node`.
+async fn handle_version(api: &Api, node: &str, id: &str) -> u64 {
+    let mut get = request("GET_HANDLE", false);
+    get["idempotency_key"] = json!(id);
+    let sent = api.kms(node, &get).await.expect("sent");
+    assert_eq!(sent.0, StatusCode::OK, "{}", describe(&sent));
+    let handle = json_of(&sent)["secret_handle"]
+        .as_str()
+        .expect("handle")
+        .to_owned();
+    let redeemed = api.redeem(node, &handle).await;
+    assert_eq!(redeemed.0, StatusCode::OK, "{}", describe(&redeemed));
+    json_of(&redeemed)["version"].as_u64().expect("version")
+}
+
+/// A node decides a first attempt from the policy and secret it remembers, and what another
+/// node changed since must still decide the answer: a rotation is issued from at once, a policy
+/// that now refuses refuses, and one that allows again allows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn what_a_node_remembers_never_outlives_a_change_through_the_other() {
+    let d = Deployment::start().await;
+    let (a, b) = (d.url(0), d.url(1));
+    // Node b remembers the policy and the secret at version 1.
+    assert_eq!(handle_version(&d.api, &b, "warm-1").await, 1);
+    assert_eq!(handle_version(&d.api, &b, "warm-2").await, 1);
+
+    assert_eq!(
+        d.api.rotate(&a, "rotated-elsewhere").await.expect("sent"),
+        2
+    );
+    assert_eq!(
+        handle_version(&d.api, &b, "after-rotation").await,
+        2,
+        "node b issues from the version node a made current"
+    );
+
+    let path = format!("/v1/admin/tenants/{TENANT}/policy");
+    let closed = json!({
+        "rules": [{"secret_names": ["*"], "engines": ["PH1.OS"], "operations": ["ROTATE", "REVOKE"]}],
+        "admins": ["u-admin"]
+    });
+    let put = d
+        .api
+        .call(
+            &a,
+            reqwest::Method::PUT,
+            &path,
+            Some(&d.api.admin),
+            Some(&closed),
+        )
+        .await
+        .expect("sent");
+    assert_eq!(put.0, StatusCode::OK, "{}", describe(&put));
+    let mut get = request("GET_HANDLE", false);
+    get["idempotency_key"] = json!("after-closing");
+    let refused = d.api.kms(&b, &get).await.expect("sent");
+    assert_eq!(refused.0, StatusCode::FORBIDDEN, "{}", describe(&refused));
+    assert_eq!(json_of(&refused)["reason_code"], "KMS_NOT_AUTHORIZED");
+
+    // Node b now remembers the closed policy; node a opens it again.
+    d.api.provision_policy(&a).await;
+    assert_eq!(handle_version(&d.api, &b, "after-opening").await, 2);
+    assert_eq!(d.api.verify_audit(&b).await, d.api.verify_audit(&a).await);
 }

@@ -12,16 +12,17 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use deadpool_postgres::GenericClient;
-use selene_kms_core::{SecretName, ServiceKeys, TenantId, audit::GENESIS_DIGEST};
+use selene_kms_core::{SecretName, SecretSnapshot, ServiceKeys, TenantId, audit::GENESIS_DIGEST};
 use selene_kms_store::backend::{
-    Committed, ErrorKind, Head, IdempotencyScope, Item, Needs, SharedRoot, StoreError, StoreResult,
-    StoredSecret, Writes, head_mac, head_of_row,
+    Committed, ErrorKind, Head, IdempotencyScope, Item, Needs, SecretKey, SharedRoot, StoreError,
+    StoreResult, StoredSecret, Writes, head_mac, head_of_row,
 };
 
 use crate::codec::{col, col_u64, stored_tenant, to_db, to_db_saturating};
 use crate::keys::{DataKeys, load_data_key, root_is_current};
 use crate::reads::{Fresh, corrupt, secret_row};
 use crate::sql::{self, Statement};
+use crate::writer::SecretCache;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
@@ -34,15 +35,11 @@ pub(crate) async fn read_committed(
     keys: &ServiceKeys,
     root: &SharedRoot,
     data_keys: &DataKeys,
+    cached: &SecretCache,
 ) -> StoreResult<Committed> {
     const HEADS: &str = "audit head";
     let tenants: Vec<&str> = needs.tenants.iter().map(TenantId::as_str).collect();
-    let secrets: Vec<_> = needs
-        .secrets
-        .iter()
-        .chain(&needs.grant_secrets)
-        .cloned()
-        .collect();
+    let secrets = SecretReads::of(needs, cached)?;
     let mut flight = vec![
         Statement::new(
             "INSERT INTO tenants (tenant_id, audit_head)
@@ -57,12 +54,12 @@ pub(crate) async fn read_committed(
             HEADS,
         ),
     ];
-    flight.extend(secrets_statement(&secrets));
+    flight.extend(secrets.statement());
     flight.extend(taken_statement(&needs.idempotency));
     let mut answers = sql::flight(client, &flight).await?.into_iter().skip(1);
     let mut next = || answers.next().unwrap_or_default();
     let rows = next();
-    let secret_rows = if secrets.is_empty() {
+    let secret_rows = if secrets.keys.is_empty() {
         Vec::new()
     } else {
         next()
@@ -123,81 +120,122 @@ pub(crate) async fn read_committed(
             None => {}
         }
     }
-    read_secrets(&secret_rows, &mut committed)?;
+    secrets.read(&secret_rows, &mut committed)?;
     crate::principals::read_committed(client, keys, needs, &mut committed).await?;
     committed.taken = read_taken(&taken_rows)?;
     Ok(committed)
 }
 
-/// The read of the batch's secrets, if it needs any.
-fn secrets_statement<'a>(secrets: &'a [(TenantId, SecretName)]) -> Option<Statement<'a>> {
-    if secrets.is_empty() {
-        return None;
-    }
-    Some(Statement::new(
-        "SELECT s.state_version, s.secret_ref, s.kind, s.ttl_min_ms, s.ttl_max_ms,
-                s.ttl_default_ms, s.handle_ttl_ms, s.staged IS NOT NULL,
-                s.purpose, s.min_decryption_version,
-                COALESCE((SELECT max(v.version) FROM versions v
-                          WHERE v.tenant_id = s.tenant_id AND v.secret_name = s.secret_name), 0),
-                ARRAY(SELECT v.version FROM versions v
-                      WHERE v.tenant_id = s.tenant_id AND v.secret_name = s.secret_name
-                        AND v.state = 'REVOKED'
-                      ORDER BY v.version),
-                n.tenant_id, n.secret_name, s.staged,
-                (SELECT v.sealed FROM versions v
-                 WHERE v.tenant_id = s.tenant_id AND v.secret_name = s.secret_name
-                 ORDER BY v.version DESC LIMIT 1)
-         FROM unnest($1::text[], $2::text[]) AS n(tenant_id, secret_name)
-         -- One index lookup per name (see the idempotency read).
-         CROSS JOIN LATERAL (
-             SELECT * FROM secrets s
-             WHERE s.tenant_id = n.tenant_id AND s.secret_name = n.secret_name
-             LIMIT 1) AS s",
-        vec![
-            param(column(secrets, |(t, _)| t.as_str())),
-            param(column(secrets, |(_, n)| n.as_str())),
-        ],
-        SECRET_READ,
-    ))
-}
-
 const SECRET_READ: &str = "secret read";
 
-/// Reads the batch's secrets into `committed`; a row that does not parse refuses only the
-/// units that need it.
-fn read_secrets(rows: &[Row], committed: &mut Committed) -> StoreResult<()> {
-    for row in rows {
-        // The names asked for, so these parse unless the database answers nonsense.
-        let tenant = stored_tenant(col(row, 12, SECRET_READ)?)?;
-        let name = SecretName::try_from(col::<String>(row, 13, SECRET_READ)?)
-            .map_err(|_| corrupt("a secret name"))?;
-        let stored = match secret_row(row) {
-            Ok(Fresh::Loaded(_, snapshot)) => {
-                let staged = col(row, 14, SECRET_READ);
-                let latest = col(row, 15, SECRET_READ);
-                staged.and_then(|staged| {
-                    Ok(StoredSecret {
-                        snapshot: Arc::new(snapshot),
-                        staged,
-                        latest: latest?,
-                    })
-                })
-            }
-            Ok(Fresh::Unchanged(_)) => Err(corrupt("a secret row")),
-            Err(e) => Err(e),
+/// The batch's read of its secrets: each with the state version of the snapshot this node
+/// holds, so that an unchanged secret costs an index probe and not its versions, and with its
+/// latest sealed version only where a change seals new material.
+struct SecretReads {
+    keys: Vec<SecretKey>,
+    held: Vec<i64>,
+    sealing: Vec<bool>,
+    /// The snapshots held, by key, at the state version sent.
+    snapshots: HashMap<SecretKey, (u64, Arc<SecretSnapshot>)>,
+}
+
+impl SecretReads {
+    fn of(needs: &Needs, cached: &SecretCache) -> StoreResult<Self> {
+        let mut reads = Self {
+            keys: Vec::new(),
+            held: Vec::new(),
+            sealing: Vec::new(),
+            snapshots: HashMap::new(),
         };
-        match stored {
-            Ok(stored) => {
-                committed.secrets.insert((tenant, name), stored);
+        for key in needs.secrets.iter().chain(&needs.grant_secrets) {
+            // Versions start at 1, so -1 matches none.
+            let mut held = -1;
+            if let Some((version, snapshot)) = cached.entry(key) {
+                held = to_db(version)?;
+                reads.snapshots.insert(key.clone(), (version, snapshot));
             }
-            Err(e) if e.kind == ErrorKind::Corrupt => {
-                committed.unreadable.insert(Item::Secret((tenant, name)), e);
-            }
-            Err(e) => return Err(e),
+            reads.keys.push(key.clone());
+            reads.held.push(held);
+            reads.sealing.push(needs.sealing.binary_search(key).is_ok());
         }
+        Ok(reads)
     }
-    Ok(())
+
+    /// The statement, if the batch reads any secret.
+    fn statement(&self) -> Option<Statement<'_>> {
+        if self.keys.is_empty() {
+            return None;
+        }
+        Some(Statement::new(
+            "SELECT s.state_version, s.secret_ref, s.kind, s.ttl_min_ms, s.ttl_max_ms,
+                    s.ttl_default_ms, s.handle_ttl_ms, s.staged IS NOT NULL,
+                    s.purpose, s.min_decryption_version,
+                    CASE WHEN s.state_version = n.held THEN NULL ELSE COALESCE((
+                        SELECT max(v.version) FROM versions v
+                        WHERE v.tenant_id = s.tenant_id AND v.secret_name = s.secret_name), 0) END,
+                    CASE WHEN s.state_version = n.held THEN NULL ELSE ARRAY(
+                        SELECT v.version FROM versions v
+                        WHERE v.tenant_id = s.tenant_id AND v.secret_name = s.secret_name
+                          AND v.state = 'REVOKED'
+                        ORDER BY v.version) END,
+                    n.tenant_id, n.secret_name, s.staged,
+                    CASE WHEN n.sealing THEN (
+                        SELECT v.sealed FROM versions v
+                        WHERE v.tenant_id = s.tenant_id AND v.secret_name = s.secret_name
+                        ORDER BY v.version DESC LIMIT 1) END
+             FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bool[])
+                  AS n(tenant_id, secret_name, held, sealing)
+             -- One index lookup per name (see the idempotency read).
+             CROSS JOIN LATERAL (
+                 SELECT * FROM secrets s
+                 WHERE s.tenant_id = n.tenant_id AND s.secret_name = n.secret_name
+                 LIMIT 1) AS s",
+            vec![
+                param(column(&self.keys, |(t, _)| t.as_str())),
+                param(column(&self.keys, |(_, n)| n.as_str())),
+                param(self.held.clone()),
+                param(self.sealing.clone()),
+            ],
+            SECRET_READ,
+        ))
+    }
+
+    /// Reads the batch's secrets into `committed`; a row that does not parse refuses only the
+    /// units that need it.
+    fn read(&self, rows: &[Row], committed: &mut Committed) -> StoreResult<()> {
+        for row in rows {
+            // The names asked for, so these parse unless the database answers nonsense.
+            let tenant = stored_tenant(col(row, 12, SECRET_READ)?)?;
+            let name = SecretName::try_from(col::<String>(row, 13, SECRET_READ)?)
+                .map_err(|_| corrupt("a secret name"))?;
+            let key = (tenant, name);
+            let snapshot = match secret_row(row) {
+                Ok(Fresh::Loaded(_, snapshot)) => Ok(Arc::new(snapshot)),
+                Ok(Fresh::Unchanged(version)) => match self.snapshots.get(&key) {
+                    Some((held, snapshot)) if *held == version => Ok(snapshot.clone()),
+                    _ => Err(corrupt("a secret row")),
+                },
+                Err(e) => Err(e),
+            };
+            let stored = snapshot.and_then(|snapshot| {
+                Ok(StoredSecret {
+                    snapshot,
+                    staged: col(row, 14, SECRET_READ)?,
+                    latest: col(row, 15, SECRET_READ)?,
+                })
+            });
+            match stored {
+                Ok(stored) => {
+                    committed.secrets.insert(key, stored);
+                }
+                Err(e) if e.kind == ErrorKind::Corrupt => {
+                    committed.unreadable.insert(Item::Secret(key), e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
 }
 
 const IDEMPOTENCY_READ: &str = "idempotency read";

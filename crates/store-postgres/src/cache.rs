@@ -35,6 +35,13 @@ impl<K: Hash + Eq, V: Clone> VersionedCache<K, V> {
         self.entries.read().ok()?.get(key).map(|(v, _)| *v)
     }
 
+    /// The cached entry with its version, whatever the database holds now: for a read that
+    /// sends the version along and uses the value only if the database answers "unchanged",
+    /// or for a decision whose commit checks the version again.
+    pub(crate) fn entry(&self, key: &K) -> Option<(u64, V)> {
+        self.entries.read().ok()?.get(key).cloned()
+    }
+
     /// The cached value, only if it is exactly at `version` (the one the database just gave).
     pub(crate) fn get_at(&self, key: &K, version: u64) -> Option<V> {
         let entries = self.entries.read().ok()?;

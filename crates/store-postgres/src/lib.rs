@@ -49,7 +49,7 @@ use selene_kms_core::{
 };
 use selene_kms_store::backend::{
     BatchHistogram, CommitUnit, Credential, DataKey, ErrorKind, IdempotencyRecord,
-    IdempotencyScope, KeptRecord, PrincipalListing, PrincipalRecord, Receipt, RootKey,
+    IdempotencyScope, KeptRecord, PrincipalListing, PrincipalRecord, Receipt, Remembered, RootKey,
     SecretListing, SharedRoot, Store, StoreError, StoreResult, StoredPolicy, TenantSummary,
     WriteHealth,
 };
@@ -230,6 +230,12 @@ impl Store for PostgresStore {
         self.secrets
             .put(key, snapshot.state_version, snapshot.clone());
         Ok(Some(snapshot))
+    }
+
+    fn remembered(&self, tenant: &TenantId, name: &SecretName) -> Option<Remembered> {
+        let (_, policy) = self.policies.entry(tenant)?;
+        let (_, secret) = self.secrets.entry(&(tenant.clone(), name.clone()))?;
+        Some(Remembered { policy, secret })
     }
 
     async fn list_secrets(&self, tenant: &TenantId) -> StoreResult<Vec<SecretListing>> {

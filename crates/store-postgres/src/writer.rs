@@ -126,8 +126,15 @@ impl Writer {
     ) -> StoreResult<Vec<StoreResult<Receipt>>> {
         let tx = client.transaction().await.map_err(pg("begin"))?;
         let needs = Needs::of(&units);
-        let committed =
-            read_committed(&tx, &needs, &self.keys, &self.root, &self.data_keys).await?;
+        let committed = read_committed(
+            &tx,
+            &needs,
+            &self.keys,
+            &self.root,
+            &self.data_keys,
+            &self.secrets,
+        )
+        .await?;
         let decided = self
             .root
             .with(|root| plan(&self.keys, root, committed, units));

@@ -51,6 +51,10 @@ pub struct Needs {
     pub key_tenants: Vec<TenantId>,
     /// Secrets the batch checks or changes.
     pub secrets: Vec<SecretKey>,
+    /// Of `secrets`, those a change seals new material for (a generated rotation, staging),
+    /// which must come with their latest version's material (see [`StoredSecret::latest`]);
+    /// a backend may leave it out for the others.
+    pub sealing: Vec<SecretKey>,
     /// Secrets the batch only reads the state version of, to check a grant (see
     /// `GrantedRead`), and that are not in `secrets`: a backend that knows the committed
     /// snapshot without a read may give it without its staged material.
@@ -99,7 +103,7 @@ impl Needs {
                     needs.grant_secrets.push((tenant.clone(), name));
                 }
             }
-            let (name, keyed) = match &unit.change {
+            let (name, keyed, sealing) = match &unit.change {
                 Change::None => continue,
                 Change::CreatePrincipal(new) => {
                     needs.principal_names.push(new.name.clone());
@@ -124,14 +128,25 @@ impl Needs {
                     needs.policy_tenants.push(tenant.clone());
                     continue;
                 }
-                Change::Secret { name, change, .. } => {
-                    (name, matches!(change, StateChange::Rotate { .. }))
-                }
-                Change::CreateSecret(new) => (&new.name, true),
-                Change::StageMaterial { name, .. } => (name, true),
-                Change::SetMinDecryptionVersion { name, .. } => (name, false),
+                Change::Secret { name, change, .. } => (
+                    name,
+                    matches!(change, StateChange::Rotate { .. }),
+                    matches!(
+                        change,
+                        StateChange::Rotate {
+                            from_staged: false,
+                            ..
+                        }
+                    ),
+                ),
+                Change::CreateSecret(new) => (&new.name, true, false),
+                Change::StageMaterial { name, .. } => (name, true, true),
+                Change::SetMinDecryptionVersion { name, .. } => (name, false, false),
             };
             needs.secrets.push((tenant.clone(), name.clone()));
+            if sealing {
+                needs.sealing.push((tenant.clone(), name.clone()));
+            }
             if keyed {
                 needs.key_tenants.push(tenant.clone());
             }
@@ -144,8 +159,10 @@ impl Needs {
             list.sort();
             list.dedup();
         }
-        needs.secrets.sort();
-        needs.secrets.dedup();
+        for list in [&mut needs.secrets, &mut needs.sealing] {
+            list.sort();
+            list.dedup();
+        }
         needs.grant_secrets.sort();
         needs.grant_secrets.dedup();
         let changed = &needs.secrets;
@@ -184,9 +201,12 @@ enum SecretRead {
     /// The state version read, exactly: the grant changes the secret (its compare-and-set
     /// checks the same).
     State(Option<u64>),
-    /// The version a handle or credential was issued from is still active: a rotation since the
-    /// read leaves it usable, a revocation does not.
-    Active(Option<u64>),
+    /// The version a handle or credential was issued from is still the secret's current one,
+    /// and active: a rotation or a revocation of it since the read voids the grant, so that
+    /// no node issues from a version that is no longer current however old its read (a node
+    /// may decide from state it remembers and leave the check to this commit). Staging, or
+    /// revoking another version, leaves it standing.
+    Current(Option<u64>),
 }
 
 impl GrantedRead {
@@ -196,7 +216,7 @@ impl GrantedRead {
             return None;
         };
         let holds = match unit.change {
-            Change::None => SecretRead::Active(inputs.current_version),
+            Change::None => SecretRead::Current(inputs.current_version),
             _ => SecretRead::State(inputs.state_version),
         };
         Some(Self {
@@ -704,10 +724,10 @@ impl Working<'_> {
         };
         let holds = match read.holds {
             SecretRead::State(version) => secret.map(|s| s.state_version) == version,
-            SecretRead::Active(version) => {
-                let state = version.and_then(|v| secret.and_then(|s| s.version_state(v)));
-                state == Some(VersionState::Active)
-            }
+            SecretRead::Current(version) => secret.is_some_and(|s| {
+                Some(s.current_version()) == version
+                    && s.version_state(s.current_version()) == Some(VersionState::Active)
+            }),
         };
         if policy.unwrap_or(0) != read.policy_version || !holds {
             return Err(refused(

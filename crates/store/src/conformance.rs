@@ -339,9 +339,10 @@ fn answered_read(t: &TenantId, n: &str, reason: ReasonCode, read: Read) -> Commi
 }
 
 /// A grant commits only while the policy version its decision read is the committed one and
-/// what it rests on still holds: the version a handle is issued from is still active (a
-/// rotation since does not void it, a revocation does), and a change to the secret is made
-/// from its current state. A refusal or a dry run is not held to its reads.
+/// what it rests on still holds: the version a handle is issued from is still the current,
+/// active one (a rotation since voids it, as a revocation of it does; a revocation of another
+/// version does not), and a change to the secret is made from its current state. A refusal or
+/// a dry run is not held to its reads.
 pub async fn a_grant_commits_only_while_what_it_read_is_committed(store: Arc<dyn Store>) {
     let t = tenant("acme");
     create(&*store, &t, "k", SecretKind::Generated, None)
@@ -365,13 +366,19 @@ pub async fn a_grant_commits_only_while_what_it_read_is_committed(store: Arc<dyn
     )
     .await
     .expect("rotate");
-    store
-        .commit(grant((None, Some(1), Some(1))))
-        .await
-        .expect("a rotation leaves version 1 usable");
+    let voided = store.commit(grant((None, Some(1), Some(1)))).await;
+    assert_eq!(
+        voided.map_err(|e| e.kind),
+        Err(ErrorKind::StateConflict),
+        "a rotation voids a grant of the version it replaced"
+    );
     change(&*store, &t, "k", 2, StateChange::RevokeVersion(1))
         .await
         .expect("revoke");
+    store
+        .commit(grant((None, Some(2), Some(2))))
+        .await
+        .expect("revoking another version leaves the current one grantable");
     let records = audit_len(&*store, &t).await;
     for read in [
         (None, Some(1), Some(1)),

@@ -34,7 +34,7 @@ pub use health::{FAILING_FOR, WriteHealth};
 pub use model::{
     Change, CommitUnit, Credential, IdempotencyRecord, IdempotencyScope, IdempotencyWrite,
     KeptRecord, MAX_KEPT_INPUTS, NewPrincipal, NewSecret, NewToken, PrincipalListing,
-    PrincipalRecord, Receipt, SecretListing, StoredPolicy, TenantSummary, TokenRecord,
+    PrincipalRecord, Receipt, Remembered, SecretListing, StoredPolicy, TenantSummary, TokenRecord,
     VersionListing,
 };
 pub use stats::{BATCH_BOUNDS, BatchHistogram, FLUSH_BOUNDS, FlushHistogram, MAX_BATCH};

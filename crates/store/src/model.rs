@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use selene_kms_core::{
     AuditRecord, DecisionInputs, Kept, MaterialBundle, Policy, PolicyDocument, PrincipalId,
-    PrincipalName, Purpose, Role, SecretKind, SecretMaterial, SecretName, SpiffeId, StateChange,
-    TenantId, TenantScope, TokenId, TtlBounds,
+    PrincipalName, Purpose, Role, SecretKind, SecretMaterial, SecretName, SecretSnapshot, SpiffeId,
+    StateChange, TenantId, TenantScope, TokenId, TtlBounds,
 };
 
 use crate::envelope::DataKey;
@@ -19,6 +19,15 @@ pub struct StoredPolicy {
     pub policy: Arc<Policy>,
     /// Advances on every `PUT …/policy`.
     pub version: u64,
+}
+
+/// A tenant's policy and one of its secrets as a node remembers them (see
+/// [`crate::Store::remembered`]).
+pub struct Remembered {
+    /// The policy.
+    pub policy: StoredPolicy,
+    /// The secret.
+    pub secret: Arc<SecretSnapshot>,
 }
 
 impl StoredPolicy {

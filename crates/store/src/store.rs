@@ -14,7 +14,7 @@ use crate::error::StoreResult;
 use crate::health::WriteHealth;
 use crate::model::{
     CommitUnit, Credential, IdempotencyRecord, IdempotencyScope, KeptRecord, PrincipalListing,
-    PrincipalRecord, Receipt, SecretListing, StoredPolicy, TenantSummary,
+    PrincipalRecord, Receipt, Remembered, SecretListing, StoredPolicy, TenantSummary,
 };
 use crate::stats::BatchHistogram;
 
@@ -44,6 +44,17 @@ pub trait Store: Send + Sync + 'static {
         tenant: &TenantId,
         name: &SecretName,
     ) -> StoreResult<Option<Arc<SecretSnapshot>>>;
+
+    /// The tenant's policy and the secret as this node last read or committed them, without
+    /// asking the database; `None` when it does not hold both, or keeps nothing that its reads
+    /// do not already give at no cost. On a store several nodes share they may be stale, so a
+    /// decision made from them ends only in a commit, which holds what it grants to the
+    /// committed policy version and to the secret's current state (see
+    /// [`crate::backend::plan`]); any other ending (a refusal, a stored answer) is decided
+    /// again from [`Store::policy`] and [`Store::secret`].
+    fn remembered(&self, _tenant: &TenantId, _name: &SecretName) -> Option<Remembered> {
+        None
+    }
 
     /// Every secret of a tenant, metadata only.
     async fn list_secrets(&self, tenant: &TenantId) -> StoreResult<Vec<SecretListing>>;

@@ -217,25 +217,7 @@ impl Api {
 
     /// The tenant's policy through `policy_node`, its secret through `secret_node`.
     pub(crate) async fn provision(&self, policy_node: &str, secret_node: &str) {
-        let policy = json!({
-            "rules": [
-                {"secret_names": ["payments/*"], "engines": ["PH1.CONNECTOR"], "operations": ["GET_HANDLE"]},
-                {"secret_names": ["*"], "engines": ["PH1.OS"], "operations": ["ROTATE", "REVOKE"]}
-            ],
-            "admins": ["u-admin"]
-        });
-        let path = format!("/v1/admin/tenants/{TENANT}/policy");
-        let a = self
-            .call(
-                policy_node,
-                Method::PUT,
-                &path,
-                Some(&self.admin),
-                Some(&policy),
-            )
-            .await
-            .expect("policy");
-        assert_eq!(a.0, StatusCode::OK, "{}", describe(&a));
+        self.provision_policy(policy_node).await;
         let path = format!("/v1/admin/tenants/{TENANT}/secrets");
         let body = json!({"secret_name": SECRET});
         let a = self
@@ -249,6 +231,23 @@ impl Api {
             .await
             .expect("secret");
         assert_eq!(a.0, StatusCode::CREATED, "{}", describe(&a));
+    }
+
+    /// The tenant's policy (connectors get handles, the OS rotates and revokes) through `node`.
+    pub(crate) async fn provision_policy(&self, node: &str) {
+        let policy = json!({
+            "rules": [
+                {"secret_names": ["payments/*"], "engines": ["PH1.CONNECTOR"], "operations": ["GET_HANDLE"]},
+                {"secret_names": ["*"], "engines": ["PH1.OS"], "operations": ["ROTATE", "REVOKE"]}
+            ],
+            "admins": ["u-admin"]
+        });
+        let path = format!("/v1/admin/tenants/{TENANT}/policy");
+        let a = self
+            .call(node, Method::PUT, &path, Some(&self.admin), Some(&policy))
+            .await
+            .expect("policy");
+        assert_eq!(a.0, StatusCode::OK, "{}", describe(&a));
     }
 
     pub(crate) async fn call(

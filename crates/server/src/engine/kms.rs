@@ -12,10 +12,11 @@ use std::sync::Arc;
 use selene_kms_core::replay::{KeySeen, RequestInputs};
 use selene_kms_core::{
     AuditRecord, DecisionInputs, KmsRequest, MaterialBundle, ReasonCode, Refusal, RejectedRequest,
-    RequestContext, StateChange, evaluate, issue,
+    RequestContext, SecretSnapshot, StateChange, evaluate, issue,
 };
 use selene_kms_store::{
     Change, CommitUnit, ErrorKind, IdempotencyScope, IdempotencyWrite, Receipt, StoreError,
+    StoredPolicy,
 };
 
 use super::{Caller, Engine, MAX_ATTEMPTS};
@@ -168,15 +169,19 @@ impl Engine {
         let fingerprint = req.fingerprint();
         let keys = self.store.keys().clone();
         let mut check_key = req.operation.is_mutation();
+        // A first decision may be made from what this node remembers: it ends only in a
+        // commit, which holds a grant to the committed state; every other ending is decided
+        // again from the store.
+        let mut remembered = self.store.remembered(&req.tenant_id, &req.secret_name);
         let mut attempt = 1;
         loop {
-            let policy = match self.store.policy(&req.tenant_id).await {
-                Ok(p) => p,
-                Err(e) => return KmsAnswer::store_failure(&req.context(), &e),
-            };
-            let secret = match self.store.secret(&req.tenant_id, &req.secret_name).await {
-                Ok(s) => s,
-                Err(e) => return KmsAnswer::store_failure(&req.context(), &e),
+            let from_memory = remembered.is_some();
+            let (policy, secret) = match remembered.take() {
+                Some(r) => (Some(r.policy), Some(r.secret)),
+                None => match self.committed_state(req).await {
+                    Ok(state) => state,
+                    Err(e) => return KmsAnswer::store_failure(&req.context(), &e),
+                },
             };
             let read = Read {
                 policy_version: policy.as_ref().map(|p| p.version),
@@ -192,6 +197,7 @@ impl Engine {
                 now_ms,
             ) {
                 Ok(g) => g,
+                Err(_) if from_memory => continue,
                 Err(refusal) => {
                     // A retry refused again for the same reason gets the stored refusal, byte for
                     // byte; a stored success is never handed to a requester who lost access.
@@ -220,7 +226,9 @@ impl Engine {
             // (5) idempotency. A fresh key needs no read: the commit's unique key catches a retry,
             // which then comes round again with `check_key` set. Mutations look first, because
             // their plan is stale once the original commit has landed.
+            // From memory, the commit's unique key is the check.
             if check_key
+                && !from_memory
                 && let Some(reply) = self
                     .answer_from_key(caller, req, &scope, fingerprint, &read, now_ms)
                     .await
@@ -230,6 +238,7 @@ impl Engine {
             // (6–8) issue.
             let issued = match issue(grant, secret.as_deref(), &keys) {
                 Ok(i) => i,
+                Err(_) if from_memory => continue,
                 Err(refusal) => {
                     if !check_key
                         && let Some(reply) = self
@@ -290,6 +299,16 @@ impl Engine {
             }
             attempt += 1;
         }
+    }
+
+    /// The tenant's policy and the request's secret as committed.
+    async fn committed_state(
+        &self,
+        req: &KmsRequest,
+    ) -> Result<(Option<StoredPolicy>, Option<Arc<SecretSnapshot>>), StoreError> {
+        let policy = self.store.policy(&req.tenant_id).await?;
+        let secret = self.store.secret(&req.tenant_id, &req.secret_name).await?;
+        Ok((policy, secret))
     }
 
     /// The answer a used idempotency key dictates: the stored one for the same request, a
