@@ -26,9 +26,10 @@ use crate::writer::SecretCache;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
-/// Creates missing tenant rows, locks the rows of `needs.tenants` (sorted, distinct, so that two
-/// nodes never wait on each other in a cycle) and reads the committed state the batch needs:
-/// the lock and the reads behind it in one flight.
+/// Begins the batch's transaction, creates missing tenant rows, locks the rows of
+/// `needs.tenants` (sorted, distinct, so that two nodes never wait on each other in a cycle)
+/// and reads the committed state the batch needs: all of it in one flight. On an error the
+/// transaction is left open, for the caller to roll back.
 pub(crate) async fn read_committed(
     client: &impl GenericClient,
     needs: &Needs,
@@ -41,6 +42,7 @@ pub(crate) async fn read_committed(
     let tenants: Vec<&str> = needs.tenants.iter().map(TenantId::as_str).collect();
     let secrets = SecretReads::of(needs, cached)?;
     let mut flight = vec![
+        Statement::new("BEGIN", Vec::new(), "begin"),
         Statement::new(
             "INSERT INTO tenants (tenant_id, audit_head)
              SELECT t, $2 FROM unnest($1::text[]) AS t ON CONFLICT DO NOTHING",
@@ -56,7 +58,8 @@ pub(crate) async fn read_committed(
     ];
     flight.extend(secrets.statement());
     flight.extend(taken_statement(&needs.idempotency));
-    let mut answers = sql::flight(client, &flight).await?.into_iter().skip(1);
+    // The answers of the beginning and of the tenant rows' creation say nothing.
+    let mut answers = sql::flight(client, &flight).await?.into_iter().skip(2);
     let mut next = || answers.next().unwrap_or_default();
     let rows = next();
     let secret_rows = if secrets.keys.is_empty() {
@@ -291,12 +294,14 @@ fn param<'a, T: ToSql + Sync + Send + 'a>(column: T) -> Box<dyn ToSql + Sync + S
 }
 
 /// Writes every row of a decided batch: one statement per non-empty group, all in one flight
-/// (principal changes, rare, first and on their own).
+/// (principal changes, rare, first and on their own), and commits in that same flight unless a
+/// new data key must first be seen stored. Whether it committed; on an error the transaction
+/// is left open (or already ended), for the caller to roll back.
 pub(crate) async fn write(
     client: &impl GenericClient,
     keys: &ServiceKeys,
     writes: &Writes,
-) -> StoreResult<()> {
+) -> StoreResult<Ended> {
     crate::principals::write(client, keys, writes).await?;
     let mut flight = Vec::new();
     let data_keys = &writes.data_keys;
@@ -478,6 +483,15 @@ pub(crate) async fn write(
     if let Some(heads) = heads_statement(keys, &writes.heads)? {
         flight.push(heads);
     }
+    // A commit sent behind the writes runs only if they all succeed: after a failed one,
+    // PostgreSQL ends the aborted transaction with a rollback, and the flight reports the
+    // failed statement.
+    let ended = if data_keys.is_empty() {
+        flight.push(Statement::new("COMMIT", Vec::new(), "commit"));
+        Ended::Committed
+    } else {
+        Ended::Open
+    };
     let answers = sql::flight(client, &flight).await?;
     if !data_keys.is_empty() && answers.first().map(Vec::len) != Some(data_keys.len()) {
         return Err(StoreError::new(
@@ -485,7 +499,16 @@ pub(crate) async fn write(
             "a tenant's data key changed beside its row lock",
         ));
     }
-    Ok(())
+    Ok(ended)
+}
+
+/// How [`write`] left the transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Ended {
+    /// Committed with the writes.
+    Committed,
+    /// Still open: the caller commits.
+    Open,
 }
 
 /// The statement that stores the chain heads that moved, if any did.

@@ -24,7 +24,7 @@ use selene_kms_store::backend::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use crate::batch::{read_committed, write};
+use crate::batch::{Ended, read_committed, write};
 use crate::cache::VersionedCache;
 use crate::error::{as_unavailable, pg, pool_error};
 use crate::keys::DataKeys;
@@ -87,9 +87,11 @@ impl Writer {
             let (units, replies): (Vec<_>, Vec<_>) =
                 batch.into_iter().map(|job| (job.unit, job.reply)).unzip();
             let outcome = match connection.take().await {
-                Ok(mut client) => {
-                    let outcome = self.commit(&mut client, units).await;
-                    connection.keep(client);
+                Ok(client) => {
+                    let (outcome, client) = self.commit(client, units).await;
+                    if let Some(client) = client {
+                        connection.keep(client);
+                    }
                     outcome
                 }
                 Err(e) => Err(e),
@@ -117,17 +119,32 @@ impl Writer {
         }
     }
 
-    /// Commits a batch in one transaction; per-unit outcomes, or the error that refused the
-    /// whole batch.
+    /// Commits a batch in one transaction, begun with its reads and committed with its writes:
+    /// per-unit outcomes, or the error that refused the whole batch (its transaction then
+    /// rolled back); and the connection, unless its state is unknown.
     async fn commit(
         &self,
-        client: &mut Client,
+        client: Client,
+        units: Vec<CommitUnit>,
+    ) -> (StoreResult<Vec<StoreResult<Receipt>>>, Option<Client>) {
+        let outcome = self.run_transaction(&client, units).await;
+        if outcome.is_err() && client.batch_execute("ROLLBACK").await.is_err() {
+            // Taken out of the pool and closed: a connection that may still be inside a
+            // transaction is never used again.
+            drop(Client::take(client));
+            return (outcome, None);
+        }
+        (outcome, Some(client))
+    }
+
+    async fn run_transaction(
+        &self,
+        client: &Client,
         units: Vec<CommitUnit>,
     ) -> StoreResult<Vec<StoreResult<Receipt>>> {
-        let tx = client.transaction().await.map_err(pg("begin"))?;
         let needs = Needs::of(&units);
         let committed = read_committed(
-            &tx,
+            client,
             &needs,
             &self.keys,
             &self.root,
@@ -140,15 +157,17 @@ impl Writer {
             .with(|root| plan(&self.keys, root, committed, units));
         // A failed write refuses the batch as "cannot write now", unless it lost a race to
         // another node (serialization failure, deadlock), which the host runs again.
-        write(&tx, &self.keys, &decided.writes)
+        let writing = std::time::Instant::now();
+        let ended = write(client, &self.keys, &decided.writes)
             .await
             .map_err(|e| match e.kind {
                 ErrorKind::StateConflict => e,
                 _ => as_unavailable(e),
             })?;
-        let committing = std::time::Instant::now();
-        tx.commit().await.map_err(pg("commit"))?;
-        self.health.flushed(committing.elapsed());
+        if ended == Ended::Open {
+            client.batch_execute("COMMIT").await.map_err(pg("commit"))?;
+        }
+        self.health.flushed(writing.elapsed());
         let Writes {
             snapshots,
             stored_policies,
