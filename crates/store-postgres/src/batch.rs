@@ -43,6 +43,13 @@ pub(crate) async fn read_committed(
     let secrets = SecretReads::of(needs, cached)?;
     let mut flight = vec![
         Statement::new("BEGIN", Vec::new(), "begin"),
+        // The batch's statements take arrays of every size: planned once for all of them, not
+        // again at each execution.
+        Statement::new(
+            "SET LOCAL plan_cache_mode = force_generic_plan",
+            Vec::new(),
+            "begin",
+        ),
         Statement::new(
             "INSERT INTO tenants (tenant_id, audit_head)
              SELECT t, $2 FROM unnest($1::text[]) AS t ON CONFLICT DO NOTHING",
@@ -59,7 +66,7 @@ pub(crate) async fn read_committed(
     flight.extend(secrets.statement());
     flight.extend(taken_statement(&needs.idempotency));
     // The answers of the beginning and of the tenant rows' creation say nothing.
-    let mut answers = sql::flight(client, &flight).await?.into_iter().skip(2);
+    let mut answers = sql::flight(client, &flight).await?.into_iter().skip(3);
     let mut next = || answers.next().unwrap_or_default();
     let rows = next();
     let secret_rows = if secrets.keys.is_empty() {

@@ -92,25 +92,14 @@ impl PostgresStore {
     /// database that already holds one (`AlreadyExists`); without, it opens the store that
     /// `init` made (`NotFound` if none, `Corrupt` if `root` is not its root key).
     ///
-    /// Must be called inside a Tokio runtime: the store's writer is a task of it.
+    /// Must be called inside a Tokio runtime, which drives the reads; the writer runs on a
+    /// thread of its own.
     pub async fn open(url: &str, root: RootKey, create: bool) -> StoreResult<Self> {
         let target = redact(url);
         let parsed = url::parse(url)?;
-        let manager = Manager::from_config(
-            parsed.config,
-            tls::connector(&parsed.ssl)?,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(POOL_SIZE)
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(POOL_WAIT))
-            .build()
-            .map_err(|_| {
-                StoreError::new(ErrorKind::Invalid, "postgres: the pool cannot be built")
-            })?;
+        let pool = pool_of(&parsed, POOL_SIZE)?;
+        // The writer's own connection, made and driven on the writer's thread.
+        let writer_pool = pool_of(&parsed, 1)?;
         let mut client = pool.get().await.map_err(|e| {
             let e = pool_error(e);
             StoreError::new(e.kind, format!("{} ({target})", e.message))
@@ -129,7 +118,7 @@ impl PostgresStore {
         let health = Arc::new(WriteHealth::default());
         let writer = Writer {
             health: health.clone(),
-            pool: pool.clone(),
+            pool: writer_pool,
             keys: keys.clone(),
             root: root.clone(),
             data_keys: data_keys.clone(),
@@ -137,7 +126,24 @@ impl PostgresStore {
             policies: policies.clone(),
             batches: batches.clone(),
         };
-        tokio::spawn(writer.run(rx));
+        // A thread and runtime of its own, so that a batch's answers from PostgreSQL, and the
+        // plan between its two flights (while it holds its tenants' row locks), never wait
+        // behind the requests the host's runtime is serving. It ends when the store is dropped;
+        // a runtime that cannot start drops the queue, and every commit answers that the
+        // writer has stopped.
+        std::thread::Builder::new()
+            .name("selene-kms-pg-writer".to_owned())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
+                if let Ok(runtime) = runtime {
+                    runtime.block_on(writer.run(rx));
+                }
+            })
+            .map_err(|_| {
+                StoreError::new(ErrorKind::Unavailable, "the writer's thread cannot start")
+            })?;
         Ok(Self {
             target,
             pool,
@@ -169,6 +175,23 @@ impl PostgresStore {
     async fn client(&self) -> StoreResult<Client> {
         self.pool.get().await.map_err(pool_error)
     }
+}
+
+/// A pool of at most `size` connections to the parsed URL's database.
+fn pool_of(parsed: &url::Target, size: usize) -> StoreResult<Pool> {
+    let manager = Manager::from_config(
+        parsed.config.clone(),
+        tls::connector(&parsed.ssl)?,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(POOL_WAIT))
+        .build()
+        .map_err(|_| StoreError::new(ErrorKind::Invalid, "postgres: the pool cannot be built"))
 }
 
 #[async_trait]
