@@ -189,10 +189,12 @@ impl SecretReads {
                           AND v.state = 'REVOKED'
                         ORDER BY v.version) END,
                     n.tenant_id, n.secret_name, s.staged,
-                    CASE WHEN n.sealing THEN (
+                    -- The latest version proves the purpose only where no MAC does.
+                    CASE WHEN n.sealing AND s.purpose_mac IS NULL THEN (
                         SELECT v.sealed FROM versions v
                         WHERE v.tenant_id = s.tenant_id AND v.secret_name = s.secret_name
-                        ORDER BY v.version DESC LIMIT 1) END
+                        ORDER BY v.version DESC LIMIT 1) END,
+                    s.purpose_mac
              FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bool[])
                   AS n(tenant_id, secret_name, held, sealing)
              -- One index lookup per name (see the idempotency read).
@@ -232,6 +234,7 @@ impl SecretReads {
                     snapshot,
                     staged: col(row, 14, SECRET_READ)?,
                     latest: col(row, 15, SECRET_READ)?,
+                    purpose_mac: col(row, 16, SECRET_READ)?,
                 })
             });
             match stored {
@@ -330,10 +333,11 @@ pub(crate) async fn write(
         flight.push(Statement::new(
             "INSERT INTO secrets (tenant_id, secret_name, secret_ref, kind, state_version,
                                   ttl_min_ms, ttl_max_ms, ttl_default_ms, handle_ttl_ms, staged,
-                                  created_at_ms, purpose, min_decryption_version)
+                                  created_at_ms, purpose, min_decryption_version, purpose_mac)
              SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[],
                                   $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[],
-                                  $10::bytea[], $11::bigint[], $12::text[], $13::bigint[])",
+                                  $10::bytea[], $11::bigint[], $12::text[], $13::bigint[],
+                                  $14::bytea[])",
             vec![
                 param(column(rows, |r| r.tenant.as_str())),
                 param(column(rows, |r| r.name.as_str())),
@@ -348,6 +352,7 @@ pub(crate) async fn write(
                 param(column(rows, |r| to_db_saturating(r.created_at_ms))),
                 param(column(rows, |r| r.purpose.name())),
                 param(numbers(rows, |r| r.min_decryption_version)?),
+                param(column(rows, |r| r.purpose_mac.as_deref())),
             ],
             "secret write",
         ));
@@ -373,9 +378,12 @@ pub(crate) async fn write(
     if !rows.is_empty() {
         flight.push(Statement::new(
             "UPDATE secrets SET state_version = u.state_version, staged = u.staged,
-                                min_decryption_version = u.min_decryption_version
-             FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bytea[], $5::bigint[])
-                  AS u(tenant_id, secret_name, state_version, staged, min_decryption_version)
+                                min_decryption_version = u.min_decryption_version,
+                                purpose_mac = COALESCE(u.purpose_mac, secrets.purpose_mac)
+             FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bytea[], $5::bigint[],
+                         $6::bytea[])
+                  AS u(tenant_id, secret_name, state_version, staged, min_decryption_version,
+                       purpose_mac)
              WHERE secrets.tenant_id = u.tenant_id AND secrets.secret_name = u.secret_name",
             vec![
                 param(column(rows, |r| r.tenant.as_str())),
@@ -383,6 +391,7 @@ pub(crate) async fn write(
                 param(numbers(rows, |r| r.state_version)?),
                 param(column(rows, |r| r.staged.as_deref())),
                 param(numbers(rows, |r| r.min_decryption_version)?),
+                param(column(rows, |r| r.purpose_mac.as_deref())),
             ],
             "secret write",
         ));

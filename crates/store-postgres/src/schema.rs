@@ -173,6 +173,11 @@ CREATE TABLE decision_inputs (
 ALTER TABLE secrets ADD COLUMN purpose TEXT NOT NULL DEFAULT 'credential';
 ALTER TABLE secrets ADD COLUMN min_decryption_version BIGINT NOT NULL DEFAULT 1;
 "#,
+    // A secret's MAC over its tenant, name and purpose (see the store's
+    // `StoredSecret::purpose_mac`); earlier rows get theirs at their next sealing change.
+    r#"
+ALTER TABLE secrets ADD COLUMN purpose_mac BYTEA;
+"#,
 ];
 
 /// Brings the database to the newest schema; refuses a database from a newer build.

@@ -608,12 +608,40 @@ async fn first_generation_secret_refs_are_resealed_on_open() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_rewritten_as_a_credential_opens_and_seals_nothing() {
     let cluster = Cluster::start();
+    // With its purpose MAC kept (which then fails), and stripped (the material then fails).
+    for (db, rewrite) in [
+        ("kept", "UPDATE secrets SET purpose = 'credential'"),
+        (
+            "stripped",
+            "UPDATE secrets SET purpose = 'credential', purpose_mac = NULL",
+        ),
+    ] {
+        let url = cluster.create_database(db);
+        let t = tenant("acme");
+        keys_to_rewrite(&open(&url, ROOT, true).await.expect("store"), &t).await;
+        cluster.sql(db, rewrite);
+        let store = open(&url, ROOT, false).await.expect("reopen");
+        a_rewritten_purpose_opens_and_seals_nothing(&store, &t).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_row_without_its_purpose_mac_proves_by_its_material_and_gets_it_back() {
+    let cluster = Cluster::start();
     let url = cluster.create_database("kms");
     let t = tenant("acme");
     keys_to_rewrite(&open(&url, ROOT, true).await.expect("store"), &t).await;
-    cluster.sql("kms", "UPDATE secrets SET purpose = 'credential'");
+    let macs = || {
+        cluster.sql(
+            "kms",
+            "SELECT count(*) FROM secrets WHERE purpose_mac IS NOT NULL",
+        )
+    };
+    assert_eq!(macs().trim(), "2", "every new secret has one");
+    cluster.sql("kms", "UPDATE secrets SET purpose_mac = NULL");
     let store = open(&url, ROOT, false).await.expect("reopen");
-    a_rewritten_purpose_opens_and_seals_nothing(&store, &t).await;
+    rows_without_purpose_macs_prove_by_their_material(&store, &t).await;
+    assert_eq!(macs().trim(), "2", "proven by their material, given back");
 }
 
 /// A store from before record MACs: no node chains after its unsealed heads, nor signs a

@@ -106,6 +106,7 @@ pub(crate) fn read_committed(
                 let stored = StoredSecret {
                     snapshot,
                     staged: None,
+                    purpose_mac: None,
                     latest: None,
                 };
                 committed.secrets.insert(key.clone(), stored);
@@ -142,22 +143,24 @@ fn read_secret(
     committed: &mut Committed,
 ) -> StoreResult<()> {
     let (tenant, name) = key;
-    type Row = (i64, Option<Vec<u8>>, Option<Vec<u8>>);
+    type Row = (i64, Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>);
     let row: Option<Row> = conn
         .prepare_cached(
-            "SELECT s.state_version, s.staged,
-                    (SELECT v.sealed FROM versions v
-                     WHERE v.tenant_id = s.tenant_id AND v.secret_name = s.secret_name
-                     ORDER BY v.version DESC LIMIT 1)
+            // The latest version proves the purpose only where no MAC does.
+            "SELECT s.state_version, s.staged, s.purpose_mac,
+                    CASE WHEN s.purpose_mac IS NULL THEN
+                        (SELECT v.sealed FROM versions v
+                         WHERE v.tenant_id = s.tenant_id AND v.secret_name = s.secret_name
+                         ORDER BY v.version DESC LIMIT 1) END
              FROM secrets s WHERE s.tenant_id = ?1 AND s.secret_name = ?2",
         )
         .map_err(db_err)?
         .query_row([tenant.as_str(), name.as_str()], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
         })
         .optional()
         .map_err(db_err)?;
-    let Some((state_version, staged, latest)) = row else {
+    let Some((state_version, staged, purpose_mac, latest)) = row else {
         return Ok(());
     };
     match stored_secret(conn, cache, pending, key, state_version) {
@@ -165,6 +168,7 @@ fn read_secret(
             let stored = StoredSecret {
                 snapshot,
                 staged,
+                purpose_mac,
                 latest,
             };
             committed.secrets.insert(key.clone(), stored);
@@ -276,8 +280,8 @@ pub(crate) fn write(
             conn,
             "INSERT INTO secrets (tenant_id, secret_name, secret_ref, kind, state_version,
                                   ttl_min_ms, ttl_max_ms, ttl_default_ms, handle_ttl_ms, staged,
-                                  created_at_ms, purpose, min_decryption_version)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                                  created_at_ms, purpose, min_decryption_version, purpose_mac)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             rusqlite::params![
                 s.tenant.as_str(),
                 s.name.as_str(),
@@ -292,6 +296,7 @@ pub(crate) fn write(
                 to_db_saturating(s.created_at_ms),
                 s.purpose.name(),
                 to_db(s.min_decryption_version)?,
+                s.purpose_mac,
             ],
             "secret write",
         )?;
@@ -314,7 +319,8 @@ pub(crate) fn write(
     for u in &writes.secret_updates {
         exec(
             conn,
-            "UPDATE secrets SET state_version = ?3, staged = ?4, min_decryption_version = ?5
+            "UPDATE secrets SET state_version = ?3, staged = ?4, min_decryption_version = ?5,
+                                purpose_mac = COALESCE(?6, purpose_mac)
              WHERE tenant_id = ?1 AND secret_name = ?2",
             (
                 u.tenant.as_str(),
@@ -322,6 +328,7 @@ pub(crate) fn write(
                 to_db(u.state_version)?,
                 &u.staged,
                 to_db(u.min_decryption_version)?,
+                &u.purpose_mac,
             ),
             "secret write",
         )?;

@@ -212,6 +212,11 @@ DROP INDEX idempotency_created;
 ALTER TABLE secrets ADD COLUMN purpose TEXT NOT NULL DEFAULT 'credential';
 ALTER TABLE secrets ADD COLUMN min_decryption_version INTEGER NOT NULL DEFAULT 1;
 ",
+    // A secret's MAC over its tenant, name and purpose (see the store's
+    // `StoredSecret::purpose_mac`); earlier rows get theirs at their next sealing change.
+    r"
+ALTER TABLE secrets ADD COLUMN purpose_mac BLOB;
+",
 ];
 
 /// Removes the idempotency records created before `?1`. Rows append in creation order, give

@@ -160,15 +160,43 @@ async fn tampering_with_the_file_is_found_at_the_record_it_touched() {
 /// next version: material opens, and is sealed, only under the purpose the KMS sealed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_rewritten_as_a_credential_opens_and_seals_nothing() {
+    // With its purpose MAC kept (which then fails), and stripped (the material then fails).
+    for rewrite in [
+        "UPDATE secrets SET purpose = 'credential'",
+        "UPDATE secrets SET purpose = 'credential', purpose_mac = NULL",
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("kms.db");
+        let t = tenant("acme");
+        keys_to_rewrite(&*open_at(&path, [1; 32], true), &t).await;
+        let side = rusqlite::Connection::open(&path).expect("side");
+        side.execute(rewrite, []).expect("alter");
+        let store = open_at(&path, [1; 32], false);
+        a_rewritten_purpose_opens_and_seals_nothing(&*store, &t).await;
+    }
+}
+
+#[tokio::test]
+async fn a_secret_row_without_its_purpose_mac_proves_by_its_material_and_gets_it_back() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("kms.db");
     let t = tenant("acme");
     keys_to_rewrite(&*open_at(&path, [1; 32], true), &t).await;
     let side = rusqlite::Connection::open(&path).expect("side");
-    side.execute("UPDATE secrets SET purpose = 'credential'", [])
-        .expect("alter");
+    let macs = |side: &rusqlite::Connection| -> i64 {
+        side.query_row(
+            "SELECT count(*) FROM secrets WHERE purpose_mac IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
+        .expect("count")
+    };
+    assert_eq!(macs(&side), 2, "every new secret has one");
+    side.execute("UPDATE secrets SET purpose_mac = NULL", [])
+        .expect("strip");
     let store = open_at(&path, [1; 32], false);
-    a_rewritten_purpose_opens_and_seals_nothing(&*store, &t).await;
+    rows_without_purpose_macs_prove_by_their_material(&*store, &t).await;
+    assert_eq!(macs(&side), 2, "proven by their material, given back");
 }
 
 /// The audit rows of `tenant` as stored, by sequence number.

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use selene_kms_core::{
     DecisionInputs, Policy, PrincipalId, PrincipalName, Purpose, SecretKind, SecretMaterial,
     SecretName, SecretSnapshot, ServiceKeys, SpiffeId, StateChange, TenantId, TokenId, TtlBounds,
-    VersionState, refs,
+    VersionState, keys::Column, refs,
 };
 
 pub use principals::TokenRow;
@@ -52,8 +52,8 @@ pub struct Needs {
     /// Secrets the batch checks or changes.
     pub secrets: Vec<SecretKey>,
     /// Of `secrets`, those a change seals new material for (a generated rotation, staging),
-    /// which must come with their latest version's material (see [`StoredSecret::latest`]);
-    /// a backend may leave it out for the others.
+    /// which must come with their latest version's material when their row has no purpose MAC
+    /// (see [`StoredSecret::purpose_mac`]); a backend may leave it out otherwise.
     pub sealing: Vec<SecretKey>,
     /// Secrets the batch only reads the state version of, to check a grant (see
     /// `GrantedRead`), and that are not in `secrets`: a backend that knows the committed
@@ -238,12 +238,33 @@ pub struct StoredSecret {
     pub snapshot: Arc<SecretSnapshot>,
     /// Its staged material, sealed, if any.
     pub staged: Option<Vec<u8>>,
-    /// Its latest version's material, sealed. A change that seals new material first opens it
-    /// under the snapshot's purpose: the purpose is a column whoever writes the database could
-    /// edit (a key turned into a credential, to have its next version sealed as redeemable),
-    /// and material opens only under the purpose the KMS sealed it for. `None` where the backend
-    /// gives the snapshot alone, for a grant's check.
+    /// The row's MAC over its tenant, name and purpose ([`purpose_mac`]), if it has one. A
+    /// change that seals new material first proves the purpose: the purpose is a column
+    /// whoever writes the database could edit (a key turned into a credential, to have its next
+    /// version sealed as redeemable). The MAC proves it without a read; a row without one
+    /// (made before it, or stripped of it) proves it by [`StoredSecret::latest`], and gets one.
+    pub purpose_mac: Option<Vec<u8>>,
+    /// Its latest version's material, sealed, which opens only under the purpose the KMS
+    /// sealed it for. Needed only where a sealing change finds no purpose MAC; `None` where
+    /// the backend gives the snapshot alone, for a grant's check.
     pub latest: Option<Vec<u8>>,
+}
+
+/// The MAC a secret row keeps over its tenant, name and purpose (see
+/// [`StoredSecret::purpose_mac`]).
+pub fn purpose_mac(keys: &ServiceKeys, key: &SecretKey, purpose: Purpose) -> Vec<u8> {
+    keys.row_mac(PURPOSE_ROW, &purpose_columns(key, purpose))
+        .to_vec()
+}
+
+const PURPOSE_ROW: &str = "secrets.purpose";
+
+fn purpose_columns(key: &SecretKey, purpose: Purpose) -> [Column<'_>; 3] {
+    [
+        Column::Text(key.0.as_str()),
+        Column::Text(key.1.as_str()),
+        Column::Text(purpose.name()),
+    ]
 }
 
 /// The committed state a batch is decided from, read by the backend under its guard.
@@ -304,6 +325,8 @@ pub struct SecretRow {
     pub created_at_ms: u64,
     /// What it is for.
     pub purpose: Purpose,
+    /// Its MAC over tenant, name and purpose (see [`StoredSecret::purpose_mac`]).
+    pub purpose_mac: Option<Vec<u8>>,
     /// The oldest version `decrypt` accepts, after the batch.
     pub min_decryption_version: u64,
 }
@@ -318,6 +341,8 @@ pub struct SecretUpdate {
     pub state_version: u64,
     /// Staged material, sealed, after the batch.
     pub staged: Option<Vec<u8>>,
+    /// Its MAC over tenant, name and purpose, if it has one (a row without one keeps none).
+    pub purpose_mac: Option<Vec<u8>>,
     /// The oldest version `decrypt` accepts, after the batch.
     pub min_decryption_version: u64,
 }
@@ -481,22 +506,36 @@ struct Working<'a> {
     writes: Writes,
 }
 
-/// Opens the secret's latest version under its snapshot's purpose (see
-/// [`StoredSecret::latest`]): a purpose that is not the one the KMS sealed refuses the change
-/// (`Corrupt`) before anything is sealed under it.
-fn prove_purpose(dek: &DataKey, key: &SecretKey, current: &StoredSecret) -> StoreResult<()> {
+/// Proves the secret's purpose (see [`StoredSecret::purpose_mac`]) by its row's MAC, or, for a
+/// row without one, by opening its latest version under it: a purpose that is not the one the
+/// KMS gave refuses the change (`Corrupt`) before anything is sealed under it. Returns the MAC
+/// the row keeps from then on.
+fn prove_purpose(
+    keys: &ServiceKeys,
+    dek: &DataKey,
+    key: &SecretKey,
+    current: &StoredSecret,
+) -> StoreResult<Vec<u8>> {
     let corrupt = || {
         StoreError::new(
             ErrorKind::Corrupt,
             "the secret's purpose is not the one its material was sealed for",
         )
     };
-    let sealed = current.latest.as_deref().ok_or_else(corrupt)?;
-    let slot = Slot::Version(current.snapshot.current_version());
-    let (tenant, name) = key;
-    dek.open(tenant, name, slot, current.snapshot.purpose, sealed)
-        .map(drop)
-        .map_err(|_| corrupt())
+    let purpose = current.snapshot.purpose;
+    let proven = match &current.purpose_mac {
+        Some(mac) => keys.row_mac_holds(PURPOSE_ROW, &purpose_columns(key, purpose), mac),
+        None => {
+            let sealed = current.latest.as_deref().ok_or_else(corrupt)?;
+            let slot = Slot::Version(current.snapshot.current_version());
+            let (tenant, name) = key;
+            dek.open(tenant, name, slot, purpose, sealed).is_ok()
+        }
+    };
+    if !proven {
+        return Err(corrupt());
+    }
+    Ok(purpose_mac(keys, key, purpose))
 }
 
 /// Refuses material that does not fit the secret's purpose (a key is exactly 32 bytes).
@@ -809,7 +848,7 @@ impl Working<'_> {
                 let purpose = current.snapshot.purpose;
                 fits(purpose, &material)?;
                 let (dek, new_key) = self.data_key(tenant)?;
-                prove_purpose(&dek, &key, current)?;
+                let proof = prove_purpose(self.keys, &dek, &key, current)?;
                 let sealed = dek.seal(tenant, &key.1, Slot::Staged, purpose, &material)?;
                 let mut snapshot = (*current.snapshot).clone();
                 snapshot.state_version = next_state_version(snapshot.state_version)?;
@@ -817,6 +856,7 @@ impl Working<'_> {
                 let next = StoredSecret {
                     snapshot: Arc::new(snapshot),
                     staged: Some(sealed),
+                    purpose_mac: Some(proof),
                     latest: current.latest.clone(),
                 };
                 Ok((Effect::updated(key, next), new_key))
@@ -844,6 +884,7 @@ impl Working<'_> {
                 let next = StoredSecret {
                     snapshot: Arc::new(snapshot),
                     staged: current.staged.clone(),
+                    purpose_mac: current.purpose_mac.clone(),
                     latest: current.latest.clone(),
                 };
                 Ok((Effect::updated(key, next), None))
@@ -921,6 +962,7 @@ impl Working<'_> {
         let next = StoredSecret {
             snapshot: Arc::new(snapshot),
             staged: None,
+            purpose_mac: Some(purpose_mac(self.keys, &key, new.purpose)),
             latest: Some(version.sealed.clone()),
         };
         Ok((
@@ -977,6 +1019,7 @@ impl Working<'_> {
         snapshot.state_version = next_state_version(expected)?;
         let mut staged = current.staged.clone();
         let mut latest = current.latest.clone();
+        let mut proof = current.purpose_mac.clone();
         let mut versions = Vec::new();
         let mut revocations = Vec::new();
         let mut revoked_ref = None;
@@ -998,7 +1041,7 @@ impl Working<'_> {
                         return Err(refused(ErrorKind::StateConflict, "no staged material"));
                     }
                     (false, _) => {
-                        prove_purpose(&dek, &key, current)?;
+                        proof = Some(prove_purpose(self.keys, &dek, &key, current)?);
                         fresh.filter(|m| m.len() == MATERIAL_LEN).ok_or_else(|| {
                             refused(ErrorKind::Invalid, "a rotation needs fresh material")
                         })?
@@ -1048,6 +1091,7 @@ impl Working<'_> {
         let next = StoredSecret {
             snapshot: Arc::new(snapshot),
             staged,
+            purpose_mac: proof,
             latest,
         };
         Ok((
@@ -1133,6 +1177,7 @@ impl Working<'_> {
                     staged: secret.staged.clone(),
                     created_at_ms,
                     purpose: snapshot.purpose,
+                    purpose_mac: secret.purpose_mac.clone(),
                     min_decryption_version: snapshot.min_decryption_version,
                 });
             } else {
@@ -1141,6 +1186,7 @@ impl Working<'_> {
                     name,
                     state_version: snapshot.state_version,
                     staged: secret.staged.clone(),
+                    purpose_mac: secret.purpose_mac.clone(),
                     min_decryption_version: snapshot.min_decryption_version,
                 });
             }

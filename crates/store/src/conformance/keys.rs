@@ -241,6 +241,28 @@ pub async fn keys_to_rewrite(store: &dyn Store, t: &TenantId) {
     use_key(store, t, "gen", &sign(b"m")).await.expect("signs");
 }
 
+/// The keys of [`keys_to_rewrite`] in rows stripped of their purpose MACs, as rows from before
+/// them: the purpose is proven by the material instead, so a rotation and staging go through
+/// (and the rows get their MACs back).
+pub async fn rows_without_purpose_macs_prove_by_their_material(store: &dyn Store, t: &TenantId) {
+    let before = snapshot(store, t, "gen").await;
+    let rotated = super::change(
+        store,
+        t,
+        "gen",
+        before.state_version,
+        selene_kms_core::StateChange::Rotate {
+            new_version: 2,
+            from_staged: false,
+        },
+    )
+    .await;
+    assert!(rotated.is_ok(), "{rotated:?}");
+    let staged = stage(store, t, "imp", &[0x18; 32]).await;
+    assert!(staged.is_ok(), "{staged:?}");
+    use_key(store, t, "gen", &sign(b"m")).await.expect("signs");
+}
+
 /// The keys of [`keys_to_rewrite`], their purpose rewritten as `credential` in the database:
 /// their material opens as nothing, and nothing new is sealed under the rewritten purpose,
 /// neither a rotation's fresh material nor staged material.
