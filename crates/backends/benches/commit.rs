@@ -3,7 +3,8 @@
 //! commit (new version sealed, audit record chained) acknowledged only after its flush: SQLite's
 //! `fdatasync` of the WAL, and PostgreSQL's own commit with `fsync` and `synchronous_commit` on
 //! (a throwaway cluster on a unix socket, started from the PostgreSQL 15 binaries; without them
-//! its table is left out, and the output says so).
+//! its table is left out, and the output says so). As the host does, a writer decides from the
+//! state its last rotation left and reads the secret only after losing a race (or first).
 //!
 //! `cargo bench -p selene-kms-backends --bench commit` (set `SELENE_KMS_BENCH_SECS` to change the
 //! duration of each run, 5 s by default).
@@ -26,16 +27,25 @@ fn name(i: usize) -> SecretName {
     SecretName::try_from(format!("bench/s{i}")).expect("valid")
 }
 
-async fn rotate(store: &dyn Store, t: &TenantId, n: &SecretName) -> bool {
-    let snap = store.secret(t, n).await.expect("read").expect("exists");
+/// A secret's state version and current version, as a writer last left them.
+type Remembered = Option<(u64, u64)>;
+
+async fn rotate(store: &dyn Store, t: &TenantId, n: &SecretName, known: &mut Remembered) -> bool {
+    let (state_version, current) = match known.take() {
+        Some(known) => known,
+        None => {
+            let snap = store.secret(t, n).await.expect("read").expect("exists");
+            (snap.state_version, snap.current_version())
+        }
+    };
     let result = store
         .commit(CommitUnit {
             tenant: t.clone(),
             change: Change::Secret {
                 name: n.clone(),
-                expected_state_version: snap.state_version,
+                expected_state_version: state_version,
                 change: StateChange::Rotate {
-                    new_version: snap.current_version() + 1,
+                    new_version: current + 1,
                     from_staged: false,
                 },
                 // The host draws a rotation's material; its cost is not the store's.
@@ -48,7 +58,10 @@ async fn rotate(store: &dyn Store, t: &TenantId, n: &SecretName) -> bool {
         })
         .await;
     match result {
-        Ok(_) => true,
+        Ok(_) => {
+            *known = Some((state_version + 1, current + 1));
+            true
+        }
         Err(e) if e.kind == ErrorKind::StateConflict => false,
         Err(e) => panic!("commit failed: {e}"),
     }
@@ -124,8 +137,9 @@ async fn run(store: Arc<dyn Store>, writers: usize, hot: bool, secs: u64) -> (f6
         );
         let n = name(if hot { 0 } else { i });
         tasks.push(tokio::spawn(async move {
+            let mut known = None;
             while !done.load(Ordering::Relaxed) {
-                if rotate(&*store, &t, &n).await {
+                if rotate(&*store, &t, &n, &mut known).await {
                     count.fetch_add(1, Ordering::Relaxed);
                 } else {
                     conflicts.fetch_add(1, Ordering::Relaxed);
