@@ -3,8 +3,9 @@
 //! commit (new version sealed, audit record chained) acknowledged only after its flush: SQLite's
 //! `fdatasync` of the WAL, and PostgreSQL's own commit with `fsync` and `synchronous_commit` on
 //! (a throwaway cluster on a unix socket, started from the PostgreSQL 15 binaries; without them
-//! its table is left out, and the output says so). As the host does, a writer decides from the
-//! state its last rotation left and reads the secret only after losing a race (or first).
+//! its table is left out, and the output says so). A writer decides from the state its last
+//! rotation left, and reads the secret only first and after losing a race, as the host decides
+//! from what it remembers (on PostgreSQL; the embedded store's reads are from memory anyway).
 //!
 //! `cargo bench -p selene-kms-backends --bench commit` (set `SELENE_KMS_BENCH_SECS` to change the
 //! duration of each run, 5 s by default).

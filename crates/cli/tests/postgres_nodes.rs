@@ -430,6 +430,12 @@ async fn what_a_node_remembers_never_outlives_a_change_through_the_other() {
         .await
         .expect("sent");
     assert_eq!(put.0, StatusCode::OK, "{}", describe(&put));
+    // A dry run commits unchecked, so it is never decided from memory.
+    let mut dry = request("GET_HANDLE", false);
+    dry["idempotency_key"] = json!("dry-after-closing");
+    dry["dry_run"] = json!(true);
+    let refused = d.api.kms(&b, &dry).await.expect("sent");
+    assert_eq!(refused.0, StatusCode::FORBIDDEN, "{}", describe(&refused));
     let mut get = request("GET_HANDLE", false);
     get["idempotency_key"] = json!("after-closing");
     let refused = d.api.kms(&b, &get).await.expect("sent");

@@ -20,7 +20,7 @@ use selene_kms_store::backend::{
 
 use crate::codec::{col, col_u64, stored_tenant, to_db, to_db_saturating};
 use crate::keys::{DataKeys, load_data_key, root_is_current};
-use crate::reads::{Fresh, corrupt, secret_row};
+use crate::reads::{Fresh, corrupt, secret_row, snapshot_columns};
 use crate::sql::{self, Statement};
 use crate::writer::SecretCache;
 use tokio_postgres::Row;
@@ -63,10 +63,15 @@ pub(crate) async fn read_committed(
             HEADS,
         ),
     ];
+    // The answers of the statements before the lock (the beginning, its settings, the tenant
+    // rows' creation) say nothing.
+    let before_lock = flight.len() - 1;
     flight.extend(secrets.statement());
     flight.extend(taken_statement(&needs.idempotency));
-    // The answers of the beginning and of the tenant rows' creation say nothing.
-    let mut answers = sql::flight(client, &flight).await?.into_iter().skip(3);
+    let mut answers = sql::flight(client, &flight)
+        .await?
+        .into_iter()
+        .skip(before_lock);
     let mut next = || answers.next().unwrap_or_default();
     let rows = next();
     let secret_rows = if secrets.keys.is_empty() {
@@ -177,18 +182,10 @@ impl SecretReads {
             return None;
         }
         Some(Statement::new(
-            "SELECT s.state_version, s.secret_ref, s.kind, s.ttl_min_ms, s.ttl_max_ms,
-                    s.ttl_default_ms, s.handle_ttl_ms, s.staged IS NOT NULL,
-                    s.purpose, s.min_decryption_version,
-                    CASE WHEN s.state_version = n.held THEN NULL ELSE COALESCE((
-                        SELECT max(v.version) FROM versions v
-                        WHERE v.tenant_id = s.tenant_id AND v.secret_name = s.secret_name), 0) END,
-                    CASE WHEN s.state_version = n.held THEN NULL ELSE ARRAY(
-                        SELECT v.version FROM versions v
-                        WHERE v.tenant_id = s.tenant_id AND v.secret_name = s.secret_name
-                          AND v.state = 'REVOKED'
-                        ORDER BY v.version) END,
-                    n.tenant_id, n.secret_name, s.staged,
+            concat!(
+                "SELECT ",
+                snapshot_columns!("n.held"),
+                ", n.tenant_id, n.secret_name, s.staged,
                     -- The latest version proves the purpose only where no MAC does.
                     CASE WHEN n.sealing AND s.purpose_mac IS NULL THEN (
                         SELECT v.sealed FROM versions v
@@ -201,7 +198,8 @@ impl SecretReads {
              CROSS JOIN LATERAL (
                  SELECT * FROM secrets s
                  WHERE s.tenant_id = n.tenant_id AND s.secret_name = n.secret_name
-                 LIMIT 1) AS s",
+                 LIMIT 1) AS s"
+            ),
             vec![
                 param(column(&self.keys, |(t, _)| t.as_str())),
                 param(column(&self.keys, |(_, n)| n.as_str())),

@@ -1,13 +1,16 @@
-//! Caches of state that other nodes can change, served only after a check against the database.
+//! Caches of state that other nodes can change.
 //!
 //! An entry is tagged with the version the database gave it (a policy's `policy_version`, a
-//! secret's `state_version`, both advanced by every committed change). A read always asks the
+//! secret's `state_version`, both advanced by every committed change). A read asks the
 //! database for the current version, in the same query that would load the value, and uses the
 //! cached value only when the versions are equal; otherwise the database returns the value and
-//! it replaces the entry. So the cache saves decoding (and, for a secret, reading every version
-//! row), never a round trip, and cannot serve what another node has changed or revoked.
-//! Revocations of handles and credentials are never cached. (This relies on the database's
-//! history only moving forward: after restoring it from a backup, restart the nodes.)
+//! it replaces the entry. So such a read saves decoding (and, for a secret, reading every
+//! version row), and cannot serve what another node has changed or revoked. Two uses take an
+//! entry without asking: a first decision from what the node remembers (`Store::remembered`),
+//! which ends only in a commit that holds its grant to the committed state, and the batch's own
+//! read, which sends the version along in the same way. Revocations of handles and credentials
+//! are never cached. (This relies on the database's history only moving forward: after
+//! restoring it from a backup, restart the nodes.)
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -37,7 +40,7 @@ impl<K: Hash + Eq, V: Clone> VersionedCache<K, V> {
 
     /// The cached entry with its version, whatever the database holds now: for a read that
     /// sends the version along and uses the value only if the database answers "unchanged",
-    /// or for a decision whose commit checks the version again.
+    /// or for a decision whose commit holds it to the committed state.
     pub(crate) fn entry(&self, key: &K) -> Option<(u64, V)> {
         self.entries.read().ok()?.get(key).cloned()
     }

@@ -2,13 +2,15 @@
 //!
 //! Correctness across nodes comes from the database, never from memory: reads go to the database
 //! (a cached policy or secret snapshot is served only when the database confirms, in the same
-//! query, that it is still at the cached version; revocations are never cached); every commit
-//! takes its tenant's chain-head row lock, so `seq` and `prev_digest` are assigned once per
-//! tenant across nodes, compare-and-set on a secret's state version is checked against the latest
-//! committed state, and idempotency keys (the primary key of their table) are honoured by every
-//! node. Throughput comes from group commit, as in the embedded store: one writer task per node
-//! commits every queued unit in one transaction by the shared commit algorithm (one read of the
-//! state the batch needs, one set-based statement per group of rows), and answers after COMMIT.
+//! query, that it is still at the cached version; revocations are never cached), except a first
+//! decision from what the node remembers, which ends only in a commit that checks it; every
+//! commit takes its tenant's chain-head row lock, so `seq` and `prev_digest` are assigned once
+//! per tenant across nodes, a grant and a compare-and-set on a secret's state version are checked
+//! against the latest committed state, and idempotency keys (the primary key of their table) are
+//! honoured by every node. Throughput comes from group commit, as in the embedded store: one
+//! writer per node, on a thread of its own, commits every queued unit in one transaction by the
+//! shared commit algorithm (one flight that begins, locks and reads the state the batch needs;
+//! one set-based statement per group of rows, sent with the COMMIT), and answers after it.
 //! Durability is PostgreSQL's (`synchronous_commit` as the server sets it, `on` by default).
 //!
 //! Material is sealed with the same envelope code as the embedded store: per-tenant data keys

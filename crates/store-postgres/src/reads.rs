@@ -34,6 +34,32 @@ pub(crate) fn corrupt(what: &str) -> StoreError {
     StoreError::new(ErrorKind::Corrupt, format!("{what} does not parse"))
 }
 
+/// The first twelve columns of a read of secret `s` in the shape [`secret_row`] parses: its
+/// state version, and its snapshot unless the last two are NULL, which they are when the state
+/// version is `$held` (an SQL expression: the version the reader holds).
+macro_rules! snapshot_columns {
+    ($held:literal) => {
+        concat!(
+            "s.state_version, s.secret_ref, s.kind, s.ttl_min_ms, s.ttl_max_ms,
+             s.ttl_default_ms, s.handle_ttl_ms, s.staged IS NOT NULL,
+             s.purpose, s.min_decryption_version,
+             CASE WHEN s.state_version = ",
+            $held,
+            " THEN NULL ELSE COALESCE((
+                 SELECT max(v.version) FROM versions v
+                 WHERE v.tenant_id = s.tenant_id AND v.secret_name = s.secret_name), 0) END,
+             CASE WHEN s.state_version = ",
+            $held,
+            " THEN NULL ELSE ARRAY(
+                 SELECT v.version FROM versions v
+                 WHERE v.tenant_id = s.tenant_id AND v.secret_name = s.secret_name
+                   AND v.state = 'REVOKED'
+                 ORDER BY v.version) END"
+        )
+    };
+}
+pub(crate) use snapshot_columns;
+
 /// One secret's snapshot, in one statement (one consistent view of the secret and its
 /// versions). The versions are read only when `have` is not the current state version, and then
 /// as the highest version and the revoked ones (index probes), not row by row: versions are
@@ -47,18 +73,11 @@ pub(crate) async fn secret(
     const WHAT: &str = "secret read";
     let Some(row) = sql::row(
         client,
-        "SELECT s.state_version, s.secret_ref, s.kind, s.ttl_min_ms, s.ttl_max_ms,
-                s.ttl_default_ms, s.handle_ttl_ms, s.staged IS NOT NULL,
-                s.purpose, s.min_decryption_version,
-                CASE WHEN s.state_version = $3 THEN NULL ELSE COALESCE((
-                    SELECT max(v.version) FROM versions v
-                    WHERE v.tenant_id = s.tenant_id AND v.secret_name = s.secret_name), 0) END,
-                CASE WHEN s.state_version = $3 THEN NULL ELSE ARRAY(
-                    SELECT v.version FROM versions v
-                    WHERE v.tenant_id = s.tenant_id AND v.secret_name = s.secret_name
-                      AND v.state = 'REVOKED'
-                    ORDER BY v.version) END
-         FROM secrets s WHERE s.tenant_id = $1 AND s.secret_name = $2",
+        concat!(
+            "SELECT ",
+            snapshot_columns!("$3"),
+            " FROM secrets s WHERE s.tenant_id = $1 AND s.secret_name = $2"
+        ),
         &[&tenant.as_str(), &name.as_str(), &held(have)],
         WHAT,
     )

@@ -306,11 +306,11 @@ pub async fn change(
 }
 
 /// What a decision read: the policy version, and the secret's state and current versions.
-type Read = (Option<u64>, Option<u64>, Option<u64>);
+pub type Read = (Option<u64>, Option<u64>, Option<u64>);
 
 /// A unit answering a GET_HANDLE of `n` with `reason`, decided from `read`, as a host keeps its
 /// inputs.
-fn answered_read(t: &TenantId, n: &str, reason: ReasonCode, read: Read) -> CommitUnit {
+pub fn answered_read(t: &TenantId, n: &str, reason: ReasonCode, read: Read) -> CommitUnit {
     let (policy_version, state_version, current_version) = read;
     let request = selene_kms_core::RawKmsRequest {
         tenant_id: Some(t.as_str().to_owned()),

@@ -48,10 +48,10 @@ pub trait Store: Send + Sync + 'static {
     /// The tenant's policy and the secret as this node last read or committed them, without
     /// asking the database; `None` when it does not hold both, or keeps nothing that its reads
     /// do not already give at no cost. On a store several nodes share they may be stale, so a
-    /// decision made from them ends only in a commit, which holds what it grants to the
-    /// committed policy version and to the secret's current state (see
-    /// [`crate::backend::plan`]); any other ending (a refusal, a stored answer) is decided
-    /// again from [`Store::policy`] and [`Store::secret`].
+    /// decision made from them must end in a commit that holds what it grants to the committed
+    /// policy version and to the secret's current state (see [`crate::backend::plan`]): never
+    /// a dry run, whose commit checks nothing; any other ending (a refusal, a stored answer) is
+    /// decided again from [`Store::policy`] and [`Store::secret`].
     fn remembered(&self, _tenant: &TenantId, _name: &SecretName) -> Option<Remembered> {
         None
     }

@@ -171,8 +171,12 @@ impl Engine {
         let mut check_key = req.operation.is_mutation();
         // A first decision may be made from what this node remembers: it ends only in a
         // commit, which holds a grant to the committed state; every other ending is decided
-        // again from the store.
-        let mut remembered = self.store.remembered(&req.tenant_id, &req.secret_name);
+        // again from the store. A dry run grants nothing, so its commit checks nothing, and it
+        // is decided from the store.
+        let mut remembered = match req.dry_run {
+            true => None,
+            false => self.store.remembered(&req.tenant_id, &req.secret_name),
+        };
         let mut attempt = 1;
         loop {
             let from_memory = remembered.is_some();

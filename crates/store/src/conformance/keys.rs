@@ -261,6 +261,21 @@ pub async fn rows_without_purpose_macs_prove_by_their_material(store: &dyn Store
     let staged = stage(store, t, "imp", &[0x18; 32]).await;
     assert!(staged.is_ok(), "{staged:?}");
     use_key(store, t, "gen", &sign(b"m")).await.expect("signs");
+    // The MACs given back prove the purpose from then on.
+    let rotated_again = super::change(
+        store,
+        t,
+        "gen",
+        before.state_version + 1,
+        selene_kms_core::StateChange::Rotate {
+            new_version: 3,
+            from_staged: false,
+        },
+    )
+    .await;
+    assert!(rotated_again.is_ok(), "{rotated_again:?}");
+    let restaged = stage(store, t, "imp", &[0x19; 32]).await;
+    assert!(restaged.is_ok(), "{restaged:?}");
 }
 
 /// The keys of [`keys_to_rewrite`], their purpose rewritten as `credential` in the database:
