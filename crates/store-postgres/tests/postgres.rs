@@ -758,20 +758,7 @@ async fn a_server_crash_under_load_loses_nothing_acknowledged() {
 async fn a_grant_from_what_a_node_remembers_is_held_to_the_other_nodes_commits() {
     let (_cluster, a, b) = two_nodes().await;
     let t = tenant("acme");
-    let doc: selene_kms_core::PolicyDocument = serde_json::from_str(
-        r#"{"rules":[{"secret_names":["*"],"engines":["E"],"operations":["GET_HANDLE"]}]}"#,
-    )
-    .expect("doc");
-    a.commit(CommitUnit {
-        tenant: t.clone(),
-        change: Change::PutPolicy(doc),
-        audit: record(&t, AuditAction::SetPolicy),
-        idempotency: None,
-        bundle: None,
-        inputs: None,
-    })
-    .await
-    .expect("policy");
+    put_policy(&*a, &t, open_policy()).await.expect("policy");
     create(&*a, &t, "k", SecretKind::Generated, None)
         .await
         .expect("create");

@@ -783,24 +783,39 @@ pub async fn concurrent_rotations(store: Arc<dyn Store>, writers: usize) {
     }
 }
 
+/// A policy that lets engine `E` get handles of every secret.
+pub fn open_policy() -> PolicyDocument {
+    serde_json::from_str(
+        r#"{"rules":[{"secret_names":["*"],"engines":["E"],"operations":["GET_HANDLE"]}]}"#,
+    )
+    .expect("doc")
+}
+
+/// Stores `doc` as the tenant's policy.
+pub async fn put_policy(
+    store: &dyn Store,
+    t: &TenantId,
+    doc: PolicyDocument,
+) -> StoreResult<Receipt> {
+    store
+        .commit(CommitUnit {
+            tenant: t.clone(),
+            change: Change::PutPolicy(doc),
+            audit: record(t, AuditAction::SetPolicy),
+            idempotency: None,
+            bundle: None,
+            inputs: None,
+        })
+        .await
+}
+
 /// Policies advance their version on every change.
 pub async fn policies(store: Arc<dyn Store>) {
     let t = tenant("acme");
     assert!(store.policy(&t).await.expect("read").is_none());
-    let doc: PolicyDocument = serde_json::from_str(
-        r#"{"rules":[{"secret_names":["*"],"engines":["E"],"operations":["GET_HANDLE"]}]}"#,
-    )
-    .expect("doc");
+    let doc = open_policy();
     for expected in 1..=2 {
-        let receipt = store
-            .commit(CommitUnit {
-                tenant: t.clone(),
-                change: Change::PutPolicy(doc.clone()),
-                audit: record(&t, AuditAction::SetPolicy),
-                idempotency: None,
-                bundle: None,
-                inputs: None,
-            })
+        let receipt = put_policy(&*store, &t, doc.clone())
             .await
             .expect("put policy");
         assert_eq!(receipt.policy_version, Some(expected));
