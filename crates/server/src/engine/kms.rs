@@ -301,7 +301,10 @@ impl Engine {
                 // Out of attempts, the lost race is answered like any other store failure.
                 Err(e) => return KmsAnswer::store_failure(&req.context(), &e),
             }
-            attempt += 1;
+            // A decision from memory is tried once, on top of the attempts from the store.
+            if !from_memory {
+                attempt += 1;
+            }
         }
     }
 
