@@ -32,6 +32,14 @@ if [ -z "${KMS_BIN:-}" ]; then
   KMS_BIN=$ROOT/target/release/selene-kms
 fi
 
+# Something already answering on a port (an earlier run still going) would be provisioned and
+# measured in place of this run's nodes.
+for port in "${PORTS[@]}"; do
+  if curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$port/"; then
+    echo "port $port already answers: is another run still going?" >&2
+    exit 1
+  fi
+done
 mkdir -p "$OUTDIR"
 WORK=$(mktemp -d /tmp/skb2.XXXXXX)
 chmod 755 "$WORK"   # the postgres user must reach its directory inside
