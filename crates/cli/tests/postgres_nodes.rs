@@ -445,5 +445,20 @@ async fn what_a_node_remembers_never_outlives_a_change_through_the_other() {
     // Node b now remembers the closed policy; node a opens it again.
     d.api.provision_policy(&a).await;
     assert_eq!(handle_version(&d.api, &b, "after-opening").await, 2);
+
+    // Node b remembers version 2 as active; node a revokes it.
+    let mut revoke = request("REVOKE", true);
+    revoke["revoke_target"] = json!({"version": 2});
+    let (_, revoked) = d
+        .api
+        .plan_and_commit(&a, &revoke, "revoke-current")
+        .await
+        .expect("sent");
+    assert_eq!(revoked.0, StatusCode::OK, "{}", describe(&revoked));
+    let mut get = request("GET_HANDLE", false);
+    get["idempotency_key"] = json!("after-revocation");
+    let refused = d.api.kms(&b, &get).await.expect("sent");
+    assert_eq!(refused.0, StatusCode::GONE, "{}", describe(&refused));
+    assert_eq!(json_of(&refused)["reason_code"], "KMS_REVOKED");
     assert_eq!(d.api.verify_audit(&b).await, d.api.verify_audit(&a).await);
 }
