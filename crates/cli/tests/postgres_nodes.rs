@@ -159,14 +159,7 @@ async fn two_nodes_over_one_database_behave_as_one_kms() {
         .to_owned();
     let redeemed = d.api.redeem(&b, &handle).await;
     assert_eq!(redeemed.0, StatusCode::OK, "{}", describe(&redeemed));
-    let mut revoke = request("REVOKE", true);
-    revoke["revoke_target"] = json!({"secret_handle": handle});
-    let (_, revoked) = d
-        .api
-        .plan_and_commit(&a, &revoke, "revoke")
-        .await
-        .expect("sent");
-    assert_eq!(revoked.0, StatusCode::OK, "{}", describe(&revoked));
+    revoke(&d.api, &a, json!({"secret_handle": handle}), "revoke").await;
     let refused = d.api.redeem(&b, &handle).await;
     assert_eq!(refused.0, StatusCode::GONE, "{}", describe(&refused));
     assert_eq!(json_of(&refused)["reason_code"], "KMS_REVOKED");
@@ -377,11 +370,31 @@ async fn a_revocation_through_one_node_holds_on_the_other_at_once() {
     }
 }
 
-/// The version a handle redeems to through `node`.
-async fn handle_version(api: &Api, node: &str, id: &str) -> u64 {
+/// A revocation of `target` through `node`, planned and committed.
+async fn revoke(api: &Api, node: &str, target: Value, id: &str) {
+    let mut revoke = request("REVOKE", true);
+    revoke["revoke_target"] = target;
+    let (_, revoked) = api.plan_and_commit(node, &revoke, id).await.expect("sent");
+    assert_eq!(revoked.0, StatusCode::OK, "{}", describe(&revoked));
+}
+
+/// A GET_HANDLE of the connector through `node`, under idempotency key `id`.
+async fn get_handle(api: &Api, node: &str, id: &str, dry_run: bool) -> common::Answer {
     let mut get = request("GET_HANDLE", false);
     get["idempotency_key"] = json!(id);
-    let sent = api.kms(node, &get).await.expect("sent");
+    get["dry_run"] = json!(dry_run);
+    api.kms(node, &get).await.expect("sent")
+}
+
+/// The status and reason code of a GET_HANDLE through `node`.
+async fn refusal(api: &Api, node: &str, id: &str, dry_run: bool) -> (StatusCode, Value) {
+    let answer = get_handle(api, node, id, dry_run).await;
+    (answer.0, json_of(&answer)["reason_code"].clone())
+}
+
+/// The version a handle redeems to through `node`.
+async fn handle_version(api: &Api, node: &str, id: &str) -> u64 {
+    let sent = get_handle(api, node, id, false).await;
     assert_eq!(sent.0, StatusCode::OK, "{}", describe(&sent));
     let handle = json_of(&sent)["secret_handle"]
         .as_str()
@@ -431,34 +444,25 @@ async fn what_a_node_remembers_never_outlives_a_change_through_the_other() {
         .expect("sent");
     assert_eq!(put.0, StatusCode::OK, "{}", describe(&put));
     // A dry run commits unchecked, so it is never decided from memory.
-    let mut dry = request("GET_HANDLE", false);
-    dry["idempotency_key"] = json!("dry-after-closing");
-    dry["dry_run"] = json!(true);
-    let refused = d.api.kms(&b, &dry).await.expect("sent");
-    assert_eq!(refused.0, StatusCode::FORBIDDEN, "{}", describe(&refused));
-    let mut get = request("GET_HANDLE", false);
-    get["idempotency_key"] = json!("after-closing");
-    let refused = d.api.kms(&b, &get).await.expect("sent");
-    assert_eq!(refused.0, StatusCode::FORBIDDEN, "{}", describe(&refused));
-    assert_eq!(json_of(&refused)["reason_code"], "KMS_NOT_AUTHORIZED");
+    let not_authorized = (StatusCode::FORBIDDEN, json!("KMS_NOT_AUTHORIZED"));
+    assert_eq!(
+        refusal(&d.api, &b, "dry-after-closing", true).await,
+        not_authorized
+    );
+    assert_eq!(
+        refusal(&d.api, &b, "after-closing", false).await,
+        not_authorized
+    );
 
     // Node b now remembers the closed policy; node a opens it again.
     d.api.provision_policy(&a).await;
     assert_eq!(handle_version(&d.api, &b, "after-opening").await, 2);
 
     // Node b remembers version 2 as active; node a revokes it.
-    let mut revoke = request("REVOKE", true);
-    revoke["revoke_target"] = json!({"version": 2});
-    let (_, revoked) = d
-        .api
-        .plan_and_commit(&a, &revoke, "revoke-current")
-        .await
-        .expect("sent");
-    assert_eq!(revoked.0, StatusCode::OK, "{}", describe(&revoked));
-    let mut get = request("GET_HANDLE", false);
-    get["idempotency_key"] = json!("after-revocation");
-    let refused = d.api.kms(&b, &get).await.expect("sent");
-    assert_eq!(refused.0, StatusCode::GONE, "{}", describe(&refused));
-    assert_eq!(json_of(&refused)["reason_code"], "KMS_REVOKED");
+    revoke(&d.api, &a, json!({"version": 2}), "revoke-current").await;
+    assert_eq!(
+        refusal(&d.api, &b, "after-revocation", false).await,
+        (StatusCode::GONE, json!("KMS_REVOKED"))
+    );
     assert_eq!(d.api.verify_audit(&b).await, d.api.verify_audit(&a).await);
 }
