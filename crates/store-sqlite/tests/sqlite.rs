@@ -12,12 +12,28 @@ use selene_kms_store::verify::verify_tenant;
 use selene_kms_store::{ErrorKind, RootKey, Store};
 use selene_kms_store_sqlite::{SqliteOptions, SqliteStore};
 
+/// Opens the store at `path`. A reopen can find the lock of the store just dropped still held:
+/// a child process this binary spawns meanwhile (the kill -9 test) holds a copy of every open
+/// descriptor from its fork until its exec closes them. That window ends by itself, so a lock
+/// held by no store is waited for; the deadline only bounds a failure.
 fn open_at(path: &Path, root: [u8; 32], create: bool) -> Arc<dyn Store> {
     let options = SqliteOptions {
         path: path.to_path_buf(),
         create,
     };
-    Arc::new(SqliteStore::open(&options, RootKey::from_bytes(&root)).expect("store opens"))
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match SqliteStore::open(&options, RootKey::from_bytes(&root)) {
+            Ok(store) => return Arc::new(store),
+            Err(e)
+                if e.message == "another process has this store open"
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(e) => panic!("store opens: {e:?}"),
+        }
+    }
 }
 
 fn fresh() -> (tempfile::TempDir, Arc<dyn Store>) {
