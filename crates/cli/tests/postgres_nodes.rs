@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Api, Node, TENANT, describe, json_of, request, selene_kms};
+use common::{Api, Node, TENANT, describe, json_of, json_output, request, selene_kms};
 use pg_cluster::Cluster;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -270,14 +270,8 @@ fn cli_json(api: &Api, node: &str, args: &[&str]) -> Value {
         .env("SELENE_KMS_URL", node)
         .env("SELENE_KMS_ADMIN_TOKEN", &api.admin)
         .env("SELENE_KMS_OS_TOKEN", &api.os)
-        .output()
-        .expect("the command runs");
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("JSON output")
+        .output();
+    json_output(out, &format!("{args:?}"))
 }
 
 /// A KMS request to `node` with `token`.

@@ -205,14 +205,8 @@ fn the_root_key_holder_recovers_an_admin_when_none_is_left() {
             "--data-dir",
         ])
         .arg(dir.path())
-        .output()
-        .expect("recover runs");
-    assert!(
-        recovered.status.success(),
-        "{}",
-        String::from_utf8_lossy(&recovered.stderr)
-    );
-    let recovered: serde_json::Value = serde_json::from_slice(&recovered.stdout).expect("json");
+        .output();
+    let recovered = common::json_output(recovered, "recover");
     let token = recovered["token"]
         .as_str()
         .expect("a token, shown once")

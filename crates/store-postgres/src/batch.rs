@@ -203,8 +203,8 @@ impl SecretReads {
             vec![
                 param(column(&self.keys, |(t, _)| t.as_str())),
                 param(column(&self.keys, |(_, n)| n.as_str())),
-                param(self.held.clone()),
-                param(self.sealing.clone()),
+                param(self.held.as_slice()),
+                param(self.sealing.as_slice()),
             ],
             SECRET_READ,
         ))

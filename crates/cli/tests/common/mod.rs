@@ -31,14 +31,19 @@ pub(crate) fn init(data_dir: &Path) -> Value {
     let out = selene_kms()
         .args(["init", "--json", "--data-dir"])
         .arg(data_dir)
-        .output()
-        .expect("init");
+        .output();
+    json_output(out, "init")
+}
+
+/// What a command that must succeed printed, as JSON; its standard error when it failed.
+pub(crate) fn json_output(out: std::io::Result<std::process::Output>, what: &str) -> Value {
+    let out = out.unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
     assert!(
         out.status.success(),
-        "init: {}",
+        "{what}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).expect("init JSON")
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{what}: not JSON: {e}"))
 }
 
 /// One `selene-kms serve` process; killed when dropped.
